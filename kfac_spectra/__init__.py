@@ -1,0 +1,3 @@
+"""kfac_spectra: K-FAC for real PyTorch networks, their Kronecker eigenspectra, and
+the gradient statistics in the Kronecker eigenbasis that test the NQM's assumptions.
+"""
