@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kfac_spectra.data import DataSpec, InputKind
 from kfac_spectra.language_models import LSTMLanguageModel, TransformerLanguageModel
 
 __all__ = [
@@ -47,50 +47,6 @@ __all__ = [
     "init_parameters_",
     "scaled",
 ]
-
-
-class InputKind(StrEnum):
-    """What a data set's inputs look like, so a model can be matched to it."""
-
-    VECTOR = "vector"
-    """(N, D) feature vectors."""
-    SIGNAL = "signal"
-    """(N, C, L) one-dimensional signals (MNIST-1D: C=1, L=40)."""
-    IMAGE = "image"
-    """(N, C, H, W) images."""
-    TOKENS = "tokens"
-    """(N, T) integer token ids; targets are the next tokens (N, T)."""
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Shape information a model builder needs from a data set.
-
-    Attributes:
-        kind: Input kind.
-        input_shape: Shape of one input without the batch dimension: ``(D,)``,
-            ``(C, L)``, ``(C, H, W)`` or ``(T,)``.
-        num_outputs: Number of classes, regression outputs, or the vocabulary size.
-    """
-
-    kind: InputKind
-    input_shape: tuple[int, ...]
-    num_outputs: int
-
-    def __post_init__(self) -> None:
-        expected = {
-            InputKind.VECTOR: 1,
-            InputKind.SIGNAL: 2,
-            InputKind.IMAGE: 3,
-            InputKind.TOKENS: 1,
-        }[InputKind(self.kind)]
-        if len(self.input_shape) != expected or min(self.input_shape) < 1:
-            raise ValueError(
-                f"input_shape {self.input_shape} does not fit kind {self.kind}: "
-                f"expected {expected} positive dimensions"
-            )
-        if self.num_outputs < 1:
-            raise ValueError(f"num_outputs must be >= 1, got {self.num_outputs}")
 
 
 def scaled(base: int, width: float, multiple: int = 1) -> int:
