@@ -1,0 +1,350 @@
+"""Exact expected risk of the noisy quadratic model.
+
+Every mode is the linear stochastic system of :mod:`nqm._system`. Because the
+initial second moment has rank one and the noise is independent of the state,
+
+.. math::
+    E[L(\\theta_t)] = D(t) + \\frac{N(t)}{B}, \\qquad
+    D(t) = \\tfrac12 \\sum_i w_i h_i\\, E[\\theta_i(0)^2]\\, F_t(\\hat h_i),\\quad
+    N(t) = \\tfrac12 \\sum_i w_i h_i\\, \\hat c_i\\, G_t(\\hat h_i),
+
+where :math:`F_t` is the squared mean response to a unit initial state and
+:math:`G_t` the variance response to unit noise. Neither depends on the batch
+size, so a sweep over batch sizes costs two dot products per setting.
+
+Paths:
+
+* constant lr: closed form (:mod:`nqm._closed`), :math:`O(d)` per evaluation
+  independent of :math:`t`; modes whose closed form would lose digits to
+  near-coinciding eigenvalues are recomputed by exact doubling
+  (:mod:`nqm._doubling`), :math:`O(\\log t)` each;
+* piecewise-constant lr (any :class:`~nqm.optimizer.Schedule` whose pieces are
+  long): doubling per piece, :math:`O(d \\sum_k \\log L_k)`;
+* lr changing at every step (linear decay before its horizon, arbitrary
+  callables): one exact update per step, :math:`O(d)` per step.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from ._closed import closed_form_terms
+from ._doubling import MomentMap
+from ._system import Features, system_matrices
+from .optimizer import Constant, Optimizer
+from .problem import NQMProblem
+
+__all__ = [
+    "expected_loss",
+    "risk_terms",
+    "is_stable",
+    "max_stable_lr",
+    "steady_state_loss",
+    "validate_batch_size",
+    "validate_steps",
+]
+
+#: Relative accuracy the closed form must certify for D(t) and N(t); modes that
+#: cannot are recomputed by doubling.
+CLOSED_FORM_RTOL = 1e-12
+
+
+# --------------------------------------------------------------------- inputs
+def validate_batch_size(batch_size) -> np.ndarray:
+    b = np.asarray(batch_size, dtype=np.float64)
+    if b.size == 0 or not np.all(np.isfinite(b)) or np.any(b < 1):
+        raise ValueError(f"batch_size must be finite and >= 1, got {batch_size!r}")
+    return b
+
+
+def validate_steps(steps) -> np.ndarray:
+    t = np.asarray(steps)
+    if t.size == 0:
+        raise ValueError("steps must not be empty")
+    if not np.all(np.isfinite(t.astype(np.float64))):
+        raise ValueError(f"steps must be finite, got {steps!r}")
+    if np.any(np.asarray(t, dtype=np.float64) != np.round(np.asarray(t, dtype=np.float64))):
+        raise ValueError(f"steps must be integers, got {steps!r}")
+    t = np.asarray(t, dtype=np.int64)
+    if np.any(t < 0):
+        raise ValueError(f"steps must be non-negative, got {steps!r}")
+    return t
+
+
+@functools.lru_cache(maxsize=64)
+def _modes(problem: NQMProblem, precond_power: float):
+    """Unique preconditioned curvatures and the loss weights of each.
+
+    Returns ``(hh, omega_d, omega_n)`` with :math:`\\omega_D = \\tfrac12 \\sum w h
+    \\,\\text{init}` and :math:`\\omega_N = \\tfrac12 \\sum w h \\hat c` over the modes
+    sharing :math:`\\hat h` (merging is exact, see :meth:`NQMProblem.compressed`).
+    """
+    hh, cc = problem.preconditioned(precond_power)
+    wd = 0.5 * problem.weight * problem.h * problem.init_sq
+    wn = 0.5 * problem.weight * problem.h * cc
+    uniq, inv = np.unique(hh, return_inverse=True)
+    if uniq.size < hh.size:
+        wd = np.bincount(inv, weights=wd)
+        wn = np.bincount(inv, weights=wn)
+        hh = uniq
+    for a in (hh, wd, wn):
+        a.setflags(write=False)
+    return hh, wd, wn
+
+
+def _feature_groups(beta, gamma):
+    """Split hyperparameter settings by which state components they need."""
+    groups = {}
+    for mom in (False, True):
+        for ema in (False, True):
+            mask = ((beta > 0) == mom) & ((gamma > 0) == ema)
+            if np.any(mask):
+                groups[Features(mom, ema)] = mask
+    return groups
+
+
+# ---------------------------------------------------------- constant-lr path
+def _doubling_terms(hh, alpha, beta, gamma, feats: Features, steps):
+    """F_t and G_t by exact doubling for flat arrays of settings; steps sorted."""
+    im, ip, n, u = system_matrices(hh, alpha, beta, gamma, feats)
+    q = n[..., :, None] * n[..., None, :]
+    mm = MomentMap(im, ip, q)
+    o = feats.out
+    F = np.empty((len(steps),) + hh.shape)
+    G = np.empty_like(F)
+    with np.errstate(all="ignore"):
+        for i, t in enumerate(steps):
+            e, nt = mm.power(int(t))
+            mean = u - e @ u
+            F[i] = mean[..., o] ** 2
+            G[i] = nt[..., o, o]
+    bad = ~np.isfinite(F) | ~np.isfinite(G)
+    F[bad | ~np.isfinite(F)] = np.inf
+    G[bad | ~np.isfinite(G)] = np.inf
+    return F, G
+
+
+def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
+    """D and N for constant-lr settings (shape S) at each step: (S + (T,)) each."""
+    shape = alpha.shape
+    T = len(steps)
+    D = np.empty(shape + (T,))
+    N = np.empty(shape + (T,))
+    a = alpha[..., None]
+    b = beta[..., None]
+    g = gamma[..., None]
+    for i, t in enumerate(steps):
+        if t == 0:
+            D[..., i] = wd.sum()
+            N[..., i] = 0.0
+            continue
+        F, G, eF, eG = closed_form_terms(hh, a, b, g, feats, int(t))
+        with np.errstate(all="ignore"):
+            d = F @ wd
+            nn = G @ wn
+            bad = (eF * wd > CLOSED_FORM_RTOL * d[..., None] / hh.size) | (
+                eG * wn > CLOSED_FORM_RTOL * nn[..., None] / hh.size
+            )
+        bad &= np.isfinite(F) & np.isfinite(G)
+        if np.any(bad):
+            idx = np.nonzero(bad)
+            ab, bb, gb = (np.broadcast_to(x, bad.shape)[idx] for x in (a, b, g))
+            hb = np.broadcast_to(hh, bad.shape)[idx]
+            Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [int(t)])
+            F = F.copy()
+            G = G.copy()
+            F[idx] = Fd[0]
+            G[idx] = Gd[0]
+            with np.errstate(all="ignore"):
+                d = F @ wd
+                nn = G @ wn
+        D[..., i] = d
+        N[..., i] = nn
+    return D, N
+
+
+# ---------------------------------------------------------- scheduled path
+def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
+    """D and N for a non-constant schedule (a single setting), each of shape (T,)."""
+    feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
+    beta, gamma = optimizer.momentum, optimizer.ema
+    t_max = int(max(steps))
+    starts, lrs = optimizer.schedule.pieces(t_max)
+    ends = np.append(starts[1:], np.iinfo(np.int64).max)
+    k = feats.size
+    o = feats.out
+    _, _, _, u = system_matrices(hh, 1.0, beta, gamma, feats)
+    mean = np.broadcast_to(u, hh.shape + (k,)).copy()
+    zn = np.zeros(hh.shape + (k, k))
+    D = np.empty(len(steps))
+    N = np.empty(len(steps))
+    order = np.argsort(steps)
+    now = 0
+    piece = 0
+    with np.errstate(all="ignore"):
+        for j in order:
+            target = int(steps[j])
+            while now < target:
+                while ends[piece] <= now:
+                    piece += 1
+                length = int(min(ends[piece], target) - now)
+                im, ip, n, _ = system_matrices(hh, lrs[piece], beta, gamma, feats)
+                q = n[..., :, None] * n[..., None, :]
+                if length == 1:
+                    e, nt = im, q
+                else:
+                    e, nt = MomentMap(im, ip, q).power(length)
+                mean = mean - np.einsum("...ij,...j->...i", e, mean)
+                zn = _sandwich(e, zn) + nt
+                now += length
+            F = mean[..., o] ** 2
+            G = zn[..., o, o]
+            F = np.where(np.isfinite(F), F, np.inf)
+            G = np.where(np.isfinite(G), G, np.inf)
+            D[j] = F @ wd
+            N[j] = G @ wn
+    return D, N
+
+
+def _sandwich(e, z):
+    from ._doubling import _sandwich as sw
+
+    return sw(e, z)
+
+
+# ------------------------------------------------------------------ public
+def risk_terms(
+    problem: NQMProblem,
+    lr,
+    momentum=0.0,
+    ema=0.0,
+    precond_power: float = 0.0,
+    steps=0,
+):
+    """Batch-size-free parts of the exact risk, vectorised over settings.
+
+    .. math:: E[L(\\theta_t)] = D(t) + N(t)/B .
+
+    Args:
+        problem: the NQM.
+        lr, momentum, ema: constant learning rates :math:`\\alpha > 0`,
+            :math:`\\beta, \\gamma \\in [0, 1)`, broadcastable to a common shape ``S``.
+        precond_power: :math:`p \\in [0, 1]` (a scalar; loop over powers).
+        steps: integer step counts, shape ``(T,)`` or scalar.
+
+    Returns:
+        ``(D, N)``, each of shape ``S + (T,)`` (``S`` alone for scalar ``steps``).
+
+    Raises:
+        ValueError: for out-of-range hyperparameters or steps.
+    """
+    alpha, beta, gamma = np.broadcast_arrays(
+        *(np.asarray(v, dtype=np.float64) for v in (lr, momentum, ema))
+    )
+    if np.any(~np.isfinite(alpha)) or np.any(alpha <= 0):
+        raise ValueError("lr must be finite and positive")
+    if np.any(~((beta >= 0) & (beta < 1))):
+        raise ValueError("momentum must lie in [0, 1)")
+    if np.any(~((gamma >= 0) & (gamma < 1))):
+        raise ValueError("ema must lie in [0, 1)")
+    t = validate_steps(steps)
+    scalar_t = t.ndim == 0
+    t = np.atleast_1d(t)
+    hh, wd, wn = _modes(problem, float(precond_power))
+    D = np.empty(alpha.shape + t.shape)
+    N = np.empty_like(D)
+    for feats, mask in _feature_groups(beta, gamma).items():
+        d, n = _constant_terms(hh, wd, wn, alpha[mask], beta[mask], gamma[mask], feats, t)
+        D[mask] = d
+        N[mask] = n
+    if scalar_t:
+        return D[..., 0], N[..., 0]
+    return D, N
+
+
+def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
+    """Exact :math:`E[L(\\theta_t)]` for any optimizer, schedule and batch size.
+
+    Args:
+        problem: the NQM.
+        optimizer: the optimizer configuration (any lr schedule).
+        batch_size: :math:`B \\ge 1`, scalar or array (shape ``Bs``).
+        steps: integer :math:`t \\ge 0`, scalar or array (shape ``Ts``).
+
+    Returns:
+        A float for scalar arguments; otherwise an array of shape ``Bs + Ts``.
+        Diverging settings give large finite values while representable, then
+        ``inf`` (never NaN).
+
+    Raises:
+        ValueError: for ``batch_size < 1`` or negative / non-integer ``steps``.
+    """
+    if not isinstance(optimizer, Optimizer):
+        raise ValueError(f"optimizer must be an nqm.Optimizer, got {type(optimizer).__name__}")
+    b = validate_batch_size(batch_size)
+    t = validate_steps(steps)
+    flat = np.atleast_1d(t).ravel()
+    if isinstance(optimizer.schedule, Constant):
+        D, N = risk_terms(
+            problem,
+            optimizer.schedule.lr,
+            optimizer.momentum,
+            optimizer.ema,
+            optimizer.precond_power,
+            flat,
+        )
+    else:
+        hh, wd, wn = _modes(problem, optimizer.precond_power)
+        D, N = _scheduled_terms(hh, wd, wn, optimizer, flat)
+    D = D.reshape(t.shape)
+    N = N.reshape(t.shape)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = D[(None,) * b.ndim] + N[(None,) * b.ndim] / b.reshape(b.shape + (1,) * t.ndim)
+    out = np.where(np.isnan(out), np.inf, out)
+    return float(out) if out.ndim == 0 else out
+
+
+def max_stable_lr(problem: NQMProblem, momentum: float = 0.0, precond_power: float = 0.0):
+    """Largest constant lr for which every mode converges: :math:`2(1+\\beta)/\\max \\hat h`.
+
+    Heavy-ball on one mode is stable iff :math:`0 < \\alpha \\hat h < 2(1+\\beta)`;
+    averaging (:math:`\\gamma < 1`) does not change stability.
+    """
+    hh, _, _ = _modes(problem, float(precond_power))
+    return 2.0 * (1.0 + float(momentum)) / float(hh.max())
+
+
+def is_stable(problem: NQMProblem, optimizer: Optimizer) -> bool:
+    """Whether the optimizer's eventual (constant) lr converges on every mode.
+
+    Raises:
+        ValueError: for a callable schedule with no known constant tail.
+    """
+    sched = optimizer.schedule
+    after = sched.constant_after()
+    if after is None:
+        raise ValueError(
+            "is_stable needs a schedule with a known constant tail; pass "
+            "FromCallable(fn, constant_after=...)"
+        )
+    lr = float(sched(after))
+    return lr < max_stable_lr(problem, optimizer.momentum, optimizer.precond_power)
+
+
+def steady_state_loss(problem: NQMProblem, optimizer: Optimizer, batch_size) -> float:
+    """:math:`\\lim_{t\\to\\infty} E[L(\\theta_t)]` for the eventual constant lr.
+
+    Computed from the exact dynamics at a step so large that every transient has
+    decayed below rounding; ``inf`` for unstable settings.
+    """
+    if not is_stable(problem, optimizer):
+        return float("inf")
+    lr = float(optimizer.schedule(optimizer.schedule.constant_after()))
+    hh, wd, wn = _modes(problem, optimizer.precond_power)
+    from .closed_form import steady_state_second_moment
+
+    g = steady_state_second_moment(hh, lr, optimizer.momentum, optimizer.ema)
+    b = validate_batch_size(batch_size)
+    return float(np.sum(wn * g) / b) if b.ndim == 0 else np.sum(wn * g) / b
