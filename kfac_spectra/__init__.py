@@ -1,3 +1,7 @@
 """kfac_spectra: K-FAC for real PyTorch networks, their Kronecker eigenspectra, and
 the gradient statistics in the Kronecker eigenbasis that test the NQM's assumptions.
 """
+
+from .kfac import compute_factors
+
+__all__ = ["compute_factors"]

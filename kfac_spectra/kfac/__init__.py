@@ -1,0 +1,30 @@
+"""K-FAC for PyTorch networks: curvature blocks, factor capture, inversion, damping
+and the :class:`~kfac_spectra.kfac.optimizer.KFAC` optimizer.
+
+See :mod:`kfac_spectra.kfac.factors` for the Kronecker-factor convention and the
+mean/sum reduction scaling.
+"""
+
+from .enums import (
+    DampingType,
+    FisherType,
+    InverseMethod,
+    KFACApprox,
+    LossType,
+    Reduction,
+    RNNApprox,
+    StepRule,
+)
+from .factors import compute_factors
+
+__all__ = [
+    "DampingType",
+    "FisherType",
+    "InverseMethod",
+    "KFACApprox",
+    "LossType",
+    "RNNApprox",
+    "Reduction",
+    "StepRule",
+    "compute_factors",
+]

@@ -1,0 +1,174 @@
+r"""The curvature-block interface shared by all layer types.
+
+A block owns the Kronecker factors of one weight (plus its bias). Conventions (they
+hold for every block; see the package docstring for the reduction scaling):
+
+* The weight is viewed as a matrix ``W̄`` of shape ``(out, in')`` where
+  ``in' = in + 1`` when there is a bias, appended as the last column (homogeneous
+  coordinate), else ``in' = in``.
+* The block is ``S ⊗ A`` acting on the row-major ``vec(W̄) = W̄.reshape(-1)``;
+  S is ``(out, out)`` from output gradients, A is ``(in', in')`` from inputs (or a
+  1-D tensor holding a diagonal A).
+* ``A = (1/R) Σ_r ā_r ā_rᵀ`` is a mean over the R rows (examples × shared
+  positions) and ``S = Σ_probes Σ_r ĝ_r ĝ_rᵀ`` is a sum, where the probes carry the
+  loss scale (see :mod:`kfac_spectra.kfac.fisher`), so that ``S ⊗ A`` approximates
+  the layer's diagonal block of the Fisher/GGN of the loss exactly as reduced.
+
+Capture flow: a forward hook calls :meth:`CurvatureBlock.forward_record`, which
+stores the processed inputs and returns the output tensors whose gradients are
+needed; once those gradients are known (probe back-propagation, or tensor hooks for
+the empirical Fisher), :meth:`CurvatureBlock.accumulate` adds them to the batch sums.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..enums import KFACApprox
+
+__all__ = ["CurvatureBlock", "Record", "stat_dtype_for"]
+
+
+def stat_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    """Statistics dtype: float32 or better (float64 stays float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+@dataclass
+class Record:
+    """What one forward call of a module left for the factor computation.
+
+    Attributes:
+        block: The block that made it.
+        data: Processed, detached inputs (block specific).
+        outputs: Output tensors (in the autograd graph) whose gradients are needed.
+        call: Index of the root forward call this record belongs to.
+        tag: Block-specific marker (e.g. which use of a tied weight).
+        grads: Per probe, the gradients of ``outputs`` (filled in later).
+    """
+
+    block: CurvatureBlock
+    data: Any
+    outputs: list[Tensor]
+    call: int = 0
+    tag: str = ""
+    grads: list[list[Tensor | None]] = field(default_factory=list)
+
+
+class CurvatureBlock(ABC):
+    """One Kronecker-factored curvature block.
+
+    Args:
+        name: Qualified name of the module (key in factor dictionaries).
+        module: The module.
+        approx: K-FAC-expand or K-FAC-reduce for weight-sharing dimensions.
+    """
+
+    #: Whether factor A is stored as its diagonal (1-D tensor).
+    diagonal_a: bool = False
+    #: Whether CG-FAC can run matrix-free on this block's stored rows.
+    supports_cg: bool = False
+
+    def __init__(self, name: str, module: nn.Module, approx: KFACApprox) -> None:
+        self.name = name
+        self.module = module
+        self.approx = approx
+        self.keep_rows = False
+        self.reset_batch()
+
+    # ----------------------------------------------------------------- params
+    @abstractmethod
+    def params(self) -> list[nn.Parameter]:
+        """The parameters this block preconditions, in a fixed order."""
+
+    @property
+    def stat_dtype(self) -> torch.dtype:
+        """Statistics dtype (float32 or better)."""
+        return stat_dtype_for(self.params()[0].dtype)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.params()[0].device
+
+    @abstractmethod
+    def grad_matrix(self) -> Tensor:
+        """The gradient as the ``(out, in')`` matrix ``[∇W | ∇b]`` (stat dtype)."""
+
+    @abstractmethod
+    def split_update(self, mat: Tensor) -> list[Tensor]:
+        """Inverse of :meth:`grad_matrix`: param-shaped tensors, as :meth:`params`."""
+
+    # ---------------------------------------------------------------- capture
+    def reset_batch(self) -> None:
+        """Forget the statistics accumulated since the last :meth:`batch_factors`."""
+        self._a_sum: Tensor | None = None
+        self._s_sum: Tensor | None = None
+        self._rows = 0
+        self._calls: set[int] = set()
+        self.rows_x: list[Tensor] = []
+        self.rows_g: list[Tensor] = []
+
+    @abstractmethod
+    def forward_record(
+        self, module: nn.Module, args: tuple[Any, ...], output: Any, call: int
+    ) -> tuple[Record | None, Any]:
+        """Process one forward call.
+
+        Args:
+            module: The module that ran (a block may own several, e.g. tied weights).
+            args: Its positional inputs.
+            output: Its output.
+            call: Index of the root forward call.
+
+        Returns:
+            The record (``None`` to skip this call) and a replacement output
+            (``None`` keeps the module's own output).
+        """
+
+    @abstractmethod
+    def accumulate(self, record: Record, grad_scale: float = 1.0) -> None:
+        """Add ``record.grads`` (times ``grad_scale``) to the batch statistics."""
+
+    def _add_a(self, a: Tensor, rows: int) -> None:
+        self._a_sum = a if self._a_sum is None else self._a_sum + a
+        self._rows += rows
+
+    def _add_s(self, s: Tensor, call: int) -> None:
+        self._s_sum = s if self._s_sum is None else self._s_sum + s
+        self._calls.add(call)
+
+    def batch_factors(self) -> dict[str, Tensor] | None:
+        """The factors of the batch captured since the last call, then reset.
+
+        ``A`` is the mean over rows; ``S`` the probe sum, averaged over root forward
+        calls (several calls before one step are micro-batches of one batch).
+
+        Returns:
+            ``{"A": A, "S": S, ...}`` or ``None`` if nothing complete was captured.
+        """
+        if self._a_sum is None or self._s_sum is None or self._rows == 0:
+            self.reset_batch()
+            return None
+        out = {
+            "A": self._a_sum / self._rows,
+            "S": self._s_sum / max(len(self._calls), 1),
+        }
+        self.reset_batch()
+        return out
+
+    @staticmethod
+    def kronecker(stats: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The Kronecker pair ``(A, S)`` from (moving averages of) batch statistics."""
+        return stats["A"], stats["S"]
+
+    # ------------------------------------------------------------- utilities
+    def _bias_column(self, rows: Tensor, has_bias: bool) -> Tensor:
+        if not has_bias:
+            return rows
+        return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)

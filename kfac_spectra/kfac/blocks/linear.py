@@ -1,0 +1,127 @@
+r"""Curvature block for ``nn.Linear``, including weight sharing over extra dims.
+
+For an input ``x`` of shape ``(N, *shared, in)`` and output gradients ``ĝ`` of shape
+``(N, *shared, out)``:
+
+* K-FAC-expand: every shared position is a row,
+  ``A = mean_{n,t} ā_{n,t} ā_{n,t}ᵀ``, ``S = Σ_{n,t} ĝ_{n,t} ĝ_{n,t}ᵀ``;
+* K-FAC-reduce: ``ã_n = mean_t ā_{n,t}`` and ``g̃_n = Σ_t ĝ_{n,t}``,
+  ``A = mean_n ã_n ã_nᵀ``, ``S = Σ_n g̃_n g̃_nᵀ``.
+
+Both are exact for deep linear networks in their respective setting (expand: loss
+terms per shared position; reduce: shared positions aggregated before the loss).
+
+References:
+    Martens & Grosse (2015), eqn (1); Eschenhagen et al. (2023), K-FAC-expand and
+    K-FAC-reduce.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..enums import KFACApprox
+from .base import CurvatureBlock, Record
+
+__all__ = ["DenseBlock", "LinearBlock"]
+
+
+class DenseBlock(CurvatureBlock):
+    """Shared machinery for blocks whose factors come from dense row matrices.
+
+    Subclasses implement :meth:`input_rows` and :meth:`grad_rows`.
+    """
+
+    supports_cg = True
+
+    @property
+    def has_bias(self) -> bool:
+        """Whether a bias is appended as the homogeneous column."""
+        return getattr(self.module, "bias", None) is not None
+
+    def params(self) -> list[nn.Parameter]:
+        """Weight, then bias if present."""
+        ps = [self.module.weight]
+        if self.has_bias:
+            ps.append(self.module.bias)
+        return ps
+
+    def grad_matrix(self) -> Tensor:
+        """``[∇W.reshape(out, -1) | ∇b]`` in the stat dtype."""
+        w = self.module.weight
+        gw = w.grad if w.grad is not None else torch.zeros_like(w)
+        mat = gw.detach().reshape(w.shape[0], -1).to(self.stat_dtype)
+        if self.has_bias:
+            b = self.module.bias
+            gb = b.grad if b.grad is not None else torch.zeros_like(b)
+            mat = torch.cat([mat, gb.detach().to(self.stat_dtype)[:, None]], dim=1)
+        return mat
+
+    def split_update(self, mat: Tensor) -> list[Tensor]:
+        """Split ``(out, in')`` back into weight- and bias-shaped tensors."""
+        w = self.module.weight
+        if self.has_bias:
+            return [mat[:, :-1].reshape(w.shape), mat[:, -1].reshape(-1)]
+        return [mat.reshape(w.shape)]
+
+    def input_rows(self, x: Tensor) -> Tensor:
+        """Rows ``ā`` (with the homogeneous 1 when there is a bias), stat dtype."""
+        raise NotImplementedError
+
+    def grad_rows(self, g: Tensor) -> Tensor:
+        """Rows ``ĝ`` matching :meth:`input_rows`, stat dtype."""
+        raise NotImplementedError
+
+    def forward_record(
+        self, module: nn.Module, args: tuple[Any, ...], output: Any, call: int
+    ) -> tuple[Record | None, Any]:
+        """Form the input rows and A's batch sum; ask for the output's gradient."""
+        if not isinstance(output, Tensor) or not output.requires_grad:
+            return None, None
+        rows = self.input_rows(args[0].detach())
+        self._add_a(rows.T @ rows, rows.shape[0])
+        if self.keep_rows:
+            self.rows_x.append(rows)
+        return Record(self, None, [output], call=call), None
+
+    def accumulate(self, record: Record, grad_scale: float = 1.0) -> None:
+        """Add ``Σ_probes ĝᵀĝ`` to S's batch sum."""
+        for grads in record.grads:
+            g = grads[0]
+            if g is None:
+                continue
+            rows = self.grad_rows(g.detach())
+            if grad_scale != 1.0:
+                rows = rows * grad_scale
+            self._add_s(rows.T @ rows, record.call)
+            if self.keep_rows:
+                self.rows_g.append(rows)
+
+
+class LinearBlock(DenseBlock):
+    """K-FAC block of an ``nn.Linear`` (inputs ``(..., in)``)."""
+
+    def __init__(self, name: str, module: nn.Linear, approx: KFACApprox) -> None:
+        super().__init__(name, module, approx)
+
+    def input_rows(self, x: Tensor) -> Tensor:
+        """Expand: all leading dims are rows; reduce: mean over the shared dims."""
+        x = x.to(self.stat_dtype)
+        if x.ndim == 1:
+            x = x[None]
+        if self.approx == KFACApprox.REDUCE and x.ndim > 2:
+            x = x.reshape(x.shape[0], -1, x.shape[-1]).mean(dim=1)
+        rows = x.reshape(-1, x.shape[-1])
+        return self._bias_column(rows, self.has_bias)
+
+    def grad_rows(self, g: Tensor) -> Tensor:
+        """Expand: all leading dims are rows; reduce: sum over the shared dims."""
+        g = g.to(self.stat_dtype)
+        if g.ndim == 1:
+            g = g[None]
+        if self.approx == KFACApprox.REDUCE and g.ndim > 2:
+            g = g.reshape(g.shape[0], -1, g.shape[-1]).sum(dim=1)
+        return g.reshape(-1, g.shape[-1])

@@ -1,0 +1,175 @@
+"""Forward hooks that capture layer inputs and output-gradient statistics.
+
+:class:`Capture` registers one forward hook per supported module and a pre-hook and
+hook on the root model. While :attr:`Capture.enabled` is true (and autograd is on),
+each supported module call leaves a :class:`~kfac_spectra.kfac.blocks.base.Record`;
+the root hook then hands the model output to a callback, which typically
+back-propagates output probes to the recorded layer outputs with
+:meth:`Capture.backprop_probes`. For the empirical Fisher, :meth:`Capture.watch`
+instead installs tensor hooks that read the output gradients during the user's own
+``loss.backward()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from .blocks.base import CurvatureBlock, Record
+
+__all__ = ["Capture"]
+
+RootCallback = Callable[[Tensor, int], None]
+
+
+class Capture:
+    """Hooks that record what the K-FAC factors need.
+
+    Args:
+        model: The root module; its output (a tensor, last dim = classes/features) is
+            what the loss is computed from.
+        module_blocks: Map from each hooked module to the block that owns it.
+        on_output: Called as ``on_output(output, call_index)`` after each captured
+            root forward call.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        module_blocks: dict[nn.Module, CurvatureBlock],
+        on_output: RootCallback | None = None,
+    ) -> None:
+        self.model = model
+        self.module_blocks = module_blocks
+        self.on_output = on_output
+        self.enabled = False
+        self.suspended = False
+        self.records: list[Record] = []
+        self.call = 0
+        self.last_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+        self.keep_inputs = False
+        self._handles: list[RemovableHandle] = []
+        self._in_root = 0
+
+    # ------------------------------------------------------------------ hooks
+    def attach(self) -> None:
+        """Register the hooks (idempotent)."""
+        if self._handles:
+            return
+        for module in self.module_blocks:
+            self._handles.append(module.register_forward_hook(self._module_hook))
+        self._handles.append(
+            self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True)
+        )
+        self._handles.append(self.model.register_forward_hook(self._root_hook))
+
+    def detach(self) -> None:
+        """Remove all hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    @property
+    def recording(self) -> bool:
+        """Whether module calls are being recorded right now."""
+        return self.enabled and not self.suspended and torch.is_grad_enabled()
+
+    @contextmanager
+    def suspend(self) -> Iterator[None]:
+        """Temporarily ignore forward calls (internal re-evaluations)."""
+        prev = self.suspended
+        self.suspended = True
+        try:
+            yield
+        finally:
+            self.suspended = prev
+
+    def _root_pre_hook(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._in_root += 1
+        if self.keep_inputs and not self.suspended and self._in_root == 1:
+            self.last_inputs = (args, kwargs)
+
+    def _root_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._in_root -= 1
+        if self._in_root != 0 or not self.recording:
+            return
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                "K-FAC needs the model to return a tensor (last dim = classes or "
+                f"features); got {type(output).__name__}"
+            )
+        call = self.call
+        self.call += 1
+        if self.on_output is not None:
+            self.on_output(output, call)
+
+    def _module_hook(
+        self, module: nn.Module, args: tuple[Any, ...], output: Any
+    ) -> Any:
+        if not self.recording:
+            return None
+        block = self.module_blocks[module]
+        record, replacement = block.forward_record(module, args, output, self.call)
+        if record is not None:
+            self.records.append(record)
+        return replacement
+
+    # ------------------------------------------------------------- gradients
+    def take_records(self, call: int | None = None) -> list[Record]:
+        """Remove and return the records (of one root call, or all)."""
+        if call is None:
+            taken, self.records = self.records, []
+            return taken
+        taken = [r for r in self.records if r.call == call]
+        self.records = [r for r in self.records if r.call != call]
+        return taken
+
+    @staticmethod
+    def backprop_probes(
+        output: Tensor, records: list[Record], probes: list[Tensor]
+    ) -> None:
+        """Back-propagate each probe to the recorded layer outputs.
+
+        Fills ``record.grads`` (one entry per probe) and keeps the graph alive for
+        the user's own backward pass.
+
+        Args:
+            output: The root output the probes are shaped like.
+            records: Records whose ``outputs`` are in ``output``'s graph.
+            probes: Output-space vectors (see
+                :func:`~kfac_spectra.kfac.fisher.output_probes`).
+        """
+        targets = [t for r in records for t in r.outputs]
+        if not targets or not output.requires_grad:
+            return
+        for r in records:
+            r.grads = []
+        for v in probes:
+            grads = torch.autograd.grad(
+                output, targets, grad_outputs=v, retain_graph=True, allow_unused=True
+            )
+            i = 0
+            for r in records:
+                n = len(r.outputs)
+                r.grads.append(list(grads[i : i + n]))
+                i += n
+
+    @staticmethod
+    def watch(records: list[Record]) -> None:
+        """Install tensor hooks that store the user's backward gradients."""
+        for r in records:
+            r.grads = [[None] * len(r.outputs)]
+            for i, t in enumerate(r.outputs):
+
+                def hook(grad: Tensor, r: Record = r, i: int = i) -> None:
+                    prev = r.grads[0][i]
+                    r.grads[0][i] = grad.detach() if prev is None else prev + grad
+
+                t.register_hook(hook)
