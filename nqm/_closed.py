@@ -14,18 +14,31 @@ With distinct eigenvalues :math:`\\lambda_j` of :math:`A`, Sylvester's formula g
           v_j = \\frac{G(\\lambda_j)}{\\prod_{l\\ne j} (\\lambda_j - \\lambda_l)},
 
 where :math:`F(z) = e_o^\\top \\operatorname{adj}(zI - A) u` and
-:math:`G(z) = e_o^\\top \\operatorname{adj}(zI - A) n` (derived with sympy; see
-``analysis.symbolic``). The noise sum is
-:math:`\\sum_{j,l} v_j v_l \\varphi_t(\\lambda_j\\lambda_l)` with
+:math:`G(z) = e_o^\\top \\operatorname{adj}(zI - A) n` (derived with sympy):
+
+=============  =====================================  ===========================
+state          :math:`F(z)`                           :math:`G(z)`
+=============  =====================================  ===========================
+SGD            1                                      :math:`-\\alpha`
+momentum       :math:`z - \\beta`                      :math:`-\\alpha z`
+EMA            :math:`z - \\gamma(1-s)`                :math:`-\\alpha(1-\\gamma) z`
+both           :math:`z^2 - (\\beta+\\gamma(1-s))z + \\beta\\gamma`  :math:`-\\alpha(1-\\gamma) z^2`
+=============  =====================================  ===========================
+
+The noise sum is :math:`\\sum_{j,l} v_j v_l \\varphi_t(\\lambda_j\\lambda_l)` with
 :math:`\\varphi_t(\\mu) = (1 - \\mu^t)/(1 - \\mu)`.
 
-Every eigenvalue carries :math:`q = 1 - \\lambda`, :math:`p = 1 + \\lambda` and
-:math:`\\log\\lambda`, each computed from the parameters without cancellation;
-:math:`1 - \\mu^t` is evaluated as :math:`-\\operatorname{expm1}(t \\log \\mu)`. The
-only loss of accuracy is cancellation between the Lagrange terms when two
-eigenvalues nearly coincide (critical damping, :math:`\\gamma \\approx \\lambda`).
-It is measured a posteriori (the sum of absolute values of the terms) and
-returned, so that the caller can send those modes to the doubling engine.
+Accuracy. Every eigenvalue carries :math:`q = 1 - \\lambda`, :math:`p = 1 + \\lambda`
+and :math:`\\log|\\lambda|`, computed from the parameters without cancellation, and
+:math:`\\lambda^t - 1` is evaluated with ``expm1``, so eigenvalues within
+:math:`10^{-12}` of :math:`\\pm 1` and :math:`t = 10^{12}` keep full relative
+accuracy. The one loss of accuracy is cancellation between Lagrange terms when
+two eigenvalues nearly coincide (critical damping, :math:`\\gamma \\approx \\lambda`).
+It is measured a posteriori (the sum of the terms' absolute values) and returned,
+so the caller can recompute those modes by doubling.
+
+Speed. Modes with real eigenvalues use real arithmetic only; underdamped modes
+(complex momentum roots) compute one root of each conjugate pair.
 """
 
 from __future__ import annotations
@@ -37,84 +50,153 @@ from ._system import Features
 EPS = np.finfo(np.float64).eps
 
 
-def _cexpm1(z):
-    """Accurate :math:`e^z - 1` for complex ``z`` (numpy's loses relative accuracy)."""
-    x, y = z.real, z.imag
+# ------------------------------------------------------------------ helpers
+def _cexpm1(x, y):
+    """Accurate :math:`e^{x+iy} - 1` from real parts (numpy's complex one is not)."""
     em1 = np.expm1(x)
     sh = np.sin(0.5 * y)
     ch = np.cos(0.5 * y)
-    sin_y = 2.0 * sh * ch
-    re = em1 * (1.0 - 2.0 * sh * sh) - 2.0 * sh * sh
-    im = (em1 + 1.0) * sin_y
-    return re + 1j * im
+    two_sh2 = 2.0 * sh * sh
+    return (em1 * (1.0 - two_sh2) - two_sh2) + 1j * ((em1 + 1.0) * (2.0 * sh * ch))
 
 
-def _cexp(z):
-    r = np.exp(z.real)
-    return r * np.cos(z.imag) + 1j * (r * np.sin(z.imag))
-
-
-def _wrap(phase):
-    """Map phases to (-pi, pi]; exact integer multiples of 2 pi vanish."""
-    return phase - 2.0 * np.pi * np.round(phase / (2.0 * np.pi))
-
-
-class _Eig:
-    """An eigenvalue with accurate companions: lam, q = 1-lam, p = 1+lam, log(lam)."""
-
-    __slots__ = ("lam", "q", "p", "log")
-
-    def __init__(self, lam, q, p, log):
-        self.lam, self.q, self.p, self.log = lam, q, p, log
-
-
-def _real_eig(lam, q, p):
-    lam = np.asarray(lam, dtype=np.float64)
+def _log_abs(lam, q, p):
+    """:math:`\\log|\\lambda|` from whichever of q = 1-lam, p = 1+lam is accurate."""
     pos = lam > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_abs = np.where(pos, np.log1p(-np.where(pos, q, 0.0)), np.log1p(-np.where(pos, 0.0, p)))
-    return _Eig(lam + 0j, q + 0j, p + 0j, log_abs + 1j * np.where(pos, 0.0, np.pi))
+    if pos.all():
+        return np.log1p(-q), pos
+    return np.log1p(-np.where(pos, q, p)), pos
 
 
-def _momentum_pair(s, beta):
-    """Roots of :math:`z^2 - (1 - s + \\beta) z + \\beta` with accurate companions."""
+def _power_minus_one(log_abs, pos, t):
+    """:math:`\\lambda^t - 1` for real lambda (integer t), accurately."""
+    if t % 2 == 0 or pos.all():
+        return np.expm1(t * log_abs)
+    odd_negative = ~pos
+    return np.where(odd_negative, -np.exp(t * log_abs) - 1.0, np.expm1(t * log_abs))
+
+
+class _Real:
+    """A real eigenvalue with accurate companions."""
+
+    def __init__(self, lam, q, p, t):
+        self.lam, self.q, self.p = lam, q, p
+        self.log_abs, self.pos = _log_abs(lam, q, p)
+        self.e = _power_minus_one(self.log_abs, self.pos, t)  # lam^t - 1
+
+    def one_minus_square_t(self, t):
+        """:math:`1 - \\lambda^{2t}`."""
+        return -np.expm1(2.0 * t * self.log_abs)
+
+
+def _momentum_roots(s, beta):
+    """Discriminant and accurate pieces of the roots of z^2 - (1-s+beta) z + beta."""
     big = 1.0 - beta + s  # q1 + q2
     rs = np.sqrt(s)
     disc = ((1.0 - rs) ** 2 - beta) * ((1.0 + rs) ** 2 - beta)
-    real = disc >= 0
-    sq = np.sqrt(np.abs(disc))
-    # real branch: q_small * q_big = s
-    q_big = 0.5 * (big + sq)
-    q_small = s / q_big
-    p_small = 2.0 - q_small
-    p_big = (2.0 - s + 2.0 * beta) / p_small  # (1 + r1)(1 + r2) = 2 - s + 2 beta
-    e1r = _real_eig(1.0 - q_small, q_small, p_small)
-    e2r = _real_eig(1.0 - q_big, q_big, p_big)
-    # complex branch: r = (tau +- i sq)/2, |r|^2 = beta
+    return big, disc
+
+
+# -------------------------------------------------------------- real path
+def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
+    """Lagrange sums with all-real eigenvalues.
+
+    ``diffs[(j, l)]`` is :math:`\\lambda_j - \\lambda_l` for ``j < l``;
+    ``special_pairs[(j, l)]`` overrides ``(1 - mu, 1 - mu^t)`` for a pair.
+    """
+    k = len(eigs)
+    denom = []
+    for j in range(k):
+        d = 1.0
+        for m in range(k):
+            if m != j:
+                d = d * (diffs[(j, m)] if j < m else -diffs[(m, j)])
+        denom.append(d)
+    f = 0.0
+    f_abs = 0.0
+    for j in range(k):
+        term = fz[j] / denom[j] * (eigs[j].e + 1.0)
+        f = f + term
+        f_abs = f_abs + np.abs(term)
+    v = [gz[j] / denom[j] for j in range(k)]
+    G = 0.0
+    g_abs = 0.0
+    for j in range(k):
+        for m in range(j, k):
+            ej, em = eigs[j], eigs[m]
+            if (j, m) in special_pairs:
+                one_minus_mu, one_minus_mut = special_pairs[(j, m)]
+            elif j == m:
+                one_minus_mu = ej.q * ej.p
+                one_minus_mut = ej.one_minus_square_t(t)
+            else:
+                one_minus_mu = ej.q + ej.lam * em.q
+                one_minus_mut = -(ej.e + em.e + ej.e * em.e)
+            term = v[j] * v[m] * (one_minus_mut / one_minus_mu)
+            if j != m:
+                term = 2.0 * term
+            G = G + term
+            g_abs = g_abs + np.abs(term)
+    return f, f_abs, G, g_abs
+
+
+# ----------------------------------------------------------- complex path
+def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
+    """Underdamped momentum (complex roots r, conj(r)), with or without averaging.
+
+    Only :math:`r = (\\tau + i\\sqrt{-D})/2` is computed; its conjugate's terms are
+    complex conjugates, so sums over the pair are twice the real part.
+    """
     tau = 1.0 - s + beta
-    with np.errstate(divide="ignore"):
-        half_log_beta = 0.5 * np.log(beta)
-    arg = np.arctan2(sq, tau)
-    lam_c = 0.5 * (tau + 1j * sq)
-    q_c = 0.5 * (big - 1j * sq)
-    p_c = 0.5 * ((3.0 - s + beta) + 1j * sq)
-    log_c = half_log_beta + 1j * arg
+    sq = np.sqrt(-disc)
+    lam = 0.5 * (tau + 1j * sq)
+    q = 0.5 * (big - 1j * sq)
+    p = 0.5 * ((3.0 - s + beta) + 1j * sq)
+    log_abs = 0.5 * np.log(beta)  # |r|^2 = beta
+    phase = np.arctan2(sq, tau)
+    e = _cexpm1(t * log_abs, t * phase)  # r^t - 1
+    one_minus_beta_t = -np.expm1(t * np.log(beta))  # 1 - (r conj r)^t
+    d12 = 1j * sq  # r - conj(r)
+    if not ema:
+        # F(z) = z - beta, G(z) = -alpha z; denominators r - conj(r) and its negative
+        w = (lam - beta) / d12
+        v = -alpha * lam / d12
+        f = 2.0 * (w * (e + 1.0)).real
+        f_abs = 2.0 * np.abs(w * (e + 1.0))
+        t_rr = v * v * (-(e * (2.0 + e)) / (q * p))
+        t_rc = np.abs(v) ** 2 * (one_minus_beta_t / (1.0 - beta))
+        G = 2.0 * t_rr.real + 2.0 * t_rc
+        g_abs = 2.0 * np.abs(t_rr) + 2.0 * np.abs(t_rc)
+        return f, f_abs, G, g_abs
+    g = _Real(gamma, 1.0 - gamma, 1.0 + gamma, t)
+    d1g = (1.0 - gamma) - q  # r - gamma
+    # gamma - r and gamma - conj(r): product |r - gamma|^2
+    lin = beta + gamma * (1.0 - s)
+    fz1 = lam * lam - lin * lam + beta * gamma
+    fzg = gamma * gamma - lin * gamma + beta * gamma
+    den1 = d12 * d1g
+    deng = np.abs(d1g) ** 2
+    w1 = fz1 / den1
+    wg = fzg / deng
+    c = -alpha * (1.0 - gamma)
+    v1 = c * lam * lam / den1
+    vg = c * gamma * gamma / deng
+    f1 = w1 * (e + 1.0)
+    fg = wg * (g.e + 1.0)
+    f = 2.0 * f1.real + fg
+    f_abs = 2.0 * np.abs(f1) + np.abs(fg)
+    t_rr = v1 * v1 * (-(e * (2.0 + e)) / (q * p))
+    t_rc = np.abs(v1) ** 2 * (one_minus_beta_t / (1.0 - beta))
+    one_minus_mu = (1.0 - gamma) + gamma * q
+    one_minus_mut = -(e + g.e + e * g.e)
+    t_rg = v1 * vg * (one_minus_mut / one_minus_mu)
+    t_gg = vg * vg * (g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma)))
+    G = 2.0 * t_rr.real + 2.0 * t_rc + 4.0 * t_rg.real + t_gg
+    g_abs = 2.0 * np.abs(t_rr) + 2.0 * np.abs(t_rc) + 4.0 * np.abs(t_rg) + np.abs(t_gg)
+    return f, f_abs, G, g_abs
 
-    def pick(a, b):
-        return np.where(real, a, b)
 
-    e1 = _Eig(pick(e1r.lam, lam_c), pick(e1r.q, q_c), pick(e1r.p, p_c), pick(e1r.log, log_c))
-    e2 = _Eig(
-        pick(e2r.lam, np.conj(lam_c)),
-        pick(e2r.q, np.conj(q_c)),
-        pick(e2r.p, np.conj(p_c)),
-        pick(e2r.log, np.conj(log_c)),
-    )
-    # r1 - r2 exactly: sqrt(D) (real) or i sqrt(-D) (complex)
-    diff12 = np.where(real, sq + 0j, 1j * sq)
-    return e1, e2, diff12
-
-
+# ----------------------------------------------------------------- public
 def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
     """Per-mode :math:`F_t = f_t^2` and :math:`G_t = \\sum_{k<t} g_k^2` (unit noise).
 
@@ -124,85 +206,89 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
         t: number of updates, ``t >= 1``.
 
     Returns:
-        ``(F, G, err_F, err_G)``: arrays of shape ``S``; ``err_*`` are a-posteriori
-        bounds on the absolute rounding error from cancellation between terms.
-        Non-finite results (overflow of diverging modes) are returned as ``inf``.
+        ``(F, G, err_F, err_G)``: arrays of shape ``S``; ``err_*`` bound the
+        absolute rounding error caused by cancellation between terms (``inf`` where
+        the closed form is undefined, e.g. exactly coinciding eigenvalues).
+        Overflowing (diverging) modes give ``F`` or ``G`` equal to ``inf``.
     """
-    hh, alpha, beta, gamma = np.broadcast_arrays(
-        *(np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma))
-    )
+    # Per-setting quantities keep their own (smaller) shape; numpy broadcasting
+    # applies them to all modes, so e.g. log(gamma) is computed once per setting.
+    hh, alpha, beta, gamma = (np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma))
     s = alpha * hh
-    t = float(t)
+    shape = np.broadcast_shapes(s.shape, beta.shape, gamma.shape)
+    s = np.broadcast_to(s, shape)
     with np.errstate(all="ignore"):
         if not feats.momentum and not feats.ema:
             return _sgd_terms(s, alpha, t)
+        f = np.empty(shape)
+        f_abs = np.empty(shape)
+        G = np.empty(shape)
+        g_abs = np.empty(shape)
         if feats.momentum:
-            e1, e2, d12 = _momentum_pair(s, beta)
-        if feats.ema:
-            g_eig = _real_eig(gamma, 1.0 - gamma, 1.0 + gamma)
-        if feats.momentum and not feats.ema:
-            eigs = [e1, e2]
-            diffs = {(0, 1): d12}
-            fz = [e.lam - beta for e in eigs]
-            gz = [-alpha * e.lam for e in eigs]
-            pair_one_minus = {(0, 1): (1.0 - beta) + 0j}
-        elif feats.ema and not feats.momentum:
-            ea = _real_eig(1.0 - s, s, 2.0 - s)
-            eigs = [ea, g_eig]
-            diffs = {(0, 1): ((1.0 - gamma) - s) + 0j}
-            fz = [e.lam - gamma * (1.0 - s) for e in eigs]
-            gz = [-alpha * (1.0 - gamma) * e.lam for e in eigs]
-            pair_one_minus = {}
+            big, disc = (np.broadcast_to(x, shape) for x in _momentum_roots(s, beta))
+            cplx = disc < 0
         else:
-            eigs = [e1, e2, g_eig]
-            diffs = {
-                (0, 1): d12,
-                (0, 2): (1.0 - gamma) - e1.q,
-                (1, 2): (1.0 - gamma) - e2.q,
-            }
-            lin = beta + gamma * (1.0 - s)
-            fz = [e.lam * e.lam - lin * e.lam + beta * gamma for e in eigs]
-            gz = [-alpha * (1.0 - gamma) * e.lam * e.lam for e in eigs]
-            pair_one_minus = {(0, 1): (1.0 - beta) + 0j}
-        k = len(eigs)
-        denom = []
-        for j in range(k):
-            d = 1.0 + 0j
-            for m in range(k):
-                if m != j:
-                    d = d * (diffs[(j, m)] if j < m else -diffs[(m, j)])
-            denom.append(d)
-        w = [fz[j] / denom[j] for j in range(k)]
-        v = [gz[j] / denom[j] for j in range(k)]
-        powers = [_cexp(t * e.log) for e in eigs]
-        f_terms = [w[j] * powers[j] for j in range(k)]
-        f = sum(f_terms).real
-        f_abs = sum(np.abs(x) for x in f_terms)
+            cplx = np.zeros(shape, dtype=bool)
+        real = ~cplx
+        if not np.any(cplx):
+            out = _real_case(
+                s, alpha, beta, gamma, *((big, disc) if feats.momentum else ()), feats=feats, t=t
+            )
+            f, f_abs, G, g_abs = (np.broadcast_to(x, shape) for x in out)
+        elif np.any(real):
+            sel = [np.broadcast_to(x, shape)[real] for x in (s, alpha, beta, gamma)]
+            if feats.momentum:
+                sel += [big[real], disc[real]]
+            out = _real_case(*sel, feats=feats, t=t)
+            for dst, src in zip((f, f_abs, G, g_abs), out):
+                dst[real] = src
+        if np.any(cplx):
+            sel = [np.broadcast_to(x, shape)[cplx] for x in (s, alpha, beta, gamma, big, disc)]
+            out = _complex_pair_terms(*sel, ema=feats.ema, t=t)
+            for dst, src in zip((f, f_abs, G, g_abs), out):
+                dst[cplx] = src
         F = f * f
-        err_F = 4.0 * EPS * f_abs * (np.abs(f) + f_abs * EPS)
-        G = 0.0
-        g_abs = 0.0
-        for j in range(k):
-            for m in range(j, k):
-                ej, em = eigs[j], eigs[m]
-                if j == m:
-                    one_minus_mu = ej.q * ej.p
-                elif (j, m) in pair_one_minus:
-                    one_minus_mu = pair_one_minus[(j, m)]
-                else:
-                    one_minus_mu = ej.q + ej.lam * em.q
-                log_mu = ej.log + em.log
-                log_mu = log_mu.real + 1j * _wrap(log_mu.imag)
-                phi = -_cexpm1(t * log_mu) / one_minus_mu
-                term = v[j] * v[m] * phi * (1.0 if j == m else 2.0)
-                G = G + term
-                g_abs = g_abs + np.abs(term)
-        G = G.real
+        err_F = 4.0 * EPS * f_abs * (np.abs(f) + f_abs)
         err_G = 8.0 * EPS * g_abs
-        F, G = _finite_or_inf(F), _finite_or_inf(G)
         err_F = np.where(np.isfinite(err_F), err_F, np.inf)
         err_G = np.where(np.isfinite(err_G), err_G, np.inf)
-    return F, G, err_F, err_G
+        return _finite_or_inf(F), _finite_or_inf(G), err_F, err_G
+
+
+def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
+    if feats.momentum:
+        sq = np.sqrt(disc)
+        q_big = 0.5 * (big + sq)
+        q_small = s / q_big
+        p_small = 2.0 - q_small
+        p_big = (2.0 - s + 2.0 * beta) / p_small  # (1 + r1)(1 + r2)
+        r1 = _Real(1.0 - q_small, q_small, p_small, t)
+        r2 = _Real(1.0 - q_big, q_big, p_big, t)
+        pair = ((1.0 - beta), -np.expm1(t * np.log(beta)))  # r1 r2 = beta
+    if feats.momentum and not feats.ema:
+        eigs = [r1, r2]
+        diffs = {(0, 1): sq}
+        fz = [e.lam - beta for e in eigs]
+        gz = [-alpha * e.lam for e in eigs]
+        return _real_terms(eigs, diffs, fz, gz, {(0, 1): pair}, t)
+    g = _Real(gamma, 1.0 - gamma, 1.0 + gamma, t)
+    if not feats.momentum:
+        a = _Real(1.0 - s, s, 2.0 - s, t)
+        eigs = [a, g]
+        diffs = {(0, 1): (1.0 - gamma) - s}
+        fz = [e.lam - gamma * (1.0 - s) for e in eigs]
+        gz = [-alpha * (1.0 - gamma) * e.lam for e in eigs]
+        special = {(0, 1): ((1.0 - gamma) + gamma * s, -(a.e + g.e + a.e * g.e))}
+        return _real_terms(eigs, diffs, fz, gz, special, t)
+    eigs = [r1, r2, g]
+    diffs = {(0, 1): sq, (0, 2): (1.0 - gamma) - q_small, (1, 2): (1.0 - gamma) - q_big}
+    lin = beta + gamma * (1.0 - s)
+    fz = [e.lam * e.lam - lin * e.lam + beta * gamma for e in eigs]
+    gz = [-alpha * (1.0 - gamma) * e.lam * e.lam for e in eigs]
+    special = {(0, 1): pair}
+    for j, e in ((0, r1), (1, r2)):
+        special[(j, 2)] = ((1.0 - gamma) + gamma * e.q, -(e.e + g.e + e.e * g.e))
+    return _real_terms(eigs, diffs, fz, gz, special, t)
 
 
 def _finite_or_inf(x):
@@ -211,13 +297,10 @@ def _finite_or_inf(x):
 
 def _sgd_terms(s, alpha, t):
     """SGD: :math:`F = (1-s)^{2t}`, :math:`G = \\alpha^2 (1 - (1-s)^{2t})/(s(2-s))`."""
-    lam = 1.0 - s
-    pos = lam > 0
-    log_abs = np.where(pos, np.log1p(-np.where(pos, s, 0.0)), np.log1p(np.where(pos, 0.0, s - 2.0)))
+    log_abs, _ = _log_abs(1.0 - s, s, 2.0 - s)
     x = 2.0 * t * log_abs
     F = np.exp(x)
     G = alpha * alpha * (-np.expm1(x)) / (s * (2.0 - s))
-    # s == 2 exactly: |lambda| = 1, G = alpha^2 t
-    G = np.where(s == 2.0, alpha * alpha * t, G)
+    G = np.where(s == 2.0, alpha * alpha * t, G)  # |1 - s| = 1 exactly
     zero = np.zeros_like(F)
     return _finite_or_inf(F), _finite_or_inf(G), zero, zero
