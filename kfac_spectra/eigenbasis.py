@@ -1,0 +1,134 @@
+r"""Kronecker eigenbases of K-FAC blocks, in the layout of the stored weight.
+
+For a block whose weight is stored as an (r, c) matrix :math:`\bar W = [W | b]`
+(see :mod:`kfac_spectra.layer_capture`), K-FAC approximates the curvature on the
+row-major :math:`\mathrm{vec}(\bar W)` by :math:`R \otimes K` with a row factor R
+(r x r) and a column factor K (c x c). With :math:`R = U \Lambda U^\top` and
+:math:`K = V M V^\top`, the directions
+
+.. math:: v_{ij} = u_i \otimes v_j,\qquad (R \otimes K) v_{ij} = \lambda_i \mu_j v_{ij}
+
+form an orthonormal eigenbasis. For ``nn.Linear``/conv weights (out, in') the row
+factor is K-FAC's S and the column factor its A; for an ``nn.Embedding`` (and a
+weight tied to one) stored as (V, D), the row factor is the one-hot input factor A
+and the column factor the output-gradient factor S (seed 004, appendix A.1: the
+factors swap places).
+
+References:
+    Martens and Grosse 2015, section 3; George et al. 2018 (EKFAC: the Kronecker
+    eigenbasis); Zhang et al. 2019, appendix A.1 and E.2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from kfac_spectra.layer_capture import Block
+
+__all__ = ["KroneckerBasis", "basis_from_factors", "kronecker_bases"]
+
+
+@dataclass(frozen=True)
+class KroneckerBasis:
+    """Eigendecomposition of one block's Kronecker factors (float64, descending).
+
+    Attributes:
+        row_values: (r,) eigenvalues of the row factor, descending.
+        row_vectors: (r, r) orthonormal eigenvectors (columns).
+        col_values: (c,) eigenvalues of the column factor, descending.
+        col_vectors: (c, c) orthonormal eigenvectors (columns).
+    """
+
+    row_values: Tensor
+    row_vectors: Tensor
+    col_values: Tensor
+    col_vectors: Tensor
+
+    def __post_init__(self) -> None:
+        r, c = self.row_values.shape[0], self.col_values.shape[0]
+        if self.row_vectors.shape != (r, r) or self.col_vectors.shape != (c, c):
+            raise ValueError(
+                f"basis shapes disagree: values ({r},), ({c},), vectors "
+                f"{tuple(self.row_vectors.shape)}, {tuple(self.col_vectors.shape)}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(r, c)."""
+        return self.row_values.shape[0], self.col_values.shape[0]
+
+    def kronecker_eigenvalues(self) -> Tensor:
+        """(r, c) products :math:`\\lambda_i \\mu_j` (K-FAC curvature along v_ij)."""
+        return torch.outer(self.row_values, self.col_values)
+
+    def direction(self, i: int, j: int) -> Tensor:
+        """The (r, c) matrix of direction :math:`v_{ij} = u_i \\otimes v_j`."""
+        return torch.outer(self.row_vectors[:, i], self.col_vectors[:, j])
+
+
+def _eigh_descending(factor: Tensor) -> tuple[Tensor, Tensor]:
+    """Eigen-decomposition in float64, eigenvalues descending; 1-D = diagonal."""
+    factor = factor.detach().to(torch.float64)
+    if factor.dim() == 1:
+        values, order = torch.sort(factor, descending=True)
+        eye = torch.eye(factor.shape[0], dtype=torch.float64, device=factor.device)
+        return values, eye[:, order]
+    if factor.dim() != 2 or factor.shape[0] != factor.shape[1]:
+        raise ValueError(f"factor must be square or 1-D, got {tuple(factor.shape)}")
+    values, vectors = torch.linalg.eigh(0.5 * (factor + factor.T))
+    return values.flip(0), vectors.flip(1)
+
+
+def basis_from_factors(row_factor: Tensor, col_factor: Tensor) -> KroneckerBasis:
+    """Eigenbasis of :math:`R \\otimes K` from its factors.
+
+    Args:
+        row_factor: (r, r) symmetric PSD, or (r,) for a diagonal factor.
+        col_factor: (c, c) symmetric PSD, or (c,) for a diagonal factor.
+
+    Returns:
+        The basis, float64, eigenvalues in descending order.
+
+    Raises:
+        ValueError: If a factor is neither square nor 1-D.
+    """
+    rv, ru = _eigh_descending(row_factor)
+    cv, cu = _eigh_descending(col_factor)
+    return KroneckerBasis(rv, ru, cv, cu)
+
+
+def kronecker_bases(
+    factors: Mapping[str, tuple[Tensor, Tensor]], blocks: Mapping[str, Block]
+) -> dict[str, KroneckerBasis]:
+    """Bases from K-FAC factors keyed like ``kfac_spectra.compute_factors``.
+
+    Args:
+        factors: ``name -> (A, S)`` with, for a Linear/conv weight (out, in'), the
+            block :math:`S \\otimes A` on the row-major vec, and for an embedding
+            (or tied) weight stored (V, D), A over the V side and S over the D side.
+        blocks: The model's blocks (:func:`kfac_spectra.layer_capture.find_blocks`).
+
+    Returns:
+        ``name -> KroneckerBasis`` in the stored layout of each block.
+
+    Raises:
+        ValueError: If a name is not a block, or factor sizes do not fit it.
+    """
+    bases = {}
+    for name, (a, s) in factors.items():
+        if name not in blocks:
+            raise ValueError(f"factors: {name!r} is not a block of the model")
+        block = blocks[name]
+        embedding_like = any(isinstance(m, nn.Embedding) for m in block.modules)
+        basis = basis_from_factors(a, s) if embedding_like else basis_from_factors(s, a)
+        if basis.shape != block.shape:
+            raise ValueError(
+                f"factors: {name!r} has factor sizes {basis.shape} but the block "
+                f"is {block.shape}"
+            )
+        bases[name] = basis
+    return bases

@@ -1,0 +1,497 @@
+r"""Gradient noise and curvature along Kronecker eigen-directions (seed 004, E.2).
+
+The NQM assumes that the curvature H and the per-example gradient covariance C are
+co-diagonal with :math:`H \approx C`. For every direction :math:`v = u \otimes w` of
+every block's Kronecker eigenbasis (:mod:`kfac_spectra.eigenbasis`) we measure,
+over examples n with per-example gradients :math:`g_n`:
+
+.. math::
+    m_v = \mathbb{E}_n[v^\top g_n],\quad
+    s_v = \mathbb{E}_n[(v^\top g_n)^2],\quad
+    c_v = \mathrm{Var}_n(v^\top g_n),\quad
+    h_v = v^\top F v = \mathbb{E}_n\Big[\sum_k (v^\top J_n^\top q_{n,k})^2\Big]
+
+where the probes :math:`q_{n,k}` satisfy :math:`\sum_k q_{n,k} q_{n,k}^\top = H_\ell`
+(type-2: columns of the output-Hessian square root, per output position, so F is
+exactly the GGN), or are scaled score vectors of sampled targets (MC: an unbiased
+estimate of the Fisher), or the observed gradient (empirical Fisher: h = s).
+
+**Per-example loss.** :math:`\ell_n = \sum_{t} \ell(f_{n,t}, y_{n,t})` sums over an
+example's output positions t (one for classifiers, T for language models) with
+unit-scale terms as in :mod:`kfac_spectra.kfac.fisher`: MSE
+:math:`\ell = \lVert f - y\rVert^2` (output Hessian 2I) and cross-entropy on
+logits. The training objective is the mean over examples, so h is the curvature of
+that objective and c the per-example noise (a batch of B has noise c/B): the NQM's
+:math:`h_i` and :math:`c_i`.
+
+**Exact and cheap.** With :math:`G_n = \sum_p \rho_{n,p}\kappa_{n,p}^\top` (see
+:mod:`kfac_spectra.layer_capture`), :math:`v^\top g_n = u^\top G_n w =
+\sum_p (u^\top\rho_{n,p})(w^\top\kappa_{n,p})`. We project once,
+:math:`\tilde\rho = U^\top\rho`, :math:`\tilde\kappa = W^\top\kappa`, and all
+directions of example n are the matrix :math:`Z_n = \sum_p \tilde\rho_{n,p}
+\tilde\kappa_{n,p}^\top`. With one position per example,
+:math:`\sum_n Z_n^{\odot 2} = (\tilde\rho^{\odot 2})^\top \tilde\kappa^{\odot 2}` is
+one matrix product and no per-example gradient ever exists; with several positions
+(convolutions, sequences, tied weights) :math:`Z_n` is formed exactly, a chunk of
+examples at a time.
+
+References:
+    Zhang et al. 2019, "Which Algorithmic Choices Matter at Which Batch Sizes?",
+    section 3.5 and appendix E.2; Martens 2014 (Fisher = GGN for these losses);
+    Schraudolph 2002 (curvature-vector products).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kfac_spectra.eigenbasis import KroneckerBasis
+from kfac_spectra.layer_capture import Block, PerExampleCapture, Side
+
+__all__ = [
+    "FisherType",
+    "GradientStats",
+    "LayerGradientStats",
+    "LossType",
+    "VarianceCurvatureComparison",
+    "compare_variance_curvature",
+    "curvature_probes",
+    "eigenbasis_gradient_stats",
+    "loss_gradient_probe",
+]
+
+
+class LossType(StrEnum):
+    """Per-term loss: ``"mse"`` is :math:`\\lVert f-y\\rVert^2`, ``"ce"`` softmax CE."""
+
+    MSE = "mse"
+    CE = "ce"
+
+
+class FisherType(StrEnum):
+    """Which curvature :math:`v^\\top F v` measures (see module docstring)."""
+
+    TYPE2 = "type2"
+    MC = "mc"
+    EMPIRICAL = "empirical"
+
+
+def _terms(output: Tensor) -> Tensor:
+    """View (N, C) or (N, *, C) outputs as (N, M, C)."""
+    return output.reshape(output.shape[0], -1, output.shape[-1])
+
+
+def loss_gradient_probe(output: Tensor, targets: Tensor, loss: LossType) -> Tensor:
+    """Gradient of :math:`\\sum_n \\ell_n` with respect to the output.
+
+    Args:
+        output: (N, C) or (N, *, C) model output.
+        targets: Class ids shaped ``output.shape[:-1]`` (CE), or like ``output``
+            (MSE).
+        loss: The loss.
+
+    Returns:
+        Tensor shaped like ``output`` (detached): :math:`2(f-y)` or
+        :math:`\\mathrm{softmax}(f) - \\mathrm{onehot}(y)`.
+
+    Raises:
+        ValueError: If ``targets`` has the wrong shape.
+    """
+    f = output.detach()
+    if LossType(loss) is LossType.MSE:
+        if targets.shape != f.shape:
+            raise ValueError(f"targets: MSE needs shape {tuple(f.shape)}")
+        return 2.0 * (f - targets.to(f.dtype))
+    if targets.shape != f.shape[:-1]:
+        raise ValueError(f"targets: CE needs class ids of shape {tuple(f.shape[:-1])}")
+    onehot = nn.functional.one_hot(targets.long(), f.shape[-1]).to(f.dtype)
+    return torch.softmax(f, dim=-1) - onehot
+
+
+def curvature_probes(
+    output: Tensor,
+    targets: Tensor,
+    loss: LossType | str,
+    fisher_type: FisherType | str,
+    *,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Iterator[Tensor]:
+    """Output-space probes q with :math:`\\sum_q (v^\\top J^\\top q)^2 = v^\\top F v`.
+
+    * type-2: for every output position t and class k, the probe that is column k
+      of :math:`H_\\ell^{1/2}` at position t and zero elsewhere; :math:`H^{1/2} =
+      \\sqrt 2 I` (MSE) or :math:`\\mathrm{diag}(\\sqrt p) - p\\sqrt p^\\top`
+      (CE, whose square is :math:`\\mathrm{diag}(p) - pp^\\top`). Exact GGN.
+    * MC: ``mc_samples`` probes :math:`\\nabla_f\\ell(f,\\hat y)/\\sqrt{S}` with
+      :math:`\\hat y` drawn from the model (all positions at once).
+    * empirical: the observed loss gradient.
+
+    Args:
+        output: (N, C) or (N, *, C).
+        targets: As in :func:`loss_gradient_probe`.
+        loss: The loss.
+        fisher_type: Which Fisher.
+        mc_samples: Samples per example for MC.
+        generator: Random generator for MC (on ``output``'s device).
+
+    Yields:
+        Tensors shaped like ``output``.
+
+    Raises:
+        ValueError: If ``mc_samples`` < 1.
+
+    References:
+        Martens and Grosse 2015, section 5 (sampled targets); Botev et al. 2017
+        (columns of the output-Hessian square root).
+    """
+    loss, fisher_type = LossType(loss), FisherType(fisher_type)
+    f = output.detach()
+    terms = _terms(f)
+    if fisher_type is FisherType.EMPIRICAL:
+        yield loss_gradient_probe(f, targets, loss)
+        return
+    if fisher_type is FisherType.MC:
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        scale = 1.0 / math.sqrt(mc_samples)
+        for _ in range(mc_samples):
+            if loss is LossType.MSE:
+                noise = torch.randn(
+                    f.shape, generator=generator, dtype=f.dtype, device=f.device
+                )
+                # y_hat = f + noise / sqrt(2) (variance 1/2): gradient -sqrt(2) noise
+                yield noise * (math.sqrt(2.0) * scale)
+            else:
+                p = torch.softmax(terms, dim=-1)
+                sampled = torch.multinomial(
+                    p.reshape(-1, p.shape[-1]), 1, generator=generator
+                ).reshape(f.shape[:-1])
+                yield loss_gradient_probe(f, sampled, loss) * scale
+        return
+    num_classes = terms.shape[-1]
+    p = torch.softmax(terms, dim=-1)
+    for t in range(terms.shape[1]):
+        for k in range(num_classes):
+            probe = torch.zeros_like(terms)
+            if loss is LossType.MSE:
+                probe[:, t, k] = math.sqrt(2.0)
+            else:
+                root = p[:, t, k].sqrt()
+                probe[:, t] = -p[:, t] * root[:, None]
+                probe[:, t, k] += root
+            yield probe.reshape(f.shape)
+
+
+@dataclass(frozen=True)
+class LayerGradientStats:
+    """Statistics of one block, per direction :math:`v_{ij}` (arrays (r, c)).
+
+    Attributes:
+        name: Block key.
+        mean: :math:`\\mathbb{E}_n[v^\\top g_n]`.
+        second_moment: :math:`\\mathbb{E}_n[(v^\\top g_n)^2]`.
+        variance: Unbiased :math:`\\mathrm{Var}_n(v^\\top g_n)` (divides by N-1).
+        curvature: :math:`v^\\top F v`.
+        kfac_eigenvalues: :math:`\\lambda_i\\mu_j` of the basis (K-FAC's
+            prediction of the curvature).
+        num_examples: N.
+    """
+
+    name: str
+    mean: np.ndarray
+    second_moment: np.ndarray
+    variance: np.ndarray
+    curvature: np.ndarray
+    kfac_eigenvalues: np.ndarray
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class GradientStats:
+    """Per-block statistics of one measurement.
+
+    Attributes:
+        layers: Block key -> statistics.
+        loss: The loss.
+        fisher_type: The Fisher whose curvature was measured.
+        num_examples: N.
+    """
+
+    layers: dict[str, LayerGradientStats]
+    loss: LossType
+    fisher_type: FisherType
+    num_examples: int
+
+
+class _Accumulator:
+    """Float64 sums over examples of Z, Z**2 and the probe sum of Z_k**2."""
+
+    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, device) -> None:
+        self.first = torch.zeros(shape, dtype=dtype, device=device)
+        self.second = torch.zeros(shape, dtype=dtype, device=device)
+        self.curvature = torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _project_uses(
+    block: Block,
+    basis: KroneckerBasis,
+    grads: list[Tensor],
+    input_cache: list[Tensor],
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """Projected row and column vectors of all uses, concatenated over positions.
+
+    Returns:
+        ``(rho, kappa)``: (N, P, r) and (N, P, c).
+    """
+    rows, cols = [], []
+    for use, grad, projected_input in zip(block.uses, grads, input_cache, strict=True):
+        projected_grad = grad.to(dtype)
+        if use.input_side is Side.COL:
+            rows.append(projected_grad @ basis.row_vectors)
+            cols.append(projected_input)
+        else:
+            rows.append(projected_input)
+            cols.append(projected_grad @ basis.col_vectors)
+    return torch.cat(rows, dim=1), torch.cat(cols, dim=1)
+
+
+def _project_inputs(block: Block, basis: KroneckerBasis, dtype: torch.dtype) -> list:
+    cache = []
+    for use in block.uses:
+        if use.input_side is Side.COL:
+            cache.append(use.inputs.to(dtype) @ basis.col_vectors)
+        else:
+            cache.append(basis.row_vectors[use.inputs])
+    return cache
+
+
+def _square_sums(rho: Tensor, kappa: Tensor, chunk: int) -> Tensor:
+    """:math:`\\sum_n Z_n^{\\odot 2}` with :math:`Z_n = \\rho_n^\\top \\kappa_n`."""
+    if rho.shape[1] == 1:
+        return rho[:, 0].square().T @ kappa[:, 0].square()
+    total = rho.new_zeros(rho.shape[2], kappa.shape[2])
+    for start in range(0, rho.shape[0], chunk):
+        z = rho[start : start + chunk].transpose(1, 2) @ kappa[start : start + chunk]
+        total += z.square().sum(dim=0)
+    return total
+
+
+def eigenbasis_gradient_stats(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    bases: Mapping[str, KroneckerBasis],
+    *,
+    loss: LossType | str,
+    fisher_type: FisherType | str = FisherType.TYPE2,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+    stat_dtype: torch.dtype = torch.float64,
+    max_chunk_elements: int = 2**24,
+) -> GradientStats:
+    """Mean, second moment, variance and curvature along every eigen-direction.
+
+    Args:
+        model: The network (examples must not interact; no in-place ops on the
+            outputs of captured layers).
+        batches: ``(inputs, targets)`` pairs; all of them together are the sample.
+        bases: Block key -> basis in the stored layout
+            (:func:`kfac_spectra.eigenbasis.kronecker_bases`). Blocks without a
+            basis are skipped.
+        loss: The per-term loss.
+        fisher_type: type-2 (exact GGN), MC (sampled) or empirical.
+        mc_samples: Samples per example for MC.
+        generator: Random generator for MC sampling.
+        stat_dtype: Dtype of projections and sums.
+        max_chunk_elements: Bound on ``chunk * r * c`` when per-example matrices
+            must be formed (several positions per example).
+
+    Returns:
+        The statistics; arrays (r, c) per block.
+
+    Raises:
+        ValueError: If a basis names no block or has the wrong shape, or fewer
+            than two examples are seen.
+    """
+    loss, fisher_type = LossType(loss), FisherType(fisher_type)
+    capture = PerExampleCapture(model)
+    for name, basis in bases.items():
+        if name not in capture.blocks:
+            raise ValueError(f"bases: {name!r} is not a block of the model")
+        if basis.shape != capture.blocks[name].shape:
+            raise ValueError(
+                f"bases: {name!r} has shape {basis.shape}, block is "
+                f"{capture.blocks[name].shape}"
+            )
+    device = next(model.parameters()).device
+    bases = {k: _basis_to(b, stat_dtype, device) for k, b in bases.items()}
+    sums = {k: _Accumulator(b.shape, stat_dtype, device) for k, b in bases.items()}
+    count = 0
+    for inputs, targets in batches:
+        with capture.recording():
+            output = model(inputs)
+        count += output.shape[0]
+        caches = {
+            k: _project_inputs(capture.blocks[k], b, stat_dtype)
+            for k, b in bases.items()
+        }
+        gradient = capture.output_gradients(
+            output, loss_gradient_probe(output, targets, loss)
+        )
+        for key, basis in bases.items():
+            rho, kappa = _project_uses(
+                capture.blocks[key], basis, gradient[key], caches[key], stat_dtype
+            )
+            chunk = max(1, max_chunk_elements // (basis.shape[0] * basis.shape[1]))
+            sums[key].first += torch.einsum("npi,npj->ij", rho, kappa)
+            sums[key].second += _square_sums(rho, kappa, chunk)
+        for probe in curvature_probes(
+            output,
+            targets,
+            loss,
+            fisher_type,
+            mc_samples=mc_samples,
+            generator=generator,
+        ):
+            probed = capture.output_gradients(output, probe)
+            for key, basis in bases.items():
+                rho, kappa = _project_uses(
+                    capture.blocks[key], basis, probed[key], caches[key], stat_dtype
+                )
+                chunk = max(1, max_chunk_elements // (basis.shape[0] * basis.shape[1]))
+                sums[key].curvature += _square_sums(rho, kappa, chunk)
+        capture.clear()
+    if count < 2:
+        raise ValueError(f"batches: need at least 2 examples, got {count}")
+    layers = {}
+    for key, acc in sums.items():
+        mean = acc.first / count
+        second = acc.second / count
+        variance = ((acc.second - count * mean.square()) / (count - 1)).clamp_min(0.0)
+        layers[key] = LayerGradientStats(
+            name=key,
+            mean=mean.cpu().numpy(),
+            second_moment=second.cpu().numpy(),
+            variance=variance.cpu().numpy(),
+            curvature=(acc.curvature / count).cpu().numpy(),
+            kfac_eigenvalues=bases[key].kronecker_eigenvalues().cpu().numpy(),
+            num_examples=count,
+        )
+    return GradientStats(layers, loss, fisher_type, count)
+
+
+def _basis_to(
+    basis: KroneckerBasis, dtype: torch.dtype, device: torch.device
+) -> KroneckerBasis:
+    return KroneckerBasis(
+        *(
+            t.to(dtype=dtype, device=device)
+            for t in (
+                basis.row_values,
+                basis.row_vectors,
+                basis.col_values,
+                basis.col_vectors,
+            )
+        )
+    )
+
+
+@dataclass(frozen=True)
+class VarianceCurvatureComparison:
+    """How well :math:`c_v \\approx h_v` holds over a set of directions.
+
+    Attributes:
+        name: Block key, or ``"overall"``.
+        curvature: (K,) :math:`h_v` of the directions kept (both positive).
+        variance: (K,) :math:`c_v` of the same directions.
+        log_slope: OLS slope of :math:`\\log c` on :math:`\\log h` (1 if
+            :math:`c \\propto h`).
+        log_intercept: Its intercept (0 if :math:`c = h`).
+        log_correlation: Pearson correlation of :math:`\\log c` and
+            :math:`\\log h`.
+        fraction_within: Fraction of kept directions with
+            :math:`1/\\text{factor} \\le c/h \\le \\text{factor}`.
+        factor: That factor.
+        num_excluded: Directions dropped because h or c is not above the floor.
+    """
+
+    name: str
+    curvature: np.ndarray
+    variance: np.ndarray
+    log_slope: float
+    log_intercept: float
+    log_correlation: float
+    fraction_within: float
+    factor: float
+    num_excluded: int
+
+
+def _compare(
+    name: str, h: np.ndarray, c: np.ndarray, factor: float, floor: float
+) -> VarianceCurvatureComparison:
+    h, c = h.ravel(), c.ravel()
+    keep = (h > floor) & (c > floor)
+    h, c = h[keep], c[keep]
+    if h.size >= 2 and np.ptp(np.log(h)) > 0:
+        x, y = np.log(h), np.log(c)
+        slope, intercept = np.polyfit(x, y, 1)
+        corr = float(np.corrcoef(x, y)[0, 1]) if np.ptp(y) > 0 else math.nan
+    else:
+        slope = intercept = corr = math.nan
+    ratio = c / h
+    inside = (ratio <= factor) & (ratio >= 1 / factor)
+    within = float(np.mean(inside)) if h.size else math.nan
+    return VarianceCurvatureComparison(
+        name,
+        h,
+        c,
+        float(slope),
+        float(intercept),
+        corr,
+        within,
+        factor,
+        int((~keep).sum()),
+    )
+
+
+def compare_variance_curvature(
+    stats: GradientStats, *, factor: float = 2.0, relative_floor: float = 1e-12
+) -> dict[str, VarianceCurvatureComparison]:
+    """Compare gradient variance with curvature per block and over all blocks.
+
+    Directions where h or c is at most ``relative_floor`` times the largest value
+    of that quantity (over all blocks) are excluded, since their logarithms are
+    round-off.
+
+    Args:
+        stats: Output of :func:`eigenbasis_gradient_stats`.
+        factor: Tolerance of the "H = C" band (2 in the brief of E.2).
+        relative_floor: Exclusion threshold relative to the maximum.
+
+    Returns:
+        Block key -> comparison, plus ``"overall"`` over all directions.
+
+    Raises:
+        ValueError: If ``factor`` <= 1 or ``relative_floor`` < 0.
+    """
+    if not factor > 1.0:
+        raise ValueError(f"factor must be > 1, got {factor}")
+    if relative_floor < 0:
+        raise ValueError(f"relative_floor must be >= 0, got {relative_floor}")
+    all_h = np.concatenate([s.curvature.ravel() for s in stats.layers.values()])
+    all_c = np.concatenate([s.variance.ravel() for s in stats.layers.values()])
+    floor = relative_floor * max(all_h.max(initial=0.0), all_c.max(initial=0.0))
+    result = {
+        name: _compare(name, s.curvature, s.variance, factor, floor)
+        for name, s in stats.layers.items()
+    }
+    result["overall"] = _compare("overall", all_h, all_c, factor, floor)
+    return result
