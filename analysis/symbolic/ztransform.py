@@ -78,6 +78,23 @@ def is_zero(expr: sp.Expr) -> bool:
     e = sp.expand(e, power_exp=True)
     if sp.cancel(sp.together(e)) == 0:
         return True
+    # Cheap refutation before the expensive simplify: evaluate at two fixed
+    # points (distinct values in (0, 1) for every free symbol, small integers for
+    # integer symbols).
+    for offset in (0, 1):
+        point = {}
+        for i, sym in enumerate(sorted(e.free_symbols, key=str)):
+            point[sym] = (
+                3 + i + offset
+                if sym.is_integer
+                else sp.Rational(3 + 2 * i + offset, 97)
+            )
+        try:
+            value = complex(sp.N(e.subs(point), 30))
+        except (TypeError, ValueError, ZeroDivisionError):  # a pole at this point
+            continue
+        if abs(value) > 1e-12:
+            return False
     return sp.simplify(e) == 0
 
 
