@@ -22,7 +22,15 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 
-__all__ = ["CIMethod", "PowerLawFit", "RankOverlay", "fit_power_law", "rank_overlay"]
+__all__ = [
+    "CIMethod",
+    "LineFit",
+    "PowerLawFit",
+    "RankOverlay",
+    "fit_line",
+    "fit_power_law",
+    "rank_overlay",
+]
 
 
 class CIMethod(StrEnum):
@@ -63,10 +71,88 @@ class PowerLawFit:
     r_squared: float
 
 
-def _slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    xc = x - x.mean()
-    slope = float(xc @ (y - y.mean()) / (xc @ xc))
-    return slope, float(y.mean() - slope * x.mean())
+@dataclass(frozen=True)
+class LineFit:
+    """Least-squares line ``y = intercept + slope * x`` with an interval on the slope.
+
+    Attributes:
+        slope: OLS slope.
+        intercept: OLS intercept.
+        ci_low: Lower end of the slope's interval.
+        ci_high: Upper end.
+        r_squared: Coefficient of determination.
+    """
+
+    slope: float
+    intercept: float
+    ci_low: float
+    ci_high: float
+    r_squared: float
+
+
+def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """OLS slopes along the last axis (rows are independent data sets)."""
+    xc = x - x.mean(axis=-1, keepdims=True)
+    yc = y - y.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xc * yc).sum(axis=-1) / (xc * xc).sum(axis=-1)
+
+
+def fit_line(
+    x: ArrayLike,
+    y: ArrayLike,
+    *,
+    method: CIMethod | str = CIMethod.ANALYTIC,
+    confidence: float = 0.95,
+    num_bootstrap: int = 1000,
+    rng: np.random.Generator | None = None,
+) -> LineFit:
+    r"""Ordinary least squares with a confidence interval on the slope.
+
+    Analytic: :math:`\hat\beta \pm t_{n-2} \hat\sigma / \sqrt{\sum (x-\bar x)^2}`.
+    Bootstrap: percentile interval over ``num_bootstrap`` resamples of the pairs.
+
+    Args:
+        x: (n,) abscissae, not all equal.
+        y: (n,) ordinates.
+        method: Interval method.
+        confidence: Coverage in (0, 1).
+        num_bootstrap: Resamples for the bootstrap.
+        rng: Generator (required for the bootstrap).
+
+    Returns:
+        The fit.
+
+    Raises:
+        ValueError: For n < 3, constant x, bad ``confidence``, or a bootstrap
+            without ``rng``.
+    """
+    method = CIMethod(method)
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or x.size < 3 or np.ptp(x) == 0:
+        raise ValueError("x, y: need two equal-length 1-D arrays, n >= 3, x varying")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    n = x.size
+    slope = float(_slopes(x, y))
+    intercept = float(y.mean() - slope * x.mean())
+    residual = y - intercept - slope * x
+    rss = float(residual @ residual)
+    tss = float(((y - y.mean()) ** 2).sum())
+    r_squared = 1.0 - rss / tss if tss > 0 else 1.0
+    if method is CIMethod.ANALYTIC:
+        se = math.sqrt(rss / (n - 2) / float(((x - x.mean()) ** 2).sum()))
+        half = float(stats.t.ppf(0.5 + confidence / 2, n - 2)) * se
+        low, high = slope - half, slope + half
+    else:
+        if rng is None:
+            raise ValueError("rng: the bootstrap needs a numpy Generator")
+        pick = rng.integers(0, n, (num_bootstrap, n))
+        boot = _slopes(x[pick], y[pick])
+        boot = boot[np.isfinite(boot)]
+        tail = (1 - confidence) / 2
+        low, high = (float(q) for q in np.quantile(boot, [tail, 1 - tail]))
+    return LineFit(slope, intercept, low, high, r_squared)
 
 
 def fit_power_law(
@@ -80,10 +166,10 @@ def fit_power_law(
     num_bootstrap: int = 1000,
     rng: np.random.Generator | None = None,
 ) -> PowerLawFit:
-    """Fit the power-law exponent of eigenvalue against rank.
+    r"""Fit the power-law exponent of eigenvalue against rank.
 
-    .. math:: \\log\\lambda_r = \\log C - s \\log r + \\varepsilon_r,
-       \\quad r \\in [r_{\\min}, r_{\\max}]
+    .. math:: \log\lambda_r = \log C - s \log r + \varepsilon_r,
+       \quad r \in [r_{\min}, r_{\max}]
 
     Args:
         eigenvalues: Spectrum; sorted into descending order here (rank 1 =
@@ -92,7 +178,7 @@ def fit_power_law(
         rank_max: Last rank (default: the last positive eigenvalue).
         num_points: Fit at this many log-spaced distinct ranks in the window
             (default: every rank).
-        method: Interval method.
+        method: Interval method (see :func:`fit_line`).
         confidence: Interval coverage in (0, 1).
         num_bootstrap: Bootstrap resamples.
         rng: Generator for the bootstrap (required for it).
@@ -104,9 +190,6 @@ def fit_power_law(
         ValueError: For a window with fewer than 3 positive eigenvalues, bad
             ``confidence``, or a bootstrap without ``rng``.
     """
-    method = CIMethod(method)
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     values = np.sort(np.asarray(eigenvalues, dtype=np.float64).ravel())[::-1]
     positive = int(np.sum(values > 0))
     rank_max = positive if rank_max is None else min(rank_max, positive)
@@ -120,39 +203,25 @@ def fit_power_law(
             raise ValueError(f"num_points must be >= 3, got {num_points}")
         ranks = np.unique(np.round(np.geomspace(rank_min, rank_max, num_points)))
         ranks = ranks.astype(np.int64)
-    x, y = np.log(ranks.astype(np.float64)), np.log(values[ranks - 1])
-    slope, intercept = _slope(x, y)
-    residual = y - (intercept + slope * x)
-    total = float(((y - y.mean()) ** 2).sum())
-    r_squared = 1.0 - float(residual @ residual) / total if total > 0 else 1.0
-    n = x.size
-    if method is CIMethod.ANALYTIC:
-        se = math.sqrt(
-            float(residual @ residual) / (n - 2) / float(((x - x.mean()) ** 2).sum())
-        )
-        half = stats.t.ppf(0.5 + confidence / 2, n - 2) * se
-        low, high = -slope - half, -slope + half
-    else:
-        if rng is None:
-            raise ValueError("rng: the bootstrap needs a numpy Generator")
-        slopes = []
-        for _ in range(num_bootstrap):
-            pick = rng.integers(0, n, n)
-            if np.ptp(x[pick]) > 0:
-                slopes.append(-_slope(x[pick], y[pick])[0])
-        tail = (1 - confidence) / 2
-        low, high = np.quantile(slopes, [tail, 1 - tail])
-    return PowerLawFit(
-        exponent=-slope,
-        prefactor=math.exp(intercept),
-        ci_low=float(low),
-        ci_high=float(high),
-        confidence=confidence,
+    line = fit_line(
+        np.log(ranks.astype(np.float64)),
+        np.log(values[ranks - 1]),
         method=method,
+        confidence=confidence,
+        num_bootstrap=num_bootstrap,
+        rng=rng,
+    )
+    return PowerLawFit(
+        exponent=-line.slope,
+        prefactor=math.exp(line.intercept),
+        ci_low=-line.ci_high,
+        ci_high=-line.ci_low,
+        confidence=confidence,
+        method=CIMethod(method),
         rank_min=int(ranks[0]),
         rank_max=int(ranks[-1]),
-        num_points=n,
-        r_squared=r_squared,
+        num_points=int(ranks.size),
+        r_squared=line.r_squared,
     )
 
 
