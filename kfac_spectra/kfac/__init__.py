@@ -16,11 +16,13 @@ from .enums import (
     StepRule,
 )
 from .factors import compute_factors
+from .optimizer import KFAC
 
 __all__ = [
     "DampingType",
     "FisherType",
     "InverseMethod",
+    "KFAC",
     "KFACApprox",
     "LossType",
     "RNNApprox",

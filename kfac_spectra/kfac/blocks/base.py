@@ -97,8 +97,24 @@ class CurvatureBlock(ABC):
         return self.params()[0].device
 
     @abstractmethod
+    def to_matrix(self, tensors: list[Tensor]) -> Tensor:
+        """Param-shaped tensors (as :meth:`params`) to the ``(out, in')`` matrix."""
+
+    def param_grads(self) -> list[Tensor]:
+        """Dense gradients of :meth:`params` (zeros where ``None``), stat dtype."""
+        out = []
+        for p in self.params():
+            g = p.grad
+            if g is None:
+                g = torch.zeros_like(p)
+            elif g.is_sparse:
+                g = g.to_dense()
+            out.append(g.detach().to(self.stat_dtype))
+        return out
+
     def grad_matrix(self) -> Tensor:
         """The gradient as the ``(out, in')`` matrix ``[∇W | ∇b]`` (stat dtype)."""
+        return self.to_matrix(self.param_grads())
 
     @abstractmethod
     def split_update(self, mat: Tensor) -> list[Tensor]:

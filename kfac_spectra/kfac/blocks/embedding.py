@@ -39,13 +39,6 @@ from .base import CurvatureBlock, Record
 __all__ = ["EmbeddingBlock", "TiedEmbeddingBlock", "combine_tied_factors"]
 
 
-def _dense_grad(p: nn.Parameter) -> Tensor:
-    g = p.grad
-    if g is None:
-        return torch.zeros_like(p)
-    return g.to_dense() if g.is_sparse else g
-
-
 def _onehot_counts(idx: Tensor, num: int, dtype: torch.dtype) -> Tensor:
     return torch.bincount(idx.reshape(-1), minlength=num).to(dtype)
 
@@ -62,9 +55,9 @@ class EmbeddingBlock(CurvatureBlock):
         """The embedding matrix."""
         return [self.module.weight]
 
-    def grad_matrix(self) -> Tensor:
-        """``∇Wᵀ``, shape ``(D, V)``."""
-        return _dense_grad(self.module.weight).detach().T.to(self.stat_dtype)
+    def to_matrix(self, tensors: list[Tensor]) -> Tensor:
+        """``Wᵀ``, shape ``(D, V)``."""
+        return tensors[0].T
 
     def split_update(self, mat: Tensor) -> list[Tensor]:
         """Transpose ``(D, V)`` back to the stored ``(V, D)``."""
@@ -176,17 +169,9 @@ class TiedEmbeddingBlock(CurvatureBlock):
             ps.append(self.head.bias)
         return ps
 
-    def grad_matrix(self) -> Tensor:
-        """``∇Wᵀ`` (both uses summed by autograd), shape ``(D, V)``."""
-        return _dense_grad(self.module.weight).detach().T.to(self.stat_dtype)
-
-    def bias_grad(self) -> Tensor | None:
-        """Gradient of the head's bias, or ``None``."""
-        b = self.head.bias
-        if b is None:
-            return None
-        g = b.grad if b.grad is not None else torch.zeros_like(b)
-        return g.detach().to(self.stat_dtype)
+    def to_matrix(self, tensors: list[Tensor]) -> Tensor:
+        """``Wᵀ`` of the tied matrix, shape ``(D, V)`` (the bias is separate)."""
+        return tensors[0].T
 
     def split_update(self, mat: Tensor) -> list[Tensor]:
         """Transpose back to ``(V, D)`` (the bias is handled separately)."""

@@ -49,15 +49,12 @@ class DenseBlock(CurvatureBlock):
             ps.append(self.module.bias)
         return ps
 
-    def grad_matrix(self) -> Tensor:
-        """``[∇W.reshape(out, -1) | ∇b]`` in the stat dtype."""
-        w = self.module.weight
-        gw = w.grad if w.grad is not None else torch.zeros_like(w)
-        mat = gw.detach().reshape(w.shape[0], -1).to(self.stat_dtype)
+    def to_matrix(self, tensors: list[Tensor]) -> Tensor:
+        """``[W.reshape(out, -1) | b]``."""
+        out = self.module.weight.shape[0]
+        mat = tensors[0].reshape(out, -1)
         if self.has_bias:
-            b = self.module.bias
-            gb = b.grad if b.grad is not None else torch.zeros_like(b)
-            mat = torch.cat([mat, gb.detach().to(self.stat_dtype)[:, None]], dim=1)
+            mat = torch.cat([mat, tensors[1].reshape(out, 1)], dim=1)
         return mat
 
     def split_update(self, mat: Tensor) -> list[Tensor]:

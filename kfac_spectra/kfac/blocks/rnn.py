@@ -158,12 +158,11 @@ class RNNBlock(CurvatureBlock):
             ps += [m.bias_ih_l0, m.bias_hh_l0]
         return ps
 
-    def grad_matrix(self) -> Tensor:
-        """``[∇W_ih | ∇W_hh | ∇b]``, shape ``(G·H, I + H (+1))``."""
-        parts = []
-        for p in self.params()[:3]:
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            parts.append(g.detach().to(self.stat_dtype).reshape(p.shape[0], -1))
+    def to_matrix(self, tensors: list[Tensor]) -> Tensor:
+        """``[W_ih | W_hh | (b_ih + b_hh)/2]``, shape ``(G·H, I + H (+1))``."""
+        parts = [tensors[0], tensors[1]]
+        if self.module.bias:
+            parts.append(((tensors[2] + tensors[3]) / 2)[:, None])
         return torch.cat(parts, dim=1)
 
     def split_update(self, mat: Tensor) -> list[Tensor]:

@@ -1,0 +1,706 @@
+r"""The K-FAC optimizer.
+
+Usage — an ordinary PyTorch loop; the optimizer's hooks capture what it needs on the
+forward pass, and the optional closure only *evaluates* the loss (for the
+Levenberg–Marquardt adaptation of the damping):
+
+>>> import torch, torch.nn.functional as F
+>>> from torch import nn
+>>> from kfac_spectra import KFAC
+>>> gen = torch.Generator().manual_seed(0)
+>>> x, y = torch.randn(64, 5, generator=gen), torch.randint(0, 3, (64,), generator=gen)
+>>> model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
+>>> opt = KFAC(model, loss="ce", lr=0.3, damping=1e-2, inverse_interval=5)
+>>> first = F.cross_entropy(model(x), y).item()
+>>> for _ in range(20):
+...     opt.zero_grad()
+...     loss = F.cross_entropy(model(x), y)
+...     loss.backward()
+...     opt.step()
+>>> F.cross_entropy(model(x), y).item() < 0.5 * first
+True
+
+Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
+
+1. on factor steps (every ``factor_interval``), the forward hooks build A; the root
+   output is probed (MC targets / type-2 columns) and the probes are
+   back-propagated to the layer outputs right away, keeping the graph for the
+   user's ``backward``; the moving averages ``A ← ρA + (1−ρ)A_batch`` (same for S)
+   are updated at ``step()``;
+2. on inverse steps (every ``inverse_interval``) each block is decomposed
+   (:mod:`~kfac_spectra.kfac.inverse`);
+3. ``v = (S ⊗ A + damping)^{-1} g`` per block (plain g for unsupported layers);
+4. ``step_rule="fixed"``: KL clipping ``ν`` and heavy-ball momentum
+   ``m ← βm + νv, θ ← θ − αm``; ``step_rule="qmodel"``: ``δ = αΔ + μδ₀`` with
+   (α, μ) minimising the exact quadratic model (Fisher/GGN-vector products by
+   forward-mode differentiation on the last captured batch), ``θ ← θ + δ``;
+5. every ``lm_interval`` steps, with a closure and ``adapt_damping=True``, λ is
+   adapted from the reduction ratio.
+
+References:
+    Martens & Grosse (2015); Grosse & Martens (2016); Ba, Grosse & Martens (2017);
+    Zhang et al. (2019) Appendix A and F.4; Martens, Ba & Johnson (2018);
+    Eschenhagen et al. (2023); Chen (2021).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+
+from .blocks import BlockSet, CurvatureBlock, RNNBlock, TiedEmbeddingBlock, build_blocks
+from .blocks.base import Record
+from .capture import Capture
+from .damping import kl_clip_factor, lm_adjust, qmodel_coefficients
+from .enums import (
+    DampingType,
+    FisherType,
+    InverseMethod,
+    KFACApprox,
+    LossType,
+    Reduction,
+    RNNApprox,
+    StepRule,
+    coerce_enum,
+)
+from .factors import warn_unsupported
+from .fisher import loss_scale, output_hessian_form, output_probes
+from .inverse import (
+    ChainInverse,
+    CholeskyInverse,
+    Damping,
+    EigenInverse,
+    cg_fac_solve,
+    robust_eigh,
+)
+
+__all__ = ["KFAC"]
+
+logger = logging.getLogger(__name__)
+
+Inverse = EigenInverse | CholeskyInverse | ChainInverse
+_INVERSE_TYPES = {
+    "eigen": EigenInverse,
+    "cholesky": CholeskyInverse,
+    "chain": ChainInverse,
+}
+
+
+def _check(name: str, value: float, ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: must be {what}")
+
+
+def _finite(stats: dict[str, Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in stats.values())
+
+
+class KFAC(torch.optim.Optimizer):
+    """Kronecker-factored approximate curvature (see the module docstring).
+
+    Args:
+        model: The network. Its forward must return the tensor the loss is computed
+            from (last dim = classes for CE, features for MSE).
+        loss: ``"ce"`` or ``"mse"``; the training loss must be
+            ``F.cross_entropy(out.reshape(-1, C), y.reshape(-1), reduction=...)`` or
+            ``F.mse_loss(out, y, reduction=...)``.
+        lr: Learning rate α (``step_rule="fixed"``).
+        momentum: Heavy-ball β (``step_rule="fixed"``).
+        damping: Initial λ > 0.
+        weight_decay: η ≥ 0, an L2 term ``η/2 ||θ||²`` added to the objective.
+        reduction: ``"mean"`` or ``"sum"`` — how the loss is reduced.
+        fisher_type: ``"mc"`` (default), ``"type2"`` or ``"empirical"``.
+        mc_samples: Sampled targets per term for MC.
+        kfac_approx: ``"expand"`` or ``"reduce"`` for weight-sharing layers.
+        rnn_approx: ``"independent"`` or ``"chain"`` for RNN/LSTM layers.
+        factor_decay: ρ of the factor moving averages, in [0, 1).
+        factor_interval: Steps between factor captures (≥ 1).
+        inverse_interval: Steps between inverse updates (≥ 1).
+        inverse_method: ``"eigh"`` (default), ``"cholesky"`` or ``"cg"``.
+        damping_type: ``"factored"`` (π heuristic, default) or ``"tikhonov"``.
+        step_rule: ``"fixed"`` or ``"qmodel"``.
+        kl_clip: κ > 0 for KL clipping (``None`` disables).
+        adapt_damping: Levenberg–Marquardt adaptation of λ (needs a closure).
+        lm_interval: T₁, steps between λ adaptations.
+        min_damping: Lower clamp for adapted λ.
+        max_damping: Upper clamp for adapted λ.
+        cg_max_iter: CG-FAC iteration cap.
+        cg_rtol: CG-FAC relative residual tolerance.
+        seed: Seed of the MC sampling generator (its state is checkpointed).
+        skip_modules: Qualified module names left to the plain gradient.
+
+    Raises:
+        ValueError: Naming any invalid hyperparameter or option.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossType | str = LossType.CE,
+        *,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        damping: float = 1e-3,
+        weight_decay: float = 0.0,
+        reduction: Reduction | str = Reduction.MEAN,
+        fisher_type: FisherType | str = FisherType.MC,
+        mc_samples: int = 1,
+        kfac_approx: KFACApprox | str = KFACApprox.EXPAND,
+        rnn_approx: RNNApprox | str = RNNApprox.INDEPENDENT,
+        factor_decay: float = 0.95,
+        factor_interval: int = 1,
+        inverse_interval: int = 10,
+        inverse_method: InverseMethod | str = InverseMethod.EIGH,
+        damping_type: DampingType | str = DampingType.FACTORED,
+        step_rule: StepRule | str = StepRule.FIXED,
+        kl_clip: float | None = None,
+        adapt_damping: bool = False,
+        lm_interval: int = 5,
+        min_damping: float = 1e-8,
+        max_damping: float = 1e3,
+        cg_max_iter: int = 100,
+        cg_rtol: float = 1e-6,
+        seed: int = 0,
+        skip_modules: Sequence[str] = (),
+    ) -> None:
+        _check("lr", lr, lr >= 0 and math.isfinite(lr), "finite and >= 0")
+        _check("momentum", momentum, 0 <= momentum < 1, "in [0, 1)")
+        _check("damping", damping, damping > 0 and math.isfinite(damping), "> 0")
+        _check("weight_decay", weight_decay, weight_decay >= 0, ">= 0")
+        _check("mc_samples", mc_samples, mc_samples >= 1, ">= 1")
+        _check("factor_decay", factor_decay, 0 <= factor_decay < 1, "in [0, 1)")
+        _check("factor_interval", factor_interval, factor_interval >= 1, ">= 1")
+        _check("inverse_interval", inverse_interval, inverse_interval >= 1, ">= 1")
+        _check("lm_interval", lm_interval, lm_interval >= 1, ">= 1")
+        _check("kl_clip", kl_clip, kl_clip is None or kl_clip > 0, "None or > 0")
+        _check("min_damping", min_damping, 0 < min_damping <= damping, "in (0, λ]")
+        _check("max_damping", max_damping, max_damping >= damping, ">= damping")
+        _check("cg_max_iter", cg_max_iter, cg_max_iter >= 1, ">= 1")
+        _check("cg_rtol", cg_rtol, cg_rtol > 0, "> 0")
+        self.loss = coerce_enum(LossType, loss, "loss")
+        self.reduction = coerce_enum(Reduction, reduction, "reduction")
+        self.fisher_type = coerce_enum(FisherType, fisher_type, "fisher_type")
+        self.kfac_approx = coerce_enum(KFACApprox, kfac_approx, "kfac_approx")
+        self.rnn_approx = coerce_enum(RNNApprox, rnn_approx, "rnn_approx")
+        self.inverse_method = coerce_enum(
+            InverseMethod, inverse_method, "inverse_method"
+        )
+        self.damping_type = coerce_enum(DampingType, damping_type, "damping_type")
+        self.step_rule = coerce_enum(StepRule, step_rule, "step_rule")
+        if (
+            self.inverse_method == InverseMethod.CHOLESKY
+            and self.damping_type == DampingType.TIKHONOV
+        ):
+            raise ValueError(
+                "damping_type='tikhonov' needs inverse_method='eigh' or 'cg', "
+                "not 'cholesky'"
+            )
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model has no trainable parameters")
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+        self.model = model
+        self.damping = float(damping)
+        self.mc_samples = mc_samples
+        self.factor_decay = factor_decay
+        self.factor_interval = factor_interval
+        self.inverse_interval = inverse_interval
+        self.kl_clip = kl_clip
+        self.adapt_damping = adapt_damping
+        self.lm_interval = lm_interval
+        self.lm_omega = (19.0 / 20.0) ** lm_interval
+        self.min_damping = min_damping
+        self.max_damping = max_damping
+        self.cg_max_iter = cg_max_iter
+        self.cg_rtol = cg_rtol
+        self.steps = 0
+        self.counters = {
+            "skipped_steps": 0,
+            "inverse_failures": 0,
+            "nonfinite_factors": 0,
+            "cg_iterations": 0,
+        }
+        self.last_rho = float("nan")
+        self._blocks: BlockSet = build_blocks(
+            model, self.kfac_approx, self.rnn_approx, tuple(skip_modules)
+        )
+        warn_unsupported(self._blocks)
+        for block in self._blocks.blocks.values():
+            block.keep_rows = (
+                self.inverse_method == InverseMethod.CG and block.supports_cg
+            )
+        self._ema: dict[str, dict[str, Tensor]] = {}
+        self._inverses: dict[str, Inverse] = {}
+        self._cg_rows: dict[str, tuple[Tensor, Tensor]] = {}
+        self._cg_solutions: dict[str, Tensor] = {}
+        self._watched: list[tuple[Record, float]] = []
+        device = params[0].device
+        self._generator = torch.Generator(device=device)
+        self._generator.manual_seed(seed)
+        self._capture = Capture(model, self._blocks.module_blocks, self._on_output)
+        self._capture.keep_inputs = self.step_rule == StepRule.QMODEL or adapt_damping
+        self._capture.attach()
+        self._arm()
+
+    # ------------------------------------------------------------- public API
+    @property
+    def blocks(self) -> dict[str, CurvatureBlock]:
+        """Curvature blocks by key (module name; embedding's name for tied)."""
+        return dict(self._blocks.blocks)
+
+    @property
+    def unsupported(self) -> list[str]:
+        """Modules with trainable parameters that get the plain gradient."""
+        return list(self._blocks.unsupported)
+
+    def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """Current moving-average factors ``{key: (A, S)}`` (convention of
+        :func:`~kfac_spectra.kfac.factors.compute_factors`)."""
+        return {
+            k: self._blocks.blocks[k].kronecker(stats) for k, stats in self._ema.items()
+        }
+
+    def eigenbases(self) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+        """Eigendecompositions ``{key: (eigvals_S, U_S, eigvals_A, U_A)}``.
+
+        From the last inverse update with ``inverse_method="eigh"`` (and for chain
+        RNN blocks), otherwise computed now from the current factors. ``U_A`` is
+        ``None`` for diagonal A (embeddings, tied weights: ``eigvals_A`` is then the
+        diagonal itself, in vocabulary order). Eigenvalues ascend.
+
+        Raises:
+            RuntimeError: With ``inverse_method="cg"`` (no factors are formed).
+        """
+        if self.inverse_method == InverseMethod.CG:
+            raise RuntimeError("inverse_method='cg' never forms the factors")
+        out = {}
+        for key in self._ema:
+            inv = self._inverses.get(key)
+            if isinstance(inv, EigenInverse):
+                out[key] = (inv.eval_s, inv.evec_s, inv.eval_a, inv.evec_a)
+            elif isinstance(inv, ChainInverse):
+                out[key] = (inv.eval_s, inv.evec_s, inv.eval_a, inv.evec_a)
+            else:
+                eig = self._eigen(key)
+                if eig is not None:
+                    out[key] = (eig.eval_s, eig.evec_s, eig.eval_a, eig.evec_a)
+        return out
+
+    def remove_hooks(self) -> None:
+        """Detach the capture hooks from the model (the optimizer then stops
+        updating its factors)."""
+        self._capture.detach()
+
+    # ---------------------------------------------------------------- capture
+    def _arm(self) -> None:
+        self._capture.enabled = self.steps % self.factor_interval == 0
+
+    def _on_output(self, output: Tensor, call: int) -> None:
+        records = self._capture.take_records(call)
+        if not records:
+            return
+        if self.fisher_type == FisherType.EMPIRICAL:
+            c = loss_scale(output, self.loss, self.reduction)
+            Capture.watch(records)
+            self._watched.extend((r, 1.0 / math.sqrt(c)) for r in records)
+            return
+        probes = output_probes(
+            output,
+            self.loss,
+            self.reduction,
+            self.fisher_type,
+            mc_samples=self.mc_samples,
+            generator=self._generator,
+        )
+        Capture.backprop_probes(output, records, probes)
+        for r in records:
+            r.block.accumulate(r)
+
+    def _update_factors(self) -> None:
+        for record, scale in self._watched:
+            record.block.accumulate(record, grad_scale=scale)
+        self._watched.clear()
+        rho = self.factor_decay
+        for key, block in self._blocks.blocks.items():
+            rows = (block.rows_x, block.rows_g)
+            stats = block.batch_factors()
+            if stats is None:
+                continue
+            if not _finite(stats):
+                self.counters["nonfinite_factors"] += 1
+                warnings.warn(
+                    f"K-FAC: non-finite factor statistics for {key!r}; batch skipped",
+                    stacklevel=3,
+                )
+                continue
+            if block.keep_rows and rows[0] and rows[1]:
+                self._cg_rows[key] = (torch.cat(rows[0]), torch.cat(rows[1]))
+            old = self._ema.get(key)
+            if old is None:
+                self._ema[key] = {k: v.clone() for k, v in stats.items()}
+            else:
+                for k, v in stats.items():
+                    old[k] = rho * old[k] + (1 - rho) * v if k in old else v.clone()
+
+    # ---------------------------------------------------------------- inverse
+    def _damping_spec(self) -> Damping:
+        wd = self.param_groups[0]["weight_decay"]
+        return Damping(self.damping_type == DampingType.FACTORED, self.damping + wd)
+
+    def _eigen(self, key: str) -> EigenInverse | None:
+        block = self._blocks.blocks[key]
+        a, s = block.kronecker(self._ema[key])
+        eig_s = robust_eigh(s)
+        if block.diagonal_a:
+            eig_a = (a, None) if bool(torch.isfinite(a).all()) else None
+        else:
+            eig_a = robust_eigh(a)
+        if eig_s is None or eig_a is None:
+            return None
+        return EigenInverse(eig_s[0], eig_s[1], eig_a[0], eig_a[1])
+
+    def _update_inverses(self) -> None:
+        damping = self._damping_spec()
+        for key in self._ema:
+            block = self._blocks.blocks[key]
+            if isinstance(block, RNNBlock) and block.chain:
+                inv: Inverse | None = ChainInverse.build(self._ema[key], damping)
+            elif self.inverse_method == InverseMethod.CHOLESKY:
+                a, s = block.kronecker(self._ema[key])
+                inv = CholeskyInverse.build(a, s, damping)
+            else:
+                inv = self._eigen(key)
+            if inv is None:
+                self.counters["inverse_failures"] += 1
+                warnings.warn(
+                    f"K-FAC: inverse update failed for {key!r} (non-finite factor or "
+                    "failed decomposition, also in float64); keeping the previous one",
+                    stacklevel=3,
+                )
+                continue
+            self._inverses[key] = inv
+
+    # ------------------------------------------------------------ direction
+    def _preconditioned(self, grads: dict[Tensor, Tensor]) -> dict[Tensor, Tensor]:
+        """``P^{-1} g`` for every parameter (plain g outside blocks)."""
+        out = dict(grads)
+        damping = self._damping_spec()
+        use_cg = self.inverse_method == InverseMethod.CG
+        for key, block in self._blocks.blocks.items():
+            ps = block.params()
+            if any(p not in grads for p in ps):
+                continue
+            dtype = block.stat_dtype
+            gs = [grads[p].to(dtype) for p in ps]
+            mat = block.to_matrix(gs)
+            chain = isinstance(block, RNNBlock) and block.chain
+            if use_cg and block.supports_cg and not chain:
+                rows = self._cg_rows.get(key)
+                if rows is None:
+                    continue
+                x, iters = cg_fac_solve(
+                    mat,
+                    rows[0],
+                    rows[1],
+                    damping,
+                    x0=self._cg_solutions.get(key),
+                    max_iter=self.cg_max_iter,
+                    rtol=self.cg_rtol,
+                )
+                self.counters["cg_iterations"] += iters
+                self._cg_solutions[key] = x
+            else:
+                inv = self._inverses.get(key)
+                if inv is None:
+                    continue
+                x = inv.apply(mat, damping)
+            ups = block.split_update(x)
+            for p, u in zip(ps, ups, strict=False):
+                out[p] = u.reshape(p.shape).to(p.dtype)
+            if isinstance(block, TiedEmbeddingBlock) and len(ps) == 2:
+                s_head = self._ema.get(key, {}).get("Sh")
+                if s_head is not None:
+                    b = ps[1]
+                    out[b] = (gs[1] / (s_head + damping.gamma)).to(b.dtype)
+        return out
+
+    # ----------------------------------------------------------- curvature
+    def _jvp(self, tangents: list[dict[str, Tensor]]) -> tuple[Tensor, list[Tensor]]:
+        """Model output on the last captured batch and ``J v`` per tangent."""
+        if self._capture.last_inputs is None:
+            raise RuntimeError(
+                "step_rule='qmodel' / adapt_damping need a training-mode forward "
+                "pass of the model before step()"
+            )
+        args, kwargs = self._capture.last_inputs
+        names = [n for n, _ in self.model.named_parameters()]
+        primals = {n: p.detach() for n, p in self.model.named_parameters()}
+        buffers = {n: b.clone() for n, b in self.model.named_buffers()}
+
+        def fn(params: dict[str, Tensor]) -> Tensor:
+            return functional_call(self.model, (params, buffers), args, kwargs)
+
+        outs = []
+        output = None
+        with self._capture.suspend():
+            for tan in tangents:
+                full = {n: tan.get(n, torch.zeros_like(primals[n])) for n in names}
+                try:
+                    output, jv = jvp(fn, (primals,), (full,))
+                except (RuntimeError, NotImplementedError):
+                    output, jv = self._jvp_double_backward(fn, primals, full)
+                outs.append(jv.detach())
+        assert output is not None
+        return output.detach(), outs
+
+    @staticmethod
+    def _jvp_double_backward(
+        fn: Callable[[dict[str, Tensor]], Tensor],
+        primals: dict[str, Tensor],
+        tangent: dict[str, Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        """``J v`` by differentiating the (linear in u) VJP ``Jᵀu`` w.r.t. u."""
+        with torch.enable_grad():
+            ps = {n: p.detach().requires_grad_(True) for n, p in primals.items()}
+            out = fn(ps)
+            u = torch.zeros_like(out, requires_grad=True)
+            vjp = torch.autograd.grad(out, list(ps.values()), u, create_graph=True)
+            dot = sum((g * tangent[n]).sum() for n, g in zip(ps, vjp, strict=True))
+            (jv,) = torch.autograd.grad(dot, u)
+        return out.detach(), jv
+
+    def _named(self, per_param: dict[Tensor, Tensor]) -> dict[str, Tensor]:
+        return {
+            n: per_param[p] for n, p in self.model.named_parameters() if p in per_param
+        }
+
+    def _quadratic_terms(self, vecs: list[dict[Tensor, Tensor]]) -> list[list[float]]:
+        """Gram matrix ``vᵢᵀ(F + (λ+η)I)vⱼ`` of the given update directions."""
+        output, jvs = self._jvp([self._named(v) for v in vecs])
+        gamma = self._damping_spec().gamma
+        n = len(vecs)
+        gram = [[0.0] * n for _ in range(n)]
+        for i in range(n):
+            for j in range(i, n):
+                fij = float(
+                    output_hessian_form(
+                        output, jvs[i], jvs[j], self.loss, self.reduction
+                    )
+                )
+                dot = sum(float((vecs[i][p] * vecs[j][p]).sum()) for p in vecs[i])
+                gram[i][j] = gram[j][i] = fij + gamma * dot
+        return gram
+
+    # ------------------------------------------------------------------ step
+    def _skip(self, why: str) -> None:
+        self.counters["skipped_steps"] += 1
+        warnings.warn(f"K-FAC: step skipped ({why})", stacklevel=3)
+        for block in self._blocks.blocks.values():
+            block.reset_batch()
+        self._watched.clear()
+        self._capture.take_records()
+        self._arm()
+
+    @torch.no_grad()
+    def step(
+        self,
+        closure: Callable[[], Tensor | float] | None = None,
+        *,
+        loss: Tensor | float | None = None,
+    ) -> Tensor | float | None:
+        """Update the parameters from their ``.grad``.
+
+        Args:
+            closure: Optional; re-evaluates and returns the loss on the current
+                batch *without* calling ``backward`` (it is run under
+                ``torch.no_grad``). Used by ``adapt_damping``.
+            loss: Optional loss value of this batch; a non-finite value skips the
+                step (as non-finite gradients do).
+
+        Returns:
+            The loss before the update if it was evaluated, else ``loss``.
+        """
+        lm_due = (
+            self.adapt_damping
+            and closure is not None
+            and self.steps % self.lm_interval == 0
+        )
+        if lm_due:
+            with self._capture.suspend():
+                loss = closure()
+        if loss is not None and not math.isfinite(float(loss)):
+            self._skip("non-finite loss")
+            return loss
+        group = self.param_groups[0]
+        lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+        grads: dict[Tensor, Tensor] = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad.to_dense() if p.grad.is_sparse else p.grad
+            grads[p] = g.detach()
+        if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+            self._skip("non-finite gradient")
+            return loss
+        if wd > 0:
+            grads = {p: g + wd * p.detach() for p, g in grads.items()}
+        self._update_factors()
+        if self.steps % self.inverse_interval == 0 or any(
+            k not in self._inverses for k in self._ema
+        ):
+            if (
+                self.inverse_method != InverseMethod.CG
+                or self.rnn_approx == RNNApprox.CHAIN
+            ):
+                self._update_inverses()
+        direction = self._preconditioned(grads)
+        if not all(bool(torch.isfinite(d).all()) for d in direction.values()):
+            self._skip("non-finite preconditioned gradient")
+            return loss
+        if self.step_rule == StepRule.QMODEL:
+            update, model_value = self._qmodel_update(grads, direction)
+        else:
+            update = self._fixed_update(grads, direction, lr, beta)
+            model_value = None
+        for p, u in update.items():
+            p.add_(u)
+        if lm_due:
+            self._adapt_damping(closure, loss, grads, update, model_value)
+        self.steps += 1
+        self._arm()
+        return loss
+
+    def _fixed_update(
+        self,
+        grads: dict[Tensor, Tensor],
+        direction: dict[Tensor, Tensor],
+        lr: float,
+        beta: float,
+    ) -> dict[Tensor, Tensor]:
+        vg = sum(float((direction[p] * g).sum()) for p, g in grads.items())
+        nu = kl_clip_factor(self.kl_clip, lr, vg)
+        update = {}
+        for p in grads:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            v = direction[p] * nu
+            buf = v.clone() if buf is None else buf.mul_(beta).add_(v)
+            state["momentum_buffer"] = buf
+            update[p] = -lr * buf
+        return update
+
+    def _qmodel_update(
+        self, grads: dict[Tensor, Tensor], direction: dict[Tensor, Tensor]
+    ) -> tuple[dict[Tensor, Tensor], float]:
+        proposal = {p: -d for p, d in direction.items()}
+        prev = {p: self.state[p].get("qmodel_prev") for p in grads}
+        has_prev = all(v is not None for v in prev.values())
+        vecs = [proposal] + ([prev] if has_prev else [])
+        gram = self._quadratic_terms(vecs)
+        b1 = sum(float((grads[p] * proposal[p]).sum()) for p in grads)
+        if has_prev:
+            b2 = sum(float((grads[p] * prev[p]).sum()) for p in grads)
+            alpha, mu, value = qmodel_coefficients(
+                gram[0][0], gram[0][1], gram[1][1], b1, b2
+            )
+        else:
+            alpha, mu, value = qmodel_coefficients(gram[0][0], 0.0, 0.0, b1, 0.0)
+        update = {}
+        for p in grads:
+            u = alpha * proposal[p]
+            if has_prev and mu != 0.0:
+                u = u + mu * prev[p]
+            update[p] = u
+            self.state[p]["qmodel_prev"] = u.clone()
+        self.last_alpha, self.last_mu = alpha, mu
+        return update, value
+
+    def _adapt_damping(
+        self,
+        closure: Callable[[], Tensor | float],
+        loss_before: Tensor | float | None,
+        grads: dict[Tensor, Tensor],
+        update: dict[Tensor, Tensor],
+        model_value: float | None,
+    ) -> None:
+        if model_value is None:
+            gram = self._quadratic_terms([update])
+            lin = sum(float((grads[p] * u).sum()) for p, u in update.items())
+            model_value = 0.5 * gram[0][0] + lin
+        with self._capture.suspend():
+            loss_after = float(closure())
+        rho = (
+            (loss_after - float(loss_before)) / model_value if model_value < 0 else -1.0
+        )
+        self.last_rho = rho
+        self.damping = lm_adjust(
+            self.damping, rho, self.lm_omega, self.min_damping, self.max_damping
+        )
+
+    # ------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Base optimizer state plus everything K-FAC needs to resume bit-for-bit.
+
+        Includes the factor moving averages, the current decompositions, λ, the
+        step count, counters, CG warm starts and the MC sampler's RNG state. Take it
+        between steps: statistics captured by a forward pass since the last
+        ``step()`` (a training-mode forward with autograd on is captured for the
+        next step — evaluate under ``torch.no_grad()``) are not included.
+        """
+        sd = super().state_dict()
+        inverses = {}
+        for key, inv in self._inverses.items():
+            kind = next(k for k, t in _INVERSE_TYPES.items() if isinstance(inv, t))
+            inverses[key] = {
+                "kind": kind,
+                **{f: getattr(inv, f) for f in inv.__dataclass_fields__},
+            }
+        sd["kfac"] = {
+            "steps": self.steps,
+            "damping": self.damping,
+            "counters": dict(self.counters),
+            "last_rho": self.last_rho,
+            "ema": {k: dict(v) for k, v in self._ema.items()},
+            "inverses": inverses,
+            "cg_rows": dict(self._cg_rows),
+            "cg_solutions": dict(self._cg_solutions),
+            "generator": self._generator.get_state(),
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (tensors moved to the model's device)."""
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("kfac")
+        super().load_state_dict(state_dict)
+        device = self.param_groups[0]["params"][0].device
+
+        def move(t: Any) -> Any:
+            return t.to(device) if isinstance(t, Tensor) else t
+
+        self.steps = int(extra["steps"])
+        self.damping = float(extra["damping"])
+        self.counters = dict(extra["counters"])
+        self.last_rho = float(extra["last_rho"])
+        self._ema = {
+            k: {n: move(t) for n, t in v.items()} for k, v in extra["ema"].items()
+        }
+        self._inverses = {}
+        for key, fields in extra["inverses"].items():
+            fields = dict(fields)
+            cls = _INVERSE_TYPES[fields.pop("kind")]
+            self._inverses[key] = cls(**{f: move(t) for f, t in fields.items()})
+        self._cg_rows = {
+            k: (move(a), move(b)) for k, (a, b) in extra["cg_rows"].items()
+        }
+        self._cg_solutions = {k: move(v) for k, v in extra["cg_solutions"].items()}
+        self._generator.set_state(extra["generator"])
+        self._arm()
