@@ -24,7 +24,7 @@ import numpy as np
 import sympy as sp
 
 from analysis.symbolic.recursions import Method, update_rule
-from analysis.symbolic.symbols import A0, B, alpha, beta, c, gamma, h, r1, r2, t
+from analysis.symbolic.symbols import A0, B, alpha, beta, c, gamma, h, k, r1, r2, t
 from analysis.symbolic.theorems import (
     bound,
     exact_second_moment,
@@ -69,7 +69,7 @@ def _expression(method: Method, quantity: Quantity) -> sp.Expr:
     if quantity is Quantity.BOUND:
         return bound(method)
     if quantity is Quantity.TRANSIENT:
-        return transient_solution(method).closed.subs(sp.Symbol("k"), t) ** 2 * A0
+        return transient_solution(method).closed.subs(k, t) ** 2 * A0
     return noise_sum(method)[1]
 
 

@@ -347,8 +347,14 @@ def sgd_second_moment() -> sp.Expr:
     """
     trans, noise, _ = second_moment_system(update_rule(Method.SGD))
     seq = sp.Function("a")
-    sol = sp.rsolve(seq(t + 1) - trans[0, 0] * seq(t) - noise[0], seq(t), {seq(0): A0})
-    return sol
+    # Solved with a symbolic ratio, then substituted: keeps the power in the form
+    # ((1 - alpha h)**2)**t = (1 - alpha h)**(2t) rather than (alpha h - 1)**(2t).
+    ratio, const = sp.symbols("rho q")
+    sol = sp.rsolve(seq(t + 1) - ratio * seq(t) - const, seq(t), {seq(0): A0})
+    mean_factor = update_rule(Method.SGD).transition[0, 0]
+    if not is_zero(mean_factor**2 - trans[0, 0]):
+        raise ValueError("SGD second-moment factor is not the squared mean factor")
+    return sol.subs({ratio: mean_factor**2, const: noise[0]})
 
 
 @functools.cache
