@@ -29,7 +29,12 @@ from torch import Tensor, nn
 
 from kfac_spectra.layer_capture import Block
 
-__all__ = ["KroneckerBasis", "basis_from_factors", "kronecker_bases"]
+__all__ = [
+    "KroneckerBasis",
+    "basis_from_factors",
+    "bases_from_eigendecompositions",
+    "kronecker_bases",
+]
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,52 @@ def kronecker_bases(
             raise ValueError(
                 f"factors: {name!r} has factor sizes {basis.shape} but the block "
                 f"is {block.shape}"
+            )
+        bases[name] = basis
+    return bases
+
+
+def _descending(values: Tensor, vectors: Tensor | None) -> tuple[Tensor, Tensor]:
+    values = values.detach().to(torch.float64)
+    order = torch.argsort(values, descending=True)
+    if vectors is None:  # diagonal factor: eigenvectors are coordinate vectors
+        vectors = torch.eye(values.shape[0], dtype=torch.float64, device=values.device)
+    return values[order], vectors.detach().to(torch.float64)[:, order]
+
+
+def bases_from_eigendecompositions(
+    eigendecompositions: Mapping[str, tuple[Tensor, Tensor, Tensor, Tensor | None]],
+    blocks: Mapping[str, Block],
+) -> dict[str, KroneckerBasis]:
+    """Bases from ``KFAC.eigenbases()``-style decompositions.
+
+    Args:
+        eigendecompositions: ``name -> (eigvals_S, U_S, eigvals_A, U_A)`` in any
+            order of eigenvalues; ``U_A = None`` means A is diagonal and
+            ``eigvals_A`` is that diagonal.
+        blocks: The model's blocks.
+
+    Returns:
+        ``name -> KroneckerBasis`` in the stored layout, eigenvalues descending.
+
+    Raises:
+        ValueError: If a name is not a block, or sizes do not fit it.
+    """
+    bases = {}
+    for name, (eval_s, evec_s, eval_a, evec_a) in eigendecompositions.items():
+        if name not in blocks:
+            raise ValueError(f"eigendecompositions: {name!r} is not a block")
+        s_side = _descending(eval_s, evec_s)
+        a_side = _descending(eval_a, evec_a)
+        block = blocks[name]
+        if any(isinstance(m, nn.Embedding) for m in block.modules):
+            basis = KroneckerBasis(*a_side, *s_side)
+        else:
+            basis = KroneckerBasis(*s_side, *a_side)
+        if basis.shape != block.shape:
+            raise ValueError(
+                f"eigendecompositions: {name!r} has sizes {basis.shape} but the "
+                f"block is {block.shape}"
             )
         bases[name] = basis
     return bases

@@ -46,13 +46,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from kfac_spectra.eigenbasis import KroneckerBasis
+from kfac_spectra.kfac.enums import FisherType, LossType, coerce_enum
 from kfac_spectra.layer_capture import Block, PerExampleCapture, Side
 
 __all__ = [
@@ -66,21 +66,6 @@ __all__ = [
     "eigenbasis_gradient_stats",
     "loss_gradient_probe",
 ]
-
-
-class LossType(StrEnum):
-    """Per-term loss: ``"mse"`` is :math:`\\lVert f-y\\rVert^2`, ``"ce"`` softmax CE."""
-
-    MSE = "mse"
-    CE = "ce"
-
-
-class FisherType(StrEnum):
-    """Which curvature :math:`v^\\top F v` measures (see module docstring)."""
-
-    TYPE2 = "type2"
-    MC = "mc"
-    EMPIRICAL = "empirical"
 
 
 def _terms(output: Tensor) -> Tensor:
@@ -105,7 +90,7 @@ def loss_gradient_probe(output: Tensor, targets: Tensor, loss: LossType) -> Tens
         ValueError: If ``targets`` has the wrong shape.
     """
     f = output.detach()
-    if LossType(loss) is LossType.MSE:
+    if coerce_enum(LossType, loss, "loss") is LossType.MSE:
         if targets.shape != f.shape:
             raise ValueError(f"targets: MSE needs shape {tuple(f.shape)}")
         return 2.0 * (f - targets.to(f.dtype))
@@ -152,7 +137,8 @@ def curvature_probes(
         Martens and Grosse 2015, section 5 (sampled targets); Botev et al. 2017
         (columns of the output-Hessian square root).
     """
-    loss, fisher_type = LossType(loss), FisherType(fisher_type)
+    loss = coerce_enum(LossType, loss, "loss")
+    fisher_type = coerce_enum(FisherType, fisher_type, "fisher_type")
     f = output.detach()
     terms = _terms(f)
     if fisher_type is FisherType.EMPIRICAL:
@@ -321,7 +307,8 @@ def eigenbasis_gradient_stats(
         ValueError: If a basis names no block or has the wrong shape, or fewer
             than two examples are seen.
     """
-    loss, fisher_type = LossType(loss), FisherType(fisher_type)
+    loss = coerce_enum(LossType, loss, "loss")
+    fisher_type = coerce_enum(FisherType, fisher_type, "fisher_type")
     capture = PerExampleCapture(model)
     for name, basis in bases.items():
         if name not in capture.blocks:

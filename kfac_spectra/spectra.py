@@ -41,6 +41,7 @@ __all__ = [
     "eigenvalue_histogram",
     "factor_eigenvalues",
     "factor_spectra",
+    "factor_spectra_from_eigenvalues",
     "histogram_evolution",
     "kfac_eigenvalues",
     "log_bins",
@@ -134,6 +135,30 @@ def factor_spectra(
         )
         for name, (a, s) in factors.items()
     }
+
+
+def factor_spectra_from_eigenvalues(
+    eigendecompositions: Mapping[str, tuple],
+) -> dict[str, FactorSpectrum]:
+    """Factor spectra from ``KFAC.eigenbases()``-style tuples.
+
+    Args:
+        eigendecompositions: ``name -> (eigvals_S, U_S, eigvals_A, U_A)`` (vectors
+            are ignored; eigenvalues in any order, or a diagonal for A).
+
+    Returns:
+        ``name -> FactorSpectrum(first=eigvals_S, second=eigvals_A)``.
+    """
+    out = {}
+    for name, (eval_s, _, eval_a, _) in eigendecompositions.items():
+        values = [
+            v.detach().to("cpu", torch.float64).numpy()
+            if isinstance(v, torch.Tensor)
+            else v
+            for v in (eval_s, eval_a)
+        ]
+        out[name] = FactorSpectrum(*values)
+    return out
 
 
 def _as_list(spectra: Mapping[str, FactorSpectrum] | Sequence[FactorSpectrum]) -> list:

@@ -473,3 +473,62 @@ def test_input_validation() -> None:
     tied_bias["d"].weight = tied_bias["e"].weight
     with pytest.raises(ValueError, match="no bias"):
         find_blocks(tied_bias)
+
+
+@pytest.mark.filterwarnings("ignore:K-FAC. no curvature block:UserWarning")
+@pytest.mark.parametrize("case", ["mlp_mse", "cnn1d", "transformer_tied", "lstm"])
+def test_bases_from_compute_factors(case: str) -> None:
+    """The K-FAC code's factors fit our blocks (keys, sizes, orientation).
+
+    With ``reduction="sum"`` S (x) A approximates the summed-loss GGN, i.e. N times
+    our per-example F. For the output layer of an MSE model it is exact, so the
+    measured curvature along each eigen-direction is the K-FAC eigenvalue / N.
+    """
+    from kfac_spectra import compute_factors
+
+    model, x, y, loss = make_case(case)
+    factors = compute_factors(model, x, y, loss, "type2", reduction="sum")
+    blocks = find_blocks(model)
+    bases = kronecker_bases(factors, blocks)
+    assert set(bases) == set(blocks)
+    stats = eigenbasis_gradient_stats(model, [(x, y)], bases, loss=loss)
+    if case == "mlp_mse":
+        last = stats.layers["layers.1"]
+        np.testing.assert_allclose(
+            last.curvature, last.kfac_eigenvalues / len(x), rtol=1e-9, atol=1e-13
+        )
+        hidden = stats.layers["layers.0"]
+        assert not np.allclose(hidden.curvature, hidden.kfac_eigenvalues / len(x))
+
+
+@pytest.mark.filterwarnings("ignore:K-FAC. no curvature block:UserWarning")
+@pytest.mark.parametrize("case", ["mlp_ce", "transformer_tied"])
+def test_bases_from_kfac_optimizer_eigenbases(case: str) -> None:
+    from kfac_spectra import KFAC
+    from kfac_spectra.eigenbasis import bases_from_eigendecompositions
+    from kfac_spectra.spectra import factor_spectra_from_eigenvalues, kfac_eigenvalues
+
+    model, x, y, loss = make_case(case)
+    opt = KFAC(model, loss, fisher_type="type2", inverse_interval=1, lr=0.0)
+    out = model(x)
+    F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
+    opt.step()
+    eigs = opt.eigenbases()
+    opt.remove_hooks()
+    blocks = find_blocks(model)
+    bases = bases_from_eigendecompositions(eigs, blocks)
+    assert set(bases) == set(blocks)
+    for key, basis in bases.items():
+        assert torch.all(basis.row_values[:-1] >= basis.row_values[1:])
+        eye_r = torch.eye(basis.shape[0], dtype=torch.float64)
+        torch.testing.assert_close(basis.row_vectors.T @ basis.row_vectors, eye_r)
+        spectrum = kfac_eigenvalues(factor_spectra_from_eigenvalues({key: eigs[key]}))
+        # factor spectra clip round-off negatives to 0; the basis keeps them
+        np.testing.assert_allclose(
+            np.sort(basis.kronecker_eigenvalues().numpy().ravel())[::-1],
+            spectrum,
+            rtol=1e-12,
+            atol=1e-12 * spectrum[0],
+        )
+    stats = eigenbasis_gradient_stats(model, [(x, y)], bases, loss=loss)
+    assert all(np.all(s.curvature >= 0) for s in stats.layers.values())
