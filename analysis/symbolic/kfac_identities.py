@@ -34,6 +34,7 @@ __all__ = [
     "kron_inverse_holds",
     "paper_eqn14_matches_row_major",
     "tied_weight_swaps_factors",
+    "vec_col",
     "vec_identity_holds",
     "vec_row",
 ]
