@@ -1,0 +1,631 @@
+r"""Batch-size scaling studies on the noisy quadratic model.
+
+A study asks, for every optimizer family, preconditioning power :math:`p`, target
+loss :math:`L^*` and batch size :math:`B`:
+
+.. math:: S^*(B) = \min_{\text{hyperparameters}} \min\{t \ge 0 : E[L(\theta_t)]
+    \le L^*\},
+
+i.e. the number of steps a *tuned* optimizer needs (seed 004, section 3.7,
+Figures 5-6 and appendix E.5-E.7). The tuning itself is :func:`nqm.search.
+best_steps`; this module runs the grid of studies, flattens the tuned optimizers
+into tidy records, fits the critical batch size of every curve
+(:func:`nqm.noise_scale.fit_critical_batch`), adds the information-theoretic lower
+bound (:func:`nqm.noise_scale.steps_lower_bound`) and prepares the tables each
+figure plots.
+
+Tables are tidy: one row per observation, one column per variable; ``steps`` is
+``math.inf`` when the target is never reached (``inf`` in CSV, ``null`` in JSON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nqm.noise_scale import fit_critical_batch, steps_lower_bound
+from tqdm.auto import tqdm
+
+import nqm
+from nqm.search import Family, best_steps
+
+from .config import ScalingConfig
+from .io import write_json, write_table
+
+__all__ = [
+    "ScheduleKind",
+    "UpdateRule",
+    "RECORD_COLUMNS",
+    "FIT_COLUMNS",
+    "StudyResult",
+    "build_problem",
+    "tune_record",
+    "run_study",
+    "critical_batch_fits",
+    "lower_bound_curve",
+    "schedule_shapes",
+    "momentum_transient",
+    "run_reference_study",
+    "figure_tables",
+    "write_study",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ScheduleKind(enum.StrEnum):
+    """How the tuned learning rate varies with the step."""
+
+    CONSTANT = "constant"
+    PIECEWISE_CONSTANT = "piecewise_constant"
+    LINEAR_DECAY = "linear_decay"
+    OTHER = "other"
+
+
+class UpdateRule(enum.StrEnum):
+    """The two update rules compared in appendix E.3."""
+
+    MOMENTUM = "momentum"
+    SGD_EFFECTIVE_LR = "sgd_effective_lr"
+
+
+#: Columns of the study's record table, in order.
+RECORD_COLUMNS: tuple[str, ...] = (
+    "family",
+    "precond_power",
+    "batch_size",
+    "target",
+    "steps",
+    "schedule",
+    "lr",
+    "effective_lr",
+    "momentum",
+    "ema",
+    "lr0",
+    "final_lr",
+    "decay",
+    "horizon",
+    "boundaries",
+    "values",
+    "evaluations",
+    "seconds",
+)
+
+#: Columns of the critical-batch fit table.
+FIT_COLUMNS: tuple[str, ...] = (
+    "family",
+    "precond_power",
+    "target",
+    "n_points",
+    "s_min",
+    "b_crit",
+    "r2",
+    "log_rmse",
+    "departure_batch",
+)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Everything a scaling study produced.
+
+    Attributes:
+        records: tidy rows, one per (family, power, target, batch size); columns
+            :data:`RECORD_COLUMNS`.
+        fits: one row per (family, power, target) curve; :data:`FIT_COLUMNS`.
+        lower_bound: rows ``(target, batch_size, steps)`` of the lower bound.
+        extras: further tables keyed by name (schedule shapes, E.3 transient).
+        timings: wall seconds per phase.
+    """
+
+    records: list[dict[str, Any]]
+    fits: list[dict[str, Any]]
+    lower_bound: list[dict[str, Any]]
+    extras: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ problem
+def build_problem(cfg: ScalingConfig) -> nqm.NQMProblem:
+    r"""The NQM a configuration describes.
+
+    Either the spectrum file ``cfg.problem`` (``.npz`` with ``h``, ``c``) or the
+    power law :math:`h_i = i^{-a}`, :math:`c_i = i^{-b}`, i = 1..dim.
+
+    Raises:
+        ValueError: if the spectrum file is missing or unreadable.
+    """
+    if cfg.problem is not None:
+        if not Path(cfg.problem).is_file():
+            raise ValueError(f"problem spectrum file {cfg.problem!r} does not exist")
+        return nqm.NQMProblem.load(cfg.problem)
+    return nqm.NQMProblem.power_law(
+        dim=cfg.dim, h_power=cfg.h_power, c_power=cfg.c_power, init_sq=cfg.init_sq
+    )
+
+
+# ------------------------------------------------------------------ records
+def _finite_int(steps: Any) -> float | int:
+    s = float(steps)
+    return int(s) if math.isfinite(s) else math.inf
+
+
+def tune_record(result: Any, seconds: float = float("nan")) -> dict[str, Any]:
+    """Flatten one :class:`nqm.search.TuneResult` into a tidy record.
+
+    Constant learning rates fill ``lr`` and ``effective_lr`` =
+    :math:`\\alpha/(1-\\beta)`; a :class:`nqm.PiecewiseConstant` fills ``lr0``
+    (first value), ``final_lr``, ``boundaries`` and ``values``; a
+    :class:`nqm.LinearDecay` fills ``lr0``, ``decay``, ``horizon`` and
+    ``final_lr`` = :math:`\\delta\\alpha_0`. Empty cells are ``None``.
+    """
+    opt = getattr(result, "optimizer", None)
+    rec: dict[str, Any] = dict.fromkeys(RECORD_COLUMNS)
+    rec.update(
+        family=Family(result.family).value,
+        precond_power=float(result.precond_power),
+        batch_size=int(result.batch_size),
+        target=float(result.target),
+        steps=_finite_int(result.steps),
+        evaluations=int(result.evaluations),
+        seconds=float(seconds),
+    )
+    if opt is None:
+        return rec
+    rec.update(momentum=float(opt.momentum), ema=float(opt.ema))
+    sched = opt.schedule
+    if isinstance(sched, nqm.Constant):
+        rec.update(
+            schedule=ScheduleKind.CONSTANT.value,
+            lr=sched.lr,
+            effective_lr=opt.effective_lr,
+            lr0=sched.lr,
+            final_lr=sched.lr,
+        )
+    elif isinstance(sched, nqm.PiecewiseConstant):
+        rec.update(
+            schedule=ScheduleKind.PIECEWISE_CONSTANT.value,
+            lr0=sched.values[0],
+            final_lr=sched.values[-1],
+            boundaries=list(sched.boundaries),
+            values=list(sched.values),
+        )
+    elif isinstance(sched, nqm.LinearDecay):
+        rec.update(
+            schedule=ScheduleKind.LINEAR_DECAY.value,
+            lr0=sched.lr0,
+            final_lr=sched.lr0 * sched.decay,
+            decay=sched.decay,
+            horizon=sched.horizon,
+        )
+    else:
+        rec.update(schedule=ScheduleKind.OTHER.value)
+    return rec
+
+
+def _progress(total: int, desc: str, enabled: bool | None) -> Any:
+    # tqdm only on an interactive terminal unless asked explicitly.
+    disable = not sys.stderr.isatty() if enabled is None else not enabled
+    return tqdm(total=total, desc=desc, unit="curve", disable=disable, leave=False)
+
+
+def run_study(
+    problem: nqm.NQMProblem,
+    families: Iterable[str | Family],
+    powers: Iterable[float],
+    batch_sizes: Sequence[int],
+    targets: Iterable[float],
+    *,
+    progress: bool | None = None,
+    search: Callable[..., Any] = best_steps,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    r"""Tune every family at every power, target and batch size.
+
+    One call of ``search`` per (family, power, target), vectorised over the batch
+    sizes, so that work shared between batch sizes is done once.
+
+    Args:
+        problem: the NQM.
+        families: :class:`nqm.search.Family` members or their values.
+        powers: preconditioning powers :math:`p \in [0, 1]`.
+        batch_sizes: batch sizes :math:`B \ge 1`, shape ``(n_B,)``.
+        targets: target losses :math:`L^* > 0`.
+        progress: show a tqdm bar; ``None``: only when stderr is a terminal.
+        search: the tuner (default :func:`nqm.search.best_steps`).
+        **options: passed to ``search``.
+
+    Returns:
+        Tidy records (:data:`RECORD_COLUMNS`), ordered by family, power, target,
+        batch size. ``seconds`` is the curve's tuning time divided evenly among
+        its batch sizes.
+
+    Raises:
+        ValueError: for an unknown family, a target <= 0 or a batch size < 1.
+    """
+    fams = [Family(f) for f in families]
+    pw = [float(p) for p in powers]
+    tg = [float(t) for t in targets]
+    bs = [int(b) for b in batch_sizes]
+    for t in tg:
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"target must be positive, got {t!r}")
+    for b in bs:
+        if b < 1:
+            raise ValueError(f"batch size must be >= 1, got {b!r}")
+    jobs = [(f, p, t) for f in fams for p in pw for t in tg]
+    records: list[dict[str, Any]] = []
+    with _progress(len(jobs), "nqm-scaling", progress) as bar:
+        for fam, p, t in jobs:
+            bar.set_postfix_str(f"{fam.value} p={p:g} L*={t:g}")
+            start = time.perf_counter()
+            results = search(problem, fam, bs, t, precond_power=p, **options)
+            elapsed = time.perf_counter() - start
+            logger.info("%s p=%g target=%g: %.2fs", fam.value, p, t, elapsed)
+            records.extend(tune_record(r, elapsed / len(bs)) for r in results)
+            bar.update(1)
+    return records
+
+
+# ---------------------------------------------------------------- analyses
+def _fit_as_dict(fit: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(fit):
+        return dataclasses.asdict(fit)
+    if hasattr(fit, "_asdict"):
+        return dict(fit._asdict())
+    return dict(vars(fit))
+
+
+def _curves(records: Iterable[Mapping[str, Any]]) -> dict[tuple, list[Mapping]]:
+    curves: dict[tuple, list[Mapping]] = {}
+    for r in records:
+        curves.setdefault((r["family"], r["precond_power"], r["target"]), []).append(r)
+    return curves
+
+
+#: Fewest finite points a critical-batch fit is attempted on.
+MIN_FIT_POINTS = 3
+
+
+def critical_batch_fits(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    r"""Fit :math:`S(B)` of every (family, power, target) curve.
+
+    Uses :func:`nqm.noise_scale.fit_critical_batch` on the batch sizes whose
+    steps are finite. Curves with fewer than :data:`MIN_FIT_POINTS` such points
+    get a row of empty cells (and ``n_points``).
+
+    Returns:
+        Rows with :data:`FIT_COLUMNS`.
+    """
+    rows = []
+    for (fam, p, t), recs in _curves(records).items():
+        pts = sorted(
+            (r["batch_size"], r["steps"]) for r in recs if math.isfinite(r["steps"])
+        )
+        row: dict[str, Any] = dict.fromkeys(FIT_COLUMNS)
+        row.update(family=fam, precond_power=p, target=t, n_points=len(pts))
+        if len(pts) >= MIN_FIT_POINTS:
+            b, s = zip(*pts, strict=True)
+            fit = _fit_as_dict(fit_critical_batch(np.asarray(b), np.asarray(s)))
+            row.update({k: _scalar(fit.get(k)) for k in FIT_COLUMNS[4:]})
+        rows.append(row)
+    return rows
+
+
+def _scalar(v: Any) -> Any:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def lower_bound_curve(
+    problem: nqm.NQMProblem, targets: Iterable[float], batch_sizes: Sequence[int]
+) -> list[dict[str, Any]]:
+    r"""The information-theoretic lower bound on steps at each (target, B).
+
+    The Bayes-optimal estimate from :math:`n = Bt` noisy per-example gradients has
+    :math:`L_{\min}(n) = \tfrac12\sum_i h_i / (1/E\theta_i(0)^2 + n h_i^2/c_i)`; the
+    bound is the smallest :math:`t \ge 1` with :math:`L_{\min}(Bt) \le L^*`
+    (:func:`nqm.noise_scale.steps_lower_bound`).
+
+    Returns:
+        Rows ``{"target", "batch_size", "steps"}``.
+    """
+    return [
+        {
+            "target": float(t),
+            "batch_size": int(b),
+            "steps": _finite_int(steps_lower_bound(problem, float(t), int(b))),
+        }
+        for t in targets
+        for b in batch_sizes
+    ]
+
+
+def _spread(values: Sequence[int], k: int) -> list[int]:
+    """``k`` entries of a sorted sequence, evenly spaced by index (ends kept)."""
+    if len(values) <= k:
+        return list(values)
+    idx = np.unique(np.round(np.linspace(0, len(values) - 1, k)).astype(int))
+    return [values[i] for i in idx]
+
+
+#: Points per curve of the schedule-shape table.
+SHAPE_POINTS = 201
+
+
+def schedule_shapes(
+    records: Iterable[Mapping[str, Any]], n_batch_sizes: int = 4
+) -> list[dict[str, Any]]:
+    r"""Learning rate against normalised step :math:`t/S^*` of tuned schedules.
+
+    For each scheduled family (pwc, linear decay), power and target, takes
+    ``n_batch_sizes`` batch sizes spread over those with a finite step count and
+    evaluates the tuned schedule at :data:`SHAPE_POINTS` steps in :math:`[0, S^*)`.
+
+    Returns:
+        Rows ``{"family", "precond_power", "target", "batch_size", "steps",
+        "step", "normalised_step", "lr", "relative_lr"}`` (``relative_lr`` is the
+        lr over its value at step 0).
+    """
+    rows = []
+    for (fam, p, t), recs in _curves(records).items():
+        kind = recs[0]["schedule"]
+        if kind not in (
+            ScheduleKind.PIECEWISE_CONSTANT.value,
+            ScheduleKind.LINEAR_DECAY.value,
+        ):
+            continue
+        finite = sorted(
+            (r for r in recs if math.isfinite(r["steps"]) and r["steps"] > 0),
+            key=lambda r: r["batch_size"],
+        )
+        for r in _spread(finite, n_batch_sizes):
+            sched = _schedule_of(r)
+            s = int(r["steps"])
+            steps = np.unique(
+                np.round(np.linspace(0, s - 1, min(SHAPE_POINTS, s))).astype(np.int64)
+            )
+            lrs = np.atleast_1d(sched(steps))
+            lr0 = float(sched(0))
+            rows.extend(
+                {
+                    "family": fam,
+                    "precond_power": p,
+                    "target": t,
+                    "batch_size": r["batch_size"],
+                    "steps": s,
+                    "step": int(k),
+                    "normalised_step": float(k) / s,
+                    "lr": float(v),
+                    "relative_lr": float(v) / lr0,
+                }
+                for k, v in zip(steps, lrs, strict=True)
+            )
+    return rows
+
+
+def _schedule_of(rec: Mapping[str, Any]) -> nqm.Schedule:
+    if rec["schedule"] == ScheduleKind.PIECEWISE_CONSTANT.value:
+        return nqm.PiecewiseConstant(tuple(rec["boundaries"]), tuple(rec["values"]))
+    return nqm.LinearDecay(rec["lr0"], rec["decay"], rec["horizon"])
+
+
+#: Points per curve of the E.3 transient comparison.
+TRANSIENT_POINTS = 200
+#: The E.3 curves run until the SGD transient has decayed by exp(-TRANSIENT_SPAN).
+TRANSIENT_SPAN = 8.0
+
+
+def momentum_transient(
+    alpha_h: float = 0.0005, one_minus_beta: Sequence[float] = (0.5, 0.1, 0.03, 0.01)
+) -> list[dict[str, Any]]:
+    r"""Appendix E.3: the transient term of eqn (6) for momentum vs SGD at
+    :math:`\alpha/(1-\beta)`.
+
+    On one mode with :math:`h = 1`, :math:`c = 0` and :math:`E\theta(0)^2 = 1`
+    the expected risk *is* the first (transient) term of eqn (6). For each value
+    of :math:`1-\beta` it is computed exactly (:func:`nqm.expected_loss`) for
+    heavy-ball momentum with lr :math:`\alpha` and for plain SGD with lr
+    :math:`\alpha/(1-\beta)`, normalised by its value at :math:`t = 0`. The step
+    range covers :math:`\mathrm{TRANSIENT\_SPAN}/(2r)` steps with :math:`r =
+    \min(\alpha h/(1-\beta), 1-\sqrt\beta)`, by which both the SGD transient
+    :math:`(1-\alpha h/(1-\beta))^{2t}` and momentum's envelope
+    :math:`\beta^{t}` have decayed by :math:`e^{-\mathrm{TRANSIENT\_SPAN}}` or more.
+
+    Args:
+        alpha_h: :math:`\alpha h` (the paper uses 0.0005).
+        one_minus_beta: values of :math:`1-\beta \in (0, 1]`.
+
+    Returns:
+        Rows ``{"one_minus_beta", "update", "step", "normalised_risk"}``
+        (``update`` is a :class:`UpdateRule` value).
+
+    References:
+        Zhang et al. (2019), appendix E.3, Figure 11 and eqn (6).
+    """
+    if not 0 < alpha_h < 1:
+        raise ValueError(f"alpha_h must lie in (0, 1), got {alpha_h!r}")
+    one_mode = nqm.NQMProblem(h=np.array([1.0]), c=np.array([0.0]), init_sq=1.0)
+    start = one_mode.initial_loss()
+    rows = []
+    for omb in one_minus_beta:
+        if not 0 < omb <= 1:
+            raise ValueError(f"one_minus_beta values must lie in (0, 1], got {omb!r}")
+        eff = alpha_h / omb
+        # Cover the slower of the SGD decay and momentum's envelope sqrt(beta)^t.
+        rate = min(eff, 1.0 - math.sqrt(1.0 - omb)) if omb < 1 else eff
+        t_max = max(int(math.ceil(TRANSIENT_SPAN / (2.0 * rate))), TRANSIENT_POINTS)
+        steps = np.unique(
+            np.round(np.linspace(0, t_max, TRANSIENT_POINTS)).astype(np.int64)
+        )
+        for rule, opt in (
+            (UpdateRule.MOMENTUM, nqm.Optimizer(alpha_h, momentum=1.0 - omb)),
+            (UpdateRule.SGD_EFFECTIVE_LR, nqm.Optimizer(eff)),
+        ):
+            risk = np.atleast_1d(nqm.expected_loss(one_mode, opt, 1, steps)) / start
+            rows.extend(
+                {
+                    "one_minus_beta": float(omb),
+                    "update": rule.value,
+                    "step": int(k),
+                    "normalised_risk": float(v),
+                }
+                for k, v in zip(steps, risk, strict=True)
+            )
+    return rows
+
+
+# ------------------------------------------------------------- whole study
+def run_reference_study(
+    cfg: ScalingConfig, *, progress: bool | None = None, **options: Any
+) -> StudyResult:
+    """Run everything the figures of ``nqm-scaling`` need.
+
+    The main grid (families x powers x targets x batch sizes), the loss-threshold
+    family (SGD, p = 0, ``cfg.threshold_targets``; E.5), the critical-batch fits,
+    the lower bound at every target, the schedule shapes and the E.3 transient.
+
+    Args:
+        cfg: the resolved configuration.
+        progress: tqdm bar (``None``: only on a terminal).
+        **options: passed to :func:`nqm.search.best_steps`.
+
+    Returns:
+        The :class:`StudyResult`.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    problem = build_problem(cfg)
+    batch_sizes = sorted(set(cfg.batch_sizes))
+    records = run_study(
+        problem,
+        cfg.families,
+        cfg.powers,
+        batch_sizes,
+        cfg.targets,
+        progress=progress,
+        **options,
+    )
+    timings["main_study"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    have = {(r["family"], r["precond_power"], r["target"]) for r in records}
+    extra_targets = [
+        t
+        for t in cfg.threshold_targets
+        if (Family.SGD.value, 0.0, float(t)) not in have
+    ]
+    if extra_targets:
+        records += run_study(
+            problem,
+            [Family.SGD],
+            [0.0],
+            batch_sizes,
+            extra_targets,
+            progress=progress,
+            **options,
+        )
+    timings["threshold_study"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    fits = critical_batch_fits(records)
+    all_targets = sorted({r["target"] for r in records})
+    bound = lower_bound_curve(problem, all_targets, batch_sizes)
+    timings["fits_and_bound"] = time.perf_counter() - t2
+
+    t3 = time.perf_counter()
+    extras = {
+        "schedule_shapes": schedule_shapes(records, cfg.shape_batch_sizes),
+        "momentum_transient": momentum_transient(
+            cfg.transient_alpha_h, cfg.transient_one_minus_beta
+        ),
+    }
+    timings["extras"] = time.perf_counter() - t3
+    timings["study_total"] = time.perf_counter() - t0
+    return StudyResult(records, fits, bound, extras, timings)
+
+
+def _select(rows: Iterable[Mapping[str, Any]], **equal: Any) -> list[dict[str, Any]]:
+    return [dict(r) for r in rows if all(r[k] == v for k, v in equal.items())]
+
+
+def figure_tables(
+    result: StudyResult, cfg: ScalingConfig
+) -> dict[str, list[dict[str, Any]]]:
+    """The tidy table of points behind each figure, keyed by figure name.
+
+    Names are those of :data:`analysis.plots.FIGURES`. Selection only: every
+    number comes from ``result``.
+    """
+    main_targets = set(cfg.targets)
+    main = [
+        r
+        for r in result.records
+        if r["target"] in main_targets
+        and r["family"] in cfg.families
+        and r["precond_power"] in cfg.powers
+    ]
+    bound = [dict(r, family="lower_bound") for r in result.lower_bound]
+    main_bound = [r for r in bound if r["target"] in main_targets]
+    threshold_targets = set(cfg.threshold_targets)
+    threshold = [
+        r
+        for r in _select(result.records, family=Family.SGD.value, precond_power=0.0)
+        if r["target"] in threshold_targets
+    ]
+    lr_rows = [
+        r
+        for r in main
+        if r["family"] in (Family.SGD.value, Family.MOMENTUM.value)
+        and math.isfinite(r["steps"])
+    ]
+    pwc = [
+        r for r in main if r["family"] == Family.PWC.value and math.isfinite(r["steps"])
+    ]
+    return {
+        "steps_vs_batch_by_family": main + main_bound,
+        "steps_vs_batch_by_power": main + main_bound,
+        "loss_threshold": threshold
+        + [r for r in bound if r["target"] in threshold_targets],
+        "optimal_lr": lr_rows,
+        "pwc_final_lr": pwc,
+        "schedule_shapes": [
+            r
+            for r in result.extras.get("schedule_shapes", [])
+            if r["target"] in main_targets
+        ],
+        "momentum_transient": list(result.extras.get("momentum_transient", [])),
+    }
+
+
+def write_study(result: StudyResult, directory: str | Path) -> list[Path]:
+    """Write the study's tables (CSV + JSON each), atomically.
+
+    Files: ``records``, ``critical_batch``, ``lower_bound``, and one per extra
+    table.
+
+    Returns:
+        The paths written.
+    """
+    directory = Path(directory)
+    paths: list[Path] = []
+    paths += write_table(directory, "records", result.records, RECORD_COLUMNS)
+    paths += write_table(directory, "critical_batch", result.fits, FIT_COLUMNS)
+    paths += write_table(directory, "lower_bound", result.lower_bound)
+    for name, rows in result.extras.items():
+        paths += write_table(directory, name, rows)
+    paths.append(write_json(directory / "timings.json", result.timings))
+    return paths
