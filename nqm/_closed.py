@@ -304,3 +304,67 @@ def _sgd_terms(s, alpha, t):
     G = np.where(s == 2.0, alpha * alpha * t, G)  # |1 - s| = 1 exactly
     zero = np.zeros_like(F)
     return _finite_or_inf(F), _finite_or_inf(G), zero, zero
+
+
+# ------------------------------------------------- bounds for first crossings
+def mean_response_bound(hh, alpha, beta, gamma, feats: Features, t: int, span: int):
+    """Per-mode lower bound of :math:`f_\\tau^2` over :math:`\\tau \\in [t, t + span]`.
+
+    With :math:`f_\\tau = \\sum_j w_j \\lambda_j^\\tau` and :math:`|\\lambda_j| \\le 1`,
+
+    .. math:: |f_\\tau - f_t| \\le \\sum_j |w_j \\lambda_j^t|\\,
+              \\min(2, (\\tau - t)\\,|1 - \\lambda_j|),
+
+    because :math:`|\\lambda^k - 1| \\le k |1 - \\lambda|` inside the unit disc. The
+    rounding error of :math:`f_t` itself (cancellation between terms) is added to
+    the slack, so the bound is valid for every mode; it is 0 for unstable modes
+    and where the Lagrange form is undefined. Used by
+    :func:`nqm.search.steps_to_target` to prune intervals that cannot contain the
+    first crossing. Complex arithmetic; not on the fast path.
+
+    Returns:
+        ``(lower_sq, f_t)``, shape ``S`` each.
+    """
+    hh, alpha, beta, gamma = np.broadcast_arrays(
+        *(np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma))
+    )
+    s = alpha * hh
+    with np.errstate(all="ignore"):
+        if not feats.momentum and not feats.ema:
+            lam = [1.0 - s + 0j]
+            w = [np.ones_like(s) + 0j]
+        else:
+            if feats.momentum:
+                tau = 1.0 - s + beta
+                disc = ((1.0 - np.sqrt(s)) ** 2 - beta) * ((1.0 + np.sqrt(s)) ** 2 - beta)
+                sq = np.sqrt(disc + 0j)
+                r1, r2 = 0.5 * (tau + sq), 0.5 * (tau - sq)
+            if feats.momentum and feats.ema:
+                lam = [r1, r2, gamma + 0j]
+                lin = beta + gamma * (1.0 - s)
+                fz = [z * z - lin * z + beta * gamma for z in lam]
+            elif feats.momentum:
+                lam = [r1, r2]
+                fz = [z - beta for z in lam]
+            else:
+                lam = [1.0 - s + 0j, gamma + 0j]
+                fz = [z - gamma * (1.0 - s) for z in lam]
+            w = []
+            for j, zj in enumerate(lam):
+                den = 1.0 + 0j
+                for m, zm in enumerate(lam):
+                    if m != j:
+                        den = den * (zj - zm)
+                w.append(fz[j] / den)
+        terms = [w[j] * lam[j] ** t for j in range(len(lam))]
+        f = sum(terms).real
+        mags = [np.abs(x) for x in terms]
+        slack = 8.0 * EPS * sum(mags)
+        for j, zj in enumerate(lam):
+            slack = slack + mags[j] * np.minimum(2.0, span * np.abs(1.0 - zj))
+        stable = np.ones(s.shape, dtype=bool)
+        for zj in lam:
+            stable &= np.abs(zj) <= 1.0
+        lower = np.maximum(np.abs(f) - slack, 0.0)
+        lower = np.where(stable & np.isfinite(lower), lower, 0.0)
+    return lower * lower, f

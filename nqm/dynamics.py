@@ -233,6 +233,40 @@ def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
     return D, N
 
 
+def sgd_schedule_modes(hh, optimizer: Optimizer, steps):
+    """Per-mode SGD moments under any schedule: ``(F, V)`` of shape ``(T, M)``.
+
+    :math:`F_t = \prod_{s<t} (1-\alpha_s \hat h)^2` (unit initial state) and
+    :math:`V_t` the variance response to unit noise, propagated piece by piece in
+    closed form (:math:`O(M)` per piece).
+    """
+    from ._closed import _sgd_terms
+
+    steps = np.asarray(steps, dtype=np.int64)
+    starts, lrs = optimizer.schedule.pieces(int(steps.max()) if steps.size else 0)
+    ends = np.append(starts[1:], np.iinfo(np.int64).max)
+    F = np.empty((steps.size, hh.size))
+    V = np.empty_like(F)
+    f = np.ones(hh.size)
+    v = np.zeros(hh.size)
+    now = 0
+    piece = 0
+    with np.errstate(all="ignore"):
+        for j in np.argsort(steps):
+            target = int(steps[j])
+            while now < target:
+                while ends[piece] <= now:
+                    piece += 1
+                length = int(min(ends[piece], target) - now)
+                fl, gl, _, _ = _sgd_terms(lrs[piece] * hh, lrs[piece], float(length))
+                f = f * fl
+                v = v * fl + gl
+                now += length
+            F[j] = f
+            V[j] = v
+    return np.where(np.isnan(F), np.inf, F), np.where(np.isnan(V), np.inf, V)
+
+
 def _sandwich(e, z):
     from ._doubling import _sandwich as sw
 

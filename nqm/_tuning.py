@@ -1,0 +1,371 @@
+"""Hyperparameter tuning behind :func:`nqm.search.best_steps`.
+
+Question: the fewest steps :math:`S(B) = \\min_x \\min\\{t : L_B(t; x) \\le
+\\text{target}\\}`. Equivalently, :math:`S(B)` is the first :math:`t` at which
+:math:`M_B(t) = \\min_x L_B(t; x)` reaches the target, so the search alternates
+between a continuous minimisation over hyperparameters :math:`x` at fixed
+:math:`t` and a search over :math:`t`.
+
+Stages (constant-lr families):
+
+1. *Grid on a surrogate.* The problem's modes are geometrically binned
+   (``surrogate_bins``, an explicit approximation, see
+   :meth:`NQMProblem.binned`; skipped for small problems). A log-spaced grid of
+   hyperparameters is evaluated on a geometric grid of steps (ratio
+   :math:`\\sqrt2`); since :math:`L_B = D + N/B`, one evaluation serves every batch
+   size. This brackets each :math:`S(B)`.
+2. *Continuous refinement on the surrogate.* Bisection on integer :math:`t` inside
+   the bracket, each probe minimising :math:`\\log L_B(t; x)` continuously
+   (bounded Brent in one dimension, Nelder-Mead in more), warm-started.
+3. *Exact certification and polish.* The reported steps are the exact
+   :func:`~nqm.search.steps_to_target` of the reported optimizer on the full
+   problem; then the exact loss at one step fewer is minimised locally and,
+   while that succeeds, the optimizer is replaced (``polish`` rounds).
+
+Schedules (``pwc``, ``linear_decay``) are SGD with piecewise-constant lrs: the
+same bisection on the run length, each probe optimising all batch sizes' schedules
+at once with L-BFGS through a differentiable torch implementation of the exact
+piecewise dynamics (on the surrogate), then exact certification.
+
+Nesting is enforced: every family contains plain SGD, so its result is never
+worse than the SGD ``baseline`` (computed if not given).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import optimize
+
+from .dynamics import _modes, risk_terms
+from .optimizer import Optimizer, PiecewiseConstant
+from .problem import NQMProblem
+from .search import MAX_STEPS, Family, TuneResult, steps_to_target
+
+_U_MIN = math.log(1e-9)  # lr as a fraction of the largest stable lr
+_U_MAX = math.log(1.0 - 1e-9)
+_V_MIN = math.log(1e-5)  # log(1 - beta), log(1 - gamma)
+
+
+# ------------------------------------------------------------- search spaces
+class _Space:
+    """Hyperparameters as unconstrained-ish coordinates with box bounds.
+
+    ``u = log(alpha / alpha_max(beta))`` with :math:`\\alpha_{\\max} =
+    2(1+\\beta)/\\max\\hat h`; ``v = log(1 - beta)``; ``w = log(1 - gamma)``.
+    ``v = 0`` (``w = 0``) is exactly no momentum (no averaging).
+    """
+
+    def __init__(self, family: Family, hh_max: float, p: float):
+        self.family, self.hh_max, self.p = family, hh_max, p
+        self.has_m = family in (Family.MOMENTUM, Family.MOMENTUM_EMA)
+        self.has_e = family in (Family.EMA, Family.MOMENTUM_EMA)
+        self.lo = [_U_MIN] + [_V_MIN] * (self.has_m + self.has_e)
+        self.hi = [_U_MAX] + [0.0] * (self.has_m + self.has_e)
+        self.dim = len(self.lo)
+
+    def params(self, x):
+        x = np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi)
+        j = 1
+        beta = np.zeros(x.shape[:-1])
+        gamma = np.zeros(x.shape[:-1])
+        if self.has_m:
+            beta = -np.expm1(x[..., j])
+            j += 1
+        if self.has_e:
+            gamma = -np.expm1(x[..., j])
+        alpha = 2.0 * (1.0 + beta) / self.hh_max * np.exp(x[..., 0])
+        return alpha, beta, gamma
+
+    def optimizer(self, x) -> Optimizer:
+        a, b, g = (float(v) for v in self.params(x))
+        return Optimizer(a, momentum=b, ema=g, precond_power=self.p)
+
+    def grid(self, sizes):
+        axes = [np.linspace(lo, hi, n) for lo, hi, n in zip(self.lo, self.hi, sizes)]
+        mesh = np.meshgrid(*axes, indexing="ij")
+        return np.stack([m.ravel() for m in mesh], axis=-1)
+
+
+_GRID = {
+    Family.SGD: (48,),
+    Family.MOMENTUM: (32, 10),
+    Family.EMA: (32, 10),
+    Family.MOMENTUM_EMA: (20, 7, 7),
+}
+
+
+def _surrogate(problem: NQMProblem, bins: int) -> NQMProblem:
+    return problem.binned(bins) if problem.n_modes > 2 * bins else problem
+
+
+def _t_grid():
+    return np.unique(np.round(2.0 ** (np.arange(0, 2 * 50 + 1) / 2.0)).astype(np.int64))
+
+
+# ---------------------------------------------------- constant-lr families
+def _loss(problem, space, x, t, b):
+    a, be, g = space.params(x)
+    d, n = risk_terms(problem, a, be, g, space.p, int(t))
+    with np.errstate(over="ignore", invalid="ignore"):
+        val = d + n / b
+    return np.where(np.isfinite(val), val, np.inf)
+
+
+def _local_min(problem, space, x0, t, b, counter):
+    """Minimise log L_B(t; x) locally from x0; returns (x, loss)."""
+
+    def f(x):
+        counter[0] += 1
+        v = float(_loss(problem, space, x, t, b))
+        return math.log(v) if v > 0 and math.isfinite(v) else 1e300
+
+    x0 = np.clip(np.asarray(x0, dtype=np.float64), space.lo, space.hi)
+    if space.dim == 1:
+        lo = max(space.lo[0], x0[0] - 1.5)
+        hi = min(space.hi[0], x0[0] + 1.5)
+        r = optimize.minimize_scalar(
+            lambda u: f(np.array([u])), bounds=(lo, hi), method="bounded",
+            options={"xatol": 1e-6},
+        )
+        x = np.array([r.x])
+        cands = [(f(x), x), (f(x0), x0)]
+    else:
+        simplex = [x0] + [
+            np.clip(x0 + 0.25 * np.eye(space.dim)[i] * (1 if x0[i] < space.hi[i] - 0.25 else -1),
+                    space.lo, space.hi)
+            for i in range(space.dim)
+        ]
+        r = optimize.minimize(
+            f, x0, method="Nelder-Mead",
+            options={"initial_simplex": np.array(simplex), "xatol": 1e-5, "fatol": 1e-9,
+                     "maxfev": 300},
+        )
+        x = np.clip(r.x, space.lo, space.hi)
+        cands = [(f(x), x), (f(x0), x0)]
+    val, x = min(cands, key=lambda c: c[0])
+    return x, math.exp(val) if val < 700 else math.inf
+
+
+def _tune_constant(problem, fam, bs, target, p, *, surrogate_bins, grid, polish):
+    hh, _, _ = _modes(problem, p)
+    space = _Space(fam, float(hh.max()), p)
+    surr = _surrogate(problem, surrogate_bins)
+    X = space.grid(grid or _GRID[fam])
+    a, be, g = space.params(X)
+    counter = [0]
+    n_b = bs.size
+    bracket = [None] * n_b
+    prev_t = 0
+    for t in _t_grid():
+        if all(br is not None for br in bracket) or t > MAX_STEPS:
+            break
+        d, n = risk_terms(surr, a, be, g, p, int(t))
+        counter[0] += X.shape[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            L = d[None, :] + n[None, :] / bs[:, None]
+        L = np.where(np.isfinite(L), L, np.inf)
+        for i in range(n_b):
+            if bracket[i] is None:
+                j = int(np.argmin(L[i]))
+                if L[i, j] <= target:
+                    bracket[i] = (prev_t, int(t), X[j])
+        prev_t = int(t)
+    results = []
+    for i, b in enumerate(bs):
+        if bracket[i] is None:
+            results.append(TuneResult(math.inf, None, fam, float(b), p, target, counter[0]))
+            continue
+        lo, hi, x = bracket[i]
+        # Stage 2: smallest t on the surrogate with min_x L <= target.
+        while hi - lo > max(1, int(1e-3 * hi)):
+            mid = (lo + hi) // 2
+            xm, val = _local_min(surr, space, x, mid, b, counter)
+            if val <= target:
+                hi, x = mid, xm
+            else:
+                lo = mid
+        # Stage 3: exact certification and polish.
+        opt = space.optimizer(x)
+        steps = steps_to_target(problem, opt, b, target)
+        for _ in range(polish if math.isfinite(steps) and steps > 1 else 0):
+            xm, val = _local_min(problem, space, x, steps - 1, b, counter)
+            if val > target:
+                break
+            cand = space.optimizer(xm)
+            s2 = steps_to_target(problem, cand, b, target)
+            if s2 < steps:
+                steps, opt, x = s2, cand, xm
+            else:
+                break
+        results.append(TuneResult(steps, opt, fam, float(b), p, target, counter[0]))
+    return results
+
+
+# ------------------------------------------------------------ schedules
+def _piece_bounds(total: int, pieces: int):
+    """Boundaries of ``pieces`` near-equal pieces of a run of ``total`` steps."""
+    k = min(pieces, total)
+    edges = np.round(np.linspace(0, total, k + 1)).astype(np.int64)
+    return edges
+
+
+def _schedule_values(fam, params, pieces):
+    """Map raw parameters (torch, shape (n_b, n_par)) to per-piece lr fractions."""
+    import torch
+
+    if fam is Family.PWC:
+        return torch.sigmoid(params)
+    frac0 = torch.sigmoid(params[:, :1])
+    decay = torch.sigmoid(params[:, 1:2])
+    k = torch.arange(pieces, dtype=params.dtype) / pieces
+    return frac0 * (1.0 - (1.0 - decay) * k[None, :])
+
+
+def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
+    """Exact SGD risk after piecewise-constant lrs, differentiable (torch).
+
+    lrs: (n_b, K); lengths: (n_b, K) integers (0 allowed); returns (n_b,).
+    """
+    import torch
+
+    v_d = torch.ones(lrs.shape[0], hh.shape[0], dtype=lrs.dtype)
+    v_n = torch.zeros_like(v_d)
+    for k in range(lrs.shape[1]):
+        a = lrs[:, k : k + 1]
+        s = a * hh[None, :]
+        la = torch.where(
+            s < 1.0,
+            torch.log1p(-torch.clamp(s, max=1.0 - 1e-16)),
+            torch.log(torch.clamp(s - 1.0, min=1e-300)),
+        )
+        x = 2.0 * lengths[:, k : k + 1] * la
+        f = torch.exp(x)
+        den = s * (2.0 - s)
+        den = torch.where(den.abs() < 1e-300, torch.full_like(den, 1e-300), den)
+        g = a * a * (-torch.expm1(x)) / den
+        v_d = f * v_d
+        v_n = f * v_n + g
+    return v_d @ wd + (v_n @ wn) / bs
+
+
+def _tune_schedule(problem, fam, bs, target, p, baseline, *, surrogate_bins, pieces, stairs):
+    import torch
+
+    surr = _surrogate(problem, surrogate_bins)
+    hh_s, wd_s, wn_s = (torch.as_tensor(x, dtype=torch.float64) for x in _modes(surr, p))
+    hh_max = float(_modes(problem, p)[0].max())
+    a_max = 2.0 / hh_max
+    k = pieces if fam is Family.PWC else stairs
+    n_b = bs.size
+    counter = [0]
+    # Start every batch size from its tuned constant lr (a schedule contains it).
+    hi = np.array([r.steps if math.isfinite(r.steps) else MAX_STEPS for r in baseline])
+    frac = np.array(
+        [r.optimizer.schedule.lr / a_max if r.optimizer is not None else 0.5 for r in baseline]
+    )
+    frac = np.clip(frac, 1e-9, 1 - 1e-9)
+    logit = np.log(frac) - np.log1p(-frac)
+    if fam is Family.PWC:
+        init = np.repeat(logit[:, None], k, axis=1)
+    else:
+        init = np.stack([logit, np.full(n_b, 6.0)], axis=1)  # decay ~ 1: constant
+    best = init.copy()
+    lo = np.zeros(n_b, dtype=np.int64)
+    hi = hi.astype(np.int64)
+    bs_t = torch.as_tensor(bs, dtype=torch.float64)
+    active = np.isfinite(hi) & (hi > 1)
+    while True:
+        todo = active & (hi - lo > np.maximum(1, (1e-3 * hi).astype(np.int64)))
+        if not np.any(todo):
+            break
+        mid = np.where(todo, (lo + hi) // 2, hi)
+        lengths = np.stack([np.diff(_piece_bounds_fixed(int(m), k)) for m in mid])
+        lengths_t = torch.as_tensor(lengths, dtype=torch.float64)
+        params = torch.tensor(best, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([params], lr=1.0, max_iter=60, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-10, tolerance_change=1e-12)
+
+        def closure():
+            opt.zero_grad()
+            lrs = a_max * _schedule_values(fam, params, k)
+            loss = _torch_piecewise_loss(hh_s, wd_s, wn_s, lrs, lengths_t, bs_t)
+            obj = torch.log(loss).sum()
+            obj.backward()
+            counter[0] += n_b
+            return obj
+
+        opt.step(closure)
+        with torch.no_grad():
+            lrs = a_max * _schedule_values(fam, params, k)
+            loss = _torch_piecewise_loss(hh_s, wd_s, wn_s, lrs, lengths_t, bs_t).numpy()
+        ok = todo & (loss <= target)
+        best[ok] = params.detach().numpy()[ok]
+        hi = np.where(ok, mid, hi)
+        lo = np.where(todo & ~ok, mid, lo)
+    results = []
+    for i, b in enumerate(bs):
+        base = baseline[i]
+        if not active[i]:
+            results.append(TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
+                                      counter[0]))
+            continue
+        with torch.no_grad():
+            vals = (a_max * _schedule_values(fam, torch.tensor(best[i : i + 1]), k)).numpy()[0]
+        edges = _piece_bounds_fixed(int(hi[i]), k)
+        keep = np.diff(edges) > 0
+        values = vals[keep]
+        bounds = tuple(int(e) for e in edges[1:-1][keep[1:]]) if keep.sum() > 1 else ()
+        values = values[: len(bounds) + 1]
+        cand = Optimizer(PiecewiseConstant(bounds, tuple(float(v) for v in values)),
+                         precond_power=p)
+        steps = steps_to_target(problem, cand, b, target)
+        if base.steps <= steps:
+            steps, cand = base.steps, base.optimizer
+        results.append(TuneResult(steps, cand, fam, float(b), p, target, counter[0]))
+    return results
+
+
+def _piece_bounds_fixed(total: int, pieces: int):
+    """``pieces + 1`` edges of near-equal pieces (some empty when total < pieces)."""
+    return np.round(np.linspace(0, total, pieces + 1)).astype(np.int64)
+
+
+# ------------------------------------------------------------------ driver
+def tune(
+    problem: NQMProblem,
+    fam: Family,
+    bs: np.ndarray,
+    target: float,
+    p: float,
+    *,
+    surrogate_bins: int = 128,
+    grid=None,
+    pieces: int = 10,
+    stairs: int = 64,
+    polish: int = 2,
+    baseline=None,
+):
+    """Tune ``fam`` at every batch size in ``bs``; see the module docstring."""
+    if int(surrogate_bins) < 8:
+        raise ValueError("surrogate_bins must be >= 8")
+    if int(pieces) < 1 or int(stairs) < 1:
+        raise ValueError("pieces and stairs must be positive integers")
+    kw = dict(surrogate_bins=int(surrogate_bins))
+    if fam is Family.SGD:
+        return _tune_constant(problem, fam, bs, target, p, grid=grid, polish=polish, **kw)
+    if baseline is None:
+        baseline = _tune_constant(problem, Family.SGD, bs, target, p, grid=None,
+                                  polish=polish, **kw)
+    if len(baseline) != bs.size:
+        raise ValueError("baseline must hold one result per batch size")
+    if fam in (Family.PWC, Family.LINEAR_DECAY):
+        return _tune_schedule(problem, fam, bs, target, p, baseline, pieces=int(pieces),
+                              stairs=int(stairs), **kw)
+    own = _tune_constant(problem, fam, bs, target, p, grid=grid, polish=polish, **kw)
+    return [
+        o if o.steps <= base.steps
+        else TuneResult(base.steps, base.optimizer, fam, o.batch_size, p, target, o.evaluations)
+        for o, base in zip(own, baseline)
+    ]

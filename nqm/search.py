@@ -1,0 +1,325 @@
+"""Steps to a target loss, exactly, and tuned over optimizer families.
+
+``steps_to_target`` returns the first integer :math:`t` with
+:math:`E[L(\\theta_t)] \\le \\text{target}`: loss curves need not be monotone
+(momentum oscillates; schedules change the rate), so it never bisects blindly. It
+runs a leftmost-first branch-and-bound over intervals of steps, pruning an
+interval :math:`[a, b]` only when a *certified* lower bound of the loss on it
+exceeds the target:
+
+.. math:: \\min_{a \\le t \\le b} E[L_t] \\ge \\underline D(a, b) + N(a)/B,
+
+where :math:`N` (accumulated noise) never decreases and :math:`\\underline D`
+bounds the deterministic part per mode (monotone modes: :math:`f_b^2`; any
+stable mode: a Lipschitz bound from :math:`t=a`, see
+:func:`nqm._closed.mean_response_bound`). Short intervals are scanned step by step.
+
+``best_steps`` tunes the hyperparameters of a family for the fewest steps.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._closed import mean_response_bound
+from ._system import Features
+from .dynamics import _modes, _scheduled_terms, risk_terms, validate_batch_size
+from .optimizer import Constant, Optimizer
+from .problem import NQMProblem
+
+__all__ = ["steps_to_target", "Family", "TuneResult", "best_steps", "MAX_STEPS"]
+
+#: Searches stop here (about 1.1e15 steps); beyond it the answer is ``inf``.
+MAX_STEPS = 2**50
+_SCAN = 16
+
+
+def _check_target(target) -> float:
+    tg = float(target)
+    if not math.isfinite(tg) or tg <= 0:
+        raise ValueError(f"target must be a finite positive loss, got {target!r}")
+    return tg
+
+
+class _Curve:
+    """Loss of one optimizer at one batch size, with certified interval bounds.
+
+    Three regimes:
+
+    * constant lr: :math:`N` (accumulated noise) never decreases; :math:`D` is
+      bounded per mode (monotone modes by :math:`f_b^2`, all stable modes by the
+      Lipschitz bound of :func:`nqm._closed.mean_response_bound`);
+    * plain SGD with a schedule: per mode, :math:`F` shrinks at every stable step
+      and the noise response obeys :math:`V_t \ge V_a F_b / F_a` on
+      :math:`[a, b]`; after the schedule's constant tail each mode's :math:`V`
+      moves monotonically toward its steady state;
+    * momentum or averaging with a changing schedule: no bound; scanned.
+    """
+
+    def __init__(self, problem: NQMProblem, optimizer: Optimizer, batch_size: float):
+        self.problem, self.opt, self.b = problem, optimizer, float(batch_size)
+        self.constant = isinstance(optimizer.schedule, Constant)
+        self.hh, self.wd, self.wn = _modes(problem, optimizer.precond_power)
+        self.feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
+        self.plain = not self.feats.momentum and not self.feats.ema
+        self.evaluations = 0
+        if self.constant:
+            s = optimizer.schedule.lr * self.hh
+            if self.plain:
+                self.monotone = np.abs(1.0 - s) <= 1.0
+            elif not self.feats.momentum:
+                self.monotone = s <= 1.0  # averaging a positive decreasing sequence
+            else:
+                self.monotone = np.zeros(self.hh.shape, dtype=bool)
+            self.mode = "constant"
+        elif self.plain:
+            self.mode = "sgd_schedule"
+            self.tail = optimizer.schedule.constant_after()
+            if self.tail is not None:
+                lr = float(optimizer.schedule(self.tail))
+                s = lr * self.hh
+                with np.errstate(all="ignore"):
+                    self.tail_ss = np.where(s < 2.0, lr * lr / (s * (2.0 - s)), np.inf)
+                lrs = optimizer.schedule.pieces(self.tail + 1)[1]
+                self.stable = bool(np.all(lrs * self.hh.max() <= 2.0))
+            else:
+                self.stable = False
+        else:
+            self.mode = "scan"
+
+    def _sgd_modes(self, steps):
+        from .dynamics import sgd_schedule_modes
+
+        self.evaluations += len(steps)
+        return sgd_schedule_modes(self.hh, self.opt, steps)
+
+    def terms(self, steps) -> tuple[np.ndarray, np.ndarray]:
+        steps = np.asarray(steps, dtype=np.int64)
+        if self.mode == "constant":
+            self.evaluations += steps.size
+            return risk_terms(
+                self.problem,
+                self.opt.schedule.lr,
+                self.opt.momentum,
+                self.opt.ema,
+                self.opt.precond_power,
+                steps,
+            )
+        if self.mode == "sgd_schedule":
+            F, V = self._sgd_modes(steps)
+            return F @ self.wd, V @ self.wn
+        self.evaluations += steps.size
+        return _scheduled_terms(self.hh, self.wd, self.wn, self.opt, steps)
+
+    def loss(self, steps) -> np.ndarray:
+        d, n = self.terms(steps)
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = d + n / self.b
+        return np.where(np.isnan(out), np.inf, out)
+
+    def never_after(self, t: int) -> bool:
+        """Certifies that the loss stays above target for all steps >= ``t``."""
+        if self.mode == "constant":
+            return self._noise_at(t) / self.b > self.target
+        if self.mode == "sgd_schedule" and self.tail is not None and t >= self.tail:
+            _, V = self._sgd_modes([t])
+            floor = np.minimum(V[0], self.tail_ss) @ self.wn
+            return floor / self.b > self.target
+        return False
+
+    def _noise_at(self, t):
+        return self.terms([t])[1][0]
+
+    def lower_bound(self, a: int, b: int) -> float:
+        """A certified lower bound of the loss on steps ``[a, b]`` (or -inf)."""
+        if self.mode == "scan" or (self.mode == "sgd_schedule" and not self.stable):
+            return -math.inf
+        if self.mode == "sgd_schedule":
+            F, V = self._sgd_modes([a, b])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(F[0] > 0, F[1] / F[0], 0.0)
+            return float(F[1] @ self.wd + (V[0] * ratio) @ self.wn / self.b)
+        noise = self._noise_at(a) / self.b
+        args = (self.hh, self.opt.schedule.lr, self.opt.momentum, self.opt.ema, self.feats)
+        lip, _ = mean_response_bound(*args, a, b - a)
+        self.evaluations += 1
+        if np.any(self.monotone):
+            fb, _ = mean_response_bound(*args, b, 0)
+            lip = np.where(self.monotone, np.maximum(lip, fb), lip)
+        return float(lip @ self.wd + noise)
+
+
+def steps_to_target(
+    problem: NQMProblem,
+    optimizer: Optimizer,
+    batch_size,
+    target: float,
+    *,
+    max_steps: int | None = None,
+) -> int | float:
+    """The smallest integer :math:`t \ge 0` with exact :math:`E[L(\theta_t)] \le`
+    ``target``; ``math.inf`` when it is never reached (target below the
+    steady-state risk, a diverging setting, or beyond ``max_steps``).
+
+    Args:
+        problem: the NQM.
+        optimizer: any optimizer and schedule. Constant lr and plain-SGD
+            schedules get certified pruning (cost about :math:`O(d \log t)`
+            evaluations); momentum or averaging combined with a changing schedule
+            are scanned step by step and need an explicit ``max_steps``.
+        batch_size: :math:`B \ge 1`.
+        target: the loss to reach, ``> 0``.
+        max_steps: give up (``inf``) beyond this many steps (default
+            :data:`MAX_STEPS`; at most ``10**7`` for scanned combinations).
+
+    Raises:
+        ValueError: for a non-positive target, a batch size below one, or a
+            scanned combination without a small enough ``max_steps``.
+    """
+    tg = _check_target(target)
+    b = float(validate_batch_size(batch_size))
+    curve = _Curve(problem, optimizer, b)
+    if curve.mode == "scan":
+        if max_steps is None or max_steps > 10**7:
+            raise ValueError(
+                "max_steps must be given (<= 1e7) for momentum or averaging with a "
+                "changing lr schedule: their first crossing is found by scanning"
+            )
+    limit = MAX_STEPS if max_steps is None else int(max_steps)
+    if limit < 0:
+        raise ValueError(f"max_steps must be non-negative, got {max_steps!r}")
+    curve.target = tg
+    return _first_crossing(curve, tg, limit)
+
+
+def _first_crossing(curve: _Curve, target: float, max_steps: int) -> int | float:
+    if curve.loss([0])[0] <= target:
+        return 0
+    if max_steps == 0:
+        return math.inf
+    if curve.mode == "scan":
+        chunk = 4096
+        for a in range(1, max_steps + 1, chunk):
+            steps = np.arange(a, min(a + chunk, max_steps + 1))
+            hit = np.nonzero(curve.loss(steps) <= target)[0]
+            if hit.size:
+                return int(steps[hit[0]])
+        return math.inf
+    # Find an upper end: a step at or below target, or a step after which the
+    # loss provably stays above it.
+    hi = 1
+    while True:
+        loss = curve.loss([hi])[0]
+        if loss <= target or not np.isfinite(loss) or curve.never_after(hi):
+            break
+        if hi >= max_steps:
+            hi = max_steps
+            break
+        hi = min(2 * hi, max_steps)
+    stack = [(1, hi)]
+    while stack:
+        a, z = stack.pop()
+        if z - a < _SCAN:
+            steps = np.arange(a, z + 1)
+            hit = np.nonzero(curve.loss(steps) <= target)[0]
+            if hit.size:
+                return int(steps[hit[0]])
+            continue
+        if curve.lower_bound(a, z) > target:
+            continue
+        m = (a + z) // 2
+        stack.append((m + 1, z))
+        stack.append((a, m))
+    return math.inf
+
+
+# ======================================================================= tuning
+class Family(str, enum.Enum):
+    """Optimizer families that :func:`best_steps` tunes.
+
+    * ``sgd``: constant lr.
+    * ``momentum``: lr and :math:`\\beta`.
+    * ``ema``: lr and :math:`\\gamma`.
+    * ``momentum_ema``: lr, :math:`\\beta` and :math:`\\gamma`.
+    * ``pwc``: SGD with a piecewise-constant schedule of ``pieces`` equal-length
+      pieces (default 10); the total length and every piece's lr are tuned.
+    * ``linear_decay``: SGD with the F.3 linear decay (:math:`\\alpha_0`, decay
+      factor, horizon = run length), discretised into ``stairs`` equal constant
+      steps (default 64); the exact risk of that staircase is optimised.
+    """
+
+    SGD = "sgd"
+    MOMENTUM = "momentum"
+    EMA = "ema"
+    MOMENTUM_EMA = "momentum_ema"
+    PWC = "pwc"
+    LINEAR_DECAY = "linear_decay"
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """Fewest steps found for one family at one batch size.
+
+    Attributes:
+        steps: exact steps to target of ``optimizer`` (int, or ``inf``).
+        optimizer: the best configuration found.
+        family, batch_size, precond_power, target: the question asked.
+        evaluations: loss evaluations spent.
+    """
+
+    steps: int | float
+    optimizer: Optimizer | None
+    family: Family
+    batch_size: float
+    precond_power: float
+    target: float
+    evaluations: int = field(default=0, compare=False)
+
+
+def best_steps(
+    problem: NQMProblem,
+    family: Family | str,
+    batch_size,
+    target: float,
+    precond_power: float = 0.0,
+    **options,
+):
+    """Tune a family's hyperparameters for the fewest exact steps to ``target``.
+
+    Args:
+        problem: the NQM.
+        family: a :class:`Family` or its name.
+        batch_size: :math:`B \\ge 1`, or a sequence of them (vectorised; returns a
+            list).
+        target: loss to reach (``> 0``).
+        precond_power: :math:`p \\in [0, 1]`.
+        **options: see :mod:`nqm._tuning` (``surrogate_bins``, ``grid``,
+            ``pieces``, ``stairs``, ``polish``).
+
+    Returns:
+        A :class:`TuneResult`, or a list of them for a sequence of batch sizes.
+
+    Raises:
+        ValueError: for an unknown family, a bad target, batch size or power.
+    """
+    from ._tuning import tune
+
+    try:
+        fam = Family(family)
+    except ValueError:
+        raise ValueError(
+            f"unknown family {family!r}; choose from {[f.value for f in Family]}"
+        ) from None
+    tg = _check_target(target)
+    p = float(precond_power)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"precond_power must lie in [0, 1], got {precond_power!r}")
+    scalar = np.ndim(batch_size) == 0
+    bs = np.atleast_1d(validate_batch_size(batch_size)).astype(np.float64)
+    results = tune(problem, fam, bs, tg, p, **options)
+    return results[0] if scalar else results
+
