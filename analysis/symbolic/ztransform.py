@@ -74,13 +74,12 @@ def is_zero(expr: sp.Expr) -> bool:
     """
     if isinstance(expr, sp.MatrixBase):
         return all(is_zero(e) for e in expr)
-    e = sp.expand(sp.powsimp(sp.expand(expr, power_exp=True), combine="base"))
-    e = sp.expand(e, power_exp=True)
-    if sp.cancel(sp.together(e)) == 0:
+    e = sp.sympify(expr)
+    if e == 0:
         return True
-    # Cheap refutation before the expensive simplify: evaluate at two fixed
-    # points (distinct values in (0, 1) for every free symbol, small integers for
-    # integer symbols).
+    # Cheap refutation first: evaluate at two fixed points (distinct values in
+    # (0, 1) for every free symbol, small integers for integer symbols). A clearly
+    # non-zero value proves non-identity; near-zero values go on to exact algebra.
     for offset in (0, 1):
         point = {}
         for i, sym in enumerate(sorted(e.free_symbols, key=str)):
@@ -95,6 +94,10 @@ def is_zero(expr: sp.Expr) -> bool:
             continue
         if abs(value) > 1e-12:
             return False
+    e = sp.expand(sp.powsimp(sp.expand(e, power_exp=True), combine="base"))
+    e = sp.expand(e, power_exp=True)
+    if sp.cancel(sp.together(e)) == 0:
+        return True
     return sp.simplify(e) == 0
 
 
