@@ -358,3 +358,22 @@ def test_risk_terms_rejects_bad_hyperparameters():
             nqm.risk_terms(problem, **args)
     with pytest.raises(ValueError, match="optimizer"):
         nqm.expected_loss(problem, 0.1, 1, 1)
+
+
+def test_random_settings_fuzz_against_brute_force():
+    """Random problems and settings, stable and (mildly) diverging, all families."""
+    rng = np.random.default_rng(314)
+    steps = [0, 1, 2, 5, 31, 120]
+    for _ in range(120):
+        d = 5
+        h = np.exp(rng.uniform(-5, 0, d))
+        prob = nqm.NQMProblem(h, rng.uniform(0, 2, d), rng.uniform(0, 2, d))
+        beta = float(rng.choice([0.0, rng.uniform(0, 0.999)]))
+        gamma = float(rng.choice([0.0, rng.uniform(0, 0.999)]))
+        p = float(rng.choice([0.0, 0.5, rng.uniform()]))
+        limit = 2.0 * (1.0 + beta) / np.max(h ** (1.0 - p))
+        lr = limit * float(np.exp(rng.uniform(-6, 0.5)))
+        batch = float(rng.integers(1, 100))
+        got = nqm.expected_loss(prob, nqm.Optimizer(lr, beta, gamma, p), batch, steps)
+        want = oracle(prob, lambda s, lr=lr: lr, beta, gamma, p, batch, steps)
+        np.testing.assert_allclose(got, want, rtol=RTOL_BRUTE, atol=0)

@@ -48,7 +48,7 @@ def assert_matches_oracle(problem, lr, beta, gamma, p, batch, steps, rtol=RTOL_E
     )
     want = oracle(problem, lr, beta, gamma, p, batch, steps)
     assert not np.any(np.isnan(got)), got
-    for t, g, w in zip(steps, got, want):
+    for t, g, w in zip(steps, got, want, strict=True):
         if w > FLOAT_MAX:
             assert g == np.inf, (t, g, w)
         else:

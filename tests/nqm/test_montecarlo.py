@@ -95,7 +95,7 @@ def test_schedules_agree_with_exact(problem, sched):
 
 @pytest.mark.parametrize("batch", [1, 3, 17])
 def test_per_example_noise_agrees_with_exact(problem, batch):
-    """Rademacher per-example draws: non-Gaussian, same covariance, same expected loss."""
+    """Rademacher per-example draws: non-Gaussian, same covariance, same mean loss."""
     assert_agrees(
         problem,
         nqm.Optimizer(0.3, momentum=0.5, ema=0.5),
@@ -106,7 +106,7 @@ def test_per_example_noise_agrees_with_exact(problem, batch):
 
 
 def test_per_example_noise_is_not_gaussian():
-    """One mode, one step from theta_0 = 0: theta_1 = -alpha eps takes two values at B=1."""
+    """One mode, theta_0 = 0, B = 1: theta_1 = -alpha eps = +-1, so the loss is 0.5."""
     prob = nqm.NQMProblem(h=[1.0], c=[4.0], init_sq=0.0)
     mc = nqm.simulate(
         prob,
