@@ -118,27 +118,47 @@ class Damping:
 
 @dataclass
 class EigenInverse:
-    """Eigendecompositions of S and A (A may be diagonal: ``evec_a is None``)."""
+    """Eigendecompositions of S and A (A may be diagonal: ``evec_a is None``).
+
+    For factored damping the damped inverses ``U diag(1/(e + γ)) Uᵀ`` are formed
+    once per damping value and cached, so a solve costs two matrix products.
+    """
 
     eval_s: Tensor
     evec_s: Tensor
     eval_a: Tensor
     evec_a: Tensor | None
 
+    def __post_init__(self) -> None:
+        self._cache: tuple[float, Tensor, Tensor] | None = None
+
+    def _factored_inverses(self, damping: Damping) -> tuple[Tensor, Tensor]:
+        if self._cache is not None and self._cache[0] == damping.gamma:
+            return self._cache[1], self._cache[2]
+        s = self.eval_s.clamp_min(0)
+        a = self.eval_a.clamp_min(0)
+        pi = pi_heuristic(a.sum(), a.numel(), s.sum(), s.numel())
+        gs, ga = damping.split(pi)
+        inv_s = (self.evec_s / (s + gs)) @ self.evec_s.T
+        if self.evec_a is None:
+            inv_a = 1.0 / (a + ga)
+        else:
+            inv_a = (self.evec_a / (a + ga)) @ self.evec_a.T
+        self._cache = (damping.gamma, inv_s, inv_a)
+        return inv_s, inv_a
+
     def apply(self, g: Tensor, damping: Damping) -> Tensor:
         """``mat((S ⊗ A + damping)^{-1} vec(G))``."""
+        if damping.factored:
+            inv_s, inv_a = self._factored_inverses(damping)
+            x = inv_s @ g
+            return x * inv_a[None, :] if inv_a.ndim == 1 else x @ inv_a
         s = self.eval_s.clamp_min(0)
         a = self.eval_a.clamp_min(0)
         gt = self.evec_s.T @ g
         if self.evec_a is not None:
             gt = gt @ self.evec_a
-        if damping.factored:
-            pi = pi_heuristic(a.sum(), a.numel(), s.sum(), s.numel())
-            gs, ga = damping.split(pi)
-            denom = (s + gs)[:, None] * (a + ga)[None, :]
-        else:
-            denom = s[:, None] * a[None, :] + damping.gamma
-        x = gt / denom
+        x = gt / (s[:, None] * a[None, :] + damping.gamma)
         if self.evec_a is not None:
             x = x @ self.evec_a.T
         return self.evec_s @ x

@@ -307,6 +307,13 @@ class KFAC(torch.optim.Optimizer):
         records = self._capture.take_records(call)
         if not records:
             return
+        if not bool(torch.isfinite(output).all()):
+            # a diverged forward: no statistics from it (the step will be skipped
+            # by the non-finite gradient check)
+            self.counters["nonfinite_factors"] += 1
+            for r in records:
+                r.block.reset_batch()
+            return
         if self.fisher_type == FisherType.EMPIRICAL:
             c = loss_scale(output, self.loss, self.reduction)
             Capture.watch(records)
