@@ -33,6 +33,8 @@ __all__ = [
     "KroneckerBasis",
     "basis_from_factors",
     "bases_from_eigendecompositions",
+    "bases_from_state",
+    "bases_to_state",
     "kronecker_bases",
 ]
 
@@ -183,3 +185,31 @@ def bases_from_eigendecompositions(
             )
         bases[name] = basis
     return bases
+
+
+_FIELDS = ("row_values", "row_vectors", "col_values", "col_vectors")
+
+
+def bases_to_state(bases: Mapping[str, KroneckerBasis]) -> dict[str, dict[str, Tensor]]:
+    """Plain nested dict of tensors (for ``torch.save`` / ``weights_only`` loads)."""
+    return {
+        name: {f: getattr(b, f).detach().cpu() for f in _FIELDS}
+        for name, b in bases.items()
+    }
+
+
+def bases_from_state(
+    state: Mapping[str, Mapping[str, Tensor]],
+) -> dict[str, KroneckerBasis]:
+    """Inverse of :func:`bases_to_state`.
+
+    Raises:
+        ValueError: If an entry lacks a field or the shapes disagree.
+    """
+    out = {}
+    for name, entry in state.items():
+        missing = [f for f in _FIELDS if f not in entry]
+        if missing:
+            raise ValueError(f"state: basis {name!r} lacks {missing}")
+        out[name] = KroneckerBasis(*(entry[f] for f in _FIELDS))
+    return out

@@ -200,6 +200,9 @@ class LayerGradientStats:
     num_examples: int
 
 
+_ARRAYS = ("mean", "second_moment", "variance", "curvature", "kfac_eigenvalues")
+
+
 @dataclass(frozen=True)
 class GradientStats:
     """Per-block statistics of one measurement.
@@ -215,6 +218,45 @@ class GradientStats:
     loss: LossType
     fisher_type: FisherType
     num_examples: int
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Flat ``{"<block>/<field>": array}`` plus metadata, for ``np.savez``."""
+        out: dict[str, np.ndarray] = {
+            "meta/loss": np.array(str(self.loss.value)),
+            "meta/fisher_type": np.array(str(self.fisher_type.value)),
+            "meta/num_examples": np.array(self.num_examples),
+        }
+        for name, layer in self.layers.items():
+            for field in _ARRAYS:
+                out[f"{name}/{field}"] = getattr(layer, field)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> GradientStats:
+        """Inverse of :meth:`to_arrays` (e.g. from ``np.load``).
+
+        Raises:
+            ValueError: If metadata or a field of a block is missing.
+        """
+        try:
+            n = int(arrays["meta/num_examples"])
+            loss = coerce_enum(LossType, str(arrays["meta/loss"]), "loss")
+            fisher = coerce_enum(
+                FisherType, str(arrays["meta/fisher_type"]), "fisher_type"
+            )
+        except KeyError as err:
+            raise ValueError(f"arrays: missing metadata {err}") from None
+        names = sorted(
+            {k.rsplit("/", 1)[0] for k in arrays if not k.startswith("meta/")}
+        )
+        layers = {}
+        for name in names:
+            missing = [f for f in _ARRAYS if f"{name}/{f}" not in arrays]
+            if missing:
+                raise ValueError(f"arrays: block {name!r} lacks {missing}")
+            fields = {f: np.asarray(arrays[f"{name}/{f}"]) for f in _ARRAYS}
+            layers[name] = LayerGradientStats(name=name, num_examples=n, **fields)
+        return cls(layers, loss, fisher, n)
 
 
 class _Accumulator:

@@ -532,3 +532,29 @@ def test_bases_from_kfac_optimizer_eigenbases(case: str) -> None:
         )
     stats = eigenbasis_gradient_stats(model, [(x, y)], bases, loss=loss)
     assert all(np.all(s.curvature >= 0) for s in stats.layers.values())
+
+
+def test_save_and_load_bases_and_stats(tmp_path) -> None:
+    from kfac_spectra.eigenbasis import bases_from_state, bases_to_state
+
+    model, x, y, loss = make_case("cnn1d")
+    blocks = find_blocks(model)
+    bases = random_bases(blocks, torch.Generator().manual_seed(2))
+    torch.save(bases_to_state(bases), tmp_path / "bases.pt")
+    loaded = bases_from_state(torch.load(tmp_path / "bases.pt", weights_only=True))
+    stats = eigenbasis_gradient_stats(model, [(x, y)], bases, loss=loss)
+    again = eigenbasis_gradient_stats(model, [(x, y)], loaded, loss=loss)
+    np.savez(tmp_path / "stats.npz", **again.to_arrays())
+    with np.load(tmp_path / "stats.npz") as archive:
+        restored = GradientStats.from_arrays(dict(archive))
+    assert restored.loss == loss and restored.fisher_type == FisherType.TYPE2
+    assert restored.num_examples == len(x) and set(restored.layers) == set(blocks)
+    for key in blocks:
+        for field in ("mean", "variance", "curvature", "kfac_eigenvalues"):
+            np.testing.assert_array_equal(
+                getattr(restored.layers[key], field), getattr(stats.layers[key], field)
+            )
+    with pytest.raises(ValueError, match="lacks"):
+        bases_from_state({"conv1": {"row_values": torch.ones(2)}})
+    with pytest.raises(ValueError, match="metadata"):
+        GradientStats.from_arrays({"conv1/mean": np.zeros(2)})
