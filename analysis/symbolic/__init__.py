@@ -13,8 +13,11 @@ heavy-ball momentum, the EMA of iterates and the ``H**p`` preconditioner, using 
 * :mod:`~analysis.symbolic.claims`: critical damping (after eqn 22) and the
   effective learning rate of momentum (appendix E.3).
 * :mod:`~analysis.symbolic.preconditioning`: ``h -> h**(1-p)``, ``c -> c h**(-2p)``.
-* :mod:`~analysis.symbolic.stated` and :mod:`~analysis.symbolic.audit`: the
-  appendix's equations as printed, and their verdicts.
+* :mod:`~analysis.symbolic.stated` (with ``stated_momentum``, ``stated_ema``):
+  the appendix's equations as printed; :mod:`~analysis.symbolic.audit` (with
+  ``audit_solutions``, ``audit_bounds``): their verdicts;
+  :mod:`~analysis.symbolic.report`: the Markdown/JSON report of
+  ``python -m analysis verify-derivations``.
 * :mod:`~analysis.symbolic.numeric`: the closed forms as numpy functions.
 * :mod:`~analysis.symbolic.kfac_identities`: Kronecker identities used by K-FAC.
 

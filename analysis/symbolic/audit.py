@@ -12,8 +12,8 @@ an :class:`AuditEntry` whose status is computed, never asserted:
 * ``ambiguous``: the printed form is missing (eqns 21 and 38 are images).
 
 This module holds the entry type, the driver and the checks of the moment
-recursions (17-22, 35-38); :mod:`analysis.symbolic.audit_solutions` checks the
-solutions (23-34, 39-49).
+recursions (17-22, 35-38); :mod:`analysis.symbolic.audit_solutions` and
+:mod:`analysis.symbolic.audit_bounds` check the solutions (23-34, 39-49).
 
 References:
     Zhang et al. (2019), appendices B, C and D.
@@ -309,8 +309,8 @@ def _check_critical_damping() -> AuditEntry:
 
 
 def _checks() -> list[Callable[[], AuditEntry | list[AuditEntry]]]:
-    # Imported here: audit_solutions imports this module's helpers.
-    from analysis.symbolic import audit_solutions as sol
+    # Imported here: the solution checks import this module's helpers.
+    from analysis.symbolic import audit_bounds as sol
 
     mom, ema = Method.MOMENTUM, Method.EMA
     return [

@@ -1,4 +1,4 @@
-"""Audit of the solution steps of Theorems 1 and 2: eqns (23)-(34) and (39)-(49).
+"""Audit of the solution steps of Theorems 1 and 2: eqns (23)-(31) and (39)-(47).
 
 Readings used (recorded in every affected note):
 
@@ -21,7 +21,6 @@ References:
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import sympy as sp
 
@@ -29,37 +28,29 @@ from analysis.symbolic.audit import (
     AuditEntry,
     Status,
     entry_from_comparison,
-    render_parts,
 )
-from analysis.symbolic.claims import effective_rate_series
 from analysis.symbolic.recursions import Method, second_moment_system, update_rule
 from analysis.symbolic.stated import stated_equations
-from analysis.symbolic.symbols import A0, alpha, k, r1, r2, t
+from analysis.symbolic.symbols import k, r1, r2, t
 from analysis.symbolic.theorems import (
-    bound,
-    exact_second_moment,
     loss_component,
     noise_solution,
     noise_sum,
-    noise_tail,
-    root_parametrization,
     roots,
     signed_noise_root,
-    transient_solution,
 )
 from analysis.symbolic.ztransform import (
     Recurrence,
     is_zero,
     satisfies_recurrence,
-    to_symmetric,
     z_transform,
 )
 
 __all__ = [
-    "check_effective_rate",
-    "ema_solution_checks",
-    "momentum_solution_checks",
+    "describe_rescaling",
+    "loss_scale",
     "printed_scale",
+    "reading_note",
 ]
 
 _SECTION = {Method.MOMENTUM: ("23", "24", "25"), Method.EMA: ("39", "40", "41")}
@@ -89,7 +80,7 @@ def printed_scale(method: Method) -> sp.Expr | None:
     return sp.factor(sols[0][d])
 
 
-def _loss_scale(method: Method) -> sp.Expr:
+def loss_scale(method: Method) -> sp.Expr:
     """Scale of the paper's loss-component root (1 for momentum: x is unscaled)."""
     if loss_component(method) == 0:
         return sp.Integer(1)
@@ -104,8 +95,8 @@ def describe_rescaling(scale: sp.Expr) -> str:
     return f"y~ = {'' if num == 1 else sp.sstr(num) + '*'}y/{sp.sstr(den)}"
 
 
-def _reading_note(method: Method) -> str:
-    scale = _loss_scale(method)
+def reading_note(method: Method) -> str:
+    scale = loss_scale(method)
     if scale == 1:
         return ""
     return (
@@ -114,7 +105,7 @@ def _reading_note(method: Method) -> str:
     )
 
 
-def _check_sum_form(method: Method) -> AuditEntry:
+def check_sum_form(method: Method) -> AuditEntry:
     number = _SECTION[method][0]
     stated = stated_equations()[number]
     trans, noise, _ = second_moment_system(update_rule(method))
@@ -176,7 +167,7 @@ def _check_sum_form(method: Method) -> AuditEntry:
     )
 
 
-def _check_definition(method: Method) -> AuditEntry:
+def check_definition(method: Method) -> AuditEntry:
     number = _SECTION[method][1]
     stated = stated_equations()[number]
     trans, noise, _ = second_moment_system(update_rule(method))
@@ -198,7 +189,7 @@ def _check_definition(method: Method) -> AuditEntry:
     )
 
 
-def _check_root_system(method: Method) -> AuditEntry:
+def check_root_system(method: Method) -> AuditEntry:
     number = _SECTION[method][2]
     stated = stated_equations()[number]
     mat = update_rule(method).transition
@@ -229,34 +220,34 @@ def _check_root_system(method: Method) -> AuditEntry:
     return entry
 
 
-def _check_recurrence(number: str, method: Method, names: tuple[str, ...]):
+def check_recurrence(number: str, method: Method, names: tuple[str, ...]):
     stated = stated_equations()[number]
     rec = noise_solution(method).recurrence
-    d = _loss_scale(method)
+    d = loss_scale(method)
     derived = dict(zip(names, (rec.a1, rec.a0, rec.y0 * d, rec.y1 * d), strict=True))
     return entry_from_comparison(
         stated,
         derived,
         "Cayley-Hamilton for M: y_{k+1} = tr(M) y_k - det(M) y_{k-1}; initial values "
-        "from q_1 and the appended zero." + _reading_note(method),
+        "from q_1 and the appended zero." + reading_note(method),
     )
 
 
-def _check_z_domain(number: str, method: Method, name: str) -> AuditEntry:
+def check_z_domain(number: str, method: Method, name: str) -> AuditEntry:
     stated = stated_equations()[number]
     sol = noise_solution(method)
-    rec, d = sol.recurrence, _loss_scale(method)
+    rec, d = sol.recurrence, loss_scale(method)
     in_params = z_transform(Recurrence(rec.a1, rec.a0, rec.y0 * d, rec.y1 * d))
     derived = {
         f"{name}(Z)": in_params,
-        f"{name}(Z) partial": sol.transform * d,
+        f"{name}(Z) partial": sp.factor(sol.transform * d),
         "roots of": rec.char_poly(),
     }
     return entry_from_comparison(
         stated,
         derived,
         "Z-transform by the shift rule; partial fractions through the roots."
-        + _reading_note(method),
+        + reading_note(method),
         explain={
             f"{name}(Z)": "the constant term of the denominator must be det(M), "
             "as in the root polynomial printed right after the equation"
@@ -264,7 +255,7 @@ def _check_z_domain(number: str, method: Method, name: str) -> AuditEntry:
     )
 
 
-def _check_closed(number: str, method: Method, name: str, squared: bool):
+def check_closed(number: str, method: Method, name: str, squared: bool):
     stated = stated_equations()[number]
     sol = noise_solution(method)
     rec = sol.recurrence
@@ -272,28 +263,28 @@ def _check_closed(number: str, method: Method, name: str, squared: bool):
         sol.closed, Recurrence(r1 + r2, -r1 * r2, rec.y0, rec.y1)
     ):
         raise ValueError("the inverse Z-transform does not solve the recurrence")
-    root_k = sol.closed * _loss_scale(method)
+    root_k = sol.closed * loss_scale(method)
     value = sp.expand(root_k**2) if squared else root_k
     return entry_from_comparison(
         stated,
         {name: value},
         "Inverse Z-transform by residues at r1, r2 (checked against the recurrence "
-        "and its initial values)." + _reading_note(method),
+        "and its initial values)." + reading_note(method),
     )
 
 
-def _check_sum_roots(number: str, method: Method, name: str) -> AuditEntry:
+def check_sum_roots(number: str, method: Method, name: str) -> AuditEntry:
     stated = stated_equations()[number]
-    total = noise_sum(method)[0] * _loss_scale(method) ** 2
+    total = noise_sum(method)[0] * loss_scale(method) ** 2
     return entry_from_comparison(
         stated,
         {name: total, f"{name}, combined": total},
         "Geometric series of r1**(2k), r2**(2k), (r1 r2)**k, convergent for "
-        "|r1|, |r2| < 1." + _reading_note(method),
+        "|r1|, |r2| < 1." + reading_note(method),
     )
 
 
-def _check_sum_params_momentum() -> AuditEntry:
+def check_sum_params_momentum() -> AuditEntry:
     stated = stated_equations()["31"]
     mat = update_rule(Method.MOMENTUM).transition
     return entry_from_comparison(
@@ -308,188 +299,13 @@ def _check_sum_params_momentum() -> AuditEntry:
     )
 
 
-def _check_sum_params_ema() -> AuditEntry:
+def check_sum_params_ema() -> AuditEntry:
     stated = stated_equations()["47"]
     r_a, r_b = roots(Method.EMA)
-    scale2 = _loss_scale(Method.EMA) ** 2
+    scale2 = loss_scale(Method.EMA) ** 2
     return entry_from_comparison(
         stated,
         {"r1": r_a, "r2": r_b, "sum y_k": noise_sum(Method.EMA)[1] * scale2},
         "Roots of the triangular EMA mean matrix; sum of (46) through them."
-        + _reading_note(Method.EMA),
-    )
-
-
-def _check_transient_ics(number: str, method: Method, names: tuple[str, ...]):
-    stated = stated_equations()[number]
-    sol = transient_solution(method)
-    rec, d = sol.recurrence, _loss_scale(method)
-    amp = sp.sqrt(A0) * d
-    derived = dict(
-        zip(names, (rec.a1, rec.a0, rec.y0 * amp, rec.y1 * amp), strict=True)
-    )
-    if len(stated.parts) == 3:  # eqn (48) also prints the closed form
-        derived = {
-            names[2]: rec.y0 * amp,
-            names[3]: rec.y1 * amp,
-            "y_t": (d * sol.closed.subs(k, t)) ** 2 * A0,
-        }
-    closed = sol.closed.subs(root_parametrization(method))
-    shifted = is_zero(closed.subs(k, -1) - closed.subs(k, 0))
-    where = (
-        " The printed pair of equal values holds one index earlier: the solution "
-        "has y_{-1} = y_0"
-        + (
-            " (m(0) = 0 is the same as a previous iterate theta(-1) = theta(0))."
-            if method is Method.MOMENTUM
-            else "."
-        )
-        if shifted
-        else ""
-    )
-    factor_note = (
-        " The closed form's factor 1/(1 - gamma)^2 belongs to y~; eqn (49) rightly "
-        "drops it for A(theta_avg)."
-        if "y_t" in derived
-        else ""
-    )
-    return entry_from_comparison(
-        stated,
-        derived,
-        "Same recurrence; initial values from w(0) = "
-        f"{sp.sstr(list(_w0(method)))} and one step of M."
-        + _reading_note(method)
-        + factor_note,
-        subs=root_parametrization(method),
-        explain={
-            names[3]: "the index-1 value is one step of the dynamics, not a copy "
-            "of the index-0 value." + where
-        },
-    )
-
-
-def _w0(method: Method) -> sp.Matrix:
-    from analysis.symbolic.theorems import initial_state
-
-    return initial_state(method)
-
-
-def _check_transient_closed() -> AuditEntry:
-    stated = stated_equations()["33"]
-    sol = transient_solution(Method.MOMENTUM)
-    return entry_from_comparison(
-        stated,
-        {"x'_t": sol.closed.subs(k, t) ** 2 * A0},
-        "Z-transform solution with x'_0 = A(theta(0)), x'_1 = (1 - alpha h)^2 "
-        "A(theta(0)); exact (not a bound) for the first component of T^t v(0).",
-        subs=root_parametrization(Method.MOMENTUM),
-    )
-
-
-def _realness_holds() -> bool:
-    """(r1**k - r2**k) / (r1 - r2) is a polynomial in r1 + r2, r1 r2 (k = 1..4)."""
-    r_a, r_b = sp.symbols("r1 r2")
-    return all(
-        sp.fraction(to_symmetric(sp.cancel((r_a**kk - r_b**kk) / (r_a - r_b))))[1] == 1
-        for kk in range(1, 5)
-    )
-
-
-def _check_bound(number: str, method: Method) -> AuditEntry:
-    stated = stated_equations()[number]
-    name = stated.parts[1][0]
-    sub = root_parametrization(method)
-    tail = noise_tail(method)
-    entry = entry_from_comparison(
-        stated,
-        {name: bound(method)},
-        "Transient (exact) plus the full noise sum.",
-        subs=sub,
-    )
-    strict = not is_zero(tail.subs(sub))
-    upper = stated.part("relation") == "<=" and _realness_holds() and strict
-    if entry.status is Status.VERIFIED and upper:
-        note = (
-            "An upper bound, not an equality: exact = bound - Sum_{k>t} x_k with "
-            f"tail {sp.sstr(tail)}; each x_k is the square of a real number "
-            "((r1^k - r2^k)/(r1 - r2) is a polynomial in r1 + r2 and r1 r2), so the "
-            "gap is positive for c > 0 at every finite t and vanishes as t -> oo."
-        )
-        status = Status.VERIFIED
-    else:
-        note, status = entry.note, Status.ERRATUM
-    return AuditEntry(
-        number,
-        status,
-        entry.stated,
-        f"{entry.derived}; exact: {sp.sstr(exact_second_moment(method))}",
-        note,
-        entry.interpretation,
-    )
-
-
-def momentum_solution_checks() -> list[Callable[[], AuditEntry]]:
-    """Checks of eqns (23)-(34), in order."""
-    mom = Method.MOMENTUM
-    rec_names = ("coef of sqrt x_k", "coef of sqrt x_(k-1)", "sqrt x_0", "sqrt x_1")
-    ics = ("coef of sqrt x'_k", "coef of sqrt x'_(k-1)", "sqrt x'_0", "sqrt x'_1")
-    return [
-        lambda: _check_sum_form(mom),
-        lambda: _check_definition(mom),
-        lambda: _check_root_system(mom),
-        lambda: _check_recurrence("26", mom, rec_names),
-        lambda: _check_z_domain("27", mom, "X"),
-        lambda: _check_closed("28", mom, "sqrt x_k", squared=False),
-        lambda: _check_closed("29", mom, "x_k", squared=True),
-        lambda: _check_sum_roots("30", mom, "sum x_k"),
-        _check_sum_params_momentum,
-        lambda: _check_transient_ics("32", mom, ics),
-        _check_transient_closed,
-        lambda: _check_bound("34", mom),
-    ]
-
-
-def ema_solution_checks() -> list[Callable[[], AuditEntry]]:
-    """Checks of eqns (39)-(49), in order."""
-    ema = Method.EMA
-    rec_names = ("coef of sqrt y_k", "coef of sqrt y_(k-1)", "sqrt y_0", "sqrt y_1")
-    return [
-        lambda: _check_sum_form(ema),
-        lambda: _check_definition(ema),
-        lambda: _check_root_system(ema),
-        lambda: _check_recurrence("42", ema, rec_names),
-        lambda: _check_z_domain("43", ema, "Y"),
-        lambda: _check_closed("44", ema, "sqrt y_k", squared=False),
-        lambda: _check_closed("45", ema, "y_k", squared=True),
-        lambda: _check_sum_roots("46", ema, "sum y_k"),
-        _check_sum_params_ema,
-        lambda: _check_transient_ics("48", ema, ("", "", "sqrt y_0", "sqrt y_1")),
-        lambda: _check_bound("49", ema),
-    ]
-
-
-def check_effective_rate() -> AuditEntry:
-    """Appendix E.3: momentum ~ SGD at ``alpha / (1 - beta)`` for small ``alpha``."""
-    ser = effective_rate_series(3)
-    ok = ser.first_order_agrees()
-    second = sp.factor(sp.expand(ser.slow_root - ser.sgd_factor).coeff(alpha, 2))
-    derived = {
-        "slow root": ser.slow_root,
-        "SGD factor at alpha/(1-beta)": ser.sgd_factor,
-        "transient weight": ser.transient_weight,
-        "fast root at alpha=0": ser.fast_root_limit,
-        "steady-state ratio momentum/SGD_eff": ser.steady_ratio,
-    }
-    return AuditEntry(
-        "E.3 (effective learning rate)",
-        Status.VERIFIED if ok else Status.ERRATUM,
-        "momentum SGD converges like SGD with learning rate alpha/(1-beta) "
-        "(small alpha h)",
-        render_parts(derived) + " (series to O(alpha**3))",
-        "Agrees to first order in alpha: slow root 1 - alpha h/(1-beta) + O(alpha^2), "
-        "weight 1 + O(alpha), fast root -> beta, steady-state ratio 1 + O(alpha). "
-        f"They part at second order (slow-root gap {sp.sstr(second)} alpha^2)."
-        if ok
-        else "The series do not agree at first order in alpha.",
-        "qualitative claim (appendix E.3, section 3.2) made precise as series in alpha",
+        + reading_note(Method.EMA),
     )
