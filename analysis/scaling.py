@@ -147,7 +147,16 @@ def build_problem(cfg: ScalingConfig) -> nqm.NQMProblem:
     if cfg.problem is not None:
         if not Path(cfg.problem).is_file():
             raise ValueError(f"problem spectrum file {cfg.problem!r} does not exist")
-        return nqm.NQMProblem.load(cfg.problem)
+        try:
+            return nqm.NQMProblem.load(cfg.problem)
+        except ValueError as exc:
+            # NQMProblem.load names the file for most failures but not all (a
+            # non-zip file surfaces numpy's pickle refusal); always name it.
+            if "spectrum file" in str(exc):
+                raise
+            raise ValueError(
+                f"cannot read spectrum file {cfg.problem!r}: {exc}"
+            ) from exc
     return nqm.NQMProblem.power_law(
         dim=cfg.dim, h_power=cfg.h_power, c_power=cfg.c_power, init_sq=cfg.init_sq
     )

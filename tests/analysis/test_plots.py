@@ -1,0 +1,173 @@
+"""Tests of analysis.plots: every figure is a Figure that draws exactly its table.
+
+Oracle: the synthetic table itself. Plot functions compute nothing, so the data of
+each drawn line must equal the rows it came from, in batch-size order.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from analysis import plots
+from analysis.io import save_figure
+
+FAMILIES = ("sgd", "momentum")
+POWERS = (0.0, 1.0)
+BATCH = (1, 2, 4, 8)
+
+
+def _steps(fam, p, b):
+    return 1000.0 / b + (10 if fam == "sgd" else 5) * (1 + p)
+
+
+@pytest.fixture()
+def records():
+    rows = [
+        {
+            "family": f,
+            "precond_power": p,
+            "batch_size": b,
+            "target": 0.01,
+            "steps": _steps(f, p, b),
+            "lr": 0.01 * b,
+            "effective_lr": 0.1 * b,
+            "final_lr": 0.001 * b,
+        }
+        for f in FAMILIES
+        for p in POWERS
+        for b in BATCH
+    ]
+    # an unreachable point must be left out, not drawn as inf
+    rows.append(
+        {
+            "family": "sgd",
+            "precond_power": 0.0,
+            "batch_size": 16,
+            "target": 0.01,
+            "steps": math.inf,
+            "lr": None,
+            "effective_lr": None,
+            "final_lr": None,
+        }
+    )
+    bound = [
+        {"family": "lower_bound", "target": 0.01, "batch_size": b, "steps": 100.0 / b}
+        for b in BATCH
+    ]
+    return rows, bound
+
+
+def _lines(ax):
+    return {
+        ln.get_label(): (list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.lines
+    }
+
+
+def test_steps_by_family_draws_the_table(records):
+    rows, bound = records
+    fig = plots.plot_steps_vs_batch_by_family(rows + bound)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == len(FAMILIES)
+    for ax in fig.axes:
+        fam = {"SGD": "sgd", "momentum": "momentum"}[ax.get_title()]
+        lines = _lines(ax)
+        assert set(lines) == {"p = 0", "p = 1", "lower bound"}
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        for p in POWERS:
+            x, y = lines[f"p = {p:g}"]
+            assert x == list(BATCH)
+            assert y == [_steps(fam, p, b) for b in BATCH]
+        assert lines["lower bound"][1] == [100.0 / b for b in BATCH]
+
+
+def test_steps_by_power_has_one_panel_per_power(records):
+    rows, bound = records
+    fig = plots.plot_steps_vs_batch_by_power(rows + bound)
+    assert len(fig.axes) == len(POWERS)
+    ax = fig.axes[1]
+    assert ax.get_title() == "precond power p = 1"
+    assert _lines(ax)["momentum"][1] == [_steps("momentum", 1.0, b) for b in BATCH]
+
+
+def test_loss_threshold_one_curve_and_bound_per_target():
+    rows = []
+    for t in (0.1, 0.01):
+        rows += [
+            {"family": "sgd", "target": t, "batch_size": b, "steps": 1 / t / b}
+            for b in BATCH
+        ]
+        rows += [
+            {
+                "family": "lower_bound",
+                "target": t,
+                "batch_size": b,
+                "steps": 0.1 / t / b,
+            }
+            for b in BATCH
+        ]
+    fig = plots.plot_loss_threshold(rows)
+    (ax,) = fig.axes
+    assert len(ax.lines) == 4
+    lines = _lines(ax)
+    assert lines["target 0.01"][1] == pytest.approx([100.0 / b for b in BATCH])
+
+
+def test_optimal_lr_panels(records):
+    rows, _ = records
+    fig = plots.plot_optimal_lr(rows)
+    a, b = fig.axes
+    assert [ln.get_ydata().tolist() for ln in a.lines][0] == [0.01 * x for x in BATCH]
+    # right panel: momentum effective lr solid, SGD lr dashed for comparison
+    solid = [ln for ln in b.lines if ln.get_linestyle() == "-"]
+    dashed = [ln for ln in b.lines if ln.get_linestyle() == "--"]
+    assert len(solid) == len(dashed) == len(POWERS)
+    assert solid[0].get_ydata().tolist() == [0.1 * x for x in BATCH]
+
+
+def test_pwc_final_lr(records):
+    rows, _ = records
+    fig = plots.plot_pwc_final_lr(rows)
+    assert len(fig.axes[0].lines) == len(POWERS)
+
+
+def test_schedule_shapes_and_transient():
+    shapes = [
+        {
+            "family": "pwc",
+            "precond_power": 0.0,
+            "batch_size": b,
+            "normalised_step": s,
+            "relative_lr": 1.0 if s < 0.5 else 0.1,
+        }
+        for b in (1, 64)
+        for s in np.linspace(0, 0.99, 10)
+    ]
+    fig = plots.plot_schedule_shapes(shapes)
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 2
+    trans = [
+        {"one_minus_beta": o, "update": u, "step": t, "normalised_risk": 0.9**t}
+        for o in (0.5, 0.1)
+        for u in ("momentum", "sgd_effective_lr")
+        for t in range(5)
+    ]
+    fig = plots.plot_momentum_transient(trans)
+    assert len(fig.axes) == 2
+    assert all(len(ax.lines) == 2 for ax in fig.axes)
+    assert fig.axes[0].get_title() == "1 − β = 0.5"
+
+
+@pytest.mark.parametrize("name", sorted(plots.FIGURES))
+def test_every_figure_accepts_an_empty_table(name):
+    assert isinstance(plots.FIGURES[name]([]), Figure)
+
+
+def test_save_figure_writes_png_and_pdf(tmp_path, records):
+    fig = plots.plot_pwc_final_lr(records[0])
+    paths = save_figure(fig, tmp_path, "fig")
+    assert [p.name for p in paths] == ["fig.png", "fig.pdf"]
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "fig.pdf").read_bytes()[:5] == b"%PDF-"

@@ -1,0 +1,388 @@
+"""Tests of the study layer (analysis.scaling) and the atomic writers (analysis.io).
+
+Oracles: the exact expected loss (``nqm.expected_loss``) checked directly at the
+reported step and the one before it; a brute-force scan of the Bayes lower bound;
+closed forms of one-mode SGD and an explicit heavy-ball recursion for E.3; the
+ordering properties every exact tuner must satisfy (steps non-increasing in B,
+families that contain SGD never slower than SGD).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from itertools import pairwise
+
+import numpy as np
+import pytest
+
+import nqm
+from analysis import io as aio
+from analysis import scaling
+from analysis.config import ScalingConfig
+from nqm.search import Family, TuneResult
+
+#: Tiny problem shared by the property tests (d = 30, h_i = c_i = 1/i).
+DIM = 30
+TARGET = 0.05
+BATCH_SIZES = (1, 4, 16, 64, 256)
+FAST_FAMILIES = ("sgd", "momentum", "ema")
+#: Relative tolerance of float64 closed forms vs recursions.
+RTOL = 1e-9
+#: E.3: at 1 - beta = 0.5 momentum and SGD at the effective lr nearly coincide.
+TRANSIENT_MATCH_ATOL = 0.02
+
+
+@pytest.fixture(scope="module")
+def problem() -> nqm.NQMProblem:
+    return nqm.NQMProblem.power_law(DIM)
+
+
+@pytest.fixture(scope="module")
+def study(problem) -> list[dict]:
+    return scaling.run_study(
+        problem, FAST_FAMILIES, [0.0, 1.0], BATCH_SIZES, [TARGET], progress=False
+    )
+
+
+def _curve(records, family, power):
+    rs = [r for r in records if r["family"] == family and r["precond_power"] == power]
+    return [r["steps"] for r in sorted(rs, key=lambda r: r["batch_size"])]
+
+
+def _optimizer(rec) -> nqm.Optimizer:
+    if rec["schedule"] == scaling.ScheduleKind.CONSTANT:
+        lr = rec["lr"]
+    elif rec["schedule"] == scaling.ScheduleKind.PIECEWISE_CONSTANT:
+        lr = nqm.PiecewiseConstant(tuple(rec["boundaries"]), tuple(rec["values"]))
+    else:
+        lr = nqm.LinearDecay(rec["lr0"], rec["decay"], rec["horizon"])
+    return nqm.Optimizer(lr, rec["momentum"], rec["ema"], rec["precond_power"])
+
+
+# ------------------------------------------------------------ study records
+def test_study_grid_is_complete(study):
+    keys = {(r["family"], r["precond_power"], r["batch_size"]) for r in study}
+    assert len(study) == len(keys) == len(FAST_FAMILIES) * 2 * len(BATCH_SIZES)
+    assert all(set(r) == set(scaling.RECORD_COLUMNS) for r in study)
+
+
+def test_steps_non_increasing_in_batch_size(study):
+    # A fixed optimizer's loss D + N/B falls with B, so the tuned optimum cannot
+    # need more steps at a larger batch.
+    for fam in FAST_FAMILIES:
+        for p in (0.0, 1.0):
+            steps = _curve(study, fam, p)
+            assert all(math.isfinite(s) for s in steps), (fam, p, steps)
+            assert all(a >= b for a, b in pairwise(steps)), (fam, p, steps)
+
+
+def test_families_containing_sgd_are_never_slower(study):
+    for fam in FAST_FAMILIES[1:]:
+        for p in (0.0, 1.0):
+            sgd = _curve(study, "sgd", p)
+            other = _curve(study, fam, p)
+            assert all(o <= s for o, s in zip(other, sgd, strict=True)), (fam, p)
+
+
+def test_reported_steps_are_exact_first_crossings(study, problem):
+    # Independent of the tuner: the exact loss of the reported optimizer is at or
+    # below target at `steps` and above it one step earlier.
+    for rec in study:
+        opt = _optimizer(rec)
+        s = rec["steps"]
+        loss = nqm.expected_loss(problem, opt, rec["batch_size"], [s - 1, s])
+        assert loss[1] <= TARGET, rec
+        assert loss[0] > TARGET, rec
+
+
+def test_tuned_hyperparameters_are_consistent(study):
+    for rec in study:
+        if rec["schedule"] == scaling.ScheduleKind.CONSTANT:
+            assert rec["effective_lr"] == pytest.approx(
+                rec["lr"] / (1.0 - rec["momentum"]), rel=RTOL
+            )
+            assert rec["lr0"] == rec["final_lr"] == rec["lr"]
+        if rec["family"] == "sgd":
+            assert rec["momentum"] == 0.0 and rec["ema"] == 0.0
+        if rec["family"] == "pwc" and rec["schedule"] == "piecewise_constant":
+            assert rec["final_lr"] == rec["values"][-1]
+            assert len(rec["values"]) == len(rec["boundaries"]) + 1
+
+
+@pytest.mark.slow
+def test_every_family_ordering_properties(problem):
+    fams = [f.value for f in Family]
+    recs = scaling.run_study(
+        problem, fams, [0.5], BATCH_SIZES, [TARGET], progress=False
+    )
+    for fam in fams:
+        steps = _curve(recs, fam, 0.5)
+        assert all(a >= b for a, b in pairwise(steps)), (fam, steps)
+        assert all(
+            o <= s for o, s in zip(steps, _curve(recs, "sgd", 0.5), strict=True)
+        ), fam
+
+
+def test_run_study_rejects_bad_inputs(problem):
+    with pytest.raises(ValueError, match="target"):
+        scaling.run_study(problem, ["sgd"], [0.0], [1], [0.0], progress=False)
+    with pytest.raises(ValueError, match="batch size"):
+        scaling.run_study(problem, ["sgd"], [0.0], [0], [0.1], progress=False)
+    with pytest.raises(ValueError, match="nope"):
+        scaling.run_study(problem, ["nope"], [0.0], [1], [0.1], progress=False)
+
+
+# ----------------------------------------------------------- tune_record
+@pytest.mark.parametrize(
+    ("lr", "momentum", "expected"),
+    [
+        (0.3, 0.9, {"schedule": "constant", "lr": 0.3, "effective_lr": 3.0}),
+        (
+            nqm.PiecewiseConstant((5, 9), (1.0, 0.5, 0.1)),
+            0.0,
+            {"schedule": "piecewise_constant", "lr0": 1.0, "final_lr": 0.1},
+        ),
+        (
+            nqm.LinearDecay(2.0, 0.25, 40),
+            0.0,
+            {"schedule": "linear_decay", "lr0": 2.0, "final_lr": 0.5, "horizon": 40},
+        ),
+    ],
+)
+def test_tune_record_flattens_each_schedule(lr, momentum, expected):
+    res = TuneResult(
+        steps=17,
+        optimizer=nqm.Optimizer(lr, momentum=momentum),
+        family=Family.MOMENTUM,
+        batch_size=8.0,
+        precond_power=0.25,
+        target=0.1,
+        evaluations=123,
+    )
+    rec = scaling.tune_record(res, seconds=0.5)
+    for k, v in expected.items():
+        assert (
+            rec[k] == pytest.approx(v, rel=RTOL)
+            if isinstance(v, float)
+            else rec[k] == v
+        )
+    assert rec["family"] == "momentum" and rec["batch_size"] == 8
+    assert rec["steps"] == 17 and rec["evaluations"] == 123
+
+
+def test_tune_record_without_optimizer_keeps_infinite_steps():
+    res = TuneResult(math.inf, None, Family.SGD, 1.0, 0.0, 1e-9, 5)
+    rec = scaling.tune_record(res)
+    assert rec["steps"] == math.inf and rec["lr"] is None
+
+
+# ------------------------------------------------------------- lower bound
+def _brute_lower_bound(problem, target, batch_size, t_max=200_000):
+    t = np.arange(1, t_max + 1, dtype=np.float64)
+    n = batch_size * t[:, None]
+    h, c, init = problem.h, problem.c, problem.init_sq
+    loss = 0.5 * np.sum(h / (1.0 / init + n * h**2 / c), axis=1)
+    hit = np.nonzero(loss <= target)[0]
+    return int(t[hit[0]]) if hit.size else math.inf
+
+
+def test_lower_bound_matches_brute_force_and_bounds_tuned_steps(problem, study):
+    rows = scaling.lower_bound_curve(problem, [TARGET, 0.1], BATCH_SIZES)
+    assert len(rows) == 2 * len(BATCH_SIZES)
+    for r in rows:
+        assert r["steps"] == _brute_lower_bound(problem, r["target"], r["batch_size"])
+    bound = {r["batch_size"]: r["steps"] for r in rows if r["target"] == TARGET}
+    for rec in study:
+        assert bound[rec["batch_size"]] <= rec["steps"], rec
+
+
+# ------------------------------------------------------------------- fits
+def test_critical_batch_fits_recover_an_exact_hyperbola():
+    s_min, b_crit = 50.0, 64.0
+    bs = [2**k for k in range(12)]
+    recs = [
+        {
+            "family": "sgd",
+            "precond_power": 0.0,
+            "target": 0.1,
+            "batch_size": b,
+            "steps": s_min * (1 + b_crit / b),
+        }
+        for b in bs
+    ]
+    recs += [
+        {
+            "family": "ema",
+            "precond_power": 0.0,
+            "target": 0.1,
+            "batch_size": b,
+            "steps": math.inf if b > 2 else 10.0,
+        }
+        for b in bs
+    ]
+    fits = {r["family"]: r for r in scaling.critical_batch_fits(recs)}
+    assert fits["sgd"]["n_points"] == len(bs)
+    assert fits["sgd"]["s_min"] == pytest.approx(s_min, rel=1e-3)
+    assert fits["sgd"]["b_crit"] == pytest.approx(b_crit, rel=1e-3)
+    assert fits["ema"]["n_points"] == 2 and fits["ema"]["b_crit"] is None
+
+
+# --------------------------------------------------------------- E.3
+def _heavy_ball_mean(alpha, beta, t_max):
+    theta, m = 1.0, 0.0
+    out = [theta]
+    for _ in range(t_max):
+        m = beta * m + theta  # h = 1, no noise
+        theta = theta - alpha * m
+        out.append(theta)
+    return np.array(out)
+
+
+def test_momentum_transient_against_recursion_and_closed_form():
+    alpha_h = 0.005
+    rows = scaling.momentum_transient(alpha_h, (0.5, 0.05))
+    for omb in (0.5, 0.05):
+        mine = [r for r in rows if r["one_minus_beta"] == omb]
+        mom = {
+            r["step"]: r["normalised_risk"] for r in mine if r["update"] == "momentum"
+        }
+        sgd = {
+            r["step"]: r["normalised_risk"]
+            for r in mine
+            if r["update"] == "sgd_effective_lr"
+        }
+        assert set(mom) == set(sgd) and 0 in mom
+        steps = np.array(sorted(mom))
+        mean = _heavy_ball_mean(alpha_h, 1.0 - omb, int(steps[-1]))
+        np.testing.assert_allclose(
+            [mom[t] for t in steps], mean[steps] ** 2, rtol=1e-8, atol=1e-14
+        )
+        eff = alpha_h / omb
+        np.testing.assert_allclose(
+            [sgd[t] for t in steps], (1.0 - eff) ** (2 * steps), rtol=1e-8, atol=1e-14
+        )
+        assert mom[0] == pytest.approx(1.0) and mom[steps[-1]] < 1e-2
+    close = [r for r in rows if r["one_minus_beta"] == 0.5]
+    by_step: dict = {}
+    for r in close:
+        by_step.setdefault(r["step"], {})[r["update"]] = r["normalised_risk"]
+    gap = max(abs(v["momentum"] - v["sgd_effective_lr"]) for v in by_step.values())
+    assert gap < TRANSIENT_MATCH_ATOL
+
+
+def test_momentum_transient_rejects_bad_values():
+    with pytest.raises(ValueError, match="alpha_h"):
+        scaling.momentum_transient(1.5)
+    with pytest.raises(ValueError, match="one_minus_beta"):
+        scaling.momentum_transient(0.001, (0.0,))
+
+
+# ------------------------------------------------------- schedule shapes
+def test_schedule_shapes_evaluate_the_tuned_schedule():
+    pwc = {
+        "family": "pwc",
+        "precond_power": 0.0,
+        "target": 0.1,
+        "schedule": "piecewise_constant",
+        "boundaries": [10, 30],
+        "values": [1.0, 0.5, 0.2],
+    }
+    recs = [dict(pwc, batch_size=b, steps=s) for b, s in ((1, 60), (4, 40), (16, 20))]
+    recs.append(dict(pwc, batch_size=64, steps=math.inf))
+    rows = scaling.schedule_shapes(recs, n_batch_sizes=2)
+    assert {r["batch_size"] for r in rows} == {1, 16}  # ends of the finite range
+    for r in rows:
+        expected = 1.0 if r["step"] < 10 else 0.5 if r["step"] < 30 else 0.2
+        assert r["lr"] == expected and r["relative_lr"] == expected
+        assert 0 <= r["normalised_step"] < 1
+        assert r["normalised_step"] == r["step"] / r["steps"]
+
+
+# ----------------------------------------------------------------- problem
+def test_build_problem_power_law_and_file(tmp_path):
+    cfg = ScalingConfig(dim=7, h_power=2.0, c_power=0.5, init_sq=3.0)
+    p = scaling.build_problem(cfg)
+    i = np.arange(1, 8.0)
+    np.testing.assert_allclose(p.h, i**-2.0)
+    np.testing.assert_allclose(p.c, i**-0.5)
+    np.testing.assert_allclose(p.init_sq, 3.0)
+    path = tmp_path / "spec.npz"
+    np.savez(path, h=np.array([1.0, 0.1]), c=np.array([0.5, 0.05]))
+    q = scaling.build_problem(ScalingConfig(problem=str(path)))
+    np.testing.assert_allclose(q.h, [1.0, 0.1])
+    with pytest.raises(ValueError, match="does not exist"):
+        scaling.build_problem(ScalingConfig(problem=str(tmp_path / "missing.npz")))
+
+
+# ------------------------------------------------------------- atomic io
+def test_tables_round_trip(tmp_path):
+    rows = [
+        {"a": 1, "b": math.inf, "c": [1, 2]},
+        {"a": 2, "b": 0.5, "c": None},
+    ]
+    csv_path, json_path = aio.write_table(tmp_path, "t", rows)
+    with open(csv_path) as f:
+        back = list(csv.DictReader(f))
+    assert back[0] == {"a": "1", "b": "inf", "c": "1;2"}
+    assert float(back[1]["b"]) == 0.5 and back[1]["c"] == ""
+    assert json.loads(json_path.read_text()) == [
+        {"a": 1, "b": None, "c": [1, 2]},
+        {"a": 2, "b": 0.5, "c": None},
+    ]
+
+
+def test_crash_mid_write_leaves_old_file_and_no_temp(tmp_path):
+    dest = tmp_path / "records.csv"
+    dest.write_text("old complete content\n")
+
+    def half_then_crash(f):
+        f.write(b"family,steps\nsgd,")
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the write
+
+    with pytest.raises(KeyboardInterrupt):
+        aio.write_atomic(dest, half_then_crash)
+    assert dest.read_text() == "old complete content\n"
+    assert os.listdir(tmp_path) == ["records.csv"]
+
+
+def test_crash_before_rename_leaves_no_file(tmp_path, monkeypatch):
+    calls = []
+
+    def crash_on_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("simulated power cut")
+        return os.rename(src, dst)
+
+    monkeypatch.setattr(aio.os, "replace", crash_on_second)
+    rows = [{"family": "sgd", "steps": 3}]
+    with pytest.raises(OSError, match="power cut"):
+        aio.write_table(tmp_path, "records", rows)
+    # the CSV went through completely; the JSON never appeared, nor any temp file
+    assert sorted(os.listdir(tmp_path)) == ["records.csv"]
+    assert (tmp_path / "records.csv").read_text() == "family,steps\nsgd,3\n"
+
+
+def test_write_study_writes_every_table(tmp_path, study, problem):
+    res = scaling.StudyResult(
+        records=study[:3],
+        fits=scaling.critical_batch_fits(study),
+        lower_bound=scaling.lower_bound_curve(problem, [TARGET], [1, 2]),
+        extras={"momentum_transient": scaling.momentum_transient(0.01, (0.5,))},
+        timings={"main_study": 1.0},
+    )
+    paths = scaling.write_study(res, tmp_path)
+    names = sorted(p.name for p in paths)
+    assert names == sorted(
+        [
+            f"{s}.{e}"
+            for s in ("records", "critical_batch", "lower_bound", "momentum_transient")
+            for e in ("csv", "json")
+        ]
+        + ["timings.json"]
+    )
+    back = json.loads((tmp_path / "records.json").read_text())
+    assert [r["steps"] for r in back] == [r["steps"] for r in study[:3]]
