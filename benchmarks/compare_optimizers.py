@@ -5,9 +5,9 @@ Run: ``python benchmarks/compare_optimizers.py`` (a few minutes on CPU;
 number of trials (a log-spaced learning-rate grid of ``--trials`` values; all other
 hyperparameters fixed: momentum 0.9 for SGD and K-FAC, Adam's defaults, K-FAC
 damping 1e-2, KL clip 1e-2, factors every 5 and inverses every 20 steps). Each
-trial trains from the same initialisation on the same mini-batch sequence (batch 128) and the
-full training loss is evaluated every 10 steps; "steps" is the first evaluation
-step at which it is ≤ the target (inf if never within ``--max-steps``).
+trial trains from the same initialisation on the same mini-batch sequence
+(batch 128) and the full training loss is evaluated every 10 steps; "steps" is the
+first evaluation step at which it is ≤ the target (inf if never within ``--max-steps``).
 
 Data: MNIST-1D generated locally (``kfac_spectra.data.load_mnist1d``) with an MLP,
 and scikit-learn's digits with an MLP.

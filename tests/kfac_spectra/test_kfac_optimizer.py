@@ -555,3 +555,20 @@ def test_cuda_training_matches_cpu_and_survives_eigh_failure(monkeypatch) -> Non
     opt.step()
     assert opt.counters["inverse_failures"] == 0  # float64 CPU retry
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_diverged_forward_is_survived_with_mc_sampling() -> None:
+    """A NaN model output must not crash MC sampling inside the forward hook."""
+    model = _mlp(51)
+    x = torch.randn(8, 4, generator=_gen(52), dtype=DT)
+    y = torch.randint(0, 3, (8,), generator=_gen(53))
+    opt = KFAC(model, "ce", lr=0.1)
+    x_bad = x.clone()
+    x_bad[0, 0] = float("nan")
+    opt.zero_grad()
+    F.cross_entropy(model(x_bad), y).backward()
+    with pytest.warns(UserWarning, match="non-finite gradient"):
+        opt.step()
+    assert opt.counters["nonfinite_factors"] == 1 and opt.counters["skipped_steps"] == 1
+    _train(model, opt, x, y, loss="ce", steps=2)
+    assert opt.steps == 2 and all(torch.isfinite(p).all() for p in model.parameters())
