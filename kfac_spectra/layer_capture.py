@@ -153,16 +153,14 @@ def find_blocks(model: nn.Module) -> dict[str, Block]:
         block.modules.append(module)
         if isinstance(module, nn.Embedding):
             block.name = name
-        if bias is not None and block.bias is not None and bias is not block.bias:
-            raise ValueError(f"model: {name!r} shares a weight but not its bias")
-        if bias is not None or block.bias is not None:
-            kinds = {type(m) for m in block.modules}
-            if nn.Embedding in kinds:
+        if any(isinstance(m, nn.Embedding) for m in block.modules):
+            if bias is not None or block.bias is not None:
                 raise ValueError(
                     f"model: a Linear tied to an Embedding ({block.name!r}) must have "
                     "no bias"
                 )
-            block.bias = block.bias if block.bias is not None else bias
+        elif bias is not block.bias:
+            raise ValueError(f"model: {name!r} shares a weight but not its bias")
     return {b.name: b for b in by_weight.values()}
 
 

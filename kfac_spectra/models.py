@@ -1,9 +1,9 @@
 """Networks whose K-FAC spectra and eigenbasis gradient statistics we measure.
 
-Every model is built from the layer types that K-FAC and
-:mod:`kfac_spectra.layer_capture`
-understand (``nn.Linear``, ``nn.Conv1d``/``nn.Conv2d``, ``nn.Embedding``), plus
-parameter-free operations and ``nn.LayerNorm``. No batch normalisation and no
+Every model is built from the layer types that K-FAC and the per-example capture
+(:mod:`kfac_spectra.layer_capture`) understand (``nn.Linear``,
+``nn.Conv1d``/``nn.Conv2d``, ``nn.Embedding``), plus parameter-free operations and
+``nn.LayerNorm``. No batch normalisation and no
 in-place activations: examples stay independent, so the gradient of the summed
 loss with respect to a layer output is the stack of per-example output gradients.
 

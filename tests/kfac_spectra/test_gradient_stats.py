@@ -473,6 +473,13 @@ def test_input_validation() -> None:
     tied_bias["d"].weight = tied_bias["e"].weight
     with pytest.raises(ValueError, match="no bias"):
         find_blocks(tied_bias)
+    half_bias = nn.ModuleDict({"a": nn.Linear(3, 3), "b": nn.Linear(3, 3, bias=False)})
+    half_bias["b"].weight = half_bias["a"].weight
+    with pytest.raises(ValueError, match="not its bias"):
+        find_blocks(half_bias)
+    shared = nn.ModuleDict({"a": nn.Linear(3, 3), "b": nn.Linear(3, 3)})
+    shared["b"].weight, shared["b"].bias = shared["a"].weight, shared["a"].bias
+    assert list(find_blocks(shared)) == ["a"]
 
 
 @pytest.mark.filterwarnings("ignore:K-FAC. no curvature block:UserWarning")
