@@ -23,7 +23,7 @@ from enum import StrEnum
 import numpy as np
 import sympy as sp
 
-from analysis.symbolic.recursions import Method, update_rule
+from analysis.symbolic.recursions import Method, as_method, update_rule
 from analysis.symbolic.symbols import A0, B, alpha, beta, c, gamma, h, k, r1, r2, t
 from analysis.symbolic.theorems import (
     bound,
@@ -117,7 +117,13 @@ def second_moment(
     Raises:
         ValueError: For an unknown method or quantity, or negative steps.
     """
-    method, quantity = Method(method), Quantity(quantity)
+    method = as_method(method)
+    try:
+        quantity = Quantity(quantity)
+    except ValueError as exc:
+        raise ValueError(
+            f"quantity must be one of {[q.value for q in Quantity]}, got {quantity!r}"
+        ) from exc
     steps_arr = np.asarray(steps)
     if np.any(steps_arr < 0):
         raise ValueError(f"steps must be non-negative, got {steps!r}")

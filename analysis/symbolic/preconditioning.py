@@ -27,6 +27,7 @@ import sympy as sp
 
 from analysis.symbolic.recursions import (
     Method,
+    as_method,
     covariance_recursion,
     mean_recursion,
     second_moment_system,
@@ -96,7 +97,7 @@ def preconditioned_equivalence(method: Method) -> PreconditionedEquivalence:
     References:
         Zhang et al. (2019), section 3.5.
     """
-    method = Method(method)
+    method = as_method(method)
     curv, noise, _ = transformed_problem()
     pre = update_rule(method, p)
     plain = update_rule(method, 0, curvature=curv, noise=noise)

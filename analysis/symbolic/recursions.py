@@ -41,6 +41,7 @@ __all__ = [
     "LinearUpdate",
     "Method",
     "MomentSymbols",
+    "as_method",
     "covariance_recursion",
     "mean_recursion",
     "moment_symbols",
@@ -126,7 +127,7 @@ def update_rule(
         Zhang et al. (2019), appendix B (momentum) and D (EMA); section 3.5
         (preconditioning).
     """
-    method = _as_method(method)
+    method = as_method(method)
     precond_power = sp.sympify(precond_power)
     direction = curvature ** (-precond_power) * (curvature * THETA + eps)
     noise_var = noise / B
@@ -145,11 +146,18 @@ def update_rule(
     )
 
 
-def _as_method(method: Method | str) -> Method:
+def as_method(method: Method | str) -> Method:
+    """Validate and convert ``method`` to :class:`Method`.
+
+    Raises:
+        ValueError: If ``method`` names no optimizer.
+    """
     try:
         return Method(method)
     except ValueError as exc:
-        raise ValueError(f"method must be one of {[m.value for m in Method]}") from exc
+        raise ValueError(
+            f"method must be one of {[m.value for m in Method]}, got {method!r}"
+        ) from exc
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import sympy as sp
 
 from analysis.symbolic.recursions import (
     Method,
+    as_method,
     second_moment_system,
     update_rule,
 )
@@ -67,7 +68,7 @@ __all__ = [
 
 
 def _two_state(method: Method) -> Method:
-    method = Method(method)
+    method = as_method(method)
     if method is Method.SGD:
         raise ValueError("method must be a two-state optimizer (momentum or ema)")
     return method

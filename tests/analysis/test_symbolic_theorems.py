@@ -192,3 +192,12 @@ def test_preconditioned_risk_keeps_the_loss_weight_h():
 def test_two_state_helpers_reject_sgd():
     with pytest.raises(ValueError, match="method"):
         loss_component(Method.SGD)
+
+
+def test_numeric_rejects_bad_options():
+    with pytest.raises(ValueError, match="method"):
+        second_moment("adam", "exact", 0.1, 0.0, 1.0, 1.0, 1.0, 1.0, 3)
+    with pytest.raises(ValueError, match="quantity"):
+        second_moment("sgd", "median", 0.1, 0.0, 1.0, 1.0, 1.0, 1.0, 3)
+    with pytest.raises(ValueError, match="steps"):
+        second_moment("sgd", "exact", 0.1, 0.0, 1.0, 1.0, 1.0, 1.0, -1)
