@@ -1,0 +1,283 @@
+"""Benchmark of the NQM batch-size scaling study.
+
+(a) Wall time of the whole default study: every family x 5 preconditioning powers
+    x 21 batch sizes (2^0..2^20) on the exact d = 10^4 problem (h = c = 1/i,
+    E[theta(0)^2] = 1, target 0.01), through ``analysis.scaling.run_study``.
+
+(b) Side by side in the same run: ``nqm.search.best_steps`` against the grid
+    search the NQM authors published: a 100-point log-spaced lr grid (for
+    momentum, x 20 values of 1 - beta log-spaced from 1 down to 1e-5), each grid
+    point searched for its steps to target by doubling t and then bisecting on
+    t with ``nqm.expected_loss``; the answer is the best grid point. The baseline
+    is slow, so by default it runs on a subset of batch sizes (``--subset``)
+    and its time for all 21 batch sizes is extrapolated linearly in the number
+    of batch sizes (each batch size is an independent grid search). Steps found
+    by both procedures are reported per batch size.
+
+Usage::
+
+    python benchmarks/bench_scaling.py                   # (a) and (b)
+    python benchmarks/bench_scaling.py --skip-full       # (b) only
+    python benchmarks/bench_scaling.py --subset 2^0,2^10 --baseline-families sgd
+
+The machine is shared and noisy: timings are single runs unless ``--repeats`` is
+given (then medians), and the ratio compares runs made back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nqm  # noqa: E402
+from analysis.config import parse_batch_sizes  # noqa: E402
+from analysis.scaling import run_study  # noqa: E402
+from nqm.search import Family, best_steps  # noqa: E402
+
+#: The baseline's grid (the NQM authors' procedure).
+LR_POINTS = 100
+LR_DECADES = 5.0  # lr from alpha_max * 10^-5 up to alpha_max (exclusive)
+BETA_POINTS = 20
+ONE_MINUS_BETA_MIN = 1e-5
+#: The baseline's doubling stops here (beyond: never reached).
+BASELINE_MAX_STEPS = 2**34
+
+
+# --------------------------------------------------------------- baseline
+def baseline_steps_at(problem, optimizer, batch_size, target, counter):
+    """Doubling then bisection on t for one grid point (assumes monotone loss).
+
+    Returns the t found, or ``inf``; ``counter[0]`` counts loss evaluations.
+    """
+
+    def loss(t):
+        counter[0] += 1
+        return nqm.expected_loss(problem, optimizer, batch_size, t)
+
+    if loss(0) <= target:
+        return 0
+    hi = 1
+    while loss(hi) > target:
+        hi *= 2
+        if hi > BASELINE_MAX_STEPS:
+            return math.inf
+    lo = hi // 2  # loss(lo) > target (or lo == 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if loss(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def baseline_grid(problem, family, precond_power):
+    """The (lr, momentum) grid of the published procedure."""
+    hh, _ = problem.preconditioned(precond_power)
+    if family == Family.SGD:
+        one_minus_beta = np.array([1.0])
+    elif family == Family.MOMENTUM:
+        one_minus_beta = np.logspace(0.0, math.log10(ONE_MINUS_BETA_MIN), BETA_POINTS)
+    else:
+        raise ValueError(f"baseline implements sgd and momentum, not {family!r}")
+    grid = []
+    for omb in one_minus_beta:
+        beta = 1.0 - omb
+        lr_max = 2.0 * (1.0 + beta) / hh.max()
+        lrs = lr_max * np.logspace(-LR_DECADES, 0.0, LR_POINTS, endpoint=False)
+        grid += [(float(a), float(beta)) for a in lrs]
+    return grid
+
+
+def baseline_best(problem, family, batch_size, target, precond_power=0.0):
+    """Best grid point: (steps, lr, momentum, evaluations)."""
+    counter = [0]
+    best = (math.inf, None, None)
+    for lr, beta in baseline_grid(problem, family, precond_power):
+        opt = nqm.Optimizer(lr, momentum=beta, precond_power=precond_power)
+        s = baseline_steps_at(problem, opt, batch_size, target, counter)
+        if s < best[0]:
+            best = (s, lr, beta)
+    return (*best, counter[0])
+
+
+# ------------------------------------------------------------------ timing
+def _timed(fn, repeats):
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _fmt_steps(s):
+    return "inf" if not math.isfinite(s) else f"{int(s):d}"
+
+
+def _fmt_float(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def full_study(problem, target, batch_sizes, repeats):
+    """(a): every family x 5 powers x all batch sizes."""
+    powers = (0.0, 0.25, 0.5, 0.75, 1.0)
+    rows = []
+    total = 0.0
+    for fam in Family:
+        sec, recs = _timed(
+            lambda fam=fam: run_study(
+                problem, [fam], powers, batch_sizes, [target], progress=False
+            ),
+            repeats,
+        )
+        total += sec
+        finite = [r for r in recs if math.isfinite(r["steps"])]
+        rows.append(
+            {
+                "family": fam.value,
+                "curves": len(powers),
+                "points": len(recs),
+                "finite": len(finite),
+                "seconds": sec,
+                "evaluations": sum(r["evaluations"] for r in recs),
+            }
+        )
+    print(f"\n(a) whole default study, d = {problem.n_modes}, target {target:g}")
+    print("| family | curves x B | finite | evaluations | wall s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['family']} | {r['curves']} x {len(batch_sizes)} | {r['finite']}"
+            f"/{r['points']} | {r['evaluations']} | {r['seconds']:.1f} |"
+        )
+    print(f"| **all** | {5 * len(Family)} curves | | | **{total:.1f}** |")
+    return {"rows": rows, "total_seconds": total}
+
+
+def side_by_side(problem, target, batch_sizes, subset, families, repeats):
+    """(b): best_steps vs the published grid search."""
+    out = []
+    for fam in families:
+        # ours on all batch sizes (vectorised), and on the subset for per-B steps
+        ours_all_s, ours_all = _timed(
+            lambda fam=fam: best_steps(problem, fam, batch_sizes, target), repeats
+        )
+        ours_by_b = {int(r.batch_size): r for r in ours_all}
+        base_rows = []
+        base_total = 0.0
+        for b in subset:
+            sec, (steps, lr, beta, evals) = _timed(
+                lambda b=b, fam=fam: baseline_best(problem, fam, b, target), repeats
+            )
+            base_total += sec
+            base_rows.append((b, steps, lr, beta, evals, sec))
+        per_b = base_total / len(subset)
+        base_all = per_b * len(batch_sizes)
+        ratio = base_all / ours_all_s
+        print(
+            f"\nfamily {fam.value}: grid {len(baseline_grid(problem, fam, 0.0))} points"
+        )
+        print(
+            "| B | steps (best_steps) | steps (grid search) | grid lr | grid beta "
+            "| grid evals | grid s |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for b, steps, lr, beta, evals, sec in base_rows:
+            mine = ours_by_b[b]
+            print(
+                f"| {b} | {_fmt_steps(mine.steps)} | {_fmt_steps(steps)} | "
+                f"{_fmt_float(lr, '.3g')} | {_fmt_float(beta, '.6g')} | {evals} | "
+                f"{sec:.1f} |"
+            )
+        print(
+            f"best_steps, all {len(batch_sizes)} B: {ours_all_s:.1f} s; grid search: "
+            f"{per_b:.1f} s per B measured on {len(subset)} B -> "
+            f"{base_all:.0f} s extrapolated to {len(batch_sizes)} B; "
+            f"speed-up x{ratio:.0f}"
+        )
+        out.append(
+            {
+                "family": fam.value,
+                "ours_seconds_all_B": ours_all_s,
+                "ours_steps": {int(r.batch_size): r.steps for r in ours_all},
+                "baseline_subset": [
+                    {
+                        "batch_size": b,
+                        "steps": s,
+                        "lr": lr,
+                        "momentum": be,
+                        "evaluations": ev,
+                        "seconds": sec,
+                    }
+                    for b, s, lr, be, ev, sec in base_rows
+                ],
+                "baseline_seconds_per_B": per_b,
+                "baseline_seconds_extrapolated": base_all,
+                "speedup": ratio,
+            }
+        )
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dim", type=int, default=10_000)
+    ap.add_argument("--target", type=float, default=0.01)
+    ap.add_argument("--batch-sizes", default="2^0..2^20")
+    ap.add_argument(
+        "--subset",
+        default="2^0,2^10,2^20",
+        help="batch sizes the grid-search baseline actually runs on",
+    )
+    ap.add_argument(
+        "--momentum-subset",
+        default="2^10",
+        help="subset for the (20x larger) momentum baseline grid",
+    )
+    ap.add_argument("--baseline-families", default="sgd,momentum")
+    ap.add_argument("--skip-full", action="store_true", help="skip (a)")
+    ap.add_argument("--skip-baseline", action="store_true", help="skip (b)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+    problem = nqm.NQMProblem.power_law(args.dim)
+    batch_sizes = list(parse_batch_sizes(args.batch_sizes))
+    result = {"dim": args.dim, "target": args.target, "batch_sizes": batch_sizes}
+    t0 = time.perf_counter()
+    if not args.skip_full:
+        result["full_study"] = full_study(
+            problem, args.target, batch_sizes, args.repeats
+        )
+    if not args.skip_baseline:
+        result["side_by_side"] = []
+        print("\n(b) best_steps vs the published grid search (p = 0)")
+        for name in args.baseline_families.split(","):
+            fam = Family(name.strip())
+            subset = parse_batch_sizes(
+                args.momentum_subset if fam == Family.MOMENTUM else args.subset
+            )
+            result["side_by_side"] += side_by_side(
+                problem, args.target, batch_sizes, list(subset), [fam], args.repeats
+            )
+    result["benchmark_seconds"] = time.perf_counter() - t0
+    print(f"\nbenchmark wall time {result['benchmark_seconds']:.0f} s")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
