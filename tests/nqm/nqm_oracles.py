@@ -200,3 +200,49 @@ def transition_matrix_numpy(lr, h, p, beta, gamma):
     """The 3x3 one-step matrix of one mode (for spectral-radius checks)."""
     a, _ = transition(lr, np.array([h]), p, beta, gamma)
     return a[0]
+
+
+def mp_loss_pieces(h, c, init_sq, weight, pieces, beta, gamma, p, batch, dps=50):
+    """Loss after constant-lr pieces ``[(lr, n_steps), ...]`` applied in order.
+
+    Each piece is raised to its power by the same binary powering as
+    :func:`mp_mode_terms`, and the pieces are chained on the full 3x3 second
+    moment, so horizons of 10^12 steps cost O(log t) per piece.
+    """
+    with mpmath.workdps(dps):
+        total = mpmath.mpf(0)
+        o = out_index(gamma)
+        zero = [[mpmath.mpf(0)] * STATE for _ in range(STATE)]
+        for i in range(len(h)):
+            hi = mpmath.mpf(float(h[i]))
+            args = (
+                mpmath.mpf(float(p)),
+                mpmath.mpf(float(beta)),
+                mpmath.mpf(float(gamma)),
+            )
+            z = [
+                [mpmath.mpf(float(init_sq[i])) * U0[r] * U0[s] for s in range(STATE)]
+                for r in range(STATE)
+            ]
+            var = mpmath.mpf(float(c[i])) / mpmath.mpf(float(batch))
+            for lr, length in pieces:
+                a, n = _mp_transition(mpmath.mpf(float(lr)), hi, *args)
+                q = [[var * n[r] * n[s] for s in range(STATE)] for r in range(STATE)]
+                pa = [
+                    [mpmath.mpf(int(r == s)) for s in range(STATE)]
+                    for r in range(STATE)
+                ]
+                pn = zero
+                ba, bn = a, q
+                t = int(length)
+                while t:
+                    if t & 1:
+                        pn = _madd(_mm(_mm(ba, pn), _mt(ba)), bn)
+                        pa = _mm(ba, pa)
+                    t >>= 1
+                    if t:
+                        bn = _madd(_mm(_mm(ba, bn), _mt(ba)), bn)
+                        ba = _mm(ba, ba)
+                z = _madd(_mm(_mm(pa, z), _mt(pa)), pn)
+            total += mpmath.mpf(float(weight[i])) * hi / 2 * z[o][o]
+        return total

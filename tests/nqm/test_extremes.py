@@ -15,7 +15,7 @@ import math
 import mpmath
 import numpy as np
 import pytest
-from nqm_oracles import mp_loss, transition_matrix_numpy
+from nqm_oracles import mp_loss, mp_loss_pieces, transition_matrix_numpy
 
 import nqm
 
@@ -273,3 +273,82 @@ def test_oracle_self_check():
         want = h / 2 * (lam2**t + lr**2 * c * (1 - lam2**t) / (1 - lam2))
         got = oracle(dyadic_problem([h], c=c), lr, 0.0, 0.0, 0.0, 1, [t])[0]
         assert abs(got / want - 1) < mpmath.mpf(10) ** -40
+
+
+# --------------------------------------------------- schedules, long horizons
+PIECE_BOUNDS = (1000, 10**5, 10**8)
+PIECE_LRS = (1.0, 1.0 / 16.0, 0.01, 0.001)
+
+
+def _pieces(bounds, lrs, t):
+    starts = (0, *bounds, t)
+    return [
+        (lr, min(starts[k + 1], t) - starts[k])
+        for k, lr in enumerate(lrs)
+        if starts[k] < t
+    ]
+
+
+@pytest.mark.parametrize(
+    ("beta", "gamma", "p"),
+    [
+        (0.0, 0.0, 0.0),
+        (0.9, 0.0, 0.0),
+        (0.0, 0.99, 0.5),
+        (0.9, 0.99, 0.5),
+        (CRIT_BETA, 0.75, 0.0),  # critical damping in the second piece (lr 1/16, h 1)
+    ],
+)
+@pytest.mark.parametrize("as_callable", [False, True])
+def test_piecewise_schedule_to_huge_horizons(beta, gamma, p, as_callable):
+    problem = nqm.NQMProblem(
+        h=np.logspace(0, -8, 9),
+        c=np.logspace(0, -4, 9),
+        init_sq=np.linspace(1.0, 5.0, 9),
+    )
+    bounds, lrs = PIECE_BOUNDS, PIECE_LRS
+    sched = nqm.PiecewiseConstant(boundaries=bounds, values=lrs)
+    if as_callable:
+        # a callable is evaluated at every step before its constant tail: keep it short
+        bounds, lrs = (1000, 10**4), (1.0, 1.0 / 16.0, 0.001)
+        table = nqm.PiecewiseConstant(boundaries=bounds, values=lrs)
+        sched = nqm.FromCallable(lambda s: np.asarray(table(s)), constant_after=10**4)
+    for t in (10**6, 10**12):
+        got = nqm.expected_loss(problem, nqm.Optimizer(sched, beta, gamma, p), 4, t)
+        want = mp_loss_pieces(
+            problem.h,
+            problem.c,
+            problem.init_sq,
+            problem.weight,
+            _pieces(bounds, lrs, t),
+            beta,
+            gamma,
+            p,
+            4,
+            dps=ORACLE_DPS,
+        )
+        assert got == pytest.approx(float(want), rel=RTOL_EXTREME, abs=0), t
+
+
+def test_schedule_through_a_diverging_piece_recovers():
+    """lr 3x the stability limit for 40 steps, then stable: finite, exact values."""
+    problem = nqm.NQMProblem.power_law(dim=4)
+    big = 3.0 * nqm.max_stable_lr(problem, momentum=0.5) * 0.99
+    bounds, lrs = (40,), (big, 0.1)
+    sched = nqm.PiecewiseConstant(boundaries=bounds, values=lrs)
+    for t in (10, 40, 41, 1000, 10**7):
+        got = nqm.expected_loss(problem, nqm.Optimizer(sched, 0.5, 0.5), 2, t)
+        want = mp_loss_pieces(
+            problem.h,
+            problem.c,
+            problem.init_sq,
+            problem.weight,
+            _pieces(bounds, lrs, t),
+            0.5,
+            0.5,
+            0.0,
+            2,
+            dps=ORACLE_DPS,
+        )
+        assert math.isfinite(got)
+        assert got == pytest.approx(float(want), rel=RTOL_EXTREME, abs=0), t
