@@ -88,14 +88,22 @@ def robust_cholesky_inverse(mat: Tensor) -> Tensor | None:
     return None
 
 
+PI_RANGE = (1e-4, 1e4)
+
+
 def pi_heuristic(trace_a: Tensor, dim_a: int, trace_s: Tensor, dim_s: int) -> Tensor:
     """π = sqrt((tr A / dim A) / (tr S / dim S)) (Martens & Grosse 2015, §6.3).
 
-    Returns 1 when either trace is non-positive or non-finite.
+    Returns 1 when either trace is non-positive or non-finite, and clamps π to
+    ``PI_RANGE``: once a model fits its batch, S collapses towards 0 (sampled
+    targets equal the predictions) and an unbounded π would push the damped
+    factors outside the float32 range.
     """
-    ma, ms = trace_a / dim_a, trace_s / dim_s
+    ma = (trace_a / dim_a).double()
+    ms = (trace_s / dim_s).double()
     ok = torch.isfinite(ma) & torch.isfinite(ms) & (ma > 0) & (ms > 0)
-    return torch.where(ok, torch.sqrt(ma / ms.clamp_min(1e-300)), torch.ones_like(ma))
+    pi = torch.where(ok, torch.sqrt(ma / ms.clamp_min(1e-300)), torch.ones_like(ma))
+    return pi.clamp(*PI_RANGE).to(trace_a.dtype)
 
 
 @dataclass
