@@ -352,3 +352,18 @@ def test_schedule_through_a_diverging_piece_recovers():
         )
         assert math.isfinite(got)
         assert got == pytest.approx(float(want), rel=RTOL_EXTREME, abs=0), t
+
+
+@pytest.mark.parametrize(
+    ("beta", "gamma"),
+    [
+        (1 - 1e-12, 0.0),
+        (0.0, 1 - 1e-12),
+        (1 - 2.0**-40, 0.9),
+        (0.5, 1 - 1e-12),
+    ],
+)
+def test_momentum_and_ema_next_to_one_and_tiny_curvature(beta, gamma):
+    """beta, gamma within 1e-12 of 1, h down to 1e-200 (eigenvalues 1 - 1e-200)."""
+    problem = nqm.NQMProblem(h=[1e-200, 1e-100, 1e-12, 1.0], c=1.0, init_sq=1.0)
+    assert_matches_oracle(problem, 1.0, beta, gamma, 0.0, 2, [1, 10, 10**6, 10**12])
