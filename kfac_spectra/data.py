@@ -94,12 +94,18 @@ class DataSpec:
     num_outputs: int
 
     def __post_init__(self) -> None:
+        try:
+            kind = InputKind(self.kind)
+        except ValueError:
+            raise ValueError(f"kind: unknown input kind {self.kind!r}") from None
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         expected = {
             InputKind.VECTOR: 1,
             InputKind.SIGNAL: 2,
             InputKind.IMAGE: 3,
             InputKind.TOKENS: 1,
-        }[InputKind(self.kind)]
+        }[kind]
         if len(self.input_shape) != expected or min(self.input_shape) < 1:
             raise ValueError(
                 f"input_shape {self.input_shape} does not fit kind {self.kind}: "

@@ -194,3 +194,6 @@ def test_errors() -> None:
         build_model(ModelName.MLP, SIGNAL, 0.0, generator=gen)
     with pytest.raises(ValueError, match="input_shape"):
         DataSpec(InputKind.IMAGE, (1, 28), 10)
+    with pytest.raises(ValueError, match="kind"):
+        DataSpec("video", (1, 28), 10)
+    assert DataSpec("tokens", [8], 5).kind is InputKind.TOKENS
