@@ -262,7 +262,9 @@ class GradientStats:
 class _Accumulator:
     """Float64 sums over examples of Z, Z**2 and the probe sum of Z_k**2."""
 
-    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, device) -> None:
+    def __init__(
+        self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
+    ) -> None:
         self.first = torch.zeros(shape, dtype=dtype, device=device)
         self.second = torch.zeros(shape, dtype=dtype, device=device)
         self.curvature = torch.zeros(shape, dtype=dtype, device=device)
@@ -282,13 +284,13 @@ def _project_uses(
     """
     rows, cols = [], []
     for use, grad, projected_input in zip(block.uses, grads, input_cache, strict=True):
-        projected_grad = grad.to(dtype)
+        output_grad = grad.to(dtype)
         if use.input_side is Side.COL:
-            rows.append(projected_grad @ basis.row_vectors)
+            rows.append(output_grad @ basis.row_vectors)
             cols.append(projected_input)
         else:
             rows.append(projected_input)
-            cols.append(projected_grad @ basis.col_vectors)
+            cols.append(output_grad @ basis.col_vectors)
     return torch.cat(rows, dim=1), torch.cat(cols, dim=1)
 
 
