@@ -56,10 +56,10 @@ def step_times(build, x, y, steps: int, rounds: int) -> dict[str, float]:
     variants = {
         "sgd": lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9),
         "kfac(10,100)": lambda m: KFAC(
-            m, "ce", lr=0.01, factor_interval=10, inverse_interval=100
+            m, "ce", **KFAC_KW, factor_interval=10, inverse_interval=100
         ),
         "kfac(1,1)": lambda m: KFAC(
-            m, "ce", lr=0.01, factor_interval=1, inverse_interval=1
+            m, "ce", **KFAC_KW, factor_interval=1, inverse_interval=1
         ),
     }
     runs = {}
@@ -77,9 +77,15 @@ def step_times(build, x, y, steps: int, rounds: int) -> dict[str, float]:
     for model, opt in runs.values():  # warm-up, includes first inverses
         for _ in range(3):
             one(model, opt)
+    skipped_before = {
+        k: o.counters["skipped_steps"] for k, (_, o) in runs.items() if k != "sgd"
+    }
     for _ in range(rounds):
         for name, (model, opt) in runs.items():
             times[name] += _time(lambda m=model, o=opt: one(m, o), steps)
+    for k, before in skipped_before.items():  # a diverged run would time nothing
+        if runs[k][1].counters["skipped_steps"] != before:
+            raise RuntimeError(f"{k} skipped steps during the benchmark")
     return {k: statistics.median(v) for k, v in times.items()} | {
         f"{k} mean": statistics.fmean(v) for k, v in times.items()
     }
