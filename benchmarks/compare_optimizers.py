@@ -4,7 +4,7 @@ Run: ``python benchmarks/compare_optimizers.py`` (a few minutes on CPU;
 ``--quick`` for a smoke run). Equal tuning budgets: every optimizer gets the same
 number of trials (a log-spaced learning-rate grid of ``--trials`` values; all other
 hyperparameters fixed: momentum 0.9 for SGD and K-FAC, Adam's defaults, K-FAC
-damping 1e-2, KL clip 1e-2, factors every 5 and inverses every 20 steps). Each
+damping 1e-2 without KL clipping, factors every 5 and inverses every 20 steps). Each
 trial trains from the same initialisation on the same mini-batch sequence
 (batch 128) and the full training loss is evaluated every 10 steps; "steps" is the
 first evaluation step at which it is ≤ the target (inf if never within ``--max-steps``).
