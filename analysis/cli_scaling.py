@@ -47,6 +47,7 @@ _OPTION_FIELDS: tuple[str, ...] = (
     "powers",
     "out",
     "figures",
+    "workers",
 )
 
 #: Packages whose versions go into the manifest.
@@ -113,6 +114,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="small preset (d = 200, 9 batch sizes, 4 families, 3 powers) "
         "for a fast look",
+    )
+    o.add_argument(
+        "--workers", help="processes tuning curves in parallel (default 1; 0: all CPUs)"
     )
     o.add_argument("--no-figures", action="store_true", help="write the tables only")
     o.add_argument(

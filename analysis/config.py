@@ -65,6 +65,8 @@ class ScalingConfig:
         transient_one_minus_beta: the values of :math:`1-\\beta` compared in E.3.
         out: directory for tables, the resolved config and the manifest.
         figures: directory for the figures and the tables of their points.
+        workers: processes tuning curves in parallel (0: one per CPU); the
+            results do not depend on it.
     """
 
     dim: int = 10_000
@@ -82,6 +84,7 @@ class ScalingConfig:
     transient_one_minus_beta: tuple[float, ...] = (0.5, 0.1, 0.03, 0.01)
     out: str = "results/nqm-scaling"
     figures: str = "figures"
+    workers: int = 1
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -205,6 +208,12 @@ def _validate(cfg: ScalingConfig) -> None:
             "shape_batch_sizes must be a positive integer, "
             f"got {cfg.shape_batch_sizes!r}"
         )
+    if (
+        isinstance(cfg.workers, bool)
+        or int(cfg.workers) != cfg.workers
+        or cfg.workers < 0
+    ):
+        raise ValueError(f"workers must be a non-negative integer, got {cfg.workers!r}")
     if not (0 < cfg.transient_alpha_h < 1):
         raise ValueError(
             f"transient_alpha_h must lie in (0, 1), got {cfg.transient_alpha_h!r}"
@@ -235,7 +244,7 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(
                 f"{name} must be a list of numbers, got {value!r}"
             ) from None
-    if name in ("dim", "shape_batch_sizes"):
+    if name in ("dim", "shape_batch_sizes", "workers"):
         if isinstance(value, str):
             value = _number(name, value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -24,9 +24,12 @@ import dataclasses
 import enum
 import logging
 import math
+import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +238,7 @@ def run_study(
     targets: Iterable[float],
     *,
     progress: bool | None = None,
+    workers: int = 1,
     search: Callable[..., Any] = best_steps,
     **options: Any,
 ) -> list[dict[str, Any]]:
@@ -250,6 +254,8 @@ def run_study(
         batch_sizes: batch sizes :math:`B \ge 1`, shape ``(n_B,)``.
         targets: target losses :math:`L^* > 0`.
         progress: show a tqdm bar; ``None``: only when stderr is a terminal.
+        workers: processes tuning curves in parallel (1: in this process; 0: one
+            per CPU). Results do not depend on it.
         search: the tuner (default :func:`nqm.search.best_steps`).
         **options: passed to ``search``.
 
@@ -259,7 +265,8 @@ def run_study(
         its batch sizes.
 
     Raises:
-        ValueError: for an unknown family, a target <= 0 or a batch size < 1.
+        ValueError: for an unknown family, a target <= 0, a batch size < 1 or a
+            negative ``workers``.
     """
     fams = [Family(f) for f in families]
     pw = [float(p) for p in powers]
@@ -272,17 +279,51 @@ def run_study(
         if b < 1:
             raise ValueError(f"batch size must be >= 1, got {b!r}")
     jobs = [(f, p, t) for f in fams for p in pw for t in tg]
-    records: list[dict[str, Any]] = []
+    n_workers = _n_workers(workers, len(jobs))
+    done: dict[int, list[dict[str, Any]]] = {}
     with _progress(len(jobs), "nqm-scaling", progress) as bar:
-        for fam, p, t in jobs:
-            bar.set_postfix_str(f"{fam.value} p={p:g} L*={t:g}")
-            start = time.perf_counter()
-            results = search(problem, fam, bs, t, precond_power=p, **options)
-            elapsed = time.perf_counter() - start
-            logger.info("%s p=%g target=%g: %.2fs", fam.value, p, t, elapsed)
-            records.extend(tune_record(r, elapsed / len(bs)) for r in results)
-            bar.update(1)
-    return records
+        if n_workers == 1:
+            for i, (fam, p, t) in enumerate(jobs):
+                bar.set_postfix_str(f"{fam.value} p={p:g} L*={t:g}")
+                done[i] = _tune_curve(search, problem, fam, p, bs, t, options)
+                bar.update(1)
+        else:
+            # Curves are independent: spread them over processes (the tuner is
+            # single-threaded numpy, so threads would not help).
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
+                futures = {
+                    pool.submit(_tune_curve, search, problem, fam, p, bs, t, options): i
+                    for i, (fam, p, t) in enumerate(jobs)
+                }
+                for fut in as_completed(futures):
+                    done[futures[fut]] = fut.result()
+                    bar.update(1)
+    return [rec for i in range(len(jobs)) for rec in done[i]]
+
+
+def _n_workers(workers: int, n_jobs: int) -> int:
+    if isinstance(workers, bool) or int(workers) != workers or workers < 0:
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    n = (os.cpu_count() or 1) if workers == 0 else int(workers)
+    return max(1, min(n, n_jobs))
+
+
+def _tune_curve(
+    search: Callable[..., Any],
+    problem: nqm.NQMProblem,
+    fam: Family,
+    p: float,
+    bs: list[int],
+    t: float,
+    options: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """Tune one (family, power, target) curve over all batch sizes."""
+    start = time.perf_counter()
+    results = search(problem, fam, bs, t, precond_power=p, **options)
+    elapsed = time.perf_counter() - start
+    logger.info("%s p=%g target=%g: %.2fs", fam.value, p, t, elapsed)
+    return [tune_record(r, elapsed / len(bs)) for r in results]
 
 
 # ---------------------------------------------------------------- analyses

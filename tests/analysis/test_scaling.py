@@ -386,3 +386,17 @@ def test_write_study_writes_every_table(tmp_path, study, problem):
     )
     back = json.loads((tmp_path / "records.json").read_text())
     assert [r["steps"] for r in back] == [r["steps"] for r in study[:3]]
+
+
+def test_parallel_workers_give_identical_records():
+    small = nqm.NQMProblem.power_law(15)
+    kwargs = dict(families=["sgd"], powers=[0.0, 1.0], batch_sizes=[1, 8, 64],
+                  targets=[0.1], progress=False)  # fmt: skip
+    serial = scaling.run_study(small, workers=1, **kwargs)
+    parallel = scaling.run_study(small, workers=2, **kwargs)
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in serial] == [
+        {k: v for k, v in r.items() if k not in drop} for r in parallel
+    ]
+    with pytest.raises(ValueError, match="workers"):
+        scaling.run_study(small, workers=-1, **kwargs)
