@@ -83,6 +83,11 @@ class _Real:
         self.lam, self.q, self.p = lam, q, p
         self.log_abs, self.pos = _log_abs(lam, q, p)
         self.e = _power_minus_one(self.log_abs, self.pos, t)  # lam^t - 1
+        # lam^t itself, directly: forming it as e + 1 would lose its relative
+        # accuracy once the transient has decayed far below one.
+        self.pow = np.exp(t * self.log_abs)
+        if not self.pos.all():
+            self.pow = np.where(self.pos | (t % 2 == 0), self.pow, -self.pow)
 
     def one_minus_square_t(self, t):
         """:math:`1 - \\lambda^{2t}`."""
@@ -115,7 +120,7 @@ def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
     f = 0.0
     f_abs = 0.0
     for j in range(k):
-        term = fz[j] / denom[j] * (eigs[j].e + 1.0)
+        term = fz[j] / denom[j] * eigs[j].pow
         f = f + term
         f_abs = f_abs + np.abs(term)
     v = [gz[j] / denom[j] for j in range(k)]
@@ -155,14 +160,16 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     log_abs = 0.5 * np.log(beta)  # |r|^2 = beta
     phase = np.arctan2(sq, tau)
     e = _cexpm1(t * log_abs, t * phase)  # r^t - 1
+    mod_t = np.exp(t * log_abs)
+    pw = mod_t * np.cos(t * phase) + 1j * (mod_t * np.sin(t * phase))  # r^t directly
     one_minus_beta_t = -np.expm1(t * np.log(beta))  # 1 - (r conj r)^t
     d12 = 1j * sq  # r - conj(r)
     if not ema:
         # F(z) = z - beta, G(z) = -alpha z; denominators r - conj(r) and its negative
         w = (lam - beta) / d12
         v = -alpha * lam / d12
-        f = 2.0 * (w * (e + 1.0)).real
-        f_abs = 2.0 * np.abs(w * (e + 1.0))
+        f = 2.0 * (w * pw).real
+        f_abs = 2.0 * np.abs(w * pw)
         t_rr = v * v * (-(e * (2.0 + e)) / (q * p))
         t_rc = np.abs(v) ** 2 * (one_minus_beta_t / (1.0 - beta))
         G = 2.0 * t_rr.real + 2.0 * t_rc
@@ -181,8 +188,8 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     c = -alpha * (1.0 - gamma)
     v1 = c * lam * lam / den1
     vg = c * gamma * gamma / deng
-    f1 = w1 * (e + 1.0)
-    fg = wg * (g.e + 1.0)
+    f1 = w1 * pw
+    fg = wg * g.pow
     f = 2.0 * f1.real + fg
     f_abs = 2.0 * np.abs(f1) + np.abs(fg)
     t_rr = v1 * v1 * (-(e * (2.0 + e)) / (q * p))

@@ -127,7 +127,7 @@ def _local_min(problem, space, x0, t, b, counter):
         hi = min(space.hi[0], x0[0] + 1.5)
         r = optimize.minimize_scalar(
             lambda u: f(np.array([u])), bounds=(lo, hi), method="bounded",
-            options={"xatol": 1e-6},
+            options={"xatol": 1e-4},
         )
         x = np.array([r.x])
         cands = [(f(x), x), (f(x0), x0)]
@@ -139,8 +139,8 @@ def _local_min(problem, space, x0, t, b, counter):
         ]
         r = optimize.minimize(
             f, x0, method="Nelder-Mead",
-            options={"initial_simplex": np.array(simplex), "xatol": 1e-5, "fatol": 1e-9,
-                     "maxfev": 300},
+            options={"initial_simplex": np.array(simplex), "xatol": 1e-3, "fatol": 1e-7,
+                     "maxfev": 40 * space.dim},
         )
         x = np.clip(r.x, space.lo, space.hi)
         cands = [(f(x), x), (f(x0), x0)]
@@ -344,7 +344,7 @@ def tune(
     grid=None,
     pieces: int = 10,
     stairs: int = 64,
-    polish: int = 2,
+    polish: int = 1,
     baseline=None,
 ):
     """Tune ``fam`` at every batch size in ``bs``; see the module docstring."""

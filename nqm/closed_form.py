@@ -72,9 +72,10 @@ def sgd_risk(problem: NQMProblem, lr: float, batch_size, steps, precond_power: f
     hh, cc, w = _parts(problem, precond_power)
     s = lr * hh
     with np.errstate(all="ignore"):
-        lam2t = np.exp(tt * np.log((1.0 - s) ** 2))
+        # t = 0 is the initial loss exactly (avoids 0 * log 0 when alpha h = 1)
+        lam2t = np.where(tt == 0, 1.0, np.exp(tt * np.log((1.0 - s) ** 2)))
         # 1 - (1 - s)^{2t} via expm1 for accuracy at small s
-        one_minus = -np.expm1(tt * np.log1p(s * (s - 2.0)))
+        one_minus = np.where(tt == 0, 0.0, -np.expm1(tt * np.log1p(s * (s - 2.0))))
         var = np.where(s == 2.0, lr * lr * tt, lr * lr * one_minus / (s * (2.0 - s)))
         risk = (lam2t * problem.init_sq + cc / b * var) @ w
     return _finish(t, np.where(np.isnan(risk), np.inf, risk))

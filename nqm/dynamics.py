@@ -126,18 +126,20 @@ def _doubling_terms(hh, alpha, beta, gamma, feats: Features, steps):
     return F, G
 
 
-def _needs_doubling(err, total, stable):
+def _needs_doubling(err, total):
     """Modes whose closed-form error must be removed to certify ``total``.
 
     ``err`` (shape ``S + (M,)``) bounds each mode's absolute error in its weighted
     contribution to ``total`` (shape ``S``). Nothing is flagged while the summed
     bound is within ``CLOSED_FORM_RTOL`` of the total (the common case, one
     reduction). Otherwise the largest errors are flagged until the rest fits,
-    plus every stable mode whose closed form is undefined (``err = inf``).
+    plus every mode whose closed form is undefined or overflowed (``err = inf``):
+    doubling returns its value, finite or not (an eigenvalue exactly -1 has a
+    finite, polynomially growing loss that the closed form cannot express).
     """
-    budget = CLOSED_FORM_RTOL * np.abs(total)
+    budget = CLOSED_FORM_RTOL * np.abs(np.where(np.isfinite(total), total, 0.0))
     finite = np.where(np.isfinite(err), err, 0.0)
-    flagged = ~np.isfinite(err) & stable
+    flagged = ~np.isfinite(err)
     over = finite.sum(axis=-1) > budget
     if np.any(over):
         rows = finite[over]
@@ -162,7 +164,6 @@ def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
     a = alpha[..., None]
     b = beta[..., None]
     g = gamma[..., None]
-    stable = a * hh < 2.0 * (1.0 + b)
     for i, t in enumerate(steps):
         if t == 0:
             D[..., i] = wd.sum()
@@ -172,7 +173,7 @@ def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
         with np.errstate(all="ignore"):
             d = F @ wd
             nn = G @ wn
-            bad = _needs_doubling(eF * wd, d, stable) | _needs_doubling(eG * wn, nn, stable)
+            bad = _needs_doubling(eF * wd, d) | _needs_doubling(eG * wn, nn)
         if np.any(bad):
             idx = np.nonzero(bad)
             ab, bb, gb = (np.broadcast_to(x, bad.shape)[idx] for x in (a, b, g))
@@ -234,7 +235,7 @@ def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
 
 
 def sgd_schedule_modes(hh, optimizer: Optimizer, steps):
-    """Per-mode SGD moments under any schedule: ``(F, V)`` of shape ``(T, M)``.
+    r"""Per-mode SGD moments under any schedule: ``(F, V)`` of shape ``(T, M)``.
 
     :math:`F_t = \prod_{s<t} (1-\alpha_s \hat h)^2` (unit initial state) and
     :math:`V_t` the variance response to unit noise, propagated piece by piece in

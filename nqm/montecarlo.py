@@ -134,10 +134,10 @@ def simulate(
     gen.manual_seed(int(seed))
 
     f64 = dict(dtype=torch.float64, device=dev)
-    h = torch.as_tensor(problem.h, **f64)
-    c = torch.as_tensor(problem.c, **f64)
-    loss_w = 0.5 * torch.as_tensor(problem.weight, **f64) * h
-    init_sd = torch.sqrt(torch.as_tensor(problem.init_sq, **f64))
+    h = torch.tensor(np.array(problem.h), **f64)
+    c = torch.tensor(np.array(problem.c), **f64)
+    loss_w = 0.5 * torch.tensor(np.array(problem.weight), **f64) * h
+    init_sd = torch.sqrt(torch.tensor(np.array(problem.init_sq), **f64))
     p = optimizer.precond_power
     pinv = h.pow(-p)  # P^{-1} in H's eigenbasis
     hh = h * pinv

@@ -13,7 +13,9 @@ __all__ = ["NQMProblem"]
 
 
 def _as_vector(name: str, value, size: int | None = None) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
+    # Always a private copy: the problem is immutable, and the caller's array stays
+    # theirs (writable, and unable to change a validated problem through a view).
+    arr = np.array(value, dtype=np.float64, copy=True)
     if arr.ndim == 0 and size is not None:
         arr = np.full(size, float(arr))
     if arr.ndim != 1:

@@ -35,7 +35,7 @@ __all__ = ["steps_to_target", "Family", "TuneResult", "best_steps", "MAX_STEPS"]
 
 #: Searches stop here (about 1.1e15 steps); beyond it the answer is ``inf``.
 MAX_STEPS = 2**50
-_SCAN = 16
+_SCAN = 4
 
 
 def _check_target(target) -> float:
@@ -67,6 +67,7 @@ class _Curve:
         self.feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
         self.plain = not self.feats.momentum and not self.feats.ema
         self.evaluations = 0
+        self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         if self.constant:
             s = optimizer.schedule.lr * self.hh
             if self.plain:
@@ -99,6 +100,13 @@ class _Curve:
 
     def terms(self, steps) -> tuple[np.ndarray, np.ndarray]:
         steps = np.asarray(steps, dtype=np.int64)
+        key = steps.tobytes()
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = self._terms(steps)
+        return hit
+
+    def _terms(self, steps) -> tuple[np.ndarray, np.ndarray]:
         if self.mode == "constant":
             self.evaluations += steps.size
             return risk_terms(

@@ -151,11 +151,6 @@ def _mp_transient(method, s, power, steps):
     return np.array(out)
 
 
-#: Transients are compared with nqm while above this fraction of their start; the
-#: deep-decay tail is compared with a 60-digit iteration instead (see the xfail).
-NQM_TRANSIENT_FLOOR = 1e-12
-
-
 @pytest.mark.parametrize("method", ["sgd", "momentum", "ema"])
 def test_transient_is_exact_without_noise(method):
     power = 0.5
@@ -163,21 +158,12 @@ def test_transient_is_exact_without_noise(method):
         prob = nqm.NQMProblem(h=[s["h"]], c=[0.0], init_sq=s["init"])
         want = nqm.expected_loss(prob, _optimizer(method, s, power), s["batch"], STEPS)
         got = _mine(method, Quantity.TRANSIENT, s, power)
-        keep = want >= NQM_TRANSIENT_FLOOR * want[0]
-        np.testing.assert_allclose(
-            got[keep], want[keep], rtol=CROSS_RTOL, err_msg=str(s)
-        )
+        np.testing.assert_allclose(got, want, rtol=CROSS_RTOL, err_msg=str(s))
         if method != "sgd":
             oracle = _mp_transient(method, s, power, STEPS)
             np.testing.assert_allclose(got, oracle, rtol=1e-8, err_msg=str(s))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nqm.expected_loss loses relative accuracy of the noise-free term once "
-    "it has decayed below ~1e-16 of its start (known to the nqm tests); the "
-    "derived closed form matches a 60-digit iteration there",
-)
 @pytest.mark.parametrize("method", ["momentum", "ema"])
 def test_nqm_deep_transient_matches_closed_form(method):
     power = 0.5

@@ -49,12 +49,6 @@ def test_sgd_risk_equals_expected_loss(p, batch):
     assert isinstance(cf.sgd_risk(problem, 0.3, 4, 10), float)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="closed_form.sgd_risk returns inf at steps=0 when some mode has "
-    "lr * h^(1-p) == 1 exactly: it evaluates 0 * log(0) = nan for (1-s)^(2t) and "
-    "1-(1-s)^(2t) at t = 0 (0**0 must be 1), then maps nan to inf",
-)
 def test_sgd_risk_at_unit_step_and_zero_steps():
     problem = nqm.NQMProblem(h=[1.0, 0.25], c=[1.0, 1.0], init_sq=1.0)
     got = cf.sgd_risk(problem, 1.0, 1, [0, 1, 5])
@@ -214,16 +208,6 @@ def test_bound_transient_is_exact_without_noise(kind, x, p):
     np.testing.assert_allclose(bound, [float(v) for v in oracle], rtol=RTOL_CLOSED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="expected_loss loses the relative accuracy of the noise-free term D(t) "
-    "once the transient has decayed below ~1e-16 of its start: _closed._real_terms "
-    "and _complex_pair_terms form lambda^t as expm1(t log|lambda|) + 1, which "
-    "cancels to 0 (or to rounding noise), and the a-posteriori error estimate is "
-    "built from the same cancelled terms, so nothing is sent to doubling. "
-    "With c = 0 this is the whole loss (e.g. momentum 0.3, t = 5000: 0.0 instead "
-    "of 2.115e-48; ema 0.2, t = 5000: 1.27e-34 instead of 1.68e-34)",
-)
 @pytest.mark.parametrize(
     ("kind", "x", "p", "t"),
     [

@@ -199,15 +199,6 @@ def test_exactly_at_the_stability_limit_is_finite():
     assert_matches_oracle(problem, 2.0, 0.0, 0.0, 0.0, 1, [1, 2, 101, 10**6, 10**12])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a mode with an eigenvalue exactly -1 (alpha h^(1-p) = 2(1+beta) with "
-    "momentum, or alpha h^(1-p) = 2 with averaging) gets inf for every t >= 2 "
-    "(momentum: t >= 1) although its loss is finite and grows only linearly: the "
-    "closed form divides 1 - lambda^(2t) by 1 - lambda^2 = 0, and "
-    "dynamics._needs_doubling sends only *stable* modes with undefined closed form "
-    "to doubling (plain SGD has its own s == 2 branch and is right)",
-)
 @pytest.mark.parametrize(
     ("lr", "beta", "gamma"), [(2.0, 0.0, 0.5), (3.0, 0.5, 0.0), (3.0, 0.5, 0.5)]
 )

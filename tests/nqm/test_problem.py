@@ -58,13 +58,6 @@ def test_from_spectra_and_immutability():
     assert merged.c[i] == pytest.approx(2.0) and merged.init_sq[i] == pytest.approx(2.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NQMProblem keeps the caller's float64 arrays (np.asarray does not copy) "
-    "and sets them read-only: constructing a problem makes the caller's own array "
-    "unwritable, and a view taken earlier can still change the validated, cached "
-    "problem (e.g. make h negative)",
-)
 def test_constructor_does_not_alias_caller_arrays():
     h = np.array([1.0, 0.5])
     view = h[:]
