@@ -254,7 +254,7 @@ def _tune_schedule(problem, fam, bs, target, p, baseline, *, surrogate_bins, pie
     import torch
 
     surr = _surrogate(problem, surrogate_bins)
-    hh_s, wd_s, wn_s = (torch.as_tensor(x, dtype=torch.float64) for x in _modes(surr, p))
+    hh_s, wd_s, wn_s = (torch.tensor(np.array(x), dtype=torch.float64) for x in _modes(surr, p))
     hh_max = float(_modes(problem, p)[0].max())
     a_max = 2.0 / hh_max
     k = pieces if fam is Family.PWC else stairs
