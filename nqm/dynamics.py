@@ -43,6 +43,7 @@ __all__ = [
     "max_stable_lr",
     "steady_state_loss",
     "validate_batch_size",
+    "second_moments",
     "validate_steps",
 ]
 
@@ -192,8 +193,8 @@ def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
 
 
 # ---------------------------------------------------------- scheduled path
-def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
-    """D and N for a non-constant schedule (a single setting), each of shape (T,)."""
+def _scheduled_modes(hh, optimizer: Optimizer, steps):
+    """Per-mode F_t and G_t (shape (T, M)) under a non-constant schedule."""
     feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
     beta, gamma = optimizer.momentum, optimizer.ema
     t_max = int(max(steps))
@@ -204,13 +205,12 @@ def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
     _, _, _, u = system_matrices(hh, 1.0, beta, gamma, feats)
     mean = np.broadcast_to(u, hh.shape + (k,)).copy()
     zn = np.zeros(hh.shape + (k, k))
-    D = np.empty(len(steps))
-    N = np.empty(len(steps))
-    order = np.argsort(steps)
+    F = np.empty((len(steps),) + hh.shape)
+    G = np.empty_like(F)
     now = 0
     piece = 0
     with np.errstate(all="ignore"):
-        for j in order:
+        for j in np.argsort(steps):
             target = int(steps[j])
             while now < target:
                 while ends[piece] <= now:
@@ -225,13 +225,18 @@ def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
                 mean = mean - np.einsum("...ij,...j->...i", e, mean)
                 zn = _sandwich(e, zn) + nt
                 now += length
-            F = mean[..., o] ** 2
-            G = zn[..., o, o]
-            F = np.where(np.isfinite(F), F, np.inf)
-            G = np.where(np.isfinite(G), G, np.inf)
-            D[j] = F @ wd
-            N[j] = G @ wn
-    return D, N
+            F[j] = mean[..., o] ** 2
+            G[j] = zn[..., o, o]
+    F = np.where(np.isfinite(F), F, np.inf)
+    G = np.where(np.isfinite(G), G, np.inf)
+    return F, G
+
+
+def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
+    """D and N for a non-constant schedule (a single setting), each of shape (T,)."""
+    F, G = _scheduled_modes(hh, optimizer, steps)
+    with np.errstate(invalid="ignore"):
+        return F @ wd, G @ wn
 
 
 def sgd_schedule_modes(hh, optimizer: Optimizer, steps):
@@ -364,6 +369,50 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
         out = D[(None,) * b.ndim] + N[(None,) * b.ndim] / b.reshape(b.shape + (1,) * t.ndim)
     out = np.where(np.isnan(out), np.inf, out)
     return float(out) if out.ndim == 0 else out
+
+
+def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
+    """Exact per-mode :math:`E[\theta_{o,i}(t)^2]` of the reported iterate.
+
+    Args:
+        problem: the NQM (``n`` modes).
+        optimizer: any optimizer and schedule.
+        batch_size: :math:`B \ge 1` (scalar).
+        steps: integer step counts, shape ``(T,)`` or scalar.
+
+    Returns:
+        Array of shape ``(T, n)`` (``(n,)`` for scalar ``steps``).
+    """
+    b = float(validate_batch_size(batch_size))
+    t = validate_steps(steps)
+    flat = np.atleast_1d(t).ravel()
+    hh, cc = problem.preconditioned(optimizer.precond_power)
+    feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
+    if isinstance(optimizer.schedule, Constant):
+        lr = optimizer.schedule.lr
+        F = np.empty((flat.size, hh.size))
+        G = np.empty_like(F)
+        for i, step in enumerate(flat):
+            if step == 0:
+                F[i], G[i] = 1.0, 0.0
+                continue
+            f, g, ef, eg = closed_form_terms(hh, lr, optimizer.momentum, optimizer.ema, feats, int(step))
+            with np.errstate(invalid="ignore"):
+                bad = ~(ef <= CLOSED_FORM_RTOL * f) | ~(eg <= CLOSED_FORM_RTOL * np.maximum(g, 1e-300))
+            if np.any(bad):
+                fd, gd = _doubling_terms(
+                    hh[bad], np.full(bad.sum(), lr), np.full(bad.sum(), optimizer.momentum),
+                    np.full(bad.sum(), optimizer.ema), feats, [int(step)],
+                )
+                f, g = f.copy(), g.copy()
+                f[bad], g[bad] = fd[0], gd[0]
+            F[i], G[i] = f, g
+    else:
+        F, G = _scheduled_modes(hh, optimizer, flat)
+    with np.errstate(invalid="ignore", over="ignore"):
+        out = problem.init_sq * F + cc / b * G
+    out = np.where(np.isnan(out), np.inf, out)
+    return out[0] if t.ndim == 0 else out.reshape(t.shape + (hh.size,))
 
 
 def max_stable_lr(problem: NQMProblem, momentum: float = 0.0, precond_power: float = 0.0):
