@@ -372,7 +372,7 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
 
 
 def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
-    """Exact per-mode :math:`E[\theta_{o,i}(t)^2]` of the reported iterate.
+    r"""Exact per-mode :math:`E[\theta_{o,i}(t)^2]` of the reported iterate.
 
     Args:
         problem: the NQM (``n`` modes).

@@ -46,7 +46,7 @@ def _check_target(target) -> float:
 
 
 class _Curve:
-    """Loss of one optimizer at one batch size, with certified interval bounds.
+    r"""Loss of one optimizer at one batch size, with certified interval bounds.
 
     Three regimes:
 
@@ -236,7 +236,7 @@ def steps_to_target(
     *,
     max_steps: int | None = None,
 ) -> int | float:
-    """The smallest integer :math:`t \ge 0` with exact :math:`E[L(\theta_t)] \le`
+    r"""The smallest integer :math:`t \ge 0` with exact :math:`E[L(\theta_t)] \le`
     ``target``; ``math.inf`` when it is never reached (target below the
     steady-state risk, a diverging setting, or beyond ``max_steps``).
 

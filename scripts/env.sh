@@ -21,7 +21,7 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/scri
     # Test-only oracle for the K-FAC factors. --no-deps so that it can never
     # replace the installed torch; its own small dependencies come explicitly.
     "$VENV/bin/pip" install -q --no-deps "curvlinops-for-pytorch==3.0.1"
-    "$VENV/bin/pip" install -q einops "backpack-for-pytorch>=1.6" --no-deps || true
+    "$VENV/bin/pip" install -q --no-deps einops einconv linear_operator
     touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
