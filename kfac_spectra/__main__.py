@@ -1,0 +1,384 @@
+"""Command line: train and collect, then report.
+
+::
+
+    python -m kfac_spectra run --model resnet8 --data mnist1d --out RUN_DIR \\
+        [--steps N --checkpoints 0,50,200 --width W --config FILE.toml ...]
+    python -m kfac_spectra report RUN_DIR [--figures DIR] [--step S] [--nqm-step S]
+    python -m kfac_spectra            # embedded default: MNIST-1D ResNet8, then report
+
+``run`` accepts one ``--<field>`` flag per :class:`kfac_spectra.train.TrainConfig`
+field (flags override the TOML file, which overrides the defaults). ``report``
+writes the E.1, E.2 and E.4 figures (PNG + PDF) with CSV tables beside them and
+``RUN_DIR/nqm_problem.npz`` (:func:`kfac_spectra.bridge.estimate_nqm`). Bad
+arguments print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_RUN_DIR = Path("runs") / "kfac_spectra_default"
+DEFAULT_FIGURES = Path("figures") / "kfac_spectra"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's parser (``run`` flags generated from ``TrainConfig``)."""
+    from kfac_spectra.train import TrainConfig
+
+    parser = _Parser(prog="python -m kfac_spectra", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    run = sub.add_parser("run", help="train and collect factors and statistics")
+    run.add_argument("--out", required=True, help="run directory")
+    run.add_argument("--config", help="TOML file of TrainConfig fields")
+    run.add_argument("--report", action="store_true", help="report after training")
+    for field in dataclasses.fields(TrainConfig):
+        run.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            default=None,
+            help=f"(default {field.default!r})",
+        )
+    report = sub.add_parser("report", help="figures, tables and the NQM problem")
+    report.add_argument("run_dir")
+    report.add_argument("--figures", help="output folder (default RUN_DIR/figures)")
+    report.add_argument("--step", type=int, help="step for E.2/E.4 (default: last)")
+    report.add_argument(
+        "--nqm-step", type=int, help="step for the NQM problem (default: first)"
+    )
+    return parser
+
+
+# ----------------------------------------------------------------- report
+@dataclass(frozen=True)
+class ReportSummary:
+    """Headline numbers of a report.
+
+    Attributes:
+        step: Step of E.2/E.4.
+        exponent: Fitted power-law exponent s.
+        ci: Its interval.
+        r_squared: Fit quality.
+        within_2x: Overall fraction of directions with c/h in [1/2, 2].
+        slope: Overall log-log slope of c on h.
+        correlation: Overall log-log correlation.
+        nqm_modes: Modes of the NQM problem.
+        nqm_dropped: Directions dropped for zero curvature.
+        nqm_path: Where the problem was written.
+        files: Figures and tables written.
+    """
+
+    step: int
+    exponent: float
+    ci: tuple[float, float]
+    r_squared: float
+    within_2x: float
+    slope: float
+    correlation: float
+    nqm_modes: int
+    nqm_dropped: int
+    nqm_path: Path
+    files: tuple[Path, ...]
+
+
+def _write_csv(
+    path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    from kfac_spectra.train import _atomic_write
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    _atomic_write(path, lambda h: h.write(buffer.getvalue()), "w")
+
+
+def _save_figure(fig: Any, stem: Path) -> list[Path]:
+    from kfac_spectra.train import _atomic_write
+
+    paths = []
+    for fmt in ("png", "pdf"):
+        path = stem.with_suffix(f".{fmt}")
+        _atomic_write(path, lambda h, f=fmt: fig.savefig(h, format=f, dpi=120))
+        paths.append(path)
+    return paths
+
+
+def write_report(
+    run_dir: Path,
+    figures: Path,
+    *,
+    step: int | None = None,
+    nqm_step: int | None = None,
+) -> ReportSummary:
+    """Draw E.1, E.2, E.4 with CSV tables, and write ``RUN_DIR/nqm_problem.npz``.
+
+    Raises:
+        ValueError: If the run has no collected steps or a step is not collected.
+    """
+    from kfac_spectra import plots
+    from kfac_spectra.bridge import measure_nqm
+    from kfac_spectra.gradient_stats import compare_variance_curvature
+    from kfac_spectra.powerlaw import fit_power_law, rank_overlay
+    from kfac_spectra.spectra import (
+        FactorSpectrum,
+        eigenvalue_histogram,
+        kfac_eigenvalues,
+        log_bins,
+    )
+    from kfac_spectra.train import load_checkpoint_arrays, read_manifest
+
+    steps = [c["step"] for c in read_manifest(run_dir)["checkpoints"]]
+    if not steps:
+        raise ValueError(f"run_dir: {run_dir} has no collected steps")
+    step = steps[-1] if step is None else step
+    nqm_step = steps[0] if nqm_step is None else nqm_step
+    for name, value in (("step", step), ("nqm_step", nqm_step)):
+        if value not in steps:
+            raise ValueError(f"{name}: {value} not collected; have {steps}")
+    files: list[Path] = []
+
+    # E.1: eigenvalue histograms at every collected step.
+    spectra = {}
+    for s in steps:
+        factors, _, _ = load_checkpoint_arrays(run_dir, s)
+        spectra[s] = {
+            k: FactorSpectrum(f["row_values"], f["col_values"])
+            for k, f in factors.items()
+        }
+    highs, lows = [], []
+    for layers in spectra.values():
+        for sp in layers.values():
+            first, second = sp.first[sp.first > 0], sp.second[sp.second > 0]
+            if first.size and second.size:
+                highs.append(first[0] * second[0])
+                lows.append(first[-1] * second[-1])
+    if not highs:
+        raise ValueError(f"run_dir: {run_dir} has no positive K-FAC eigenvalue")
+    low, high = min(lows), max(highs)
+    if not low < high:
+        low, high = low / 2, high * 2
+    edges = log_bins(low * 0.999, high * 1.001, 60)
+    histograms = [eigenvalue_histogram(spectra[s], edges) for s in steps]
+    files += _save_figure(
+        plots.plot_spectra_evolution(steps, histograms), figures / "e1_spectra"
+    )
+    _write_csv(
+        figures / "e1_spectra.csv",
+        ["step", "bin_low", "bin_high", "count"],
+        [
+            (s, edges[b], edges[b + 1], int(h.counts[b]))
+            for s, h in zip(steps, histograms, strict=True)
+            for b in range(h.counts.size)
+        ],
+    )
+    files.append(figures / "e1_spectra.csv")
+
+    # E.2: gradient variance against curvature per direction.
+    _, stats, _ = load_checkpoint_arrays(run_dir, step)
+    comparisons = compare_variance_curvature(stats)
+    files += _save_figure(
+        plots.plot_variance_vs_curvature(comparisons), figures / "e2_variance_curvature"
+    )
+    _write_csv(
+        figures / "e2_variance_curvature.csv",
+        [
+            "block",
+            "directions",
+            "excluded",
+            "log_slope",
+            "log_intercept",
+            "log_correlation",
+            "fraction_within_2x",
+        ],
+        [
+            (
+                k,
+                c.curvature.size,
+                c.num_excluded,
+                c.log_slope,
+                c.log_intercept,
+                c.log_correlation,
+                c.fraction_within,
+            )
+            for k, c in comparisons.items()
+        ],
+    )
+    files.append(figures / "e2_variance_curvature.csv")
+
+    # E.4: the K-FAC spectrum against 1/i.
+    spectrum = kfac_eigenvalues(spectra[step])
+    d = int(np.sum(spectrum > 0))
+    rank_min = 10 if d >= 60 else 1
+    fit = fit_power_law(
+        spectrum,
+        rank_min=rank_min,
+        rank_max=max(d // 2, rank_min + 2),
+        num_points=60 if d >= 60 else None,
+    )
+    overlay = rank_overlay(spectrum[spectrum > 0], fit)
+    files += _save_figure(plots.plot_power_law(overlay, fit), figures / "e4_power_law")
+    _write_csv(
+        figures / "e4_power_law.csv",
+        [
+            "step",
+            "exponent",
+            "ci_low",
+            "ci_high",
+            "confidence",
+            "rank_min",
+            "rank_max",
+            "num_points",
+            "r_squared",
+            "num_eigenvalues",
+        ],
+        [
+            (
+                step,
+                fit.exponent,
+                fit.ci_low,
+                fit.ci_high,
+                fit.confidence,
+                fit.rank_min,
+                fit.rank_max,
+                fit.num_points,
+                fit.r_squared,
+                spectrum.size,
+            )
+        ],
+    )
+    files.append(figures / "e4_power_law.csv")
+
+    # The NQM problem.
+    estimate = measure_nqm(run_dir, nqm_step)
+    nqm_path = run_dir / "nqm_problem.npz"
+    estimate.problem.save(nqm_path)
+    overall = comparisons["overall"]
+    return ReportSummary(
+        step=step,
+        exponent=fit.exponent,
+        ci=(fit.ci_low, fit.ci_high),
+        r_squared=fit.r_squared,
+        within_2x=overall.fraction_within,
+        slope=overall.log_slope,
+        correlation=overall.log_correlation,
+        nqm_modes=estimate.problem.n_modes,
+        nqm_dropped=estimate.num_dropped,
+        nqm_path=nqm_path,
+        files=tuple(files),
+    )
+
+
+def _print_summary(summary: ReportSummary, nqm_step_label: str) -> None:
+    print(
+        f"E.4 (step {summary.step}): power-law exponent s = {summary.exponent:.3f} "
+        f"[{summary.ci[0]:.3f}, {summary.ci[1]:.3f}], R^2 {summary.r_squared:.3f}"
+    )
+    print(
+        f"E.2 (step {summary.step}): c vs h log-log slope {summary.slope:.3f}, "
+        f"correlation {summary.correlation:.3f}, within 2x of H = C "
+        f"{summary.within_2x:.3f}"
+    )
+    print(
+        f"NQM problem ({nqm_step_label}): {summary.nqm_modes} modes, "
+        f"{summary.nqm_dropped} directions dropped (h ~ 0) -> {summary.nqm_path}"
+    )
+    print(f"figures and tables: {summary.files[0].parent}")
+
+
+# ----------------------------------------------------------------- commands
+def _run(args: argparse.Namespace) -> int:
+    from kfac_spectra.train import TrainConfig, resolve_config, train
+
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name) is not None
+    }
+    config = resolve_config(args.config, overrides)
+    result = train(config, args.out)
+    print(
+        f"trained {config.steps} steps in {result.seconds:.1f}s; final batch loss "
+        f"{result.final_loss:.4f}; collected steps {list(result.collected)} -> "
+        f"{result.run_dir}"
+    )
+    if args.report:
+        summary = write_report(Path(args.out), Path(args.out) / "figures")
+        _print_summary(summary, "first step")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    figures = Path(args.figures) if args.figures else run_dir / "figures"
+    summary = write_report(run_dir, figures, step=args.step, nqm_step=args.nqm_step)
+    _print_summary(
+        summary, f"step {args.nqm_step if args.nqm_step is not None else 'first'}"
+    )
+    return 0
+
+
+def _default() -> int:
+    from kfac_spectra.train import TrainConfig, train
+
+    start = time.perf_counter()
+    config = TrainConfig()
+    print(
+        f"default run: {config.model} (width {config.width}) on {config.data}, "
+        f"{config.steps} {config.optimizer} steps at batch {config.batch_size} -> "
+        f"{DEFAULT_RUN_DIR}"
+    )
+    result = train(config, DEFAULT_RUN_DIR)
+    print(f"trained and collected in {result.seconds:.1f}s")
+    summary = write_report(DEFAULT_RUN_DIR, DEFAULT_FIGURES)
+    _print_summary(summary, "step 0")
+    print(f"total wall time {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if not argv:
+            return _default()
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "report":
+            return _report(args)
+        raise _UsageError("choose a command: run or report")
+    except _UsageError as err:
+        print(f"python -m kfac_spectra: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, FloatingPointError) as err:
+        print(f"python -m kfac_spectra: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
