@@ -349,8 +349,9 @@ MIN_FIT_POINTS = 3
 def critical_batch_fits(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     r"""Fit :math:`S(B)` of every (family, power, target) curve.
 
-    Uses :func:`nqm.noise_scale.fit_critical_batch` on the batch sizes whose
-    steps are finite. Curves with fewer than :data:`MIN_FIT_POINTS` such points
+    Uses :func:`nqm.noise_scale.fit_critical_batch` (McCandlish et al. 2018,
+    :math:`S(B) = S_{\min}(1 + B_{\text{crit}}/B)`, least squares on
+    :math:`\log S`) on the batch sizes whose steps are finite and positive. Curves with fewer than :data:`MIN_FIT_POINTS` such points
     get a row of empty cells (and ``n_points``).
 
     Returns:
@@ -358,8 +359,9 @@ def critical_batch_fits(records: Iterable[Mapping[str, Any]]) -> list[dict[str, 
     """
     rows = []
     for (fam, p, t), recs in _curves(records).items():
+        # the fit is in log steps: only finite, positive counts enter it
         pts = sorted(
-            (r["batch_size"], r["steps"]) for r in recs if math.isfinite(r["steps"])
+            (r["batch_size"], r["steps"]) for r in recs if 0 < r["steps"] < math.inf
         )
         row: dict[str, Any] = dict.fromkeys(FIT_COLUMNS)
         row.update(family=fam, precond_power=p, target=t, n_points=len(pts))

@@ -400,3 +400,11 @@ def test_parallel_workers_give_identical_records():
     ]
     with pytest.raises(ValueError, match="workers"):
         scaling.run_study(small, workers=-1, **kwargs)
+
+
+def test_critical_batch_fits_skip_zero_steps():
+    # a target above the initial loss is reached at t = 0: nothing to fit
+    recs = [{"family": "sgd", "precond_power": 0.0, "target": 9.0, "batch_size": b,
+             "steps": 0} for b in (1, 2, 4, 8)]  # fmt: skip
+    (row,) = scaling.critical_batch_fits(recs)
+    assert row["n_points"] == 0 and row["s_min"] is None
