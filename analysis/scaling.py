@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nqm.noise_scale import fit_critical_batch, steps_lower_bound
 from tqdm.auto import tqdm
 
 import nqm
+from nqm.noise_scale import fit_critical_batch, steps_lower_bound
 from nqm.search import Family, best_steps
 
 from .config import ScalingConfig
@@ -351,8 +351,9 @@ def critical_batch_fits(records: Iterable[Mapping[str, Any]]) -> list[dict[str, 
 
     Uses :func:`nqm.noise_scale.fit_critical_batch` (McCandlish et al. 2018,
     :math:`S(B) = S_{\min}(1 + B_{\text{crit}}/B)`, least squares on
-    :math:`\log S`) on the batch sizes whose steps are finite and positive. Curves with fewer than :data:`MIN_FIT_POINTS` such points
-    get a row of empty cells (and ``n_points``).
+    :math:`\log S`) on the batch sizes whose steps are finite and positive.
+    Curves with fewer than :data:`MIN_FIT_POINTS` such points get a row of empty
+    cells (and ``n_points``).
 
     Returns:
         Rows with :data:`FIT_COLUMNS`.
