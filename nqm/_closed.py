@@ -171,7 +171,7 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
         f = 2.0 * (w * pw).real
         f_abs = 2.0 * np.abs(w * pw)
         t_rr = v * v * (-(e * (2.0 + e)) / (q * p))
-        t_rc = np.abs(v) ** 2 * (one_minus_beta_t / (1.0 - beta))
+        t_rc = (v.real**2 + v.imag**2) * (one_minus_beta_t / (1.0 - beta))
         G = 2.0 * t_rr.real + 2.0 * t_rc
         g_abs = 2.0 * np.abs(t_rr) + 2.0 * np.abs(t_rc)
         return f, f_abs, G, g_abs
@@ -182,7 +182,7 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     fz1 = lam * lam - lin * lam + beta * gamma
     fzg = gamma * gamma - lin * gamma + beta * gamma
     den1 = d12 * d1g
-    deng = np.abs(d1g) ** 2
+    deng = d1g.real**2 + d1g.imag**2
     w1 = fz1 / den1
     wg = fzg / deng
     c = -alpha * (1.0 - gamma)
@@ -193,7 +193,7 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     f = 2.0 * f1.real + fg
     f_abs = 2.0 * np.abs(f1) + np.abs(fg)
     t_rr = v1 * v1 * (-(e * (2.0 + e)) / (q * p))
-    t_rc = np.abs(v1) ** 2 * (one_minus_beta_t / (1.0 - beta))
+    t_rc = (v1.real**2 + v1.imag**2) * (one_minus_beta_t / (1.0 - beta))
     one_minus_mu = (1.0 - gamma) + gamma * q
     one_minus_mut = -(e + g.e + e * g.e)
     t_rg = v1 * vg * (one_minus_mut / one_minus_mu)
@@ -227,33 +227,41 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
     with np.errstate(all="ignore"):
         if not feats.momentum and not feats.ema:
             return _sgd_terms(s, alpha, t)
-        f = np.empty(shape)
-        f_abs = np.empty(shape)
-        G = np.empty(shape)
-        g_abs = np.empty(shape)
         if feats.momentum:
             big, disc = (np.broadcast_to(x, shape) for x in _momentum_roots(s, beta))
             cplx = disc < 0
         else:
             cplx = np.zeros(shape, dtype=bool)
         real = ~cplx
-        if not np.any(cplx):
-            out = _real_case(
-                s, alpha, beta, gamma, *((big, disc) if feats.momentum else ()), feats=feats, t=t
-            )
+        # Per-setting values of size one stay scalars: masking would copy them to
+        # every mode, and their logs and powers would be computed once per mode.
+        per_setting = [x.reshape(()) if x.size == 1 else x for x in (alpha, beta, gamma)]
+        per_mode = [s] + ([big, disc] if feats.momentum else [])
+        if not np.any(cplx) or not np.any(real):
+            a_, b_, g_ = per_setting
+            if np.any(cplx):
+                out = _complex_pair_terms(s, a_, b_, g_, big, disc, ema=feats.ema, t=t)
+            else:
+                out = _real_case(s, a_, b_, g_, *per_mode[1:], feats=feats, t=t)
             f, f_abs, G, g_abs = (np.broadcast_to(x, shape) for x in out)
-        elif np.any(real):
-            sel = [np.broadcast_to(x, shape)[real] for x in (s, alpha, beta, gamma)]
-            if feats.momentum:
-                sel += [big[real], disc[real]]
-            out = _real_case(*sel, feats=feats, t=t)
-            for dst, src in zip((f, f_abs, G, g_abs), out):
-                dst[real] = src
-        if np.any(cplx):
-            sel = [np.broadcast_to(x, shape)[cplx] for x in (s, alpha, beta, gamma, big, disc)]
-            out = _complex_pair_terms(*sel, ema=feats.ema, t=t)
-            for dst, src in zip((f, f_abs, G, g_abs), out):
-                dst[cplx] = src
+        else:
+            f = np.empty(shape)
+            f_abs = np.empty(shape)
+            G = np.empty(shape)
+            g_abs = np.empty(shape)
+
+            def take(x, mask):
+                return x if x.ndim == 0 else np.broadcast_to(x, shape)[mask]
+
+            for mask, complex_path in ((real, False), (cplx, True)):
+                a_, b_, g_ = (take(x, mask) for x in per_setting)
+                pm = [take(x, mask) for x in per_mode]
+                if complex_path:
+                    out = _complex_pair_terms(pm[0], a_, b_, g_, pm[1], pm[2], ema=feats.ema, t=t)
+                else:
+                    out = _real_case(pm[0], a_, b_, g_, *pm[1:], feats=feats, t=t)
+                for dst, src in zip((f, f_abs, G, g_abs), out):
+                    dst[mask] = src
         F = f * f
         err_F = 4.0 * EPS * f_abs * (np.abs(f) + f_abs)
         err_G = 8.0 * EPS * g_abs
