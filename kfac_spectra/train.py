@@ -132,7 +132,7 @@ class TrainConfig:
     model: str = ModelName.RESNET8.value
     data: str = DatasetName.MNIST1D.value
     data_path: str | None = None
-    data_size: int | None = 4000
+    data_size: int | None = None
     data_seed: int = 0
     width: float = 1.0
     optimizer: str = OptimizerName.KFAC.value

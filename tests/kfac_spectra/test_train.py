@@ -1,0 +1,229 @@
+"""Tests for kfac_spectra.train: the factor store, resuming, configuration.
+
+Oracles: factors, bases and statistics recomputed independently with
+``compute_factors`` / ``kronecker_bases`` / ``eigenbasis_gradient_stats`` (type-2
+is deterministic, so the store must round-trip them exactly); an uninterrupted
+run (a resumed run must reproduce it bit for bit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kfac_spectra import compute_factors
+from kfac_spectra.eigenbasis import kronecker_bases
+from kfac_spectra.gradient_stats import eigenbasis_gradient_stats
+from kfac_spectra.layer_capture import find_blocks
+from kfac_spectra.train import (
+    RESUME_FILE,
+    TrainConfig,
+    collect_checkpoint,
+    load_checkpoint_arrays,
+    read_manifest,
+    resolve_config,
+    step_dir,
+    train,
+)
+
+TINY = {
+    "model": "mlp",
+    "data": "digits",
+    "width": 1 / 64,
+    "steps": 10,
+    "batch_size": 32,
+    "checkpoints": "0,4,7",
+    "measure_examples": 48,
+    "inverse_interval": 3,
+}
+
+
+def _tiny(**changes) -> TrainConfig:
+    return resolve_config(None, {**TINY, **changes})
+
+
+def test_store_round_trip(tmp_path):
+    torch.manual_seed(0)  # only for this throwaway model's init
+    gen = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x = torch.randn(40, 5, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,), generator=gen)
+    manifest = collect_checkpoint(
+        tmp_path, 3, model, x, y, loss="ce", fisher_type="type2", chunk=16
+    )
+    factors, stats, params = load_checkpoint_arrays(tmp_path, 3)
+
+    ref_factors = compute_factors(model, x, y, "ce", "type2", reduction="mean")
+    ref_bases = kronecker_bases(ref_factors, find_blocks(model))
+    ref_stats = eigenbasis_gradient_stats(
+        model,
+        [(x[:16], y[:16]), (x[16:32], y[16:32]), (x[32:], y[32:])],
+        ref_bases,
+        loss="ce",
+        fisher_type="type2",
+    )
+    assert set(factors) == set(ref_factors) == {"0", "2"}
+    for name, (a, s) in ref_factors.items():
+        np.testing.assert_array_equal(factors[name]["A"], a.numpy())
+        np.testing.assert_array_equal(factors[name]["S"], s.numpy())
+        for field in ("row_values", "row_vectors", "col_values", "col_vectors"):
+            np.testing.assert_array_equal(
+                factors[name][field], getattr(ref_bases[name], field).numpy()
+            )
+        for field in ("mean", "second_moment", "variance", "curvature"):
+            np.testing.assert_array_equal(
+                getattr(stats.layers[name], field),
+                getattr(ref_stats.layers[name], field),
+            )
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(params[f"param/{name}"], p.detach().numpy())
+    weight, bias = model[0].weight.detach(), model[0].bias.detach()
+    np.testing.assert_array_equal(
+        params["block/0"], torch.cat([weight, bias[:, None]], 1).numpy()
+    )
+    assert manifest["num_directions"] == 4 * 6 + 3 * 5
+    assert manifest["blocks"] == {"0": [4, 6], "2": [3, 5]}
+    # no temp files are left behind
+    assert not [p for p in step_dir(tmp_path, 3).iterdir() if p.name.startswith(".")]
+
+
+def _all_arrays(run_dir, steps):
+    out = {}
+    for step in steps:
+        for file in ("factors", "stats", "params"):
+            with np.load(step_dir(run_dir, step) / f"{file}.npz") as archive:
+                for key in archive.files:
+                    out[(step, file, key)] = archive[key]
+    return out
+
+
+class _Kill(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("optimizer", ["kfac", "adam"])
+def test_resume_after_kill_is_bit_identical(tmp_path, optimizer):
+    config = _tiny(optimizer=optimizer, lr=0.01 if optimizer == "kfac" else 1e-3)
+    reference = train(config, tmp_path / "straight")
+
+    def kill(step: int, loss: float) -> None:
+        if step == 6:  # after the checkpoint at 4, before the one at 7
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        train(config, tmp_path / "killed", step_callback=kill)
+    assert read_manifest(tmp_path / "killed")["complete"] is False
+    before = _all_arrays(tmp_path / "killed", [0, 4])
+    seen = []
+    resumed = train(
+        config, tmp_path / "killed", step_callback=lambda s, _: seen.append(s)
+    )
+    assert seen[0] == 5  # restarted after the checkpoint at step 4
+    assert resumed.collected == reference.collected == (0, 4, 7, 10)
+    assert resumed.final_loss == reference.final_loss
+    a = _all_arrays(tmp_path / "straight", reference.collected)
+    b = _all_arrays(tmp_path / "killed", resumed.collected)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
+    for key, value in before.items():  # saved factors were not lost or rewritten
+        np.testing.assert_array_equal(b[key], value)
+    sa = torch.load(tmp_path / "straight" / RESUME_FILE, weights_only=False)
+    sb = torch.load(tmp_path / "killed" / RESUME_FILE, weights_only=False)
+    for name in sa["model"]:
+        assert torch.equal(sa["model"][name], sb["model"][name])
+    manifest = read_manifest(tmp_path / "killed")
+    assert manifest["complete"] is True
+    assert [c["step"] for c in manifest["checkpoints"]] == [0, 4, 7, 10]
+
+
+def test_resume_refuses_another_config(tmp_path):
+    train(_tiny(steps=2, checkpoints=""), tmp_path)
+    with pytest.raises(ValueError, match="different config"):
+        train(_tiny(steps=3, checkpoints=""), tmp_path)
+
+
+def test_config_precedence_and_saved_copy(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        '[train]\nsteps = 40\nlr = 0.5\ncheckpoints = [0, 10]\nmodel = "mlp"\n'
+    )
+    config = resolve_config(toml, {"lr": "0.25", "kl-clip": "none"})
+    assert config.steps == 40 and config.lr == 0.25 and config.kl_clip is None
+    assert config.checkpoints == (0, 10) and config.collect_steps == (0, 10, 40)
+    assert config.model == "mlp" and config.damping == TrainConfig().damping
+    run = _tiny(steps=2, checkpoints="1")
+    train(run, tmp_path / "run")
+    assert resolve_config(tmp_path / "run" / "config.toml") == run
+    assert read_manifest(tmp_path / "run")["config"]["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"nonsense": 1}, "nonsense"),
+        ({"steps": "many"}, "steps"),
+        ({"steps": 0}, "steps"),
+        ({"checkpoints": "0,500"}, "checkpoints"),
+        ({"model": "vgg"}, "model"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"measure_fisher": "exact"}, "measure_fisher"),
+        ({"lr": -1}, "lr"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"device": "tpu"}, "device"),
+        ({"steps": None}, "steps"),
+    ],
+)
+def test_bad_config(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        resolve_config(None, overrides)
+
+
+def test_bad_config_file(tmp_path):
+    with pytest.raises(ValueError, match="config"):
+        resolve_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = = 3\n")
+    with pytest.raises(ValueError, match="config"):
+        resolve_config(bad)
+
+
+def test_data_size_for_fixed_size_data(tmp_path):
+    with pytest.raises(ValueError, match="data_size"):
+        train(_tiny(data_size=100), tmp_path)
+
+
+def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 2, (8,), generator=gen)
+    collect_checkpoint(tmp_path, 0, model, x, y, loss="ce", fisher_type="type2")
+    original = (step_dir(tmp_path, 0) / "stats.npz").read_bytes()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(OSError, match="disk full"):
+        collect_checkpoint(tmp_path, 0, model, x, y, loss="ce", fisher_type="type2")
+    assert (step_dir(tmp_path, 0) / "stats.npz").read_bytes() == original
+    assert sorted(p.name for p in step_dir(tmp_path, 0).iterdir()) == [
+        "factors.npz",
+        "manifest.json",
+        "params.npz",
+        "stats.npz",
+    ]
+
+
+def test_frozen_defaults():
+    config = TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.steps = 3  # type: ignore[misc]
+    assert config.collect_steps[-1] == config.steps
