@@ -159,9 +159,15 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     p = 0.5 * ((3.0 - s + beta) + 1j * sq)
     log_abs = 0.5 * np.log(beta)  # |r|^2 = beta
     phase = np.arctan2(sq, tau)
-    e = _cexpm1(t * log_abs, t * phase)  # r^t - 1
-    mod_t = np.exp(t * log_abs)
-    pw = mod_t * np.cos(t * phase) + 1j * (mod_t * np.sin(t * phase))  # r^t directly
+    # r^t and r^t - 1 from one half-angle evaluation (|r|^t is per setting).
+    em1 = np.expm1(t * log_abs)
+    mod_t = em1 + 1.0 if np.ndim(em1) == 0 else np.exp(t * log_abs)
+    sh = np.sin(0.5 * t * phase)
+    ch = np.cos(0.5 * t * phase)
+    two_sh2 = 2.0 * sh * sh
+    sin_t = 2.0 * sh * ch
+    e = (em1 * (1.0 - two_sh2) - two_sh2) + 1j * (mod_t * sin_t)  # r^t - 1
+    pw = mod_t * (1.0 - two_sh2) + 1j * (mod_t * sin_t)  # r^t directly
     one_minus_beta_t = -np.expm1(t * np.log(beta))  # 1 - (r conj r)^t
     d12 = 1j * sq  # r - conj(r)
     if not ema:
