@@ -5,8 +5,8 @@ optimizer family tuned at every preconditioning power and batch size, then write
 
 * into ``--out`` (default ``results/nqm-scaling/``): the tidy tables
   ``records``, ``critical_batch``, ``lower_bound``, ``schedule_shapes``,
-  ``momentum_transient`` (CSV and JSON each), ``config.json`` (the resolved
-  configuration) and ``manifest.json`` (configuration, package versions, git
+  ``momentum_transient`` (CSV and JSON each), ``config.json`` and
+  ``config.toml`` (the resolved configuration; the TOML is a valid ``--config``) and ``manifest.json`` (configuration, package versions, git
   revision, timings, files);
 * into ``--figures`` (default ``figures/``): each figure as PNG and PDF with the
   table of its points beside it (CSV and JSON).
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     """
     # Heavy imports only when the command runs.
     from analysis import plots
-    from analysis.io import save_figure, write_json, write_table
+    from analysis.io import save_figure, write_json, write_table, write_text_atomic
     from analysis.scaling import (
         build_problem,
         figure_tables,
@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     if make_figures:
         fig_dir.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.to_dict())
+    write_text_atomic(out / "config.toml", cfg.to_toml())
 
     result = run_reference_study(cfg, progress=getattr(args, "progress", None))
     written = [str(p) for p in write_study(result, out)]

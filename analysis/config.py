@@ -15,6 +15,7 @@ A TOML file uses the field names below, for example::
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -94,6 +95,29 @@ class ScalingConfig:
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
         }
+
+    def to_toml(self) -> str:
+        """The configuration as a TOML document that ``--config`` reads back.
+
+        ``None`` values (no spectrum file) are left out: TOML has no null.
+        """
+        lines = [
+            "# resolved nqm-scaling configuration (python -m analysis nqm-scaling)"
+        ]
+        for key, value in self.to_dict().items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, float):
+        return repr(value)
+    return str(int(value))
 
 
 #: The documented small configuration behind ``--quick`` (used by the tests and

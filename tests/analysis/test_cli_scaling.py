@@ -94,6 +94,7 @@ def test_in_process_end_to_end(tmp_path):
     ) == sorted(j["steps"] for j in js if j["target"] == 0.05)
 
     cfg = json.loads((out / "config.json").read_text())
+    assert (out / "config.toml").is_file()
     assert cfg["dim"] == 30 and cfg["families"] == ["sgd", "momentum"]
     assert cfg["batch_sizes"] == [1, 4, 16, 64]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -195,6 +196,15 @@ def test_config_file_precedence(tmp_path):
     assert (
         cfg.dim == 123 and cfg.shape_batch_sizes == QUICK_OVERRIDES["shape_batch_sizes"]
     )
+
+
+def test_resolved_config_toml_round_trips(tmp_path):
+    cfg = ScalingConfig(dim=77, targets=(0.2, 0.05), families=("ema",), powers=(0.25,),
+                        batch_sizes=(1, 3, 9), problem=str(tmp_path / "s.npz"))  # fmt: skip
+    path = tmp_path / "config.toml"
+    path.write_text(cfg.to_toml())
+    args = build_parser().parse_args(["nqm-scaling", "--config", str(path)])
+    assert config_from_args(args) == cfg
 
 
 def test_config_file_unknown_key(tmp_path, capsys):
