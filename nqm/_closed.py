@@ -226,7 +226,9 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
     """
     # Per-setting quantities keep their own (smaller) shape; numpy broadcasting
     # applies them to all modes, so e.g. log(gamma) is computed once per setting.
-    hh, alpha, beta, gamma = (np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma))
+    hh, alpha, beta, gamma = (
+        np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma)
+    )
     s = alpha * hh
     shape = np.broadcast_shapes(s.shape, beta.shape, gamma.shape)
     s = np.broadcast_to(s, shape)
@@ -241,7 +243,9 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
         real = ~cplx
         # Per-setting values of size one stay scalars: masking would copy them to
         # every mode, and their logs and powers would be computed once per mode.
-        per_setting = [x.reshape(()) if x.size == 1 else x for x in (alpha, beta, gamma)]
+        per_setting = [
+            x.reshape(()) if x.size == 1 else x for x in (alpha, beta, gamma)
+        ]
         per_mode = [s] + ([big, disc] if feats.momentum else [])
         if not np.any(cplx) or not np.any(real):
             a_, b_, g_ = per_setting
@@ -263,10 +267,12 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
                 a_, b_, g_ = (take(x, mask) for x in per_setting)
                 pm = [take(x, mask) for x in per_mode]
                 if complex_path:
-                    out = _complex_pair_terms(pm[0], a_, b_, g_, pm[1], pm[2], ema=feats.ema, t=t)
+                    out = _complex_pair_terms(
+                        pm[0], a_, b_, g_, pm[1], pm[2], ema=feats.ema, t=t
+                    )
                 else:
                     out = _real_case(pm[0], a_, b_, g_, *pm[1:], feats=feats, t=t)
-                for dst, src in zip((f, f_abs, G, g_abs), out):
+                for dst, src in zip((f, f_abs, G, g_abs), out, strict=True):
                     dst[mask] = src
         F = f * f
         err_F = 4.0 * EPS * f_abs * (np.abs(f) + f_abs)
@@ -357,7 +363,9 @@ def mean_response_bound(hh, alpha, beta, gamma, feats: Features, t: int, span: i
         else:
             if feats.momentum:
                 tau = 1.0 - s + beta
-                disc = ((1.0 - np.sqrt(s)) ** 2 - beta) * ((1.0 + np.sqrt(s)) ** 2 - beta)
+                disc = ((1.0 - np.sqrt(s)) ** 2 - beta) * (
+                    (1.0 + np.sqrt(s)) ** 2 - beta
+                )
                 sq = np.sqrt(disc + 0j)
                 r1, r2 = 0.5 * (tau + sq), 0.5 * (tau - sq)
             if feats.momentum and feats.ema:

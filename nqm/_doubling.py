@@ -96,6 +96,6 @@ def step_loop(z, i_minus_a_seq, q_seq):
         i_minus_a_seq: iterable of :math:`I - A_s`.
         q_seq: iterable of :math:`Q_s`.
     """
-    for e, q in zip(i_minus_a_seq, q_seq):
+    for e, q in zip(i_minus_a_seq, q_seq, strict=True):
         z = _sandwich(e, z) + q
     return z

@@ -83,7 +83,10 @@ class _Space:
         return Optimizer(a, momentum=b, ema=g, precond_power=self.p)
 
     def grid(self, sizes):
-        axes = [np.linspace(lo, hi, n) for lo, hi, n in zip(self.lo, self.hi, sizes)]
+        axes = [
+            np.linspace(lo, hi, n)
+            for lo, hi, n in zip(self.lo, self.hi, sizes, strict=True)
+        ]
         mesh = np.meshgrid(*axes, indexing="ij")
         return np.stack([m.ravel() for m in mesh], axis=-1)
 
@@ -126,21 +129,35 @@ def _local_min(problem, space, x0, t, b, counter):
         lo = max(space.lo[0], x0[0] - 1.5)
         hi = min(space.hi[0], x0[0] + 1.5)
         r = optimize.minimize_scalar(
-            lambda u: f(np.array([u])), bounds=(lo, hi), method="bounded",
+            lambda u: f(np.array([u])),
+            bounds=(lo, hi),
+            method="bounded",
             options={"xatol": 1e-4},
         )
         x = np.array([r.x])
         cands = [(f(x), x), (f(x0), x0)]
     else:
         simplex = [x0] + [
-            np.clip(x0 + 0.25 * np.eye(space.dim)[i] * (1 if x0[i] < space.hi[i] - 0.25 else -1),
-                    space.lo, space.hi)
+            np.clip(
+                x0
+                + 0.25
+                * np.eye(space.dim)[i]
+                * (1 if x0[i] < space.hi[i] - 0.25 else -1),
+                space.lo,
+                space.hi,
+            )
             for i in range(space.dim)
         ]
         r = optimize.minimize(
-            f, x0, method="Nelder-Mead",
-            options={"initial_simplex": np.array(simplex), "xatol": 1e-3, "fatol": 1e-7,
-                     "maxfev": 40 * space.dim},
+            f,
+            x0,
+            method="Nelder-Mead",
+            options={
+                "initial_simplex": np.array(simplex),
+                "xatol": 1e-3,
+                "fatol": 1e-7,
+                "maxfev": 40 * space.dim,
+            },
         )
         x = np.clip(r.x, space.lo, space.hi)
         cands = [(f(x), x), (f(x0), x0)]
@@ -175,7 +192,9 @@ def _tune_constant(problem, fam, bs, target, p, *, surrogate_bins, grid, polish)
     results = []
     for i, b in enumerate(bs):
         if bracket[i] is None:
-            results.append(TuneResult(math.inf, None, fam, float(b), p, target, counter[0]))
+            results.append(
+                TuneResult(math.inf, None, fam, float(b), p, target, counter[0])
+            )
             continue
         lo, hi, x = bracket[i]
         # Stage 2: smallest t on the surrogate with min_x L <= target.
@@ -250,11 +269,15 @@ def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
     return v_d @ wd + (v_n @ wn) / bs
 
 
-def _tune_schedule(problem, fam, bs, target, p, baseline, *, surrogate_bins, pieces, stairs):
+def _tune_schedule(
+    problem, fam, bs, target, p, baseline, *, surrogate_bins, pieces, stairs
+):
     import torch
 
     surr = _surrogate(problem, surrogate_bins)
-    hh_s, wd_s, wn_s = (torch.tensor(np.array(x), dtype=torch.float64) for x in _modes(surr, p))
+    hh_s, wd_s, wn_s = (
+        torch.tensor(np.array(x), dtype=torch.float64) for x in _modes(surr, p)
+    )
     hh_max = float(_modes(problem, p)[0].max())
     a_max = 2.0 / hh_max
     k = pieces if fam is Family.PWC else stairs
@@ -263,7 +286,10 @@ def _tune_schedule(problem, fam, bs, target, p, baseline, *, surrogate_bins, pie
     # Start every batch size from its tuned constant lr (a schedule contains it).
     hi = np.array([r.steps if math.isfinite(r.steps) else MAX_STEPS for r in baseline])
     frac = np.array(
-        [r.optimizer.schedule.lr / a_max if r.optimizer is not None else 0.5 for r in baseline]
+        [
+            r.optimizer.schedule.lr / a_max if r.optimizer is not None else 0.5
+            for r in baseline
+        ]
     )
     frac = np.clip(frac, 1e-9, 1 - 1e-9)
     logit = np.log(frac) - np.log1p(-frac)
@@ -284,10 +310,16 @@ def _tune_schedule(problem, fam, bs, target, p, baseline, *, surrogate_bins, pie
         lengths = np.stack([np.diff(_piece_bounds_fixed(int(m), k)) for m in mid])
         lengths_t = torch.as_tensor(lengths, dtype=torch.float64)
         params = torch.tensor(best, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([params], lr=1.0, max_iter=60, line_search_fn="strong_wolfe",
-                                tolerance_grad=1e-10, tolerance_change=1e-12)
+        opt = torch.optim.LBFGS(
+            [params],
+            lr=1.0,
+            max_iter=60,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-10,
+            tolerance_change=1e-12,
+        )
 
-        def closure():
+        def closure(opt=opt, params=params, lengths_t=lengths_t):
             opt.zero_grad()
             lrs = a_max * _schedule_values(fam, params, k)
             loss = _torch_piecewise_loss(hh_s, wd_s, wn_s, lrs, lengths_t, bs_t)
@@ -308,18 +340,24 @@ def _tune_schedule(problem, fam, bs, target, p, baseline, *, surrogate_bins, pie
     for i, b in enumerate(bs):
         base = baseline[i]
         if not active[i]:
-            results.append(TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
-                                      counter[0]))
+            results.append(
+                TuneResult(
+                    base.steps, base.optimizer, fam, float(b), p, target, counter[0]
+                )
+            )
             continue
         with torch.no_grad():
-            vals = (a_max * _schedule_values(fam, torch.tensor(best[i : i + 1]), k)).numpy()[0]
+            vals = (
+                a_max * _schedule_values(fam, torch.tensor(best[i : i + 1]), k)
+            ).numpy()[0]
         edges = _piece_bounds_fixed(int(hi[i]), k)
         keep = np.diff(edges) > 0
         values = vals[keep]
         bounds = tuple(int(e) for e in edges[1:-1][keep[1:]]) if keep.sum() > 1 else ()
         values = values[: len(bounds) + 1]
-        cand = Optimizer(PiecewiseConstant(bounds, tuple(float(v) for v in values)),
-                         precond_power=p)
+        cand = Optimizer(
+            PiecewiseConstant(bounds, tuple(float(v) for v in values)), precond_power=p
+        )
         steps = steps_to_target(problem, cand, b, target)
         if base.steps <= steps:
             steps, cand = base.steps, base.optimizer
@@ -354,18 +392,33 @@ def tune(
         raise ValueError("pieces and stairs must be positive integers")
     kw = dict(surrogate_bins=int(surrogate_bins))
     if fam is Family.SGD:
-        return _tune_constant(problem, fam, bs, target, p, grid=grid, polish=polish, **kw)
+        return _tune_constant(
+            problem, fam, bs, target, p, grid=grid, polish=polish, **kw
+        )
     if baseline is None:
-        baseline = _tune_constant(problem, Family.SGD, bs, target, p, grid=None,
-                                  polish=polish, **kw)
+        baseline = _tune_constant(
+            problem, Family.SGD, bs, target, p, grid=None, polish=polish, **kw
+        )
     if len(baseline) != bs.size:
         raise ValueError("baseline must hold one result per batch size")
     if fam in (Family.PWC, Family.LINEAR_DECAY):
-        return _tune_schedule(problem, fam, bs, target, p, baseline, pieces=int(pieces),
-                              stairs=int(stairs), **kw)
+        return _tune_schedule(
+            problem,
+            fam,
+            bs,
+            target,
+            p,
+            baseline,
+            pieces=int(pieces),
+            stairs=int(stairs),
+            **kw,
+        )
     own = _tune_constant(problem, fam, bs, target, p, grid=grid, polish=polish, **kw)
     return [
-        o if o.steps <= base.steps
-        else TuneResult(base.steps, base.optimizer, fam, o.batch_size, p, target, o.evaluations)
-        for o, base in zip(own, baseline)
+        o
+        if o.steps <= base.steps
+        else TuneResult(
+            base.steps, base.optimizer, fam, o.batch_size, p, target, o.evaluations
+        )
+        for o, base in zip(own, baseline, strict=True)
     ]

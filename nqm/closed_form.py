@@ -49,7 +49,9 @@ def _finish(t, values):
     return float(out) if out.ndim == 0 else out
 
 
-def sgd_risk(problem: NQMProblem, lr: float, batch_size, steps, precond_power: float = 0.0):
+def sgd_risk(
+    problem: NQMProblem, lr: float, batch_size, steps, precond_power: float = 0.0
+):
     r"""Exact SGD risk (constant lr).
 
     .. math::
@@ -88,7 +90,12 @@ def _roots(trace, det):
 
 
 def momentum_bound(
-    problem: NQMProblem, lr: float, momentum: float, batch_size, steps, precond_power: float = 0.0
+    problem: NQMProblem,
+    lr: float,
+    momentum: float,
+    batch_size,
+    steps,
+    precond_power: float = 0.0,
 ):
     r"""Theorem 1, eqn (34): an upper bound on the heavy-ball risk.
 
@@ -107,14 +114,21 @@ def momentum_bound(
     beta = float(momentum)
     r1, r2 = _roots(1.0 - lr * hh + beta, beta)
     with np.errstate(all="ignore"):
-        trans = ((r1 ** (tt + 1) - r2 ** (tt + 1) - beta * (r1**tt - r2**tt)) / (r1 - r2)).real
+        trans = (
+            (r1 ** (tt + 1) - r2 ** (tt + 1) - beta * (r1**tt - r2**tt)) / (r1 - r2)
+        ).real
         ss = momentum_steady_state(hh, lr, beta) * cc / b
         risk = (trans**2 * problem.init_sq + ss) @ w
     return _finish(t, risk)
 
 
 def averaging_bound(
-    problem: NQMProblem, lr: float, ema: float, batch_size, steps, precond_power: float = 0.0
+    problem: NQMProblem,
+    lr: float,
+    ema: float,
+    batch_size,
+    steps,
+    precond_power: float = 0.0,
 ):
     r"""Theorem 2, eqn (49): an upper bound on the risk of the averaged iterate.
 
@@ -134,7 +148,9 @@ def averaging_bound(
     r1 = 1.0 - lr * hh
     r2 = g
     with np.errstate(all="ignore"):
-        trans = (r1 ** (tt + 1) - r2 ** (tt + 1) - g * r1 * (r1**tt - r2**tt)) / (r1 - r2)
+        trans = (r1 ** (tt + 1) - r2 ** (tt + 1) - g * r1 * (r1**tt - r2**tt)) / (
+            r1 - r2
+        )
         ss = averaging_steady_state(hh, lr, g) * cc / b
         risk = (trans**2 * problem.init_sq + ss) @ w
     return _finish(t, risk)
@@ -158,7 +174,12 @@ def averaging_steady_state(hh, lr, ema):
     hh = np.asarray(hh, dtype=np.float64)
     g = float(ema)
     lam = 1.0 - lr * hh
-    return lr * (1.0 - g) * (1.0 + lam * g) / (hh * (2.0 - lr * hh) * (1.0 + g) * (1.0 - lam * g))
+    return (
+        lr
+        * (1.0 - g)
+        * (1.0 + lam * g)
+        / (hh * (2.0 - lr * hh) * (1.0 + g) * (1.0 - lam * g))
+    )
 
 
 def steady_state_second_moment(hh, lr, momentum=0.0, ema=0.0):
@@ -186,7 +207,9 @@ def steady_state_second_moment(hh, lr, momentum=0.0, ema=0.0):
     return z[..., o, o]
 
 
-def steady_state_risk(problem: NQMProblem, lr: float, batch_size, momentum=0.0, ema=0.0, precond_power=0.0):
+def steady_state_risk(
+    problem: NQMProblem, lr: float, batch_size, momentum=0.0, ema=0.0, precond_power=0.0
+):
     """:math:`\\lim_t E[L(\\theta_t)]` for a constant lr (any combination)."""
     b = validate_batch_size(batch_size)
     hh, _, wn = _modes(problem, float(precond_power))

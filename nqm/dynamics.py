@@ -30,7 +30,7 @@ import functools
 
 import numpy as np
 
-from ._closed import closed_form_terms
+from ._closed import _sgd_terms, closed_form_terms
 from ._doubling import MomentMap
 from ._system import Features, system_matrices
 from .optimizer import Constant, Optimizer
@@ -66,7 +66,9 @@ def validate_steps(steps) -> np.ndarray:
         raise ValueError("steps must not be empty")
     if not np.all(np.isfinite(t.astype(np.float64))):
         raise ValueError(f"steps must be finite, got {steps!r}")
-    if np.any(np.asarray(t, dtype=np.float64) != np.round(np.asarray(t, dtype=np.float64))):
+    if np.any(
+        np.asarray(t, dtype=np.float64) != np.round(np.asarray(t, dtype=np.float64))
+    ):
         raise ValueError(f"steps must be integers, got {steps!r}")
     t = np.asarray(t, dtype=np.int64)
     if np.any(t < 0):
@@ -146,7 +148,9 @@ def _needs_doubling(err, total):
         rows = finite[over]
         order = np.argsort(rows, axis=-1)[..., ::-1]
         sorted_err = np.take_along_axis(rows, order, axis=-1)
-        remaining = sorted_err.sum(axis=-1, keepdims=True) - np.cumsum(sorted_err, axis=-1)
+        remaining = sorted_err.sum(axis=-1, keepdims=True) - np.cumsum(
+            sorted_err, axis=-1
+        )
         # flag position k if the rest after removing positions <= k-1 is too big
         prev_remaining = remaining + sorted_err
         take_sorted = prev_remaining > budget[over][..., None]
@@ -196,6 +200,8 @@ def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
 def _scheduled_modes(hh, optimizer: Optimizer, steps):
     """Per-mode F_t and G_t (shape (T, M)) under a non-constant schedule."""
     feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
+    if not feats.momentum and not feats.ema:
+        return PieceStates(hh, optimizer).at(np.asarray(steps, dtype=np.int64))
     beta, gamma = optimizer.momentum, optimizer.ema
     t_max = int(max(steps))
     starts, lrs = optimizer.schedule.pieces(t_max)
@@ -239,38 +245,61 @@ def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
         return F @ wd, G @ wn
 
 
-def sgd_schedule_modes(hh, optimizer: Optimizer, steps):
-    r"""Per-mode SGD moments under any schedule: ``(F, V)`` of shape ``(T, M)``.
+class PieceStates:
+    """Per-mode SGD moments (F, V) under a schedule, cached at piece starts.
 
-    :math:`F_t = \prod_{s<t} (1-\alpha_s \hat h)^2` (unit initial state) and
-    :math:`V_t` the variance response to unit noise, propagated piece by piece in
-    closed form (:math:`O(M)` per piece).
+    A query at step ``t`` costs one closed-form piece from the cached state at the
+    start of the piece containing ``t``.
     """
-    from ._closed import _sgd_terms
 
-    steps = np.asarray(steps, dtype=np.int64)
-    starts, lrs = optimizer.schedule.pieces(int(steps.max()) if steps.size else 0)
-    ends = np.append(starts[1:], np.iinfo(np.int64).max)
-    F = np.empty((steps.size, hh.size))
-    V = np.empty_like(F)
-    f = np.ones(hh.size)
-    v = np.zeros(hh.size)
-    now = 0
-    piece = 0
-    with np.errstate(all="ignore"):
-        for j in np.argsort(steps):
-            target = int(steps[j])
-            while now < target:
-                while ends[piece] <= now:
-                    piece += 1
-                length = int(min(ends[piece], target) - now)
-                fl, gl, _, _ = _sgd_terms(lrs[piece] * hh, lrs[piece], float(length))
-                f = f * fl
-                v = v * fl + gl
-                now += length
-            F[j] = f
-            V[j] = v
-    return np.where(np.isnan(F), np.inf, F), np.where(np.isnan(V), np.inf, V)
+    def __init__(self, hh, optimizer: Optimizer):
+        self.hh = hh
+        self.sched = optimizer.schedule
+        self.starts = np.zeros(1, dtype=np.int64)
+        self.lrs = np.array([float(self.sched(0))])
+        self.F = [np.ones(hh.size)]
+        self.V = [np.zeros(hh.size)]
+        self.known = 0  # pieces are known for steps < self.known (grows by doubling)
+
+    def _extend(self, t: int):
+        if t < self.known:
+            return
+        horizon = max(2 * self.known, t + 1, 64)
+        starts, lrs = self.sched.pieces(horizon)
+        self.starts, self.lrs = starts, lrs
+        self.known = horizon
+        with np.errstate(all="ignore"):
+            while len(self.F) < starts.size:
+                k = len(self.F) - 1
+                length = float(starts[k + 1] - starts[k])
+                fl, gl, _, _ = _sgd_terms(lrs[k] * self.hh, lrs[k], length)
+                self.F.append(self.F[k] * fl)
+                self.V.append(self.V[k] * fl + gl)
+
+    def at(self, steps):
+        steps = np.asarray(steps, dtype=np.int64)
+        self._extend(int(steps.max()))
+        F = np.empty((steps.size, self.hh.size))
+        V = np.empty_like(F)
+        with np.errstate(all="ignore"):
+            for i, t in enumerate(steps):
+                k = int(np.searchsorted(self.starts, t, side="right") - 1)
+                if k >= len(self.F):  # beyond the cached pieces (tail piece)
+                    k = len(self.F) - 1
+                length = float(t - self.starts[k])
+                fl, gl, _, _ = _sgd_terms(self.lrs[k] * self.hh, self.lrs[k], length)
+                F[i] = self.F[k] * fl
+                V[i] = self.V[k] * fl + gl
+        F = np.where(np.isnan(F), np.inf, F)
+        V = np.where(np.isnan(V), np.inf, V)
+        return F, V
+
+    def min_lr(self, a: int, b: int) -> float:
+        """Smallest lr used by updates a..b-1."""
+        self._extend(b)
+        k0 = int(np.searchsorted(self.starts, a, side="right") - 1)
+        k1 = int(np.searchsorted(self.starts, max(b - 1, a), side="right") - 1)
+        return float(self.lrs[k0 : k1 + 1].min())
 
 
 def _sandwich(e, z):
@@ -321,7 +350,9 @@ def risk_terms(
     D = np.empty(alpha.shape + t.shape)
     N = np.empty_like(D)
     for feats, mask in _feature_groups(beta, gamma).items():
-        d, n = _constant_terms(hh, wd, wn, alpha[mask], beta[mask], gamma[mask], feats, t)
+        d, n = _constant_terms(
+            hh, wd, wn, alpha[mask], beta[mask], gamma[mask], feats, t
+        )
         D[mask] = d
         N[mask] = n
     if scalar_t:
@@ -347,7 +378,9 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
         ValueError: for ``batch_size < 1`` or negative / non-integer ``steps``.
     """
     if not isinstance(optimizer, Optimizer):
-        raise ValueError(f"optimizer must be an nqm.Optimizer, got {type(optimizer).__name__}")
+        raise ValueError(
+            f"optimizer must be an nqm.Optimizer, got {type(optimizer).__name__}"
+        )
     b = validate_batch_size(batch_size)
     t = validate_steps(steps)
     flat = np.atleast_1d(t).ravel()
@@ -366,7 +399,9 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
     D = D.reshape(t.shape)
     N = N.reshape(t.shape)
     with np.errstate(invalid="ignore", over="ignore"):
-        out = D[(None,) * b.ndim] + N[(None,) * b.ndim] / b.reshape(b.shape + (1,) * t.ndim)
+        out = D[(None,) * b.ndim] + N[(None,) * b.ndim] / b.reshape(
+            b.shape + (1,) * t.ndim
+        )
     out = np.where(np.isnan(out), np.inf, out)
     return float(out) if out.ndim == 0 else out
 
@@ -396,13 +431,21 @@ def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps)
             if step == 0:
                 F[i], G[i] = 1.0, 0.0
                 continue
-            f, g, ef, eg = closed_form_terms(hh, lr, optimizer.momentum, optimizer.ema, feats, int(step))
+            f, g, ef, eg = closed_form_terms(
+                hh, lr, optimizer.momentum, optimizer.ema, feats, int(step)
+            )
             with np.errstate(invalid="ignore"):
-                bad = ~(ef <= CLOSED_FORM_RTOL * f) | ~(eg <= CLOSED_FORM_RTOL * np.maximum(g, 1e-300))
+                bad = ~(ef <= CLOSED_FORM_RTOL * f) | ~(
+                    eg <= CLOSED_FORM_RTOL * np.maximum(g, 1e-300)
+                )
             if np.any(bad):
                 fd, gd = _doubling_terms(
-                    hh[bad], np.full(bad.sum(), lr), np.full(bad.sum(), optimizer.momentum),
-                    np.full(bad.sum(), optimizer.ema), feats, [int(step)],
+                    hh[bad],
+                    np.full(bad.sum(), lr),
+                    np.full(bad.sum(), optimizer.momentum),
+                    np.full(bad.sum(), optimizer.ema),
+                    feats,
+                    [int(step)],
                 )
                 f, g = f.copy(), g.copy()
                 f[bad], g[bad] = fd[0], gd[0]
@@ -415,7 +458,9 @@ def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps)
     return out[0] if t.ndim == 0 else out.reshape(t.shape + (hh.size,))
 
 
-def max_stable_lr(problem: NQMProblem, momentum: float = 0.0, precond_power: float = 0.0):
+def max_stable_lr(
+    problem: NQMProblem, momentum: float = 0.0, precond_power: float = 0.0
+):
     """Largest constant lr for which every mode converges: :math:`2(1+\\beta)/\\max \\hat h`.
 
     Heavy-ball on one mode is stable iff :math:`0 < \\alpha \\hat h < 2(1+\\beta)`;

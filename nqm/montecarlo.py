@@ -23,7 +23,7 @@ __all__ = ["NoiseModel", "MonteCarloResult", "simulate", "MAX_ROTATED_DIM"]
 MAX_ROTATED_DIM = 4096
 
 
-class NoiseModel(str, enum.Enum):
+class NoiseModel(enum.StrEnum):
     """How a mini-batch gradient's noise is drawn.
 
     * ``gaussian``: :math:`\\varepsilon \\sim N(0, C/B)` in the shared eigenbasis.
@@ -146,7 +146,8 @@ def simulate(
 
     t_max = int(t.max())
     lrs = torch.as_tensor(
-        np.asarray(optimizer.schedule(np.arange(max(t_max, 1))), dtype=np.float64), **f64
+        np.asarray(optimizer.schedule(np.arange(max(t_max, 1))), dtype=np.float64),
+        **f64,
     )
     beta, gamma = optimizer.momentum, optimizer.ema
     report = np.zeros(t_max + 1, dtype=bool)

@@ -40,12 +40,16 @@ def _curve(batch_sizes, steps):
     b = np.asarray(batch_sizes, dtype=np.float64).ravel()
     s = np.asarray(steps, dtype=np.float64).ravel()
     if b.shape != s.shape:
-        raise ValueError(f"batch_sizes and steps differ in length ({b.size} vs {s.size})")
+        raise ValueError(
+            f"batch_sizes and steps differ in length ({b.size} vs {s.size})"
+        )
     if np.any(~np.isfinite(b)) or np.any(b < 1):
         raise ValueError("batch_sizes must be finite and >= 1")
     keep = np.isfinite(s)
     if np.any(s[keep] <= 0):
-        raise ValueError("steps must be positive (or inf where the target is never reached)")
+        raise ValueError(
+            "steps must be positive (or inf where the target is never reached)"
+        )
     b, s = b[keep], s[keep]
     order = np.argsort(b)
     return b[order], s[order]
@@ -114,9 +118,11 @@ def fit_critical_batch(batch_sizes, steps, tol: float = 0.2) -> CriticalBatchFit
     ss_tot = float(np.sum((log_s - log_s.mean()) ** 2))
     r2 = 1.0 - float(np.sum(r * r)) / ss_tot if ss_tot > 0 else 1.0
     regimes = scaling_regimes(b, s, tol=tol)
-    depart = regimes.batch_sizes[np.argmax(regimes.slopes > -(1.0 - tol))] if np.any(
-        regimes.slopes > -(1.0 - tol)
-    ) else math.inf
+    depart = (
+        regimes.batch_sizes[np.argmax(regimes.slopes > -(1.0 - tol))]
+        if np.any(regimes.slopes > -(1.0 - tol))
+        else math.inf
+    )
     return CriticalBatchFit(
         s_min=s_min,
         b_crit=b_crit,
@@ -181,7 +187,9 @@ def bayes_loss(problem: NQMProblem, n_examples) -> np.ndarray:
     n = np.asarray(n_examples, dtype=np.float64)[..., None]
     h, c, init, w = problem.h, problem.c, problem.init_sq, problem.weight
     with np.errstate(divide="ignore", invalid="ignore"):
-        prec = np.where(init > 0, 1.0 / init, np.inf) + np.where(c > 0, n * h * h / c, np.where(n > 0, np.inf, 0.0))
+        prec = np.where(init > 0, 1.0 / init, np.inf) + np.where(
+            c > 0, n * h * h / c, np.where(n > 0, np.inf, 0.0)
+        )
         post = np.where(np.isinf(prec), 0.0, 1.0 / prec)
     return 0.5 * (post * (w * h)).sum(-1)
 
@@ -242,7 +250,9 @@ class NoiseScales:
     b_noise: np.ndarray
 
 
-def noise_scales(problem: NQMProblem, optimizer: Optimizer, batch_size, steps) -> NoiseScales:
+def noise_scales(
+    problem: NQMProblem, optimizer: Optimizer, batch_size, steps
+) -> NoiseScales:
     r"""Gradient noise scales of McCandlish et al. (2018) along a trajectory.
 
     The true gradient at the iterate is :math:`G = H\theta_t`; the per-example
@@ -258,7 +268,9 @@ def noise_scales(problem: NQMProblem, optimizer: Optimizer, batch_size, steps) -
     """
     b = float(validate_batch_size(batch_size))
     t = np.atleast_1d(np.asarray(steps, dtype=np.int64))
-    plain = Optimizer(optimizer.lr, momentum=optimizer.momentum, precond_power=optimizer.precond_power)
+    plain = Optimizer(
+        optimizer.lr, momentum=optimizer.momentum, precond_power=optimizer.precond_power
+    )
     m2 = np.atleast_2d(second_moments(problem, plain, b, t))
     h, c, w = problem.h, problem.c, problem.weight
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
@@ -85,22 +84,32 @@ class PiecewiseConstant(Schedule):
     values: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        b = tuple(int(x) for x in np.atleast_1d(np.asarray(self.boundaries, dtype=np.int64)))
+        b = tuple(
+            int(x) for x in np.atleast_1d(np.asarray(self.boundaries, dtype=np.int64))
+        )
         if np.size(self.boundaries) == 0:
             b = ()
-        v = tuple(_check_lr(x, "lr (piecewise value)") for x in np.atleast_1d(self.values))
+        v = tuple(
+            _check_lr(x, "lr (piecewise value)") for x in np.atleast_1d(self.values)
+        )
         if len(v) != len(b) + 1:
             raise ValueError(
                 f"lr schedule needs len(values) == len(boundaries) + 1, got "
                 f"{len(v)} values and {len(b)} boundaries"
             )
-        if any(x <= 0 for x in b) or any(y <= x for x, y in zip(b, b[1:])):
-            raise ValueError("lr schedule boundaries must be strictly increasing positive steps")
+        if any(x <= 0 for x in b) or any(
+            y <= x for x, y in zip(b, b[1:], strict=False)
+        ):
+            raise ValueError(
+                "lr schedule boundaries must be strictly increasing positive steps"
+            )
         object.__setattr__(self, "boundaries", b)
         object.__setattr__(self, "values", v)
 
     def __call__(self, step):
-        idx = np.searchsorted(np.asarray(self.boundaries, dtype=np.int64), step, side="right")
+        idx = np.searchsorted(
+            np.asarray(self.boundaries, dtype=np.int64), step, side="right"
+        )
         out = np.asarray(self.values)[idx]
         return out if np.ndim(step) else float(out)
 
@@ -138,7 +147,9 @@ class LinearDecay(Schedule):
             raise ValueError(f"decay must lie in (0, 1], got {self.decay!r}")
         object.__setattr__(self, "decay", d)
         if int(self.horizon) != self.horizon or self.horizon < 1:
-            raise ValueError(f"horizon must be a positive integer, got {self.horizon!r}")
+            raise ValueError(
+                f"horizon must be a positive integer, got {self.horizon!r}"
+            )
         object.__setattr__(self, "horizon", int(self.horizon))
 
     def __call__(self, step):
@@ -181,9 +192,11 @@ class FromCallable(Schedule):
         return f"FromCallable({self.fn!r}, constant_after={self._constant_after})"
 
     def __call__(self, step):
-        return self._values(np.atleast_1d(np.asarray(step, dtype=np.int64)))[()] if np.ndim(
-            step
-        ) else float(self._values(np.array([int(step)]))[0])
+        return (
+            self._values(np.atleast_1d(np.asarray(step, dtype=np.int64)))[()]
+            if np.ndim(step)
+            else float(self._values(np.array([int(step)]))[0])
+        )
 
     def _values(self, steps: np.ndarray) -> np.ndarray:
         try:
@@ -195,7 +208,10 @@ class FromCallable(Schedule):
         bad = ~np.isfinite(out) | (out <= 0)
         if np.any(bad):
             k = int(steps[np.argmax(bad)])
-            raise ValueError(f"lr must be finite and positive; the schedule gives {out[np.argmax(bad)]!r} at step {k}")
+            raise ValueError(
+                "lr must be finite and positive; the schedule gives "
+                f"{out[np.argmax(bad)]!r} at step {k}"
+            )
         return out
 
     def pieces(self, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +228,7 @@ class FromCallable(Schedule):
         return self._constant_after
 
 
-LearningRate = Union[float, Schedule, Callable]
+LearningRate = float | Schedule | Callable
 
 
 @dataclass(frozen=True)
@@ -248,21 +264,29 @@ class Optimizer:
         lr = self.lr
         if isinstance(lr, Schedule):
             pass
-        elif isinstance(lr, (int, float, np.floating, np.integer)) and not isinstance(lr, bool):
+        elif isinstance(lr, (int, float, np.floating, np.integer)) and not isinstance(
+            lr, bool
+        ):
             lr = Constant(_check_lr(lr))
         elif callable(lr):
             lr = FromCallable(lr)
         else:
-            raise ValueError(f"lr must be a positive float, a Schedule or a callable, got {lr!r}")
+            raise ValueError(
+                f"lr must be a positive float, a Schedule or a callable, got {lr!r}"
+            )
         object.__setattr__(self, "lr", lr)
-        for name, lo_closed, hi_closed in (("momentum", True, False), ("ema", True, False)):
+        for name in ("momentum", "ema"):
             v = float(getattr(self, name))
             if not (math.isfinite(v) and 0.0 <= v < 1.0):
-                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"{name} must lie in [0, 1), got {getattr(self, name)!r}"
+                )
             object.__setattr__(self, name, v)
         p = float(self.precond_power)
         if not (math.isfinite(p) and 0.0 <= p <= 1.0):
-            raise ValueError(f"precond_power must lie in [0, 1], got {self.precond_power!r}")
+            raise ValueError(
+                f"precond_power must lie in [0, 1], got {self.precond_power!r}"
+            )
         object.__setattr__(self, "precond_power", p)
 
     @property

@@ -23,7 +23,9 @@ def _as_vector(name: str, value, size: int | None = None) -> np.ndarray:
     if arr.size == 0:
         raise ValueError(f"{name} must not be empty")
     if size is not None and arr.size != size:
-        raise ValueError(f"{name} has {arr.size} entries but h has {size} (shapes differ)")
+        raise ValueError(
+            f"{name} has {arr.size} entries but h has {size} (shapes differ)"
+        )
     return arr
 
 
@@ -190,14 +192,18 @@ class NQMProblem:
             edges = np.array([lo, hi + 1.0])
         else:
             edges = np.linspace(lo, hi, int(n_bins) + 1)
-        idx = np.clip(np.searchsorted(edges, log_h, side="right") - 1, 0, edges.size - 2)
+        idx = np.clip(
+            np.searchsorted(edges, log_h, side="right") - 1, 0, edges.size - 2
+        )
         used, inverse = np.unique(idx, return_inverse=True)
         w = np.bincount(inverse, weights=self.weight)
         h_bar = np.exp(np.bincount(inverse, weights=self.weight * log_h) / w)
         init = np.bincount(inverse, weights=self.weight * self.h * self.init_sq)
         noise = np.bincount(inverse, weights=self.weight * self.h * self.c)
         del used
-        return NQMProblem(h=h_bar, c=noise / (w * h_bar), init_sq=init / (w * h_bar), weight=w)
+        return NQMProblem(
+            h=h_bar, c=noise / (w * h_bar), init_sq=init / (w * h_bar), weight=w
+        )
 
     # -------------------------------------------------------------------- io
     def save(self, path: str | os.PathLike) -> None:
@@ -206,7 +212,9 @@ class NQMProblem:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, h=self.h, c=self.c, init_sq=self.init_sq, weight=self.weight)
+                np.savez(
+                    f, h=self.h, c=self.c, init_sq=self.init_sq, weight=self.weight
+                )
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -229,7 +237,11 @@ class NQMProblem:
                         f"spectrum file {str(path)!r} lacks array(s) {sorted(missing)}; "
                         "expected keys h, c and optionally init_sq, weight"
                     )
-                arrays = {k: np.array(data[k]) for k in ("h", "c", "init_sq", "weight") if k in keys}
+                arrays = {
+                    k: np.array(data[k])
+                    for k in ("h", "c", "init_sq", "weight")
+                    if k in keys
+                }
         except (OSError, EOFError) as exc:
             raise ValueError(f"cannot read spectrum file {str(path)!r}: {exc}") from exc
         except Exception as exc:  # zipfile.BadZipFile and friends

@@ -27,7 +27,13 @@ import numpy as np
 
 from ._closed import mean_response_bound
 from ._system import Features
-from .dynamics import _modes, _scheduled_terms, risk_terms, validate_batch_size
+from .dynamics import (
+    PieceStates,
+    _modes,
+    _scheduled_terms,
+    risk_terms,
+    validate_batch_size,
+)
 from .optimizer import Constant, Optimizer
 from .problem import NQMProblem
 
@@ -79,7 +85,7 @@ class _Curve:
             self.mode = "constant"
         elif self.plain:
             self.mode = "sgd_schedule"
-            self._states = _PieceStates(self.hh, optimizer)
+            self._states = PieceStates(self.hh, optimizer)
             self.tail = optimizer.schedule.constant_after()
             if self.tail is not None:
                 lr = float(optimizer.schedule(self.tail))
@@ -158,74 +164,19 @@ class _Curve:
                 v_low = np.maximum(V[0] * ratio, np.minimum(V[0], ss))
             return float(F[1] @ self.wd + v_low @ self.wn / self.b)
         noise = self._noise_at(a) / self.b
-        args = (self.hh, self.opt.schedule.lr, self.opt.momentum, self.opt.ema, self.feats)
+        args = (
+            self.hh,
+            self.opt.schedule.lr,
+            self.opt.momentum,
+            self.opt.ema,
+            self.feats,
+        )
         lip, _ = mean_response_bound(*args, a, b - a)
         self.evaluations += 1
         if np.any(self.monotone):
             fb, _ = mean_response_bound(*args, b, 0)
             lip = np.where(self.monotone, np.maximum(lip, fb), lip)
         return float(lip @ self.wd + noise)
-
-
-class _PieceStates:
-    """Per-mode SGD moments (F, V) under a schedule, cached at piece starts.
-
-    A query at step ``t`` costs one closed-form piece from the cached state at the
-    start of the piece containing ``t``.
-    """
-
-    def __init__(self, hh, optimizer: Optimizer):
-        self.hh = hh
-        self.sched = optimizer.schedule
-        self.starts = np.zeros(1, dtype=np.int64)
-        self.lrs = np.array([float(self.sched(0))])
-        self.F = [np.ones(hh.size)]
-        self.V = [np.zeros(hh.size)]
-        self.known = 0  # pieces are known for steps < self.known (grows by doubling)
-
-    def _extend(self, t: int):
-        if t < self.known:
-            return
-        horizon = max(2 * self.known, t + 1, 64)
-        starts, lrs = self.sched.pieces(horizon)
-        self.starts, self.lrs = starts, lrs
-        self.known = horizon
-        from ._closed import _sgd_terms
-
-        with np.errstate(all="ignore"):
-            while len(self.F) < starts.size:
-                k = len(self.F) - 1
-                length = float(starts[k + 1] - starts[k])
-                fl, gl, _, _ = _sgd_terms(lrs[k] * self.hh, lrs[k], length)
-                self.F.append(self.F[k] * fl)
-                self.V.append(self.V[k] * fl + gl)
-
-    def at(self, steps):
-        from ._closed import _sgd_terms
-
-        steps = np.asarray(steps, dtype=np.int64)
-        self._extend(int(steps.max()))
-        F = np.empty((steps.size, self.hh.size))
-        V = np.empty_like(F)
-        with np.errstate(all="ignore"):
-            for i, t in enumerate(steps):
-                k = int(np.searchsorted(self.starts, t, side="right") - 1)
-                if k >= len(self.F):  # beyond the cached pieces (tail piece)
-                    k = len(self.F) - 1
-                length = float(t - self.starts[k])
-                fl, gl, _, _ = _sgd_terms(self.lrs[k] * self.hh, self.lrs[k], length)
-                F[i] = self.F[k] * fl
-                V[i] = self.V[k] * fl + gl
-        F = np.where(np.isnan(F), np.inf, F)
-        V = np.where(np.isnan(V), np.inf, V)
-        return F, V
-
-    def min_lr(self, a: int, b: int) -> float:
-        """Smallest lr used by updates a..b-1."""
-        self._extend(b)
-        k0 = int(np.searchsorted(self.starts, a, side="right") - 1)
-        k1 = int(np.searchsorted(self.starts, max(b - 1, a), side="right") - 1)
-        return float(self.lrs[k0 : k1 + 1].min())
 
 
 def steps_to_target(
@@ -313,7 +264,7 @@ def _first_crossing(curve: _Curve, target: float, max_steps: int) -> int | float
 
 
 # ======================================================================= tuning
-class Family(str, enum.Enum):
+class Family(enum.StrEnum):
     """Optimizer families that :func:`best_steps` tunes.
 
     * ``sgd``: constant lr.
@@ -397,4 +348,3 @@ def best_steps(
     bs = np.atleast_1d(validate_batch_size(batch_size)).astype(np.float64)
     results = tune(problem, fam, bs, tg, p, **options)
     return results[0] if scalar else results
-

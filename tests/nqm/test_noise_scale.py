@@ -68,7 +68,7 @@ def test_lower_bound_is_tight_for_one_mode_at_large_batch():
     lb = ns.steps_lower_bound(p, 0.05, 2.0 ** np.arange(0, 12))
     assert np.all(np.diff(lb) <= 0)
     # the bound is the smallest integer t: check t-1 fails and t passes
-    for b, t in zip(2.0 ** np.arange(0, 12), lb):
+    for b, t in zip(2.0 ** np.arange(0, 12), lb, strict=True):
         assert ns.bayes_loss(p, b * t) <= 0.05
         assert t == 1 or ns.bayes_loss(p, b * (t - 1)) > 0.05
 

@@ -4,11 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from nqm_oracles import brute_force_loss
 
 import nqm
 from nqm.search import Family, best_steps, steps_to_target
-
-from nqm_oracles import brute_force_loss
 
 HORIZON = 6000
 
@@ -17,8 +16,15 @@ def brute_curve(problem, opt, b, horizon=HORIZON):
     """Independent oracle: step-by-step second-moment recursion of the update rule."""
     lr = opt.schedule
     return brute_force_loss(
-        problem.h, problem.c, problem.init_sq, problem.weight,
-        lambda t: float(lr(t)), opt.momentum, opt.ema, opt.precond_power, b,
+        problem.h,
+        problem.c,
+        problem.init_sq,
+        problem.weight,
+        lambda t: float(lr(t)),
+        opt.momentum,
+        opt.ema,
+        opt.precond_power,
+        b,
         np.arange(horizon + 1),
     )
 
@@ -101,7 +107,9 @@ def test_bad_family_and_batch(small):
     with pytest.raises(ValueError, match="batch_size"):
         best_steps(small, "sgd", 0.5, 0.1)
     with pytest.raises(ValueError, match="max_steps"):
-        steps_to_target(small, nqm.Optimizer(nqm.LinearDecay(1.0, 0.1, 50), momentum=0.5), 1, 0.1)
+        steps_to_target(
+            small, nqm.Optimizer(nqm.LinearDecay(1.0, 0.1, 50), momentum=0.5), 1, 0.1
+        )
 
 
 BATCHES = [1.0, 8.0, 64.0, 1024.0]
@@ -119,19 +127,28 @@ def tuned(small):
 def test_tuned_steps_are_exact_for_the_returned_optimizer(small, tuned):
     for fam, results in tuned.items():
         for r in results:
-            assert r.steps == steps_to_target(small, r.optimizer, r.batch_size, TARGET), fam
+            assert r.steps == steps_to_target(
+                small, r.optimizer, r.batch_size, TARGET
+            ), fam
 
 
 def test_tuning_never_worse_than_reference_grid(small, tuned):
     lr_max = nqm.max_stable_lr(small)
     lrs = lr_max * np.geomspace(1e-3, 0.999, 40)
     for r in tuned[Family.SGD]:
-        grid_best = min(steps_to_target(small, nqm.Optimizer(a), r.batch_size, TARGET) for a in lrs)
+        grid_best = min(
+            steps_to_target(small, nqm.Optimizer(a), r.batch_size, TARGET) for a in lrs
+        )
         assert r.steps <= grid_best
     betas = 1.0 - np.geomspace(1e-2, 1.0, 6)[:-1]
     for r in tuned[Family.MOMENTUM]:
         grid_best = min(
-            steps_to_target(small, nqm.Optimizer(f * nqm.max_stable_lr(small, b), momentum=b), r.batch_size, TARGET)
+            steps_to_target(
+                small,
+                nqm.Optimizer(f * nqm.max_stable_lr(small, b), momentum=b),
+                r.batch_size,
+                TARGET,
+            )
             for b in betas
             for f in np.geomspace(1e-3, 0.999, 12)
         )
@@ -141,12 +158,12 @@ def test_tuning_never_worse_than_reference_grid(small, tuned):
 def test_steps_non_increasing_in_batch_size(tuned):
     for fam, results in tuned.items():
         steps = [r.steps for r in results]
-        assert all(a >= b for a, b in zip(steps, steps[1:])), (fam, steps)
+        assert all(a >= b for a, b in zip(steps, steps[1:], strict=False)), (fam, steps)
 
 
 def test_families_contain_sgd(tuned):
     for fam in (Family.MOMENTUM, Family.EMA, Family.PWC):
-        for r, base in zip(tuned[fam], tuned[Family.SGD]):
+        for r, base in zip(tuned[fam], tuned[Family.SGD], strict=True):
             assert r.steps <= base.steps, fam
 
 
@@ -155,7 +172,7 @@ def test_lower_bound_below_every_family(small, tuned):
 
     lb = steps_lower_bound(small, TARGET, BATCHES)
     for results in tuned.values():
-        for bound, r in zip(lb, results):
+        for bound, r in zip(lb, results, strict=True):
             assert bound <= r.steps
 
 
