@@ -32,6 +32,8 @@ import numpy as np
 
 DEFAULT_RUN_DIR = Path("runs") / "kfac_spectra_default"
 DEFAULT_FIGURES = Path("figures") / "kfac_spectra"
+SPECTRUM_RANGE = 1e-16
+"""E.1 bins span [SPECTRUM_RANGE * largest, largest] K-FAC eigenvalue."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -178,7 +180,10 @@ def write_report(
                 lows.append(first[-1] * second[-1])
     if not highs:
         raise ValueError(f"run_dir: {run_dir} has no positive K-FAC eigenvalue")
-    low, high = min(lows), max(highs)
+    # Products below 1e-16 of the largest are round-off of numerically zero
+    # factor eigenvalues; they are counted in a first row of the table, not drawn.
+    high = max(highs)
+    low = max(min(lows), high * SPECTRUM_RANGE)
     if not low < high:
         low, high = low / 2, high * 2
     edges = log_bins(low * 0.999, high * 1.001, 60)
@@ -190,9 +195,16 @@ def write_report(
         figures / "e1_spectra.csv",
         ["step", "bin_low", "bin_high", "count"],
         [
-            (s, edges[b], edges[b + 1], int(h.counts[b]))
+            row
             for s, h in zip(steps, histograms, strict=True)
-            for b in range(h.counts.size)
+            for row in [
+                (s, 0.0, edges[0], h.below),
+                *(
+                    (s, edges[b], edges[b + 1], int(h.counts[b]))
+                    for b in range(h.counts.size)
+                ),
+                (s, edges[-1], np.inf, h.above),
+            ]
         ],
     )
     files.append(figures / "e1_spectra.csv")

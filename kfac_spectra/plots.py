@@ -48,6 +48,7 @@ def plot_spectra_evolution(
         ax.step(centers, hist.counts, where="mid", label=f"step {step}")
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0.0)
     ax.set_xlabel("K-FAC eigenvalue")
     ax.set_ylabel("count per log bin")
     ax.set_title("K-FAC eigenspectrum during training")

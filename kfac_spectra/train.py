@@ -16,11 +16,14 @@ CLI's flags); :func:`train` runs the loop and, at the chosen iterations, calls
     RUN/step_000050/manifest.json        written last: marks the step complete
 
 **What is measured at step s** (parameters after s updates; s = 0 is the
-initialisation). On a fixed measurement batch of ``measure_examples`` training
-examples, the Kronecker factors ``(A, S)`` of every block are computed with
-:func:`kfac_spectra.compute_factors` (``reduction="mean"``, the Fisher chosen by
-``measure_fisher``), eigendecomposed (:func:`kfac_spectra.eigenbasis.
-kronecker_bases`), and along each direction :math:`v = u_i \otimes w_j` the
+initialisation). The Kronecker factors ``(A, S)`` of every block are K-FAC's own
+moving averages (``factor_source="optimizer"``, the default: the basis K-FAC
+preconditions in, and no extra pass over data), or -- at step 0, for SGD/Adam, or
+with ``factor_source="measure"`` -- computed with :func:`kfac_spectra.
+compute_factors` on a fixed measurement batch of ``measure_examples`` training
+examples (``reduction="mean"``, the Fisher chosen by ``measure_fisher``). They are
+eigendecomposed in float64 (:func:`kfac_spectra.eigenbasis.kronecker_bases`), and
+on the measurement batch, along each direction :math:`v = u_i \otimes w_j` the
 gradient statistics of :func:`kfac_spectra.gradient_stats.eigenbasis_gradient_stats`
 are measured: curvature :math:`h_v = v^\top F v` and per-example gradient variance
 :math:`c_v`. The measurement runs on a *twin* of the model that holds a copy of the
@@ -70,6 +73,7 @@ from kfac_spectra.layer_capture import find_blocks
 from kfac_spectra.models import ModelName, build_model
 
 __all__ = [
+    "FactorSource",
     "OptimizerName",
     "TrainConfig",
     "TrainResult",
@@ -93,6 +97,16 @@ class OptimizerName(StrEnum):
     KFAC = "kfac"
     SGD = "sgd"
     ADAM = "adam"
+
+
+class FactorSource(StrEnum):
+    """Where the Kronecker factors saved at a checkpoint come from."""
+
+    OPTIMIZER = "optimizer"
+    """K-FAC's own moving-average factors (the basis it preconditions in); falls
+    back to ``MEASURE`` where there are none (step 0, SGD, Adam)."""
+    MEASURE = "measure"
+    """:func:`~kfac_spectra.compute_factors` on the fixed measurement batch."""
 
 
 # ----------------------------------------------------------------- configuration
@@ -120,6 +134,7 @@ class TrainConfig:
         factor_interval: K-FAC steps between factor updates.
         inverse_interval: K-FAC steps between inverse updates.
         checkpoints: Steps at which to collect (the final step is always added).
+        factor_source: :class:`FactorSource` of the saved factors and basis.
         measure_examples: Size of the fixed measurement batch.
         measure_fisher: :class:`~kfac_spectra.kfac.FisherType` of the measured
             factors and curvature (``"mc"``: one sampled target, cheap and
@@ -146,6 +161,7 @@ class TrainConfig:
     factor_interval: int = 1
     inverse_interval: int = 10
     checkpoints: tuple[int, ...] = (0, 50, 150)
+    factor_source: str = FactorSource.OPTIMIZER.value
     measure_examples: int = 256
     measure_fisher: str = FisherType.MC.value
     mc_samples: int = 1
@@ -158,6 +174,7 @@ class TrainConfig:
             ("data", DatasetName),
             ("optimizer", OptimizerName),
             ("measure_fisher", FisherType),
+            ("factor_source", FactorSource),
         ):
             value = getattr(self, name)
             try:
@@ -370,6 +387,7 @@ def collect_checkpoint(
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
     chunk: int = 256,
+    factors: Mapping[str, tuple[Tensor, Tensor]] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure and save factors, eigenbases, gradient statistics and parameters.
@@ -390,6 +408,8 @@ def collect_checkpoint(
         mc_samples: Samples per example for MC.
         generator: Generator for MC sampling (on the model's device).
         chunk: Examples per forward pass of the statistics.
+        factors: ``name -> (A, S)`` to use (e.g. ``KFAC.factors()``) instead of
+            computing them on ``inputs``; the basis is their eigendecomposition.
         extra: JSON-serialisable values added to the step manifest.
 
     Returns:
@@ -404,16 +424,19 @@ def collect_checkpoint(
     blocks = find_blocks(model)
     if not blocks:
         raise ValueError("model: no supported layer to measure")
-    factors = compute_factors(
-        model,
-        inputs,
-        targets,
-        loss,
-        fisher_type,
-        reduction="mean",
-        mc_samples=mc_samples,
-        generator=generator,
-    )
+    source = FactorSource.OPTIMIZER
+    if factors is None:
+        source = FactorSource.MEASURE
+        factors = compute_factors(
+            model,
+            inputs,
+            targets,
+            loss,
+            fisher_type,
+            reduction="mean",
+            mc_samples=mc_samples,
+            generator=generator,
+        )
     bases = kronecker_bases(factors, blocks)
     stats = eigenbasis_gradient_stats(
         model,
@@ -433,6 +456,7 @@ def collect_checkpoint(
         "num_examples": int(stats.num_examples),
         "loss": str(LossType(loss).value),
         "fisher_type": str(FisherType(fisher_type).value),
+        "factor_source": source.value,
         "blocks": {k: list(b.shape) for k, b in bases.items()},
         "num_directions": int(sum(b.shape[0] * b.shape[1] for b in bases.values())),
         "collect_seconds": time.perf_counter() - start,
@@ -631,7 +655,15 @@ def train(
         while True:
             if step in config.collect_steps and step not in collected:
                 entry = _collect(
-                    config, run_dir, step, model, twin, measure_x, measure_y, data
+                    config,
+                    run_dir,
+                    step,
+                    model,
+                    twin,
+                    optimizer,
+                    measure_x,
+                    measure_y,
+                    data,
                 )
                 collected.append(step)
                 manifest["checkpoints"] = sorted(
@@ -679,6 +711,7 @@ def _collect(
     step: int,
     model: nn.Module,
     twin: nn.Module,
+    optimizer: torch.optim.Optimizer,
     measure_x: Tensor,
     measure_y: Tensor,
     data: Dataset,
@@ -695,6 +728,9 @@ def _collect(
     # The MC generator depends on (seed, step) only, so a resumed run measures alike.
     generator = torch.Generator(device=measure_x.device)
     generator.manual_seed(config.seed * 1_000_003 + step)
+    factors = None
+    if config.factor_source == FactorSource.OPTIMIZER and isinstance(optimizer, KFAC):
+        factors = optimizer.factors() or None  # empty before the first step
     entry = collect_checkpoint(
         run_dir,
         step,
@@ -705,6 +741,7 @@ def _collect(
         fisher_type=config.measure_fisher,
         mc_samples=config.mc_samples,
         generator=generator,
+        factors=factors,
         extra={
             "measure_loss": measure_loss,
             "test_loss": test_loss,

@@ -9,6 +9,7 @@ run (a resumed run must reproduce it bit for bit).
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -138,6 +139,13 @@ def test_resume_after_kill_is_bit_identical(tmp_path, optimizer):
         assert torch.equal(sa["model"][name], sb["model"][name])
     manifest = read_manifest(tmp_path / "killed")
     assert manifest["complete"] is True
+    sources = []
+    for step in resumed.collected:
+        with open(step_dir(tmp_path / "killed", step) / "manifest.json") as handle:
+            sources.append(json.load(handle)["factor_source"])
+    # K-FAC's own factors once it has any; the measurement batch otherwise
+    own = "optimizer" if optimizer == "kfac" else "measure"
+    assert sources == ["measure", own, own, own]
     assert [c["step"] for c in manifest["checkpoints"]] == [0, 4, 7, 10]
 
 
