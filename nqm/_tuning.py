@@ -223,13 +223,6 @@ def _tune_constant(problem, fam, bs, target, p, *, surrogate_bins, grid, polish)
 
 
 # ------------------------------------------------------------ schedules
-def _piece_bounds(total: int, pieces: int):
-    """Boundaries of ``pieces`` near-equal pieces of a run of ``total`` steps."""
-    k = min(pieces, total)
-    edges = np.round(np.linspace(0, total, k + 1)).astype(np.int64)
-    return edges
-
-
 def _schedule_values(fam, params, pieces):
     """Map raw parameters (torch, shape (n_b, n_par)) to per-piece lr fractions."""
     import torch
@@ -351,10 +344,10 @@ def _tune_schedule(
                 a_max * _schedule_values(fam, torch.tensor(best[i : i + 1]), k)
             ).numpy()[0]
         edges = _piece_bounds_fixed(int(hi[i]), k)
-        keep = np.diff(edges) > 0
+        keep = np.diff(edges) > 0  # runs shorter than k steps leave empty pieces
+        starts = edges[:-1][keep]  # starts[0] == 0: empty pieces all start at 0
         values = vals[keep]
-        bounds = tuple(int(e) for e in edges[1:-1][keep[1:]]) if keep.sum() > 1 else ()
-        values = values[: len(bounds) + 1]
+        bounds = tuple(int(x) for x in starts[1:])
         cand = Optimizer(
             PiecewiseConstant(bounds, tuple(float(v) for v in values)), precond_power=p
         )

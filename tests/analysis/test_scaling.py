@@ -113,13 +113,6 @@ def test_tuned_hyperparameters_are_consistent(study):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="nqm._tuning builds an invalid PiecewiseConstant (len(values) == "
-    "len(boundaries)) when the tuned run is shorter than its pieces/stairs, "
-    "e.g. pwc at B=256 and linear_decay at B>=16 on this d=30 problem",
-)
 def test_every_family_ordering_properties(problem):
     fams = [f.value for f in Family]
     recs = scaling.run_study(
