@@ -48,6 +48,7 @@ _OPTION_FIELDS: tuple[str, ...] = (
     "out",
     "figures",
     "workers",
+    "keep_going",
 )
 
 #: Packages whose versions go into the manifest.
@@ -117,6 +118,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     o.add_argument(
         "--workers", help="processes tuning curves in parallel (default 1; 0: all CPUs)"
+    )
+    o.add_argument(
+        "--keep-going",
+        action="store_const",
+        const=True,
+        default=None,
+        help="record batch sizes whose tuning fails (steps nan, error column) "
+        "instead of aborting",
     )
     o.add_argument("--no-figures", action="store_true", help="write the tables only")
     o.add_argument(
@@ -239,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         "platform": platform.platform(),
         "timings_s": timings,
         "n_records": len(result.records),
+        "failed_records": [r for r in result.records if r.get("error")],
         "files": written,
     }
     write_json(out / "manifest.json", manifest)

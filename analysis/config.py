@@ -68,6 +68,8 @@ class ScalingConfig:
         figures: directory for the figures and the tables of their points.
         workers: processes tuning curves in parallel (0: one per CPU); the
             results do not depend on it.
+        keep_going: record batch sizes whose tuning raises (``steps = nan`` and
+            the message in the ``error`` column) instead of aborting the study.
     """
 
     dim: int = 10_000
@@ -86,6 +88,7 @@ class ScalingConfig:
     out: str = "results/nqm-scaling"
     figures: str = "figures"
     workers: int = 1
+    keep_going: bool = False
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -115,6 +118,8 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return repr(value)
     return str(int(value))
@@ -283,6 +288,10 @@ def _coerce(name: str, value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if name == "keep_going":
+        if not isinstance(value, bool):
+            raise ValueError(f"keep_going must be true or false, got {value!r}")
+        return value
     if name in ("problem", "out", "figures"):
         return None if value is None else str(value)
     raise ValueError(f"unknown config key {name!r}")  # pragma: no cover

@@ -101,6 +101,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "values",
     "evaluations",
     "seconds",
+    "error",
 )
 
 #: Columns of the critical-batch fit table.
@@ -239,6 +240,7 @@ def run_study(
     *,
     progress: bool | None = None,
     workers: int = 1,
+    keep_going: bool = False,
     search: Callable[..., Any] = best_steps,
     **options: Any,
 ) -> list[dict[str, Any]]:
@@ -256,6 +258,9 @@ def run_study(
         progress: show a tqdm bar; ``None``: only when stderr is a terminal.
         workers: processes tuning curves in parallel (1: in this process; 0: one
             per CPU). Results do not depend on it.
+        keep_going: if the tuner raises on a curve, retry it per batch size and
+            record the batch sizes that still fail (``steps = nan``, message in
+            ``error``) instead of aborting the study.
         search: the tuner (default :func:`nqm.search.best_steps`).
         **options: passed to ``search``.
 
@@ -285,7 +290,9 @@ def run_study(
         if n_workers == 1:
             for i, (fam, p, t) in enumerate(jobs):
                 bar.set_postfix_str(f"{fam.value} p={p:g} L*={t:g}")
-                done[i] = _tune_curve(search, problem, fam, p, bs, t, options)
+                done[i] = _tune_curve(
+                    search, problem, fam, p, bs, t, options, keep_going
+                )
                 bar.update(1)
         else:
             # Curves are independent: spread them over processes (the tuner is
@@ -293,7 +300,9 @@ def run_study(
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
                 futures = {
-                    pool.submit(_tune_curve, search, problem, fam, p, bs, t, options): i
+                    pool.submit(
+                        _tune_curve, search, problem, fam, p, bs, t, options, keep_going
+                    ): i
                     for i, (fam, p, t) in enumerate(jobs)
                 }
                 for fut in as_completed(futures):
@@ -317,13 +326,55 @@ def _tune_curve(
     bs: list[int],
     t: float,
     options: Mapping[str, Any],
+    keep_going: bool = False,
 ) -> list[dict[str, Any]]:
-    """Tune one (family, power, target) curve over all batch sizes."""
+    """Tune one (family, power, target) curve over all batch sizes.
+
+    With ``keep_going``, a curve whose tuner raises is retried one batch size at
+    a time, and batch sizes that still fail become records with ``steps = nan``
+    and the exception in ``error``.
+    """
     start = time.perf_counter()
-    results = search(problem, fam, bs, t, precond_power=p, **options)
+    try:
+        results = search(problem, fam, bs, t, precond_power=p, **options)
+    except Exception as exc:
+        if not keep_going:
+            raise
+        logger.warning(
+            "%s p=%g target=%g failed (%s); retrying per B", fam.value, p, t, exc
+        )
+        return [_tune_point(search, problem, fam, p, b, t, options) for b in bs]
     elapsed = time.perf_counter() - start
     logger.info("%s p=%g target=%g: %.2fs", fam.value, p, t, elapsed)
     return [tune_record(r, elapsed / len(bs)) for r in results]
+
+
+def _tune_point(
+    search: Callable[..., Any],
+    problem: nqm.NQMProblem,
+    fam: Family,
+    p: float,
+    b: int,
+    t: float,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    try:
+        result = search(problem, fam, b, t, precond_power=p, **options)
+    except Exception as exc:  # recorded, not hidden: the row carries the error
+        rec: dict[str, Any] = dict.fromkeys(RECORD_COLUMNS)
+        rec.update(
+            family=fam.value,
+            precond_power=float(p),
+            batch_size=int(b),
+            target=float(t),
+            steps=math.nan,
+            seconds=time.perf_counter() - start,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        logger.warning("%s p=%g B=%d target=%g failed: %s", fam.value, p, b, t, exc)
+        return rec
+    return tune_record(result, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- analyses

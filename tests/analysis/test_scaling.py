@@ -408,3 +408,25 @@ def test_critical_batch_fits_skip_zero_steps():
              "steps": 0} for b in (1, 2, 4, 8)]  # fmt: skip
     (row,) = scaling.critical_batch_fits(recs)
     assert row["n_points"] == 0 and row["s_min"] is None
+
+
+def _failing_above_8(problem, family, batch_size, target, precond_power=0.0):
+    """A tuner that fails for B > 8 (stands in for a tuner bug)."""
+    bs = np.atleast_1d(batch_size)
+    if np.any(bs > 8):
+        raise ValueError("simulated tuner failure")
+    return nqm.search.best_steps(problem, family, batch_size, target, precond_power)
+
+
+def test_keep_going_records_failures_per_batch_size():
+    small = nqm.NQMProblem.power_law(15)
+    kwargs = dict(families=["sgd"], powers=[0.0], batch_sizes=[1, 8, 64], targets=[0.1],
+                  progress=False, search=_failing_above_8)  # fmt: skip
+    with pytest.raises(ValueError, match="simulated"):
+        scaling.run_study(small, **kwargs)
+    recs = scaling.run_study(small, keep_going=True, **kwargs)
+    assert [r["batch_size"] for r in recs] == [1, 8, 64]
+    assert all(r["error"] is None and math.isfinite(r["steps"]) for r in recs[:2])
+    assert math.isnan(recs[2]["steps"]) and "simulated" in recs[2]["error"]
+    good = nqm.search.best_steps(small, "sgd", [1, 8], 0.1)
+    assert [r["steps"] for r in recs[:2]] == [g.steps for g in good]
