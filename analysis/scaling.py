@@ -621,6 +621,8 @@ def run_reference_study(
         batch_sizes,
         cfg.targets,
         progress=progress,
+        workers=cfg.workers,
+        keep_going=cfg.keep_going,
         **options,
     )
     timings["main_study"] = time.perf_counter() - t0
@@ -640,6 +642,8 @@ def run_reference_study(
             batch_sizes,
             extra_targets,
             progress=progress,
+            workers=cfg.workers,
+            keep_going=cfg.keep_going,
             **options,
         )
     timings["threshold_study"] = time.perf_counter() - t1

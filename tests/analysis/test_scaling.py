@@ -430,3 +430,24 @@ def test_keep_going_records_failures_per_batch_size():
     assert math.isnan(recs[2]["steps"]) and "simulated" in recs[2]["error"]
     good = nqm.search.best_steps(small, "sgd", [1, 8], 0.1)
     assert [r["steps"] for r in recs[:2]] == [g.steps for g in good]
+
+
+def test_reference_study_passes_run_options(monkeypatch):
+    seen = []
+
+    def fake_run_study(problem, families, powers, batch_sizes, targets, **kw):
+        seen.append(kw)
+        return [
+            {"family": f, "precond_power": p, "target": t, "batch_size": b,
+             "steps": 10.0 / b, "schedule": "constant"}
+            for f in families for p in powers for t in targets for b in batch_sizes
+        ]  # fmt: skip
+
+    monkeypatch.setattr(scaling, "run_study", fake_run_study)
+    cfg = ScalingConfig(dim=10, batch_sizes=(1, 2, 4), families=("momentum",),
+                        powers=(0.0,), targets=(0.1,), threshold_targets=(0.2,),
+                        workers=3, keep_going=True)  # fmt: skip
+    res = scaling.run_reference_study(cfg, progress=False)
+    assert len(seen) == 2  # main grid + the SGD loss-threshold curve
+    assert all(kw["workers"] == 3 and kw["keep_going"] is True for kw in seen)
+    assert {r["family"] for r in res.records} == {"momentum", "sgd"}
