@@ -146,17 +146,31 @@ def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
 
 
 # ----------------------------------------------------------- complex path
-def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
-    """Underdamped momentum (complex roots r, conj(r)), with or without averaging.
+def _cplx(re, im):
+    """A complex array from real and imaginary parts, without temporaries."""
+    re, im = np.broadcast_arrays(re, im)
+    out = np.empty(re.shape, dtype=np.complex128)
+    out.real = re
+    out.imag = im
+    return out
 
-    Only :math:`r = (\\tau + i\\sqrt{-D})/2` is computed; its conjugate's terms are
+
+def _abs_bound(z):
+    """|Re z| + |Im z|: within a factor sqrt(2) of |z| and cheaper (error bounds)."""
+    return np.abs(z.real) + np.abs(z.imag)
+
+
+def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
+    r"""Underdamped momentum (complex roots r, conj(r)), with or without averaging.
+
+    Only :math:`r = (\tau + i\sqrt{-D})/2` is computed; its conjugate's terms are
     complex conjugates, so sums over the pair are twice the real part.
     """
     tau = 1.0 - s + beta
     sq = np.sqrt(-disc)
-    lam = 0.5 * (tau + 1j * sq)
-    q = 0.5 * (big - 1j * sq)
-    p = 0.5 * ((3.0 - s + beta) + 1j * sq)
+    half_sq = 0.5 * sq
+    lam = _cplx(0.5 * tau, half_sq)
+    qp = _cplx(0.5 * big, -half_sq) * _cplx(0.5 * (3.0 - s + beta), half_sq)  # 1 - r^2
     log_abs = 0.5 * np.log(beta)  # |r|^2 = beta
     phase = np.arctan2(sq, tau)
     # r^t and r^t - 1 from one half-angle evaluation (|r|^t is per setting).
@@ -166,46 +180,59 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     ch = np.cos(0.5 * t * phase)
     two_sh2 = 2.0 * sh * sh
     sin_t = 2.0 * sh * ch
-    e = (em1 * (1.0 - two_sh2) - two_sh2) + 1j * (mod_t * sin_t)  # r^t - 1
-    pw = mod_t * (1.0 - two_sh2) + 1j * (mod_t * sin_t)  # r^t directly
+    e = _cplx(em1 * (1.0 - two_sh2) - two_sh2, mod_t * sin_t)  # r^t - 1
+    pw = _cplx(mod_t * (1.0 - two_sh2), mod_t * sin_t)  # r^t directly
     one_minus_beta_t = -np.expm1(t * np.log(beta))  # 1 - (r conj r)^t
-    d12 = 1j * sq  # r - conj(r)
+    phi_rr = -(e * (2.0 + e)) / qp  # (1 - r^{2t}) / (1 - r^2)
     if not ema:
-        # F(z) = z - beta, G(z) = -alpha z; denominators r - conj(r) and its negative
-        w = (lam - beta) / d12
-        v = -alpha * lam / d12
-        f = 2.0 * (w * pw).real
-        f_abs = 2.0 * np.abs(w * pw)
-        t_rr = v * v * (-(e * (2.0 + e)) / (q * p))
+        # F(z) = z - beta, G(z) = -alpha z; denominator r - conj(r) = i sq
+        inv_d12 = -1.0 / sq  # 1 / (i sq) = -i / sq, applied as a rotation below
+        w = _cplx(lam.imag, beta - lam.real) * (-inv_d12)  # (lam - beta) / (i sq)
+        v = _cplx(lam.imag, -lam.real) * (alpha * -inv_d12)  # -alpha lam / (i sq)
+        f1 = w * pw
+        f = 2.0 * f1.real
+        f_abs = 2.0 * _abs_bound(f1)
+        t_rr = v * v * phi_rr
         t_rc = (v.real**2 + v.imag**2) * (one_minus_beta_t / (1.0 - beta))
         G = 2.0 * t_rr.real + 2.0 * t_rc
-        g_abs = 2.0 * np.abs(t_rr) + 2.0 * np.abs(t_rc)
+        g_abs = 2.0 * _abs_bound(t_rr) + 2.0 * np.abs(t_rc)
         return f, f_abs, G, g_abs
     g = _Real(gamma, 1.0 - gamma, 1.0 + gamma, t)
-    d1g = (1.0 - gamma) - q  # r - gamma
-    # gamma - r and gamma - conj(r): product |r - gamma|^2
+    # r - gamma = (1 - gamma) - q, with q = (big - i sq) / 2
+    d1g_re = (1.0 - gamma) - 0.5 * big
+    d1g_im = half_sq
+    # den1 = (r - conj r)(r - gamma) = i sq (r - gamma); 1/den1 via its conjugate
+    den_re = -sq * d1g_im
+    den_im = sq * d1g_re
+    inv_abs2 = 1.0 / (den_re * den_re + den_im * den_im)
+    inv_den1 = _cplx(den_re * inv_abs2, -den_im * inv_abs2)
+    deng = d1g_re * d1g_re + d1g_im * d1g_im  # (gamma - r)(gamma - conj r)
     lin = beta + gamma * (1.0 - s)
-    fz1 = lam * lam - lin * lam + beta * gamma
-    fzg = gamma * gamma - lin * gamma + beta * gamma
-    den1 = d12 * d1g
-    deng = d1g.real**2 + d1g.imag**2
-    w1 = fz1 / den1
-    wg = fzg / deng
+    lam2 = lam * lam
+    w1 = (lam2 - lin * lam + beta * gamma) * inv_den1
+    wg = (gamma * gamma - lin * gamma + beta * gamma) / deng
     c = -alpha * (1.0 - gamma)
-    v1 = c * lam * lam / den1
+    v1 = (c * lam2) * inv_den1
     vg = c * gamma * gamma / deng
     f1 = w1 * pw
     fg = wg * g.pow
     f = 2.0 * f1.real + fg
-    f_abs = 2.0 * np.abs(f1) + np.abs(fg)
-    t_rr = v1 * v1 * (-(e * (2.0 + e)) / (q * p))
+    f_abs = 2.0 * _abs_bound(f1) + np.abs(fg)
+    t_rr = v1 * v1 * phi_rr
     t_rc = (v1.real**2 + v1.imag**2) * (one_minus_beta_t / (1.0 - beta))
-    one_minus_mu = (1.0 - gamma) + gamma * q
+    one_minus_mu = _cplx(
+        (1.0 - gamma) + gamma * 0.5 * big, -gamma * half_sq
+    )  # 1 - r gamma
     one_minus_mut = -(e + g.e + e * g.e)
-    t_rg = v1 * vg * (one_minus_mut / one_minus_mu)
+    t_rg = (v1 * vg) * (one_minus_mut / one_minus_mu)
     t_gg = vg * vg * (g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma)))
     G = 2.0 * t_rr.real + 2.0 * t_rc + 4.0 * t_rg.real + t_gg
-    g_abs = 2.0 * np.abs(t_rr) + 2.0 * np.abs(t_rc) + 4.0 * np.abs(t_rg) + np.abs(t_gg)
+    g_abs = (
+        2.0 * _abs_bound(t_rr)
+        + 2.0 * np.abs(t_rc)
+        + 4.0 * _abs_bound(t_rg)
+        + np.abs(t_gg)
+    )
     return f, f_abs, G, g_abs
 
 
