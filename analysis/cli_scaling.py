@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from analysis import plots
     from analysis.io import save_figure, write_json, write_table, write_text_atomic
     from analysis.scaling import (
+        RECORD_COLUMNS,
         build_problem,
         figure_tables,
         run_reference_study,
@@ -226,7 +227,12 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "config.json", cfg.to_dict())
     write_text_atomic(out / "config.toml", cfg.to_toml())
 
-    result = run_reference_study(cfg, progress=getattr(args, "progress", None))
+    # The tuning is the expensive part: save its records before anything else.
+    result = run_reference_study(
+        cfg,
+        progress=getattr(args, "progress", None),
+        checkpoint=lambda recs: write_table(out, "records", recs, RECORD_COLUMNS),
+    )
     written = [str(p) for p in write_study(result, out)]
     timings = dict(result.timings)
 

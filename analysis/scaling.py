@@ -486,14 +486,18 @@ def schedule_shapes(
     """
     rows = []
     for (fam, p, t), recs in _curves(records).items():
-        kind = recs[0]["schedule"]
-        if kind not in (
-            ScheduleKind.PIECEWISE_CONSTANT.value,
-            ScheduleKind.LINEAR_DECAY.value,
-        ):
+        if fam not in _SCHEDULED_FAMILIES:
             continue
+        # Each record carries its own schedule: a tuner may fall back to a
+        # constant lr (every schedule family contains SGD) at some batch sizes.
         finite = sorted(
-            (r for r in recs if math.isfinite(r["steps"]) and r["steps"] > 0),
+            (
+                r
+                for r in recs
+                if math.isfinite(r["steps"])
+                and r["steps"] > 0
+                and r.get("schedule") in _SHAPE_KINDS
+            ),
             key=lambda r: r["batch_size"],
         )
         for r in _spread(finite, n_batch_sizes):
@@ -521,10 +525,21 @@ def schedule_shapes(
     return rows
 
 
+_SCHEDULED_FAMILIES = (Family.PWC.value, Family.LINEAR_DECAY.value)
+_SHAPE_KINDS = (
+    ScheduleKind.CONSTANT.value,
+    ScheduleKind.PIECEWISE_CONSTANT.value,
+    ScheduleKind.LINEAR_DECAY.value,
+)
+
+
 def _schedule_of(rec: Mapping[str, Any]) -> nqm.Schedule:
-    if rec["schedule"] == ScheduleKind.PIECEWISE_CONSTANT.value:
+    kind = ScheduleKind(rec["schedule"])
+    if kind == ScheduleKind.PIECEWISE_CONSTANT:
         return nqm.PiecewiseConstant(tuple(rec["boundaries"]), tuple(rec["values"]))
-    return nqm.LinearDecay(rec["lr0"], rec["decay"], rec["horizon"])
+    if kind == ScheduleKind.LINEAR_DECAY:
+        return nqm.LinearDecay(rec["lr0"], rec["decay"], rec["horizon"])
+    return nqm.Constant(rec["lr"])
 
 
 #: Points per curve of the E.3 transient comparison.
@@ -594,7 +609,11 @@ def momentum_transient(
 
 # ------------------------------------------------------------- whole study
 def run_reference_study(
-    cfg: ScalingConfig, *, progress: bool | None = None, **options: Any
+    cfg: ScalingConfig,
+    *,
+    progress: bool | None = None,
+    checkpoint: Callable[[list[dict[str, Any]]], Any] | None = None,
+    **options: Any,
 ) -> StudyResult:
     """Run everything the figures of ``nqm-scaling`` need.
 
@@ -605,6 +624,8 @@ def run_reference_study(
     Args:
         cfg: the resolved configuration.
         progress: tqdm bar (``None``: only on a terminal).
+        checkpoint: called with the records as soon as the tuning is done
+            (before the analyses), e.g. to save them.
         **options: passed to :func:`nqm.search.best_steps`.
 
     Returns:
@@ -648,6 +669,8 @@ def run_reference_study(
         )
     timings["threshold_study"] = time.perf_counter() - t1
 
+    if checkpoint is not None:
+        checkpoint(records)
     t2 = time.perf_counter()
     fits = critical_batch_fits(records)
     all_targets = sorted({r["target"] for r in records})

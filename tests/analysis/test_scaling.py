@@ -451,3 +451,18 @@ def test_reference_study_passes_run_options(monkeypatch):
     assert len(seen) == 2  # main grid + the SGD loss-threshold curve
     assert all(kw["workers"] == 3 and kw["keep_going"] is True for kw in seen)
     assert {r["family"] for r in res.records} == {"momentum", "sgd"}
+
+
+def test_schedule_shapes_handle_constant_fallbacks_per_record():
+    # a schedule family may fall back to a constant lr at some batch sizes
+    base = {"family": "linear_decay", "precond_power": 0.0, "target": 0.1}
+    recs = [
+        dict(base, batch_size=1, steps=50, schedule="constant", lr=0.3),
+        dict(base, batch_size=4, steps=20, schedule="linear_decay", lr0=1.0,
+             decay=0.5, horizon=20),
+    ]  # fmt: skip
+    rows = scaling.schedule_shapes(recs, n_batch_sizes=2)
+    flat = [r["lr"] for r in rows if r["batch_size"] == 1]
+    assert flat and all(v == 0.3 for v in flat)
+    lin = {r["step"]: r["lr"] for r in rows if r["batch_size"] == 4}
+    assert lin[0] == 1.0 and lin[10] == pytest.approx(0.75, rel=RTOL)
