@@ -175,7 +175,7 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     phase = np.arctan2(sq, tau)
     # r^t and r^t - 1 from one half-angle evaluation (|r|^t is per setting).
     em1 = np.expm1(t * log_abs)
-    mod_t = em1 + 1.0 if np.ndim(em1) == 0 else np.exp(t * log_abs)
+    mod_t = np.exp(t * log_abs)  # not em1 + 1: that loses |r|^t once it is tiny
     sh = np.sin(0.5 * t * phase)
     ch = np.cos(0.5 * t * phase)
     two_sh2 = 2.0 * sh * sh

@@ -212,6 +212,9 @@ def test_bound_transient_is_exact_without_noise(kind, x, p):
     ("kind", "x", "p", "t"),
     [
         ("momentum", 0.3, 0.0, 5000),
+        # underdamped (complex roots): |r|^t = beta^(t/2) far below 1e-16
+        ("momentum", 0.61, 0.5, 150),
+        ("momentum", 0.95, 0.0, 2000),
         ("averaging", 0.2, 0.0, 5000),
         ("averaging", 0.9, 0.5, 333),
     ],
