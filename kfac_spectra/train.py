@@ -46,11 +46,11 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
@@ -71,6 +71,7 @@ from kfac_spectra.gradient_stats import GradientStats, eigenbasis_gradient_stats
 from kfac_spectra.kfac import KFAC, FisherType, LossType, compute_factors
 from kfac_spectra.layer_capture import find_blocks
 from kfac_spectra.models import ModelName, build_model
+from nqm.io import write_atomic
 
 __all__ = [
     "FactorSource",
@@ -301,19 +302,20 @@ def config_to_toml(config: TrainConfig) -> str:
 
 # ----------------------------------------------------------------- atomic files
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(handle)`` to a temp file beside ``path``, then rename."""
+    """Write through ``write(handle)`` atomically (:func:`nqm.io.write_atomic`);
+    text mode (``"w"``) wraps the binary handle in UTF-8."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if mode == "wb":
+        write_atomic(path, write)
+        return
+
+    def text_writer(f):
+        handle = io.TextIOWrapper(f, encoding="utf-8", write_through=True)
+        write(handle)
+        handle.flush()
+        handle.detach()  # leave the binary file to write_atomic
+
+    write_atomic(path, text_writer)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -207,19 +205,12 @@ class NQMProblem:
 
     # -------------------------------------------------------------------- io
     def save(self, path: str | os.PathLike) -> None:
-        """Write the problem to an ``.npz`` file atomically (keys h, c, init_sq, weight)."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f, h=self.h, c=self.c, init_sq=self.init_sq, weight=self.weight
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Write the problem to an ``.npz`` file atomically (keys h, c, init_sq,
+        weight)."""
+        from .io import write_atomic
+
+        arrays = dict(h=self.h, c=self.c, init_sq=self.init_sq, weight=self.weight)
+        write_atomic(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NQMProblem:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,16 +83,6 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
     Raises:
         FileNotFoundError: If the directory of ``path`` does not exist.
     """
-    dest = Path(path)
-    if not dest.parent.is_dir():
-        raise FileNotFoundError(f"path: directory {dest.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return dest
+    from nqm.io import write_text_atomic
+
+    return write_text_atomic(path, text)
