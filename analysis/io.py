@@ -161,7 +161,7 @@ def save_figure(
     directory: str | os.PathLike,
     stem: str,
     formats: Sequence[str] = ("png", "pdf"),
-    dpi: int = 110,
+    dpi: int = 72,
 ) -> list[Path]:
     """Save a matplotlib figure in each format atomically; returns the paths."""
     directory = Path(directory)

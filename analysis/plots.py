@@ -185,7 +185,7 @@ def plot_optimal_lr(rows: Rows) -> Figure:
         x, y = _xy(rs, "batch_size", "effective_lr")
         axes[1].plot(x, y, "o-", ms=3, color=colors[p], label=f"p = {p:g}")
     axes[0].set_title("(a) without momentum: lr")
-    axes[1].set_title("(b) tuned momentum: effective lr α/(1−β)")
+    axes[1].set_title("(b) tuned momentum: α/(1−β)")
     for ax in axes:
         _log2_axes(ax, "batch size B", "optimal learning rate")
         if ax.get_legend_handles_labels()[0]:

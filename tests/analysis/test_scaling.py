@@ -28,7 +28,7 @@ from nqm.search import Family, TuneResult
 DIM = 30
 TARGET = 0.05
 BATCH_SIZES = (1, 4, 16, 64, 256)
-FAST_FAMILIES = ("sgd", "momentum", "ema")
+FAST_FAMILIES = ("sgd", "momentum", "ema", "pwc")
 #: Relative tolerance of float64 closed forms vs recursions.
 RTOL = 1e-9
 #: E.3: at 1 - beta = 0.5 momentum and SGD at the effective lr nearly coincide.
