@@ -385,8 +385,11 @@ def tune(
         raise ValueError("pieces and stairs must be positive integers")
     kw = dict(surrogate_bins=int(surrogate_bins))
     if fam is Family.SGD:
-        return _tune_constant(
-            problem, fam, bs, target, p, grid=grid, polish=polish, **kw
+        return _monotone(
+            problem,
+            bs,
+            target,
+            _tune_constant(problem, fam, bs, target, p, grid=grid, polish=polish, **kw),
         )
     if baseline is None:
         baseline = _tune_constant(
@@ -395,7 +398,7 @@ def tune(
     if len(baseline) != bs.size:
         raise ValueError("baseline must hold one result per batch size")
     if fam in (Family.PWC, Family.LINEAR_DECAY):
-        return _tune_schedule(
+        own = _tune_schedule(
             problem,
             fam,
             bs,
@@ -406,8 +409,11 @@ def tune(
             stairs=int(stairs),
             **kw,
         )
-    own = _tune_constant(problem, fam, bs, target, p, grid=grid, polish=polish, **kw)
-    return [
+    else:
+        own = _tune_constant(
+            problem, fam, bs, target, p, grid=grid, polish=polish, **kw
+        )
+    merged = [
         o
         if o.steps <= base.steps
         else TuneResult(
@@ -415,3 +421,32 @@ def tune(
         )
         for o, base in zip(own, baseline, strict=True)
     ]
+    return _monotone(problem, bs, target, merged)
+
+
+def _monotone(problem, bs, target, results):
+    """Let each batch size try the optimizer tuned for the next smaller one.
+
+    For a fixed optimizer the loss :math:`D(t) + N(t)/B` falls with ``B`` at every
+    step, so that optimizer's steps at a larger batch are never more: the tuned
+    curve becomes non-increasing in ``B``, and only improves.
+    """
+    order = np.argsort(bs)
+    out = list(results)
+    for prev, cur in zip(order[:-1], order[1:], strict=True):
+        cand = out[prev].optimizer
+        if cand is None or bs[cur] < bs[prev]:
+            continue
+        steps = steps_to_target(problem, cand, bs[cur], target)
+        if steps < out[cur].steps:
+            r = out[cur]
+            out[cur] = TuneResult(
+                steps,
+                cand,
+                r.family,
+                r.batch_size,
+                r.precond_power,
+                target,
+                r.evaluations,
+            )
+    return out

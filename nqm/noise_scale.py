@@ -68,6 +68,9 @@ class CriticalBatchFit:
         departure_batch: the first batch size at which the *measured* local
             log-log slope rises above ``-(1 - tol)``: where perfect scaling ends.
         n_points: number of finite points used.
+        b_crit_in_range: whether ``b_crit`` lies inside the measured batch sizes;
+            if not, the curve shows no bend and ``s_min``, ``b_crit`` are
+            extrapolations (e.g. a curve still on the -1 slope at the largest B).
     """
 
     s_min: float
@@ -76,6 +79,7 @@ class CriticalBatchFit:
     log_rmse: float
     departure_batch: float
     n_points: int
+    b_crit_in_range: bool
 
     def predict(self, batch_size):
         """Fitted steps at ``batch_size``."""
@@ -130,6 +134,7 @@ def fit_critical_batch(batch_sizes, steps, tol: float = 0.2) -> CriticalBatchFit
         log_rmse=float(np.sqrt(np.mean(r * r))),
         departure_batch=float(depart),
         n_points=int(b.size),
+        b_crit_in_range=bool(b[0] <= b_crit <= b[-1]),
     )
 
 

@@ -222,21 +222,17 @@ class NQMProblem:
         try:
             with np.load(path, allow_pickle=False) as data:
                 keys = set(data.files)
-                missing = {"h", "c"} - keys
-                if missing:
-                    raise ValueError(
-                        f"spectrum file {str(path)!r} lacks array(s) {sorted(missing)}; "
-                        "expected keys h, c and optionally init_sq, weight"
-                    )
                 arrays = {
                     k: np.array(data[k])
                     for k in ("h", "c", "init_sq", "weight")
                     if k in keys
                 }
-        except (OSError, EOFError) as exc:
+        except Exception as exc:  # OSError, zipfile.BadZipFile, pickle refusal, ...
             raise ValueError(f"cannot read spectrum file {str(path)!r}: {exc}") from exc
-        except Exception as exc:  # zipfile.BadZipFile and friends
-            if isinstance(exc, ValueError):
-                raise
-            raise ValueError(f"cannot read spectrum file {str(path)!r}: {exc}") from exc
+        missing = {"h", "c"} - set(arrays)
+        if missing:
+            raise ValueError(
+                f"spectrum file {str(path)!r} lacks array(s) {sorted(missing)}; "
+                "expected keys h, c and optionally init_sq, weight"
+            )
         return cls(**arrays)

@@ -16,6 +16,13 @@ def test_fit_recovers_synthetic_curve(s_min, b_crit):
     assert fit.s_min == pytest.approx(s_min, rel=1e-8)
     assert fit.b_crit == pytest.approx(b_crit, rel=1e-8)
     assert fit.r2 > 1 - 1e-12 and fit.log_rmse < 1e-10
+    assert fit.b_crit_in_range
+
+
+def test_fit_flags_a_curve_without_bend():
+    b = 2.0 ** np.arange(0, 11)
+    fit = ns.fit_critical_batch(b, 1e6 / b)  # perfect scaling throughout
+    assert not fit.b_crit_in_range
 
 
 def test_fit_with_noise_and_infinite_points():
