@@ -14,13 +14,11 @@ import io
 import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-#: Permissions of written files (before the umask of whoever reads them matters).
-_FILE_MODE = 0o644
+from nqm.io import write_atomic, write_text_atomic
 
 __all__ = [
     "write_atomic",
@@ -31,45 +29,6 @@ __all__ = [
     "save_figure",
     "jsonable",
 ]
-
-
-def write_atomic(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``writer(f)`` on a temporary binary file, then rename it to ``path``.
-
-    Args:
-        path: destination; its directory must exist.
-        writer: writes the whole content to the open binary file it is given.
-
-    Returns:
-        The destination path.
-
-    Raises:
-        FileNotFoundError: if the destination directory does not exist.
-        Any exception of ``writer``: the destination is left untouched.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"directory of {str(path)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file private (0600); give it ordinary permissions.
-        os.chmod(tmp, _FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 text atomically (see :func:`write_atomic`)."""
-    data = text.encode("utf-8")
-    return write_atomic(path, lambda f: f.write(data))
 
 
 def jsonable(value: Any) -> Any:
