@@ -4,4 +4,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/env.sh"
 cd "$ROOT"
-exec python -m analysis nqm-scaling "$@"
+# All cores by default (records are identical); a later --workers N overrides it.
+exec python -m analysis nqm-scaling --workers 0 "$@"
