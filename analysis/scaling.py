@@ -115,6 +115,7 @@ FIT_COLUMNS: tuple[str, ...] = (
     "r2",
     "log_rmse",
     "departure_batch",
+    "b_crit_in_range",
 )
 
 
