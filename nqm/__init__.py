@@ -22,7 +22,7 @@ mini-batch is :math:`H\theta + \varepsilon`, :math:`\operatorname{Cov}\varepsilo
 C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 """
 
-from . import closed_form
+from . import closed_form, io, noise_scale, search
 from .dynamics import (
     expected_loss,
     is_stable,
@@ -40,6 +40,7 @@ from .optimizer import (
     Schedule,
 )
 from .problem import NQMProblem
+from .search import Family, TuneResult, best_steps, steps_to_target
 
 __all__ = [
     "NQMProblem",
@@ -55,6 +56,13 @@ __all__ = [
     "max_stable_lr",
     "steady_state_loss",
     "closed_form",
+    "search",
+    "noise_scale",
+    "io",
+    "steps_to_target",
+    "best_steps",
+    "Family",
+    "TuneResult",
     "simulate",
     "MonteCarloResult",
     "NoiseModel",

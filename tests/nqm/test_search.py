@@ -182,3 +182,10 @@ def test_momentum_pays_off_only_at_large_batch(small, tuned):
     sgd, mom = tuned[Family.SGD], tuned[Family.MOMENTUM]
     assert mom[0].steps >= 0.9 * sgd[0].steps
     assert mom[-1].steps < 0.7 * sgd[-1].steps
+
+
+def test_top_level_api():
+    # The names: nqm.steps_to_target and nqm.best_steps.
+    assert nqm.steps_to_target is steps_to_target
+    assert nqm.best_steps is best_steps
+    assert nqm.Family is Family
