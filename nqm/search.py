@@ -323,8 +323,12 @@ def best_steps(
             list).
         target: loss to reach (``> 0``).
         precond_power: :math:`p \\in [0, 1]`.
-        **options: see :mod:`nqm._tuning` (``surrogate_bins``, ``grid``,
-            ``pieces``, ``stairs``, ``polish``).
+        **options: ``surrogate_bins`` (128; modes of the binned surrogate),
+            ``grid`` (per-coordinate grid sizes), ``pieces`` (10, for ``pwc``),
+            ``stairs`` (64, for ``linear_decay``), ``polish`` (1; exact local
+            refinement rounds), ``baseline`` (already tuned results of a family
+            this one contains, one per batch size, e.g. SGD's; computed if
+            omitted). See :mod:`nqm._tuning`.
 
     Returns:
         A :class:`TuneResult`, or a list of them for a sequence of batch sizes.
