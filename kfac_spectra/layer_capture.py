@@ -40,6 +40,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from kfac_spectra.kfac.blocks.conv import conv_padding
+
 __all__ = [
     "Block",
     "PerExampleCapture",
@@ -174,20 +176,6 @@ def _validate(name: str, module: nn.Module) -> None:
         raise ValueError(f"model: embedding {name!r} with max_norm is not supported")
 
 
-def _conv_padding(module: nn.Conv1d | nn.Conv2d) -> list[tuple[int, int]]:
-    """(left, right) zero padding per spatial dimension."""
-    dims = len(module.kernel_size)
-    if module.padding == "valid":
-        return [(0, 0)] * dims
-    if module.padding == "same":
-        pads = []
-        for k, d in zip(module.kernel_size, module.dilation, strict=True):
-            total = d * (k - 1)
-            pads.append((total // 2, total - total // 2))
-        return pads
-    return [(p, p) for p in module.padding]
-
-
 def unfold_conv_input(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
     """Input patches of a convolution, one row per output location.
 
@@ -201,7 +189,7 @@ def unfold_conv_input(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
     Returns:
         (N, P, C_in * prod(kernel_size)) with P the number of output locations.
     """
-    pads = _conv_padding(module)
+    pads = conv_padding(module)
     flat_pad = [p for pair in reversed(pads) for p in pair]
     x = F.pad(x, flat_pad)
     kernel, dilation, stride = module.kernel_size, module.dilation, module.stride

@@ -172,28 +172,9 @@ def mp_loss(h, c, init_sq, weight, lr, beta, gamma, p, batch, steps, dps=50):
 
 
 def mp_loss_scheduled(h, c, init_sq, weight, lrs, beta, gamma, p, batch, dps=30):
-    """Loss after ``len(lrs)`` steps, step by step in mpmath (few modes, few steps)."""
-    with mpmath.workdps(dps):
-        total = mpmath.mpf(0)
-        o = out_index(gamma)
-        for i in range(len(h)):
-            hi = mpmath.mpf(float(h[i]))
-            args = (
-                mpmath.mpf(float(p)),
-                mpmath.mpf(float(beta)),
-                mpmath.mpf(float(gamma)),
-            )
-            z = [
-                [mpmath.mpf(float(init_sq[i])) * U0[r] * U0[s] for s in range(STATE)]
-                for r in range(STATE)
-            ]
-            var = mpmath.mpf(float(c[i])) / mpmath.mpf(float(batch))
-            for lr in lrs:
-                a, n = _mp_transition(mpmath.mpf(float(lr)), hi, *args)
-                qn = [[var * n[r] * n[s] for s in range(STATE)] for r in range(STATE)]
-                z = _madd(_mm(_mm(a, z), _mt(a)), qn)
-            total += mpmath.mpf(float(weight[i])) * hi / 2 * z[o][o]
-        return total
+    """Loss after ``len(lrs)`` steps, one lr per step, in mpmath."""
+    pieces = [(lr, 1) for lr in lrs]
+    return mp_loss_pieces(h, c, init_sq, weight, pieces, beta, gamma, p, batch, dps=dps)
 
 
 def transition_matrix_numpy(lr, h, p, beta, gamma):

@@ -41,7 +41,7 @@ def conv_supported(module: nn.Module) -> bool:
     )
 
 
-def _pads(module: nn.Conv1d | nn.Conv2d) -> list[tuple[int, int]]:
+def conv_padding(module: nn.Conv1d | nn.Conv2d) -> list[tuple[int, int]]:
     """(left, right) zero padding per spatial dim, resolving 'same' / 'valid'."""
     nd = len(module.kernel_size)
     if isinstance(module.padding, str):
@@ -69,7 +69,7 @@ def extract_patches(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
     nd = len(module.kernel_size)
     if x.ndim == nd + 1:
         x = x[None]
-    pads = _pads(module)
+    pads = conv_padding(module)
     kernel, stride, dil = module.kernel_size, module.stride, module.dilation
     if nd == 1:
         x = x[:, :, None, :]

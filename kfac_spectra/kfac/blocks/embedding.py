@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ..enums import KFACApprox
 from .base import CurvatureBlock, Record
+from .linear import linear_rows
 
 __all__ = ["EmbeddingBlock", "TiedEmbeddingBlock", "combine_tied_factors"]
 
@@ -193,12 +194,7 @@ class TiedEmbeddingBlock(CurvatureBlock):
             self._add("Ae", counts)
             self._rows_by_use["emb"] += x.numel()
             return Record(self, None, [output], call=call, tag="emb"), None
-        x = x.to(self.stat_dtype)
-        if x.ndim == 1:
-            x = x[None]
-        if self.approx == KFACApprox.REDUCE and x.ndim > 2:
-            x = x.reshape(x.shape[0], -1, x.shape[-1]).mean(dim=1)
-        rows = x.reshape(-1, x.shape[-1])
+        rows = linear_rows(x, self.approx, self.stat_dtype)
         self._add("Ah", rows.T @ rows)
         self._rows_by_use["head"] += rows.shape[0]
         return Record(self, None, [output], call=call, tag="head"), None

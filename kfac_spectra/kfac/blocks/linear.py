@@ -29,6 +29,20 @@ from .base import CurvatureBlock, Record
 __all__ = ["DenseBlock", "LinearBlock"]
 
 
+def linear_rows(x: Tensor, approx: KFACApprox, dtype: torch.dtype) -> Tensor:
+    """Input rows of a (weight-shared) linear map, without the bias column.
+
+    K-FAC-expand treats every leading position as a row; K-FAC-reduce averages
+    over the shared positions first, one row per example (seed 003).
+    """
+    x = x.to(dtype)
+    if x.ndim == 1:
+        x = x[None]
+    if approx == KFACApprox.REDUCE and x.ndim > 2:
+        x = x.reshape(x.shape[0], -1, x.shape[-1]).mean(dim=1)
+    return x.reshape(-1, x.shape[-1])
+
+
 class DenseBlock(CurvatureBlock):
     """Shared machinery for blocks whose factors come from dense row matrices.
 
@@ -106,12 +120,7 @@ class LinearBlock(DenseBlock):
 
     def input_rows(self, x: Tensor) -> Tensor:
         """Expand: all leading dims are rows; reduce: mean over the shared dims."""
-        x = x.to(self.stat_dtype)
-        if x.ndim == 1:
-            x = x[None]
-        if self.approx == KFACApprox.REDUCE and x.ndim > 2:
-            x = x.reshape(x.shape[0], -1, x.shape[-1]).mean(dim=1)
-        rows = x.reshape(-1, x.shape[-1])
+        rows = linear_rows(x, self.approx, self.stat_dtype)
         return self._bias_column(rows, self.has_bias)
 
     def grad_rows(self, g: Tensor) -> Tensor:
