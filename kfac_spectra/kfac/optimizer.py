@@ -71,6 +71,7 @@ from .enums import (
     coerce_enum,
 )
 from .factors import warn_unsupported
+from .finite import all_finite
 from .fisher import loss_scale, output_hessian_form, output_probes
 from .inverse import (
     ChainInverse,
@@ -96,10 +97,6 @@ _INVERSE_TYPES = {
 def _check(name: str, value: float, ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(f"{name}={value!r} is invalid: must be {what}")
-
-
-def _finite(stats: dict[str, Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in stats.values())
 
 
 class KFAC(torch.optim.Optimizer):
@@ -307,7 +304,7 @@ class KFAC(torch.optim.Optimizer):
         records = self._capture.take_records(call)
         if not records:
             return
-        if not bool(torch.isfinite(output).all()):
+        if not all_finite([output]):
             # a diverged forward: no statistics from it (the step will be skipped
             # by the non-finite gradient check)
             self.counters["nonfinite_factors"] += 1
@@ -341,7 +338,7 @@ class KFAC(torch.optim.Optimizer):
             stats = block.batch_factors()
             if stats is None:
                 continue
-            if not _finite(stats):
+            if not all_finite(stats.values()):
                 self.counters["nonfinite_factors"] += 1
                 warnings.warn(
                     f"K-FAC: non-finite factor statistics for {key!r}; batch skipped",
@@ -554,7 +551,7 @@ class KFAC(torch.optim.Optimizer):
                 continue
             g = p.grad.to_dense() if p.grad.is_sparse else p.grad
             grads[p] = g.detach()
-        if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
+        if not all_finite(grads.values()):
             self._skip("non-finite gradient")
             return loss
         if wd > 0:
@@ -569,7 +566,7 @@ class KFAC(torch.optim.Optimizer):
             ):
                 self._update_inverses()
         direction = self._preconditioned(grads)
-        if not all(bool(torch.isfinite(d).all()) for d in direction.values()):
+        if not all_finite(direction.values()):
             self._skip("non-finite preconditioned gradient")
             return loss
         if self.step_rule == StepRule.QMODEL:

@@ -387,13 +387,13 @@ def test_nonfinite_gradient_and_loss_skip_the_step() -> None:
 
 
 def test_nonfinite_factor_batch_is_skipped(monkeypatch) -> None:
-    real = LinearBlock.input_rows
+    real = LinearBlock.input_features
 
     def poisoned(self, x):
         rows = real(self, x)
         return rows * float("nan") if self.name == "0" else rows
 
-    monkeypatch.setattr(LinearBlock, "input_rows", poisoned)
+    monkeypatch.setattr(LinearBlock, "input_features", poisoned)
     model = _mlp(28)
     x = torch.randn(16, 4, generator=_gen(29), dtype=DT)
     y = torch.randn(16, 3, generator=_gen(30), dtype=DT)

@@ -31,12 +31,43 @@ from torch import Tensor, nn
 
 from ..enums import KFACApprox
 
-__all__ = ["CurvatureBlock", "Record", "stat_dtype_for"]
+__all__ = ["CurvatureBlock", "Record", "homogeneous_gram", "stat_dtype_for"]
 
 
 def stat_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """Statistics dtype: float32 or better (float64 stays float64)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def homogeneous_gram(rows: Tensor, bias: bool) -> Tensor:
+    r"""``Σ_r ā_r ā_rᵀ`` for the rows ``ā_r = [a_r, 1]`` (or ``a_r`` without bias).
+
+    The column of ones is never formed:
+
+    .. math::
+        \sum_r ā_r ā_r^\top = \begin{bmatrix} X^\top X & X^\top 1 \\
+        1^\top X & R \end{bmatrix},
+
+    which saves a copy of the (often large, e.g. convolution patch) row matrix.
+
+    Args:
+        rows: ``X``, shape ``(R, d)``.
+        bias: Whether to append the homogeneous coordinate.
+
+    Returns:
+        Shape ``(d + 1, d + 1)`` with ``bias``, else ``(d, d)``; dtype of ``rows``.
+    """
+    gram = rows.T @ rows
+    if not bias:
+        return gram
+    d = rows.shape[1]
+    out = rows.new_empty(d + 1, d + 1)
+    out[:d, :d] = gram
+    col = rows.sum(dim=0)
+    out[:d, d] = col
+    out[d, :d] = col
+    out[d, d] = rows.shape[0]
+    return out
 
 
 @dataclass

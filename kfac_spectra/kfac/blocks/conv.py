@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ..enums import KFACApprox
 from .linear import DenseBlock
 
-__all__ = ["ConvBlock", "conv_supported", "extract_patches"]
+__all__ = ["ConvBlock", "conv_supported", "extract_patches", "patch_view"]
 
 
 def conv_supported(module: nn.Module) -> bool:
@@ -55,31 +55,49 @@ def conv_padding(module: nn.Conv1d | nn.Conv2d) -> list[tuple[int, int]]:
     return [(p, p) for p in module.padding]
 
 
+def patch_view(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
+    """Input patches of a convolution as a strided view of the padded input.
+
+    Built with ``Tensor.unfold`` (a view, no copy) rather than ``F.unfold``
+    (im2col, a copy in the transposed layout that the factor then copies again).
+
+    Args:
+        x: Input, shape ``(N, C_in, *spatial)`` or without the batch dim.
+        module: The convolution.
+
+    Returns:
+        Shape ``(N, *out_spatial, C_in, *kernel_size)``.
+    """
+    nd = len(module.kernel_size)
+    if x.ndim == nd + 1:
+        x = x[None]
+    flat_pad = [p for lr in reversed(conv_padding(module)) for p in lr]
+    if any(flat_pad):
+        x = F.pad(x, flat_pad)
+    for i, (k, s, d) in enumerate(
+        zip(module.kernel_size, module.stride, module.dilation, strict=True)
+    ):
+        x = x.unfold(2 + i, d * (k - 1) + 1, s)
+    if any(d != 1 for d in module.dilation):
+        x = x[(Ellipsis, *(slice(None, None, d) for d in module.dilation))]
+    # (N, C, *out, *kernel) -> (N, *out, C, *kernel)
+    return x.permute(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
+
+
 def extract_patches(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
     """Input patches of a convolution.
 
     Args:
         x: Input, shape ``(N, C_in, L)`` (Conv1d) or ``(N, C_in, H, W)`` (Conv2d),
             or without the batch dim.
+        module: The convolution.
 
     Returns:
         Patches of shape ``(N, T, C_in * prod(kernel_size))`` where T is the number
         of output locations, ordered like ``weight.reshape(C_out, -1)``.
     """
-    nd = len(module.kernel_size)
-    if x.ndim == nd + 1:
-        x = x[None]
-    pads = conv_padding(module)
-    kernel, stride, dil = module.kernel_size, module.stride, module.dilation
-    if nd == 1:
-        x = x[:, :, None, :]
-        pads = [(0, 0), *pads]
-        kernel, stride, dil = (1, *kernel), (1, *stride), (1, *dil)
-    flat_pad = [p for lr in reversed(pads) for p in lr]
-    if any(flat_pad):
-        x = F.pad(x, flat_pad)
-    cols = F.unfold(x, kernel_size=kernel, dilation=dil, stride=stride)
-    return cols.transpose(1, 2)
+    view = patch_view(x, module)
+    return view.reshape(view.shape[0], -1, module.weight[0].numel())
 
 
 class ConvBlock(DenseBlock):
@@ -92,14 +110,14 @@ class ConvBlock(DenseBlock):
             raise ValueError(f"module {name!r}: groups != 1 or non-zero padding mode")
         super().__init__(name, module, approx)
 
-    def input_rows(self, x: Tensor) -> Tensor:
+    def input_features(self, x: Tensor) -> Tensor:
         """Patch rows (expand) or per-example mean patches (reduce)."""
-        patches = extract_patches(x.to(self.stat_dtype), self.module)
+        view = patch_view(x.to(self.stat_dtype), self.module)
+        width = self.module.weight[0].numel()
         if self.approx == KFACApprox.REDUCE:
-            rows = patches.mean(dim=1)
-        else:
-            rows = patches.reshape(-1, patches.shape[-1])
-        return self._bias_column(rows, self.has_bias)
+            nd = len(self.module.kernel_size)
+            return view.mean(dim=tuple(range(1, 1 + nd))).reshape(-1, width)
+        return view.reshape(-1, width)
 
     def grad_rows(self, g: Tensor) -> Tensor:
         """Per-location rows (expand) or per-example sums over locations (reduce)."""

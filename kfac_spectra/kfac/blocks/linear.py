@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..enums import KFACApprox
-from .base import CurvatureBlock, Record
+from .base import CurvatureBlock, Record, homogeneous_gram
 
 __all__ = ["DenseBlock", "LinearBlock"]
 
@@ -46,7 +46,7 @@ def linear_rows(x: Tensor, approx: KFACApprox, dtype: torch.dtype) -> Tensor:
 class DenseBlock(CurvatureBlock):
     """Shared machinery for blocks whose factors come from dense row matrices.
 
-    Subclasses implement :meth:`input_rows` and :meth:`grad_rows`.
+    Subclasses implement :meth:`input_features` and :meth:`grad_rows`.
     """
 
     supports_cg = True
@@ -78,9 +78,13 @@ class DenseBlock(CurvatureBlock):
             return [mat[:, :-1].reshape(w.shape), mat[:, -1].reshape(-1)]
         return [mat.reshape(w.shape)]
 
+    def input_features(self, x: Tensor) -> Tensor:
+        """Rows ``a`` without the homogeneous coordinate, stat dtype."""
+        raise NotImplementedError
+
     def input_rows(self, x: Tensor) -> Tensor:
         """Rows ``ā`` (with the homogeneous 1 when there is a bias), stat dtype."""
-        raise NotImplementedError
+        return self._bias_column(self.input_features(x), self.has_bias)
 
     def grad_rows(self, g: Tensor) -> Tensor:
         """Rows ``ĝ`` matching :meth:`input_rows`, stat dtype."""
@@ -89,13 +93,13 @@ class DenseBlock(CurvatureBlock):
     def forward_record(
         self, module: nn.Module, args: tuple[Any, ...], output: Any, call: int
     ) -> tuple[Record | None, Any]:
-        """Form the input rows and A's batch sum; ask for the output's gradient."""
+        """Form A's batch sum from the input rows; ask for the output's gradient."""
         if not isinstance(output, Tensor) or not output.requires_grad:
             return None, None
-        rows = self.input_rows(args[0].detach())
-        self._add_a(rows.T @ rows, rows.shape[0])
+        feats = self.input_features(args[0].detach())
+        self._add_a(homogeneous_gram(feats, self.has_bias), feats.shape[0])
         if self.keep_rows:
-            self.rows_x.append(rows)
+            self.rows_x.append(self._bias_column(feats, self.has_bias))
         return Record(self, None, [output], call=call), None
 
     def accumulate(self, record: Record, grad_scale: float = 1.0) -> None:
@@ -118,10 +122,9 @@ class LinearBlock(DenseBlock):
     def __init__(self, name: str, module: nn.Linear, approx: KFACApprox) -> None:
         super().__init__(name, module, approx)
 
-    def input_rows(self, x: Tensor) -> Tensor:
+    def input_features(self, x: Tensor) -> Tensor:
         """Expand: all leading dims are rows; reduce: mean over the shared dims."""
-        rows = linear_rows(x, self.approx, self.stat_dtype)
-        return self._bias_column(rows, self.has_bias)
+        return linear_rows(x, self.approx, self.stat_dtype)
 
     def grad_rows(self, g: Tensor) -> Tensor:
         """Expand: all leading dims are rows; reduce: sum over the shared dims."""
