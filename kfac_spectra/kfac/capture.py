@@ -47,32 +47,58 @@ class Capture:
         self.model = model
         self.module_blocks = module_blocks
         self.on_output = on_output
-        self.enabled = False
+        self._enabled = False
         self.suspended = False
         self.records: list[Record] = []
         self.call = 0
         self.last_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.keep_inputs = False
         self._handles: list[RemovableHandle] = []
+        self._module_handles: list[RemovableHandle] = []
         self._in_root = 0
 
     # ------------------------------------------------------------------ hooks
+    @property
+    def enabled(self) -> bool:
+        """Whether forward calls are recorded (the per-module hooks exist only
+        while this is true, so a disabled capture costs the forward nothing)."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+        self._sync_module_hooks()
+
     def attach(self) -> None:
-        """Register the hooks (idempotent)."""
+        """Register the hooks (idempotent); per-module ones only while enabled."""
         if self._handles:
             return
-        for module in self.module_blocks:
-            self._handles.append(module.register_forward_hook(self._module_hook))
         self._handles.append(
             self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True)
         )
         self._handles.append(self.model.register_forward_hook(self._root_hook))
+        self._sync_module_hooks()
 
     def detach(self) -> None:
         """Remove all hooks."""
-        for h in self._handles:
+        for h in self._handles + self._module_handles:
             h.remove()
         self._handles.clear()
+        self._module_handles.clear()
+
+    def _sync_module_hooks(self) -> None:
+        want = self._enabled and bool(self._handles)
+        if want and not self._module_handles:
+            # prepend: when the root itself is a hooked layer, its record must
+            # exist before the root hook hands the output on
+            self._module_handles = [
+                module.register_forward_hook(self._module_hook, prepend=True)
+                for module in self.module_blocks
+            ]
+        elif not want and self._module_handles:
+            for h in self._module_handles:
+                h.remove()
+            self._module_handles.clear()
 
     @property
     def recording(self) -> bool:
