@@ -33,7 +33,22 @@ directions of example n are the matrix :math:`Z_n = \sum_p \tilde\rho_{n,p}
 :math:`\sum_n Z_n^{\odot 2} = (\tilde\rho^{\odot 2})^\top \tilde\kappa^{\odot 2}` is
 one matrix product and no per-example gradient ever exists; with several positions
 (convolutions, sequences, tied weights) :math:`Z_n` is formed exactly, a chunk of
-examples at a time.
+examples at a time, and squared while the chunk is still in cache.
+
+**Precision.** Projections and all sums over examples are float64. The variance is
+accumulated about a shift K (the mean of the first batch, so the exact two-pass
+formula for a single batch),
+
+.. math::
+    c_v = \frac{\sum_n (Z_n - K)^{\odot 2} - N (m - K)^{\odot 2}}{N - 1},
+
+which has no cancellation between :math:`\mathbb{E}[Z^2]` and
+:math:`\mathbb{E}[Z]^2`. The per-example products :math:`Z_n - K` of a chunk, the
+bulk of the work for convolutions, may be formed in float32 (``product_dtype``;
+the default for float32 models); their rounding error is relative to
+:math:`\sum_p |\tilde\rho_{n,p}||\tilde\kappa_{n,p}|` of each direction, and the
+projections, made in float64, keep the relative precision of even the smallest
+eigen-directions.
 
 References:
     Zhang et al. 2019, "Which Algorithmic Choices Matter at Which Batch Sizes?",
@@ -53,9 +68,10 @@ from torch import Tensor, nn
 
 from kfac_spectra.eigenbasis import KroneckerBasis
 from kfac_spectra.kfac.enums import FisherType, LossType, coerce_enum
-from kfac_spectra.layer_capture import Block, PerExampleCapture, Side
+from kfac_spectra.layer_capture import Block, PerExampleCapture, Side, as_contiguous
 
 __all__ = [
+    "CHUNK_BYTES",
     "FisherType",
     "GradientStats",
     "LayerGradientStats",
@@ -259,15 +275,22 @@ class GradientStats:
         return cls(layers, loss, fisher, n)
 
 
+#: Bytes of one chunk of per-example matrices: about one core's L2 cache, so that
+#: each chunk is squared and summed before it is evicted (4x faster than whole
+#: batches for ResNet8's widest layer on a 1 MiB-L2 CPU).
+CHUNK_BYTES = 2**20
+
+
 class _Accumulator:
-    """Float64 sums over examples of Z, Z**2 and the probe sum of Z_k**2."""
+    """Sums over examples: Z, (Z - shift)**2 and the probe sum of Z_k**2."""
 
     def __init__(
         self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
     ) -> None:
         self.first = torch.zeros(shape, dtype=dtype, device=device)
-        self.second = torch.zeros(shape, dtype=dtype, device=device)
+        self.centred = torch.zeros(shape, dtype=dtype, device=device)
         self.curvature = torch.zeros(shape, dtype=dtype, device=device)
+        self.shift: Tensor | None = None
 
 
 def _project_uses(
@@ -279,40 +302,86 @@ def _project_uses(
 ) -> tuple[Tensor, Tensor]:
     """Projected row and column vectors of all uses, concatenated over positions.
 
+    Args:
+        grads: Per use, the (N, P, features) output gradients (any dtype/layout).
+
     Returns:
-        ``(rho, kappa)``: (N, P, r) and (N, P, c).
+        ``(rho, kappa)``: (N, P, r) and (N, P, c), contiguous, in ``dtype``.
     """
     rows, cols = [], []
     for use, grad, projected_input in zip(block.uses, grads, input_cache, strict=True):
-        output_grad = grad.to(dtype)
+        output_grad = as_contiguous(grad, dtype)
         if use.input_side is Side.COL:
             rows.append(output_grad @ basis.row_vectors)
             cols.append(projected_input)
         else:
             rows.append(projected_input)
             cols.append(output_grad @ basis.col_vectors)
+    if len(rows) == 1:  # one use: no copy
+        return rows[0], cols[0]
     return torch.cat(rows, dim=1), torch.cat(cols, dim=1)
 
 
-def _project_inputs(block: Block, basis: KroneckerBasis, dtype: torch.dtype) -> list:
+def _project_inputs(block: Block, basis: KroneckerBasis) -> list[Tensor]:
+    """Per use, the projected inputs in the basis dtype ((N, P, c) or (N, P, r))."""
     cache = []
     for use in block.uses:
         if use.input_side is Side.COL:
-            cache.append(use.inputs.to(dtype) @ basis.col_vectors)
+            cache.append(use.projected_inputs(basis.col_vectors))
         else:
-            cache.append(basis.row_vectors[use.inputs])
+            cache.append(basis.row_vectors[use.features])
     return cache
 
 
-def _square_sums(rho: Tensor, kappa: Tensor, chunk: int) -> Tensor:
-    """:math:`\\sum_n Z_n^{\\odot 2}` with :math:`Z_n = \\rho_n^\\top \\kappa_n`."""
-    if rho.shape[1] == 1:
-        return rho[:, 0].square().T @ kappa[:, 0].square()
+def _square_sums(
+    rho: Tensor,
+    kappa: Tensor,
+    chunk: int,
+    product_dtype: torch.dtype,
+    shift: Tensor | None = None,
+    first: Tensor | None = None,
+) -> Tensor:
+    """:math:`\\sum_n (Z_n - K)^{\\odot 2}` with :math:`Z_n = \\rho_n^\\top \\kappa_n`.
+
+    Args:
+        rho: (N, P, r) projected row vectors (stat dtype).
+        kappa: (N, P, c) projected column vectors.
+        chunk: Examples whose (r, c) matrices are formed at once.
+        product_dtype: Dtype of the per-example matrices (sums over a chunk are
+            added to the result in ``rho``'s dtype).
+        shift: (r, c) shift K, or ``None`` for 0.
+        first: (r, c) :math:`\\sum_n Z_n` of this batch (needed with a shift when
+            P = 1).
+
+    Returns:
+        (r, c) in ``rho``'s dtype.
+    """
+    n = rho.shape[0]
+    if rho.shape[1] == 1:  # one GEMM in the stat dtype, then expand the square
+        total = rho[:, 0].square().T @ kappa[:, 0].square()
+        if shift is not None:
+            total += shift * (n * shift - 2.0 * first)
+        return total
+    rows = rho.transpose(1, 2).to(product_dtype)
+    cols = kappa.to(product_dtype)
+    neg_shift = None if shift is None else (-shift).to(product_dtype)
     total = rho.new_zeros(rho.shape[2], kappa.shape[2])
-    for start in range(0, rho.shape[0], chunk):
-        z = rho[start : start + chunk].transpose(1, 2) @ kappa[start : start + chunk]
-        total += z.square().sum(dim=0)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        if neg_shift is None:
+            z = torch.bmm(rows[start:stop], cols[start:stop])
+        else:
+            z = torch.baddbmm(neg_shift, rows[start:stop], cols[start:stop])
+        total += z.square_().sum(dim=0)
     return total
+
+
+def _default_product_dtype(model: nn.Module, stat_dtype: torch.dtype) -> torch.dtype:
+    """float32 for float32 (or narrower) models, else the stat dtype."""
+    param_dtype = next(model.parameters()).dtype
+    if param_dtype.itemsize > 4:
+        return stat_dtype
+    return torch.promote_types(param_dtype, torch.float32)
 
 
 def eigenbasis_gradient_stats(
@@ -325,7 +394,8 @@ def eigenbasis_gradient_stats(
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
     stat_dtype: torch.dtype = torch.float64,
-    max_chunk_elements: int = 2**24,
+    product_dtype: torch.dtype | None = None,
+    max_chunk_elements: int | None = None,
 ) -> GradientStats:
     """Mean, second moment, variance and curvature along every eigen-direction.
 
@@ -340,19 +410,34 @@ def eigenbasis_gradient_stats(
         fisher_type: type-2 (exact GGN), MC (sampled) or empirical.
         mc_samples: Samples per example for MC.
         generator: Random generator for MC sampling.
-        stat_dtype: Dtype of projections and sums.
+        stat_dtype: Dtype of projections, of the shift and of all sums over
+            examples.
+        product_dtype: Dtype of the per-example matrices :math:`Z_n - K` formed
+            for blocks with several positions per example. ``None``: float32 for
+            models with float32 (or narrower) parameters, else ``stat_dtype``.
+            Pass ``torch.float64`` to force float64 throughout.
         max_chunk_elements: Bound on ``chunk * r * c`` when per-example matrices
-            must be formed (several positions per example).
+            must be formed; ``None``: :data:`CHUNK_BYTES` worth of
+            ``product_dtype``.
 
     Returns:
         The statistics; arrays (r, c) per block.
 
     Raises:
-        ValueError: If a basis names no block or has the wrong shape, or fewer
-            than two examples are seen.
+        ValueError: If a basis names no block or has the wrong shape, fewer
+            than two examples are seen, ``product_dtype`` is not a floating
+            dtype, or ``max_chunk_elements`` < 1.
     """
     loss = coerce_enum(LossType, loss, "loss")
     fisher_type = coerce_enum(FisherType, fisher_type, "fisher_type")
+    if product_dtype is None:
+        product_dtype = _default_product_dtype(model, stat_dtype)
+    if not product_dtype.is_floating_point:
+        raise ValueError(f"product_dtype must be floating, got {product_dtype}")
+    if max_chunk_elements is None:
+        max_chunk_elements = CHUNK_BYTES // product_dtype.itemsize
+    if max_chunk_elements < 1:
+        raise ValueError(f"max_chunk_elements must be >= 1, got {max_chunk_elements}")
     capture = PerExampleCapture(model)
     for name, basis in bases.items():
         if name not in capture.blocks:
@@ -365,25 +450,32 @@ def eigenbasis_gradient_stats(
     device = next(model.parameters()).device
     bases = {k: _basis_to(b, stat_dtype, device) for k, b in bases.items()}
     sums = {k: _Accumulator(b.shape, stat_dtype, device) for k, b in bases.items()}
+    chunks = {
+        k: max(1, max_chunk_elements // (b.shape[0] * b.shape[1]))
+        for k, b in bases.items()
+    }
     count = 0
     for inputs, targets in batches:
         with capture.recording():
             output = model(inputs)
-        count += output.shape[0]
-        caches = {
-            k: _project_inputs(capture.blocks[k], b, stat_dtype)
-            for k, b in bases.items()
-        }
+        batch_size = output.shape[0]
+        count += batch_size
+        caches = {k: _project_inputs(capture.blocks[k], b) for k, b in bases.items()}
         gradient = capture.output_gradients(
             output, loss_gradient_probe(output, targets, loss)
         )
         for key, basis in bases.items():
+            acc = sums[key]
             rho, kappa = _project_uses(
                 capture.blocks[key], basis, gradient[key], caches[key], stat_dtype
             )
-            chunk = max(1, max_chunk_elements // (basis.shape[0] * basis.shape[1]))
-            sums[key].first += torch.einsum("npi,npj->ij", rho, kappa)
-            sums[key].second += _square_sums(rho, kappa, chunk)
+            first = torch.einsum("npi,npj->ij", rho, kappa)
+            if acc.shift is None:  # the first batch's mean: two-pass for one batch
+                acc.shift = first / batch_size
+            acc.first += first
+            acc.centred += _square_sums(
+                rho, kappa, chunks[key], product_dtype, acc.shift, first
+            )
         for probe in curvature_probes(
             output,
             targets,
@@ -397,21 +489,24 @@ def eigenbasis_gradient_stats(
                 rho, kappa = _project_uses(
                     capture.blocks[key], basis, probed[key], caches[key], stat_dtype
                 )
-                chunk = max(1, max_chunk_elements // (basis.shape[0] * basis.shape[1]))
-                sums[key].curvature += _square_sums(rho, kappa, chunk)
+                sums[key].curvature += _square_sums(
+                    rho, kappa, chunks[key], product_dtype
+                )
         capture.clear()
     if count < 2:
         raise ValueError(f"batches: need at least 2 examples, got {count}")
     layers = {}
     for key, acc in sums.items():
         mean = acc.first / count
-        second = acc.second / count
-        variance = ((acc.second - count * mean.square()) / (count - 1)).clamp_min(0.0)
+        # E[Z^2] = E[(Z - K)^2] + K (2 E[Z] - K); Var from the centred sum
+        second = acc.centred / count + acc.shift * (2.0 * mean - acc.shift)
+        offset = mean - acc.shift
+        variance = (acc.centred - count * offset.square()) / (count - 1)
         layers[key] = LayerGradientStats(
             name=key,
             mean=mean.cpu().numpy(),
-            second_moment=second.cpu().numpy(),
-            variance=variance.cpu().numpy(),
+            second_moment=second.clamp_min(0.0).cpu().numpy(),
+            variance=variance.clamp_min(0.0).cpu().numpy(),
             curvature=(acc.curvature / count).cpu().numpy(),
             kfac_eigenvalues=bases[key].kronecker_eigenvalues().cpu().numpy(),
             num_examples=count,

@@ -47,6 +47,7 @@ __all__ = [
     "PerExampleCapture",
     "Side",
     "Use",
+    "as_contiguous",
     "find_blocks",
     "unfold_conv_input",
 ]
@@ -64,28 +65,93 @@ class Use:
     """One call of a module that uses a block's weight.
 
     Attributes:
-        inputs: Detached processed inputs: (N, P, c) float for Linear/Conv (bias
-            column included), or (N, P) int64 token ids for Embedding.
+        features: Detached processed inputs without the bias column: (N, P, c')
+            float for Linear/Conv (possibly a strided view of the unfolded
+            patches), or (N, P) int64 token ids for Embedding.
         output: The call's output, still in the autograd graph.
         input_side: :attr:`Side.COL` for Linear/Conv, :attr:`Side.ROW` for
             Embedding (the one-hot token is the row vector).
         channels_first: Whether ``output`` is (N, C, *spatial) (convolutions)
             rather than (N, *, features).
+        bias_column: Whether the block has a bias, i.e. a constant 1 follows
+            ``features`` as the last input coordinate.
     """
 
-    inputs: Tensor
+    features: Tensor
     output: Tensor
     input_side: Side
     channels_first: bool = False
+    bias_column: bool = False
 
-    def output_gradient_rows(self, grad: Tensor | None) -> Tensor:
-        """Reshape the gradient of :attr:`output` to (N, P, features)."""
+    @property
+    def inputs(self) -> Tensor:
+        """(N, P, c) inputs with the bias column, or the (N, P) token ids.
+
+        A new tensor when there is a bias column (built on each access).
+        """
+        if not self.bias_column:
+            return self.features
+        ones = self.features.new_ones(*self.features.shape[:2], 1)
+        return torch.cat([self.features, ones], dim=2)
+
+    def projected_inputs(self, vectors: Tensor) -> Tensor:
+        """Inputs times ``vectors``, :math:`[a_{n,p}; 1]^\\top V`, in V's dtype.
+
+        The inputs are cast (and made contiguous) in one copy and the bias
+        column is applied as V's last row, so the (N, P, c) inputs with their
+        column of ones are never formed.
+
+        Args:
+            vectors: (c, k) matrix, c = ``features.shape[-1]`` (+1 with a bias).
+
+        Returns:
+            (N, P, k) in ``vectors.dtype``.
+
+        Raises:
+            ValueError: For token-id inputs or a ``vectors`` of the wrong height.
+        """
+        if self.input_side is not Side.COL:
+            raise ValueError("vectors: token-id inputs are indices, not vectors")
+        width = self.features.shape[-1]
+        if vectors.shape[0] != width + self.bias_column:
+            raise ValueError(
+                f"vectors: need {width + self.bias_column} rows, got {vectors.shape[0]}"
+            )
+        rows = as_contiguous(self.features, vectors.dtype)
+        if not self.bias_column:
+            return rows @ vectors
+        # rows @ V[:-1] + V[-1], the addition fused into the GEMM
+        return torch.matmul(rows, vectors[:width]).add_(vectors[width])
+
+    def output_gradient_rows(
+        self, grad: Tensor | None, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """Reshape the gradient of :attr:`output` to (N, P, features).
+
+        Args:
+            grad: Gradient shaped like :attr:`output`, or ``None`` for zero.
+            dtype: If given, return a contiguous tensor of this dtype (one copy);
+                otherwise a view where possible.
+
+        Returns:
+            (N, P, features).
+        """
         if grad is None:
             grad = torch.zeros_like(self.output)
         n = grad.shape[0]
         if self.channels_first:
-            return grad.reshape(n, grad.shape[1], -1).transpose(1, 2)
-        return grad.reshape(n, -1, grad.shape[-1])
+            rows = grad.reshape(n, grad.shape[1], -1).transpose(1, 2)
+        else:
+            rows = grad.reshape(n, -1, grad.shape[-1])
+        return rows if dtype is None else as_contiguous(rows, dtype)
+
+
+def as_contiguous(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """A contiguous copy of ``tensor`` in ``dtype`` (no copy if it already is)."""
+    if tensor.dtype == dtype and tensor.is_contiguous():
+        return tensor
+    out = torch.empty(tensor.shape, dtype=dtype, device=tensor.device)
+    return out.copy_(tensor)
 
 
 @dataclass
@@ -205,12 +271,8 @@ def _process_inputs(module: nn.Module, x: Tensor) -> tuple[Tensor, Side, bool]:
     if isinstance(module, nn.Embedding):
         return x.reshape(x.shape[0], -1), Side.ROW, False
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        rows, is_conv = unfold_conv_input(module, x), True
-    else:
-        rows, is_conv = x.reshape(x.shape[0], -1, x.shape[-1]), False
-    if module.bias is not None:
-        rows = torch.cat([rows, rows.new_ones(*rows.shape[:2], 1)], dim=2)
-    return rows, Side.COL, is_conv
+        return unfold_conv_input(module, x), Side.COL, True
+    return x.reshape(x.shape[0], -1, x.shape[-1]), Side.COL, False
 
 
 class PerExampleCapture:
@@ -242,8 +304,9 @@ class PerExampleCapture:
                 def hook(mod: nn.Module, args: tuple, out: Tensor, b=block) -> None:
                     if not torch.is_grad_enabled():
                         return
-                    inputs, side, is_conv = _process_inputs(mod, args[0])
-                    b.uses.append(Use(inputs, out, side, is_conv))
+                    features, side, is_conv = _process_inputs(mod, args[0])
+                    bias = getattr(mod, "bias", None) is not None
+                    b.uses.append(Use(features, out, side, is_conv, bias))
 
                 handles.append(module.register_forward_hook(hook))
         try:
