@@ -51,15 +51,6 @@ EPS = np.finfo(np.float64).eps
 
 
 # ------------------------------------------------------------------ helpers
-def _cexpm1(x, y):
-    """Accurate :math:`e^{x+iy} - 1` from real parts (numpy's complex one is not)."""
-    em1 = np.expm1(x)
-    sh = np.sin(0.5 * y)
-    ch = np.cos(0.5 * y)
-    two_sh2 = 2.0 * sh * sh
-    return (em1 * (1.0 - two_sh2) - two_sh2) + 1j * ((em1 + 1.0) * (2.0 * sh * ch))
-
-
 def _log_abs(lam, q, p):
     """:math:`\\log|\\lambda|` from whichever of q = 1-lam, p = 1+lam is accurate."""
     pos = lam > 0
@@ -70,9 +61,10 @@ def _log_abs(lam, q, p):
 
 def _power_minus_one(log_abs, pos, t):
     """:math:`\\lambda^t - 1` for real lambda (integer t), accurately."""
-    if t % 2 == 0 or pos.all():
+    even = np.asarray(t) % 2 == 0
+    if pos.all() or np.all(even):
         return np.expm1(t * log_abs)
-    odd_negative = ~pos
+    odd_negative = ~pos & ~even
     return np.where(odd_negative, -np.exp(t * log_abs) - 1.0, np.expm1(t * log_abs))
 
 
@@ -146,87 +138,93 @@ def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
 
 
 # ----------------------------------------------------------- complex path
-def _cplx(re, im):
-    """A complex array from real and imaginary parts, without temporaries."""
-    re, im = np.broadcast_arrays(re, im)
-    out = np.empty(re.shape, dtype=np.complex128)
-    out.real = re
-    out.imag = im
-    return out
+# Complex numbers on this path are (re, im) pairs of real arrays: numpy's complex
+# arithmetic (and its temporaries) costs several times the real operations.
+def _cmul(x, y):
+    return (x[0] * y[0] - x[1] * y[1], x[0] * y[1] + x[1] * y[0])
 
 
-def _abs_bound(z):
+def _cdiv(x, y):
+    inv = 1.0 / (y[0] * y[0] + y[1] * y[1])
+    return ((x[0] * y[0] + x[1] * y[1]) * inv, (x[1] * y[0] - x[0] * y[1]) * inv)
+
+
+def _csq(x):
+    return (x[0] * x[0] - x[1] * x[1], 2.0 * x[0] * x[1])
+
+
+def _abs_bound(x):
     """|Re z| + |Im z|: within a factor sqrt(2) of |z| and cheaper (error bounds)."""
-    return np.abs(z.real) + np.abs(z.imag)
+    return np.abs(x[0]) + np.abs(x[1])
 
 
 def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     r"""Underdamped momentum (complex roots r, conj(r)), with or without averaging.
 
     Only :math:`r = (\tau + i\sqrt{-D})/2` is computed; its conjugate's terms are
-    complex conjugates, so sums over the pair are twice the real part.
+    complex conjugates, so sums over the pair are twice the real part. Every root
+    has :math:`|r|^2 = \beta`, so :math:`|r|^t` is per setting; where it underflows
+    to zero in every setting, :math:`r^t = 0` exactly and no phase is needed.
     """
     tau = 1.0 - s + beta
     sq = np.sqrt(-disc)
-    half_sq = 0.5 * sq
-    lam = _cplx(0.5 * tau, half_sq)
-    qp = _cplx(0.5 * big, -half_sq) * _cplx(0.5 * (3.0 - s + beta), half_sq)  # 1 - r^2
-    log_abs = 0.5 * np.log(beta)  # |r|^2 = beta
-    phase = np.arctan2(sq, tau)
-    # r^t and r^t - 1 from one half-angle evaluation (|r|^t is per setting).
-    em1 = np.expm1(t * log_abs)
-    mod_t = np.exp(t * log_abs)  # not em1 + 1: that loses |r|^t once it is tiny
-    sh = np.sin(0.5 * t * phase)
-    ch = np.cos(0.5 * t * phase)
-    two_sh2 = 2.0 * sh * sh
-    sin_t = 2.0 * sh * ch
-    e = _cplx(em1 * (1.0 - two_sh2) - two_sh2, mod_t * sin_t)  # r^t - 1
-    pw = _cplx(mod_t * (1.0 - two_sh2), mod_t * sin_t)  # r^t directly
+    b = 0.5 * sq
+    a = 0.5 * tau  # r = a + i b
+    qp = _cmul((0.5 * big, -b), (0.5 * (3.0 - s + beta), b))  # (1 - r)(1 + r)
+    log_abs = 0.5 * np.log(beta)  # log|r|
+    mod_t = np.exp(t * log_abs)  # |r|^t, directly: expm1 + 1 would lose it when tiny
+    if not np.any(mod_t):
+        e = (-1.0, 0.0)  # r^t - 1
+        pw = (0.0, 0.0)  # r^t
+        phi_rr = _cdiv((1.0, 0.0), qp)  # (1 - r^{2t}) / (1 - r^2)
+    else:
+        em1 = np.expm1(t * log_abs)
+        half = (0.5 * t) * np.arctan2(sq, tau)  # half the phase of r^t
+        sh = np.sin(half)
+        two_sh2 = 2.0 * sh * sh
+        cos_t = 1.0 - two_sh2
+        sin_t = 2.0 * sh * np.cos(half)
+        e = (em1 * cos_t - two_sh2, mod_t * sin_t)
+        pw = (mod_t * cos_t, e[1])
+        e2 = _cmul(e, (2.0 + e[0], e[1]))
+        phi_rr = _cdiv((-e2[0], -e2[1]), qp)
     one_minus_beta_t = -np.expm1(t * np.log(beta))  # 1 - (r conj r)^t
-    phi_rr = -(e * (2.0 + e)) / qp  # (1 - r^{2t}) / (1 - r^2)
     if not ema:
         # F(z) = z - beta, G(z) = -alpha z; denominator r - conj(r) = i sq
-        inv_d12 = -1.0 / sq  # 1 / (i sq) = -i / sq, applied as a rotation below
-        w = _cplx(lam.imag, beta - lam.real) * (-inv_d12)  # (lam - beta) / (i sq)
-        v = _cplx(lam.imag, -lam.real) * (alpha * -inv_d12)  # -alpha lam / (i sq)
-        f1 = w * pw
-        f = 2.0 * f1.real
+        inv_sq = 1.0 / sq
+        w = (0.5, (beta - a) * inv_sq)  # (r - beta) / (i sq)
+        v = (0.5 * alpha, -(alpha * a) * inv_sq)  # the same pair term, up to sign
+        f1 = _cmul(w, pw)
+        t_rr = _cmul(_csq(v), phi_rr)
+        t_rc = (v[0] * v[0] + v[1] * v[1]) * (one_minus_beta_t / (1.0 - beta))
+        f = 2.0 * f1[0]
         f_abs = 2.0 * _abs_bound(f1)
-        t_rr = v * v * phi_rr
-        t_rc = (v.real**2 + v.imag**2) * (one_minus_beta_t / (1.0 - beta))
-        G = 2.0 * t_rr.real + 2.0 * t_rc
+        G = 2.0 * t_rr[0] + 2.0 * t_rc
         g_abs = 2.0 * _abs_bound(t_rr) + 2.0 * np.abs(t_rc)
         return f, f_abs, G, g_abs
     g = _Real(gamma, 1.0 - gamma, 1.0 + gamma, t)
-    # r - gamma = (1 - gamma) - q, with q = (big - i sq) / 2
-    d1g_re = (1.0 - gamma) - 0.5 * big
-    d1g_im = half_sq
-    # den1 = (r - conj r)(r - gamma) = i sq (r - gamma); 1/den1 via its conjugate
-    den_re = -sq * d1g_im
-    den_im = sq * d1g_re
-    inv_abs2 = 1.0 / (den_re * den_re + den_im * den_im)
-    inv_den1 = _cplx(den_re * inv_abs2, -den_im * inv_abs2)
-    deng = d1g_re * d1g_re + d1g_im * d1g_im  # (gamma - r)(gamma - conj r)
+    d1g_re = (1.0 - gamma) - 0.5 * big  # r - gamma = (1 - gamma) - (1 - r)
+    deng = d1g_re * d1g_re + b * b  # (r - gamma)(conj r - gamma)
+    k = 1.0 / (sq * deng)
+    inv_den1 = (-b * k, -d1g_re * k)  # 1 / ((r - conj r)(r - gamma))
     lin = beta + gamma * (1.0 - s)
-    lam2 = lam * lam
-    w1 = (lam2 - lin * lam + beta * gamma) * inv_den1
+    lam2 = _csq((a, b))
+    w1 = _cmul((lam2[0] - lin * a + beta * gamma, lam2[1] - lin * b), inv_den1)
     wg = (gamma * gamma - lin * gamma + beta * gamma) / deng
     c = -alpha * (1.0 - gamma)
-    v1 = (c * lam2) * inv_den1
+    v1 = _cmul((c * lam2[0], c * lam2[1]), inv_den1)
     vg = c * gamma * gamma / deng
-    f1 = w1 * pw
+    f1 = _cmul(w1, pw)
     fg = wg * g.pow
-    f = 2.0 * f1.real + fg
-    f_abs = 2.0 * _abs_bound(f1) + np.abs(fg)
-    t_rr = v1 * v1 * phi_rr
-    t_rc = (v1.real**2 + v1.imag**2) * (one_minus_beta_t / (1.0 - beta))
-    one_minus_mu = _cplx(
-        (1.0 - gamma) + gamma * 0.5 * big, -gamma * half_sq
-    )  # 1 - r gamma
-    one_minus_mut = -(e + g.e + e * g.e)
-    t_rg = (v1 * vg) * (one_minus_mut / one_minus_mu)
+    t_rr = _cmul(_csq(v1), phi_rr)
+    t_rc = (v1[0] * v1[0] + v1[1] * v1[1]) * (one_minus_beta_t / (1.0 - beta))
+    one_minus_mu = ((1.0 - gamma) + gamma * 0.5 * big, -gamma * b)  # 1 - r gamma
+    one_minus_mut = (-(e[0] + g.e + e[0] * g.e), -(e[1] + e[1] * g.e))
+    t_rg = _cmul((v1[0] * vg, v1[1] * vg), _cdiv(one_minus_mut, one_minus_mu))
     t_gg = vg * vg * (g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma)))
-    G = 2.0 * t_rr.real + 2.0 * t_rc + 4.0 * t_rg.real + t_gg
+    f = 2.0 * f1[0] + fg
+    f_abs = 2.0 * _abs_bound(f1) + np.abs(fg)
+    G = 2.0 * t_rr[0] + 2.0 * t_rc + 4.0 * t_rg[0] + t_gg
     g_abs = (
         2.0 * _abs_bound(t_rr)
         + 2.0 * np.abs(t_rc)
@@ -237,19 +235,21 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
 
 
 # ----------------------------------------------------------------- public
-def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
+def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
     """Per-mode :math:`F_t = f_t^2` and :math:`G_t = \\sum_{k<t} g_k^2` (unit noise).
 
     Args:
         hh, alpha, beta, gamma: broadcastable arrays (shape ``S``).
         feats: state layout.
-        t: number of updates, ``t >= 1``.
+        t: number of updates, ``t >= 1``: an int, or an integer array of shape
+            ``(T,)`` to evaluate several step counts at once.
 
     Returns:
-        ``(F, G, err_F, err_G)``: arrays of shape ``S``; ``err_*`` bound the
-        absolute rounding error caused by cancellation between terms (``inf`` where
-        the closed form is undefined, e.g. exactly coinciding eigenvalues).
-        Overflowing (diverging) modes give ``F`` or ``G`` equal to ``inf``.
+        ``(F, G, err_F, err_G)``: arrays of shape ``S`` (``(T,) + S`` for an array
+        ``t``); ``err_*`` bound the absolute rounding error caused by cancellation
+        between terms (``inf`` where the closed form is undefined, e.g. exactly
+        coinciding eigenvalues). Overflowing (diverging) modes give ``F`` or ``G``
+        equal to ``inf``.
     """
     # Per-setting quantities keep their own (smaller) shape; numpy broadcasting
     # applies them to all modes, so e.g. log(gamma) is computed once per setting.
@@ -259,9 +259,18 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
     s = alpha * hh
     shape = np.broadcast_shapes(s.shape, beta.shape, gamma.shape)
     s = np.broadcast_to(s, shape)
+    if np.ndim(t) == 0:
+        t = int(t)
+        t_full = t_flat = t
+        out_shape = shape
+    else:
+        steps = np.asarray(t, dtype=np.int64).reshape(-1)
+        t_full = steps.reshape((-1,) + (1,) * len(shape))  # against S
+        t_flat = steps[:, None]  # against masked (flattened) modes
+        out_shape = (steps.size,) + shape
     with np.errstate(all="ignore"):
         if not feats.momentum and not feats.ema:
-            return _sgd_terms(s, alpha, t)
+            return _sgd_terms(s, alpha, t_full)
         if feats.momentum:
             big, disc = (np.broadcast_to(x, shape) for x in _momentum_roots(s, beta))
             cplx = disc < 0
@@ -277,15 +286,17 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
         if not np.any(cplx) or not np.any(real):
             a_, b_, g_ = per_setting
             if np.any(cplx):
-                out = _complex_pair_terms(s, a_, b_, g_, big, disc, ema=feats.ema, t=t)
+                out = _complex_pair_terms(
+                    s, a_, b_, g_, big, disc, ema=feats.ema, t=t_full
+                )
             else:
-                out = _real_case(s, a_, b_, g_, *per_mode[1:], feats=feats, t=t)
-            f, f_abs, G, g_abs = (np.broadcast_to(x, shape) for x in out)
+                out = _real_case(s, a_, b_, g_, *per_mode[1:], feats=feats, t=t_full)
+            f, f_abs, G, g_abs = (np.broadcast_to(x, out_shape) for x in out)
         else:
-            f = np.empty(shape)
-            f_abs = np.empty(shape)
-            G = np.empty(shape)
-            g_abs = np.empty(shape)
+            f = np.empty(out_shape)
+            f_abs = np.empty(out_shape)
+            G = np.empty(out_shape)
+            g_abs = np.empty(out_shape)
 
             def take(x, mask):
                 return x if x.ndim == 0 else np.broadcast_to(x, shape)[mask]
@@ -295,12 +306,12 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t: int):
                 pm = [take(x, mask) for x in per_mode]
                 if complex_path:
                     out = _complex_pair_terms(
-                        pm[0], a_, b_, g_, pm[1], pm[2], ema=feats.ema, t=t
+                        pm[0], a_, b_, g_, pm[1], pm[2], ema=feats.ema, t=t_flat
                     )
                 else:
-                    out = _real_case(pm[0], a_, b_, g_, *pm[1:], feats=feats, t=t)
+                    out = _real_case(pm[0], a_, b_, g_, *pm[1:], feats=feats, t=t_flat)
                 for dst, src in zip((f, f_abs, G, g_abs), out, strict=True):
-                    dst[mask] = src
+                    dst[..., mask] = src
         F = f * f
         err_F = 4.0 * EPS * f_abs * (np.abs(f) + f_abs)
         err_G = 8.0 * EPS * g_abs

@@ -82,6 +82,28 @@ class MomentMap:
             j += 1
         return e, n
 
+    def powers(self, steps):
+        """``(E_t, N_t)`` for every ``t`` in ``steps`` (shape ``(T,)``) at once.
+
+        Returns arrays of shape ``(T,) + S + (k, k)``, equal to :meth:`power`
+        for each step (the same compositions in the same order).
+        """
+        rem = np.asarray(steps, dtype=np.int64).reshape(-1).copy()
+        if np.any(rem < 0):
+            raise ValueError("steps must be non-negative")
+        e0, q0 = self._base[0]
+        e = np.zeros((rem.size,) + e0.shape)
+        n = np.zeros((rem.size,) + q0.shape)
+        j = 0
+        while np.any(rem):
+            idx = np.nonzero(rem & 1)[0]
+            if idx.size:
+                eb, nb = self._power_of_two(j)
+                e[idx], n[idx] = _compose(e[idx], n[idx], eb, nb)
+            rem >>= 1
+            j += 1
+        return e, n
+
     def apply(self, z, steps: int):
         """:math:`T^{t}(Z)` for a stacked second moment ``z`` (shape ``S + (k, k)``)."""
         e, n = self.power(steps)

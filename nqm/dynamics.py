@@ -109,23 +109,33 @@ def _feature_groups(beta, gamma):
 
 
 # ---------------------------------------------------------- constant-lr path
+#: Elements (steps x modes) per batch of the vectorised doubling fallback.
+_DOUBLING_CHUNK = 1 << 15
+
+
 def _doubling_terms(hh, alpha, beta, gamma, feats: Features, steps):
-    """F_t and G_t by exact doubling for flat arrays of settings; steps sorted."""
+    """F_t and G_t by exact doubling for flat arrays of settings, every step.
+
+    Returns arrays of shape ``(T,) + hh.shape``; the steps are evaluated in
+    chunks, vectorised over steps and settings.
+    """
     im, ip, n, u = system_matrices(hh, alpha, beta, gamma, feats)
     q = n[..., :, None] * n[..., None, :]
     mm = MomentMap(im, ip, q)
     o = feats.out
-    F = np.empty((len(steps),) + hh.shape)
+    steps = np.asarray(steps, dtype=np.int64).reshape(-1)
+    F = np.empty((steps.size,) + hh.shape)
     G = np.empty_like(F)
+    chunk = max(1, _DOUBLING_CHUNK // max(1, hh.size))
     with np.errstate(all="ignore"):
-        for i, t in enumerate(steps):
-            e, nt = mm.power(int(t))
-            mean = u - e @ u
-            F[i] = mean[..., o] ** 2
-            G[i] = nt[..., o, o]
+        for lo in range(0, steps.size, chunk):
+            e, nt = mm.powers(steps[lo : lo + chunk])
+            mean = u - np.einsum("...ij,...j->...i", e, u)
+            F[lo : lo + chunk] = mean[..., o] ** 2
+            G[lo : lo + chunk] = nt[..., o, o]
     bad = ~np.isfinite(F) | ~np.isfinite(G)
-    F[bad | ~np.isfinite(F)] = np.inf
-    G[bad | ~np.isfinite(G)] = np.inf
+    F[bad] = np.inf
+    G[bad] = np.inf
     return F, G
 
 
@@ -162,6 +172,18 @@ def _needs_doubling(err, total):
 
 def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
     """D and N for constant-lr settings (shape S) at each step: (S + (T,)) each."""
+    if alpha.size == 1 and len(steps) > 1:
+        D, N = _single_setting_terms(
+            hh,
+            wd,
+            wn,
+            alpha.reshape(()),
+            beta.reshape(()),
+            gamma.reshape(()),
+            feats,
+            steps,
+        )
+        return D.reshape(alpha.shape + (-1,)), N.reshape(alpha.shape + (-1,))
     shape = alpha.shape
     T = len(steps)
     D = np.empty(shape + (T,))
@@ -193,6 +215,41 @@ def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
                 nn = G @ wn
         D[..., i] = d
         N[..., i] = nn
+    return D, N
+
+
+def _single_setting_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
+    """D and N, shape (T,) each, of one setting at many steps, vectorised over both.
+
+    Modes the closed form cannot certify at some step are recomputed by doubling,
+    vectorised over the steps; only the uncertified entries are replaced.
+    """
+    steps = np.asarray(steps, dtype=np.int64)
+    D = np.full(steps.shape, wd.sum())
+    N = np.zeros(steps.shape)
+    live = steps > 0
+    if not np.any(live):
+        return D, N
+    ts = steps[live]
+    F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, ts)
+    with np.errstate(all="ignore"):
+        d = F @ wd
+        nn = G @ wn
+        bad = _needs_doubling(eF * wd, d) | _needs_doubling(eG * wn, nn)
+    cols = np.any(bad, axis=0)
+    if np.any(cols):
+        Fd, Gd = _doubling_terms(hh[cols], alpha, beta, gamma, feats, ts)
+        F = np.array(F)
+        G = np.array(G)
+        # only the flagged entries: where the closed form is certified it is the
+        # more accurate of the two (doubling accumulates rounding over log t levels)
+        F[:, cols] = np.where(bad[:, cols], Fd, F[:, cols])
+        G[:, cols] = np.where(bad[:, cols], Gd, G[:, cols])
+        with np.errstate(all="ignore"):
+            d = F @ wd
+            nn = G @ wn
+    D[live] = d
+    N[live] = nn
     return D, N
 
 

@@ -42,6 +42,11 @@ __all__ = ["steps_to_target", "Family", "TuneResult", "best_steps", "MAX_STEPS"]
 #: Searches stop here (about 1.1e15 steps); beyond it the answer is ``inf``.
 MAX_STEPS = 2**50
 _SCAN = 4
+#: Constant-lr curves scan leaves of up to this many (steps x modes) at once: a
+#: leaf is one vectorised evaluation, so small problems scan long runs of steps
+#: instead of splitting them into many tiny intervals.
+_SCAN_ELEMENTS = 1 << 15
+_SCAN_MAX = 4096
 
 
 def _check_target(target) -> float:
@@ -246,10 +251,13 @@ def _first_crossing(curve: _Curve, target: float, max_steps: int) -> int | float
             hi = max_steps
             break
         hi = min(2 * hi, max_steps)
+    scan = _SCAN
+    if curve.mode == "constant":
+        scan = max(_SCAN, min(_SCAN_MAX, _SCAN_ELEMENTS // curve.hh.size))
     stack = [(1, hi)]
     while stack:
         a, z = stack.pop()
-        if z - a < _SCAN:
+        if z - a < scan:
             steps = np.arange(a, z + 1)
             hit = np.nonzero(curve.loss(steps) <= target)[0]
             if hit.size:
