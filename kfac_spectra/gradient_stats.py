@@ -282,15 +282,81 @@ CHUNK_BYTES = 2**20
 
 
 class _Accumulator:
-    """Sums over examples: Z, (Z - shift)**2 and the probe sum of Z_k**2."""
+    """Sums over examples about a shift K, per block (arrays (r, c)).
+
+    Attributes:
+        shift: K, fixed by the first examples seen (``None`` before).
+        first: :math:`\\sum_n (Z_n - K)`.
+        centred: :math:`\\sum_n (Z_n - K)^{\\odot 2}`.
+        curvature: :math:`\\sum_n \\sum_k Z_{n,k}^{\\odot 2}` over the probes k.
+    """
 
     def __init__(
         self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device
     ) -> None:
+        self.shift: Tensor | None = None
         self.first = torch.zeros(shape, dtype=dtype, device=device)
         self.centred = torch.zeros(shape, dtype=dtype, device=device)
         self.curvature = torch.zeros(shape, dtype=dtype, device=device)
-        self.shift: Tensor | None = None
+
+    def add_one_position(self, rho: Tensor, kappa: Tensor) -> None:
+        """Add examples with P = 1: three GEMMs, no per-example matrix."""
+        n = rho.shape[0]
+        rho, kappa = rho[:, 0], kappa[:, 0]
+        first = rho.T @ kappa
+        if self.shift is None:
+            self.shift = first / n
+        # sum (Z - K)^2 = sum Z^2 - 2 K * sum Z + n K^2, exact enough in float64
+        squares = rho.square().T @ kappa.square()
+        self.centred += squares - self.shift * (2.0 * first - n * self.shift)
+        self.first += first - n * self.shift
+
+    def add_chunks(self, rho: Tensor, kappa: Tensor, chunk: int) -> None:
+        """Add examples with P > 1, forming Z_n - K a chunk of examples at a time.
+
+        Within a chunk, products and sums are in ``rho``'s dtype; chunk sums are
+        added in the accumulator's dtype. K is the mean of the first chunk.
+        """
+        rows = rho.transpose(1, 2)
+        neg_shift = None
+        for start in range(0, rho.shape[0], chunk):
+            z = torch.bmm(rows[start : start + chunk], kappa[start : start + chunk])
+            if self.shift is None:
+                self.shift = z.mean(dim=0).to(self.first.dtype)
+            if neg_shift is None:
+                neg_shift = (-self.shift).to(z.dtype)
+            z += neg_shift
+            self.first += z.sum(dim=0)
+            self.centred += z.square_().sum(dim=0)
+
+    def add_curvature(self, rho: Tensor, kappa: Tensor, chunk: int) -> None:
+        """Add :math:`\\sum_n Z_n^{\\odot 2}` of one probe."""
+        if rho.shape[1] == 1:
+            self.curvature += rho[:, 0].square().T @ kappa[:, 0].square()
+            return
+        rows = rho.transpose(1, 2)
+        for start in range(0, rho.shape[0], chunk):
+            z = torch.bmm(rows[start : start + chunk], kappa[start : start + chunk])
+            self.curvature += z.square_().sum(dim=0)
+
+    def statistics(self, count: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Mean, second moment, unbiased variance and curvature of ``count``
+        examples.
+
+        .. math::
+            m = K + \\tfrac1N\\sum_n (Z_n - K),\\quad
+            c = \\frac{\\sum_n (Z_n-K)^2 - \\tfrac1N\\big(\\sum_n (Z_n-K)\\big)^2}
+            {N-1},\\quad s = \\tfrac1N\\sum_n (Z_n-K)^2 + K(2m - K).
+        """
+        mean = self.shift + self.first / count
+        variance = (self.centred - self.first.square() / count) / (count - 1)
+        second = self.centred / count + self.shift * (2.0 * mean - self.shift)
+        return (
+            mean,
+            second.clamp_min(0.0),
+            variance.clamp_min(0.0),
+            self.curvature / count,
+        )
 
 
 def _project_uses(
@@ -298,7 +364,6 @@ def _project_uses(
     basis: KroneckerBasis,
     grads: list[Tensor],
     input_cache: list[Tensor],
-    dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
     """Projected row and column vectors of all uses, concatenated over positions.
 
@@ -306,8 +371,9 @@ def _project_uses(
         grads: Per use, the (N, P, features) output gradients (any dtype/layout).
 
     Returns:
-        ``(rho, kappa)``: (N, P, r) and (N, P, c), contiguous, in ``dtype``.
+        ``(rho, kappa)``: (N, P, r) and (N, P, c), contiguous, in the basis dtype.
     """
+    dtype = basis.row_vectors.dtype
     rows, cols = [], []
     for use, grad, projected_input in zip(block.uses, grads, input_cache, strict=True):
         output_grad = as_contiguous(grad, dtype)
@@ -333,50 +399,7 @@ def _project_inputs(block: Block, basis: KroneckerBasis) -> list[Tensor]:
     return cache
 
 
-def _square_sums(
-    rho: Tensor,
-    kappa: Tensor,
-    chunk: int,
-    product_dtype: torch.dtype,
-    shift: Tensor | None = None,
-    first: Tensor | None = None,
-) -> Tensor:
-    """:math:`\\sum_n (Z_n - K)^{\\odot 2}` with :math:`Z_n = \\rho_n^\\top \\kappa_n`.
-
-    Args:
-        rho: (N, P, r) projected row vectors (stat dtype).
-        kappa: (N, P, c) projected column vectors.
-        chunk: Examples whose (r, c) matrices are formed at once.
-        product_dtype: Dtype of the per-example matrices (sums over a chunk are
-            added to the result in ``rho``'s dtype).
-        shift: (r, c) shift K, or ``None`` for 0.
-        first: (r, c) :math:`\\sum_n Z_n` of this batch (needed with a shift when
-            P = 1).
-
-    Returns:
-        (r, c) in ``rho``'s dtype.
-    """
-    n = rho.shape[0]
-    if rho.shape[1] == 1:  # one GEMM in the stat dtype, then expand the square
-        total = rho[:, 0].square().T @ kappa[:, 0].square()
-        if shift is not None:
-            total += shift * (n * shift - 2.0 * first)
-        return total
-    rows = rho.transpose(1, 2).to(product_dtype)
-    cols = kappa.to(product_dtype)
-    neg_shift = None if shift is None else (-shift).to(product_dtype)
-    total = rho.new_zeros(rho.shape[2], kappa.shape[2])
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        if neg_shift is None:
-            z = torch.bmm(rows[start:stop], cols[start:stop])
-        else:
-            z = torch.baddbmm(neg_shift, rows[start:stop], cols[start:stop])
-        total += z.square_().sum(dim=0)
-    return total
-
-
-def _default_product_dtype(model: nn.Module, stat_dtype: torch.dtype) -> torch.dtype:
+def _default_compute_dtype(model: nn.Module, stat_dtype: torch.dtype) -> torch.dtype:
     """float32 for float32 (or narrower) models, else the stat dtype."""
     param_dtype = next(model.parameters()).dtype
     if param_dtype.itemsize > 4:
@@ -394,7 +417,7 @@ def eigenbasis_gradient_stats(
     mc_samples: int = 1,
     generator: torch.Generator | None = None,
     stat_dtype: torch.dtype = torch.float64,
-    product_dtype: torch.dtype | None = None,
+    compute_dtype: torch.dtype | None = None,
     max_chunk_elements: int | None = None,
 ) -> GradientStats:
     """Mean, second moment, variance and curvature along every eigen-direction.
@@ -410,32 +433,32 @@ def eigenbasis_gradient_stats(
         fisher_type: type-2 (exact GGN), MC (sampled) or empirical.
         mc_samples: Samples per example for MC.
         generator: Random generator for MC sampling.
-        stat_dtype: Dtype of projections, of the shift and of all sums over
-            examples.
-        product_dtype: Dtype of the per-example matrices :math:`Z_n - K` formed
-            for blocks with several positions per example. ``None``: float32 for
-            models with float32 (or narrower) parameters, else ``stat_dtype``.
-            Pass ``torch.float64`` to force float64 throughout.
+        stat_dtype: Dtype of the shift, of all sums over chunks and batches, and
+            of everything for blocks with one position per example.
+        compute_dtype: Dtype of the projections and per-example matrices of
+            blocks with several positions per example (convolutions, sequences,
+            tied weights), the bulk of the work. ``None``: float32 for models
+            with float32 (or narrower) parameters, else ``stat_dtype``. Pass
+            ``torch.float64`` to force float64 throughout.
         max_chunk_elements: Bound on ``chunk * r * c`` when per-example matrices
-            must be formed; ``None``: :data:`CHUNK_BYTES` worth of
-            ``product_dtype``.
+            are formed; ``None``: :data:`CHUNK_BYTES` of ``compute_dtype``.
 
     Returns:
         The statistics; arrays (r, c) per block.
 
     Raises:
         ValueError: If a basis names no block or has the wrong shape, fewer
-            than two examples are seen, ``product_dtype`` is not a floating
+            than two examples are seen, ``compute_dtype`` is not a floating
             dtype, or ``max_chunk_elements`` < 1.
     """
     loss = coerce_enum(LossType, loss, "loss")
     fisher_type = coerce_enum(FisherType, fisher_type, "fisher_type")
-    if product_dtype is None:
-        product_dtype = _default_product_dtype(model, stat_dtype)
-    if not product_dtype.is_floating_point:
-        raise ValueError(f"product_dtype must be floating, got {product_dtype}")
+    if compute_dtype is None:
+        compute_dtype = _default_compute_dtype(model, stat_dtype)
+    if not compute_dtype.is_floating_point:
+        raise ValueError(f"compute_dtype must be floating, got {compute_dtype}")
     if max_chunk_elements is None:
-        max_chunk_elements = CHUNK_BYTES // product_dtype.itemsize
+        max_chunk_elements = CHUNK_BYTES // compute_dtype.itemsize
     if max_chunk_elements < 1:
         raise ValueError(f"max_chunk_elements must be >= 1, got {max_chunk_elements}")
     capture = PerExampleCapture(model)
@@ -448,34 +471,35 @@ def eigenbasis_gradient_stats(
                 f"{capture.blocks[name].shape}"
             )
     device = next(model.parameters()).device
-    bases = {k: _basis_to(b, stat_dtype, device) for k, b in bases.items()}
-    sums = {k: _Accumulator(b.shape, stat_dtype, device) for k, b in bases.items()}
+    exact = {k: _basis_to(b, stat_dtype, device) for k, b in bases.items()}
+    fast = {k: _basis_to(b, compute_dtype, device) for k, b in exact.items()}
+    sums = {k: _Accumulator(b.shape, stat_dtype, device) for k, b in exact.items()}
     chunks = {
         k: max(1, max_chunk_elements // (b.shape[0] * b.shape[1]))
-        for k, b in bases.items()
+        for k, b in exact.items()
     }
     count = 0
     for inputs, targets in batches:
         with capture.recording():
             output = model(inputs)
-        batch_size = output.shape[0]
-        count += batch_size
-        caches = {k: _project_inputs(capture.blocks[k], b) for k, b in bases.items()}
+        count += output.shape[0]
+        # one position per example: exact GEMMs; several: compute_dtype chunks
+        chosen = {
+            k: exact[k] if _positions(capture.blocks[k]) == 1 else fast[k]
+            for k in exact
+        }
+        caches = {k: _project_inputs(capture.blocks[k], b) for k, b in chosen.items()}
         gradient = capture.output_gradients(
             output, loss_gradient_probe(output, targets, loss)
         )
-        for key, basis in bases.items():
-            acc = sums[key]
+        for key, basis in chosen.items():
             rho, kappa = _project_uses(
-                capture.blocks[key], basis, gradient[key], caches[key], stat_dtype
+                capture.blocks[key], basis, gradient[key], caches[key]
             )
-            first = torch.einsum("npi,npj->ij", rho, kappa)
-            if acc.shift is None:  # the first batch's mean: two-pass for one batch
-                acc.shift = first / batch_size
-            acc.first += first
-            acc.centred += _square_sums(
-                rho, kappa, chunks[key], product_dtype, acc.shift, first
-            )
+            if rho.shape[1] == 1:
+                sums[key].add_one_position(rho, kappa)
+            else:
+                sums[key].add_chunks(rho, kappa, chunks[key])
         for probe in curvature_probes(
             output,
             targets,
@@ -485,33 +509,32 @@ def eigenbasis_gradient_stats(
             generator=generator,
         ):
             probed = capture.output_gradients(output, probe)
-            for key, basis in bases.items():
+            for key, basis in chosen.items():
                 rho, kappa = _project_uses(
-                    capture.blocks[key], basis, probed[key], caches[key], stat_dtype
+                    capture.blocks[key], basis, probed[key], caches[key]
                 )
-                sums[key].curvature += _square_sums(
-                    rho, kappa, chunks[key], product_dtype
-                )
+                sums[key].add_curvature(rho, kappa, chunks[key])
         capture.clear()
     if count < 2:
         raise ValueError(f"batches: need at least 2 examples, got {count}")
     layers = {}
     for key, acc in sums.items():
-        mean = acc.first / count
-        # E[Z^2] = E[(Z - K)^2] + K (2 E[Z] - K); Var from the centred sum
-        second = acc.centred / count + acc.shift * (2.0 * mean - acc.shift)
-        offset = mean - acc.shift
-        variance = (acc.centred - count * offset.square()) / (count - 1)
+        mean, second, variance, curvature = acc.statistics(count)
         layers[key] = LayerGradientStats(
             name=key,
             mean=mean.cpu().numpy(),
-            second_moment=second.clamp_min(0.0).cpu().numpy(),
-            variance=variance.clamp_min(0.0).cpu().numpy(),
-            curvature=(acc.curvature / count).cpu().numpy(),
-            kfac_eigenvalues=bases[key].kronecker_eigenvalues().cpu().numpy(),
+            second_moment=second.cpu().numpy(),
+            variance=variance.cpu().numpy(),
+            curvature=curvature.cpu().numpy(),
+            kfac_eigenvalues=exact[key].kronecker_eigenvalues().cpu().numpy(),
             num_examples=count,
         )
     return GradientStats(layers, loss, fisher_type, count)
+
+
+def _positions(block: Block) -> int:
+    """Positions per example summed over the block's uses."""
+    return sum(use.features.shape[1] for use in block.uses)
 
 
 def _basis_to(
