@@ -30,9 +30,11 @@ def all_finite(tensors: Iterable[Tensor]) -> bool:
     extremes: list[Tensor] = []
     for t in tensors:
         if t.numel():
-            lo, hi = torch.aminmax(t.detach())
-            # float64 is exact for every narrower float, so nothing overflows here
-            extremes += [lo.double(), hi.double()]
+            extremes += torch.aminmax(t.detach())
     if not extremes:
         return True
+    dtype = extremes[0].dtype
+    if any(e.dtype != dtype for e in extremes):
+        # float64 holds every narrower float exactly: no overflow from the cast
+        extremes = [e.double() for e in extremes]
     return bool(torch.isfinite(torch.stack(extremes)).all())

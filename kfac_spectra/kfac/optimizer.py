@@ -30,7 +30,7 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
 2. on inverse steps (every ``inverse_interval``) each block is decomposed
    (:mod:`~kfac_spectra.kfac.inverse`);
 3. ``v = (S ⊗ A + damping)^{-1} g`` per block (plain g for unsupported layers);
-4. ``step_rule="fixed"``: KL clipping ``ν`` and heavy-ball momentum
+4. ``step_rule="fixed"``: KL clipping ``ν`` (on by default) and heavy-ball momentum
    ``m ← βm + νv, θ ← θ − αm``; ``step_rule="qmodel"``: ``δ = αΔ + μδ₀`` with
    (α, μ) minimising the exact quadratic model (Fisher/GGN-vector products by
    forward-mode differentiation on the last captured batch), ``θ ← θ + δ``;
@@ -123,7 +123,12 @@ class KFAC(torch.optim.Optimizer):
         inverse_method: ``"eigh"`` (default), ``"cholesky"`` or ``"cg"``.
         damping_type: ``"factored"`` (π heuristic, default) or ``"tikhonov"``.
         step_rule: ``"fixed"`` or ``"qmodel"``.
-        kl_clip: κ > 0 for KL clipping (``None`` disables).
+        kl_clip: κ > 0 for KL clipping (``None`` disables). On by default
+            (κ = 1e-3, the value of Ba et al., 2017): it bounds the predicted
+            change ``α² νvᵀg`` of each step, so that a small damping (λ = 1e-3)
+            with a large learning rate (0.1) cannot take the huge steps along
+            weak-curvature directions with which K-FAC otherwise diverges in its
+            first iterations.
         adapt_damping: Levenberg–Marquardt adaptation of λ (needs a closure).
         lm_interval: T₁, steps between λ adaptations.
         min_damping: Lower clamp for adapted λ.
@@ -157,7 +162,7 @@ class KFAC(torch.optim.Optimizer):
         inverse_method: InverseMethod | str = InverseMethod.EIGH,
         damping_type: DampingType | str = DampingType.FACTORED,
         step_rule: StepRule | str = StepRule.FIXED,
-        kl_clip: float | None = None,
+        kl_clip: float | None = 1e-3,
         adapt_damping: bool = False,
         lm_interval: int = 5,
         min_damping: float = 1e-8,
@@ -589,13 +594,18 @@ class KFAC(torch.optim.Optimizer):
         lr: float,
         beta: float,
     ) -> dict[Tensor, Tensor]:
-        vg = sum(float((direction[p] * g).sum()) for p, g in grads.items())
-        nu = kl_clip_factor(self.kl_clip, lr, vg)
+        nu = 1.0
+        if self.kl_clip is not None:
+            vg = sum(
+                float(torch.dot(direction[p].reshape(-1), g.reshape(-1)))
+                for p, g in grads.items()
+            )
+            nu = kl_clip_factor(self.kl_clip, lr, vg)
         update = {}
         for p in grads:
             state = self.state[p]
             buf = state.get("momentum_buffer")
-            v = direction[p] * nu
+            v = direction[p] * nu if nu != 1.0 else direction[p]
             buf = v.clone() if buf is None else buf.mul_(beta).add_(v)
             state["momentum_buffer"] = buf
             update[p] = -lr * buf

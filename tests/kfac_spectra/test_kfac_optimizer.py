@@ -7,6 +7,7 @@ import copy
 import doctest
 import io
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -28,6 +29,8 @@ from kfac_spectra.kfac.inverse import Damping, EigenInverse, cg_fac_solve, robus
 DT = torch.float64
 CG_ATOL = 1e-8
 INVARIANCE_RTOL = 1e-7
+DEFAULTS_STEPS = 20
+DEFAULTS_LOSS_FRACTION = 0.25
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -212,6 +215,7 @@ def test_kfac_is_gradient_descent_on_whitened_network_corollary_3() -> None:
         min_damping=1e-13,
         fisher_type="type2",
         damping_type="tikhonov",
+        kl_clip=None,  # the exact natural-gradient step, unclipped
     )
     _train(model, opt, x, y)
     for i, layer in ((0, whitened[0]), (2, whitened[2])):
@@ -293,6 +297,7 @@ def test_lm_damping_grows_when_step_is_bad() -> None:
         adapt_damping=True,
         lm_interval=1,
         fisher_type="type2",
+        kl_clip=None,  # the clip would rescue the overshooting step
     )
     _train(model, opt, x, y, closure=True)
     assert opt.last_rho < 0.25
@@ -317,7 +322,7 @@ def test_kl_clipping_bounds_the_step() -> None:
     assert vg_scaled > 0
     # recompute v with a second, unclipped optimizer
     model2 = _mlp(18)
-    opt2 = KFAC(model2, "mse", lr=lr, momentum=0.0, fisher_type="type2")
+    opt2 = KFAC(model2, "mse", lr=lr, momentum=0.0, fisher_type="type2", kl_clip=None)
     opt2.zero_grad()
     F.mse_loss(model2(x), y).backward()
     opt2.step()
@@ -327,6 +332,46 @@ def test_kl_clipping_bounds_the_step() -> None:
     assert nu < 1
     for s, vv in zip(steps, v, strict=True):
         assert rel_err(s, nu * vv) < 1e-10
+
+
+def _teacher_problem(seed: int) -> tuple[Tensor, Tensor]:
+    """256 Gaussian inputs labelled by a noisy random linear teacher (5 classes)."""
+    gen = _gen(seed)
+    x = torch.randn(256, 20, generator=gen)
+    w = 2.0 * torch.randn(20, 5, generator=gen)
+    noise = 0.5 * torch.randn(256, 5, generator=gen)
+    return x, (x @ w + noise).argmax(dim=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_optimizer_trains_where_the_unclipped_step_diverges(seed: int) -> None:
+    """The defaults (λ = 1e-3, α = 0.1, β = 0.9, KL clip κ = 1e-3) decrease the loss
+    of a small MLP on a seeded problem on which the same settings without the clip
+    (the former defaults) blow the loss up: the oracle is the unclipped run."""
+    x, y = _teacher_problem(40 + seed)
+
+    def train(**kw: Any) -> tuple[float, float]:
+        model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+        gen = _gen(seed)
+        with torch.no_grad():  # PyTorch's default init, U(±1/sqrt(fan_in)), seeded
+            for layer in (model[0], model[2]):
+                bound = layer.in_features**-0.5
+                for p in (layer.weight, layer.bias):
+                    p.copy_((2 * torch.rand(p.shape, generator=gen) - 1) * bound)
+        opt = KFAC(model, "ce", **kw)
+        first = float(F.cross_entropy(model(x), y))
+        for _ in range(DEFAULTS_STEPS):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        with torch.no_grad():
+            return first, float(F.cross_entropy(model(x), y))
+
+    first, unclipped = train(kl_clip=None)
+    assert not unclipped < first  # diverged (or NaN): the problem discriminates
+    first_default, trained = train()
+    assert first_default == first
+    assert trained < DEFAULTS_LOSS_FRACTION * first
 
 
 def test_eigh_failure_nan_then_retry_succeeds(monkeypatch) -> None:
