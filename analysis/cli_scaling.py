@@ -204,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
             unreadable spectrum or config file), before any work is done.
     """
     # Heavy imports only when the command runs.
+    import nqm.runtime
     from analysis import plots
     from analysis.io import save_figure, write_json, write_table, write_text_atomic
     from analysis.scaling import (
@@ -227,11 +228,14 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "config.json", cfg.to_dict())
     write_text_atomic(out / "config.toml", cfg.to_toml())
 
+    # NumPy temporaries otherwise page-fault on every evaluation (nqm.runtime).
+    kept = nqm.runtime.keep_freed_memory()
     # The tuning is the expensive part: save its records before anything else.
     result = run_reference_study(
         cfg,
         progress=getattr(args, "progress", None),
         checkpoint=lambda recs: write_table(out, "records", recs, RECORD_COLUMNS),
+        keep_freed_memory=kept,
     )
     written = [str(p) for p in write_study(result, out)]
     timings = dict(result.timings)
@@ -252,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
         "versions": _versions(),
         "git_revision": _git_revision(),
         "platform": platform.platform(),
+        "allocator_keeps_freed_memory": kept,
         "timings_s": timings,
         "n_records": len(result.records),
         "failed_records": [r for r in result.records if r.get("error")],

@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,6 +242,7 @@ def run_study(
     progress: bool | None = None,
     workers: int = 1,
     keep_going: bool = False,
+    keep_freed_memory: bool = False,
     search: Callable[..., Any] = best_steps,
     **options: Any,
 ) -> list[dict[str, Any]]:
@@ -262,7 +263,11 @@ def run_study(
         keep_going: if the tuner raises on a curve, retry it per batch size and
             record the batch sizes that still fail (``steps = nan``, message in
             ``error``) instead of aborting the study.
-        search: the tuner (default :func:`nqm.search.best_steps`).
+        keep_freed_memory: apply :func:`nqm.runtime.keep_freed_memory` in the
+            worker processes (the caller decides for its own process).
+        search: the tuner (default :func:`nqm.search.best_steps`). With the
+            default, SGD is tuned once per (power, target) first and passed to
+            the other families as their ``baseline``.
         **options: passed to ``search``.
 
     Returns:
@@ -286,30 +291,103 @@ def run_study(
             raise ValueError(f"batch size must be >= 1, got {b!r}")
     jobs = [(f, p, t) for f in fams for p in pw for t in tg]
     n_workers = _n_workers(workers, len(jobs))
+    # Every family contains SGD, and best_steps tunes an SGD baseline for each
+    # curve unless given one: tune SGD once per (power, target) and share it.
+    share = search is best_steps and "baseline" not in options
+    base_keys = {(p, t) for f, p, t in jobs if share and f is not Family.SGD}
+    sgd_jobs = {(p, t): i for i, (f, p, t) in enumerate(jobs) if f is Family.SGD}
+    extra = [k for k in sorted(base_keys) if k not in sgd_jobs]  # baseline only
+    for k in extra:
+        sgd_jobs[k] = len(jobs) + extra.index(k)
+    all_jobs = jobs + [(Family.SGD, p, t) for p, t in extra]
+    first = sorted(sgd_jobs.values()) if share else []
+    rest = [i for i in range(len(jobs)) if i not in set(first)]
+    rest.sort(key=lambda i: _COST_RANK.get(all_jobs[i][0], 0))  # long curves first
     done: dict[int, list[dict[str, Any]]] = {}
+    baselines: dict[tuple[float, float], Any] = {}
+
+    def job_options(i: int) -> dict[str, Any]:
+        fam, p, t = all_jobs[i]
+        if fam is Family.SGD or baselines.get((p, t)) is None:
+            return dict(options)
+        return {**options, "baseline": baselines[(p, t)]}
+
+    def finish(i: int, out: tuple[list[dict[str, Any]], Any]) -> None:
+        recs, results = out
+        fam, p, t = all_jobs[i]
+        if fam is Family.SGD:
+            baselines[(p, t)] = results
+        if i < len(jobs):
+            done[i] = recs
+
     with _progress(len(jobs), "nqm-scaling", progress) as bar:
         if n_workers == 1:
-            for i, (fam, p, t) in enumerate(jobs):
+            for i in first + rest:
+                fam, p, t = all_jobs[i]
                 bar.set_postfix_str(f"{fam.value} p={p:g} L*={t:g}")
-                done[i] = _tune_curve(
-                    search, problem, fam, p, bs, t, options, keep_going
+                finish(
+                    i,
+                    _tune_curve(
+                        search, problem, fam, p, bs, t, job_options(i), keep_going
+                    ),
                 )
-                bar.update(1)
+                bar.update(i < len(jobs))
         else:
-            # Curves are independent: spread them over processes (the tuner is
-            # single-threaded numpy, so threads would not help).
+            # Curves are independent once their SGD baseline is known: spread them
+            # over processes (the tuner is single-threaded numpy).
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(n_workers, mp_context=ctx) as pool:
-                futures = {
-                    pool.submit(
-                        _tune_curve, search, problem, fam, p, bs, t, options, keep_going
-                    ): i
-                    for i, (fam, p, t) in enumerate(jobs)
-                }
-                for fut in as_completed(futures):
-                    done[futures[fut]] = fut.result()
-                    bar.update(1)
+            init = nqm.runtime.keep_freed_memory if keep_freed_memory else None
+            with ProcessPoolExecutor(
+                n_workers, mp_context=ctx, initializer=init
+            ) as pool:
+
+                def submit(i: int):
+                    fam, p, t = all_jobs[i]
+                    return pool.submit(
+                        _tune_curve,
+                        search,
+                        problem,
+                        fam,
+                        p,
+                        bs,
+                        t,
+                        job_options(i),
+                        keep_going,
+                    )
+
+                waiting = {submit(i): i for i in first}
+                queue = list(rest)
+                if not first:
+                    waiting.update({submit(i): i for i in queue})
+                    queue = []
+                while waiting:
+                    finished, _ = wait(waiting, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        i = waiting.pop(fut)
+                        finish(i, fut.result())
+                        bar.update(i < len(jobs))
+                    # a curve starts once its baseline is in (all when not shared)
+                    ready = [
+                        i
+                        for i in queue
+                        if all_jobs[i][0] is Family.SGD
+                        or (all_jobs[i][1], all_jobs[i][2]) in baselines
+                    ]
+                    for i in ready:
+                        queue.remove(i)
+                        waiting[submit(i)] = i
     return [rec for i in range(len(jobs)) for rec in done[i]]
+
+
+#: Submission order of curves in parallel studies (most expensive first).
+_COST_RANK = {
+    Family.MOMENTUM_EMA: 0,
+    Family.LINEAR_DECAY: 1,
+    Family.MOMENTUM: 2,
+    Family.EMA: 3,
+    Family.PWC: 4,
+    Family.SGD: 5,
+}
 
 
 def _n_workers(workers: int, n_jobs: int) -> int:
@@ -328,12 +406,14 @@ def _tune_curve(
     t: float,
     options: Mapping[str, Any],
     keep_going: bool = False,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[Any] | None]:
     """Tune one (family, power, target) curve over all batch sizes.
 
+    Returns the records and the tuner's results (``None`` after a retry).
+
     With ``keep_going``, a curve whose tuner raises is retried one batch size at
-    a time, and batch sizes that still fail become records with ``steps = nan``
-    and the exception in ``error``.
+    a time (without a shared baseline), and batch sizes that still fail become
+    records with ``steps = nan`` and the exception in ``error``.
     """
     start = time.perf_counter()
     try:
@@ -344,10 +424,11 @@ def _tune_curve(
         logger.warning(
             "%s p=%g target=%g failed (%s); retrying per B", fam.value, p, t, exc
         )
-        return [_tune_point(search, problem, fam, p, b, t, options) for b in bs]
+        single = {k: v for k, v in options.items() if k != "baseline"}
+        return [_tune_point(search, problem, fam, p, b, t, single) for b in bs], None
     elapsed = time.perf_counter() - start
     logger.info("%s p=%g target=%g: %.2fs", fam.value, p, t, elapsed)
-    return [tune_record(r, elapsed / len(bs)) for r in results]
+    return [tune_record(r, elapsed / len(bs)) for r in results], results
 
 
 def _tune_point(
@@ -614,6 +695,7 @@ def run_reference_study(
     *,
     progress: bool | None = None,
     checkpoint: Callable[[list[dict[str, Any]]], Any] | None = None,
+    keep_freed_memory: bool = False,
     **options: Any,
 ) -> StudyResult:
     """Run everything the figures of ``nqm-scaling`` need.
@@ -627,6 +709,7 @@ def run_reference_study(
         progress: tqdm bar (``None``: only on a terminal).
         checkpoint: called with the records as soon as the tuning is done
             (before the analyses), e.g. to save them.
+        keep_freed_memory: passed to :func:`run_study` (worker processes).
         **options: passed to :func:`nqm.search.best_steps`.
 
     Returns:
@@ -645,6 +728,7 @@ def run_reference_study(
         progress=progress,
         workers=cfg.workers,
         keep_going=cfg.keep_going,
+        keep_freed_memory=keep_freed_memory,
         **options,
     )
     timings["main_study"] = time.perf_counter() - t0
@@ -666,6 +750,7 @@ def run_reference_study(
             progress=progress,
             workers=cfg.workers,
             keep_going=cfg.keep_going,
+            keep_freed_memory=keep_freed_memory,
             **options,
         )
     timings["threshold_study"] = time.perf_counter() - t1

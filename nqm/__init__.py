@@ -22,7 +22,7 @@ mini-batch is :math:`H\theta + \varepsilon`, :math:`\operatorname{Cov}\varepsilo
 C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 """
 
-from . import closed_form, io, noise_scale, search
+from . import closed_form, io, noise_scale, runtime, search
 from .dynamics import (
     expected_loss,
     is_stable,
@@ -59,6 +59,7 @@ __all__ = [
     "search",
     "noise_scale",
     "io",
+    "runtime",
     "steps_to_target",
     "best_steps",
     "Family",

@@ -22,7 +22,7 @@ import nqm
 from analysis import io as aio
 from analysis import scaling
 from analysis.config import ScalingConfig
-from nqm.search import Family, TuneResult
+from nqm.search import Family, TuneResult, best_steps
 
 #: Tiny problem shared by the property tests (d = 30, h_i = c_i = 1/i).
 DIM = 30
@@ -400,6 +400,34 @@ def test_parallel_workers_give_identical_records():
     ]
     with pytest.raises(ValueError, match="workers"):
         scaling.run_study(small, workers=-1, **kwargs)
+
+
+def test_shared_sgd_baseline_matches_per_curve_tuning():
+    """SGD tuned once per (power, target) and shared equals, or improves on, each
+    family tuning its own baseline; SGD records are unchanged; parallel runs
+    (baselines arriving out of order) agree with serial ones."""
+    small = nqm.NQMProblem.power_law(15)
+    kwargs = dict(families=["sgd", "momentum", "ema"], powers=[0.0, 0.5],
+                  batch_sizes=[1, 8, 64], targets=[0.1], progress=False)  # fmt: skip
+
+    def own_baseline(*args, **kw):  # not best_steps itself: nothing is shared
+        return best_steps(*args, **kw)
+
+    shared = scaling.run_study(small, workers=1, **kwargs)
+    alone = scaling.run_study(small, workers=1, search=own_baseline, **kwargs)
+    parallel = scaling.run_study(small, workers=2, **kwargs)
+    assert len(shared) == len(alone) == len(parallel) == 2 * 3 * 3
+    for a, b, c in zip(shared, alone, parallel, strict=True):
+        key = [(r["family"], r["precond_power"], r["batch_size"]) for r in (a, b, c)]
+        assert key[0] == key[1] == key[2]
+        assert a["steps"] <= b["steps"]
+        assert a["steps"] == c["steps"]
+        if a["family"] == "sgd":
+            assert a["steps"] == b["steps"]
+    sgd = {(r["precond_power"], r["batch_size"]): r["steps"] for r in shared
+           if r["family"] == "sgd"}  # fmt: skip
+    for r in shared:
+        assert r["steps"] <= sgd[(r["precond_power"], r["batch_size"])]
 
 
 def test_critical_batch_fits_skip_zero_steps():
