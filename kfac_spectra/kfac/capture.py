@@ -134,7 +134,9 @@ class Capture:
         call = self.call
         self.call += 1
         if self.on_output is not None:
-            self.on_output(output, call)
+            # statistics in their own dtype (float32 or better), not autocast's
+            with torch.autocast(output.device.type, enabled=False):
+                self.on_output(output, call)
 
     def _module_hook(
         self, module: nn.Module, args: tuple[Any, ...], output: Any
@@ -142,7 +144,9 @@ class Capture:
         if not self.recording:
             return None
         block = self.module_blocks[module]
-        record, replacement = block.forward_record(module, args, output, self.call)
+        device = output.device.type if isinstance(output, Tensor) else "cpu"
+        with torch.autocast(device, enabled=False):
+            record, replacement = block.forward_record(module, args, output, self.call)
         if record is not None:
             self.records.append(record)
         return replacement

@@ -357,7 +357,9 @@ class KFAC(torch.optim.Optimizer):
                 self._ema[key] = {k: v.clone() for k, v in stats.items()}
             else:
                 for k, v in stats.items():
-                    old[k] = rho * old[k] + (1 - rho) * v if k in old else v.clone()
+                    # ρ·old + (1−ρ)·v in one pass, as v + ρ(old − v); a new tensor,
+                    # not in place: state_dict() and factors() hand out references
+                    old[k] = torch.lerp(v, old[k], rho) if k in old else v.clone()
 
     # ---------------------------------------------------------------- inverse
     def _damping_spec(self) -> Damping:

@@ -374,6 +374,32 @@ def test_default_optimizer_trains_where_the_unclipped_step_diverges(seed: int) -
     assert trained < DEFAULTS_LOSS_FRACTION * first
 
 
+def test_layer_hooks_exist_only_on_factor_steps() -> None:
+    """Non-factor steps run the plain model: no per-layer forward hooks."""
+    x = torch.randn(12, 4, generator=_gen(50), dtype=DT)
+    y = torch.randn(12, 3, generator=_gen(51), dtype=DT)
+    model = _mlp(52)
+    opt = KFAC(model, "mse", lr=0.01, factor_interval=3)
+    for step in range(7):
+        hooked = [len(model[i]._forward_hooks) for i in (0, 2)]
+        assert hooked == ([1, 1] if step % 3 == 0 else [0, 0]), step
+        _train(model, opt, x, y)
+    opt.remove_hooks()
+    assert not model._forward_hooks and not model._forward_pre_hooks
+    assert all(not m._forward_hooks for m in model)
+
+
+def test_root_layer_is_captured_before_the_root_hook() -> None:
+    """A bare layer as the model: its record exists when the root hook runs."""
+    x = torch.randn(20, 4, generator=_gen(53), dtype=DT)
+    y = torch.randn(20, 3, generator=_gen(54), dtype=DT)
+    model = nn.Linear(4, 3).double()
+    opt = KFAC(model, "mse", lr=0.0, fisher_type="type2", factor_decay=0.0)
+    _train(model, opt, x, y)
+    (a, s), (a_ref, s_ref) = opt.factors()[""], compute_factors(model, x, y)[""]
+    assert rel_err(a, a_ref) < 1e-12 and rel_err(s, s_ref) < 1e-12
+
+
 def test_eigh_failure_nan_then_retry_succeeds(monkeypatch) -> None:
     real = torch.linalg.eigh
     calls = {"n": 0}
@@ -534,6 +560,9 @@ def test_bfloat16_autocast_trains_with_float32_statistics() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
         F.cross_entropy(out.float(), y).backward()
+        # the batch sums themselves, not only their moving averages, in float32
+        for b in opt._blocks.blocks.values():
+            assert b._a_sum.dtype == b._s_sum.dtype == torch.float32
         opt.step()
     assert F.cross_entropy(model(x), y).item() < 0.6 * first
     for a, s in opt.factors().values():
