@@ -534,7 +534,7 @@ def eigenbasis_gradient_stats(
 
 def _positions(block: Block) -> int:
     """Positions per example summed over the block's uses."""
-    return sum(use.features.shape[1] for use in block.uses)
+    return sum(use.num_positions for use in block.uses)
 
 
 def _basis_to(

@@ -64,64 +64,102 @@ class Side(StrEnum):
 class Use:
     """One call of a module that uses a block's weight.
 
+    The call's input is kept as it was (detached, no copy); the per-position
+    rows (conv patches) are formed only on request.
+
     Attributes:
-        features: Detached processed inputs without the bias column: (N, P, c')
-            float for Linear/Conv (possibly a strided view of the unfolded
-            patches), or (N, P) int64 token ids for Embedding.
+        module: The module called.
+        raw: Its detached input: (N, *, in) for Linear, (N, C_in, *spatial) for
+            Conv, token ids (N, *) for Embedding.
         output: The call's output, still in the autograd graph.
         input_side: :attr:`Side.COL` for Linear/Conv, :attr:`Side.ROW` for
             Embedding (the one-hot token is the row vector).
         channels_first: Whether ``output`` is (N, C, *spatial) (convolutions)
             rather than (N, *, features).
         bias_column: Whether the block has a bias, i.e. a constant 1 follows
-            ``features`` as the last input coordinate.
+            the features as the last input coordinate.
     """
 
-    features: Tensor
+    module: nn.Module
+    raw: Tensor
     output: Tensor
     input_side: Side
     channels_first: bool = False
     bias_column: bool = False
 
     @property
-    def inputs(self) -> Tensor:
-        """(N, P, c) inputs with the bias column, or the (N, P) token ids.
+    def features(self) -> Tensor:
+        """Processed inputs without the bias column.
 
-        A new tensor when there is a bias column (built on each access).
+        (N, P, c') float for Linear/Conv (conv patches via
+        :func:`unfold_conv_input`, a new tensor), or (N, P) int64 token ids for
+        Embedding.
         """
+        n = self.raw.shape[0]
+        if self.input_side is Side.ROW:
+            return self.raw.reshape(n, -1)
+        if self.channels_first:
+            return unfold_conv_input(self.module, self.raw)
+        return self.raw.reshape(n, -1, self.raw.shape[-1])
+
+    @property
+    def num_positions(self) -> int:
+        """P, the positions per example."""
+        if self.channels_first:
+            return math.prod(self.output.shape[2:])
+        return self.output[..., 0].numel() // self.output.shape[0]
+
+    @property
+    def inputs(self) -> Tensor:
+        """(N, P, c) inputs with the bias column, or the (N, P) token ids."""
+        features = self.features
         if not self.bias_column:
-            return self.features
-        ones = self.features.new_ones(*self.features.shape[:2], 1)
-        return torch.cat([self.features, ones], dim=2)
+            return features
+        ones = features.new_ones(*features.shape[:2], 1)
+        return torch.cat([features, ones], dim=2)
 
     def projected_inputs(self, vectors: Tensor) -> Tensor:
         """Inputs times ``vectors``, :math:`[a_{n,p}; 1]^\\top V`, in V's dtype.
 
-        The inputs are cast (and made contiguous) in one copy and the bias
-        column is applied as V's last row, so the (N, P, c) inputs with their
-        column of ones are never formed.
+        The (N, P, c) inputs with their column of ones are never formed: for a
+        convolution the product is itself a convolution of the raw input with
+        the filters :math:`V_{:, j}` (bias :math:`V_{c, j}`), for a Linear
+        layer one GEMM on the input cast in one copy, V's last row added.
 
         Args:
-            vectors: (c, k) matrix, c = ``features.shape[-1]`` (+1 with a bias).
+            vectors: (c, k) matrix, c the block's column count.
 
         Returns:
-            (N, P, k) in ``vectors.dtype``.
+            (N, P, k) in ``vectors.dtype`` (for convolutions a transposed view).
 
         Raises:
             ValueError: For token-id inputs or a ``vectors`` of the wrong height.
         """
         if self.input_side is not Side.COL:
             raise ValueError("vectors: token-id inputs are indices, not vectors")
-        width = self.features.shape[-1]
+        weight = self.module.weight
+        width = math.prod(weight.shape[1:]) if self.channels_first else weight.shape[1]
         if vectors.shape[0] != width + self.bias_column:
             raise ValueError(
                 f"vectors: need {width + self.bias_column} rows, got {vectors.shape[0]}"
             )
+        bias = vectors[width] if self.bias_column else None
+        if self.channels_first:
+            filters = vectors[:width].T.reshape(-1, *weight.shape[1:])
+            conv = F.conv1d if isinstance(self.module, nn.Conv1d) else F.conv2d
+            out = conv(
+                self.raw.to(vectors.dtype),
+                filters.contiguous(),
+                bias,
+                stride=self.module.stride,
+                padding=self.module.padding,
+                dilation=self.module.dilation,
+            )
+            return out.reshape(out.shape[0], out.shape[1], -1).transpose(1, 2)
         rows = as_contiguous(self.features, vectors.dtype)
-        if not self.bias_column:
+        if bias is None:
             return rows @ vectors
-        # rows @ V[:-1] + V[-1], the addition fused into the GEMM
-        return torch.matmul(rows, vectors[:width]).add_(vectors[width])
+        return torch.matmul(rows, vectors[:width]).add_(bias)
 
     def output_gradient_rows(
         self, grad: Tensor | None, dtype: torch.dtype | None = None
@@ -266,13 +304,12 @@ def unfold_conv_input(module: nn.Conv1d | nn.Conv2d, x: Tensor) -> Tensor:
     return patches.transpose(1, 2)
 
 
-def _process_inputs(module: nn.Module, x: Tensor) -> tuple[Tensor, Side, bool]:
-    x = x.detach()
+def _use(module: nn.Module, x: Tensor, out: Tensor) -> Use:
     if isinstance(module, nn.Embedding):
-        return x.reshape(x.shape[0], -1), Side.ROW, False
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        return unfold_conv_input(module, x), Side.COL, True
-    return x.reshape(x.shape[0], -1, x.shape[-1]), Side.COL, False
+        return Use(module, x.detach(), out, Side.ROW)
+    is_conv = isinstance(module, (nn.Conv1d, nn.Conv2d))
+    bias = getattr(module, "bias", None) is not None
+    return Use(module, x.detach(), out, Side.COL, is_conv, bias)
 
 
 class PerExampleCapture:
@@ -304,9 +341,7 @@ class PerExampleCapture:
                 def hook(mod: nn.Module, args: tuple, out: Tensor, b=block) -> None:
                     if not torch.is_grad_enabled():
                         return
-                    features, side, is_conv = _process_inputs(mod, args[0])
-                    bias = getattr(mod, "bias", None) is not None
-                    b.uses.append(Use(features, out, side, is_conv, bias))
+                    b.uses.append(_use(mod, args[0], out))
 
                 handles.append(module.register_forward_hook(hook))
         try:
