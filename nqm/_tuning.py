@@ -57,18 +57,30 @@ class _Space:
     ``v = 0`` (``w = 0``) is exactly no momentum (no averaging).
     """
 
-    def __init__(self, family: Family, hh_max: float, p: float):
+    def __init__(self, family: Family, hh_max: float, p: float, fixed_momentum=None):
         self.family, self.hh_max, self.p = family, hh_max, p
-        self.has_m = family in (Family.MOMENTUM, Family.MOMENTUM_EMA)
+        # a fixed momentum is a constant, not a coordinate
+        self.fixed_beta = None if fixed_momentum is None else float(fixed_momentum)
+        self.has_m = (
+            family in (Family.MOMENTUM, Family.MOMENTUM_EMA) and self.fixed_beta is None
+        )
         self.has_e = family in (Family.EMA, Family.MOMENTUM_EMA)
         self.lo = [_U_MIN] + [_V_MIN] * (self.has_m + self.has_e)
         self.hi = [_U_MAX] + [0.0] * (self.has_m + self.has_e)
         self.dim = len(self.lo)
 
+    def grid_sizes(self):
+        sizes = _GRID[self.family]
+        if self.fixed_beta is not None:
+            sizes = sizes[:1] + sizes[2:]  # the momentum axis is gone
+        return sizes
+
     def params(self, x):
         x = np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi)
         j = 1
         beta = np.zeros(x.shape[:-1])
+        if self.fixed_beta is not None:
+            beta = np.full(x.shape[:-1], self.fixed_beta)
         gamma = np.zeros(x.shape[:-1])
         if self.has_m:
             beta = -np.expm1(x[..., j])
@@ -165,11 +177,13 @@ def _local_min(problem, space, x0, t, b, counter):
     return x, math.exp(val) if val < 700 else math.inf
 
 
-def _tune_constant(problem, fam, bs, target, p, *, surrogate_bins, grid, polish):
+def _tune_constant(
+    problem, fam, bs, target, p, *, surrogate_bins, grid, polish, fixed_momentum=None
+):
     hh, _, _ = _modes(problem, p)
-    space = _Space(fam, float(hh.max()), p)
+    space = _Space(fam, float(hh.max()), p, fixed_momentum)
     surr = _surrogate(problem, surrogate_bins)
-    X = space.grid(grid or _GRID[fam])
+    X = space.grid(grid or space.grid_sizes())
     a, be, g = space.params(X)
     counter = [0]
     n_b = bs.size
@@ -379,6 +393,7 @@ def tune(
     stairs: int = 64,
     polish: int = 1,
     baseline=None,
+    fixed_momentum=None,
 ):
     """Tune ``fam`` at every batch size in ``bs``; see the module docstring."""
     if int(surrogate_bins) < 8:
@@ -386,6 +401,20 @@ def tune(
     if int(pieces) < 1 or int(stairs) < 1:
         raise ValueError("pieces and stairs must be positive integers")
     kw = dict(surrogate_bins=int(surrogate_bins))
+    if fixed_momentum is not None:
+        beta = float(fixed_momentum)
+        if fam not in (Family.MOMENTUM, Family.MOMENTUM_EMA):
+            raise ValueError(
+                f"fixed_momentum applies to the momentum families, not {fam.value!r}"
+            )
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"fixed_momentum must lie in (0, 1), got {beta!r}")
+        # A fixed momentum does not contain SGD: no baseline to nest.
+        own = _tune_constant(
+            problem, fam, bs, target, p, grid=grid, polish=polish,
+            fixed_momentum=beta, **kw,
+        )  # fmt: skip
+        return _monotone(problem, bs, target, own)
     if fam is Family.SGD:
         return _monotone(
             problem,

@@ -336,7 +336,10 @@ def best_steps(
             ``stairs`` (64, for ``linear_decay``), ``polish`` (1; exact local
             refinement rounds), ``baseline`` (already tuned results of a family
             this one contains, one per batch size, e.g. SGD's; computed if
-            omitted). See :mod:`nqm._tuning`.
+            omitted), ``fixed_momentum`` (``momentum`` and ``momentum_ema``
+            only: keep :math:`\\beta` at this value and tune the rest, as in
+            Figure 14b; such an optimizer does not contain SGD, so no baseline is
+            used). See :mod:`nqm._tuning`.
 
     Returns:
         A :class:`TuneResult`, or a list of them for a sequence of batch sizes.

@@ -155,6 +155,28 @@ def test_tuning_never_worse_than_reference_grid(small, tuned):
         assert r.steps <= grid_best
 
 
+def test_fixed_momentum_tunes_the_lr_alone(small):
+    """Figure 14b: momentum fixed at 0.9, lr tuned; no worse than a dense lr grid
+    at that momentum, exact for the returned optimizer, non-increasing in B."""
+    res = best_steps(small, Family.MOMENTUM, BATCHES, TARGET, fixed_momentum=0.9)
+    lr_max = nqm.max_stable_lr(small, 0.9)
+    lrs = lr_max * np.geomspace(1e-3, 0.999, 24)
+    for r in res:
+        assert r.optimizer.momentum == 0.9
+        assert r.steps == steps_to_target(small, r.optimizer, r.batch_size, TARGET)
+        grid_best = min(
+            steps_to_target(small, nqm.Optimizer(a, momentum=0.9), r.batch_size, TARGET)
+            for a in lrs
+        )
+        assert r.steps <= grid_best
+    steps = [r.steps for r in res]
+    assert all(a >= b for a, b in zip(steps, steps[1:], strict=False))
+    with pytest.raises(ValueError, match="fixed_momentum"):
+        best_steps(small, Family.SGD, 1, TARGET, fixed_momentum=0.9)
+    with pytest.raises(ValueError, match="fixed_momentum"):
+        best_steps(small, Family.MOMENTUM, 1, TARGET, fixed_momentum=1.0)
+
+
 def test_steps_non_increasing_in_batch_size(tuned):
     for fam, results in tuned.items():
         steps = [r.steps for r in results]
