@@ -51,10 +51,11 @@ bulk of the work, are formed in ``compute_dtype``: float32 by default for float3
 models (whose captured activations and gradients are float32 anyway), float64 for
 float64 models or on request. Measured against the float64 path on the default
 MNIST-1D models (``benchmarks/bench_collect.py``, last column) the float32 path
-changes variance, second moment and curvature by a relative 1e-4 or less in every
-direction whose value exceeds 1e-12 of its block's largest, and the mean by less
-than 1e-3 of its standard error (tested in
-``tests/kfac_spectra/test_gradient_stats_precision.py``).
+changed variance, second moment and curvature by a relative 3e-4 or less
+(typically 1e-5) in every direction whose value exceeds 1e-12 of its block's
+largest, and the mean by less than 1e-3 of its standard error; the tests hold it
+to 1e-4 on small models with a dominant mean
+(``tests/kfac_spectra/test_gradient_stats_precision.py``).
 
 References:
     Zhang et al. 2019, "Which Algorithmic Choices Matter at Which Batch Sizes?",
