@@ -45,6 +45,7 @@ _OPTION_FIELDS: tuple[str, ...] = (
     "batch_sizes",
     "families",
     "powers",
+    "fixed_momentum",
     "out",
     "figures",
     "workers",
@@ -104,6 +105,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "(default all)",
     )
     s.add_argument("--powers", help="comma-separated preconditioning powers in [0, 1]")
+    s.add_argument(
+        "--fixed-momentum",
+        help="momentum held fixed in the E.6 panel (b), lr tuned (default 0.9; 0: skip)",
+    )
     o = p.add_argument_group("run")
     o.add_argument(
         "--out", help="tables, config and manifest (default results/nqm-scaling)"

@@ -64,6 +64,9 @@ class ScalingConfig:
         transient_alpha_h: :math:`\\alpha h` of the momentum-vs-SGD transient
             comparison (E.3).
         transient_one_minus_beta: the values of :math:`1-\\beta` compared in E.3.
+        fixed_momentum: the momentum held fixed in Figure 14b (E.6), where only
+            the lr is tuned, at every power and main target (when the momentum
+            family is studied); 0 skips that panel.
         out: directory for tables, the resolved config and the manifest.
         figures: directory for the figures and the tables of their points.
         workers: processes tuning curves in parallel (0: one per CPU); the
@@ -85,6 +88,7 @@ class ScalingConfig:
     shape_batch_sizes: int = 4
     transient_alpha_h: float = 0.0005
     transient_one_minus_beta: tuple[float, ...] = (0.5, 0.1, 0.03, 0.01)
+    fixed_momentum: float = 0.9
     out: str = "results/nqm-scaling"
     figures: str = "figures"
     workers: int = 1
@@ -232,6 +236,10 @@ def _validate(cfg: ScalingConfig) -> None:
     for p in cfg.powers:
         if not (math.isfinite(p) and 0.0 <= p <= 1.0):
             raise ValueError(f"precond power must lie in [0, 1], got {p!r}")
+    if not (math.isfinite(cfg.fixed_momentum) and 0.0 <= cfg.fixed_momentum < 1.0):
+        raise ValueError(
+            f"fixed_momentum must lie in [0, 1) (0: skip), got {cfg.fixed_momentum!r}"
+        )
     if int(cfg.shape_batch_sizes) != cfg.shape_batch_sizes or cfg.shape_batch_sizes < 1:
         raise ValueError(
             "shape_batch_sizes must be a positive integer, "
@@ -281,7 +289,7 @@ def _coerce(name: str, value: Any) -> Any:
         if value != int(value):
             raise ValueError(f"{name} must be an integer, got {value!r}")
         return int(value)
-    if name in ("h_power", "c_power", "init_sq", "transient_alpha_h"):
+    if name in ("h_power", "c_power", "init_sq", "transient_alpha_h", "fixed_momentum"):
         if isinstance(value, str):
             return _number(name, value)
         try:

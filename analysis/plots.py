@@ -168,24 +168,34 @@ def plot_loss_threshold(rows: Rows) -> Figure:
 
 def plot_optimal_lr(rows: Rows) -> Figure:
     """Optimal (effective) learning rate vs batch size per power (E.6, Figure 14):
-    left SGD's lr, right momentum's effective lr :math:`\\alpha/(1-\\beta)` with
-    SGD's curves dashed for comparison."""
+    (a) SGD's lr; (b) momentum held fixed (``momentum_tuned`` false), lr tuned;
+    (c) tuned momentum. (b) and (c) show the effective lr :math:`\\alpha/(1-\\beta)`
+    with SGD's curves dashed for comparison."""
     rows = list(rows)
-    fig, axes = _figure(2)
+    fig, axes = _figure(3)
     sgd = _group([r for r in rows if r["family"] == "sgd"], "precond_power")
-    mom = _group([r for r in rows if r["family"] == "momentum"], "precond_power")
+    mom = [r for r in rows if r["family"] == "momentum"]
+    fixed = _group(
+        [r for r in mom if not r.get("momentum_tuned", True)], "precond_power"
+    )
+    tuned = _group([r for r in mom if r.get("momentum_tuned", True)], "precond_power")
     cmap = matplotlib.colormaps["plasma"]
-    powers = sorted(set(sgd) | set(mom))
+    powers = sorted(set(sgd) | set(fixed) | set(tuned))
     colors = {p: cmap(0.85 * i / max(len(powers) - 1, 1)) for i, p in enumerate(powers)}
     for p, rs in sorted(sgd.items()):
         x, y = _xy(rs, "batch_size", "lr")
         axes[0].plot(x, y, "o-", ms=3, color=colors[p], label=f"p = {p:g}")
         axes[1].plot(x, y, "--", lw=0.8, color=colors[p])
-    for p, rs in sorted(mom.items()):
-        x, y = _xy(rs, "batch_size", "effective_lr")
-        axes[1].plot(x, y, "o-", ms=3, color=colors[p], label=f"p = {p:g}")
+        axes[2].plot(x, y, "--", lw=0.8, color=colors[p])
+    for ax, groups in ((axes[1], fixed), (axes[2], tuned)):
+        for p, rs in sorted(groups.items()):
+            x, y = _xy(rs, "batch_size", "effective_lr")
+            ax.plot(x, y, "o-", ms=3, color=colors[p], label=f"p = {p:g}")
+    betas = sorted({r["momentum"] for rs in fixed.values() for r in rs})
+    fixed_label = ", ".join(f"{b:g}" for b in betas) if betas else "fixed"
     axes[0].set_title("(a) without momentum: lr")
-    axes[1].set_title("(b) tuned momentum: α/(1−β)")
+    axes[1].set_title(f"(b) momentum {fixed_label}: α/(1−β)")
+    axes[2].set_title("(c) tuned momentum: α/(1−β)")
     for ax in axes:
         _log2_axes(ax, "batch size B", "optimal learning rate")
         if ax.get_legend_handles_labels()[0]:

@@ -293,7 +293,11 @@ def run_study(
     n_workers = _n_workers(workers, len(jobs))
     # Every family contains SGD, and best_steps tunes an SGD baseline for each
     # curve unless given one: tune SGD once per (power, target) and share it.
-    share = search is best_steps and "baseline" not in options
+    share = (
+        search is best_steps
+        and "baseline" not in options
+        and options.get("fixed_momentum") is None
+    )
     base_keys = {(p, t) for f, p, t in jobs if share and f is not Family.SGD}
     sgd_jobs = {(p, t): i for i, (f, p, t) in enumerate(jobs) if f is Family.SGD}
     extra = [k for k in sorted(base_keys) if k not in sgd_jobs]  # baseline only
@@ -755,6 +759,24 @@ def run_reference_study(
         )
     timings["threshold_study"] = time.perf_counter() - t1
 
+    t_fixed = time.perf_counter()
+    fixed: list[dict[str, Any]] = []
+    if cfg.fixed_momentum > 0 and Family.MOMENTUM.value in cfg.families:
+        fixed = run_study(
+            problem,
+            [Family.MOMENTUM],
+            cfg.powers,
+            batch_sizes,
+            cfg.targets,
+            progress=progress,
+            workers=cfg.workers,
+            keep_going=cfg.keep_going,
+            keep_freed_memory=keep_freed_memory,
+            fixed_momentum=cfg.fixed_momentum,
+            **options,
+        )
+    timings["fixed_momentum_study"] = time.perf_counter() - t_fixed
+
     if checkpoint is not None:
         checkpoint(records)
     t2 = time.perf_counter()
@@ -765,6 +787,7 @@ def run_reference_study(
 
     t3 = time.perf_counter()
     extras = {
+        "fixed_momentum": fixed,
         "schedule_shapes": schedule_shapes(records, cfg.shape_batch_sizes),
         "momentum_transient": momentum_transient(
             cfg.transient_alpha_h, cfg.transient_one_minus_beta
@@ -804,10 +827,14 @@ def figure_tables(
         if r["target"] in threshold_targets
     ]
     lr_rows = [
-        r
+        dict(r, momentum_tuned=r["family"] == Family.MOMENTUM.value)
         for r in main
         if r["family"] in (Family.SGD.value, Family.MOMENTUM.value)
         and math.isfinite(r["steps"])
+    ] + [
+        dict(r, momentum_tuned=False)
+        for r in result.extras.get("fixed_momentum", [])
+        if r["target"] in main_targets and math.isfinite(r["steps"])
     ]
     pwc = [
         r for r in main if r["family"] == Family.PWC.value and math.isfinite(r["steps"])

@@ -118,14 +118,22 @@ def test_loss_threshold_one_curve_and_bound_per_target():
 
 def test_optimal_lr_panels(records):
     rows, _ = records
-    fig = plots.plot_optimal_lr(rows)
-    a, b = fig.axes
+    # the fixed-momentum panel (b) gets its own rows: momentum held at 0.9
+    fixed = [
+        dict(r, momentum=0.9, effective_lr=0.2 * r["batch_size"], momentum_tuned=False)
+        for r in rows
+        if r["family"] == "momentum"
+    ]
+    fig = plots.plot_optimal_lr(rows + fixed)
+    a, b, c = fig.axes
     assert [ln.get_ydata().tolist() for ln in a.lines][0] == [0.01 * x for x in BATCH]
-    # right panel: momentum effective lr solid, SGD lr dashed for comparison
-    solid = [ln for ln in b.lines if ln.get_linestyle() == "-"]
-    dashed = [ln for ln in b.lines if ln.get_linestyle() == "--"]
-    assert len(solid) == len(dashed) == len(POWERS)
-    assert solid[0].get_ydata().tolist() == [0.1 * x for x in BATCH]
+    # (b) fixed and (c) tuned momentum: effective lr solid, SGD lr dashed
+    for ax, slope in ((b, 0.2), (c, 0.1)):
+        solid = [ln for ln in ax.lines if ln.get_linestyle() == "-"]
+        dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+        assert len(solid) == len(dashed) == len(POWERS)
+        assert solid[0].get_ydata().tolist() == [slope * x for x in BATCH]
+    assert "0.9" in b.get_title()
 
 
 def test_pwc_final_lr(records):

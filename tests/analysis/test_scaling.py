@@ -10,6 +10,7 @@ families that contain SGD never slower than SGD).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -476,9 +477,17 @@ def test_reference_study_passes_run_options(monkeypatch):
                         powers=(0.0,), targets=(0.1,), threshold_targets=(0.2,),
                         workers=3, keep_going=True)  # fmt: skip
     res = scaling.run_reference_study(cfg, progress=False)
-    assert len(seen) == 2  # main grid + the SGD loss-threshold curve
+    # main grid + the SGD loss-threshold curve + momentum fixed at 0.9 (E.6b)
+    assert len(seen) == 3
     assert all(kw["workers"] == 3 and kw["keep_going"] is True for kw in seen)
+    assert [kw.get("fixed_momentum") for kw in seen] == [None, None, 0.9]
     assert {r["family"] for r in res.records} == {"momentum", "sgd"}
+    assert len(res.extras["fixed_momentum"]) == 3
+    seen.clear()
+    scaling.run_reference_study(
+        dataclasses.replace(cfg, fixed_momentum=0.0), progress=False
+    )
+    assert len(seen) == 2  # 0 skips the panel
 
 
 def test_schedule_shapes_handle_constant_fallbacks_per_record():
