@@ -8,6 +8,13 @@ back-propagates output probes to the recorded layer outputs with
 :meth:`Capture.backprop_probes`. For the empirical Fisher, :meth:`Capture.watch`
 instead installs tensor hooks that read the output gradients during the user's own
 ``loss.backward()``.
+
+With a :attr:`Capture.row_sampler`, the statistics of each root call use a subset of
+its examples: the sampler is asked once per call, at the first recorded module, for
+the indices to keep among the N examples; every record of the call carries them and
+the root callback gets them too. The examples must lie along the batch dimension of
+every recorded layer (:meth:`~kfac_spectra.kfac.blocks.base.CurvatureBlock.batch_size`)
+and along dim 0 of the model output; a call that breaks this raises ``ValueError``.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from .blocks.base import CurvatureBlock, Record
 
 __all__ = ["Capture"]
 
-RootCallback = Callable[[Tensor, int], None]
+RootCallback = Callable[[Tensor, int, Tensor | None], None]
+RowSampler = Callable[[int], Tensor | None]
 
 
 class Capture:
@@ -34,8 +42,14 @@ class Capture:
         model: The root module; its output (a tensor, last dim = classes/features) is
             what the loss is computed from.
         module_blocks: Map from each hooked module to the block that owns it.
-        on_output: Called as ``on_output(output, call_index)`` after each captured
-            root forward call.
+        on_output: Called as ``on_output(output, call_index, rows)`` after each
+            captured root forward call; ``rows`` are the example indices the
+            statistics use (``None``: all).
+
+    Attributes:
+        row_sampler: ``None`` (statistics from every example) or a function that,
+            given the batch size N, returns sorted example indices (or ``None`` for
+            all of them) for the statistics of one root call.
     """
 
     def __init__(
@@ -53,6 +67,8 @@ class Capture:
         self.call = 0
         self.last_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.keep_inputs = False
+        self.row_sampler: RowSampler | None = None
+        self._call_rows: dict[int, tuple[int, Tensor | None]] = {}
         self._handles: list[RemovableHandle] = []
         self._module_handles: list[RemovableHandle] = []
         self._in_root = 0
@@ -119,6 +135,9 @@ class Capture:
         self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         self._in_root += 1
+        if self._in_root == 1:
+            # rows chosen by a forward that raised before its root hook ran
+            self._call_rows.pop(self.call, None)
         if self.keep_inputs and not self.suspended and self._in_root == 1:
             self.last_inputs = (args, kwargs)
 
@@ -133,10 +152,21 @@ class Capture:
             )
         call = self.call
         self.call += 1
+        batch, rows = self._call_rows.pop(call, (0, None))
+        if (
+            self.row_sampler is not None
+            and batch
+            and (output.ndim == 0 or output.shape[0] != batch)
+        ):
+            raise ValueError(
+                "stats_batch_size: the model output's dim 0 "
+                f"({tuple(output.shape)}) is not the batch dimension of its layers "
+                f"(N = {batch}); subset statistics need batch-first outputs"
+            )
         if self.on_output is not None:
             # statistics in their own dtype (float32 or better), not autocast's
             with torch.autocast(output.device.type, enabled=False):
-                self.on_output(output, call)
+                self.on_output(output, call, rows)
 
     def _module_hook(
         self, module: nn.Module, args: tuple[Any, ...], output: Any
@@ -144,12 +174,34 @@ class Capture:
         if not self.recording:
             return None
         block = self.module_blocks[module]
+        rows = self._rows_for(block, module, args)
         device = output.device.type if isinstance(output, Tensor) else "cpu"
         with torch.autocast(device, enabled=False):
-            record, replacement = block.forward_record(module, args, output, self.call)
+            record, replacement = block.forward_record(
+                module, args, output, self.call, rows
+            )
         if record is not None:
             self.records.append(record)
         return replacement
+
+    def _rows_for(
+        self, block: CurvatureBlock, module: nn.Module, args: tuple[Any, ...]
+    ) -> Tensor | None:
+        """The example subset of the current root call (chosen at its first layer)."""
+        if self.row_sampler is None or not args or not isinstance(args[0], Tensor):
+            return None
+        batch = block.batch_size(module, args)
+        known = self._call_rows.get(self.call)
+        if known is None:
+            known = (batch, self.row_sampler(batch))
+            self._call_rows[self.call] = known
+        elif known[0] != batch:
+            raise ValueError(
+                f"stats_batch_size: layer {block.name!r} sees {batch} examples but "
+                f"an earlier layer of the same forward saw {known[0]}; subset "
+                "statistics need the examples along every layer's batch dimension"
+            )
+        return known[1]
 
     # ------------------------------------------------------------- gradients
     def take_records(self, call: int | None = None) -> list[Record]:

@@ -116,7 +116,8 @@ def compute_factors(
         generator = torch.Generator(device=device)
         generator.manual_seed(0)
 
-    def on_output(output: Tensor, call: int) -> None:
+    def on_output(output: Tensor, call: int, rows: Tensor | None) -> None:
+        del rows  # no row sampler: always None
         probes = output_probes(
             output,
             loss,

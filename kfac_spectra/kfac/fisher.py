@@ -42,6 +42,7 @@ __all__ = [
     "num_loss_terms",
     "output_hessian_form",
     "output_probes",
+    "subset_term_weight",
 ]
 
 
@@ -75,6 +76,35 @@ def loss_scale(output: Tensor, loss: LossType, reduction: Reduction) -> float:
     if loss == LossType.MSE:
         return 1.0 / output.numel()
     return 1.0 / num_loss_terms(output, loss)
+
+
+def subset_term_weight(
+    output: Tensor, subset: Tensor, loss: LossType, reduction: Reduction
+) -> float:
+    r"""Weight ``w`` of each loss term when the curvature is estimated on a subset.
+
+    The curvature of ``L = c Σ_{m≤M} ℓ_m`` is estimated from the ``M'`` terms of a
+    subset of the examples (Martens & Grosse 2015, §8) by ``w Σ_{m∈subset} ...``:
+
+    .. math::
+        w = c' \;(\text{mean: the subset's own scale}), \qquad
+        w = M / M' \;(\text{sum}),
+
+    both unbiased for a uniformly drawn subset (the mean's estimate of the average
+    per-term curvature is the subset's average).
+
+    Args:
+        output: The full model output, shape ``(N, ..., C)``.
+        subset: Its rows of the subset, shape ``(N', ..., C)``.
+        loss: The loss type.
+        reduction: The reduction.
+
+    Returns:
+        ``w``; with ``subset`` equal to ``output`` it is ``c``.
+    """
+    if reduction == Reduction.SUM:
+        return num_loss_terms(output, loss) / num_loss_terms(subset, loss)
+    return loss_scale(subset, loss, reduction)
 
 
 def _unit_gradient(f: Tensor, y: Tensor, loss: LossType) -> Tensor:

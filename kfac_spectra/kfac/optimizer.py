@@ -26,7 +26,11 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
    output is probed (MC targets / type-2 columns) and the probes are
    back-propagated to the layer outputs right away, keeping the graph for the
    user's ``backward``; the moving averages ``A ← ρA + (1−ρ)A_batch`` (same for S)
-   are updated at ``step()``;
+   are updated at ``step()``. With ``stats_batch_size = m`` the batch statistics
+   come from m examples drawn without replacement (a seeded generator; all N when
+   N ≤ m) while the gradient uses all N (Martens & Grosse 2015, §8): A from their
+   inputs, S from probes of their outputs only, weighted as the subset's own loss
+   (mean) or by N/m (sum) — an unbiased estimate of the batch statistics;
 2. on inverse steps (every ``inverse_interval``) each block is decomposed
    (:mod:`~kfac_spectra.kfac.inverse`);
 3. ``v = (S ⊗ A + damping)^{-1} g`` per block (plain g for unsupported layers);
@@ -51,6 +55,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
@@ -72,7 +77,12 @@ from .enums import (
 )
 from .factors import warn_unsupported
 from .finite import all_finite
-from .fisher import loss_scale, output_hessian_form, output_probes
+from .fisher import (
+    loss_scale,
+    output_hessian_form,
+    output_probes,
+    subset_term_weight,
+)
 from .inverse import (
     ChainInverse,
     CholeskyInverse,
@@ -119,6 +129,15 @@ class KFAC(torch.optim.Optimizer):
         rnn_approx: ``"independent"`` or ``"chain"`` for RNN/LSTM layers.
         factor_decay: ρ of the factor moving averages, in [0, 1).
         factor_interval: Steps between factor captures (≥ 1).
+        stats_batch_size: ``None`` (default): factor statistics from the whole
+            mini-batch. An int m ≥ 1: from m of its N examples (all of them when
+            N ≤ m), drawn uniformly without replacement by the optimizer's seeded
+            row generator (checkpointed); the gradient still uses all N. Cuts the
+            statistics' cost (the input factors' Gram matrices, the gradient rows)
+            by about m/N; the extra probe backward still runs over the whole batch
+            (autograd does not skip zero rows). Needs the examples along dim 0 of
+            the model output and along every layer's batch dimension (one example
+            may not be mixed into another's activations, e.g. by batch norm).
         inverse_interval: Steps between inverse updates (≥ 1).
         inverse_method: ``"eigh"`` (default), ``"cholesky"`` or ``"cg"``.
         damping_type: ``"factored"`` (π heuristic, default) or ``"tikhonov"``.
@@ -135,8 +154,13 @@ class KFAC(torch.optim.Optimizer):
         max_damping: Upper clamp for adapted λ.
         cg_max_iter: CG-FAC iteration cap.
         cg_rtol: CG-FAC relative residual tolerance.
-        seed: Seed of the MC sampling generator (its state is checkpointed).
+        seed: Seeds the MC sampling generator and (derived from it) the row
+            generator of ``stats_batch_size``; both states are checkpointed.
         skip_modules: Qualified module names left to the plain gradient.
+
+    Attributes:
+        last_stats_rows: Example indices (sorted) of the last captured batch's
+            statistics; ``None`` when they used the whole batch.
 
     Raises:
         ValueError: Naming any invalid hyperparameter or option.
@@ -158,6 +182,7 @@ class KFAC(torch.optim.Optimizer):
         rnn_approx: RNNApprox | str = RNNApprox.INDEPENDENT,
         factor_decay: float = 0.95,
         factor_interval: int = 1,
+        stats_batch_size: int | None = None,
         inverse_interval: int = 10,
         inverse_method: InverseMethod | str = InverseMethod.EIGH,
         damping_type: DampingType | str = DampingType.FACTORED,
@@ -179,6 +204,17 @@ class KFAC(torch.optim.Optimizer):
         _check("mc_samples", mc_samples, mc_samples >= 1, ">= 1")
         _check("factor_decay", factor_decay, 0 <= factor_decay < 1, "in [0, 1)")
         _check("factor_interval", factor_interval, factor_interval >= 1, ">= 1")
+        _check(
+            "stats_batch_size",
+            stats_batch_size,
+            stats_batch_size is None
+            or (
+                isinstance(stats_batch_size, int)
+                and not isinstance(stats_batch_size, bool)
+                and stats_batch_size >= 1
+            ),
+            "None or an int >= 1",
+        )
         _check("inverse_interval", inverse_interval, inverse_interval >= 1, ">= 1")
         _check("lm_interval", lm_interval, lm_interval >= 1, ">= 1")
         _check("kl_clip", kl_clip, kl_clip is None or kl_clip > 0, "None or > 0")
@@ -214,6 +250,7 @@ class KFAC(torch.optim.Optimizer):
         self.mc_samples = mc_samples
         self.factor_decay = factor_decay
         self.factor_interval = factor_interval
+        self.stats_batch_size = stats_batch_size
         self.inverse_interval = inverse_interval
         self.kl_clip = kl_clip
         self.adapt_damping = adapt_damping
@@ -247,7 +284,15 @@ class KFAC(torch.optim.Optimizer):
         device = params[0].device
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(seed)
+        # a CPU stream of its own (randperm), seeded apart from the MC stream
+        row_seed = np.random.SeedSequence((seed, 1)).generate_state(1, np.uint64)[0]
+        self._row_generator = torch.Generator()
+        self._row_generator.manual_seed(int(row_seed))
+        self._device = device
+        self.last_stats_rows: Tensor | None = None
         self._capture = Capture(model, self._blocks.module_blocks, self._on_output)
+        if stats_batch_size is not None:
+            self._capture.row_sampler = self._sample_rows
         self._capture.keep_inputs = self.step_rule == StepRule.QMODEL or adapt_damping
         self._capture.attach()
         self._arm()
@@ -305,10 +350,19 @@ class KFAC(torch.optim.Optimizer):
     def _arm(self) -> None:
         self._capture.enabled = self.steps % self.factor_interval == 0
 
-    def _on_output(self, output: Tensor, call: int) -> None:
+    def _sample_rows(self, batch: int) -> Tensor | None:
+        """Sorted indices of ``stats_batch_size`` of ``batch`` examples (or None)."""
+        m = self.stats_batch_size
+        if m is None or batch <= m:
+            return None
+        perm = torch.randperm(batch, generator=self._row_generator)
+        return perm[:m].sort().values.to(self._device)
+
+    def _on_output(self, output: Tensor, call: int, rows: Tensor | None) -> None:
         records = self._capture.take_records(call)
         if not records:
             return
+        self.last_stats_rows = rows
         if not all_finite([output]):
             # a diverged forward: no statistics from it (the step will be skipped
             # by the non-finite gradient check)
@@ -316,20 +370,32 @@ class KFAC(torch.optim.Optimizer):
             for r in records:
                 r.block.reset_batch()
             return
+        # the statistics' rows: the probes and their back-propagation start there
+        sub = output if rows is None else output.index_select(0, rows)
         if self.fisher_type == FisherType.EMPIRICAL:
+            # the user's gradient carries c per term; the statistics want √w
             c = loss_scale(output, self.loss, self.reduction)
+            if rows is None:
+                scale = 1.0 / math.sqrt(c)
+            else:
+                w = subset_term_weight(output, sub, self.loss, self.reduction)
+                scale = math.sqrt(w) / c
             Capture.watch(records)
-            self._watched.extend((r, 1.0 / math.sqrt(c)) for r in records)
+            self._watched.extend((r, scale) for r in records)
             return
         probes = output_probes(
-            output,
+            sub,
             self.loss,
             self.reduction,
             self.fisher_type,
             mc_samples=self.mc_samples,
             generator=self._generator,
         )
-        Capture.backprop_probes(output, records, probes)
+        if rows is not None and self.reduction == Reduction.SUM:
+            # the probes carry the subset's own c = 1; the sum's estimate is N/m·Σ
+            w = math.sqrt(subset_term_weight(output, sub, self.loss, self.reduction))
+            probes = [v * w for v in probes]
+        Capture.backprop_probes(sub, records, probes)
         for r in records:
             r.block.accumulate(r)
 
@@ -666,7 +732,8 @@ class KFAC(torch.optim.Optimizer):
         """Base optimizer state plus everything K-FAC needs to resume bit-for-bit.
 
         Includes the factor moving averages, the current decompositions, λ, the
-        step count, counters, CG warm starts and the MC sampler's RNG state. Take it
+        step count, counters, CG warm starts and the RNG states of the MC sampler and
+        of the ``stats_batch_size`` row sampler. Take it
         between steps: statistics captured by a forward pass since the last
         ``step()`` (a training-mode forward with autograd on is captured for the
         next step — evaluate under ``torch.no_grad()``) are not included.
@@ -689,6 +756,7 @@ class KFAC(torch.optim.Optimizer):
             "cg_rows": dict(self._cg_rows),
             "cg_solutions": dict(self._cg_solutions),
             "generator": self._generator.get_state(),
+            "row_generator": self._row_generator.get_state(),
         }
         return sd
 
@@ -719,4 +787,6 @@ class KFAC(torch.optim.Optimizer):
         }
         self._cg_solutions = {k: move(v) for k, v in extra["cg_solutions"].items()}
         self._generator.set_state(extra["generator"])
+        if "row_generator" in extra:  # checkpoints from before stats_batch_size
+            self._row_generator.set_state(extra["row_generator"])
         self._arm()

@@ -18,6 +18,11 @@ Capture flow: a forward hook calls :meth:`CurvatureBlock.forward_record`, which
 stores the processed inputs and returns the output tensors whose gradients are
 needed; once those gradients are known (probe back-propagation, or tensor hooks for
 the empirical Fisher), :meth:`CurvatureBlock.accumulate` adds them to the batch sums.
+
+Statistics from a subset of the batch (Martens & Grosse 2015, §8): when the record's
+``rows`` holds example indices, both factors use only those examples — the inputs'
+and the output gradients' rows along the batch dimension
+(:meth:`CurvatureBlock.batch_size`); the probes carry the subset's loss scale.
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ from torch import Tensor, nn
 
 from ..enums import KFACApprox
 
-__all__ = ["CurvatureBlock", "Record", "homogeneous_gram", "stat_dtype_for"]
+__all__ = [
+    "CurvatureBlock",
+    "Record",
+    "homogeneous_gram",
+    "select_rows",
+    "stat_dtype_for",
+]
 
 
 def stat_dtype_for(dtype: torch.dtype) -> torch.dtype:
@@ -70,6 +81,20 @@ def homogeneous_gram(rows: Tensor, bias: bool) -> Tensor:
     return out
 
 
+def select_rows(t: Tensor, rows: Tensor | None, dim: int = 0) -> Tensor:
+    """The examples ``rows`` of ``t`` along its batch dimension ``dim`` (all if None).
+
+    Args:
+        t: A batched tensor.
+        rows: Sorted example indices (1-D, int64, on ``t``'s device) or ``None``.
+        dim: The batch dimension of ``t``.
+
+    Returns:
+        ``t.index_select(dim, rows)``, or ``t`` itself when ``rows`` is ``None``.
+    """
+    return t if rows is None else t.index_select(dim, rows)
+
+
 @dataclass
 class Record:
     """What one forward call of a module left for the factor computation.
@@ -81,6 +106,8 @@ class Record:
         call: Index of the root forward call this record belongs to.
         tag: Block-specific marker (e.g. which use of a tied weight).
         grads: Per probe, the gradients of ``outputs`` (filled in later).
+        rows: Indices of the examples the statistics use (``None``: all of them);
+            ``accumulate`` takes these rows of each output gradient.
     """
 
     block: CurvatureBlock
@@ -89,6 +116,7 @@ class Record:
     call: int = 0
     tag: str = ""
     grads: list[list[Tensor | None]] = field(default_factory=list)
+    rows: Tensor | None = None
 
 
 class CurvatureBlock(ABC):
@@ -161,9 +189,31 @@ class CurvatureBlock(ABC):
         self.rows_x: list[Tensor] = []
         self.rows_g: list[Tensor] = []
 
+    def batch_size(self, module: nn.Module, args: tuple[Any, ...]) -> int:
+        """Number of examples in a call's input (1 for an unbatched input).
+
+        The examples lie along dim 0 of the input and of every recorded output
+        (blocks with another layout override this and select accordingly).
+
+        Args:
+            module: The module that ran.
+            args: Its positional inputs.
+
+        Returns:
+            The size of the batch dimension.
+        """
+        del module
+        x = args[0]
+        return 1 if x.ndim <= 1 else int(x.shape[0])
+
     @abstractmethod
     def forward_record(
-        self, module: nn.Module, args: tuple[Any, ...], output: Any, call: int
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        output: Any,
+        call: int,
+        rows: Tensor | None = None,
     ) -> tuple[Record | None, Any]:
         """Process one forward call.
 
@@ -172,6 +222,8 @@ class CurvatureBlock(ABC):
             args: Its positional inputs.
             output: Its output.
             call: Index of the root forward call.
+            rows: Example indices whose statistics are kept (``None``: all); the
+                returned record carries them for :meth:`accumulate`.
 
         Returns:
             The record (``None`` to skip this call) and a replacement output

@@ -23,6 +23,8 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -109,6 +111,11 @@ class ConvBlock(DenseBlock):
         if not conv_supported(module):
             raise ValueError(f"module {name!r}: groups != 1 or non-zero padding mode")
         super().__init__(name, module, approx)
+
+    def batch_size(self, module: nn.Module, args: tuple[Any, ...]) -> int:
+        """Dim 0 of a batched input ``(N, C_in, *spatial)``; 1 if unbatched."""
+        x = args[0]
+        return 1 if x.ndim == len(self.module.kernel_size) + 1 else int(x.shape[0])
 
     def input_features(self, x: Tensor) -> Tensor:
         """Patch rows (expand) or per-example mean patches (reduce)."""

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..enums import KFACApprox
-from .base import CurvatureBlock, Record
+from .base import CurvatureBlock, Record, select_rows
 from .linear import linear_rows
 
 __all__ = ["EmbeddingBlock", "TiedEmbeddingBlock", "combine_tied_factors"]
@@ -64,25 +64,35 @@ class EmbeddingBlock(CurvatureBlock):
         """Transpose ``(D, V)`` back to the stored ``(V, D)``."""
         return [mat.T]
 
+    def batch_size(self, module: nn.Module, args: tuple[Any, ...]) -> int:
+        """Dim 0 of the index tensor (1 for a single index)."""
+        idx = args[0]
+        return 1 if idx.ndim == 0 else int(idx.shape[0])
+
     def forward_record(
-        self, module: nn.Module, args: tuple[Any, ...], output: Any, call: int
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        output: Any,
+        call: int,
+        rows: Tensor | None = None,
     ) -> tuple[Record | None, Any]:
         """Count indices (A is diagonal) and ask for the output gradient."""
         if not isinstance(output, Tensor) or not output.requires_grad:
             return None, None
-        idx = args[0].detach()
+        idx = select_rows(args[0].detach(), rows)
         self._add_a(
             _onehot_counts(idx, self.module.num_embeddings, self.stat_dtype),
             idx.numel(),
         )
-        return Record(self, None, [output], call=call), None
+        return Record(self, None, [output], call=call, rows=rows), None
 
     def accumulate(self, record: Record, grad_scale: float = 1.0) -> None:
         """Add ``Σ ĝ ĝᵀ`` over rows to S."""
         for grads in record.grads:
             if grads[0] is None:
                 continue
-            g = grads[0].detach().to(self.stat_dtype)
+            g = select_rows(grads[0].detach(), record.rows).to(self.stat_dtype)
             g = g.reshape(-1, g.shape[-1]) * grad_scale
             self._add_s(g.T @ g, record.call)
 
@@ -182,29 +192,41 @@ class TiedEmbeddingBlock(CurvatureBlock):
         prev = self._sums.get(key)
         self._sums[key] = value if prev is None else prev + value
 
+    def batch_size(self, module: nn.Module, args: tuple[Any, ...]) -> int:
+        """Dim 0 of the input of either use (1 if unbatched)."""
+        x = args[0]
+        if module is self.module:
+            return 1 if x.ndim == 0 else int(x.shape[0])
+        return 1 if x.ndim <= 1 else int(x.shape[0])
+
     def forward_record(
-        self, module: nn.Module, args: tuple[Any, ...], output: Any, call: int
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        output: Any,
+        call: int,
+        rows: Tensor | None = None,
     ) -> tuple[Record | None, Any]:
         """Record either use."""
         if not isinstance(output, Tensor) or not output.requires_grad:
             return None, None
-        x = args[0].detach()
+        x = select_rows(args[0].detach(), rows)
         if module is self.module:
             counts = _onehot_counts(x, self.module.num_embeddings, self.stat_dtype)
             self._add("Ae", counts)
             self._rows_by_use["emb"] += x.numel()
-            return Record(self, None, [output], call=call, tag="emb"), None
-        rows = linear_rows(x, self.approx, self.stat_dtype)
-        self._add("Ah", rows.T @ rows)
-        self._rows_by_use["head"] += rows.shape[0]
-        return Record(self, None, [output], call=call, tag="head"), None
+            return Record(self, None, [output], call=call, tag="emb", rows=rows), None
+        feats = linear_rows(x, self.approx, self.stat_dtype)
+        self._add("Ah", feats.T @ feats)
+        self._rows_by_use["head"] += feats.shape[0]
+        return Record(self, None, [output], call=call, tag="head", rows=rows), None
 
     def accumulate(self, record: Record, grad_scale: float = 1.0) -> None:
         """Add the output-gradient statistics of either use."""
         for grads in record.grads:
             if grads[0] is None:
                 continue
-            g = grads[0].detach().to(self.stat_dtype)
+            g = select_rows(grads[0].detach(), record.rows).to(self.stat_dtype)
             if g.ndim == 1:
                 g = g[None]
             if record.tag == "head" and self.approx == KFACApprox.REDUCE and g.ndim > 2:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..enums import KFACApprox
-from .base import CurvatureBlock, Record, homogeneous_gram
+from .base import CurvatureBlock, Record, homogeneous_gram, select_rows
 
 __all__ = ["DenseBlock", "LinearBlock"]
 
@@ -91,16 +91,21 @@ class DenseBlock(CurvatureBlock):
         raise NotImplementedError
 
     def forward_record(
-        self, module: nn.Module, args: tuple[Any, ...], output: Any, call: int
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        output: Any,
+        call: int,
+        rows: Tensor | None = None,
     ) -> tuple[Record | None, Any]:
         """Form A's batch sum from the input rows; ask for the output's gradient."""
         if not isinstance(output, Tensor) or not output.requires_grad:
             return None, None
-        feats = self.input_features(args[0].detach())
+        feats = self.input_features(select_rows(args[0].detach(), rows))
         self._add_a(homogeneous_gram(feats, self.has_bias), feats.shape[0])
         if self.keep_rows:
             self.rows_x.append(self._bias_column(feats, self.has_bias))
-        return Record(self, None, [output], call=call), None
+        return Record(self, None, [output], call=call, rows=rows), None
 
     def accumulate(self, record: Record, grad_scale: float = 1.0) -> None:
         """Add ``Σ_probes ĝᵀĝ`` to S's batch sum."""
@@ -108,7 +113,7 @@ class DenseBlock(CurvatureBlock):
             g = grads[0]
             if g is None:
                 continue
-            rows = self.grad_rows(g.detach())
+            rows = self.grad_rows(select_rows(g.detach(), record.rows))
             if grad_scale != 1.0:
                 rows = rows * grad_scale
             self._add_s(rows.T @ rows, record.call)

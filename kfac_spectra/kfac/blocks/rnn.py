@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..enums import KFACApprox, RNNApprox
-from .base import CurvatureBlock, Record
+from .base import CurvatureBlock, Record, select_rows
 
 __all__ = ["RNNBlock", "rnn_supported", "unrolled_forward"]
 
@@ -175,10 +175,26 @@ class RNNBlock(CurvatureBlock):
             ups += [half, half.clone()]
         return ups
 
+    def batch_size(self, module: nn.Module, args: tuple[Any, ...]) -> int:
+        """Batch dim of the input: 0 if ``batch_first`` else 1 (1 if unbatched)."""
+        x = args[0]
+        if not isinstance(x, Tensor) or x.ndim == 2:
+            return 1
+        return int(x.shape[0] if self.module.batch_first else x.shape[1])
+
     def forward_record(
-        self, module: nn.Module, args: tuple[Any, ...], output: Any, call: int
+        self,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        output: Any,
+        call: int,
+        rows: Tensor | None = None,
     ) -> tuple[Record | None, Any]:
-        """Recompute the layer unrolled and record its inputs and pre-activations."""
+        """Recompute the layer unrolled and record its inputs and pre-activations.
+
+        The unrolled forward runs on the whole batch (it replaces the layer's
+        output); only the statistics are restricted to ``rows``.
+        """
         x = args[0]
         if not isinstance(x, Tensor):  # PackedSequence: leave the fused output
             return None, None
@@ -190,20 +206,20 @@ class RNNBlock(CurvatureBlock):
         if x.ndim == 2:
             xs = xs[:, None]
         a = torch.cat([xs.detach(), torch.stack([h.detach() for h in hs])], dim=-1)
-        a = a.to(self.stat_dtype)  # (T, N, I + H)
+        a = select_rows(a, rows, dim=1).to(self.stat_dtype)  # (T, N, I + H)
         if self.module.bias:
             a = torch.cat([a, a.new_ones(*a.shape[:2], 1)], dim=-1)
         steps = a.shape[0]
-        rows = a.reshape(-1, a.shape[-1])
-        self._add_a(rows.T @ rows, rows.shape[0])
+        flat = a.reshape(-1, a.shape[-1])
+        self._add_a(flat.T @ flat, flat.shape[0])
         self._steps.append(steps)
         if self.keep_rows:
-            self.rows_x.append(rows)
+            self.rows_x.append(flat)
         if self.chain and steps > 1:
             lag = torch.einsum("tni,tnj->ij", a[1:], a[:-1])
             self._a1 = lag if self._a1 is None else self._a1 + lag
             self._pairs += (steps - 1) * a.shape[1]
-        return Record(self, steps, zs, call=call), new_out
+        return Record(self, steps, zs, call=call, rows=rows), new_out
 
     def accumulate(self, record: Record, grad_scale: float = 1.0) -> None:
         """Add per-step ``ĝ ĝᵀ`` (and the lag-one products for the chain)."""
@@ -211,7 +227,12 @@ class RNNBlock(CurvatureBlock):
         for grads in record.grads:
             if any(g is None for g in grads):
                 continue
-            g = torch.stack([gt.detach().to(self.stat_dtype) for gt in grads])
+            g = torch.stack(
+                [
+                    select_rows(gt.detach(), record.rows).to(self.stat_dtype)
+                    for gt in grads
+                ]
+            )
             g = g * grad_scale  # (T, N, G·H)
             rows = g.reshape(-1, g.shape[-1])
             self._add_s(rows.T @ rows, record.call)
