@@ -16,6 +16,10 @@ is timed in process CPU time with BLAS/OpenMP limited to one thread (so another
 user's load does not count against whichever method happened to be running), and
 every ratio is the median over rounds of that round's ratio.
 
+By default the process keeps freed heap memory (:mod:`nqm.runtime`, as the
+analysis CLI does); ``--default-allocator`` measures glibc's defaults, under which
+every method pays page faults for its temporaries.
+
 Two horizons are timed: the issue's t = 10^6, where |r|^t = beta^(t/2) of the
 underdamped momentum roots has underflowed to zero (the closed form then skips the
 phase exactly), and t = 10^3, where the transient is alive and every term is
@@ -24,6 +28,7 @@ computed.
 Usage::
 
     python benchmarks/bench_nqm.py [--dim 10000] [--steps 1000000] [--rounds 101]
+        [--default-allocator]
 """
 
 from __future__ import annotations
@@ -134,7 +139,14 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=float, default=128.0)
     ap.add_argument("--rounds", type=int, default=101)
     ap.add_argument("--loop-steps", type=int, default=1_000)
+    ap.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's heap trimming on (see nqm.runtime); by default freed "
+        "memory is kept, as the analysis CLI does",
+    )
     args = ap.parse_args(argv)
+    kept = False if args.default_allocator else nqm.runtime.keep_freed_memory()
 
     problem = nqm.NQMProblem.power_law(dim=args.dim)
     beta, gamma, p = 0.9, 0.99, 0.5
@@ -150,6 +162,10 @@ def main(argv=None) -> None:
     )
     print(
         f"setting: lr = {lr:.4g}, momentum = {beta}, ema = {gamma}, precond_power = {p}"
+    )
+    print(
+        "allocator: "
+        + ("freed memory kept (nqm.runtime)" if kept else "glibc defaults (trimming)")
     )
     print()
     print("| t | ours | (a) sgd_risk | ours / (a) | (b) doubling | (b) / ours |")

@@ -391,6 +391,7 @@ def collect_checkpoint(
     chunk: int = 256,
     factors: Mapping[str, tuple[Tensor, Tensor]] | None = None,
     extra: Mapping[str, Any] | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Measure and save factors, eigenbases, gradient statistics and parameters.
 
@@ -413,6 +414,9 @@ def collect_checkpoint(
         factors: ``name -> (A, S)`` to use (e.g. ``KFAC.factors()``) instead of
             computing them on ``inputs``; the basis is their eigendecomposition.
         extra: JSON-serialisable values added to the step manifest.
+        compute_dtype: precision of the per-example projections, passed to
+            :func:`~kfac_spectra.gradient_stats.eigenbasis_gradient_stats`
+            (``None``: its default; ``torch.float64`` forces float64 throughout).
 
     Returns:
         The step manifest.
@@ -448,6 +452,7 @@ def collect_checkpoint(
         fisher_type=fisher_type,
         mc_samples=mc_samples,
         generator=generator,
+        compute_dtype=compute_dtype,
     )
     folder = step_dir(run_dir, step)
     _write_npz(folder / "factors.npz", _factor_arrays(factors, bases))
