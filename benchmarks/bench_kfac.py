@@ -8,8 +8,8 @@ ratios, all measured side by side in one run (the machine is shared and noisy).
    MLP and a small 1-D CNN on MNIST-1D, for SGD, K-FAC with factors every 10 and
    inverses every 100 steps (the default ``stats_batch_size=None``: statistics from
    the whole batch), the same with the statistics from 64 of the 256 examples
-   (``stats_batch_size=64``, Martens & Grosse 2015, §8), and K-FAC with factors
-   and inverses every step.
+   (``stats_batch_size=64``, Martens & Grosse 2015, arXiv §8), and K-FAC with
+   factors and inverses every step.
 Single-threaded by default (``--threads``) so that ratios are not distorted by
 thread contention on the shared machine.
 

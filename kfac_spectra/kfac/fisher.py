@@ -84,7 +84,8 @@ def subset_term_weight(
     r"""Weight ``w`` of each loss term when the curvature is estimated on a subset.
 
     The curvature of ``L = c Σ_{m≤M} ℓ_m`` is estimated from the ``M'`` terms of a
-    subset of the examples (Martens & Grosse 2015, §8) by ``w Σ_{m∈subset} ...``:
+    subset of the examples (Martens & Grosse 2015, arXiv §8) by
+    ``w Σ_{m∈subset} ...``:
 
     .. math::
         w = c' \;(\text{mean: the subset's own scale}), \qquad

@@ -28,9 +28,10 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
    user's ``backward``; the moving averages ``A ← ρA + (1−ρ)A_batch`` (same for S)
    are updated at ``step()``. With ``stats_batch_size = m`` the batch statistics
    come from m examples drawn without replacement (a seeded generator; all N when
-   N ≤ m) while the gradient uses all N (Martens & Grosse 2015, §8): A from their
-   inputs, S from probes of their outputs only, weighted as the subset's own loss
-   (mean) or by N/m (sum) — an unbiased estimate of the batch statistics;
+   N ≤ m) while the gradient uses all N (Martens & Grosse 2015, arXiv §8): A
+   from their inputs, S from probes of their outputs only, weighted as the
+   subset's own loss (mean) or by N/m (sum) — an unbiased estimate of the batch
+   statistics;
 2. on inverse steps (every ``inverse_interval``) each block is decomposed
    (:mod:`~kfac_spectra.kfac.inverse`);
 3. ``v = (S ⊗ A + damping)^{-1} g`` per block (plain g for unsupported layers);

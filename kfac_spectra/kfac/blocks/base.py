@@ -19,9 +19,9 @@ stores the processed inputs and returns the output tensors whose gradients are
 needed; once those gradients are known (probe back-propagation, or tensor hooks for
 the empirical Fisher), :meth:`CurvatureBlock.accumulate` adds them to the batch sums.
 
-Statistics from a subset of the batch (Martens & Grosse 2015, §8): when the record's
-``rows`` holds example indices, both factors use only those examples — the inputs'
-and the output gradients' rows along the batch dimension
+Statistics from a subset of the batch (Martens & Grosse 2015, arXiv §8): when the
+record's ``rows`` holds example indices, both factors use only those examples — the
+inputs' and the output gradients' rows along the batch dimension
 (:meth:`CurvatureBlock.batch_size`); the probes carry the subset's loss scale.
 """
 
