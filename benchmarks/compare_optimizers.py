@@ -5,10 +5,10 @@ Run: ``python benchmarks/compare_optimizers.py`` (a few minutes on CPU;
 number of trials (a log-spaced learning-rate grid of ``--trials`` values; all other
 hyperparameters fixed: momentum 0.9 for SGD and K-FAC, Adam's defaults, K-FAC
 damping 1e-2, factors every 5 and inverses every 20 steps, KL clipping at the
-optimizer's default κ = 1e-3). Each
-trial trains from the same initialisation on the same mini-batch sequence
-(batch 128) and the full training loss is evaluated every 10 steps; "steps" is the
-first evaluation step at which it is ≤ the target (inf if never within ``--max-steps``).
+optimizer's default κ = 1e-3). Each trial trains from the same initialisation on
+the same mini-batch sequence (batch 128) and the full training loss is evaluated
+every 10 steps; "steps" is the first evaluation step at which it is ≤ the target
+(inf if never within ``--max-steps``).
 
 KL clipping: the comparison uses K-FAC as the library ships it (``KFAC``'s default
 ``kl_clip=1e-3``, the value of Ba et al., 2017), just as Adam runs with its
