@@ -276,7 +276,24 @@ def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
     return v_d @ wd + (v_n @ wn) / bs
 
 
-def _tune_schedule(
+def _tune_schedule(problem, fam, bs, target, p, baseline, **kw):
+    """Schedules by L-BFGS in torch, on one intra-op thread (restored after).
+
+    The tensors are small (batch sizes x surrogate bins): with several threads,
+    every operation pays thread synchronisation, and on a loaded machine an
+    operation waits for a descheduled thread (measured: 7x slower overall).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _tune_schedule_lbfgs(problem, fam, bs, target, p, baseline, **kw)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _tune_schedule_lbfgs(
     problem, fam, bs, target, p, baseline, *, surrogate_bins, pieces, stairs
 ):
     import torch
