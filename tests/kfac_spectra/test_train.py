@@ -235,3 +235,27 @@ def test_frozen_defaults():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.steps = 3  # type: ignore[misc]
     assert config.collect_steps[-1] == config.steps
+
+
+def test_collect_passes_compute_dtype(tmp_path):
+    """float32 conv model: forcing float64 projections changes the arithmetic
+    (the arrays differ) but not the statistics beyond float32 rounding."""
+    gen = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.Flatten(), nn.Linear(3 * 6, 4))
+    x = torch.randn(16, 2, 8, generator=gen)
+    y = torch.randint(0, 4, (16,), generator=gen)
+    kw = dict(loss="ce", fisher_type="type2")
+    collect_checkpoint(tmp_path / "f32", 0, model, x, y, **kw)
+    collect_checkpoint(tmp_path / "f64", 0, model, x, y, compute_dtype=torch.float64, **kw)  # fmt: skip
+    with (
+        np.load(step_dir(tmp_path / "f32", 0) / "stats.npz") as a,
+        np.load(step_dir(tmp_path / "f64", 0) / "stats.npz") as b,
+    ):
+        conv = [k for k in a.files if k.startswith("0/")]
+        assert conv
+        assert any(not np.array_equal(a[k], b[k]) for k in conv)
+        for k in (k for k in a.files if not k.startswith("meta/")):
+            scale = np.abs(b[k]).max() + 1e-300
+            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-4 * scale)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        collect_checkpoint(tmp_path / "bad", 0, model, x, y, compute_dtype=torch.int32, **kw)  # fmt: skip
