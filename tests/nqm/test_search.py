@@ -211,3 +211,37 @@ def test_top_level_api():
     assert nqm.steps_to_target is steps_to_target
     assert nqm.best_steps is best_steps
     assert nqm.Family is Family
+
+
+def test_differentiable_schedule_loss_equals_exact_dynamics():
+    """The torch loss that the schedule tuner differentiates equals the exact risk
+    of the same piecewise-constant optimizer (pieces of zero length included)."""
+    import torch
+
+    from nqm._tuning import _torch_piecewise_loss
+    from nqm.dynamics import _modes
+
+    prob = nqm.NQMProblem.power_law(50)
+    rng = np.random.default_rng(5)
+    bs = np.array([1.0, 16.0, 512.0])
+    k = 7
+    lrs = rng.uniform(0.05, 1.95, size=(bs.size, k))
+    lengths = rng.integers(0, 400, size=(bs.size, k))
+    lengths[:, 2] = 0
+    hh, wd, wn = (torch.tensor(np.array(x)) for x in _modes(prob, 0.0))
+    got = _torch_piecewise_loss(
+        hh,
+        wd,
+        wn,
+        torch.tensor(lrs),
+        torch.tensor(lengths, dtype=torch.float64),
+        torch.tensor(bs),
+    ).numpy()
+    for i, b in enumerate(bs):
+        keep = lengths[i] > 0
+        starts = np.concatenate([[0], np.cumsum(lengths[i])])[:-1][keep]
+        sched = nqm.PiecewiseConstant(
+            tuple(int(x) for x in starts[1:]), tuple(lrs[i][keep])
+        )
+        want = nqm.expected_loss(prob, nqm.Optimizer(sched), b, int(lengths[i].sum()))
+        assert got[i] == pytest.approx(want, rel=1e-11)
