@@ -155,6 +155,12 @@ def _needs_doubling(err, total):
     flagged = ~np.isfinite(err)
     over = finite.sum(axis=-1) > budget
     if np.any(over):
+        # A mode whose error alone exceeds the budget is flagged in any solution;
+        # usually flagging those leaves a remainder that fits (no sort needed).
+        alone = finite > budget[..., None]
+        flagged |= alone & over[..., None]
+        over &= np.where(alone, 0.0, finite).sum(axis=-1) > budget
+    if np.any(over):
         rows = finite[over]
         order = np.argsort(rows, axis=-1)[..., ::-1]
         sorted_err = np.take_along_axis(rows, order, axis=-1)
