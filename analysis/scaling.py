@@ -723,18 +723,23 @@ def run_reference_study(
     t0 = time.perf_counter()
     problem = build_problem(cfg)
     batch_sizes = sorted(set(cfg.batch_sizes))
-    records = run_study(
-        problem,
-        cfg.families,
-        cfg.powers,
-        batch_sizes,
-        cfg.targets,
-        progress=progress,
-        workers=cfg.workers,
-        keep_going=cfg.keep_going,
-        keep_freed_memory=keep_freed_memory,
-        **options,
-    )
+
+    def study(families, powers, targets, **extra: Any) -> list[dict[str, Any]]:
+        return run_study(
+            problem,
+            families,
+            powers,
+            batch_sizes,
+            targets,
+            progress=progress,
+            workers=cfg.workers,
+            keep_going=cfg.keep_going,
+            keep_freed_memory=keep_freed_memory,
+            **options,
+            **extra,
+        )
+
+    records = study(cfg.families, cfg.powers, cfg.targets)
     timings["main_study"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -745,35 +750,17 @@ def run_reference_study(
         if (Family.SGD.value, 0.0, float(t)) not in have
     ]
     if extra_targets:
-        records += run_study(
-            problem,
-            [Family.SGD],
-            [0.0],
-            batch_sizes,
-            extra_targets,
-            progress=progress,
-            workers=cfg.workers,
-            keep_going=cfg.keep_going,
-            keep_freed_memory=keep_freed_memory,
-            **options,
-        )
+        records += study([Family.SGD], [0.0], extra_targets)
     timings["threshold_study"] = time.perf_counter() - t1
 
     t_fixed = time.perf_counter()
     fixed: list[dict[str, Any]] = []
     if cfg.fixed_momentum > 0 and Family.MOMENTUM.value in cfg.families:
-        fixed = run_study(
-            problem,
+        fixed = study(
             [Family.MOMENTUM],
             cfg.powers,
-            batch_sizes,
             cfg.targets,
-            progress=progress,
-            workers=cfg.workers,
-            keep_going=cfg.keep_going,
-            keep_freed_memory=keep_freed_memory,
             fixed_momentum=cfg.fixed_momentum,
-            **options,
         )
     timings["fixed_momentum_study"] = time.perf_counter() - t_fixed
 
