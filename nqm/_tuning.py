@@ -189,6 +189,7 @@ def _tune_constant(
     n_b = bs.size
     bracket = [None] * n_b
     prev_t = 0
+    prev_L = None
     for t in _t_grid():
         if all(br is not None for br in bracket) or t > MAX_STEPS:
             break
@@ -201,8 +202,10 @@ def _tune_constant(
             if bracket[i] is None:
                 j = int(np.argmin(L[i]))
                 if L[i, j] <= target:
-                    bracket[i] = (prev_t, int(t), X[j])
+                    lo_min = math.inf if prev_L is None else float(prev_L[i].min())
+                    bracket[i] = (prev_t, int(t), X[j], lo_min, float(L[i, j]))
         prev_t = int(t)
+        prev_L = L
     results = []
     for i, b in enumerate(bs):
         if bracket[i] is None:
@@ -210,15 +213,11 @@ def _tune_constant(
                 TuneResult(math.inf, None, fam, float(b), p, target, counter[0])
             )
             continue
-        lo, hi, x = bracket[i]
+        lo, hi, x, l_lo, l_hi = bracket[i]
         # Stage 2: smallest t on the surrogate with min_x L <= target.
-        while hi - lo > max(1, int(1e-3 * hi)):
-            mid = (lo + hi) // 2
-            xm, val = _local_min(surr, space, x, mid, b, counter)
-            if val <= target:
-                hi, x = mid, xm
-            else:
-                lo = mid
+        _, x = _first_t_on_surrogate(
+            surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
+        )
         # Stage 3: exact certification and polish.
         opt = space.optimizer(x)
         steps = steps_to_target(problem, opt, b, target)
@@ -234,6 +233,44 @@ def _tune_constant(
                 break
         results.append(TuneResult(steps, opt, fam, float(b), p, target, counter[0]))
     return results
+
+
+def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter):
+    """Smallest t (within 1e-3 relative) with :math:`\\min_x L_B(t; x) \\le`
+    target on the surrogate, from a bracket: ``lo`` fails, ``hi`` succeeds with
+    ``x`` (grid losses ``l_lo > target >= l_hi``).
+
+    Illinois regula falsi on :math:`g(t) = \\log(\\min_x L / \\text{target})` in
+    :math:`\\log t`, which is close to linear across a bracket of ratio
+    :math:`\\sqrt2`; a bisection step whenever the same end was kept twice in a
+    row guarantees the bracket halves at least every other probe. Each probe is a
+    warm-started local minimisation. Returns ``(hi, x)``.
+    """
+    g_lo = math.log(l_lo / target) if math.isfinite(l_lo) else math.inf
+    g_hi = math.log(max(l_hi, 1e-300) / target)
+    kept = 0  # +k: hi moved k times in a row (lo kept); -k: lo moved
+    while hi - lo > max(1, int(1e-3 * hi)):
+        if lo < 1 or not math.isfinite(g_lo) or abs(kept) >= 2 or g_lo <= g_hi:
+            mid = (lo + hi) // 2
+        else:
+            frac = min(max(g_lo / (g_lo - g_hi), 0.05), 0.95)
+            mid = round(math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo))))
+            mid = min(max(mid, lo + 1), hi - 1)
+        xm, val = _local_min(surr, space, x, mid, b, counter)
+        g_mid = math.log(max(val, 1e-300) / target) if math.isfinite(val) else math.inf
+        if val <= target:
+            hi, x, g_hi = mid, xm, g_mid
+            kept = kept + 1 if kept > 0 else 1
+            if kept == 2:
+                g_lo *= 0.5
+        else:
+            lo, g_lo = mid, g_mid
+            kept = kept - 1 if kept < 0 else -1
+            if kept == -2:
+                g_hi *= 0.5
+        if abs(kept) > 2:
+            kept = 0  # after the forced bisection
+    return hi, x
 
 
 # ------------------------------------------------------------ schedules
