@@ -38,7 +38,7 @@ import math
 import numpy as np
 from scipy import optimize
 
-from .dynamics import _modes, risk_terms
+from .dynamics import CLOSED_FORM_RTOL, _modes, risk_terms
 from .optimizer import Optimizer, PiecewiseConstant
 from .problem import NQMProblem
 from .search import MAX_STEPS, Family, TuneResult, steps_to_target
@@ -120,20 +120,26 @@ def _t_grid():
 
 
 # ---------------------------------------------------- constant-lr families
-def _loss(problem, space, x, t, b):
+#: Accuracy the surrogate's risk is certified to: the surrogate is itself an
+#: approximation (binning), so the exact doubling fallback is kept for modes whose
+#: closed form could be off by more than this; reported steps are always exact.
+_SURROGATE_RTOL = 1e-8
+
+
+def _loss(problem, space, x, t, b, rtol=CLOSED_FORM_RTOL):
     a, be, g = space.params(x)
-    d, n = risk_terms(problem, a, be, g, space.p, int(t))
+    d, n = risk_terms(problem, a, be, g, space.p, int(t), rtol=rtol)
     with np.errstate(over="ignore", invalid="ignore"):
         val = d + n / b
     return np.where(np.isfinite(val), val, np.inf)
 
 
-def _local_min(problem, space, x0, t, b, counter):
+def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
     """Minimise log L_B(t; x) locally from x0; returns (x, loss)."""
 
     def f(x):
         counter[0] += 1
-        v = float(_loss(problem, space, x, t, b))
+        v = float(_loss(problem, space, x, t, b, rtol))
         return math.log(v) if v > 0 and math.isfinite(v) else 1e300
 
     x0 = np.clip(np.asarray(x0, dtype=np.float64), space.lo, space.hi)
@@ -193,7 +199,7 @@ def _tune_constant(
     for t in _t_grid():
         if all(br is not None for br in bracket) or t > MAX_STEPS:
             break
-        d, n = risk_terms(surr, a, be, g, p, int(t))
+        d, n = risk_terms(surr, a, be, g, p, int(t), rtol=_SURROGATE_RTOL)
         counter[0] += X.shape[0]
         with np.errstate(over="ignore", invalid="ignore"):
             L = d[None, :] + n[None, :] / bs[:, None]
@@ -256,7 +262,7 @@ def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
             frac = min(max(g_lo / (g_lo - g_hi), 0.05), 0.95)
             mid = round(math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo))))
             mid = min(max(mid, lo + 1), hi - 1)
-        xm, val = _local_min(surr, space, x, mid, b, counter)
+        xm, val = _local_min(surr, space, x, mid, b, counter, _SURROGATE_RTOL)
         g_mid = math.log(max(val, 1e-300) / target) if math.isfinite(val) else math.inf
         if val <= target:
             hi, x, g_hi = mid, xm, g_mid

@@ -139,7 +139,7 @@ def _doubling_terms(hh, alpha, beta, gamma, feats: Features, steps):
     return F, G
 
 
-def _needs_doubling(err, total):
+def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL):
     """Modes whose closed-form error must be removed to certify ``total``.
 
     ``err`` (shape ``S + (M,)``) bounds each mode's absolute error in its weighted
@@ -150,7 +150,7 @@ def _needs_doubling(err, total):
     doubling returns its value, finite or not (an eigenvalue exactly -1 has a
     finite, polynomially growing loss that the closed form cannot express).
     """
-    budget = CLOSED_FORM_RTOL * np.abs(np.where(np.isfinite(total), total, 0.0))
+    budget = rtol * np.abs(np.where(np.isfinite(total), total, 0.0))
     finite = np.where(np.isfinite(err), err, 0.0)
     flagged = ~np.isfinite(err)
     over = finite.sum(axis=-1) > budget
@@ -176,7 +176,9 @@ def _needs_doubling(err, total):
     return flagged
 
 
-def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
+def _constant_terms(
+    hh, wd, wn, alpha, beta, gamma, feats, steps, rtol=CLOSED_FORM_RTOL
+):
     """D and N for constant-lr settings (shape S) at each step: (S + (T,)) each."""
     if alpha.size == 1 and len(steps) > 1:
         D, N = _single_setting_terms(
@@ -188,6 +190,7 @@ def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
             gamma.reshape(()),
             feats,
             steps,
+            rtol,
         )
         return D.reshape(alpha.shape + (-1,)), N.reshape(alpha.shape + (-1,))
     shape = alpha.shape
@@ -206,7 +209,7 @@ def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
         with np.errstate(all="ignore"):
             d = F @ wd
             nn = G @ wn
-            bad = _needs_doubling(eF * wd, d) | _needs_doubling(eG * wn, nn)
+            bad = _needs_doubling(eF * wd, d, rtol) | _needs_doubling(eG * wn, nn, rtol)
         if np.any(bad):
             idx = np.nonzero(bad)
             ab, bb, gb = (np.broadcast_to(x, bad.shape)[idx] for x in (a, b, g))
@@ -224,7 +227,9 @@ def _constant_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
     return D, N
 
 
-def _single_setting_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
+def _single_setting_terms(
+    hh, wd, wn, alpha, beta, gamma, feats, steps, rtol=CLOSED_FORM_RTOL
+):
     """D and N, shape (T,) each, of one setting at many steps, vectorised over both.
 
     Modes the closed form cannot certify at some step are recomputed by doubling,
@@ -241,7 +246,7 @@ def _single_setting_terms(hh, wd, wn, alpha, beta, gamma, feats, steps):
     with np.errstate(all="ignore"):
         d = F @ wd
         nn = G @ wn
-        bad = _needs_doubling(eF * wd, d) | _needs_doubling(eG * wn, nn)
+        bad = _needs_doubling(eF * wd, d, rtol) | _needs_doubling(eG * wn, nn, rtol)
     cols = np.any(bad, axis=0)
     if np.any(cols):
         Fd, Gd = _doubling_terms(hh[cols], alpha, beta, gamma, feats, ts)
@@ -379,6 +384,8 @@ def risk_terms(
     ema=0.0,
     precond_power: float = 0.0,
     steps=0,
+    *,
+    rtol: float = CLOSED_FORM_RTOL,
 ):
     """Batch-size-free parts of the exact risk, vectorised over settings.
 
@@ -390,6 +397,11 @@ def risk_terms(
             :math:`\\beta, \\gamma \\in [0, 1)`, broadcastable to a common shape ``S``.
         precond_power: :math:`p \\in [0, 1]` (a scalar; loop over powers).
         steps: integer step counts, shape ``(T,)`` or scalar.
+        rtol: relative accuracy certified for ``D`` and ``N`` (default
+            :data:`CLOSED_FORM_RTOL`): modes whose closed-form rounding bound
+            would exceed it are recomputed by exact doubling. A looser value is
+            for approximate uses (the tuner's binned surrogate), never for
+            reported results.
 
     Returns:
         ``(D, N)``, each of shape ``S + (T,)`` (``S`` alone for scalar ``steps``).
@@ -406,6 +418,8 @@ def risk_terms(
         raise ValueError("momentum must lie in [0, 1)")
     if np.any(~((gamma >= 0) & (gamma < 1))):
         raise ValueError("ema must lie in [0, 1)")
+    if not 0.0 < rtol < 1.0:
+        raise ValueError(f"rtol must lie in (0, 1), got {rtol!r}")
     t = validate_steps(steps)
     scalar_t = t.ndim == 0
     t = np.atleast_1d(t)
@@ -414,7 +428,7 @@ def risk_terms(
     N = np.empty_like(D)
     for feats, mask in _feature_groups(beta, gamma).items():
         d, n = _constant_terms(
-            hh, wd, wn, alpha[mask], beta[mask], gamma[mask], feats, t
+            hh, wd, wn, alpha[mask], beta[mask], gamma[mask], feats, t, rtol
         )
         D[mask] = d
         N[mask] = n
