@@ -20,6 +20,7 @@ Tables are tidy: one row per observation, one column per variable; ``steps`` is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import logging
@@ -341,9 +342,12 @@ def run_study(
             # over processes (the tuner is single-threaded numpy).
             ctx = multiprocessing.get_context("spawn")
             init = nqm.runtime.keep_freed_memory if keep_freed_memory else None
-            with ProcessPoolExecutor(
-                n_workers, mp_context=ctx, initializer=init
-            ) as pool:
+            with (
+                _single_threaded_children(),
+                ProcessPoolExecutor(
+                    n_workers, mp_context=ctx, initializer=init
+                ) as pool,
+            ):
 
                 def submit(i: int):
                     fam, p, t = all_jobs[i]
@@ -381,6 +385,27 @@ def run_study(
                         queue.remove(i)
                         waiting[submit(i)] = i
     return [rec for i in range(len(jobs)) for rec in done[i]]
+
+
+#: Thread-pool variables of BLAS/OpenMP, read when a worker imports numpy.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_children():
+    """Worker processes already use every core: their BLAS gets one thread each
+    (variables the user set are kept). Restores this process' environment."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
+    for k in _THREAD_VARIABLES:
+        os.environ.setdefault(k, "1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 #: Submission order of curves in parallel studies (most expensive first).

@@ -345,19 +345,21 @@ class PieceStates:
                 self.V.append(self.V[k] * fl + gl)
 
     def at(self, steps):
-        steps = np.asarray(steps, dtype=np.int64)
+        """Per-mode ``(F, V)`` at each step, shape ``(T, M)`` each; the steps that
+        fall in one piece are evaluated together."""
+        steps = np.asarray(steps, dtype=np.int64).reshape(-1)
         self._extend(int(steps.max()))
         F = np.empty((steps.size, self.hh.size))
         V = np.empty_like(F)
+        piece = np.searchsorted(self.starts, steps, side="right") - 1
+        piece = np.minimum(piece, len(self.F) - 1)  # beyond: the tail piece
         with np.errstate(all="ignore"):
-            for i, t in enumerate(steps):
-                k = int(np.searchsorted(self.starts, t, side="right") - 1)
-                if k >= len(self.F):  # beyond the cached pieces (tail piece)
-                    k = len(self.F) - 1
-                length = float(t - self.starts[k])
+            for k in np.unique(piece):
+                sel = piece == k
+                length = (steps[sel] - self.starts[k]).astype(np.float64)[:, None]
                 fl, gl, _, _ = _sgd_terms(self.lrs[k] * self.hh, self.lrs[k], length)
-                F[i] = self.F[k] * fl
-                V[i] = self.V[k] * fl + gl
+                F[sel] = self.F[k] * fl
+                V[sel] = self.V[k] * fl + gl
         F = np.where(np.isnan(F), np.inf, F)
         V = np.where(np.isnan(V), np.inf, V)
         return F, V

@@ -503,3 +503,13 @@ def test_schedule_shapes_handle_constant_fallbacks_per_record():
     assert flat and all(v == 0.3 for v in flat)
     lin = {r["step"]: r["lr"] for r in rows if r["batch_size"] == 4}
     assert lin[0] == 1.0 and lin[10] == pytest.approx(0.75, rel=RTOL)
+
+
+def test_worker_environment_is_single_threaded_and_restored(monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a user's choice is kept
+    with scaling._single_threaded_children():
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
+    assert os.environ["OMP_NUM_THREADS"] == "3"
