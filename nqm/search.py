@@ -78,6 +78,7 @@ class _Curve:
         self.feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
         self.plain = not self.feats.momentum and not self.feats.ema
         self.evaluations = 0
+        self.target = math.inf  # set by steps_to_target
         self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         if self.constant:
             s = optimizer.schedule.lr * self.hh
@@ -169,6 +170,8 @@ class _Curve:
                 v_low = np.maximum(V[0] * ratio, np.minimum(V[0], ss))
             return float(F[1] @ self.wd + v_low @ self.wn / self.b)
         noise = self._noise_at(a) / self.b
+        if noise > self.target:
+            return float(noise)  # the accumulated noise alone rules [a, b] out
         args = (
             self.hh,
             self.opt.schedule.lr,
