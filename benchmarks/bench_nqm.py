@@ -39,6 +39,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -210,6 +211,14 @@ def main(argv=None) -> None:
     )
     t_loop = statistics.median(ltimes["loop"]) * args.steps / n_loop
     t_ours = statistics.median(ltimes["ours"])
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        nqm.expected_loss(problem, opt, b, args.steps)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / 20
+    print()
+    print(
+        f"minor page faults per evaluation of ours (t={args.steps:.0e}): {faults:.1f}"
+    )
     print()
     print("agreement:")
     for t, _, _, rel, rel_sgd in verdicts:
