@@ -417,61 +417,79 @@ def mean_response_bound(hh, alpha, beta, gamma, feats: Features, t: int, span: i
               \\min(2, (\\tau - t)\\,|1 - \\lambda_j|),
 
     because :math:`|\\lambda^k - 1| \\le k |1 - \\lambda|` inside the unit disc. The
-    rounding error of :math:`f_t` itself (cancellation between terms) is added to
-    the slack, so the bound is valid for every mode; it is 0 for unstable modes
-    and where the Lagrange form is undefined. Used by
-    :func:`nqm.search.steps_to_target` to prune intervals that cannot contain the
-    first crossing. Complex arithmetic; not on the fast path.
+    rounding error of :math:`f_t` itself (cancellation between terms, and the
+    powers' own rounding) is added to the slack, so the bound is valid for every
+    mode; it is 0 for unstable modes and where the Lagrange form is undefined. Used
+    by :func:`nqm.search.steps_to_target` to prune intervals that cannot contain
+    the first crossing (through :class:`MeanResponse`, which keeps the
+    t-independent part). Complex arithmetic; not on the fast path.
 
     Returns:
         ``(lower_sq, f_t)``, shape ``S`` each.
     """
-    hh, alpha, beta, gamma = np.broadcast_arrays(
-        *(np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma))
-    )
-    s = alpha * hh
-    with np.errstate(all="ignore"):
-        if not feats.momentum and not feats.ema:
-            lam = [1.0 - s + 0j]
-            w = [np.ones_like(s) + 0j]
-        else:
-            if feats.momentum:
-                tau = 1.0 - s + beta
-                disc = ((1.0 - np.sqrt(s)) ** 2 - beta) * (
-                    (1.0 + np.sqrt(s)) ** 2 - beta
-                )
-                sq = np.sqrt(disc + 0j)
-                r1, r2 = 0.5 * (tau + sq), 0.5 * (tau - sq)
-            if feats.momentum and feats.ema:
-                lam = [r1, r2, gamma + 0j]
-                lin = beta + gamma * (1.0 - s)
-                fz = [z * z - lin * z + beta * gamma for z in lam]
-            elif feats.momentum:
-                lam = [r1, r2]
-                fz = [z - beta for z in lam]
+    return MeanResponse(hh, alpha, beta, gamma, feats).bound(t, span)
+
+
+class MeanResponse:
+    """Eigenvalues :math:`\\lambda_j` and Lagrange weights :math:`w_j` of every
+    mode's mean response :math:`f_t = \\sum_j w_j \\lambda_j^t`; they do not depend
+    on :math:`t`, so a first-crossing search computes them once per setting."""
+
+    def __init__(self, hh, alpha, beta, gamma, feats: Features):
+        hh, alpha, beta, gamma = np.broadcast_arrays(
+            *(np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma))
+        )
+        s = alpha * hh
+        with np.errstate(all="ignore"):
+            if not feats.momentum and not feats.ema:
+                lam = [1.0 - s + 0j]
+                w = [np.ones_like(s) + 0j]
             else:
-                lam = [1.0 - s + 0j, gamma + 0j]
-                fz = [z - gamma * (1.0 - s) for z in lam]
-            w = []
-            for j, zj in enumerate(lam):
-                den = 1.0 + 0j
-                for m, zm in enumerate(lam):
-                    if m != j:
-                        den = den * (zj - zm)
-                w.append(fz[j] / den)
-        powers = [_cpow(z, t) for z in lam]
-        terms = [w[j] * powers[j][0] for j in range(len(lam))]
-        f = sum(terms).real
-        mags = [np.abs(x) for x in terms]
-        slack = 8.0 * EPS * sum(mags)
-        for j, zj in enumerate(lam):
-            # rounding of lam^t itself, plus its possible movement over the span
-            slack = slack + mags[j] * (
-                powers[j][1] + np.minimum(2.0, span * np.abs(1.0 - zj))
-            )
-        stable = np.ones(s.shape, dtype=bool)
-        for zj in lam:
-            stable &= np.abs(zj) <= 1.0
-        lower = np.maximum(np.abs(f) - slack, 0.0)
-        lower = np.where(stable & np.isfinite(lower), lower, 0.0)
-    return lower * lower, f
+                if feats.momentum:
+                    tau = 1.0 - s + beta
+                    disc = ((1.0 - np.sqrt(s)) ** 2 - beta) * (
+                        (1.0 + np.sqrt(s)) ** 2 - beta
+                    )
+                    sq = np.sqrt(disc + 0j)
+                    r1, r2 = 0.5 * (tau + sq), 0.5 * (tau - sq)
+                if feats.momentum and feats.ema:
+                    lam = [r1, r2, gamma + 0j]
+                    lin = beta + gamma * (1.0 - s)
+                    fz = [z * z - lin * z + beta * gamma for z in lam]
+                elif feats.momentum:
+                    lam = [r1, r2]
+                    fz = [z - beta for z in lam]
+                else:
+                    lam = [1.0 - s + 0j, gamma + 0j]
+                    fz = [z - gamma * (1.0 - s) for z in lam]
+                w = []
+                for j, zj in enumerate(lam):
+                    den = 1.0 + 0j
+                    for m, zm in enumerate(lam):
+                        if m != j:
+                            den = den * (zj - zm)
+                    w.append(fz[j] / den)
+            self.lam, self.w = lam, w
+            self.dist = [np.abs(1.0 - z) for z in lam]
+            stable = np.ones(s.shape, dtype=bool)
+            for z in lam:
+                stable &= np.abs(z) <= 1.0
+            self.stable = stable
+
+    def bound(self, t: int, span: int):
+        """``(lower_sq, f_t)`` of :func:`mean_response_bound`."""
+        lam, w = self.lam, self.w
+        with np.errstate(all="ignore"):
+            powers = [_cpow(z, t) for z in lam]
+            terms = [w[j] * powers[j][0] for j in range(len(lam))]
+            f = sum(terms).real
+            mags = [np.abs(x) for x in terms]
+            slack = 8.0 * EPS * sum(mags)
+            for j in range(len(lam)):
+                # rounding of lam^t itself, plus its possible movement over the span
+                slack = slack + mags[j] * (
+                    powers[j][1] + np.minimum(2.0, span * self.dist[j])
+                )
+            lower = np.maximum(np.abs(f) - slack, 0.0)
+            lower = np.where(self.stable & np.isfinite(lower), lower, 0.0)
+        return lower * lower, f

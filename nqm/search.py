@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._closed import mean_response_bound
+from ._closed import MeanResponse
 from ._system import Features
 from .dynamics import (
     PieceStates,
@@ -79,6 +79,7 @@ class _Curve:
         self.plain = not self.feats.momentum and not self.feats.ema
         self.evaluations = 0
         self.target = math.inf  # set by steps_to_target
+        self._mean: MeanResponse | None = None
         self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         if self.constant:
             s = optimizer.schedule.lr * self.hh
@@ -172,17 +173,18 @@ class _Curve:
         noise = self._noise_at(a) / self.b
         if noise > self.target:
             return float(noise)  # the accumulated noise alone rules [a, b] out
-        args = (
-            self.hh,
-            self.opt.schedule.lr,
-            self.opt.momentum,
-            self.opt.ema,
-            self.feats,
-        )
-        lip, _ = mean_response_bound(*args, a, b - a)
+        if self._mean is None:  # eigenvalues and weights: once per curve
+            self._mean = MeanResponse(
+                self.hh,
+                self.opt.schedule.lr,
+                self.opt.momentum,
+                self.opt.ema,
+                self.feats,
+            )
+        lip, _ = self._mean.bound(a, b - a)
         self.evaluations += 1
         if np.any(self.monotone):
-            fb, _ = mean_response_bound(*args, b, 0)
+            fb, _ = self._mean.bound(b, 0)
             lip = np.where(self.monotone, np.maximum(lip, fb), lip)
         return float(lip @ self.wd + noise)
 
