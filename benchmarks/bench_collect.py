@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kfac_spectra import KFAC, train  # noqa: E402
+from kfac_spectra import train  # noqa: E402
 from kfac_spectra.data import load_mnist1d  # noqa: E402
 from kfac_spectra.models import build_model  # noqa: E402
 from kfac_spectra.train import TrainConfig, collect_checkpoint  # noqa: E402
@@ -118,17 +118,7 @@ def _measure(name, width, data, x, y, fisher, defaults, repeats) -> str:
     twin = build_model(
         name, data.spec, width, generator=torch.Generator().manual_seed(0)
     )
-    optimizer = KFAC(
-        model,
-        "ce",
-        lr=defaults.lr,
-        momentum=defaults.momentum,
-        damping=defaults.damping,
-        kl_clip=defaults.kl_clip,
-        factor_interval=defaults.factor_interval,
-        inverse_interval=defaults.inverse_interval,
-        seed=0,
-    )
+    optimizer = train.make_optimizer(defaults, model)
     times = {k: [] for k in ("step", "own", "measure", "float64")}
     error = 0.0
     with tempfile.TemporaryDirectory() as folder:

@@ -80,6 +80,7 @@ __all__ = [
     "TrainResult",
     "collect_checkpoint",
     "load_checkpoint_arrays",
+    "make_optimizer",
     "read_manifest",
     "resolve_config",
     "step_dir",
@@ -537,7 +538,8 @@ def _build(config: TrainConfig, data: Dataset, device: torch.device) -> nn.Modul
     )
 
 
-def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer :func:`train` uses for ``config`` (K-FAC, SGD or Adam)."""
     if config.optimizer == OptimizerName.KFAC:
         return KFAC(
             model,
@@ -627,7 +629,7 @@ def train(
     )
     model = _build(config, data, device)
     twin = _build(config, data, device)  # measurement copy: never hooked by K-FAC
-    optimizer = _make_optimizer(config, model)
+    optimizer = make_optimizer(config, model)
     n_measure = min(config.measure_examples, data.x_train.shape[0])
     pick = torch.randperm(
         data.x_train.shape[0], generator=torch.Generator().manual_seed(config.seed)

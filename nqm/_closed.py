@@ -408,8 +408,8 @@ def _cplx_array(re, im):
     return out
 
 
-def mean_response_bound(hh, alpha, beta, gamma, feats: Features, t: int, span: int):
-    """Per-mode lower bound of :math:`f_\\tau^2` over :math:`\\tau \\in [t, t + span]`.
+class MeanResponse:
+    """Certified lower bounds of every mode's squared mean response over a range.
 
     With :math:`f_\\tau = \\sum_j w_j \\lambda_j^\\tau` and :math:`|\\lambda_j| \\le 1`,
 
@@ -419,21 +419,13 @@ def mean_response_bound(hh, alpha, beta, gamma, feats: Features, t: int, span: i
     because :math:`|\\lambda^k - 1| \\le k |1 - \\lambda|` inside the unit disc. The
     rounding error of :math:`f_t` itself (cancellation between terms, and the
     powers' own rounding) is added to the slack, so the bound is valid for every
-    mode; it is 0 for unstable modes and where the Lagrange form is undefined. Used
-    by :func:`nqm.search.steps_to_target` to prune intervals that cannot contain
-    the first crossing (through :class:`MeanResponse`, which keeps the
-    t-independent part). Complex arithmetic; not on the fast path.
-
-    Returns:
-        ``(lower_sq, f_t)``, shape ``S`` each.
+    mode; it is 0 for unstable modes and where the Lagrange form is undefined.
+    The eigenvalues :math:`\\lambda_j` and Lagrange weights :math:`w_j` do not
+    depend on :math:`t`: they are computed once, here, and
+    :meth:`bound` evaluates any range. Used by
+    :func:`nqm.search.steps_to_target` to prune intervals that cannot contain the
+    first crossing. Complex arithmetic; not on the fast path.
     """
-    return MeanResponse(hh, alpha, beta, gamma, feats).bound(t, span)
-
-
-class MeanResponse:
-    """Eigenvalues :math:`\\lambda_j` and Lagrange weights :math:`w_j` of every
-    mode's mean response :math:`f_t = \\sum_j w_j \\lambda_j^t`; they do not depend
-    on :math:`t`, so a first-crossing search computes them once per setting."""
 
     def __init__(self, hh, alpha, beta, gamma, feats: Features):
         hh, alpha, beta, gamma = np.broadcast_arrays(
@@ -477,7 +469,8 @@ class MeanResponse:
             self.stable = stable
 
     def bound(self, t: int, span: int):
-        """``(lower_sq, f_t)`` of :func:`mean_response_bound`."""
+        """Per-mode lower bound of :math:`f_\\tau^2` over :math:`\\tau \\in [t, t +
+        span]`, and :math:`f_t`; ``(lower_sq, f_t)``, shape ``S`` each."""
         lam, w = self.lam, self.w
         with np.errstate(all="ignore"):
             powers = [_cpow(z, t) for z in lam]

@@ -205,26 +205,36 @@ def _constant_terms(
             D[..., i] = wd.sum()
             N[..., i] = 0.0
             continue
-        F, G, eF, eG = closed_form_terms(hh, a, b, g, feats, int(t))
-        with np.errstate(all="ignore"):
-            d = F @ wd
-            nn = G @ wn
-            bad = _needs_doubling(eF * wd, d, rtol) | _needs_doubling(eG * wn, nn, rtol)
-        if np.any(bad):
+
+        def redo(bad, t=int(t)):  # every flagged (setting, mode) at this step
             idx = np.nonzero(bad)
             ab, bb, gb = (np.broadcast_to(x, bad.shape)[idx] for x in (a, b, g))
             hb = np.broadcast_to(hh, bad.shape)[idx]
-            Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [int(t)])
-            F = F.copy()
-            G = G.copy()
-            F[idx] = Fd[0]
-            G[idx] = Gd[0]
-            with np.errstate(all="ignore"):
-                d = F @ wd
-                nn = G @ wn
-        D[..., i] = d
-        N[..., i] = nn
+            Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
+            return Fd[0], Gd[0]
+
+        terms = closed_form_terms(hh, a, b, g, feats, int(t))
+        D[..., i], N[..., i] = _certified(*terms, wd, wn, rtol, redo)
     return D, N
+
+
+def _certified(F, G, eF, eG, wd, wn, rtol, redo):
+    """D and N from closed-form terms (shape ``P + (M,)``), with the entries the
+    closed form cannot certify to ``rtol`` replaced by ``redo(bad)``, which
+    returns their exact values (``F[bad]``, ``G[bad]`` order). Only the flagged
+    entries are replaced: where the closed form is certified it is the more
+    accurate (doubling accumulates rounding over its log t levels)."""
+    with np.errstate(all="ignore"):
+        d = F @ wd
+        nn = G @ wn
+        bad = _needs_doubling(eF * wd, d, rtol) | _needs_doubling(eG * wn, nn, rtol)
+    if not np.any(bad):
+        return d, nn
+    F = np.array(F)
+    G = np.array(G)
+    F[bad], G[bad] = redo(bad)
+    with np.errstate(all="ignore"):
+        return F @ wd, G @ wn
 
 
 def _single_setting_terms(
@@ -233,7 +243,7 @@ def _single_setting_terms(
     """D and N, shape (T,) each, of one setting at many steps, vectorised over both.
 
     Modes the closed form cannot certify at some step are recomputed by doubling,
-    vectorised over the steps; only the uncertified entries are replaced.
+    vectorised over the steps (see :func:`_certified`).
     """
     steps = np.asarray(steps, dtype=np.int64)
     D = np.full(steps.shape, wd.sum())
@@ -242,23 +252,14 @@ def _single_setting_terms(
     if not np.any(live):
         return D, N
     ts = steps[live]
-    F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, ts)
-    with np.errstate(all="ignore"):
-        d = F @ wd
-        nn = G @ wn
-        bad = _needs_doubling(eF * wd, d, rtol) | _needs_doubling(eG * wn, nn, rtol)
-    cols = np.any(bad, axis=0)
-    if np.any(cols):
+
+    def redo(bad):  # flagged modes at every step at once, then the flagged entries
+        cols = np.any(bad, axis=0)
         Fd, Gd = _doubling_terms(hh[cols], alpha, beta, gamma, feats, ts)
-        F = np.array(F)
-        G = np.array(G)
-        # only the flagged entries: where the closed form is certified it is the
-        # more accurate of the two (doubling accumulates rounding over log t levels)
-        F[:, cols] = np.where(bad[:, cols], Fd, F[:, cols])
-        G[:, cols] = np.where(bad[:, cols], Gd, G[:, cols])
-        with np.errstate(all="ignore"):
-            d = F @ wd
-            nn = G @ wn
+        return Fd[bad[:, cols]], Gd[bad[:, cols]]
+
+    terms = closed_form_terms(hh, alpha, beta, gamma, feats, ts)
+    d, nn = _certified(*terms, wd, wn, rtol, redo)
     D[live] = d
     N[live] = nn
     return D, N

@@ -12,7 +12,7 @@ exceeds the target:
 where :math:`N` (accumulated noise) never decreases and :math:`\\underline D`
 bounds the deterministic part per mode (monotone modes: :math:`f_b^2`; any
 stable mode: a Lipschitz bound from :math:`t=a`, see
-:func:`nqm._closed.mean_response_bound`). Short intervals are scanned step by step.
+:class:`nqm._closed.MeanResponse`). Short intervals are scanned step by step.
 
 ``best_steps`` tunes the hyperparameters of a family for the fewest steps.
 """
@@ -63,7 +63,7 @@ class _Curve:
 
     * constant lr: :math:`N` (accumulated noise) never decreases; :math:`D` is
       bounded per mode (monotone modes by :math:`f_b^2`, all stable modes by the
-      Lipschitz bound of :func:`nqm._closed.mean_response_bound`);
+      Lipschitz bound of :class:`nqm._closed.MeanResponse`);
     * plain SGD with a schedule: per mode, :math:`F` shrinks at every stable step
       and the noise response obeys :math:`V_t \ge V_a F_b / F_a` on
       :math:`[a, b]`; after the schedule's constant tail each mode's :math:`V`

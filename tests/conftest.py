@@ -2,8 +2,8 @@
 
 Torch runs on one intra-op thread: the tests use small tensors, for which thread
 synchronisation costs more than it saves, and on a shared 2-core machine an
-operation can wait milliseconds for a descheduled thread. Results do not depend
-on it (the tests that compare thread counts set their own).
+operation can wait milliseconds for a descheduled thread (seen: a softmax of 6x3
+at 8 ms; the Monte-Carlo tests ran 10x slower). Results do not depend on it.
 """
 
 import pytest

@@ -26,17 +26,6 @@ EXACT_RTOL = 1e-12  # same rows, same probes: only summation order differs
 CHEBYSHEV_DELTA = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: on a loaded 2-core machine, waking a second OpenMP thread
-    costs milliseconds per op (seen: softmax of 6×3 at 8 ms), far more than the
-    ops themselves."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

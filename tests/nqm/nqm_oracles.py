@@ -125,24 +125,29 @@ def mp_mode_terms(lr, h, p, beta, gamma, steps):
     a, n = _mp_transition(lr, h, p, beta, gamma)
     q = [[n[i] * n[j] for j in range(STATE)] for i in range(STATE)]
     o = out_index(gamma)
-    eye = [[mpmath.mpf(int(i == j)) for j in range(STATE)] for i in range(STATE)]
-    zero = [[mpmath.mpf(0)] * STATE for _ in range(STATE)]
     out = []
     for t in steps:
-        t = int(t)
-        pa, pn = eye, zero  # accumulated power
-        ba, bn = a, q  # A^(2^j), N_(2^j)
-        while t:
-            if t & 1:
-                pn = _madd(_mm(_mm(ba, pn), _mt(ba)), bn)
-                pa = _mm(ba, pa)
-            t >>= 1
-            if t:
-                bn = _madd(_mm(_mm(ba, bn), _mt(ba)), bn)
-                ba = _mm(ba, ba)
+        pa, pn = _mp_power(a, q, int(t))
         mean = sum(pa[o][k] * mpmath.mpf(U0[k]) for k in range(STATE))
         out.append((mean * mean, pn[o][o]))
     return out
+
+
+def _mp_power(a, q, t: int):
+    """``(A^t, N_t)`` with ``N_t = sum_{j<t} A^j Q A^jT``, by binary powering of
+    the pair, ``N_{a+b} = A^b N_a A^{bT} + N_b``."""
+    pa = [[mpmath.mpf(int(i == j)) for j in range(STATE)] for i in range(STATE)]
+    pn = [[mpmath.mpf(0)] * STATE for _ in range(STATE)]
+    ba, bn = a, q  # A^(2^j), N_(2^j)
+    while t:
+        if t & 1:
+            pn = _madd(_mm(_mm(ba, pn), _mt(ba)), bn)
+            pa = _mm(ba, pa)
+        t >>= 1
+        if t:
+            bn = _madd(_mm(_mm(ba, bn), _mt(ba)), bn)
+            ba = _mm(ba, ba)
+    return pa, pn
 
 
 def mp_loss(h, c, init_sq, weight, lr, beta, gamma, p, batch, steps, dps=50):
@@ -193,7 +198,6 @@ def mp_loss_pieces(h, c, init_sq, weight, pieces, beta, gamma, p, batch, dps=50)
     with mpmath.workdps(dps):
         total = mpmath.mpf(0)
         o = out_index(gamma)
-        zero = [[mpmath.mpf(0)] * STATE for _ in range(STATE)]
         for i in range(len(h)):
             hi = mpmath.mpf(float(h[i]))
             args = (
@@ -209,21 +213,7 @@ def mp_loss_pieces(h, c, init_sq, weight, pieces, beta, gamma, p, batch, dps=50)
             for lr, length in pieces:
                 a, n = _mp_transition(mpmath.mpf(float(lr)), hi, *args)
                 q = [[var * n[r] * n[s] for s in range(STATE)] for r in range(STATE)]
-                pa = [
-                    [mpmath.mpf(int(r == s)) for s in range(STATE)]
-                    for r in range(STATE)
-                ]
-                pn = zero
-                ba, bn = a, q
-                t = int(length)
-                while t:
-                    if t & 1:
-                        pn = _madd(_mm(_mm(ba, pn), _mt(ba)), bn)
-                        pa = _mm(ba, pa)
-                    t >>= 1
-                    if t:
-                        bn = _madd(_mm(_mm(ba, bn), _mt(ba)), bn)
-                        ba = _mm(ba, ba)
+                pa, pn = _mp_power(a, q, int(length))
                 z = _madd(_mm(_mm(pa, z), _mt(pa)), pn)
             total += mpmath.mpf(float(weight[i])) * hi / 2 * z[o][o]
         return total

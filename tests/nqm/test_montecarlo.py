@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import nqm
 
@@ -20,15 +19,6 @@ REPLICAS = 1000
 DIM = 60
 STEPS = [0, 1, 7, 40, 150]
 BATCH = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Intra-op threads oversubscribe the shared 2-core machine (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
