@@ -14,7 +14,27 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["all_finite"]
+__all__ = ["all_finite", "finite_extremes"]
+
+
+def finite_extremes(tensors: Iterable[Tensor]) -> list[Tensor]:
+    """The minimum and maximum (0-d tensors) of every non-empty tensor.
+
+    All of them are finite iff every element of every tensor is; the caller may
+    stack them with other scalars and synchronise once (``torch.stack`` promotes to
+    the widest dtype, which holds every narrower float exactly).
+
+    Args:
+        tensors: Real floating-point tensors.
+
+    Returns:
+        Two 0-d tensors per non-empty input, in its dtype.
+    """
+    extremes: list[Tensor] = []
+    for t in tensors:
+        if t.numel():
+            extremes += torch.aminmax(t.detach())
+    return extremes
 
 
 def all_finite(tensors: Iterable[Tensor]) -> bool:
@@ -27,10 +47,7 @@ def all_finite(tensors: Iterable[Tensor]) -> bool:
     Returns:
         ``True`` iff no element is NaN or ±inf.
     """
-    extremes: list[Tensor] = []
-    for t in tensors:
-        if t.numel():
-            extremes += torch.aminmax(t.detach())
+    extremes = finite_extremes(tensors)
     if not extremes:
         return True
     dtype = extremes[0].dtype

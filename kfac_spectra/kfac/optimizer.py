@@ -54,7 +54,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -77,7 +77,7 @@ from .enums import (
     coerce_enum,
 )
 from .factors import warn_unsupported
-from .finite import all_finite
+from .finite import all_finite, finite_extremes
 from .fisher import (
     loss_scale,
     output_hessian_form,
@@ -98,6 +98,15 @@ __all__ = ["KFAC"]
 logger = logging.getLogger(__name__)
 
 Inverse = EigenInverse | CholeskyInverse | ChainInverse
+
+
+class _Direction(NamedTuple):
+    """The preconditioned gradient, per parameter and as ``(v, g)`` pairs."""
+
+    per_param: dict[Tensor, Tensor]
+    pairs: list[tuple[Tensor, Tensor]]
+
+
 _INVERSE_TYPES = {
     "eigen": EigenInverse,
     "cholesky": CholeskyInverse,
@@ -273,6 +282,10 @@ class KFAC(torch.optim.Optimizer):
             model, self.kfac_approx, self.rnn_approx, tuple(skip_modules)
         )
         warn_unsupported(self._blocks)
+        self._block_params = [
+            (key, block, tuple(block.params()))
+            for key, block in self._blocks.blocks.items()
+        ]
         for block in self._blocks.blocks.values():
             block.keep_rows = (
                 self.inverse_method == InverseMethod.CG and block.supports_cg
@@ -467,13 +480,21 @@ class KFAC(torch.optim.Optimizer):
             self._inverses[key] = inv
 
     # ------------------------------------------------------------ direction
-    def _preconditioned(self, grads: dict[Tensor, Tensor]) -> dict[Tensor, Tensor]:
-        """``P^{-1} g`` for every parameter (plain g outside blocks)."""
+    def _preconditioned(self, grads: dict[Tensor, Tensor]) -> _Direction:
+        """``P^{-1} g`` for every parameter (plain g outside blocks).
+
+        Also returns ``(v, g)`` pairs that cover every parameter exactly once, for
+        ``vᵀg`` and the finiteness check: a block's pair is its ``(out, in')``
+        matrices ``(X, G)``, one tensor each instead of one per parameter. This is
+        exact because ``split_update`` is the adjoint of ``to_matrix`` for every
+        block (``Σ_p ⟨split(X)_p, g_p⟩ = ⟨X, to_matrix(g)⟩``; tested).
+        """
         out = dict(grads)
+        pairs: list[tuple[Tensor, Tensor]] = []
+        covered: set[Tensor] = set()
         damping = self._damping_spec()
         use_cg = self.inverse_method == InverseMethod.CG
-        for key, block in self._blocks.blocks.items():
-            ps = block.params()
+        for key, block, ps in self._block_params:
             if any(p not in grads for p in ps):
                 continue
             dtype = block.stat_dtype
@@ -503,12 +524,40 @@ class KFAC(torch.optim.Optimizer):
             ups = block.split_update(x)
             for p, u in zip(ps, ups, strict=False):
                 out[p] = u.reshape(p.shape).to(p.dtype)
+            pairs.append((x, mat))
+            covered.update(ps[: len(ups)])
             if isinstance(block, TiedEmbeddingBlock) and len(ps) == 2:
                 s_head = self._ema.get(key, {}).get("Sh")
                 if s_head is not None:
                     b = ps[1]
                     out[b] = (gs[1] / (s_head + damping.gamma)).to(b.dtype)
-        return out
+                    pairs.append((out[b], grads[b]))
+                    covered.add(b)
+        pairs += [(g, g) for p, g in grads.items() if p not in covered]
+        return _Direction(out, pairs)
+
+    def _checked_dot(
+        self, pairs: list[tuple[Tensor, Tensor]], with_grads: bool, with_dot: bool
+    ) -> tuple[bool, float]:
+        """Whether every ``v`` (and ``g`` if ``with_grads``) is finite, and ``vᵀg``.
+
+        One host synchronisation for all of it (the extremes of each tensor and the
+        dot products, stacked).
+        """
+        checks: list[Tensor] = []
+        for v, g in pairs:
+            checks.append(v)
+            if with_grads and g is not v:
+                checks.append(g)
+        scalars = finite_extremes(checks)
+        n_ext = len(scalars)
+        if with_dot:
+            scalars += [torch.dot(v.reshape(-1), g.reshape(-1)) for v, g in pairs]
+        if not scalars:
+            return True, 0.0
+        values = torch.stack(scalars).tolist()
+        finite = all(math.isfinite(e) for e in values[:n_ext])
+        return finite, sum(values[n_ext:])
 
     # ----------------------------------------------------------- curvature
     def _jvp(self, tangents: list[dict[str, Tensor]]) -> tuple[Tensor, list[Tensor]]:
@@ -625,60 +674,83 @@ class KFAC(torch.optim.Optimizer):
                 continue
             g = p.grad.to_dense() if p.grad.is_sparse else p.grad
             grads[p] = g.detach()
-        if not all_finite(grads.values()):
+        raw = grads  # without weight decay, for the skip message
+        # factors or inverses to update: the gradient is checked first, so that a
+        # skipped step leaves them untouched; otherwise one check after the solve
+        # covers the gradient and the direction
+        pending = self._capture.enabled or bool(self._watched) or self._inverse_due()
+        if pending and not all_finite(grads.values()):
             self._skip("non-finite gradient")
             return loss
         if wd > 0:
             grads = {p: g + wd * p.detach() for p, g in grads.items()}
-        self._update_factors()
-        if self.steps % self.inverse_interval == 0 or any(
-            k not in self._inverses for k in self._ema
-        ):
-            if (
-                self.inverse_method != InverseMethod.CG
-                or self.rnn_approx == RNNApprox.CHAIN
-            ):
+        if pending:
+            self._update_factors()
+            if self._inverse_due():
                 self._update_inverses()
         direction = self._preconditioned(grads)
-        if not all_finite(direction.values()):
-            self._skip("non-finite preconditioned gradient")
+        fixed = self.step_rule == StepRule.FIXED
+        finite, vg = self._checked_dot(
+            direction.pairs,
+            with_grads=not pending,
+            with_dot=fixed and self.kl_clip is not None,
+        )
+        if not finite:
+            if not pending and not all_finite(raw.values()):
+                self._skip("non-finite gradient")
+            else:
+                self._skip("non-finite preconditioned gradient")
             return loss
-        if self.step_rule == StepRule.QMODEL:
-            update, model_value = self._qmodel_update(grads, direction)
+        if fixed:
+            nu = kl_clip_factor(self.kl_clip, lr, vg)
+            params, bufs = self._momentum(direction.per_param, nu, beta)
+            torch._foreach_add_(params, bufs, alpha=-lr)
+            if lm_due:
+                update = {p: -lr * b for p, b in zip(params, bufs, strict=True)}
+                self._adapt_damping(closure, loss, grads, update, None)
         else:
-            update = self._fixed_update(grads, direction, lr, beta)
-            model_value = None
-        for p, u in update.items():
-            p.add_(u)
-        if lm_due:
-            self._adapt_damping(closure, loss, grads, update, model_value)
+            update, model_value = self._qmodel_update(grads, direction.per_param)
+            for p, u in update.items():
+                p.add_(u)
+            if lm_due:
+                self._adapt_damping(closure, loss, grads, update, model_value)
         self.steps += 1
         self._arm()
         return loss
 
-    def _fixed_update(
-        self,
-        grads: dict[Tensor, Tensor],
-        direction: dict[Tensor, Tensor],
-        lr: float,
-        beta: float,
-    ) -> dict[Tensor, Tensor]:
-        nu = 1.0
-        if self.kl_clip is not None:
-            vg = sum(
-                float(torch.dot(direction[p].reshape(-1), g.reshape(-1)))
-                for p, g in grads.items()
-            )
-            nu = kl_clip_factor(self.kl_clip, lr, vg)
-        update = {}
-        for p in grads:
+    def _inverse_due(self) -> bool:
+        """Whether this step decomposes the factors (also when one is missing)."""
+        if (
+            self.inverse_method == InverseMethod.CG
+            and self.rnn_approx != RNNApprox.CHAIN
+        ):
+            return False
+        return self.steps % self.inverse_interval == 0 or any(
+            k not in self._inverses for k in self._ema
+        )
+
+    def _momentum(
+        self, direction: dict[Tensor, Tensor], nu: float, beta: float
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """``m ← βm + νv`` for every parameter, in place (one fused call for all).
+
+        Returns:
+            The parameters and their momentum buffers, in the same order.
+        """
+        params, bufs, dirs = [], [], []
+        for p, v in direction.items():
             state = self.state[p]
             buf = state.get("momentum_buffer")
-            v = direction[p] * nu if nu != 1.0 else direction[p]
-            buf = v.clone() if buf is None else buf.mul_(beta).add_(v)
-            state["momentum_buffer"] = buf
-            update[p] = -lr * buf
-        return update
+            if buf is None:
+                state["momentum_buffer"] = v * nu if nu != 1.0 else v.clone()
+            else:
+                bufs.append(buf)
+                dirs.append(v)
+            params.append(p)
+        if bufs:
+            torch._foreach_mul_(bufs, beta)
+            torch._foreach_add_(bufs, dirs, alpha=nu)
+        return params, [self.state[p]["momentum_buffer"] for p in params]
 
     def _qmodel_update(
         self, grads: dict[Tensor, Tensor], direction: dict[Tensor, Tensor]

@@ -1,0 +1,229 @@
+"""The optimizer's fast paths against their reference formulas (float64).
+
+* one K-FAC step (factored damping, weight decay, KL clip, momentum, an unsupported
+  layer) equals ``θ ← θ − α(βm + ν (S + γ_S)^{-1} G (A + γ_A)^{-1})`` computed from
+  the factors with dense solves, on factor, inverse and plain steps alike;
+* ``split_update`` is the adjoint of ``to_matrix`` for every block type (the step
+  takes ``vᵀg`` on the block matrices);
+* the guards of a step that updates neither factors nor inverses still tell a
+  non-finite gradient from a non-finite direction and leave everything untouched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kfac_spectra import KFAC
+from kfac_spectra.kfac.blocks import build_blocks
+from kfac_spectra.kfac.enums import KFACApprox, RNNApprox
+from kfac_spectra.kfac.inverse import EigenInverse
+
+pytestmark = pytest.mark.filterwarnings("ignore:K-FAC. no curvature block")
+
+DT = torch.float64
+STEP_RTOL = 1e-12  # fast step vs the dense reference, float64
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+class ConvNet(nn.Module):
+    """Conv1d → Linear → Linear (no bias) → LayerNorm (no K-FAC block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(2, 3, 3, padding=1)
+        self.fc = nn.Linear(15, 4)
+        self.out = nn.Linear(4, 3, bias=False)
+        self.norm = nn.LayerNorm(3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.conv(x)).flatten(1)
+        return self.norm(self.out(torch.tanh(self.fc(h))))
+
+
+def _seeded(model: nn.Module, seed: int) -> nn.Module:
+    model = model.double()
+    gen = _gen(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=DT) * 0.7)
+    return model
+
+
+def _reference_direction(
+    factors: dict[str, tuple[Tensor, Tensor]],
+    grads: dict[str, Tensor],
+    gamma: float,
+) -> dict[str, Tensor]:
+    """``(S + γ_S)^{-1} [∇W | ∇b] (A + γ_A)^{-1}`` per layer, π from the traces."""
+    out = dict(grads)
+    for layer, (a, s) in factors.items():
+        w = grads[f"{layer}.weight"]
+        mat = w.reshape(w.shape[0], -1)
+        bias = f"{layer}.bias" in grads
+        if bias:
+            mat = torch.cat([mat, grads[f"{layer}.bias"][:, None]], dim=1)
+        ev_a = torch.linalg.eigvalsh(a).clamp_min(0)
+        ev_s = torch.linalg.eigvalsh(s).clamp_min(0)
+        pi = math.sqrt((float(ev_a.mean())) / float(ev_s.mean()))
+        pi = min(max(pi, 1e-4), 1e4)
+        g_s, g_a = math.sqrt(gamma) / pi, math.sqrt(gamma) * pi
+        eye = torch.eye
+        x = torch.linalg.solve(s + g_s * eye(s.shape[0], dtype=DT), mat)
+        x = torch.linalg.solve(a + g_a * eye(a.shape[0], dtype=DT), x.T).T
+        n_w = w[0].numel()
+        out[f"{layer}.weight"] = x[:, :n_w].reshape(w.shape)
+        if bias:
+            out[f"{layer}.bias"] = x[:, n_w]
+    return out
+
+
+def test_step_equals_the_dense_reference_on_every_kind_of_step() -> None:
+    """Six steps with factors every 2 and inverses every 3 steps: steps 1 and 5 update
+    neither (the fused check), the others one or both; each step's update is the
+    reference formula on the factors of the last inverse step, to 1e-12."""
+    model = _seeded(ConvNet(), 0)
+    x = torch.randn(8, 2, 5, generator=_gen(1), dtype=DT)
+    y = torch.randint(0, 3, (8,), generator=_gen(2))
+    lr, beta, wd, lam, kappa = 0.5, 0.9, 1e-2, 0.1, 1e-3
+    opt = KFAC(
+        model,
+        "ce",
+        lr=lr,
+        momentum=beta,
+        damping=lam,
+        weight_decay=wd,
+        fisher_type="type2",
+        factor_interval=2,
+        inverse_interval=3,
+        kl_clip=kappa,
+    )
+    names = dict(model.named_parameters())
+    momentum = {n: torch.zeros_like(p) for n, p in names.items()}
+    factors: dict[str, tuple[Tensor, Tensor]] = {}
+    clipped = 0
+    for step in range(6):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        before = {n: p.detach().clone() for n, p in names.items()}
+        grads = {n: p.grad + wd * p.detach() for n, p in names.items()}
+        opt.step()
+        if step % 3 == 0:  # this step's inverse used the factors as of now
+            factors = {k.split(".")[0]: v for k, v in opt.factors().items()}
+        v = _reference_direction(factors, grads, lam + wd)
+        vg = sum(float((v[n] * grads[n]).sum()) for n in names)
+        nu = min(1.0, math.sqrt(kappa / (lr * lr * vg)))
+        clipped += nu < 1
+        for n, p in names.items():
+            momentum[n] = beta * momentum[n] + nu * v[n]
+            assert _rel(p.detach(), before[n] - lr * momentum[n]) < STEP_RTOL, (
+                step,
+                n,
+            )
+    assert clipped >= 1 and opt.steps == 6
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.head = nn.Linear(4, 7)
+        self.head.weight = self.emb.weight
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.head(self.emb(idx))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Linear(5, 3),
+        nn.Linear(5, 3, bias=False),
+        nn.Conv2d(2, 3, (3, 2)),
+        nn.Embedding(6, 4),
+        _Tied(),
+        nn.RNN(3, 4, batch_first=True),
+        nn.LSTM(3, 2),
+        nn.LSTM(3, 2, bias=False),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_split_update_is_the_adjoint_of_to_matrix(model: nn.Module) -> None:
+    """``Σ_p ⟨split(X)_p, t_p⟩ = ⟨X, to_matrix(t)⟩`` (over the parameters that
+    ``split_update`` returns), so ``vᵀg`` may be taken on the block matrices."""
+    model = model.double()
+    blocks = build_blocks(model, KFACApprox.EXPAND, RNNApprox.INDEPENDENT).blocks
+    assert blocks
+    gen = _gen(3)
+    for block in blocks.values():
+        ps = block.params()
+        t = [torch.randn(p.shape, generator=gen, dtype=DT) for p in ps]
+        mat = block.to_matrix(t)
+        x = torch.randn(mat.shape, generator=gen, dtype=DT)
+        ups = block.split_update(x)
+        lhs = sum(
+            float((u.reshape(p.shape) * ti).sum())
+            for p, u, ti in zip(ps, ups, t, strict=False)
+        )
+        rhs = float((x * mat).sum())
+        assert math.isclose(lhs, rhs, rel_tol=1e-12), type(block).__name__
+
+
+def _plain_step_optimizer() -> tuple[nn.Module, KFAC, Tensor, Tensor]:
+    """A model whose next step updates neither factors nor inverses."""
+    model = _seeded(ConvNet(), 4)
+    x = torch.randn(8, 2, 5, generator=_gen(5), dtype=DT)
+    y = torch.randint(0, 3, (8,), generator=_gen(6))
+    opt = KFAC(model, "ce", lr=0.1, factor_interval=4, inverse_interval=4)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    return model, opt, x, y
+
+
+def _snapshot(model: nn.Module, opt: KFAC) -> list[Tensor]:
+    bufs = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
+    return [p.detach().clone() for p in model.parameters()] + [b.clone() for b in bufs]
+
+
+def test_plain_step_with_a_nonfinite_gradient_is_skipped_and_named() -> None:
+    model, opt, _, _ = _plain_step_optimizer()
+    before = _snapshot(model, opt)
+    model.fc.bias.grad[1] = float("inf")
+    with pytest.warns(UserWarning, match="non-finite gradient"):
+        opt.step()
+    assert opt.counters["skipped_steps"] == 1 and opt.steps == 1
+    for a, b in zip(_snapshot(model, opt), before, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_plain_step_with_a_nonfinite_direction_is_skipped_and_named(
+    monkeypatch,
+) -> None:
+    model, opt, _, _ = _plain_step_optimizer()
+    before = _snapshot(model, opt)
+    real = EigenInverse.apply
+
+    def overflow(self: EigenInverse, g: Tensor, damping) -> Tensor:
+        out = real(self, g, damping)
+        return out * math.inf if out.shape[0] == 4 else out
+
+    monkeypatch.setattr(EigenInverse, "apply", overflow)
+    with pytest.warns(UserWarning, match="non-finite preconditioned gradient"):
+        opt.step()
+    assert opt.counters["skipped_steps"] == 1 and opt.steps == 1
+    for a, b in zip(_snapshot(model, opt), before, strict=True):
+        assert torch.equal(a, b)
