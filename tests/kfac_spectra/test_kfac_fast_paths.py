@@ -6,7 +6,9 @@
 * ``split_update`` is the adjoint of ``to_matrix`` for every block type (the step
   takes ``vᵀg`` on the block matrices);
 * the guards of a step that updates neither factors nor inverses still tell a
-  non-finite gradient from a non-finite direction and leave everything untouched.
+  non-finite gradient from a non-finite direction and leave everything untouched;
+* :func:`~kfac_spectra.kfac.blocks.base.gram` (strips of the block upper triangle)
+  and the channels-last convolution statistics equal the plain products.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from torch import Tensor, nn
 
 from kfac_spectra import KFAC
 from kfac_spectra.kfac.blocks import build_blocks
+from kfac_spectra.kfac.blocks.base import gram, homogeneous_gram
+from kfac_spectra.kfac.blocks.conv import ConvBlock
 from kfac_spectra.kfac.enums import KFACApprox, RNNApprox
 from kfac_spectra.kfac.inverse import EigenInverse
 
@@ -27,6 +31,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:K-FAC. no curvature block")
 
 DT = torch.float64
 STEP_RTOL = 1e-12  # fast step vs the dense reference, float64
+GRAM_RTOL = 1e-12
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -227,3 +232,47 @@ def test_plain_step_with_a_nonfinite_direction_is_skipped_and_named(
     assert opt.counters["skipped_steps"] == 1 and opt.steps == 1
     for a, b in zip(_snapshot(model, opt), before, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "shape", [(10, 30), (700, 160), (2000, 200), (50, 400), (300, 257)]
+)
+def test_gram_equals_the_plain_product_and_is_symmetric(shape) -> None:
+    """Tall (64-wide strips), wide (128-wide) and small (one product) cases."""
+    rows = torch.randn(shape, generator=_gen(7), dtype=DT)
+    assert _rel(gram(rows), rows.T @ rows) < GRAM_RTOL
+    assert _rel(gram(rows.T.contiguous().T), rows.T @ rows) < GRAM_RTOL
+    h = homogeneous_gram(rows, True)
+    ones = torch.cat([rows, torch.ones(shape[0], 1, dtype=DT)], dim=1)
+    assert _rel(h, ones.T @ ones) < GRAM_RTOL
+
+
+@pytest.mark.parametrize(
+    ("conv", "shape"),
+    [
+        (nn.Conv1d(3, 4, 5, stride=2, padding=2), (6, 3, 17)),
+        (nn.Conv1d(2, 3, 3, dilation=2), (2, 7)),  # unbatched
+        (
+            nn.Conv2d(3, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+            (4, 3, 9, 8),
+        ),
+        (nn.Conv2d(2, 3, 3, padding="same", bias=False), (2, 2, 6, 6)),
+        (nn.Conv2d(40, 8, 2), (3, 40, 5, 5)),  # 160-wide patches: gram in strips
+    ],
+    ids=["1d-strided", "1d-unbatched", "2d-dilated", "2d-same-nobias", "2d-wide"],
+)
+def test_conv_statistics_from_channels_last_patches(conv, shape) -> None:
+    """A from the channels-last patches (reordered) and S from ``(C_out, N·T)``
+    equal the Gram matrices of :meth:`input_features` / :meth:`grad_rows`."""
+    conv = conv.double()
+    block = ConvBlock("c", conv, KFACApprox.EXPAND)
+    x = torch.randn(shape, generator=_gen(8), dtype=DT)
+    a, rows = block.input_gram(x)
+    feats = block.input_features(x)
+    assert rows == feats.shape[0]
+    ones = torch.ones(rows, 1, dtype=DT)
+    ref = torch.cat([feats, ones], 1) if block.has_bias else feats
+    assert _rel(a, ref.T @ ref) < GRAM_RTOL
+    g = torch.randn(conv(x).shape, generator=_gen(9), dtype=DT)
+    grad_rows = block.grad_rows(g)
+    assert _rel(block.grad_gram(g), grad_rows.T @ grad_rows) < GRAM_RTOL

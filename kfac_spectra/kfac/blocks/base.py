@@ -39,6 +39,7 @@ from ..enums import KFACApprox
 __all__ = [
     "CurvatureBlock",
     "Record",
+    "gram",
     "homogeneous_gram",
     "select_rows",
     "stat_dtype_for",
@@ -48,6 +49,50 @@ __all__ = [
 def stat_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """Statistics dtype: float32 or better (float64 stays float64)."""
     return torch.promote_types(dtype, torch.float32)
+
+
+# Strip widths of :func:`gram` (measured on a 2-core AMD EPYC with MKL, one thread:
+# 20-30% faster than one product from width 160 up, slower below)
+_STRIP_MIN_WIDTH = 160
+_STRIP_TALL, _STRIP_WIDE = 64, 128
+
+
+def _strips(d: int, tall: bool) -> list[int]:
+    width = _STRIP_TALL if tall else _STRIP_WIDE
+    bounds = list(range(0, d, width)) + [d]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < width // 2:
+        bounds.pop(-2)  # a short last strip joins the one before it
+    return bounds
+
+
+def gram(rows: Tensor) -> Tensor:
+    r"""``XᵀX`` for the rows ``X`` of shape ``(R, d)``, computed once per pair.
+
+    The result is symmetric, so on the CPU, for ``d ≥ 160``, only the block upper
+    triangle is multiplied — strip ``i`` of columns times the columns from strip
+    ``i`` on, ``X_iᵀ X_{i:}`` — and mirrored: with k strips that is
+    ``(k + 1) / 2k`` of the product's flops (in practice 20-30% less time than
+    one ``X.T @ X``). Elsewhere (small d, other devices) it is the plain product.
+
+    Args:
+        rows: ``X``, shape ``(R, d)``; any strides (``X.T`` of a contiguous
+            ``(d, R)`` matrix is fine).
+
+    Returns:
+        Shape ``(d, d)``, dtype and device of ``rows``.
+    """
+    d = rows.shape[1]
+    if d < _STRIP_MIN_WIDTH or rows.device.type != "cpu":
+        return rows.T @ rows
+    bounds = _strips(d, tall=rows.shape[0] >= 4 * d)
+    if len(bounds) == 2:
+        return rows.T @ rows
+    out = rows.new_empty(d, d)
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        torch.mm(rows[:, lo:hi].T, rows[:, lo:], out=out[lo:hi, lo:])
+    for lo, hi in zip(bounds[:-2], bounds[1:-1], strict=True):
+        out[hi:, lo:hi] = out[lo:hi, hi:].T
+    return out
 
 
 def homogeneous_gram(rows: Tensor, bias: bool) -> Tensor:
@@ -68,12 +113,11 @@ def homogeneous_gram(rows: Tensor, bias: bool) -> Tensor:
     Returns:
         Shape ``(d + 1, d + 1)`` with ``bias``, else ``(d, d)``; dtype of ``rows``.
     """
-    gram = rows.T @ rows
     if not bias:
-        return gram
+        return gram(rows)
     d = rows.shape[1]
     out = rows.new_empty(d + 1, d + 1)
-    out[:d, :d] = gram
+    out[:d, :d] = gram(rows)
     col = rows.sum(dim=0)
     out[:d, d] = col
     out[d, :d] = col

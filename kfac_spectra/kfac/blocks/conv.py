@@ -25,13 +25,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..enums import KFACApprox
+from .base import gram, homogeneous_gram
 from .linear import DenseBlock
 
-__all__ = ["ConvBlock", "conv_supported", "extract_patches", "patch_view"]
+__all__ = [
+    "ConvBlock",
+    "channels_last_order",
+    "channels_last_patch_view",
+    "conv_supported",
+    "extract_patches",
+    "patch_view",
+]
 
 
 def conv_supported(module: nn.Module) -> bool:
@@ -86,6 +95,51 @@ def patch_view(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
     return x.permute(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
 
 
+def channels_last_patch_view(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
+    """Input patches with the channel last: ``(N, *out_spatial, *kernel, C_in)``.
+
+    The input is first copied channels-last (once, its own size), so that in the
+    strided view the channels of neighbouring kernel taps are contiguous: flattening
+    the view into patch rows then copies runs of ``kernel_size[-1] · C_in`` floats
+    instead of single taps (3-5x faster than flattening :func:`patch_view`). The
+    patch order is (taps, channel), not the weight's (channel, taps); see
+    :func:`channels_last_order`.
+
+    Args:
+        x: Input, shape ``(N, C_in, *spatial)`` or without the batch dim.
+        module: The convolution.
+
+    Returns:
+        A view of shape ``(N, *out_spatial, *kernel_size, C_in)``.
+    """
+    nd = len(module.kernel_size)
+    if x.ndim == nd + 1:
+        x = x[None]
+    flat_pad = [p for lr in reversed(conv_padding(module)) for p in lr]
+    if any(flat_pad):
+        x = F.pad(x, flat_pad)
+    x = x.movedim(1, -1).contiguous()  # (N, *spatial, C)
+    for i, (k, s, d) in enumerate(
+        zip(module.kernel_size, module.stride, module.dilation, strict=True)
+    ):
+        x = x.unfold(1 + i, d * (k - 1) + 1, s)  # (N, *out, C, *window)
+    if any(d != 1 for d in module.dilation):
+        x = x[(Ellipsis, *(slice(None, None, d) for d in module.dilation))]
+    return x.movedim(1 + nd, -1)
+
+
+def channels_last_order(module: nn.Conv1d | nn.Conv2d) -> Tensor:
+    """Index ``perm`` with ``weight_order[i] = channels_last_order[perm[i]]``.
+
+    Patch entry i in the weight's (channel, taps) order is entry ``perm[i]`` in the
+    (taps, channel) order of :func:`channels_last_patch_view`; so for a Gram matrix
+    ``G`` in the latter order, ``G[perm][:, perm]`` is in the weight's.
+    """
+    channels = module.weight.shape[1]
+    taps = module.weight[0, 0].numel()
+    return torch.arange(taps * channels).reshape(taps, channels).T.reshape(-1)
+
+
 def extract_patches(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
     """Input patches of a convolution.
 
@@ -125,6 +179,31 @@ class ConvBlock(DenseBlock):
             nd = len(self.module.kernel_size)
             return view.mean(dim=tuple(range(1, 1 + nd))).reshape(-1, width)
         return view.reshape(-1, width)
+
+    def input_gram(self, x: Tensor) -> tuple[Tensor, int]:
+        """``(Σ ā ā ᵀ, R)``; expand: from channels-last patches, then reordered."""
+        if self.approx == KFACApprox.REDUCE:
+            return super().input_gram(x)
+        view = channels_last_patch_view(x.to(self.stat_dtype), self.module)
+        rows = view.reshape(-1, self.module.weight[0].numel())
+        perm = channels_last_order(self.module).to(rows.device)
+        if self.has_bias:
+            perm = torch.cat([perm, perm.new_tensor([perm.numel()])])
+        a = homogeneous_gram(rows, self.has_bias)
+        return a[perm][:, perm], rows.shape[0]
+
+    def grad_gram(self, g: Tensor) -> Tensor:
+        """``Σ ĝ ĝᵀ``; expand: ``M Mᵀ`` with ``M = ĝ`` as ``(C_out, N·T)``."""
+        if self.approx == KFACApprox.REDUCE:
+            return super().grad_gram(g)
+        nd = len(self.module.kernel_size)
+        g = g.to(self.stat_dtype)
+        if g.ndim == nd + 1:
+            g = g[None]
+        # (N, C, T) -> (C, N·T): copies runs of T, where the rows (N·T, C) of
+        # grad_rows would copy single elements
+        mat = g.reshape(g.shape[0], g.shape[1], -1).transpose(0, 1)
+        return gram(mat.reshape(g.shape[1], -1).T)
 
     def grad_rows(self, g: Tensor) -> Tensor:
         """Per-location rows (expand) or per-example sums over locations (reduce)."""

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..enums import KFACApprox
-from .base import CurvatureBlock, Record, homogeneous_gram, select_rows
+from .base import CurvatureBlock, Record, gram, homogeneous_gram, select_rows
 
 __all__ = ["DenseBlock", "LinearBlock"]
 
@@ -90,6 +90,15 @@ class DenseBlock(CurvatureBlock):
         """Rows ``ĝ`` matching :meth:`input_rows`, stat dtype."""
         raise NotImplementedError
 
+    def input_gram(self, x: Tensor) -> tuple[Tensor, int]:
+        """``(Σ_r ā_r ā_rᵀ, R)`` of the input rows (a block may skip forming them)."""
+        feats = self.input_features(x)
+        return homogeneous_gram(feats, self.has_bias), feats.shape[0]
+
+    def grad_gram(self, g: Tensor) -> Tensor:
+        """``Σ_r ĝ_r ĝ_rᵀ`` of the output-gradient rows."""
+        return gram(self.grad_rows(g))
+
     def forward_record(
         self,
         module: nn.Module,
@@ -101,10 +110,13 @@ class DenseBlock(CurvatureBlock):
         """Form A's batch sum from the input rows; ask for the output's gradient."""
         if not isinstance(output, Tensor) or not output.requires_grad:
             return None, None
-        feats = self.input_features(select_rows(args[0].detach(), rows))
-        self._add_a(homogeneous_gram(feats, self.has_bias), feats.shape[0])
+        x = select_rows(args[0].detach(), rows)
         if self.keep_rows:
+            feats = self.input_features(x)
+            self._add_a(homogeneous_gram(feats, self.has_bias), feats.shape[0])
             self.rows_x.append(self._bias_column(feats, self.has_bias))
+        else:
+            self._add_a(*self.input_gram(x))
         return Record(self, None, [output], call=call, rows=rows), None
 
     def accumulate(self, record: Record, grad_scale: float = 1.0) -> None:
@@ -113,10 +125,14 @@ class DenseBlock(CurvatureBlock):
             g = grads[0]
             if g is None:
                 continue
-            rows = self.grad_rows(select_rows(g.detach(), record.rows))
+            g = select_rows(g.detach(), record.rows)
+            if not self.keep_rows and grad_scale == 1.0:
+                self._add_s(self.grad_gram(g), record.call)
+                continue
+            rows = self.grad_rows(g)
             if grad_scale != 1.0:
                 rows = rows * grad_scale
-            self._add_s(rows.T @ rows, record.call)
+            self._add_s(gram(rows), record.call)
             if self.keep_rows:
                 self.rows_g.append(rows)
 
