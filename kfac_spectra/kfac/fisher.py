@@ -181,7 +181,9 @@ def output_probes(
             else:
                 p = torch.softmax(f, dim=-1)
                 y = torch.multinomial(p, 1, generator=generator).squeeze(-1)
-                probes.append(_unit_gradient(f, y, loss) * scale)
+                # ∇ℓ = p − onehot(ŷ) (the softmax is already at hand)
+                grad = p - torch.nn.functional.one_hot(y, num_classes).to(p.dtype)
+                probes.append(grad * scale)
     elif fisher_type == FisherType.EMPIRICAL:
         if targets is None:
             raise ValueError("targets are required for fisher_type='empirical'")

@@ -54,12 +54,9 @@ def robust_eigh(mat: Tensor) -> tuple[Tensor, Tensor] | None:
     if not bool(torch.isfinite(mat).all()):
         return None
     sym = 0.5 * (mat + mat.mT)
-    attempts = [sym]
-    if sym.dtype != torch.float64 or sym.device.type != "cpu":
-        attempts.append(sym.to(device="cpu", dtype=torch.float64))
-    else:
-        attempts.append(sym.clone())
-    for m in attempts:
+    for retry in (False, True):
+        # the float64 CPU copy only when the first attempt failed
+        m = sym.to(device="cpu", dtype=torch.float64, copy=True) if retry else sym
         try:
             evals, evecs = torch.linalg.eigh(m)
         except RuntimeError:
