@@ -453,6 +453,38 @@ def test_kronecker_bases_orientation() -> None:
         kronecker_bases({"blocks.0.ff1": (s_ff, a_ff)}, blocks)
 
 
+@pytest.mark.parametrize("positions", [1, 3])
+def test_accumulator_equals_brute_force_with_a_dominant_mean(positions: int) -> None:
+    """The sums about a shift, over several batches, against per-example matrices
+    summed in float64 by NumPy. The mean is 1e4 times the spread, so
+    E[Z^2] - E[Z]^2 loses eight digits (relative error 6e-8 here). The chunked
+    path (several positions) centres every Z_n and keeps the variance to 1e-10;
+    the one-position path forms sum Z^2 by one GEMM and then subtracts
+    K (2 sum Z - n K), which leaves eps (mean / spread)^2 = 2e-8 of it."""
+    from kfac_spectra.gradient_stats import _Accumulator
+
+    gen = torch.Generator().manual_seed(5)
+    n, r, c = 23, 4, 3
+    rho = 100.0 + 1e-2 * torch.randn(n, positions, r, generator=gen).double()
+    kappa = 100.0 + 1e-2 * torch.randn(n, positions, c, generator=gen).double()
+    probe = torch.randn(n, positions, r, generator=gen).double()
+    acc = _Accumulator((r, c), torch.float64, torch.device("cpu"))
+    for rows in (slice(0, 9), slice(9, 10), slice(10, n)):
+        if positions == 1:
+            acc.add_one_position(rho[rows], kappa[rows])
+        else:
+            acc.add_chunks(rho[rows], kappa[rows], chunk=2)
+        acc.add_curvature(probe[rows], kappa[rows], chunk=2)
+    mean, second, variance, curvature = (t.numpy() for t in acc.statistics(n))
+    z = np.einsum("npr,npc->nrc", rho.numpy(), kappa.numpy())
+    zp = np.einsum("npr,npc->nrc", probe.numpy(), kappa.numpy())
+    np.testing.assert_allclose(mean, z.mean(0), rtol=1e-14)
+    np.testing.assert_allclose(second, (z**2).mean(0), rtol=1e-14)
+    variance_rtol = 1e-7 if positions == 1 else 1e-10
+    np.testing.assert_allclose(variance, z.var(0, ddof=1), rtol=variance_rtol)
+    np.testing.assert_allclose(curvature, (zp**2).mean(0), rtol=1e-13)
+
+
 def test_input_validation() -> None:
     model, x, y, loss = make_case("mlp_ce")
     blocks = find_blocks(model)
