@@ -51,13 +51,15 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -71,7 +73,7 @@ from kfac_spectra.gradient_stats import GradientStats, eigenbasis_gradient_stats
 from kfac_spectra.kfac import KFAC, FisherType, LossType, compute_factors
 from kfac_spectra.layer_capture import find_blocks
 from kfac_spectra.models import ModelName, build_model
-from nqm.io import write_atomic
+from nqm.io import FILE_MODE, write_atomic
 
 __all__ = [
     "FactorSource",
@@ -323,8 +325,101 @@ def _write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, lambda h: json.dump(obj, h, indent=2, sort_keys=True), "w")
 
 
-def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    _atomic_write(path, lambda h: np.savez(h, **arrays))
+def _fsync_directory(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (POSIX; a no-op elsewhere)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_and_close(handle: IO[bytes]) -> None:
+    try:
+        os.fsync(handle.fileno())
+    finally:
+        handle.close()
+
+
+class _StepFiles:
+    """The files of one step directory, written atomically and made durable.
+
+    :meth:`add` writes a file under a temporary name and starts its ``fsync`` in a
+    background thread at once. The thread waits for the disk, not the CPU, so a
+    file added before the statistics are computed reaches the disk meanwhile, and
+    the files' ``fsync`` calls overlap instead of following one another.
+    :meth:`commit` waits for them, renames the files over their destinations
+    (``os.replace``: atomic), fsyncs the directory so that those renames are
+    durable, and only then renames the marker (the step's manifest, which says
+    that the step is complete) and fsyncs the directory again; a marker from an
+    earlier collection of the step is removed (durably) before anything is
+    renamed. A crash thus leaves every file old or new, and a marker only over a
+    complete set of the files it was written with.
+
+    On an error the pending temporary files are removed; those of a killed process
+    are removed by the next ``_StepFiles`` of the same directory.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        self.folder = folder
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
+        self._pending: list[tuple[Path, Path, Future[None]]] = []
+
+    def __enter__(self) -> _StepFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+        for tmp, _, _ in self._pending:  # not committed: an error came first
+            tmp.unlink(missing_ok=True)
+        self._pending.clear()
+
+    def add(self, name: str, write: Callable[[IO[bytes]], None]) -> None:
+        """Write ``name`` (through ``write(handle)``) to a temporary file."""
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
+        handle = os.fdopen(fd, "wb")
+        try:
+            os.chmod(tmp, FILE_MODE)
+            write(handle)
+            handle.flush()
+        except BaseException:
+            handle.close()
+            os.unlink(tmp)
+            raise
+        future = self._pool.submit(_sync_and_close, handle)
+        self._pending.append((Path(tmp), self.folder / name, future))
+
+    def commit(self, marker: str) -> None:
+        """Wait for every pending ``fsync``, then rename the files into place,
+        the one named ``marker`` last, each step made durable by a directory
+        ``fsync``: an old marker is removed first, then the other files are
+        renamed, then the marker.
+
+        Raises:
+            ValueError: If no pending file is named ``marker``.
+            OSError: If an ``fsync`` or rename failed (files not yet renamed stay
+                under their temporary names, removed on exit).
+        """
+        marked = [entry for entry in self._pending if entry[1].name == marker]
+        if not marked:
+            raise ValueError(f"marker: no pending file {marker!r}")
+        for _, _, future in self._pending:
+            future.result()
+        old_marker = self.folder / marker
+        if old_marker.exists():  # it must not vouch for a mix of old and new files
+            old_marker.unlink()
+            _fsync_directory(self.folder)
+        for entry in [e for e in self._pending if e is not marked[0]] + marked:
+            if entry is marked[0]:
+                _fsync_directory(self.folder)
+            os.replace(entry[0], entry[1])
+            self._pending.remove(entry)
+        _fsync_directory(self.folder)
 
 
 def step_dir(run_dir: str | os.PathLike[str], step: int) -> Path:
@@ -398,8 +493,10 @@ def collect_checkpoint(
 
     ``model`` must carry no K-FAC hooks (pass a twin holding a copy of the
     parameters). Factors use ``reduction="mean"``: :math:`S \\otimes A` is the
-    curvature of the mean loss. Files are written atomically; the step's
-    ``manifest.json`` is written last.
+    curvature of the mean loss. Files are written atomically and durably (to a
+    temporary name, fsynced, renamed, the directory fsynced); the step's
+    ``manifest.json`` is renamed last, once the other files are durable. Its
+    ``collect_seconds`` is the time up to these final fsyncs.
 
     Args:
         run_dir: Run directory.
@@ -445,32 +542,38 @@ def collect_checkpoint(
             generator=generator,
         )
     bases = kronecker_bases(factors, blocks)
-    stats = eigenbasis_gradient_stats(
-        model,
-        _batches(inputs, targets, chunk),
-        bases,
-        loss=loss,
-        fisher_type=fisher_type,
-        mc_samples=mc_samples,
-        generator=generator,
-        compute_dtype=compute_dtype,
-    )
-    folder = step_dir(run_dir, step)
-    _write_npz(folder / "factors.npz", _factor_arrays(factors, bases))
-    _write_npz(folder / "stats.npz", stats.to_arrays())
-    _write_npz(folder / "params.npz", _parameter_arrays(model))
-    manifest = {
-        "step": int(step),
-        "num_examples": int(stats.num_examples),
-        "loss": str(LossType(loss).value),
-        "fisher_type": str(FisherType(fisher_type).value),
-        "factor_source": source.value,
-        "blocks": {k: list(b.shape) for k, b in bases.items()},
-        "num_directions": int(sum(b.shape[0] * b.shape[1] for b in bases.values())),
-        "collect_seconds": time.perf_counter() - start,
-        **dict(extra or {}),
-    }
-    _write_json(folder / MANIFEST_FILE, manifest)
+    with _StepFiles(step_dir(run_dir, step)) as files:
+        # written before the statistics, so that the disk writes them meanwhile
+        factor_arrays = _factor_arrays(factors, bases)
+        files.add("factors.npz", lambda h: np.savez(h, **factor_arrays))
+        param_arrays = _parameter_arrays(model)
+        files.add("params.npz", lambda h: np.savez(h, **param_arrays))
+        stats = eigenbasis_gradient_stats(
+            model,
+            _batches(inputs, targets, chunk),
+            bases,
+            loss=loss,
+            fisher_type=fisher_type,
+            mc_samples=mc_samples,
+            generator=generator,
+            compute_dtype=compute_dtype,
+        )
+        stat_arrays = stats.to_arrays()
+        files.add("stats.npz", lambda h: np.savez(h, **stat_arrays))
+        manifest = {
+            "step": int(step),
+            "num_examples": int(stats.num_examples),
+            "loss": str(LossType(loss).value),
+            "fisher_type": str(FisherType(fisher_type).value),
+            "factor_source": source.value,
+            "blocks": {k: list(b.shape) for k, b in bases.items()},
+            "num_directions": int(sum(b.shape[0] * b.shape[1] for b in bases.values())),
+            "collect_seconds": time.perf_counter() - start,
+            **dict(extra or {}),
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+        files.add(MANIFEST_FILE, lambda h: h.write(text))
+        files.commit(marker=MANIFEST_FILE)
     return manifest
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from kfac_spectra import compute_factors
+from kfac_spectra import train as train_module
 from kfac_spectra.eigenbasis import kronecker_bases
 from kfac_spectra.gradient_stats import eigenbasis_gradient_stats
 from kfac_spectra.layer_capture import find_blocks
@@ -228,6 +231,104 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
         "params.npz",
         "stats.npz",
     ]
+
+
+def _record_io(monkeypatch) -> list[tuple[str, str]]:
+    """Log ("fsync", "dir" | "file"), ("replace", name) and ("unlink", name) in
+    call order."""
+    events: list[tuple[str, str]] = []
+    fsync, replace, unlink = os.fsync, os.replace, os.unlink
+
+    def logged_fsync(fd):
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        fsync(fd)
+        events.append(("fsync", kind))
+
+    def logged_replace(src, dst):
+        replace(src, dst)
+        events.append(("replace", os.path.basename(dst)))
+
+    def logged_unlink(path, *args, **kwargs):
+        unlink(path, *args, **kwargs)
+        events.append(("unlink", os.path.basename(path)))
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    monkeypatch.setattr(os, "unlink", logged_unlink)
+    return events
+
+
+def test_collection_is_durable_before_its_manifest(tmp_path, monkeypatch):
+    """Every file is fsynced before any is renamed into place; the directory is
+    fsynced after the data files' renames and before the manifest's, and again
+    after it."""
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 2, (8,), generator=gen)
+    events = _record_io(monkeypatch)
+    collect_checkpoint(tmp_path, 0, model, x, y, loss="ce", fisher_type="type2")
+    data = {"factors.npz", "stats.npz", "params.npz"}
+    assert events[:4] == [("fsync", "file")] * 4
+    assert {name for _, name in events[4:7]} == data
+    assert events[7:] == [
+        ("fsync", "dir"),
+        ("replace", "manifest.json"),
+        ("fsync", "dir"),
+    ]
+    assert sorted(p.name for p in step_dir(tmp_path, 0).iterdir()) == sorted(
+        [*data, "manifest.json"]
+    )
+    # collected again: the old manifest goes first, durably
+    events.clear()
+    collect_checkpoint(tmp_path, 0, model, x, y, loss="ce", fisher_type="type2")
+    assert events[:6] == [
+        *[("fsync", "file")] * 4,
+        ("unlink", "manifest.json"),
+        ("fsync", "dir"),
+    ]
+    assert {name for _, name in events[6:9]} == data
+    assert events[9:] == [
+        ("fsync", "dir"),
+        ("replace", "manifest.json"),
+        ("fsync", "dir"),
+    ]
+
+
+def test_step_files_clean_up(tmp_path, monkeypatch):
+    """Temporary files go on an error (nothing is renamed), and those a killed
+    process left are removed by the next writer of the directory."""
+    folder = tmp_path / "step"
+    folder.mkdir()
+    (folder / ".stats.npz.killed.tmp").write_bytes(b"partial")
+    (folder / "stats.npz").write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="stats failed"):
+        with train_module._StepFiles(folder) as files:
+            assert not (folder / ".stats.npz.killed.tmp").exists()
+            files.add("factors.npz", lambda h: h.write(b"new"))
+            raise RuntimeError("stats failed")
+    assert sorted(p.name for p in folder.iterdir()) == ["stats.npz"]
+
+    fsync = os.fsync
+
+    def failing_fsync(fd):
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError("I/O error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        with train_module._StepFiles(folder) as files:
+            files.add("stats.npz", lambda h: h.write(b"new"))
+            files.commit(marker="stats.npz")
+    assert sorted(p.name for p in folder.iterdir()) == ["stats.npz"]
+    assert (folder / "stats.npz").read_bytes() == b"old"
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(ValueError, match="marker"):
+        with train_module._StepFiles(folder) as files:
+            files.add("stats.npz", lambda h: h.write(b"new"))
+            files.commit(marker="manifest.json")
+    assert (folder / "stats.npz").read_bytes() == b"old"
 
 
 def test_frozen_defaults():
