@@ -19,10 +19,13 @@ model and width, measured side by side in one process on MNIST-1D at batch 256:
 Each repeat times a 10-step window and then each collection, interleaved so that
 the load of a shared machine hits all alike. Printed: medians over the repeats
 of wall-clock times and the ratios median collect / median step, and the same
-ratio in CPU time of the (single-threaded) process, which load from other
-processes disturbs less. The last column is the largest relative difference of
-the default statistics (variance, second moment, curvature) from the float64
-ones over all directions whose value exceeds 1e-12 of its block's largest.
+ratio in CPU time of the process (one thread for torch and for NumPy's BLAS, which
+does the eigendecompositions), which load from other processes disturbs less; the
+``eigh`` column is the part of the default collection spent in the float64
+eigendecompositions of the factors (``kronecker_bases``, timed alone on the same
+factors), in steps. The last column is the largest relative difference of the
+default statistics (variance, second moment, curvature) from the float64 ones
+over all directions whose value exceeds 1e-12 of its block's largest.
 
 Run from the repository root: ``python benchmarks/bench_collect.py [--repeats 7]``.
 """
@@ -38,12 +41,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kfac_spectra import train  # noqa: E402
 from kfac_spectra.data import load_mnist1d  # noqa: E402
+from kfac_spectra.eigenbasis import kronecker_bases  # noqa: E402
+from kfac_spectra.layer_capture import find_blocks  # noqa: E402
 from kfac_spectra.models import build_model  # noqa: E402
 from kfac_spectra.train import TrainConfig, collect_checkpoint  # noqa: E402
 
@@ -119,7 +125,7 @@ def _measure(name, width, data, x, y, fisher, defaults, repeats) -> str:
         name, data.spec, width, generator=torch.Generator().manual_seed(0)
     )
     optimizer = train.make_optimizer(defaults, model)
-    times = {k: [] for k in ("step", "own", "measure", "float64")}
+    times = {k: [] for k in ("step", "own", "eigh", "measure", "float64")}
     error = 0.0
     with tempfile.TemporaryDirectory() as folder:
         _step_window(model, optimizer, x, y)  # warm-up
@@ -132,6 +138,9 @@ def _measure(name, width, data, x, y, fisher, defaults, repeats) -> str:
             own, got = _collect(folder, r, twin, x, y, fisher, factors)
             wide, ref = _collect(folder, r, twin, x, y, fisher, factors, exact=True)
             times["own"].append(own)
+            with _Clock() as eigh:
+                kronecker_bases(factors, find_blocks(twin))
+            times["eigh"].append(eigh)
             times["float64"].append(wide)
             times["measure"].append(_collect(folder, r, twin, x, y, fisher)[0])
             error = max(error, _max_relative_error(got, ref))
@@ -144,7 +153,7 @@ def _measure(name, width, data, x, y, fisher, defaults, repeats) -> str:
     return (
         f"{name:>10} {width:>6g} {params:>7d} {step * 1e3:>7.0f} "
         f"{wall['own'] * 1e3:>7.0f} {wall['own'] / step:>6.2f} "
-        f"{cpu['own'] / cpu['step']:>6.2f} "
+        f"{cpu['own'] / cpu['step']:>6.2f} {wall['eigh'] / step:>6.2f} "
         f"{wall['measure'] / step:>7.2f} {wall['float64'] / step:>7.2f} "
         f"{exact.wall / step:>6.2f} {error:>8.1e}"
     )
@@ -156,6 +165,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)  # NumPy's BLAS/LAPACK (the eigendecompositions)
     defaults = TrainConfig()
     fisher = defaults.measure_fisher
     data = load_mnist1d(2000, seed=0)
@@ -167,12 +177,13 @@ def main() -> None:
     )
     print(
         f"{'':>10} {'':>6} {'':>7} {'step':>7} {'default':>7} {'ratio':>6} "
-        f"{'ratio':>6} {'measure':>7} {'float64':>7} {'type2':>6} {'max rel':>8}"
+        f"{'ratio':>6} {'eigh':>6} {'measure':>7} {'float64':>7} {'type2':>6} "
+        f"{'max rel':>8}"
     )
     print(
         f"{'model':>10} {'width':>6} {'params':>7} {'ms':>7} {'ms':>7} "
-        f"{'wall':>6} {'cpu':>6} {'ratio':>7} {'ratio':>7} {'ratio':>6} "
-        f"{'error':>8}"
+        f"{'wall':>6} {'cpu':>6} {'steps':>6} {'ratio':>7} {'ratio':>7} "
+        f"{'ratio':>6} {'error':>8}"
     )
     name, widths = CASES[0]  # warm-up of threads and allocator, not printed
     _measure(name, widths[0], data, x, y, fisher, defaults, 1)
