@@ -77,7 +77,7 @@ from .enums import (
     coerce_enum,
 )
 from .factors import warn_unsupported
-from .finite import all_finite, finite_extremes
+from .finite import all_finite
 from .fisher import (
     loss_scale,
     output_hessian_form,
@@ -541,23 +541,27 @@ class KFAC(torch.optim.Optimizer):
     ) -> tuple[bool, float]:
         """Whether every ``v`` (and ``g`` if ``with_grads``) is finite, and ``vᵀg``.
 
-        One host synchronisation for all of it (the extremes of each tensor and the
-        dot products, stacked).
+        With the dot products (KL clip on) they are the check, in one host
+        synchronisation: a NaN or infinite element of ``v`` or ``g`` makes its
+        pair's ``⟨v, g⟩`` NaN or infinite (``±inf · 0`` is NaN), so finite products
+        prove finite tensors. Only a non-finite product (or none computed) has the
+        extremes of every tensor examined, which also tells an overflowed product
+        of finite tensors (then ``vᵀg = ±inf`` and the clip is off) from a
+        non-finite tensor.
         """
+        vg = 0.0
+        if with_dot and pairs:
+            dots = [torch.dot(v.reshape(-1), g.reshape(-1)) for v, g in pairs]
+            values = torch.stack(dots).tolist()
+            vg = sum(values)
+            if all(math.isfinite(d) for d in values):
+                return True, vg
         checks: list[Tensor] = []
         for v, g in pairs:
             checks.append(v)
             if with_grads and g is not v:
                 checks.append(g)
-        scalars = finite_extremes(checks)
-        n_ext = len(scalars)
-        if with_dot:
-            scalars += [torch.dot(v.reshape(-1), g.reshape(-1)) for v, g in pairs]
-        if not scalars:
-            return True, 0.0
-        values = torch.stack(scalars).tolist()
-        finite = all(math.isfinite(e) for e in values[:n_ext])
-        return finite, sum(values[n_ext:])
+        return all_finite(checks), vg
 
     # ----------------------------------------------------------- curvature
     def _jvp(self, tangents: list[dict[str, Tensor]]) -> tuple[Tensor, list[Tensor]]:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -276,3 +277,18 @@ def test_conv_statistics_from_channels_last_patches(conv, shape) -> None:
     g = torch.randn(conv(x).shape, generator=_gen(9), dtype=DT)
     grad_rows = block.grad_rows(g)
     assert _rel(block.grad_gram(g), grad_rows.T @ grad_rows) < GRAM_RTOL
+
+
+def test_plain_step_with_an_overflowing_dot_product_is_taken_unclipped() -> None:
+    """Finite gradient and direction whose ``vᵀg`` overflows: the step is taken
+    with ν = 1 (the clip needs a finite ``vᵀg``), as the separate checks would."""
+    model, opt, _, _ = _plain_step_optimizer()
+    for p in model.parameters():
+        p.grad.fill_(1e160)
+    before = [p.detach().clone() for p in model.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+    assert opt.counters["skipped_steps"] == 0 and opt.steps == 2
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.isfinite(p).all() and not torch.equal(p, b)
