@@ -61,7 +61,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
-from .blocks import BlockSet, CurvatureBlock, RNNBlock, TiedEmbeddingBlock, build_blocks
+from .blocks import (
+    BlockSet,
+    CurvatureBlock,
+    RNNBlock,
+    TiedEmbeddingBlock,
+    build_blocks,
+    stat_dtype_for,
+)
 from .blocks.base import Record
 from .capture import Capture
 from .damping import kl_clip_factor, lm_adjust, qmodel_coefficients
@@ -497,8 +504,10 @@ class KFAC(torch.optim.Optimizer):
         for key, block, ps in self._block_params:
             if any(p not in grads for p in ps):
                 continue
-            dtype = block.stat_dtype
-            gs = [grads[p].to(dtype) for p in ps]
+            dtype = stat_dtype_for(ps[0].dtype)
+            gs = [grads[p] for p in ps]
+            if any(g.dtype != dtype for g in gs):
+                gs = [g.to(dtype) for g in gs]
             mat = block.to_matrix(gs)
             chain = isinstance(block, RNNBlock) and block.chain
             if use_cg and block.supports_cg and not chain:
@@ -521,9 +530,9 @@ class KFAC(torch.optim.Optimizer):
                 if inv is None:
                     continue
                 x = inv.apply(mat, damping)
-            ups = block.split_update(x)
+            ups = block.split_update(x)  # parameter-shaped
             for p, u in zip(ps, ups, strict=False):
-                out[p] = u.reshape(p.shape).to(p.dtype)
+                out[p] = u if u.dtype == p.dtype else u.to(p.dtype)
             pairs.append((x, mat))
             covered.update(ps[: len(ups)])
             if isinstance(block, TiedEmbeddingBlock) and len(ps) == 2:

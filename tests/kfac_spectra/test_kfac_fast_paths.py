@@ -178,6 +178,7 @@ def test_split_update_is_the_adjoint_of_to_matrix(model: nn.Module) -> None:
         mat = block.to_matrix(t)
         x = torch.randn(mat.shape, generator=gen, dtype=DT)
         ups = block.split_update(x)
+        assert all(u.shape == p.shape for p, u in zip(ps, ups, strict=False))
         lhs = sum(
             float((u.reshape(p.shape) * ti).sum())
             for p, u, ti in zip(ps, ups, t, strict=False)

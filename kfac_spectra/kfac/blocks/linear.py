@@ -64,19 +64,19 @@ class DenseBlock(CurvatureBlock):
         return ps
 
     def to_matrix(self, tensors: list[Tensor]) -> Tensor:
-        """``[W.reshape(out, -1) | b]``."""
-        out = self.module.weight.shape[0]
-        mat = tensors[0].reshape(out, -1)
-        if self.has_bias:
-            mat = torch.cat([mat, tensors[1].reshape(out, 1)], dim=1)
+        """``[W.reshape(out, -1) | b]`` (the bias is there iff it is in ``tensors``)."""
+        w = tensors[0]
+        mat = w.reshape(w.shape[0], -1)
+        if len(tensors) > 1:
+            mat = torch.cat([mat, tensors[1].unsqueeze(1)], dim=1)
         return mat
 
     def split_update(self, mat: Tensor) -> list[Tensor]:
-        """Split ``(out, in')`` back into weight- and bias-shaped tensors."""
-        w = self.module.weight
+        """Split ``(out, in')`` back into weight- and bias-shaped tensors (views)."""
+        shape = self.module.weight.shape
         if self.has_bias:
-            return [mat[:, :-1].reshape(w.shape), mat[:, -1].reshape(-1)]
-        return [mat.reshape(w.shape)]
+            return [mat[:, :-1].view(shape), mat[:, -1]]
+        return [mat.view(shape)]
 
     def input_features(self, x: Tensor) -> Tensor:
         """Rows ``a`` without the homogeneous coordinate, stat dtype."""
