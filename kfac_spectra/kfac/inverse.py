@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .blocks.base import gram
+
 __all__ = [
     "ChainInverse",
     "CholeskyInverse",
@@ -144,11 +146,13 @@ class EigenInverse:
         a = self.eval_a.clamp_min(0)
         pi = pi_heuristic(a.sum(), a.numel(), s.sum(), s.numel())
         gs, ga = damping.split(pi)
-        inv_s = (self.evec_s / (s + gs)) @ self.evec_s.T
+        # U diag(1/d) Uᵀ = W Wᵀ with W = U diag(d^{-1/2}): a Gram matrix, formed
+        # once per pair of entries (d > 0: clamped eigenvalues plus γ > 0)
+        inv_s = gram((self.evec_s * (s + gs).rsqrt()).T)
         if self.evec_a is None:
             inv_a = 1.0 / (a + ga)
         else:
-            inv_a = (self.evec_a / (a + ga)) @ self.evec_a.T
+            inv_a = gram((self.evec_a * (a + ga).rsqrt()).T)
         self._cache = (damping.gamma, inv_s, inv_a)
         return inv_s, inv_a
 
