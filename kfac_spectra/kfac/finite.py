@@ -14,27 +14,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["all_finite", "finite_extremes"]
-
-
-def finite_extremes(tensors: Iterable[Tensor]) -> list[Tensor]:
-    """The minimum and maximum (0-d tensors) of every non-empty tensor.
-
-    All of them are finite iff every element of every tensor is; the caller may
-    stack them with other scalars and synchronise once (``torch.stack`` promotes to
-    the widest dtype, which holds every narrower float exactly).
-
-    Args:
-        tensors: Real floating-point tensors.
-
-    Returns:
-        Two 0-d tensors per non-empty input, in its dtype.
-    """
-    extremes: list[Tensor] = []
-    for t in tensors:
-        if t.numel():
-            extremes += torch.aminmax(t.detach())
-    return extremes
+__all__ = ["all_finite"]
 
 
 def all_finite(tensors: Iterable[Tensor]) -> bool:
@@ -47,7 +27,10 @@ def all_finite(tensors: Iterable[Tensor]) -> bool:
     Returns:
         ``True`` iff no element is NaN or ±inf.
     """
-    extremes = finite_extremes(tensors)
+    extremes: list[Tensor] = []
+    for t in tensors:
+        if t.numel():
+            extremes += torch.aminmax(t.detach())
     if not extremes:
         return True
     dtype = extremes[0].dtype

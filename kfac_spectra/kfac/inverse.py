@@ -160,8 +160,8 @@ class EigenInverse:
         """``mat((S ⊗ A + damping)^{-1} vec(G))``."""
         if damping.factored:
             inv_s, inv_a = self._factored_inverses(damping)
-            x = inv_s @ g
-            return x * inv_a[None, :] if inv_a.ndim == 1 else x @ inv_a
+            x = torch.mm(inv_s, g)
+            return x * inv_a[None, :] if inv_a.ndim == 1 else torch.mm(x, inv_a)
         s = self.eval_s.clamp_min(0)
         a = self.eval_a.clamp_min(0)
         gt = self.evec_s.T @ g

@@ -114,6 +114,8 @@ class _Direction(NamedTuple):
     pairs: list[tuple[Tensor, Tensor]]
 
 
+# parameter dtypes that are their own statistics dtype (skips a dispatcher call)
+_STAT_DTYPES = (torch.float32, torch.float64)
 _INVERSE_TYPES = {
     "eigen": EigenInverse,
     "cholesky": CholeskyInverse,
@@ -369,7 +371,9 @@ class KFAC(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- capture
     def _arm(self) -> None:
-        self._capture.enabled = self.steps % self.factor_interval == 0
+        armed = self.steps % self.factor_interval == 0
+        if self._capture.enabled != armed:  # (un)registers the layer hooks
+            self._capture.enabled = armed
 
     def _sample_rows(self, batch: int) -> Tensor | None:
         """Sorted indices of ``stats_batch_size`` of ``batch`` examples (or None)."""
@@ -504,7 +508,9 @@ class KFAC(torch.optim.Optimizer):
         for key, block, ps in self._block_params:
             if any(p not in grads for p in ps):
                 continue
-            dtype = stat_dtype_for(ps[0].dtype)
+            dtype = ps[0].dtype
+            if dtype not in _STAT_DTYPES:
+                dtype = stat_dtype_for(dtype)
             gs = [grads[p] for p in ps]
             if any(g.dtype != dtype for g in gs):
                 gs = [g.to(dtype) for g in gs]
@@ -686,7 +692,7 @@ class KFAC(torch.optim.Optimizer):
             if p.grad is None:
                 continue
             g = p.grad.to_dense() if p.grad.is_sparse else p.grad
-            grads[p] = g.detach()
+            grads[p] = g.detach() if g.requires_grad else g
         raw = grads  # without weight decay, for the skip message
         # factors or inverses to update: the gradient is checked first, so that a
         # skipped step leaves them untouched; otherwise one check after the solve
