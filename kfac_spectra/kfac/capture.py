@@ -20,7 +20,7 @@ and along dim 0 of the model output; a call that breaks this raises ``ValueError
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -32,6 +32,15 @@ from .blocks.base import CurvatureBlock, Record
 __all__ = ["Capture"]
 
 RootCallback = Callable[[Tensor, int, Tensor | None], None]
+
+
+def _no_autocast(device: str) -> AbstractContextManager[Any]:
+    """Autocast off for ``device`` (a no-op context when it is off already)."""
+    if torch.is_autocast_enabled(device):
+        return torch.autocast(device, enabled=False)
+    return nullcontext()
+
+
 RowSampler = Callable[[int], Tensor | None]
 
 
@@ -165,7 +174,7 @@ class Capture:
             )
         if self.on_output is not None:
             # statistics in their own dtype (float32 or better), not autocast's
-            with torch.autocast(output.device.type, enabled=False):
+            with _no_autocast(output.device.type):
                 self.on_output(output, call, rows)
 
     def _module_hook(
@@ -176,7 +185,7 @@ class Capture:
         block = self.module_blocks[module]
         rows = self._rows_for(block, module, args)
         device = output.device.type if isinstance(output, Tensor) else "cpu"
-        with torch.autocast(device, enabled=False):
+        with _no_autocast(device):
             record, replacement = block.forward_record(
                 module, args, output, self.call, rows
             )

@@ -298,9 +298,11 @@ class CurvatureBlock(ABC):
         if self._a_sum is None or self._s_sum is None or self._rows == 0:
             self.reset_batch()
             return None
+        calls = len(self._calls)
         out = {
             "A": self._a_sum / self._rows,
-            "S": self._s_sum / max(len(self._calls), 1),
+            # the sum is a fresh tensor of this block's own: no copy for one call
+            "S": self._s_sum / calls if calls > 1 else self._s_sum,
         }
         self.reset_batch()
         return out
