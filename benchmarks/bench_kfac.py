@@ -1,6 +1,6 @@
 """K-FAC speed: step time relative to SGD, and factor cost vs curvlinops.
 
-Run: ``python benchmarks/bench_kfac.py`` (about two minutes on 2 CPU cores;
+Run: ``python benchmarks/bench_kfac.py`` (one to three minutes on 2 CPU cores;
 ``--quick`` for a smoke run). Prints medians over interleaved repetitions and the
 ratios, all measured side by side in one run (the machine is shared and noisy).
 
@@ -13,7 +13,20 @@ ratios, all measured side by side in one run (the machine is shared and noisy).
 Single-threaded by default (``--threads``) so that ratios are not distorted by
 thread contention on the shared machine.
 
-2. Factor computation cost in gradient-equivalents (time / time of one
+2. A width sweep of the MLP (40-h-h-10, h = 64, 100 — the MNIST-1D paper's MLP —,
+   128, 256) with K-FAC(10, 100), the measured ratio next to a flop model: per step
+   the preconditioning ``P = Σ 2·out·in'·(out + in')`` (two products with the cached
+   damped inverses, ``in' = in + 1``), per factor step the Gram matrices
+   ``Σ 2B(in'² + out²)`` and the probe's backward, per inverse step ``11 n³`` per
+   factor of size n (eigh counted as 9n³, Golub & Van Loan's symmetric QR with
+   vectors, plus 2n³ to form the damped inverse), all against the ``F`` of forward
+   and backward (``6B·in·out`` per layer, ``4B·in·out`` for the first: no input
+   gradient). ``floor = 1 + P/F`` is what the every-step preconditioning alone
+   costs if every flop ran at the speed of SGD's; ``model`` adds the factor and
+   inverse work amortised over 10 and 100 steps. P/F grows like 2h/(3B) (about
+   0.64 at h = 256, B = 256), so 1.5x is out of reach there whatever the code.
+
+3. Factor computation cost in gradient-equivalents (time / time of one
    forward+backward), ``kfac_spectra.compute_factors`` next to curvlinops'
    ``KFACLinearOperator.compute_kronecker_factors`` on the same models and batch
    (curvlinops 3.0.1 has no Conv1d support, so the CNN row has only ours).
@@ -38,6 +51,9 @@ from kfac_spectra.kfac.toy_models import cnn1d, mlp
 KFAC_KW = {"lr": 0.01, "damping": 0.03, "kl_clip": 1e-3}
 STATS_ROWS = 64  # examples of the batch used for the factor statistics
 SUBSET = f"kfac(10,100) stats {STATS_ROWS}"
+SWEEP_WIDTHS = (64, 100, 128, 256)  # 100: the MNIST-1D paper's reference MLP
+FACTOR_INTERVAL, INVERSE_INTERVAL = 10, 100
+EIGH_FLOPS = 9.0  # × n³ (Golub & Van Loan, symmetric QR with eigenvectors)
 
 
 def _models() -> dict[str, Callable[[], nn.Module]]:
@@ -56,8 +72,42 @@ def _time(fn: Callable[[], None], reps: int) -> list[float]:
     return out
 
 
+def mlp_flops(sizes: list[int], batch: int) -> dict[str, float]:
+    """Flop model of one step of an MLP with biases (see the module docstring).
+
+    Args:
+        sizes: Layer widths ``[in, h1, ..., out]``.
+        batch: Batch size B.
+
+    Returns:
+        ``fwd_bwd`` (F), ``precond`` (P, every step), ``factors`` (per factor
+        step), ``inverses`` (per inverse step).
+    """
+    layers = list(zip(sizes[:-1], sizes[1:], strict=True))
+    macs = [batch * i * o for i, o in layers]
+    fwd_bwd = 2 * sum(macs) + 2 * sum(macs) + 2 * sum(macs[1:])
+    precond = sum(2 * o * (i + 1) * (o + i + 1) for i, o in layers)
+    grams = sum(2 * batch * ((i + 1) ** 2 + o**2) for i, o in layers)
+    probe_backward = 2 * sum(macs[1:])
+    inverses = sum((EIGH_FLOPS + 2) * ((i + 1) ** 3 + o**3) for i, o in layers)
+    return {
+        "fwd_bwd": float(fwd_bwd),
+        "precond": float(precond),
+        "factors": float(grams + probe_backward),
+        "inverses": float(inverses),
+    }
+
+
+def predicted_ratios(flops: dict[str, float]) -> tuple[float, float]:
+    """``(1 + P/F, 1 + (P + factors/10 + inverses/100)/F)``."""
+    f = flops["fwd_bwd"]
+    floor = 1 + flops["precond"] / f
+    extra = flops["factors"] / FACTOR_INTERVAL + flops["inverses"] / INVERSE_INTERVAL
+    return floor, floor + extra / f
+
+
 def step_times(build, x, y, windows: dict[str, int], rounds: int) -> dict[str, float]:
-    """Amortised per-step seconds of each optimizer, interleaved in rounds.
+    """Amortised per-step seconds of each optimizer in ``windows``, interleaved.
 
     Each round times one window of consecutive steps per optimizer; a window of
     100 steps of K-FAC(10, 100) holds exactly 10 factor steps and one inverse
@@ -69,20 +119,25 @@ def step_times(build, x, y, windows: dict[str, int], rounds: int) -> dict[str, f
     variants = {
         "sgd": lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9),
         "kfac(10,100)": lambda m: KFAC(
-            m, "ce", **KFAC_KW, factor_interval=10, inverse_interval=100
+            m,
+            "ce",
+            **KFAC_KW,
+            factor_interval=FACTOR_INTERVAL,
+            inverse_interval=INVERSE_INTERVAL,
         ),
         SUBSET: lambda m: KFAC(
             m,
             "ce",
             **KFAC_KW,
-            factor_interval=10,
-            inverse_interval=100,
+            factor_interval=FACTOR_INTERVAL,
+            inverse_interval=INVERSE_INTERVAL,
             stats_batch_size=STATS_ROWS,
         ),
         "kfac(1,1)": lambda m: KFAC(
             m, "ce", **KFAC_KW, factor_interval=1, inverse_interval=1
         ),
     }
+    variants = {k: v for k, v in variants.items() if k in windows}
     runs = {}
     for name, make in variants.items():
         torch.manual_seed(0)
@@ -208,6 +263,32 @@ def main() -> None:
                 f"  {k:<22} {t[k] * 1e3:6.2f} ms/step  {t[k + ' ratio']:5.2f}x SGD  "
                 f"(single step {t[k + ' single'] * 1e3:.2f} ms)"
             )
+    print(
+        f"\n== MLP 40-h-h-10 width sweep, batch {x.shape[0]}, kfac(10,100): measured "
+        "(median ratio of interleaved windows) vs flop model =="
+    )
+    print(
+        "(floor: 1 + P/F, the every-step preconditioning; model: floor + factor "
+        "work / 10 + inverse work / 100, every flop at SGD's speed; rest: "
+        "(measured - model) x SGD ms/step, what the flops do not explain)"
+    )
+    print(
+        f"  {'h':>4} {'sgd ms':>7} {'kfac ms':>8} {'measured':>9} {'floor':>6} "
+        f"{'model':>6} {'rest ms':>8}  {'P/F':>5} {'fact/10F':>8} {'inv/100F':>8}"
+    )
+    sweep_windows = {"sgd": window, "kfac(10,100)": window}
+    for h in SWEEP_WIDTHS:
+        t = step_times(lambda h=h: mlp(40, h, 10, depth=2), x, y, sweep_windows, rounds)
+        fl = mlp_flops([40, h, h, 10], x.shape[0])
+        floor, model = predicted_ratios(fl)
+        f, measured = fl["fwd_bwd"], t["kfac(10,100) ratio"]
+        print(
+            f"  {h:>4} {t['sgd'] * 1e3:7.2f} {t['kfac(10,100)'] * 1e3:8.2f} "
+            f"{measured:8.2f}x {floor:5.2f}x {model:5.2f}x "
+            f"{(measured - model) * t['sgd'] * 1e3:8.2f}  {fl['precond'] / f:5.2f} "
+            f"{fl['factors'] / FACTOR_INTERVAL / f:8.2f} "
+            f"{fl['inverses'] / INVERSE_INTERVAL / f:8.2f}"
+        )
     print("\n== factor cost (median; in gradient-equivalents = time / fwd+bwd) ==")
     for name, build in _models().items():
         c = factor_costs(build, x, y, reps)
