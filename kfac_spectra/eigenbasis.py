@@ -78,16 +78,20 @@ class KroneckerBasis:
         return torch.outer(self.row_vectors[:, i], self.col_vectors[:, j])
 
 
+#: Smallest factor decomposed by NumPy's LAPACK rather than PyTorch's (CPU only).
+NUMPY_EIGH_MIN = 128
+
+
 def _eigh_descending(factor: Tensor) -> tuple[Tensor, Tensor]:
     """Eigen-decomposition in float64, eigenvalues descending; 1-D = diagonal.
 
-    On the CPU, LAPACK's ``dsyevd`` is called through NumPy: on one thread of
-    this project's 2-core AMD machine its OpenBLAS build took 10-30% less time
-    than PyTorch's MKL build for n = 160-1025 (the factors that dominate a
-    collection) and at most 0.1 ms more below n = 100. Both run the same
-    divide-and-conquer algorithm in float64. The decomposition of :math:`-F`
-    has F's eigenvalues in descending order and its eigenvectors already in
-    that order, so no reordering copy is made.
+    From n = :data:`NUMPY_EIGH_MIN` on, and on the CPU, LAPACK's ``dsyevd`` is
+    called through NumPy: on one thread of this project's 2-core AMD machine its
+    OpenBLAS build took 10-30% less time than PyTorch's MKL build for n =
+    160-1025 (the factors that dominate a collection), but up to 0.08 ms more
+    for n <= 97. Both run the same divide-and-conquer algorithm in float64. The
+    decomposition of :math:`-F` has F's eigenvalues in descending order and its
+    eigenvectors already in that order, so no reordering copy is made.
 
     Raises:
         ValueError: If the factor is neither square nor 1-D, or not finite.
@@ -102,7 +106,7 @@ def _eigh_descending(factor: Tensor) -> tuple[Tensor, Tensor]:
     if not bool(torch.isfinite(factor).all()):
         raise ValueError("factor: not finite")
     negated = -0.5 * (factor + factor.T)
-    if factor.device.type == "cpu":
+    if factor.device.type == "cpu" and factor.shape[0] >= NUMPY_EIGH_MIN:
         values, vectors = np.linalg.eigh(negated.numpy())
         return torch.from_numpy(values).neg_(), torch.from_numpy(vectors)
     values, vectors = torch.linalg.eigh(negated)
