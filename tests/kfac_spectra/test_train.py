@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import stat
+import zipfile
 
 import numpy as np
 import pytest
@@ -221,7 +222,7 @@ def test_failed_write_keeps_previous_file(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez", broken)
+    monkeypatch.setattr(train_module, "_savez", broken)
     with pytest.raises(OSError, match="disk full"):
         collect_checkpoint(tmp_path, 0, model, x, y, loss="ce", fisher_type="type2")
     assert (step_dir(tmp_path, 0) / "stats.npz").read_bytes() == original
@@ -258,41 +259,29 @@ def _record_io(monkeypatch) -> list[tuple[str, str]]:
     return events
 
 
-def test_collection_is_durable_before_its_manifest(tmp_path, monkeypatch):
-    """Every file is fsynced before any is renamed into place; the directory is
-    fsynced after the data files' renames and before the manifest's, and again
-    after it."""
+def test_collection_is_durable_when_its_manifest_is_renamed(tmp_path, monkeypatch):
+    """Every file is fsynced before any is renamed into place, the manifest is
+    renamed last (after an old one is removed) and the directory is fsynced
+    after the renames."""
     gen = torch.Generator().manual_seed(0)
     model = nn.Linear(3, 2).double()
     x = torch.randn(8, 3, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 2, (8,), generator=gen)
     events = _record_io(monkeypatch)
-    collect_checkpoint(tmp_path, 0, model, x, y, loss="ce", fisher_type="type2")
     data = {"factors.npz", "stats.npz", "params.npz"}
-    assert events[:4] == [("fsync", "file")] * 4
-    assert {name for _, name in events[4:7]} == data
-    assert events[7:] == [
-        ("fsync", "dir"),
-        ("replace", "manifest.json"),
-        ("fsync", "dir"),
-    ]
-    assert sorted(p.name for p in step_dir(tmp_path, 0).iterdir()) == sorted(
-        [*data, "manifest.json"]
-    )
-    # collected again: the old manifest goes first, durably
-    events.clear()
-    collect_checkpoint(tmp_path, 0, model, x, y, loss="ce", fisher_type="type2")
-    assert events[:6] == [
-        *[("fsync", "file")] * 4,
-        ("unlink", "manifest.json"),
-        ("fsync", "dir"),
-    ]
-    assert {name for _, name in events[6:9]} == data
-    assert events[9:] == [
-        ("fsync", "dir"),
-        ("replace", "manifest.json"),
-        ("fsync", "dir"),
-    ]
+    for again in (False, True):
+        events.clear()
+        collect_checkpoint(tmp_path, 0, model, x, y, loss="ce", fisher_type="type2")
+        assert events[:4] == [("fsync", "file")] * 4
+        rest = events[4:]
+        if again:  # the old manifest goes before anything is renamed
+            assert rest[0] == ("unlink", "manifest.json")
+            rest = rest[1:]
+        assert {name for _, name in rest[:3]} == data
+        assert rest[3:] == [("replace", "manifest.json"), ("fsync", "dir")]
+        assert sorted(p.name for p in step_dir(tmp_path, 0).iterdir()) == sorted(
+            [*data, "manifest.json"]
+        )
 
 
 def test_step_files_clean_up(tmp_path, monkeypatch):
@@ -360,3 +349,49 @@ def test_collect_passes_compute_dtype(tmp_path):
             np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-4 * scale)
     with pytest.raises(ValueError, match="compute_dtype"):
         collect_checkpoint(tmp_path / "bad", 0, model, x, y, compute_dtype=torch.int32, **kw)  # fmt: skip
+
+
+def _npz_cases() -> dict[str, np.ndarray]:
+    gen = np.random.default_rng(0)
+    matrix = gen.standard_normal((5, 7))
+    return {
+        "block/mean": matrix,
+        "fortran": np.asfortranarray(matrix),
+        "strided": matrix[:, ::2],
+        "float32": matrix.astype(np.float32),
+        "scalar": np.array(256),
+        "meta/loss": np.array("ce"),
+        "empty": np.zeros((0, 3)),
+        "flags": np.array([True, False]),
+        "complex": matrix[:2] + 1j,
+        "record": np.array([(1, 2.0)], dtype=[("a", "<i4"), ("b", "<f8")]),
+        "ünïcode/naïve": np.arange(3),
+    }
+
+
+def test_savez_writes_what_numpy_writes(tmp_path):
+    """The archive is a valid zip whose members are byte for byte np.savez's."""
+    arrays = _npz_cases()
+    ours, theirs = tmp_path / "ours.npz", tmp_path / "theirs.npz"
+    with open(ours, "wb") as handle:
+        train_module._savez(handle, arrays)
+    np.savez(theirs, **arrays)
+    with zipfile.ZipFile(ours) as a, zipfile.ZipFile(theirs) as b:
+        assert a.testzip() is None  # every CRC-32 checks
+        assert a.namelist() == b.namelist()
+        for name in b.namelist():
+            assert a.read(name) == b.read(name)
+    with np.load(ours) as loaded:
+        assert loaded.files == list(arrays)
+        for key, value in arrays.items():
+            np.testing.assert_array_equal(loaded[key], value)
+            assert loaded[key].dtype == value.dtype
+
+
+def test_savez_leaves_object_arrays_to_numpy(tmp_path):
+    arrays = {"ragged": np.array([[1], [2, 3]], dtype=object), "x": np.arange(2)}
+    with open(tmp_path / "o.npz", "wb") as handle:
+        train_module._savez(handle, arrays)
+    with np.load(tmp_path / "o.npz", allow_pickle=True) as loaded:
+        assert loaded["ragged"][1] == [2, 3]
+        np.testing.assert_array_equal(loaded["x"], arrays["x"])
