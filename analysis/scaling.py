@@ -310,18 +310,39 @@ def run_study(
     rest.sort(key=lambda i: _COST_RANK.get(all_jobs[i][0], 0))  # long curves first
     done: dict[int, list[dict[str, Any]]] = {}
     baselines: dict[tuple[float, float], Any] = {}
+    # momentum_ema also contains momentum and ema: when the study tunes those,
+    # it waits for them and is given their results.
+    nested = (Family.MOMENTUM, Family.EMA)
+    shared_nested = share and all(f in fams for f in nested)
+    tuned: dict[tuple[Family, float, float], Any] = {}
+
+    def ready(i: int) -> bool:
+        fam, p, t = all_jobs[i]
+        if fam is Family.SGD:
+            return True
+        if share and (p, t) not in baselines:
+            return False
+        if fam is Family.MOMENTUM_EMA and shared_nested:
+            return all((f, p, t) in tuned for f in nested)
+        return True
 
     def job_options(i: int) -> dict[str, Any]:
         fam, p, t = all_jobs[i]
         if fam is Family.SGD or baselines.get((p, t)) is None:
             return dict(options)
-        return {**options, "baseline": baselines[(p, t)]}
+        out = {**options, "baseline": baselines[(p, t)]}
+        if fam is Family.MOMENTUM_EMA and shared_nested:
+            contained = [tuned.get((f, p, t)) for f in nested]
+            if all(c is not None for c in contained):
+                out["contained"] = contained
+        return out
 
     def finish(i: int, out: tuple[list[dict[str, Any]], Any]) -> None:
         recs, results = out
         fam, p, t = all_jobs[i]
         if fam is Family.SGD:
             baselines[(p, t)] = results
+        tuned[(fam, p, t)] = results
         if i < len(jobs):
             done[i] = recs
 
@@ -363,27 +384,23 @@ def run_study(
                         keep_going,
                     )
 
-                waiting = {submit(i): i for i in first}
-                queue = list(rest)
-                if not first:
-                    waiting.update({submit(i): i for i in queue})
-                    queue = []
-                while waiting:
+                # One curve per worker in flight, so that a curve whose nested
+                # results just came in goes before cheaper ones queued earlier.
+                queue = first + rest
+                waiting: dict[Any, int] = {}
+                while queue or waiting:
+                    for i in [i for i in queue if ready(i)]:
+                        if len(waiting) >= n_workers:
+                            break
+                        queue.remove(i)
+                        waiting[submit(i)] = i
+                    if not waiting:
+                        raise RuntimeError("study scheduling deadlock")  # a bug
                     finished, _ = wait(waiting, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         i = waiting.pop(fut)
                         finish(i, fut.result())
                         bar.update(i < len(jobs))
-                    # a curve starts once its baseline is in (all when not shared)
-                    ready = [
-                        i
-                        for i in queue
-                        if all_jobs[i][0] is Family.SGD
-                        or (all_jobs[i][1], all_jobs[i][2]) in baselines
-                    ]
-                    for i in ready:
-                        queue.remove(i)
-                        waiting[submit(i)] = i
     return [rec for i in range(len(jobs)) for rec in done[i]]
 
 
@@ -408,12 +425,13 @@ def _single_threaded_children():
                 os.environ[k] = v
 
 
-#: Submission order of curves in parallel studies (most expensive first).
+#: Submission order of curves in parallel studies: the most expensive first,
+#: except that momentum_ema waits for momentum and ema, which it contains.
 _COST_RANK = {
-    Family.MOMENTUM_EMA: 0,
-    Family.LINEAR_DECAY: 1,
-    Family.MOMENTUM: 2,
-    Family.EMA: 3,
+    Family.MOMENTUM: 0,
+    Family.EMA: 1,
+    Family.MOMENTUM_EMA: 2,
+    Family.LINEAR_DECAY: 3,
     Family.PWC: 4,
     Family.SGD: 5,
 }
@@ -453,7 +471,9 @@ def _tune_curve(
         logger.warning(
             "%s p=%g target=%g failed (%s); retrying per B", fam.value, p, t, exc
         )
-        single = {k: v for k, v in options.items() if k != "baseline"}
+        single = {
+            k: v for k, v in options.items() if k not in ("baseline", "contained")
+        }
         return [_tune_point(search, problem, fam, p, b, t, single) for b in bs], None
     elapsed = time.perf_counter() - start
     logger.info("%s p=%g target=%g: %.2fs", fam.value, p, t, elapsed)

@@ -28,7 +28,9 @@ at once with L-BFGS through a differentiable torch implementation of the exact
 piecewise dynamics (on the surrogate), then exact certification.
 
 Nesting is enforced: every family contains plain SGD, so its result is never
-worse than the SGD ``baseline`` (computed if not given).
+worse than the SGD ``baseline`` (computed if not given); ``momentum_ema`` also
+contains ``momentum`` and ``ema`` and is never worse than their results
+(``contained``, computed if not given).
 """
 
 from __future__ import annotations
@@ -43,18 +45,30 @@ from .optimizer import Optimizer, PiecewiseConstant
 from .problem import NQMProblem
 from .search import MAX_STEPS, Family, TuneResult, steps_to_target
 
-_U_MIN = math.log(1e-9)  # lr as a fraction of the largest stable lr
-_U_MAX = math.log(1.0 - 1e-9)
-_V_MIN = math.log(1e-5)  # log(1 - beta), log(1 - gamma)
+#: The lr coordinate is the effective lr α/(1−β) as a fraction of plain SGD's
+#: stability limit 2/max ĥ; it may not fall below this (a run that slow never
+#: reaches a useful target), whatever β is.
+_U_MIN = math.log(1e-9)
+_U_TOP = math.log1p(-1e-9)  # stay just inside the stability edge
+_V_MIN = math.log(1e-6)  # log(1 - beta), log(1 - gamma)
 
 
 # ------------------------------------------------------------- search spaces
 class _Space:
-    """Hyperparameters as unconstrained-ish coordinates with box bounds.
+    r"""Hyperparameters as coordinates ``x = (u[, v][, w])``.
 
-    ``u = log(alpha / alpha_max(beta))`` with :math:`\\alpha_{\\max} =
-    2(1+\\beta)/\\max\\hat h`; ``v = log(1 - beta)``; ``w = log(1 - gamma)``.
-    ``v = 0`` (``w = 0``) is exactly no momentum (no averaging).
+    ``u = log(α ĥ_max / (2(1 − β)))``: the effective lr :math:`\alpha/(1-\beta)`
+    relative to SGD's stability limit :math:`2/\max\hat h`; ``v = log(1 − β)``;
+    ``w = log(1 − γ)``. ``v = 0`` (``w = 0``) is exactly no momentum (no
+    averaging). The box is ``u ≥ log 1e-9``, ``v, w ∈ [log 1e-6, 0]``, and ``u``
+    is further capped by heavy ball's stability edge
+    :math:`\alpha\hat h < 2(1+\beta)`, i.e. ``u < log((1+β)/(1−β))``, which
+    depends on ``v``: :meth:`params` clips to it.
+
+    Measuring the lr by the effective lr keeps the lower bound meaningful at every
+    β: near critical damping :math:`\alpha \approx (1-\beta)^2/(4\hat h)`, a
+    bound on :math:`\alpha` relative to its stability limit would exclude the
+    optimum once :math:`1-\beta \lesssim 10^{-4}`.
     """
 
     def __init__(self, family: Family, hh_max: float, p: float, fixed_momentum=None):
@@ -65,9 +79,16 @@ class _Space:
             family in (Family.MOMENTUM, Family.MOMENTUM_EMA) and self.fixed_beta is None
         )
         self.has_e = family in (Family.EMA, Family.MOMENTUM_EMA)
+        top_beta = -math.expm1(_V_MIN) if self.has_m else (self.fixed_beta or 0.0)
         self.lo = [_U_MIN] + [_V_MIN] * (self.has_m + self.has_e)
-        self.hi = [_U_MAX] + [0.0] * (self.has_m + self.has_e)
+        self.hi = [float(self.u_max(top_beta))] + [0.0] * (self.has_m + self.has_e)
         self.dim = len(self.lo)
+
+    @staticmethod
+    def u_max(beta):
+        """Largest ``u`` inside heavy ball's stability region at momentum ``beta``."""
+        beta = np.asarray(beta, dtype=np.float64)
+        return np.log1p(beta) - np.log1p(-beta) + _U_TOP
 
     def grid_sizes(self):
         sizes = _GRID[self.family]
@@ -75,8 +96,7 @@ class _Space:
             sizes = sizes[:1] + sizes[2:]  # the momentum axis is gone
         return sizes
 
-    def params(self, x):
-        x = np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi)
+    def _beta_gamma(self, x):
         j = 1
         beta = np.zeros(x.shape[:-1])
         if self.fixed_beta is not None:
@@ -87,7 +107,19 @@ class _Space:
             j += 1
         if self.has_e:
             gamma = -np.expm1(x[..., j])
-        alpha = 2.0 * (1.0 + beta) / self.hh_max * np.exp(x[..., 0])
+        return beta, gamma
+
+    def clip(self, x):
+        """``x`` moved into the domain (the box, then the stability cap on ``u``)."""
+        x = np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi)
+        beta, _ = self._beta_gamma(x)
+        x[..., 0] = np.minimum(x[..., 0], self.u_max(beta))
+        return x
+
+    def params(self, x):
+        x = self.clip(x)
+        beta, gamma = self._beta_gamma(x)
+        alpha = 2.0 * (1.0 - beta) / self.hh_max * np.exp(x[..., 0])
         return alpha, beta, gamma
 
     def optimizer(self, x) -> Optimizer:
@@ -95,19 +127,35 @@ class _Space:
         return Optimizer(a, momentum=b, ema=g, precond_power=self.p)
 
     def grid(self, sizes):
-        axes = [
+        """Grid rows (one per combination of the ``v``/``w`` values), each with
+        ``sizes[0]`` values of ``u`` evenly spaced up to that row's stability cap.
+
+        Returns:
+            ``(n_rows, sizes[0], dim)``.
+        """
+        slow = [
             np.linspace(lo, hi, n)
-            for lo, hi, n in zip(self.lo, self.hi, sizes, strict=True)
+            for lo, hi, n in zip(self.lo[1:], self.hi[1:], sizes[1:], strict=True)
         ]
-        mesh = np.meshgrid(*axes, indexing="ij")
-        return np.stack([m.ravel() for m in mesh], axis=-1)
+        if slow:
+            mesh = np.meshgrid(*slow, indexing="ij")
+            rows = np.stack([m.ravel() for m in mesh], axis=-1)
+        else:
+            rows = np.zeros((1, 0))
+        beta, _ = self._beta_gamma(np.concatenate([np.zeros((len(rows), 1)), rows], -1))
+        s = np.linspace(0.0, 1.0, sizes[0])
+        u = _U_MIN + s[None, :] * (self.u_max(beta)[:, None] - _U_MIN)
+        out = np.empty((rows.shape[0], sizes[0], self.dim))
+        out[..., 0] = u
+        out[..., 1:] = rows[:, None, :]
+        return out
 
 
 _GRID = {
     Family.SGD: (48,),
-    Family.MOMENTUM: (32, 10),
-    Family.EMA: (32, 10),
-    Family.MOMENTUM_EMA: (20, 7, 7),
+    Family.MOMENTUM: (32, 13),
+    Family.EMA: (32, 13),
+    Family.MOMENTUM_EMA: (20, 8, 8),
 }
 
 
@@ -142,10 +190,13 @@ def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
         v = float(_loss(problem, space, x, t, b, rtol))
         return math.log(v) if v > 0 and math.isfinite(v) else 1e300
 
-    x0 = np.clip(np.asarray(x0, dtype=np.float64), space.lo, space.hi)
+    x0 = space.clip(x0)
     if space.dim == 1:
+        top = x0.copy()
+        top[0] = np.inf
+        u_cap = float(space.clip(top)[0])  # the stability cap on u
         lo = max(space.lo[0], x0[0] - 1.5)
-        hi = min(space.hi[0], x0[0] + 1.5)
+        hi = min(u_cap, x0[0] + 1.5)
         r = optimize.minimize_scalar(
             lambda u: f(np.array([u])),
             bounds=(lo, hi),
@@ -155,14 +206,13 @@ def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
         x = np.array([r.x])
         cands = [(f(x), x), (f(x0), x0)]
     else:
+        top = x0.copy()
+        top[0] = np.inf
+        upper = [float(space.clip(top)[0])] + list(space.hi[1:])
         simplex = [x0] + [
-            np.clip(
+            space.clip(
                 x0
-                + 0.25
-                * np.eye(space.dim)[i]
-                * (1 if x0[i] < space.hi[i] - 0.25 else -1),
-                space.lo,
-                space.hi,
+                + 0.25 * np.eye(space.dim)[i] * (1 if x0[i] < upper[i] - 0.25 else -1)
             )
             for i in range(space.dim)
         ]
@@ -177,10 +227,98 @@ def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
                 "maxfev": 40 * space.dim,
             },
         )
-        x = np.clip(r.x, space.lo, space.hi)
+        x = space.clip(r.x)
         cands = [(f(x), x), (f(x0), x0)]
     val, x = min(cands, key=lambda c: c[0])
     return x, math.exp(val) if val < 700 else math.inf
+
+
+#: Golden-section iterations of the per-row refinement in u (a bracket of two
+#: grid spacings shrinks to 0.3% of its width; the local search refines further).
+_ROW_ITERS = 12
+#: Stage 1 refines the rows of a batch size whose best grid loss is within this
+#: factor of the target, so that a minimum narrower than the grid spacing cannot
+#: hide the first step count that reaches the target.
+_NEAR = 4.0
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def _row_minima(surr, space, X, L, bs_sel, t, counter):
+    """Minimise the loss along ``u`` in every grid row, for several batch sizes.
+
+    Each row (fixed ``v``/``w``) is bracketed by the neighbours of its best grid
+    point and refined by a golden-section search, vectorised over rows and batch
+    sizes (one :func:`risk_terms` call per iteration).
+
+    Args:
+        X: Grid, ``(R, n_u, dim)``.
+        L: Its losses at step ``t``, ``(k, R, n_u)``, for ``bs_sel`` (``(k,)``).
+
+    Returns:
+        ``(x, loss)``: the best point seen in each row, ``(k, R, dim)`` and
+        ``(k, R)``.
+    """
+    k, n_rows, n_u = L.shape
+    j = np.argmin(L, axis=2)
+    u = np.broadcast_to(X[None, :, :, 0], L.shape)
+    pick = np.take_along_axis
+    lo = pick(u, np.maximum(j - 1, 0)[..., None], 2)[..., 0]
+    hi = pick(u, np.minimum(j + 1, n_u - 1)[..., None], 2)[..., 0]
+    best_u = pick(u, j[..., None], 2)[..., 0]
+    best_l = pick(L, j[..., None], 2)[..., 0]
+    slow = np.broadcast_to(X[None, :, 0, 1:], (k, n_rows, space.dim - 1))
+    b_col = np.asarray(bs_sel, dtype=np.float64)[:, None]
+
+    def f(uu):
+        x = np.concatenate([uu[..., None], slow], axis=-1).reshape(-1, space.dim)
+        a, be, g = space.params(x)
+        d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
+        counter[0] += d.size
+        with np.errstate(over="ignore", invalid="ignore"):
+            val = d.reshape(k, n_rows) + n.reshape(k, n_rows) / b_col
+        return np.where(np.isfinite(val), val, np.inf)
+
+    def keep(uu, val):
+        better = val < best_l
+        best_u[better] = uu[better]
+        best_l[better] = val[better]
+
+    x1 = hi - _GOLDEN * (hi - lo)
+    x2 = lo + _GOLDEN * (hi - lo)
+    f1, f2 = f(x1), f(x2)
+    keep(x1, f1)
+    keep(x2, f2)
+    for _ in range(_ROW_ITERS):
+        left = f1 <= f2  # the minimum lies in [lo, x2]
+        hi = np.where(left, x2, hi)
+        lo = np.where(left, lo, x1)
+        new = np.where(left, hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo))
+        fn = f(new)
+        keep(new, fn)
+        x1, x2 = np.where(left, new, x2), np.where(left, x1, new)
+        f1, f2 = np.where(left, fn, f2), np.where(left, f1, fn)
+    x = np.concatenate([best_u[..., None], slow], axis=-1)
+    return x, best_l
+
+
+def _profile(surr, space, X, t, bs_sel, counter, keep=1):
+    """Best points of the grid at step ``t`` after refining every row in ``u``.
+
+    Returns:
+        ``(x, loss)``: the ``keep`` best rows' points for each of the ``k`` batch
+        sizes, best first, ``(k, keep, dim)`` and ``(k, keep)``.
+    """
+    bs_sel = np.atleast_1d(np.asarray(bs_sel, dtype=np.float64))
+    a, be, g = space.params(X.reshape(-1, space.dim))
+    d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
+    counter[0] += d.size
+    with np.errstate(over="ignore", invalid="ignore"):
+        L = d[None, :] + n[None, :] / bs_sel[:, None]
+    L = np.where(np.isfinite(L), L, np.inf).reshape((bs_sel.size,) + X.shape[:2])
+    xr, lr = _row_minima(surr, space, X, L, bs_sel, t, counter)
+    r = np.argsort(lr, axis=1, kind="stable")[:, :keep]
+    k = np.arange(bs_sel.size)[:, None]
+    return xr[k, r], lr[k, r]
 
 
 def _tune_constant(
@@ -189,7 +327,8 @@ def _tune_constant(
     hh, _, _ = _modes(problem, p)
     space = _Space(fam, float(hh.max()), p, fixed_momentum)
     surr = _surrogate(problem, surrogate_bins)
-    X = space.grid(grid or space.grid_sizes())
+    G = space.grid(grid or space.grid_sizes())
+    X = G.reshape(-1, space.dim)
     a, be, g = space.params(X)
     counter = [0]
     n_b = bs.size
@@ -204,12 +343,25 @@ def _tune_constant(
         with np.errstate(over="ignore", invalid="ignore"):
             L = d[None, :] + n[None, :] / bs[:, None]
         L = np.where(np.isfinite(L), L, np.inf)
+        near = []
         for i in range(n_b):
             if bracket[i] is None:
                 j = int(np.argmin(L[i]))
+                lo_min = math.inf if prev_L is None else float(prev_L[i].min())
                 if L[i, j] <= target:
-                    lo_min = math.inf if prev_L is None else float(prev_L[i].min())
                     bracket[i] = (prev_t, int(t), X[j], lo_min, float(L[i, j]))
+                elif L[i, j] <= _NEAR * target:
+                    near.append(i)
+        if near:  # a minimum narrower than the grid may already reach the target
+            xr, lr = _row_minima(
+                surr, space, G, L[near].reshape((len(near),) + G.shape[:2]),
+                bs[near], t, counter,
+            )  # fmt: skip
+            for k, i in enumerate(near):
+                r = int(np.argmin(lr[k]))
+                if lr[k, r] <= target:
+                    lo_min = math.inf if prev_L is None else float(prev_L[i].min())
+                    bracket[i] = (prev_t, int(t), xr[k, r], lo_min, float(lr[k, r]))
         prev_t = int(t)
         prev_L = L
     results = []
@@ -219,11 +371,8 @@ def _tune_constant(
                 TuneResult(math.inf, None, fam, float(b), p, target, counter[0])
             )
             continue
-        lo, hi, x, l_lo, l_hi = bracket[i]
         # Stage 2: smallest t on the surrogate with min_x L <= target.
-        _, x = _first_t_on_surrogate(
-            surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
-        )
+        x = _first_t_guarded(surr, space, G, *bracket[i], b, target, counter)
         # Stage 3: exact certification and polish.
         opt = space.optimizer(x)
         steps = steps_to_target(problem, opt, b, target)
@@ -232,13 +381,64 @@ def _tune_constant(
             if val > target:
                 break
             cand = space.optimizer(xm)
-            s2 = steps_to_target(problem, cand, b, target)
+            # only an improvement matters: the search may stop below ``steps``
+            s2 = steps_to_target(problem, cand, b, target, max_steps=steps - 1)
             if s2 < steps:
                 steps, opt, x = s2, cand, xm
             else:
                 break
         results.append(TuneResult(steps, opt, fam, float(b), p, target, counter[0]))
     return results
+
+
+#: Restarts of stage 2 when a check finds the target reached earlier.
+_RESTARTS = 3
+#: The check refines a start locally only if its loss is within this factor of
+#: the target.
+_GUARD_NEAR = 1.5
+
+
+def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
+    """Stage 2 with a global check: ``x`` at (close to) the first ``t`` on the
+    surrogate.
+
+    The local search of :func:`_first_t_on_surrogate` keeps to the basin it
+    starts in, and loss surfaces of momentum have several: an SGD-like one, and
+    heavy-ball ones near critical damping whose valleys are narrower than the
+    grid. So it starts from the better (at ``hi``) of the bracket's grid point
+    and the best point of the row profile (:func:`_profile`). Once it converges,
+    one probe below its answer is tried again from other starts: the two best
+    rows of the profile there and the start not taken, each refined locally. If
+    one reaches the target, the search restarts below from it.
+    """
+    xp, lp = _profile(surr, space, G, hi, b, counter, keep=1)
+    starts = sorted([(l_hi, 0, x), (float(lp[0, 0]), 1, xp[0, 0])], key=lambda s: s[:2])
+    (l_hi, _, x), (_, _, other) = starts
+    t_hi, x = _first_t_on_surrogate(
+        surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
+    )
+    for _ in range(_RESTARTS):
+        probe = t_hi - max(1, int(1e-3 * t_hi))
+        if probe <= lo:
+            break
+        xp, lp = _profile(surr, space, G, probe, b, counter, keep=2)
+        l_other = float(_loss(surr, space, other, probe, b, _SURROGATE_RTOL))
+        found = None
+        for x0, l0 in [(xp[0, k], lp[0, k]) for k in range(xp.shape[1])] + [
+            (other, l_other)
+        ]:
+            if l0 > _GUARD_NEAR * target:
+                continue  # a local refinement will not close that gap
+            xm, val = _local_min(surr, space, x0, probe, b, counter, _SURROGATE_RTOL)
+            if val <= target:
+                found = (xm, val)
+                break
+        if found is None:
+            break
+        t_hi, x = _first_t_on_surrogate(
+            surr, space, found[0], lo, probe, l_lo, found[1], b, target, counter
+        )
+    return x
 
 
 def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter):
@@ -436,7 +636,9 @@ def _tune_schedule_lbfgs(
         cand = Optimizer(
             PiecewiseConstant(bounds, tuple(float(v) for v in values)), precond_power=p
         )
-        steps = steps_to_target(problem, cand, b, target)
+        # only an improvement on the baseline matters: stop the search below it
+        limit = None if math.isinf(base.steps) else max(int(base.steps) - 1, 0)
+        steps = steps_to_target(problem, cand, b, target, max_steps=limit)
         if base.steps <= steps:
             steps, cand = base.steps, base.optimizer
         results.append(TuneResult(steps, cand, fam, float(b), p, target, counter[0]))
@@ -463,13 +665,27 @@ def tune(
     polish: int = 1,
     baseline=None,
     fixed_momentum=None,
+    contained=None,
 ):
-    """Tune ``fam`` at every batch size in ``bs``; see the module docstring."""
+    """Tune ``fam`` at every batch size in ``bs``; see the module docstring.
+
+    ``baseline`` holds SGD's results and ``contained`` (``momentum_ema`` only)
+    those of ``momentum`` and ``ema``, one per batch size each: the families
+    this one contains. Whatever is omitted is tuned here, and the result at each
+    batch size is never worse than any of them.
+    """
     if int(surrogate_bins) < 8:
         raise ValueError("surrogate_bins must be >= 8")
     if int(pieces) < 1 or int(stairs) < 1:
         raise ValueError("pieces and stairs must be positive integers")
     kw = dict(surrogate_bins=int(surrogate_bins))
+    if contained is not None and (
+        fam is not Family.MOMENTUM_EMA or fixed_momentum is not None
+    ):
+        raise ValueError(
+            "contained applies to momentum_ema (without fixed_momentum) only, "
+            f"not {fam.value!r}"
+        )
     if fixed_momentum is not None:
         beta = float(fixed_momentum)
         if fam not in (Family.MOMENTUM, Family.MOMENTUM_EMA):
@@ -513,14 +729,35 @@ def tune(
         own = _tune_constant(
             problem, fam, bs, target, p, grid=grid, polish=polish, **kw
         )
-    merged = [
-        o
-        if o.steps <= base.steps
-        else TuneResult(
-            base.steps, base.optimizer, fam, o.batch_size, p, target, o.evaluations
-        )
-        for o, base in zip(own, baseline, strict=True)
-    ]
+    nested = [baseline]
+    if fam is Family.MOMENTUM_EMA:
+        if contained is None:
+            contained = [
+                tune(
+                    problem,
+                    sub,
+                    bs,
+                    target,
+                    p,
+                    grid=None,
+                    polish=polish,
+                    baseline=baseline,
+                    **kw,
+                )  # fmt: skip
+                for sub in (Family.MOMENTUM, Family.EMA)
+            ]
+        for results in contained:
+            if len(results) != bs.size:
+                raise ValueError("contained results must hold one per batch size")
+        nested += list(contained)
+    merged = []
+    for i, o in enumerate(own):
+        best = min((r[i] for r in nested), key=lambda r: r.steps)
+        if best.steps < o.steps:
+            o = TuneResult(
+                best.steps, best.optimizer, fam, o.batch_size, p, target, o.evaluations
+            )
+        merged.append(o)
     return _monotone(problem, bs, target, merged)
 
 
@@ -537,7 +774,10 @@ def _monotone(problem, bs, target, results):
         cand = out[prev].optimizer
         if cand is None or bs[cur] < bs[prev]:
             continue
-        steps = steps_to_target(problem, cand, bs[cur], target)
+        if out[cur].steps == 0:
+            continue
+        limit = None if math.isinf(out[cur].steps) else int(out[cur].steps) - 1
+        steps = steps_to_target(problem, cand, bs[cur], target, max_steps=limit)
         if steps < out[cur].steps:
             r = out[cur]
             out[cur] = TuneResult(

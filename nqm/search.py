@@ -341,6 +341,8 @@ def best_steps(
             ``stairs`` (64, for ``linear_decay``), ``polish`` (1; exact local
             refinement rounds), ``baseline`` (already tuned results of a family
             this one contains, one per batch size, e.g. SGD's; computed if
+            omitted), ``contained`` (``momentum_ema`` only: the results of
+            ``momentum`` and of ``ema``, which it also contains; tuned here if
             omitted), ``fixed_momentum`` (``momentum`` and ``momentum_ema``
             only: keep :math:`\\beta` at this value and tune the rest, as in
             Figure 14b; such an optimizer does not contain SGD, so no baseline is

@@ -408,8 +408,9 @@ def test_shared_sgd_baseline_matches_per_curve_tuning():
     family tuning its own baseline; SGD records are unchanged; parallel runs
     (baselines arriving out of order) agree with serial ones."""
     small = nqm.NQMProblem.power_law(15)
-    kwargs = dict(families=["sgd", "momentum", "ema"], powers=[0.0, 0.5],
-                  batch_sizes=[1, 8, 64], targets=[0.1], progress=False)  # fmt: skip
+    kwargs = dict(families=["sgd", "momentum", "ema", "momentum_ema"],
+                  powers=[0.0, 0.5], batch_sizes=[1, 8, 64], targets=[0.1],
+                  progress=False)  # fmt: skip
 
     def own_baseline(*args, **kw):  # not best_steps itself: nothing is shared
         return best_steps(*args, **kw)
@@ -417,7 +418,13 @@ def test_shared_sgd_baseline_matches_per_curve_tuning():
     shared = scaling.run_study(small, workers=1, **kwargs)
     alone = scaling.run_study(small, workers=1, search=own_baseline, **kwargs)
     parallel = scaling.run_study(small, workers=2, **kwargs)
-    assert len(shared) == len(alone) == len(parallel) == 2 * 3 * 3
+    assert len(shared) == len(alone) == len(parallel) == 4 * 2 * 3
+    # momentum_ema waited for, and contains, the momentum and ema curves
+    steps = {(r["family"], r["precond_power"], r["batch_size"]): r["steps"]
+             for r in shared}  # fmt: skip
+    for (fam, p, b), s in steps.items():
+        if fam == "momentum_ema":
+            assert s <= min(steps[("momentum", p, b)], steps[("ema", p, b)])
     for a, b, c in zip(shared, alone, parallel, strict=True):
         key = [(r["family"], r["precond_power"], r["batch_size"]) for r in (a, b, c)]
         assert key[0] == key[1] == key[2]

@@ -155,6 +155,28 @@ def test_tuning_never_worse_than_reference_grid(small, tuned):
         assert r.steps <= grid_best
 
 
+def test_tuning_beats_a_paper_style_grid_near_critical_damping():
+    """With P = H every preconditioned curvature is 1, and heavy ball's best
+    setting sits near critical damping, alpha ~ (1 - beta)^2 / 4: a valley
+    narrower than any tuning grid, far from the SGD-like basin. The reference is
+    the paper's kind of grid (effective lr x 1 - beta log-spaced down to 1e-5),
+    scored with exact first crossings."""
+    problem = nqm.NQMProblem.power_law(50)
+    target, b, p = 0.02, 16.0, 1.0
+    r = best_steps(problem, Family.MOMENTUM, b, target, precond_power=p)
+    assert r.steps == steps_to_target(problem, r.optimizer, b, target)
+    sgd_limit = nqm.max_stable_lr(problem, 0.0, p)
+    grid_best = math.inf
+    for one_minus_beta in np.geomspace(1e-5, 1.0, 11):
+        beta = 1.0 - one_minus_beta
+        for f in np.geomspace(1e-7, 1.0, 36):
+            lr = f * sgd_limit * one_minus_beta  # effective lr = f * sgd_limit
+            if lr < nqm.max_stable_lr(problem, beta, p):
+                opt = nqm.Optimizer(lr, momentum=beta, precond_power=p)
+                grid_best = min(grid_best, steps_to_target(problem, opt, b, target))
+    assert r.steps <= grid_best
+
+
 def test_fixed_momentum_tunes_the_lr_alone(small):
     """Figure 14b: momentum fixed at 0.9, lr tuned; no worse than a dense lr grid
     at that momentum, exact for the returned optimizer, non-increasing in B."""
@@ -187,6 +209,34 @@ def test_families_contain_sgd(tuned):
     for fam in (Family.MOMENTUM, Family.EMA, Family.PWC):
         for r, base in zip(tuned[fam], tuned[Family.SGD], strict=True):
             assert r.steps <= base.steps, fam
+
+
+def test_momentum_ema_contains_momentum_and_ema(small, tuned):
+    """momentum_ema contains both momentum (gamma = 0) and ema (beta = 0): given
+    their results, or tuning them itself, it is never worse than either."""
+    given = best_steps(
+        small,
+        Family.MOMENTUM_EMA,
+        BATCHES,
+        TARGET,
+        baseline=tuned[Family.SGD],
+        contained=[tuned[Family.MOMENTUM], tuned[Family.EMA]],
+    )
+    for r, m, e in zip(given, tuned[Family.MOMENTUM], tuned[Family.EMA], strict=True):
+        assert r.steps <= min(m.steps, e.steps)
+        assert r.steps == steps_to_target(small, r.optimizer, r.batch_size, TARGET)
+    alone = best_steps(small, Family.MOMENTUM_EMA, BATCHES[:2], TARGET)
+    for b, r in zip(BATCHES[:2], alone, strict=True):
+        m = best_steps(small, Family.MOMENTUM, b, TARGET)
+        e = best_steps(small, Family.EMA, b, TARGET)
+        assert r.steps <= min(m.steps, e.steps)
+    with pytest.raises(ValueError, match="contained"):
+        best_steps(small, Family.MOMENTUM, 1, TARGET, contained=[])
+    with pytest.raises(ValueError, match="one per batch size"):
+        best_steps(
+            small, Family.MOMENTUM_EMA, BATCHES, TARGET,
+            contained=[tuned[Family.MOMENTUM][:1], tuned[Family.EMA]],
+        )  # fmt: skip
 
 
 def test_lower_bound_below_every_family(small, tuned):
