@@ -80,11 +80,7 @@ def patch_view(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
         Shape ``(N, *out_spatial, C_in, *kernel_size)``.
     """
     nd = len(module.kernel_size)
-    if x.ndim == nd + 1:
-        x = x[None]
-    flat_pad = [p for lr in reversed(conv_padding(module)) for p in lr]
-    if any(flat_pad):
-        x = F.pad(x, flat_pad)
+    x = _padded_batch(x, module)
     for i, (k, s, d) in enumerate(
         zip(module.kernel_size, module.stride, module.dilation, strict=True)
     ):
@@ -93,6 +89,14 @@ def patch_view(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
         x = x[(Ellipsis, *(slice(None, None, d) for d in module.dilation))]
     # (N, C, *out, *kernel) -> (N, *out, C, *kernel)
     return x.permute(0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd))
+
+
+def _padded_batch(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
+    """``x`` with a batch dimension and the convolution's zero padding applied."""
+    if x.ndim == len(module.kernel_size) + 1:
+        x = x[None]
+    flat_pad = [p for lr in reversed(conv_padding(module)) for p in lr]
+    return F.pad(x, flat_pad) if any(flat_pad) else x
 
 
 def channels_last_patch_view(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
@@ -113,11 +117,7 @@ def channels_last_patch_view(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor
         A view of shape ``(N, *out_spatial, *kernel_size, C_in)``.
     """
     nd = len(module.kernel_size)
-    if x.ndim == nd + 1:
-        x = x[None]
-    flat_pad = [p for lr in reversed(conv_padding(module)) for p in lr]
-    if any(flat_pad):
-        x = F.pad(x, flat_pad)
+    x = _padded_batch(x, module)
     x = x.movedim(1, -1).contiguous()  # (N, *spatial, C)
     for i, (k, s, d) in enumerate(
         zip(module.kernel_size, module.stride, module.dilation, strict=True)
