@@ -112,9 +112,13 @@ class _Space:
     def clip(self, x):
         """``x`` moved into the domain (the box, then the stability cap on ``u``)."""
         x = np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi)
-        beta, _ = self._beta_gamma(x)
-        x[..., 0] = np.minimum(x[..., 0], self.u_max(beta))
+        x[..., 0] = np.minimum(x[..., 0], self.u_cap(x))
         return x
+
+    def u_cap(self, x):
+        """The stability cap on ``u`` at ``x``'s momentum (``x`` inside the box)."""
+        beta, _ = self._beta_gamma(np.asarray(x, dtype=np.float64))
+        return self.u_max(beta)
 
     def params(self, x):
         x = self.clip(x)
@@ -191,10 +195,8 @@ def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
         return math.log(v) if v > 0 and math.isfinite(v) else 1e300
 
     x0 = space.clip(x0)
+    u_cap = float(space.u_cap(x0))
     if space.dim == 1:
-        top = x0.copy()
-        top[0] = np.inf
-        u_cap = float(space.clip(top)[0])  # the stability cap on u
         lo = max(space.lo[0], x0[0] - 1.5)
         hi = min(u_cap, x0[0] + 1.5)
         r = optimize.minimize_scalar(
@@ -206,9 +208,7 @@ def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
         x = np.array([r.x])
         cands = [(f(x), x), (f(x0), x0)]
     else:
-        top = x0.copy()
-        top[0] = np.inf
-        upper = [float(space.clip(top)[0])] + list(space.hi[1:])
+        upper = [u_cap] + list(space.hi[1:])
         simplex = [x0] + [
             space.clip(
                 x0
@@ -343,13 +343,16 @@ def _tune_constant(
         with np.errstate(over="ignore", invalid="ignore"):
             L = d[None, :] + n[None, :] / bs[:, None]
         L = np.where(np.isfinite(L), L, np.inf)
+        # the previous grid step's best loss (a failure) closes each bracket below
+        lo_min = [
+            math.inf if prev_L is None else float(prev_L[i].min()) for i in range(n_b)
+        ]
         near = []
         for i in range(n_b):
             if bracket[i] is None:
                 j = int(np.argmin(L[i]))
-                lo_min = math.inf if prev_L is None else float(prev_L[i].min())
                 if L[i, j] <= target:
-                    bracket[i] = (prev_t, int(t), X[j], lo_min, float(L[i, j]))
+                    bracket[i] = (prev_t, int(t), X[j], lo_min[i], float(L[i, j]))
                 elif L[i, j] <= _NEAR * target:
                     near.append(i)
         if near:  # a minimum narrower than the grid may already reach the target
@@ -360,8 +363,7 @@ def _tune_constant(
             for k, i in enumerate(near):
                 r = int(np.argmin(lr[k]))
                 if lr[k, r] <= target:
-                    lo_min = math.inf if prev_L is None else float(prev_L[i].min())
-                    bracket[i] = (prev_t, int(t), xr[k, r], lo_min, float(lr[k, r]))
+                    bracket[i] = (prev_t, int(t), xr[k, r], lo_min[i], float(lr[k, r]))
         prev_t = int(t)
         prev_L = L
     results = []
@@ -422,11 +424,12 @@ def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
         if probe <= lo:
             break
         xp, lp = _profile(surr, space, G, probe, b, counter, keep=2)
-        l_other = float(_loss(surr, space, other, probe, b, _SURROGATE_RTOL))
         found = None
         for x0, l0 in [(xp[0, k], lp[0, k]) for k in range(xp.shape[1])] + [
-            (other, l_other)
+            (other, None)
         ]:
+            if l0 is None:
+                l0 = float(_loss(surr, space, x0, probe, b, _SURROGATE_RTOL))
             if l0 > _GUARD_NEAR * target:
                 continue  # a local refinement will not close that gap
             xm, val = _local_min(surr, space, x0, probe, b, counter, _SURROGATE_RTOL)
