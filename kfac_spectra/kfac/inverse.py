@@ -156,6 +156,16 @@ class EigenInverse:
         self._cache = (damping.gamma, inv_s, inv_a)
         return inv_s, inv_a
 
+    def two_sided(self, damping: Damping) -> tuple[Tensor, Tensor] | None:
+        """``(L, R)`` with ``apply(G) = L G R`` (``R`` 1-D: ``L G diag(R)``).
+
+        The cached damped inverses for factored damping; ``None`` for Tikhonov
+        damping, which does not factor into two products.
+        """
+        if not damping.factored:
+            return None
+        return self._factored_inverses(damping)
+
     def apply(self, g: Tensor, damping: Damping) -> Tensor:
         """``mat((S ⊗ A + damping)^{-1} vec(G))``."""
         if damping.factored:
@@ -196,6 +206,11 @@ class CholeskyInverse:
         if inv_s is None or inv_a is None:
             return None
         return CholeskyInverse(inv_s, inv_a)
+
+    def two_sided(self, damping: Damping) -> tuple[Tensor, Tensor]:
+        """``(L, R)`` with ``apply(G) = L G R`` (``R`` 1-D: ``L G diag(R)``)."""
+        del damping
+        return self.inv_s, self.inv_a
 
     def apply(self, g: Tensor, damping: Damping) -> Tensor:
         """``(S + γ_S)^{-1} G (A + γ_A)^{-1}`` (damping fixed at build time)."""
@@ -275,6 +290,10 @@ class ChainInverse:
         return ChainInverse(
             s_isqrt @ psi_s[1], a_isqrt @ psi_a[1], weights, es, us, ea, ua
         )
+
+    def two_sided(self, damping: Damping) -> None:
+        """``None``: the chain inverse is not two products (see :meth:`apply`)."""
+        del damping
 
     def apply(self, g: Tensor, damping: Damping) -> Tensor:
         """Apply the inverse (damping fixed at build time)."""

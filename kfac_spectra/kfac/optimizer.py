@@ -99,6 +99,7 @@ from .inverse import (
     cg_fac_solve,
     robust_eigh,
 )
+from .workspace import Workspace
 
 __all__ = ["KFAC"]
 
@@ -108,10 +109,12 @@ Inverse = EigenInverse | CholeskyInverse | ChainInverse
 
 
 class _Direction(NamedTuple):
-    """The preconditioned gradient, per parameter and as ``(v, g)`` pairs."""
+    """The preconditioned gradient, per parameter and as ``(v, g)`` pairs; the
+    workspace that holds it, if one does."""
 
     per_param: dict[Tensor, Tensor]
     pairs: list[tuple[Tensor, Tensor]]
+    workspace: Workspace | None = None
 
 
 # parameter dtypes that are their own statistics dtype (skips a dispatcher call)
@@ -121,6 +124,11 @@ _INVERSE_TYPES = {
     "cholesky": CholeskyInverse,
     "chain": ChainInverse,
 }
+
+
+def _same(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    """Whether two sequences hold the same tensors (by identity), in order."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _check(name: str, value: float, ok: bool, what: str) -> None:
@@ -304,6 +312,10 @@ class KFAC(torch.optim.Optimizer):
         self._cg_rows: dict[str, tuple[Tensor, Tensor]] = {}
         self._cg_solutions: dict[str, Tensor] = {}
         self._watched: list[tuple[Record, float]] = []
+        # flat buffers for the every-step solve (see _workspace_for), built on
+        # the first step; the last parameters with gradients that did not fit
+        self._workspace: Workspace | None = None
+        self._workspace_miss: tuple[Tensor, ...] | None = None
         device = params[0].device
         self._generator = torch.Generator(device=device)
         self._generator.manual_seed(seed)
@@ -491,6 +503,61 @@ class KFAC(torch.optim.Optimizer):
             self._inverses[key] = inv
 
     # ------------------------------------------------------------ direction
+    def _workspace_for(self, grads: dict[Tensor, Tensor]) -> Workspace | None:
+        """The workspace of these gradients' parameters, or None if they do not
+        fit one: every parameter of the group with a gradient, all of one float32
+        or float64 dtype and one device, every block with ``split_views``, the
+        blocks' solves two products (not CG-FAC). Built once; a step with another
+        set of parameters with gradients takes the general path."""
+        keys = tuple(grads)
+        ws = self._workspace
+        if ws is not None and ws.matches(keys):
+            return ws
+        miss = self._workspace_miss
+        if miss is not None and _same(miss, keys):
+            return None
+        built = self._build_workspace(keys)
+        if built is None:
+            self._workspace_miss = keys
+        else:
+            self._workspace = built
+        return built
+
+    def _build_workspace(self, keys: tuple[Tensor, ...]) -> Workspace | None:
+        group = self.param_groups[0]["params"]
+        if self.inverse_method == InverseMethod.CG or not _same(keys, group):
+            return None
+        dtype, device = keys[0].dtype, keys[0].device
+        if dtype not in _STAT_DTYPES or any(
+            p.dtype != dtype or p.device != device for p in keys
+        ):
+            return None
+        with_grad = {id(p) for p in keys}
+        for _, block, ps in self._block_params:
+            if not block.split_views or any(id(p) not in with_grad for p in ps):
+                return None
+        try:
+            return Workspace(self._block_params, keys)
+        except ValueError:
+            return None
+
+    def _preconditioned_in(
+        self, ws: Workspace, grads: dict[Tensor, Tensor], damping: Damping
+    ) -> _Direction | None:
+        """:meth:`_preconditioned` in the workspace; None (nothing written) when a
+        block has no inverse yet or one that is not two products."""
+        sides = []
+        for key, _, _, _ in ws.blocks:
+            inv = self._inverses.get(key)
+            pair = None if inv is None else inv.two_sided(damping)
+            if pair is None or pair[0].dtype != ws.dtype:
+                return None
+            sides.append(pair)
+        ws.load(list(grads.values()))
+        for i, (left, right) in enumerate(sides):
+            ws.solve(i, left, right)
+        return _Direction(ws.per_param, [(ws.direction, ws.grad)], ws)
+
     def _preconditioned(self, grads: dict[Tensor, Tensor]) -> _Direction:
         """``P^{-1} g`` for every parameter (plain g outside blocks).
 
@@ -498,12 +565,19 @@ class KFAC(torch.optim.Optimizer):
         ``vᵀg`` and the finiteness check: a block's pair is its ``(out, in')``
         matrices ``(X, G)``, one tensor each instead of one per parameter. This is
         exact because ``split_update`` is the adjoint of ``to_matrix`` for every
-        block (``Σ_p ⟨split(X)_p, g_p⟩ = ⟨X, to_matrix(g)⟩``; tested).
+        block (``Σ_p ⟨split(X)_p, g_p⟩ = ⟨X, to_matrix(g)⟩``; tested). In the
+        workspace (when the gradients fit one) the single pair is the flat
+        ``(X, G)`` of all parameters.
         """
+        damping = self._damping_spec()
+        ws = self._workspace_for(grads)
+        if ws is not None:
+            direction = self._preconditioned_in(ws, grads, damping)
+            if direction is not None:
+                return direction
         out = dict(grads)
         pairs: list[tuple[Tensor, Tensor]] = []
         covered: set[Tensor] = set()
-        damping = self._damping_spec()
         use_cg = self.inverse_method == InverseMethod.CG
         for key, block, ps in self._block_params:
             if any(p not in grads for p in ps):
@@ -567,7 +641,7 @@ class KFAC(torch.optim.Optimizer):
         vg = 0.0
         if with_dot and pairs:
             dots = [torch.dot(v.reshape(-1), g.reshape(-1)) for v, g in pairs]
-            values = torch.stack(dots).tolist()
+            values = [dots[0].item()] if len(dots) == 1 else torch.stack(dots).tolist()
             vg = sum(values)
             if all(math.isfinite(d) for d in values):
                 return True, vg
@@ -722,7 +796,7 @@ class KFAC(torch.optim.Optimizer):
             return loss
         if fixed:
             nu = kl_clip_factor(self.kl_clip, lr, vg)
-            params, bufs = self._momentum(direction.per_param, nu, beta)
+            params, bufs = self._momentum(direction, nu, beta)
             torch._foreach_add_(params, bufs, alpha=-lr)
             if lm_due:
                 update = {p: -lr * b for p, b in zip(params, bufs, strict=True)}
@@ -749,15 +823,21 @@ class KFAC(torch.optim.Optimizer):
         )
 
     def _momentum(
-        self, direction: dict[Tensor, Tensor], nu: float, beta: float
+        self, direction: _Direction, nu: float, beta: float
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """``m ← βm + νv`` for every parameter, in place (one fused call for all).
+        """``m ← βm + νv`` for every parameter, in place (one fused call for all;
+        in a workspace, two calls on its flat buffers).
 
         Returns:
             The parameters and their momentum buffers, in the same order.
         """
+        ws = direction.workspace
+        if ws is not None:
+            ws.adopt_momentum(self.state)
+            ws.momentum.mul_(beta).add_(ws.direction, alpha=nu)
+            return ws.param_list, ws.momentum_views
         params, bufs, dirs = [], [], []
-        for p, v in direction.items():
+        for p, v in direction.per_param.items():
             state = self.state[p]
             buf = state.get("momentum_buffer")
             if buf is None:

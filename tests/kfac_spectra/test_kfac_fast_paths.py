@@ -7,6 +7,9 @@
   takes ``vᵀg`` on the block matrices);
 * the guards of a step that updates neither factors nor inverses still tell a
   non-finite gradient from a non-finite direction and leave everything untouched;
+* the workspace (flat gradient, direction and momentum buffers) forms each block's
+  ``to_matrix`` and ``split_update`` exactly, and its steps equal the general
+  path's, also across steps it leaves to the general path and a checkpoint;
 * :func:`~kfac_spectra.kfac.blocks.base.gram` (strips of the block upper triangle)
   and the channels-last convolution statistics equal the plain products.
 """
@@ -27,6 +30,7 @@ from kfac_spectra.kfac.blocks.base import gram, homogeneous_gram
 from kfac_spectra.kfac.blocks.conv import ConvBlock
 from kfac_spectra.kfac.enums import KFACApprox, RNNApprox
 from kfac_spectra.kfac.inverse import EigenInverse
+from kfac_spectra.kfac.workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore:K-FAC. no curvature block")
 
@@ -95,7 +99,7 @@ def _reference_direction(
     return out
 
 
-def test_step_equals_the_dense_reference_on_every_kind_of_step() -> None:
+def test_step_equals_the_dense_reference_on_every_kind_of_step(solve_path) -> None:
     """Six steps with factors every 2 and inverses every 3 steps: steps 1 and 5 update
     neither (the fused check), the others one or both; each step's update is the
     reference formula on the factors of the last inverse step, to 1e-12."""
@@ -187,6 +191,14 @@ def test_split_update_is_the_adjoint_of_to_matrix(model: nn.Module) -> None:
         assert math.isclose(lhs, rhs, rel_tol=1e-12), type(block).__name__
 
 
+@pytest.fixture(params=["workspace", "general"])
+def solve_path(request, monkeypatch) -> str:
+    """Run a test on the workspace path (the default) and on the general one."""
+    if request.param == "general":
+        monkeypatch.setattr(KFAC, "_workspace_for", lambda self, grads: None)
+    return request.param
+
+
 def _plain_step_optimizer() -> tuple[nn.Module, KFAC, Tensor, Tensor]:
     """A model whose next step updates neither factors nor inverses."""
     model = _seeded(ConvNet(), 4)
@@ -206,7 +218,9 @@ def _snapshot(model: nn.Module, opt: KFAC) -> list[Tensor]:
     return [p.detach().clone() for p in model.parameters()] + [b.clone() for b in bufs]
 
 
-def test_plain_step_with_a_nonfinite_gradient_is_skipped_and_named() -> None:
+def test_plain_step_with_a_nonfinite_gradient_is_skipped_and_named(
+    solve_path,
+) -> None:
     model, opt, _, _ = _plain_step_optimizer()
     before = _snapshot(model, opt)
     model.fc.bias.grad[1] = float("inf")
@@ -218,17 +232,17 @@ def test_plain_step_with_a_nonfinite_gradient_is_skipped_and_named() -> None:
 
 
 def test_plain_step_with_a_nonfinite_direction_is_skipped_and_named(
-    monkeypatch,
+    solve_path, monkeypatch
 ) -> None:
     model, opt, _, _ = _plain_step_optimizer()
     before = _snapshot(model, opt)
-    real = EigenInverse.apply
+    real = EigenInverse._factored_inverses
 
-    def overflow(self: EigenInverse, g: Tensor, damping) -> Tensor:
-        out = real(self, g, damping)
-        return out * math.inf if out.shape[0] == 4 else out
+    def overflow(self: EigenInverse, damping) -> tuple[Tensor, Tensor]:
+        inv_s, inv_a = real(self, damping)  # both paths solve with these
+        return (inv_s * math.inf if inv_s.shape[0] == 4 else inv_s), inv_a
 
-    monkeypatch.setattr(EigenInverse, "apply", overflow)
+    monkeypatch.setattr(EigenInverse, "_factored_inverses", overflow)
     with pytest.warns(UserWarning, match="non-finite preconditioned gradient"):
         opt.step()
     assert opt.counters["skipped_steps"] == 1 and opt.steps == 1
@@ -280,7 +294,9 @@ def test_conv_statistics_from_channels_last_patches(conv, shape) -> None:
     assert _rel(block.grad_gram(g), grad_rows.T @ grad_rows) < GRAM_RTOL
 
 
-def test_plain_step_with_an_overflowing_dot_product_is_taken_unclipped() -> None:
+def test_plain_step_with_an_overflowing_dot_product_is_taken_unclipped(
+    solve_path,
+) -> None:
     """Finite gradient and direction whose ``vᵀg`` overflows: the step is taken
     with ν = 1 (the clip needs a finite ``vᵀg``), as the separate checks would."""
     model, opt, _, _ = _plain_step_optimizer()
@@ -293,3 +309,93 @@ def test_plain_step_with_an_overflowing_dot_product_is_taken_unclipped() -> None
     assert opt.counters["skipped_steps"] == 0 and opt.steps == 2
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.isfinite(p).all() and not torch.equal(p, b)
+
+
+class EmbNet(nn.Module):
+    """Embedding (diagonal A) → Linear → LayerNorm (no K-FAC block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(6, 4)
+        self.fc = nn.Linear(8, 3)
+        self.norm = nn.LayerNorm(3)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.norm(self.fc(torch.tanh(self.emb(idx)).flatten(1)))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [nn.Linear(5, 3), nn.Linear(5, 3, bias=False), nn.Conv2d(2, 3, (3, 2))]
+    + [nn.Embedding(6, 4)],
+    ids=lambda m: type(m).__name__,
+)
+def test_workspace_views_are_to_matrix_and_split_update(model: nn.Module) -> None:
+    """Gradients copied into the workspace form ``to_matrix`` exactly; the
+    direction's parameter views are ``split_update`` of its matrix."""
+    model = model.double()
+    (block,) = build_blocks(
+        model, KFACApprox.EXPAND, RNNApprox.INDEPENDENT
+    ).blocks.values()
+    ps = tuple(block.params())
+    ws = Workspace([("m", block, ps)], ps)
+    gen = _gen(7)
+    grads = [torch.randn(p.shape, generator=gen, dtype=DT) for p in ps]
+    ws.load(grads)
+    _, g_mat, _, x_mat = ws.blocks[0]
+    assert torch.equal(g_mat, block.to_matrix(grads))
+    x_mat.copy_(torch.randn(x_mat.shape, generator=gen, dtype=DT))
+    for p, u in zip(ps, block.split_update(x_mat.clone()), strict=True):
+        assert torch.equal(ws.per_param[p], u)
+    assert ws.grad.data_ptr() % 64 == 0 and g_mat.data_ptr() % 64 == 0
+
+
+def _emb_batch() -> tuple[Tensor, Tensor]:
+    return torch.randint(0, 6, (16, 2), generator=_gen(8)), torch.randint(
+        0, 3, (16,), generator=_gen(9)
+    )
+
+
+@pytest.mark.parametrize("net", [ConvNet, EmbNet], ids=lambda c: c.__name__)
+def test_workspace_steps_equal_the_general_path(net) -> None:
+    """Nine steps (factors every 2, inverses every 3, weight decay, KL clip) of the
+    workspace path and of the general path agree to 1e-12 in float64; step 4 has a
+    parameter without gradient (the workspace optimizer takes the general path
+    there, on the momentum views), and after step 6 the workspace optimizer is
+    resumed from a checkpoint into a fresh optimizer."""
+    if net is ConvNet:
+        x = torch.randn(8, 2, 5, generator=_gen(1), dtype=DT)
+        y = torch.randint(0, 3, (8,), generator=_gen(2))
+    else:
+        x, y = _emb_batch()
+    kw = {
+        "lr": 0.5,
+        "damping": 0.1,
+        "weight_decay": 1e-2,
+        "fisher_type": "type2",
+        "factor_interval": 2,
+        "inverse_interval": 3,
+    }
+    models = [_seeded(net(), 3), _seeded(net(), 3)]
+    opts = [KFAC(m, "ce", **kw) for m in models]
+    opts[1]._workspace_for = lambda grads: None
+    for step in range(9):
+        for model, opt in zip(models, opts, strict=True):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            if step == 4:
+                next(iter(model.parameters())).grad = None
+            opt.step()
+        if step == 6:
+            opts[0].remove_hooks()
+            fresh = KFAC(models[0], "ce", **kw)
+            fresh.load_state_dict(opts[0].state_dict())
+            opts[0] = fresh
+        for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+            assert _rel(a.detach(), b.detach()) < STEP_RTOL, step
+    ws = opts[0]._workspace
+    assert ws is not None and opts[1]._workspace is None
+    assert all(
+        opts[0].state[p]["momentum_buffer"] is v
+        for p, v in zip(ws.params, ws.momentum_views, strict=True)
+    )

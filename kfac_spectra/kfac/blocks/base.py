@@ -176,6 +176,10 @@ class CurvatureBlock(ABC):
     diagonal_a: bool = False
     #: Whether CG-FAC can run matrix-free on this block's stored rows.
     supports_cg: bool = False
+    #: Whether :meth:`split_update` returns views of its matrix, one per parameter,
+    #: such that writing parameter-shaped tensors into them forms
+    #: :meth:`to_matrix` of those tensors (the optimizer's workspace relies on it).
+    split_views: bool = False
 
     def __init__(self, name: str, module: nn.Module, approx: KFACApprox) -> None:
         self.name = name

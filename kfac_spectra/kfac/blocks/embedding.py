@@ -48,6 +48,7 @@ class EmbeddingBlock(CurvatureBlock):
     """K-FAC block of an ``nn.Embedding`` with a diagonal input factor."""
 
     diagonal_a = True
+    split_views = True
 
     def __init__(self, name: str, module: nn.Embedding, approx: KFACApprox) -> None:
         super().__init__(name, module, approx)

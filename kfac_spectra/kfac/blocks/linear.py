@@ -50,6 +50,7 @@ class DenseBlock(CurvatureBlock):
     """
 
     supports_cg = True
+    split_views = True
 
     @property
     def has_bias(self) -> bool:
