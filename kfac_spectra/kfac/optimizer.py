@@ -441,12 +441,17 @@ class KFAC(torch.optim.Optimizer):
             record.block.accumulate(record, grad_scale=scale)
         self._watched.clear()
         rho = self.factor_decay
+        batch = []
         for key, block in self._blocks.blocks.items():
             rows = (block.rows_x, block.rows_g)
             stats = block.batch_factors()
-            if stats is None:
-                continue
-            if not all_finite(stats.values()):
+            if stats is not None:
+                batch.append((key, block, rows, stats))
+        # one check (one host synchronisation) for all blocks; per block only if
+        # it fails
+        finite = all_finite(t for *_, stats in batch for t in stats.values())
+        for key, block, rows, stats in batch:
+            if not finite and not all_finite(stats.values()):
                 self.counters["nonfinite_factors"] += 1
                 warnings.warn(
                     f"K-FAC: non-finite factor statistics for {key!r}; batch skipped",

@@ -10,6 +10,8 @@
 * the workspace (flat gradient, direction and momentum buffers) forms each block's
   ``to_matrix`` and ``split_update`` exactly, and its steps equal the general
   path's, also across steps it leaves to the general path and a checkpoint;
+* :func:`~kfac_spectra.kfac.finite.all_finite` (extremes checked on the host)
+  equals ``isfinite(t).all()`` over every tensor;
 * :func:`~kfac_spectra.kfac.blocks.base.gram` (strips of the block upper triangle)
   and the channels-last convolution statistics equal the plain products.
 """
@@ -29,6 +31,7 @@ from kfac_spectra.kfac.blocks import build_blocks
 from kfac_spectra.kfac.blocks.base import gram, homogeneous_gram
 from kfac_spectra.kfac.blocks.conv import ConvBlock
 from kfac_spectra.kfac.enums import KFACApprox, RNNApprox
+from kfac_spectra.kfac.finite import all_finite
 from kfac_spectra.kfac.inverse import EigenInverse
 from kfac_spectra.kfac.workspace import Workspace
 
@@ -399,3 +402,29 @@ def test_workspace_steps_equal_the_general_path(net) -> None:
         opts[0].state[p]["momentum_buffer"] is v
         for p, v in zip(ws.params, ws.momentum_views, strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    "bad", [None, math.nan, math.inf, -math.inf, 1e300], ids=lambda b: repr(b)
+)
+def test_all_finite_equals_isfinite_of_every_tensor(bad) -> None:
+    """Mixed dtypes (bfloat16, float32, float64; 1e300, finite, only in the
+    float64 one, whose extremes the check keeps in float64), an empty tensor, the
+    bad value placed in each tensor."""
+    gen = _gen(10)
+    base = [
+        torch.randn(3, 4, generator=gen).to(torch.bfloat16),
+        torch.randn(5, generator=gen),
+        torch.empty(0),
+        torch.randn(2, 2, generator=gen, dtype=DT),
+    ]
+    for where in (0, 1, 3):
+        ts = [t.clone() for t in base]
+        if bad == 1e300 and ts[where].dtype != DT:
+            continue  # not representable: float32 refuses it
+        if bad is not None:
+            ts[where].view(-1)[1] = bad
+        expected = all(bool(torch.isfinite(t).all()) for t in ts)
+        assert all_finite(ts) is expected, where
+        assert all_finite(iter(ts)) is expected
+    assert all_finite([]) is True
