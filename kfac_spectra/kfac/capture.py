@@ -1,7 +1,10 @@
 """Forward hooks that capture layer inputs and output-gradient statistics.
 
 :class:`Capture` registers one forward hook per supported module and a pre-hook and
-hook on the root model. While :attr:`Capture.enabled` is true (and autograd is on),
+hook on the root model, each only while it has work to do (the module hooks while
+:attr:`Capture.enabled`, the root hooks also while :attr:`Capture.keep_inputs`), so
+that a forward pass between factor steps runs the plain model. While
+:attr:`Capture.enabled` is true (and autograd is on),
 each supported module call leaves a :class:`~kfac_spectra.kfac.blocks.base.Record`;
 the root hook then hands the model output to a callback, which typically
 back-propagates output probes to the recorded layer outputs with
@@ -71,11 +74,12 @@ class Capture:
         self.module_blocks = module_blocks
         self.on_output = on_output
         self._enabled = False
+        self._keep_inputs = False
+        self._attached = False
         self.suspended = False
         self.records: list[Record] = []
         self.call = 0
         self.last_inputs: tuple[tuple[Any, ...], dict[str, Any]] | None = None
-        self.keep_inputs = False
         self.row_sampler: RowSampler | None = None
         self._call_rows: dict[int, tuple[int, Tensor | None]] = {}
         self._handles: list[RemovableHandle] = []
@@ -85,34 +89,52 @@ class Capture:
     # ------------------------------------------------------------------ hooks
     @property
     def enabled(self) -> bool:
-        """Whether forward calls are recorded (the per-module hooks exist only
-        while this is true, so a disabled capture costs the forward nothing)."""
+        """Whether forward calls are recorded (the hooks exist only while this or
+        :attr:`keep_inputs` is true, so a disabled capture costs the forward
+        nothing)."""
         return self._enabled
 
     @enabled.setter
     def enabled(self, value: bool) -> None:
         self._enabled = bool(value)
-        self._sync_module_hooks()
+        self._sync_hooks()
+
+    @property
+    def keep_inputs(self) -> bool:
+        """Whether the root call's inputs are kept in :attr:`last_inputs` (every
+        training-mode forward, recorded or not)."""
+        return self._keep_inputs
+
+    @keep_inputs.setter
+    def keep_inputs(self, value: bool) -> None:
+        self._keep_inputs = bool(value)
+        self._sync_hooks()
 
     def attach(self) -> None:
-        """Register the hooks (idempotent); per-module ones only while enabled."""
-        if self._handles:
-            return
-        self._handles.append(
-            self.model.register_forward_pre_hook(self._root_pre_hook, with_kwargs=True)
-        )
-        self._handles.append(self.model.register_forward_hook(self._root_hook))
-        self._sync_module_hooks()
+        """Register the hooks (idempotent), each only while it is needed."""
+        self._attached = True
+        self._sync_hooks()
 
     def detach(self) -> None:
         """Remove all hooks."""
-        for h in self._handles + self._module_handles:
-            h.remove()
-        self._handles.clear()
-        self._module_handles.clear()
+        self._attached = False
+        self._sync_hooks()
 
-    def _sync_module_hooks(self) -> None:
-        want = self._enabled and bool(self._handles)
+    def _sync_hooks(self) -> None:
+        want_root = self._attached and (self._enabled or self._keep_inputs)
+        if want_root and not self._handles:
+            self._in_root = 0
+            self._handles = [
+                self.model.register_forward_pre_hook(
+                    self._root_pre_hook, with_kwargs=True
+                ),
+                self.model.register_forward_hook(self._root_hook),
+            ]
+        elif not want_root and self._handles:
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+        want = self._enabled and self._attached
         if want and not self._module_handles:
             # prepend: when the root itself is a hooked layer, its record must
             # exist before the root hook hands the output on

@@ -374,15 +374,19 @@ def test_default_optimizer_trains_where_the_unclipped_step_diverges(seed: int) -
     assert trained < DEFAULTS_LOSS_FRACTION * first
 
 
-def test_layer_hooks_exist_only_on_factor_steps() -> None:
-    """Non-factor steps run the plain model: no per-layer forward hooks."""
+@pytest.mark.parametrize("keep_inputs", [False, True])
+def test_layer_hooks_exist_only_on_factor_steps(keep_inputs: bool) -> None:
+    """Non-factor steps run the plain model: no per-layer forward hooks, and no
+    root hooks either unless the inputs are kept (``adapt_damping``)."""
     x = torch.randn(12, 4, generator=_gen(50), dtype=DT)
     y = torch.randn(12, 3, generator=_gen(51), dtype=DT)
     model = _mlp(52)
-    opt = KFAC(model, "mse", lr=0.01, factor_interval=3)
+    opt = KFAC(model, "mse", lr=0.01, factor_interval=3, adapt_damping=keep_inputs)
     for step in range(7):
         hooked = [len(model[i]._forward_hooks) for i in (0, 2)]
         assert hooked == ([1, 1] if step % 3 == 0 else [0, 0]), step
+        root = [len(model._forward_pre_hooks), len(model._forward_hooks)]
+        assert root == ([1, 1] if step % 3 == 0 or keep_inputs else [0, 0]), step
         _train(model, opt, x, y)
     opt.remove_hooks()
     assert not model._forward_hooks and not model._forward_pre_hooks
