@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .blocks.base import gram
+from .finite import all_finite
 
 __all__ = [
     "ChainInverse",
@@ -53,7 +54,7 @@ def robust_eigh(mat: Tensor) -> tuple[Tensor, Tensor] | None:
         ``(eigenvalues ascending, eigenvectors)`` in ``mat``'s dtype/device, or
         ``None`` if the matrix is non-finite or both attempts fail.
     """
-    if not bool(torch.isfinite(mat).all()):
+    if not all_finite([mat]):
         return None
     sym = 0.5 * (mat + mat.mT)
     for retry in (False, True):
@@ -63,7 +64,7 @@ def robust_eigh(mat: Tensor) -> tuple[Tensor, Tensor] | None:
             evals, evecs = torch.linalg.eigh(m)
         except RuntimeError:
             continue
-        if bool(torch.isfinite(evals).all()) and bool(torch.isfinite(evecs).all()):
+        if all_finite([evals, evecs]):
             return evals.to(mat), evecs.to(mat)
     return None
 

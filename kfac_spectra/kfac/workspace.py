@@ -131,10 +131,11 @@ class Workspace:
 
     def load(self, grads: Sequence[Tensor]) -> None:
         """Copy the gradients (in parameter order) into ``G``; plain ones into ``X``."""
-        for view, g in zip(self.grad_views, grads, strict=True):
-            view.copy_(g)
-        for g, x in self.plain:
-            x.copy_(g)
+        if len(grads) != len(self.grad_views):
+            raise ValueError(f"{len(grads)} gradients for {len(self.params)} params")
+        torch._foreach_copy_(self.grad_views, list(grads))
+        if self.plain:
+            torch._foreach_copy_([x for _, x in self.plain], [g for g, _ in self.plain])
 
     def solve(self, index: int, left: Tensor, right: Tensor) -> None:
         """``X = L G R`` for block ``index`` (``R`` 1-D: ``X = (L G) diag(R)``)."""
