@@ -374,17 +374,19 @@ def _tune_constant(
             )
             continue
         # Stage 2: smallest t on the surrogate with min_x L <= target.
-        x = _first_t_guarded(surr, space, G, *bracket[i], b, target, counter)
+        t_s, x = _first_t_guarded(surr, space, G, *bracket[i], b, target, counter)
         # Stage 3: exact certification and polish.
         opt = space.optimizer(x)
-        steps = steps_to_target(problem, opt, b, target)
+        steps = steps_to_target(problem, opt, b, target, guess=t_s)
         for _ in range(polish if math.isfinite(steps) and steps > 1 else 0):
             xm, val = _local_min(problem, space, x, steps - 1, b, counter)
             if val > target:
                 break
             cand = space.optimizer(xm)
             # only an improvement matters: the search may stop below ``steps``
-            s2 = steps_to_target(problem, cand, b, target, max_steps=steps - 1)
+            s2 = steps_to_target(
+                problem, cand, b, target, max_steps=steps - 1, guess=steps - 1
+            )
             if s2 < steps:
                 steps, opt, x = s2, cand, xm
             else:
@@ -393,6 +395,9 @@ def _tune_constant(
     return results
 
 
+#: Stage 2 locates the first step count on the surrogate to this relative
+#: precision.
+_T_RTOL = 1e-3
 #: Restarts of stage 2 when a check finds the target reached earlier.
 _RESTARTS = 3
 #: The check refines a start locally only if its loss is within this factor of
@@ -401,8 +406,8 @@ _GUARD_NEAR = 1.5
 
 
 def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
-    """Stage 2 with a global check: ``x`` at (close to) the first ``t`` on the
-    surrogate.
+    """Stage 2 with a global check: ``(t, x)``, the first ``t`` on the surrogate
+    (within 1e-3 relative) at which ``x`` reaches the target.
 
     The local search of :func:`_first_t_on_surrogate` keeps to the basin it
     starts in, and loss surfaces of momentum have several: an SGD-like one, and
@@ -420,7 +425,7 @@ def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
         surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
     )
     for _ in range(_RESTARTS):
-        probe = t_hi - max(1, int(1e-3 * t_hi))
+        probe = t_hi - max(1, int(_T_RTOL * t_hi))
         if probe <= lo:
             break
         xp, lp = _profile(surr, space, G, probe, b, counter, keep=2)
@@ -441,7 +446,7 @@ def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
         t_hi, x = _first_t_on_surrogate(
             surr, space, found[0], lo, probe, l_lo, found[1], b, target, counter
         )
-    return x
+    return t_hi, x
 
 
 def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter):
@@ -458,7 +463,7 @@ def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
     g_lo = math.log(l_lo / target) if math.isfinite(l_lo) else math.inf
     g_hi = math.log(max(l_hi, 1e-300) / target)
     kept = 0  # +k: hi moved k times in a row (lo kept); -k: lo moved
-    while hi - lo > max(1, int(1e-3 * hi)):
+    while hi - lo > max(1, int(_T_RTOL * hi)):
         if lo < 1 or not math.isfinite(g_lo) or abs(kept) >= 2 or g_lo <= g_hi:
             mid = (lo + hi) // 2
         else:
@@ -780,7 +785,9 @@ def _monotone(problem, bs, target, results):
         if out[cur].steps == 0:
             continue
         limit = None if math.isinf(out[cur].steps) else int(out[cur].steps) - 1
-        steps = steps_to_target(problem, cand, bs[cur], target, max_steps=limit)
+        steps = steps_to_target(
+            problem, cand, bs[cur], target, max_steps=limit, guess=limit or None
+        )
         if steps < out[cur].steps:
             r = out[cur]
             out[cur] = TuneResult(

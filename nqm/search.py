@@ -196,6 +196,7 @@ def steps_to_target(
     target: float,
     *,
     max_steps: int | None = None,
+    guess: int | None = None,
 ) -> int | float:
     r"""The smallest integer :math:`t \ge 0` with exact :math:`E[L(\theta_t)] \le`
     ``target``; ``math.inf`` when it is never reached (target below the
@@ -211,10 +212,15 @@ def steps_to_target(
         target: the loss to reach, ``> 0``.
         max_steps: give up (``inf``) beyond this many steps (default
             :data:`MAX_STEPS`; at most ``10**7`` for scanned combinations).
+        guess: a step count believed close to the answer (e.g. from a cheaper
+            model). The search for an upper end starts there instead of at one
+            step; every step below that end is still certified, so the result
+            never depends on the guess, only the cost does.
 
     Raises:
-        ValueError: for a non-positive target, a batch size below one, or a
-            scanned combination without a small enough ``max_steps``.
+        ValueError: for a non-positive target, a batch size below one, a
+            scanned combination without a small enough ``max_steps``, or a
+            guess below one.
     """
     tg = _check_target(target)
     b = float(validate_batch_size(batch_size))
@@ -228,11 +234,21 @@ def steps_to_target(
     limit = MAX_STEPS if max_steps is None else int(max_steps)
     if limit < 0:
         raise ValueError(f"max_steps must be non-negative, got {max_steps!r}")
+    if guess is not None and not (math.isfinite(guess) and guess >= 1):
+        raise ValueError(f"guess must be a step count >= 1, got {guess!r}")
     curve.target = tg
-    return _first_crossing(curve, tg, limit)
+    return _first_crossing(curve, tg, limit, None if guess is None else int(guess))
 
 
-def _first_crossing(curve: _Curve, target: float, max_steps: int) -> int | float:
+#: From a guess, the upper end grows by this fraction first, then by twice the
+#: previous growth each time (a guess a little short costs few evaluations, a
+#: bad one about as many as doubling from one step).
+_GUESS_GROWTH = 1.0 / 64.0
+
+
+def _first_crossing(
+    curve: _Curve, target: float, max_steps: int, guess: int | None = None
+) -> int | float:
     if curve.loss([0])[0] <= target:
         return 0
     if max_steps == 0:
@@ -247,15 +263,23 @@ def _first_crossing(curve: _Curve, target: float, max_steps: int) -> int | float
         return math.inf
     # Find an upper end: a step at or below target, or a step after which the
     # loss provably stays above it.
-    hi = 1
+    hi = 1 if guess is None else min(guess, max_steps)
+    growth = _GUESS_GROWTH
+    end_hit = False  # the loss at ``hi`` is known to be at or below target
     while True:
         loss = curve.loss([hi])[0]
-        if loss <= target or not np.isfinite(loss) or curve.never_after(hi):
+        if loss <= target:
+            end_hit = True
+            break
+        if not np.isfinite(loss) or curve.never_after(hi):
             break
         if hi >= max_steps:
-            hi = max_steps
             break
-        hi = min(2 * hi, max_steps)
+        if guess is None:
+            hi = min(2 * hi, max_steps)
+        else:
+            hi = min(max(hi + 1, math.ceil(hi * (1.0 + growth))), max_steps)
+            growth *= 2.0
     scan = _SCAN
     if curve.mode == "constant":
         scan = max(_SCAN, min(_SCAN_MAX, _SCAN_ELEMENTS // curve.hh.size))
@@ -268,7 +292,9 @@ def _first_crossing(curve: _Curve, target: float, max_steps: int) -> int | float
             if hit.size:
                 return int(steps[hit[0]])
             continue
-        if curve.lower_bound(a, z) > target:
+        # An interval ending at a step known to reach the target cannot be
+        # pruned: its lower bound is at most that step's loss.
+        if not (end_hit and z == hi) and curve.lower_bound(a, z) > target:
             continue
         m = (a + z) // 2
         stack.append((m + 1, z))

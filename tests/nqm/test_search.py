@@ -72,6 +72,46 @@ def test_first_crossing_equals_brute_force(small, opt, batch):
             assert got == want, (target, got, want)
 
 
+@pytest.mark.parametrize("opt", OPTIMIZERS[:7], ids=lambda o: repr(o)[:60])
+def test_a_guess_changes_the_cost_never_the_answer(small, opt):
+    # Guesses below, at, just above and far above the first crossing, and past
+    # max_steps: the answer is the brute-force first crossing every time.
+    curve = brute_curve(small, opt, 4)
+    for target in (0.2, 0.04):
+        want = first_below(curve, target)
+        if math.isinf(want):
+            continue
+        for guess in (1, max(1, want // 3), max(1, want - 1), want, want + 1,
+                      2 * want + 7, 100 * want + 3, 10**9):  # fmt: skip
+            got = steps_to_target(small, opt, 4, target, guess=guess)
+            assert got == want, (target, guess, got, want)
+        # with max_steps below the crossing the guess cannot make it reachable
+        if want > 1:
+            got = steps_to_target(
+                small, opt, 4, target, max_steps=want - 1, guess=want
+            )
+            assert math.isinf(got)
+
+
+def test_a_guess_finds_a_non_monotone_first_dip():
+    # The guess lands after the loss has come back above the target: the dip
+    # before it must still be found.
+    p = nqm.NQMProblem([1.0], [0.0])
+    opt = nqm.Optimizer(0.01, momentum=0.99)
+    loss = nqm.expected_loss(p, opt, 1, np.arange(2000))
+    below = loss <= 0.05
+    first = int(np.argmax(below))
+    back_above = first + int(np.argmax(~below[first:]))
+    for guess in (back_above, back_above + 5, first + 1):
+        assert steps_to_target(p, opt, 1, 0.05, guess=guess) == first
+
+
+@pytest.mark.parametrize("bad", [0, -3, math.inf, math.nan])
+def test_bad_guess(small, bad):
+    with pytest.raises(ValueError, match="guess"):
+        steps_to_target(small, nqm.Optimizer(0.5), 1, 0.1, guess=bad)
+
+
 def test_non_monotone_curve_first_crossing():
     # Momentum near beta -> 1 overshoots: the loss dips below the target and comes
     # back above it; a bisection on the end points would miss the first dip.
