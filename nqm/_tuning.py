@@ -189,10 +189,15 @@ def _loss(problem, space, x, t, b, rtol=CLOSED_FORM_RTOL):
 def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
     """Minimise log L_B(t; x) locally from x0; returns (x, loss)."""
 
+    seen = {}  # the end point and the start are usually evaluated already
+
     def f(x):
-        counter[0] += 1
-        v = float(_loss(problem, space, x, t, b, rtol))
-        return math.log(v) if v > 0 and math.isfinite(v) else 1e300
+        key = np.asarray(x, dtype=np.float64).tobytes()
+        if key not in seen:
+            counter[0] += 1
+            v = float(_loss(problem, space, x, t, b, rtol))
+            seen[key] = math.log(v) if v > 0 and math.isfinite(v) else 1e300
+        return seen[key]
 
     x0 = space.clip(x0)
     u_cap = float(space.u_cap(x0))

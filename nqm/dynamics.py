@@ -427,6 +427,21 @@ def risk_terms(
     scalar_t = t.ndim == 0
     t = np.atleast_1d(t)
     hh, wd, wn = _modes(problem, float(precond_power))
+    if alpha.size == 1:  # one setting (local searches): no grouping or masking
+        feats = Features(bool(beta.flat[0] > 0), bool(gamma.flat[0] > 0))
+        D, N = _constant_terms(
+            hh, wd, wn, *(v.reshape(1) for v in (alpha, beta, gamma)), feats, t, rtol
+        )
+        D, N = D.reshape(alpha.shape + t.shape), N.reshape(alpha.shape + t.shape)
+    else:
+        D, N = _grouped_terms(hh, wd, wn, alpha, beta, gamma, t, rtol)
+    if scalar_t:
+        return D[..., 0], N[..., 0]
+    return D, N
+
+
+def _grouped_terms(hh, wd, wn, alpha, beta, gamma, t, rtol):
+    """D and N for settings of mixed state layouts, one group per layout."""
     D = np.empty(alpha.shape + t.shape)
     N = np.empty_like(D)
     for feats, mask in _feature_groups(beta, gamma).items():
@@ -435,8 +450,6 @@ def risk_terms(
         )
         D[mask] = d
         N[mask] = n
-    if scalar_t:
-        return D[..., 0], N[..., 0]
     return D, N
 
 
