@@ -10,6 +10,9 @@ Levenberg–Marquardt adaptation of the damping):
 >>> gen = torch.Generator().manual_seed(0)
 >>> x, y = torch.randn(64, 5, generator=gen), torch.randint(0, 3, (64,), generator=gen)
 >>> model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3))
+>>> with torch.no_grad():  # the initial weights from the seeded generator too
+...     for p in model.parameters():
+...         _ = p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
 >>> opt = KFAC(model, loss="ce", lr=0.3, damping=1e-2, inverse_interval=5)
 >>> first = F.cross_entropy(model(x), y).item()
 >>> for _ in range(20):
