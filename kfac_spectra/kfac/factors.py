@@ -66,7 +66,9 @@ def compute_factors(
         >>> from torch import nn
         >>> from kfac_spectra import compute_factors
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
-        >>> x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(8, 3, generator=gen)
+        >>> y = torch.randint(0, 2, (8,), generator=gen)
         >>> f = compute_factors(net, x, y, loss="ce", fisher_type="type2")
         >>> {k: (tuple(a.shape), tuple(s.shape)) for k, (a, s) in f.items()}
         {'0': ((4, 4), (4, 4)), '2': ((5, 5), (2, 2))}

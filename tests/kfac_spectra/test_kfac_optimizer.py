@@ -21,6 +21,7 @@ from test_kfac_oracles import (
 )
 from torch import Tensor, nn
 
+import kfac_spectra.kfac.factors as factors_module
 import kfac_spectra.kfac.optimizer as optimizer_module
 from kfac_spectra import KFAC, compute_factors
 from kfac_spectra.kfac.blocks.linear import LinearBlock
@@ -66,8 +67,9 @@ def _train(model, opt, x, y, loss="mse", steps=1, closure=False):
         return lossf(model(x), y).item()
 
 
-def test_docstring_example_runs() -> None:
-    result = doctest.testmod(optimizer_module, raise_on_error=False)
+@pytest.mark.parametrize("module", [optimizer_module, factors_module])
+def test_docstring_example_runs(module) -> None:
+    result = doctest.testmod(module, raise_on_error=False)
     assert result.attempted > 0 and result.failed == 0
 
 
