@@ -87,9 +87,7 @@ def test_a_guess_changes_the_cost_never_the_answer(small, opt):
             assert got == want, (target, guess, got, want)
         # with max_steps below the crossing the guess cannot make it reachable
         if want > 1:
-            got = steps_to_target(
-                small, opt, 4, target, max_steps=want - 1, guess=want
-            )
+            got = steps_to_target(small, opt, 4, target, max_steps=want - 1, guess=want)
             assert math.isinf(got)
 
 
