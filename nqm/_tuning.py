@@ -514,7 +514,7 @@ def _schedule_values(fam, params, pieces):
         return torch.sigmoid(params)
     frac0 = torch.sigmoid(params[:, :1])
     decay = torch.sigmoid(params[:, 1:2])
-    k = torch.arange(pieces, dtype=params.dtype) / pieces
+    k = torch.arange(pieces, dtype=params.dtype, device=params.device) / pieces
     return frac0 * (1.0 - (1.0 - decay) * k[None, :])
 
 
@@ -554,6 +554,19 @@ def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
     return v_d @ wd + (v_n @ wn) / bs
 
 
+def _torch_device(device):
+    """``device`` as a ``torch.device`` that can hold tensors here."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must name a torch device, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
+    return dev
+
+
 def _tune_schedule(problem, fam, bs, target, p, baseline, **kw):
     """Schedules by L-BFGS in torch, on one intra-op thread (restored after).
 
@@ -572,14 +585,13 @@ def _tune_schedule(problem, fam, bs, target, p, baseline, **kw):
 
 
 def _tune_schedule_lbfgs(
-    problem, fam, bs, target, p, baseline, *, surrogate_bins, pieces, stairs
+    problem, fam, bs, target, p, baseline, *, surrogate_bins, pieces, stairs, device
 ):
     import torch
 
+    f64 = {"dtype": torch.float64, "device": device}
     surr = _surrogate(problem, surrogate_bins)
-    hh_s, wd_s, wn_s = (
-        torch.tensor(np.array(x), dtype=torch.float64) for x in _modes(surr, p)
-    )
+    hh_s, wd_s, wn_s = (torch.tensor(np.array(x), **f64) for x in _modes(surr, p))
     hh_max = float(_modes(problem, p)[0].max())
     a_max = 2.0 / hh_max
     k = pieces if fam is Family.PWC else stairs
@@ -604,7 +616,7 @@ def _tune_schedule_lbfgs(
     best = init.copy()
     lo = np.zeros(n_b, dtype=np.int64)
     hi = hi.astype(np.int64)
-    bs_t = torch.as_tensor(bs, dtype=torch.float64)
+    bs_t = torch.as_tensor(bs, **f64)
     active = np.isfinite(hi) & (hi > 1)
     while True:
         todo = active & (hi - lo > np.maximum(1, (1e-3 * hi).astype(np.int64)))
@@ -612,8 +624,8 @@ def _tune_schedule_lbfgs(
             break
         mid = np.where(todo, (lo + hi) // 2, hi)
         lengths = np.stack([np.diff(_piece_bounds_fixed(int(m), k)) for m in mid])
-        lengths_t = torch.as_tensor(lengths, dtype=torch.float64)
-        params = torch.tensor(best, dtype=torch.float64, requires_grad=True)
+        lengths_t = torch.as_tensor(lengths, **f64)
+        params = torch.tensor(best, **f64, requires_grad=True)
         opt = torch.optim.LBFGS(
             [params],
             lr=1.0,
@@ -635,9 +647,10 @@ def _tune_schedule_lbfgs(
         opt.step(closure)
         with torch.no_grad():
             lrs = a_max * _schedule_values(fam, params, k)
-            loss = _torch_piecewise_loss(hh_s, wd_s, wn_s, lrs, lengths_t, bs_t).numpy()
+            loss = _torch_piecewise_loss(hh_s, wd_s, wn_s, lrs, lengths_t, bs_t)
+        loss = loss.cpu().numpy()
         ok = todo & (loss <= target)
-        best[ok] = params.detach().numpy()[ok]
+        best[ok] = params.detach().cpu().numpy()[ok]
         hi = np.where(ok, mid, hi)
         lo = np.where(todo & ~ok, mid, lo)
     results = []
@@ -652,8 +665,10 @@ def _tune_schedule_lbfgs(
             continue
         with torch.no_grad():
             vals = (
-                a_max * _schedule_values(fam, torch.tensor(best[i : i + 1]), k)
-            ).numpy()[0]
+                (a_max * _schedule_values(fam, torch.tensor(best[i : i + 1], **f64), k))
+                .cpu()
+                .numpy()[0]
+            )
         edges = _piece_bounds_fixed(int(hi[i]), k)
         keep = np.diff(edges) > 0  # runs shorter than k steps leave empty pieces
         starts = edges[:-1][keep]  # starts[0] == 0: empty pieces all start at 0
@@ -692,19 +707,22 @@ def tune(
     baseline=None,
     fixed_momentum=None,
     contained=None,
+    device="cpu",
 ):
     """Tune ``fam`` at every batch size in ``bs``; see the module docstring.
 
     ``baseline`` holds SGD's results and ``contained`` (``momentum_ema`` only)
     those of ``momentum`` and ``ema``, one per batch size each: the families
     this one contains. Whatever is omitted is tuned here, and the result at each
-    batch size is never worse than any of them.
+    batch size is never worse than any of them. ``device`` is the torch device of
+    the schedule families' L-BFGS (the constant-lr families run in numpy).
     """
     if int(surrogate_bins) < 8:
         raise ValueError("surrogate_bins must be >= 8")
     if int(pieces) < 1 or int(stairs) < 1:
         raise ValueError("pieces and stairs must be positive integers")
     kw = dict(surrogate_bins=int(surrogate_bins))
+    dev = _torch_device(device) if fam in (Family.PWC, Family.LINEAR_DECAY) else None
     if contained is not None and (
         fam is not Family.MOMENTUM_EMA or fixed_momentum is not None
     ):
@@ -749,6 +767,7 @@ def tune(
             baseline,
             pieces=int(pieces),
             stairs=int(stairs),
+            device=dev,
             **kw,
         )
     else:

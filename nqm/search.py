@@ -364,15 +364,18 @@ def best_steps(
         precond_power: :math:`p \\in [0, 1]`.
         **options: ``surrogate_bins`` (128; modes of the binned surrogate),
             ``grid`` (per-coordinate grid sizes), ``pieces`` (10, for ``pwc``),
-            ``stairs`` (64, for ``linear_decay``), ``polish`` (1; exact local
-            refinement rounds), ``baseline`` (already tuned results of a family
+            ``stairs`` (64, for ``linear_decay``), ``polish`` (1; rounds of local
+            refinement at one step fewer, on a finer surrogate, each certified
+            exactly), ``baseline`` (already tuned results of a family
             this one contains, one per batch size, e.g. SGD's; computed if
             omitted), ``contained`` (``momentum_ema`` only: the results of
             ``momentum`` and of ``ema``, which it also contains; tuned here if
             omitted), ``fixed_momentum`` (``momentum`` and ``momentum_ema``
             only: keep :math:`\\beta` at this value and tune the rest, as in
             Figure 14b; such an optimizer does not contain SGD, so no baseline is
-            used). See :mod:`nqm._tuning`.
+            used), ``device`` (``"cpu"``; the torch device on which ``pwc`` and
+            ``linear_decay`` run their L-BFGS, e.g. ``"cuda"``). See
+            :mod:`nqm._tuning`.
 
     Returns:
         A :class:`TuneResult`, or a list of them for a sequence of batch sizes.

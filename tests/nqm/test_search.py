@@ -353,3 +353,33 @@ def test_differentiable_schedule_loss_equals_exact_dynamics():
         )
         want = nqm.expected_loss(prob, nqm.Optimizer(sched), b, int(lengths[i].sum()))
         assert got[i] == pytest.approx(want, rel=1e-11)
+
+
+def test_schedule_tuning_device_option(small):
+    import torch
+
+    bs = [1, 64]
+    default = best_steps(small, "pwc", bs, 0.05)
+    explicit = best_steps(small, "pwc", bs, 0.05, device=torch.device("cpu"))
+    assert [r.steps for r in explicit] == [r.steps for r in default]
+    with pytest.raises(ValueError, match="device"):
+        best_steps(small, "linear_decay", 1, 0.05, device="no-such-device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            best_steps(small, "pwc", 1, 0.05, device="cuda")
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA device"
+)
+@pytest.mark.parametrize("family", ["pwc", "linear_decay"])
+def test_schedule_tuning_on_cuda_matches_cpu(small, family):
+    # The same float64 L-BFGS on the GPU; reductions may round differently, so
+    # the step counts agree to 0.1% rather than exactly; each is exact for its
+    # own optimizer.
+    bs = [1, 64, 4096]
+    cpu = best_steps(small, family, bs, 0.05)
+    gpu = best_steps(small, family, bs, 0.05, device="cuda")
+    for c, g in zip(cpu, gpu, strict=True):
+        assert abs(g.steps - c.steps) <= 1e-3 * c.steps + 1
+        assert steps_to_target(small, g.optimizer, g.batch_size, 0.05) == g.steps
