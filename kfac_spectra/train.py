@@ -410,29 +410,13 @@ def _sync_and_close(handle: IO[bytes]) -> None:
         handle.close()
 
 
-def _write_sync_and_close(
-    handle: IO[bytes], write: Callable[[IO[bytes]], None]
-) -> None:
-    try:
-        write(handle)
-        handle.flush()
-    except BaseException:
-        handle.close()
-        raise
-    _sync_and_close(handle)
-
-
 class _StepFiles:
     """The files of one step directory, written atomically and made durable.
 
     :meth:`add` writes a file under a temporary name and starts its ``fsync`` in a
     background thread at once. The thread waits for the disk, not the CPU, so a
     file added before the statistics are computed reaches the disk meanwhile, and
-    the files' ``fsync`` calls overlap instead of following one another. With
-    ``background=True`` the writing itself (for an ``.npz``, mostly CRC-32 and the
-    copy into the page cache, which release the GIL) is done by that thread too,
-    overlapping whatever the caller computes next; the caller must leave the
-    written arrays unchanged until :meth:`commit`.
+    the files' ``fsync`` calls overlap instead of following one another.
     :meth:`commit` waits for them, renames the files over their destinations
     (``os.replace``: atomic), the marker (the step's manifest, which says that
     the step is complete) last, and then fsyncs the directory once, so that the
@@ -465,33 +449,19 @@ class _StepFiles:
             tmp.unlink(missing_ok=True)
         self._pending.clear()
 
-    def add(
-        self,
-        name: str,
-        write: Callable[[IO[bytes]], None],
-        *,
-        background: bool = False,
-    ) -> None:
-        """Write ``name`` (through ``write(handle)``) to a temporary file.
-
-        With ``background``, ``write`` runs in the fsync thread; its errors are
-        raised by :meth:`commit`.
-        """
+    def add(self, name: str, write: Callable[[IO[bytes]], None]) -> None:
+        """Write ``name`` (through ``write(handle)``) to a temporary file."""
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{name}.", suffix=".tmp")
         handle = os.fdopen(fd, "wb")
         try:
             os.chmod(tmp, FILE_MODE)
-            if background:
-                future = self._pool.submit(_write_sync_and_close, handle, write)
-            else:
-                write(handle)
-                handle.flush()
+            write(handle)
+            handle.flush()
         except BaseException:
             handle.close()
             os.unlink(tmp)
             raise
-        if not background:
-            future = self._pool.submit(_sync_and_close, handle)
+        future = self._pool.submit(_sync_and_close, handle)
         self._pending.append((Path(tmp), self.folder / name, future))
 
     def commit(self, marker: str) -> None:
@@ -637,11 +607,11 @@ def collect_checkpoint(
         )
     bases = kronecker_bases(factors, blocks)
     with _StepFiles(step_dir(run_dir, step)) as files:
-        # written (in the fsync thread) while the statistics are computed
+        # written before the statistics, so that the disk writes them meanwhile
         factor_arrays = _factor_arrays(factors, bases)
-        files.add("factors.npz", lambda h: _savez(h, factor_arrays), background=True)
+        files.add("factors.npz", lambda h: _savez(h, factor_arrays))
         param_arrays = _parameter_arrays(model)
-        files.add("params.npz", lambda h: _savez(h, param_arrays), background=True)
+        files.add("params.npz", lambda h: _savez(h, param_arrays))
         stats = eigenbasis_gradient_stats(
             model,
             _batches(inputs, targets, chunk),

@@ -320,31 +320,6 @@ def test_step_files_clean_up(tmp_path, monkeypatch):
     assert (folder / "stats.npz").read_bytes() == b"old"
 
 
-def test_step_files_background_writes(tmp_path):
-    """A file written in the fsync thread lands like one written in place; its
-    error is raised by commit, which then renames nothing."""
-    folder = tmp_path / "step"
-    with train_module._StepFiles(folder) as files:
-        files.add("a.bin", lambda h: h.write(b"background"), background=True)
-        files.add("b.bin", lambda h: h.write(b"in place"))
-        files.commit(marker="b.bin")
-    assert (folder / "a.bin").read_bytes() == b"background"
-    assert (folder / "b.bin").read_bytes() == b"in place"
-
-    def broken(handle):
-        handle.write(b"part")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        with train_module._StepFiles(folder) as files:
-            files.add("a.bin", broken, background=True)
-            files.add("b.bin", lambda h: h.write(b"new"))
-            files.commit(marker="b.bin")
-    assert sorted(p.name for p in folder.iterdir()) == ["a.bin", "b.bin"]
-    assert (folder / "a.bin").read_bytes() == b"background"
-    assert (folder / "b.bin").read_bytes() == b"in place"
-
-
 def test_frozen_defaults():
     config = TrainConfig()
     with pytest.raises(dataclasses.FrozenInstanceError):
