@@ -162,7 +162,8 @@ def plot_loss_threshold(rows: Rows) -> Figure:
                 ax.plot(x, y, "o-", ms=3, color=color, label=f"target {t:g}")
     _log2_axes(ax, "batch size B", "steps to target")
     ax.set_title("SGD: effect of the loss threshold (dotted: lower bound)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # an empty table has no curves
+        ax.legend(fontsize=7)
     return fig
 
 

@@ -361,7 +361,7 @@ def test_default_optimizer_trains_where_the_unclipped_step_diverges(seed: int) -
                 for p in (layer.weight, layer.bias):
                     p.copy_((2 * torch.rand(p.shape, generator=gen) - 1) * bound)
         opt = KFAC(model, "ce", **kw)
-        first = float(F.cross_entropy(model(x), y))
+        first = F.cross_entropy(model(x), y).item()
         for _ in range(DEFAULTS_STEPS):
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
