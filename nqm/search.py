@@ -234,8 +234,13 @@ def steps_to_target(
     limit = MAX_STEPS if max_steps is None else int(max_steps)
     if limit < 0:
         raise ValueError(f"max_steps must be non-negative, got {max_steps!r}")
-    if guess is not None and not (math.isfinite(guess) and guess >= 1):
-        raise ValueError(f"guess must be a step count >= 1, got {guess!r}")
+    if guess is not None:
+        try:
+            ok = math.isfinite(guess) and guess >= 1
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"guess must be a step count >= 1, got {guess!r}")
     curve.target = tg
     return _first_crossing(curve, tg, limit, None if guess is None else int(guess))
 

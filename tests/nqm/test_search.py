@@ -104,7 +104,7 @@ def test_a_guess_finds_a_non_monotone_first_dip():
         assert steps_to_target(p, opt, 1, 0.05, guess=guess) == first
 
 
-@pytest.mark.parametrize("bad", [0, -3, math.inf, math.nan])
+@pytest.mark.parametrize("bad", [0, -3, math.inf, math.nan, "10", 2j])
 def test_bad_guess(small, bad):
     with pytest.raises(ValueError, match="guess"):
         steps_to_target(small, nqm.Optimizer(0.5), 1, 0.1, guess=bad)
