@@ -120,7 +120,7 @@ class _Direction(NamedTuple):
     workspace: Workspace | None = None
 
 
-# parameter dtypes that are their own statistics dtype (skips a dispatcher call)
+# parameter dtypes the workspace takes: their own statistics dtype
 _STAT_DTYPES = (torch.float32, torch.float64)
 _INVERSE_TYPES = {
     "eigen": EigenInverse,
@@ -519,7 +519,7 @@ class KFAC(torch.optim.Optimizer):
         set of parameters with gradients takes the general path."""
         keys = tuple(grads)
         ws = self._workspace
-        if ws is not None and ws.matches(keys):
+        if ws is not None and _same(ws.params, keys):
             return ws
         miss = self._workspace_miss
         if miss is not None and _same(miss, keys):
@@ -590,9 +590,7 @@ class KFAC(torch.optim.Optimizer):
         for key, block, ps in self._block_params:
             if any(p not in grads for p in ps):
                 continue
-            dtype = ps[0].dtype
-            if dtype not in _STAT_DTYPES:
-                dtype = stat_dtype_for(dtype)
+            dtype = stat_dtype_for(ps[0].dtype)
             gs = [grads[p] for p in ps]
             if any(g.dtype != dtype for g in gs):
                 gs = [g.to(dtype) for g in gs]
@@ -633,8 +631,9 @@ class KFAC(torch.optim.Optimizer):
         pairs += [(g, g) for p, g in grads.items() if p not in covered]
         return _Direction(out, pairs)
 
+    @staticmethod
     def _checked_dot(
-        self, pairs: list[tuple[Tensor, Tensor]], with_grads: bool, with_dot: bool
+        pairs: list[tuple[Tensor, Tensor]], with_grads: bool, with_dot: bool
     ) -> tuple[bool, float]:
         """Whether every ``v`` (and ``g`` if ``with_grads``) is finite, and ``vᵀg``.
 
@@ -843,7 +842,7 @@ class KFAC(torch.optim.Optimizer):
         if ws is not None:
             ws.adopt_momentum(self.state)
             ws.momentum.mul_(beta).add_(ws.direction, alpha=nu)
-            return ws.param_list, ws.momentum_views
+            return ws.params, ws.momentum_views
         params, bufs, dirs = [], [], []
         for p, v in direction.per_param.items():
             state = self.state[p]

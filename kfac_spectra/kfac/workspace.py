@@ -66,8 +66,7 @@ class Workspace:
         blocks: Sequence[tuple[str, CurvatureBlock, tuple[Tensor, ...]]],
         params: Sequence[Tensor],
     ) -> None:
-        self.params = tuple(params)
-        self.param_list = list(self.params)
+        self.params = list(params)
         first = self.params[0]
         self.dtype, self.device = first.dtype, first.device
         itemsize = first.element_size()
@@ -121,13 +120,6 @@ class Workspace:
 
     def _buffers(self) -> tuple[Tensor, Tensor, Tensor]:
         return self.grad, self.direction, self.momentum
-
-    def matches(self, params: Sequence[Tensor]) -> bool:
-        """Whether ``params`` are this workspace's parameters (by identity), in
-        its order."""
-        return len(params) == len(self.params) and all(
-            a is b for a, b in zip(params, self.params, strict=True)
-        )
 
     def load(self, grads: Sequence[Tensor]) -> None:
         """Copy the gradients (in parameter order) into ``G``; plain ones into ``X``."""

@@ -48,6 +48,8 @@ __all__ = [
 
 def stat_dtype_for(dtype: torch.dtype) -> torch.dtype:
     """Statistics dtype: float32 or better (float64 stays float64)."""
+    if dtype in (torch.float32, torch.float64):  # the usual case, no dispatcher call
+        return dtype
     return torch.promote_types(dtype, torch.float32)
 
 

@@ -200,22 +200,22 @@ class ConvBlock(DenseBlock):
         """``Σ ĝ ĝᵀ``; expand: ``M Mᵀ`` with ``M = ĝ`` as ``(C_out, N·T)``."""
         if self.approx == KFACApprox.REDUCE:
             return super().grad_gram(g)
+        g = self._grad_locations(g)
+        # (N, C, T) -> (C, N·T): copies runs of T, where the rows (N·T, C) of
+        # grad_rows would copy single elements
+        return gram(g.transpose(0, 1).reshape(g.shape[1], -1).T)
+
+    def _grad_locations(self, g: Tensor) -> Tensor:
+        """The output gradient as ``(N, out, T)`` (T locations), stat dtype."""
         nd = len(self.module.kernel_size)
         g = g.to(self.stat_dtype)
         if g.ndim == nd + 1:
             g = g[None]
-        # (N, C, T) -> (C, N·T): copies runs of T, where the rows (N·T, C) of
-        # grad_rows would copy single elements
-        mat = g.reshape(g.shape[0], g.shape[1], -1).transpose(0, 1)
-        return gram(mat.reshape(g.shape[1], -1).T)
+        return g.reshape(g.shape[0], g.shape[1], -1)
 
     def grad_rows(self, g: Tensor) -> Tensor:
         """Per-location rows (expand) or per-example sums over locations (reduce)."""
-        nd = len(self.module.kernel_size)
-        g = g.to(self.stat_dtype)
-        if g.ndim == nd + 1:
-            g = g[None]
-        g = g.reshape(g.shape[0], g.shape[1], -1)  # (N, out, T)
+        g = self._grad_locations(g)  # (N, out, T)
         if self.approx == KFACApprox.REDUCE:
             return g.sum(dim=2)
         return g.transpose(1, 2).reshape(-1, g.shape[1])
