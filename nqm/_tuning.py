@@ -183,12 +183,16 @@ def _t_grid():
 _SURROGATE_RTOL = 1e-8
 
 
-def _loss(problem, space, x, t, b, rtol=CLOSED_FORM_RTOL):
-    a, be, g = space.params(x)
-    d, n = risk_terms(problem, a, be, g, space.p, int(t), rtol=rtol)
+def _losses(d, n, b):
+    """:math:`L_B = D + N/B` (broadcast), ``inf`` where it is not finite."""
     with np.errstate(over="ignore", invalid="ignore"):
         val = d + n / b
     return np.where(np.isfinite(val), val, np.inf)
+
+
+def _loss(problem, space, x, t, b, rtol=CLOSED_FORM_RTOL):
+    a, be, g = space.params(x)
+    return _losses(*risk_terms(problem, a, be, g, space.p, int(t), rtol=rtol), b)
 
 
 def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
@@ -284,9 +288,7 @@ def _row_minima(surr, space, X, L, bs_sel, t, counter):
         a, be, g = space.params(x)
         d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
         counter[0] += d.size
-        with np.errstate(over="ignore", invalid="ignore"):
-            val = d.reshape(k, n_rows) + n.reshape(k, n_rows) / b_col
-        return np.where(np.isfinite(val), val, np.inf)
+        return _losses(d.reshape(k, n_rows), n.reshape(k, n_rows), b_col)
 
     def keep(uu, val):
         better = val < best_l
@@ -322,9 +324,8 @@ def _profile(surr, space, X, t, bs_sel, counter, keep=1):
     a, be, g = space.params(X.reshape(-1, space.dim))
     d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
     counter[0] += d.size
-    with np.errstate(over="ignore", invalid="ignore"):
-        L = d[None, :] + n[None, :] / bs_sel[:, None]
-    L = np.where(np.isfinite(L), L, np.inf).reshape((bs_sel.size,) + X.shape[:2])
+    L = _losses(d[None, :], n[None, :], bs_sel[:, None])
+    L = L.reshape((bs_sel.size,) + X.shape[:2])
     xr, lr = _row_minima(surr, space, X, L, bs_sel, t, counter)
     r = np.argsort(lr, axis=1, kind="stable")[:, :keep]
     k = np.arange(bs_sel.size)[:, None]
@@ -352,19 +353,21 @@ def _tune_constant(
             break
         d, n = risk_terms(surr, a, be, g, p, int(t), rtol=_SURROGATE_RTOL)
         counter[0] += X.shape[0]
-        with np.errstate(over="ignore", invalid="ignore"):
-            L = d[None, :] + n[None, :] / bs[:, None]
-        L = np.where(np.isfinite(L), L, np.inf)
+        L = _losses(d[None, :], n[None, :], bs[:, None])
         # the previous grid step's best loss (a failure) closes each bracket below
-        lo_min = [
-            math.inf if prev_L is None else float(prev_L[i].min()) for i in range(n_b)
-        ]
+        lo_min = np.full(n_b, math.inf) if prev_L is None else prev_L.min(axis=1)
         near = []
         for i in range(n_b):
             if bracket[i] is None:
                 j = int(np.argmin(L[i]))
                 if L[i, j] <= target:
-                    bracket[i] = (prev_t, int(t), X[j], lo_min[i], float(L[i, j]))
+                    bracket[i] = (
+                        prev_t,
+                        int(t),
+                        X[j],
+                        float(lo_min[i]),
+                        float(L[i, j]),
+                    )
                 elif L[i, j] <= _NEAR * target:
                     near.append(i)
         if near:  # a minimum narrower than the grid may already reach the target
@@ -375,7 +378,13 @@ def _tune_constant(
             for k, i in enumerate(near):
                 r = int(np.argmin(lr[k]))
                 if lr[k, r] <= target:
-                    bracket[i] = (prev_t, int(t), xr[k, r], lo_min[i], float(lr[k, r]))
+                    bracket[i] = (
+                        prev_t,
+                        int(t),
+                        xr[k, r],
+                        float(lo_min[i]),
+                        float(lr[k, r]),
+                    )
         prev_t = int(t)
         prev_L = L
     results = []
@@ -678,12 +687,18 @@ def _tune_schedule_lbfgs(
             PiecewiseConstant(bounds, tuple(float(v) for v in values)), precond_power=p
         )
         # only an improvement on the baseline matters: stop the search below it
-        limit = None if math.isinf(base.steps) else max(int(base.steps) - 1, 0)
+        limit = _below(base.steps)
         steps = steps_to_target(problem, cand, b, target, max_steps=limit)
         if base.steps <= steps:
             steps, cand = base.steps, base.optimizer
         results.append(TuneResult(steps, cand, fam, float(b), p, target, counter[0]))
     return results
+
+
+def _below(steps):
+    """``max_steps`` for a certification that only matters if it needs fewer than
+    ``steps``: one step fewer (``None``, no limit, when ``steps`` is ``inf``)."""
+    return None if math.isinf(steps) else max(int(steps) - 1, 0)
 
 
 def _piece_bounds_fixed(total: int, pieces: int):
@@ -821,7 +836,7 @@ def _monotone(problem, bs, target, results):
             continue
         if out[cur].steps == 0:
             continue
-        limit = None if math.isinf(out[cur].steps) else int(out[cur].steps) - 1
+        limit = _below(out[cur].steps)
         steps = steps_to_target(
             problem, cand, bs[cur], target, max_steps=limit, guess=limit or None
         )

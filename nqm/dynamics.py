@@ -98,14 +98,21 @@ def _modes(problem: NQMProblem, precond_power: float):
 
 
 def _feature_groups(beta, gamma):
-    """Split hyperparameter settings by which state components they need."""
+    """Split hyperparameter settings by which state components they need.
+
+    Returns ``{Features: mask}``; the mask is ``None`` when every setting needs
+    the same components (nothing to select: one setting, as in local searches,
+    or a uniform grid).
+    """
+    if beta.size == 1:
+        return {Features(bool(beta.flat[0] > 0), bool(gamma.flat[0] > 0)): None}
     groups = {}
     for mom in (False, True):
         for ema in (False, True):
             mask = ((beta > 0) == mom) & ((gamma > 0) == ema)
             if np.any(mask):
                 groups[Features(mom, ema)] = mask
-    return groups
+    return dict.fromkeys(groups) if len(groups) == 1 else groups
 
 
 # ---------------------------------------------------------- constant-lr path
@@ -427,29 +434,22 @@ def risk_terms(
     scalar_t = t.ndim == 0
     t = np.atleast_1d(t)
     hh, wd, wn = _modes(problem, float(precond_power))
-    if alpha.size == 1:  # one setting (local searches): no grouping or masking
-        feats = Features(bool(beta.flat[0] > 0), bool(gamma.flat[0] > 0))
-        D, N = _constant_terms(
-            hh, wd, wn, *(v.reshape(1) for v in (alpha, beta, gamma)), feats, t, rtol
-        )
-        D, N = D.reshape(alpha.shape + t.shape), N.reshape(alpha.shape + t.shape)
-    else:
-        D, N = _grouped_terms(hh, wd, wn, alpha, beta, gamma, t, rtol)
-    if scalar_t:
-        return D[..., 0], N[..., 0]
-    return D, N
-
-
-def _grouped_terms(hh, wd, wn, alpha, beta, gamma, t, rtol):
-    """D and N for settings of mixed state layouts, one group per layout."""
     D = np.empty(alpha.shape + t.shape)
     N = np.empty_like(D)
     for feats, mask in _feature_groups(beta, gamma).items():
-        d, n = _constant_terms(
-            hh, wd, wn, alpha[mask], beta[mask], gamma[mask], feats, t, rtol
+        sel = (
+            (v.reshape(-1) for v in (alpha, beta, gamma))
+            if mask is None
+            else (v[mask] for v in (alpha, beta, gamma))
         )
-        D[mask] = d
-        N[mask] = n
+        d, n = _constant_terms(hh, wd, wn, *sel, feats, t, rtol)
+        if mask is None:
+            D, N = d.reshape(D.shape), n.reshape(N.shape)
+        else:
+            D[mask] = d
+            N[mask] = n
+    if scalar_t:
+        return D[..., 0], N[..., 0]
     return D, N
 
 
