@@ -530,7 +530,8 @@ def _schedule_values(fam, params, pieces):
 def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
     """Exact SGD risk after piecewise-constant lrs, differentiable (torch).
 
-    lrs: (n_b, K); lengths: (n_b, K) integers (0 allowed); returns (n_b,).
+    hh, wd, wn: (M,) modes shared by every row, or (R, M) per row; lrs: (R, K);
+    lengths: (R, K) integers (0 allowed); bs: (R,); returns (R,).
 
     Piece k multiplies each mode's mean response by :math:`f_k = e^{x_k}`,
     :math:`x_k = 2 L_k \\log|1 - \\alpha_k h|`, and adds the noise response
@@ -540,11 +541,13 @@ def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
               V = \\sum_k g_k\\, e^{\\sum_{j > k} x_j},
 
     so all pieces are evaluated at once (suffix sums of :math:`x`) instead of one
-    small operation per piece.
+    small operation per piece. Each row's value depends on its own inputs only
+    (sums run within rows).
     """
     import torch
 
-    s = lrs[:, :, None] * hh[None, None, :]  # (n_b, K, M)
+    per_row = hh.ndim == 2
+    s = lrs[:, :, None] * (hh[:, None, :] if per_row else hh[None, None, :])
     la = torch.where(
         s < 1.0,
         torch.log1p(-torch.clamp(s, max=1.0 - 1e-16)),
@@ -560,7 +563,7 @@ def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
     after = torch.cat([rev[:, 1:], torch.zeros_like(rev[:, :1])], dim=1)
     v_d = torch.exp(rev[:, 0, :])
     v_n = (g * torch.exp(after)).sum(dim=1)
-    return v_d @ wd + (v_n @ wn) / bs
+    return (v_d * wd).sum(dim=1) + (v_n * wn).sum(dim=1) / bs
 
 
 def _torch_device(device):
@@ -576,123 +579,182 @@ def _torch_device(device):
     return dev
 
 
-def _tune_schedule(problem, fam, bs, target, p, baseline, **kw):
-    """Schedules by L-BFGS in torch, on one intra-op thread (restored after).
+def tune_schedules(problem, fam, bs, target, powers, baselines, **kw):
+    """Schedules for every (power, batch size) at once: one batched L-BFGS.
 
-    The tensors are small (batch sizes x surrogate bins): with several threads,
-    every operation pays thread synchronisation, and on a loaded machine an
-    operation waits for a descheduled thread (measured: 7x slower overall).
+    Args:
+        problem: the NQM.
+        fam: ``Family.PWC`` or ``Family.LINEAR_DECAY``.
+        bs: batch sizes, shape ``(n_B,)``.
+        target: the target loss.
+        powers: precondition powers, ``(n_P,)``.
+        baselines: per power, SGD's results at every batch size (a schedule
+            contains the constant lr, so it starts there and is never worse).
+        **kw: ``surrogate_bins``, ``pieces``, ``stairs``, ``device``.
+
+    Returns:
+        Per power, the list of :class:`TuneResult` over ``bs``.
+
+    Every (power, batch size) is one row of a single tensor program (on
+    ``device``); rows are independent problems with their own L-BFGS state and
+    line search, so a row's result does not depend on what it is stacked with.
+    Runs torch on one intra-op thread (restored after): the tensors are small, and
+    with several threads every operation pays synchronisation, and on a loaded
+    machine waits for a descheduled thread (measured: 7x slower overall).
     """
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _tune_schedule_lbfgs(problem, fam, bs, target, p, baseline, **kw)
+        return _tune_schedules_lbfgs(problem, fam, bs, target, powers, baselines, **kw)
     finally:
         torch.set_num_threads(threads)
 
 
-def _tune_schedule_lbfgs(
-    problem, fam, bs, target, p, baseline, *, surrogate_bins, pieces, stairs, device
-):
+def _row_modes(problem, powers, n_b, f64):
+    """Per-row (hh, wd, wn), each (n_P * n_B, M), rows ordered power-major.
+
+    Powers whose modes merge to fewer than M (p = 1: one) are padded by
+    repeating their last mode with zero weights, which adds exactly 0.
+    """
     import torch
 
+    modes = [_modes(problem, p) for p in powers]
+    width = max(m[0].size for m in modes)
+    rows = []
+    for hh, wd, wn in modes:
+        pad = width - hh.size
+        hh = np.concatenate([hh, np.full(pad, hh[-1])])
+        wd, wn = (np.concatenate([w, np.zeros(pad)]) for w in (wd, wn))
+        rows.append(np.stack([hh, wd, wn]))
+    stacked = np.repeat(np.stack(rows), n_b, axis=0)  # (n_P * n_B, 3, M)
+    return tuple(torch.tensor(stacked[:, i], **f64) for i in range(3))
+
+
+def _tune_schedules_lbfgs(
+    problem, fam, bs, target, powers, baselines, *, surrogate_bins, pieces, stairs,
+    device,
+):  # fmt: skip
+    import torch
+
+    from ._lbfgs import batched_lbfgs
+
     f64 = {"dtype": torch.float64, "device": device}
-    surr = _surrogate(problem, surrogate_bins)
-    hh_s, wd_s, wn_s = (torch.tensor(np.array(x), **f64) for x in _modes(surr, p))
-    hh_max = float(_modes(problem, p)[0].max())
-    a_max = 2.0 / hh_max
-    k = pieces if fam is Family.PWC else stairs
+    powers = [float(p) for p in powers]
     n_b = bs.size
-    counter = [0]
-    # Start every batch size from its tuned constant lr (a schedule contains it).
-    hi = np.array([r.steps if math.isfinite(r.steps) else MAX_STEPS for r in baseline])
+    n_rows = len(powers) * n_b
+    surr = _surrogate(problem, surrogate_bins)
+    hh_s, wd_s, wn_s = _row_modes(surr, powers, n_b, f64)
+    a_max = np.repeat([2.0 / float(_modes(problem, p)[0].max()) for p in powers], n_b)
+    a_max_t = torch.tensor(a_max, **f64)
+    bs_t = torch.tensor(np.tile(bs, len(powers)), **f64)
+    k = pieces if fam is Family.PWC else stairs
+    base = [r for results in baselines for r in results]  # row order
+    # Start every row from its tuned constant lr (a schedule contains it).
+    hi = np.array([r.steps if math.isfinite(r.steps) else MAX_STEPS for r in base])
     frac = np.array(
         [
-            r.optimizer.schedule.lr / a_max if r.optimizer is not None else 0.5
-            for r in baseline
+            r.optimizer.schedule.lr / a if r.optimizer is not None else 0.5
+            for r, a in zip(base, a_max, strict=True)
         ]
     )
     frac = np.clip(frac, 1e-9, 1 - 1e-9)
     logit = np.log(frac) - np.log1p(-frac)
     if fam is Family.PWC:
-        init = np.repeat(logit[:, None], k, axis=1)
+        best = np.repeat(logit[:, None], k, axis=1)
     else:
         # decay starts at sigmoid(2) ~ 0.88: near the constant lr, but not where the
         # sigmoid saturates (at sigmoid(6) L-BFGS barely moved it: 2.3x more steps).
-        init = np.stack([logit, np.full(n_b, 2.0)], axis=1)
-    best = init.copy()
-    lo = np.zeros(n_b, dtype=np.int64)
+        best = np.stack([logit, np.full(n_rows, 2.0)], axis=1)
+    lo = np.zeros(n_rows, dtype=np.int64)
     hi = hi.astype(np.int64)
-    bs_t = torch.as_tensor(bs, **f64)
-    active = np.isfinite(hi) & (hi > 1)
+    active = hi > 1
+    evaluations = 0
+    # Bisection on each row's run length; every probe minimises log L of the
+    # rows still searching at their own midpoints, all in one batched L-BFGS.
     while True:
         todo = active & (hi - lo > np.maximum(1, (1e-3 * hi).astype(np.int64)))
         if not np.any(todo):
             break
-        mid = np.where(todo, (lo + hi) // 2, hi)
-        lengths = np.stack([np.diff(_piece_bounds_fixed(int(m), k)) for m in mid])
-        lengths_t = torch.as_tensor(lengths, **f64)
-        params = torch.tensor(best, **f64, requires_grad=True)
-        opt = torch.optim.LBFGS(
-            [params],
-            lr=1.0,
-            max_iter=60,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-10,
-            tolerance_change=1e-12,
+        rows = np.flatnonzero(todo)
+        mid = (lo[rows] + hi[rows]) // 2
+        lengths = torch.tensor(
+            np.stack([np.diff(_piece_bounds_fixed(int(m), k)) for m in mid]), **f64
         )
+        rows_t = torch.as_tensor(rows, device=device)
+        sel = (hh_s[rows_t], wd_s[rows_t], wn_s[rows_t])
+        scale, sizes = a_max_t[rows_t], bs_t[rows_t]
 
-        def closure(opt=opt, params=params, lengths_t=lengths_t):
-            opt.zero_grad()
-            lrs = a_max * _schedule_values(fam, params, k)
-            loss = _torch_piecewise_loss(hh_s, wd_s, wn_s, lrs, lengths_t, bs_t)
-            obj = torch.log(loss).sum()
-            obj.backward()
-            counter[0] += n_b
-            return obj
+        def objective(params, idx, sel=sel, scale=scale, sizes=sizes, lengths=lengths):
+            lrs = scale[idx, None] * _schedule_values(fam, params, k)
+            hh, wd, wn = (m[idx] for m in sel)
+            loss = _torch_piecewise_loss(hh, wd, wn, lrs, lengths[idx], sizes[idx])
+            return torch.log(loss)
 
-        opt.step(closure)
-        with torch.no_grad():
-            lrs = a_max * _schedule_values(fam, params, k)
-            loss = _torch_piecewise_loss(hh_s, wd_s, wn_s, lrs, lengths_t, bs_t)
-        loss = loss.cpu().numpy()
-        ok = todo & (loss <= target)
-        best[ok] = params.detach().cpu().numpy()[ok]
-        hi = np.where(ok, mid, hi)
-        lo = np.where(todo & ~ok, mid, lo)
-    results = []
-    for i, b in enumerate(bs):
-        base = baseline[i]
-        if not active[i]:
+        res = batched_lbfgs(
+            objective, torch.tensor(best[rows], **f64), max_iter=200, tol_grad=1e-10,
+            tol_change=1e-12,
+        )  # fmt: skip
+        evaluations += res.evaluations
+        ok = (torch.exp(res.f) <= target).cpu().numpy()
+        best[rows[ok]] = res.x.cpu().numpy()[ok]
+        hi[rows[ok]] = mid[ok]
+        lo[rows[~ok]] = mid[~ok]
+    out = []
+    for j, p in enumerate(powers):
+        results = []
+        for i, b in enumerate(bs):
+            r = j * n_b + i
             results.append(
-                TuneResult(
-                    base.steps, base.optimizer, fam, float(b), p, target, counter[0]
-                )
+                _certified_schedule(
+                    problem,
+                    fam,
+                    b,
+                    target,
+                    p,
+                    base[r],
+                    best[r],
+                    hi[r],
+                    a_max[r],
+                    k,
+                    active[r],
+                    evaluations,
+                    f64,
+                )  # fmt: skip
             )
-            continue
-        with torch.no_grad():
-            vals = (
-                (a_max * _schedule_values(fam, torch.tensor(best[i : i + 1], **f64), k))
-                .cpu()
-                .numpy()[0]
-            )
-        edges = _piece_bounds_fixed(int(hi[i]), k)
-        keep = np.diff(edges) > 0  # runs shorter than k steps leave empty pieces
-        starts = edges[:-1][keep]  # starts[0] == 0: empty pieces all start at 0
-        values = vals[keep]
-        bounds = tuple(int(x) for x in starts[1:])
-        cand = Optimizer(
-            PiecewiseConstant(bounds, tuple(float(v) for v in values)), precond_power=p
-        )
-        # only an improvement on the baseline matters: stop the search below it
-        limit = _below(base.steps)
-        steps = steps_to_target(problem, cand, b, target, max_steps=limit)
-        if base.steps <= steps:
-            steps, cand = base.steps, base.optimizer
-        results.append(TuneResult(steps, cand, fam, float(b), p, target, counter[0]))
-    return results
+        out.append(results)
+    return out
+
+
+def _certified_schedule(
+    problem, fam, b, target, p, base, params, steps, a_max, k, active, evaluations,
+    f64,
+):  # fmt: skip
+    """The exact steps of a row's schedule, or its baseline when not better."""
+    import torch
+
+    if not active:
+        return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
+                          evaluations)  # fmt: skip
+    with torch.no_grad():
+        vals = a_max * _schedule_values(fam, torch.tensor(params[None], **f64), k)
+    vals = vals.cpu().numpy()[0]
+    edges = _piece_bounds_fixed(int(steps), k)
+    keep = np.diff(edges) > 0  # runs shorter than k steps leave empty pieces
+    starts = edges[:-1][keep]  # starts[0] == 0: empty pieces all start at 0
+    cand = Optimizer(
+        PiecewiseConstant(
+            tuple(int(x) for x in starts[1:]), tuple(float(v) for v in vals[keep])
+        ),
+        precond_power=p,
+    )
+    # only an improvement on the baseline matters: stop the search below it
+    found = steps_to_target(problem, cand, b, target, max_steps=_below(base.steps))
+    if base.steps <= found:
+        return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
+                          evaluations)  # fmt: skip
+    return TuneResult(found, cand, fam, float(b), p, target, evaluations)
 
 
 def _below(steps):
@@ -707,6 +769,13 @@ def _piece_bounds_fixed(total: int, pieces: int):
 
 
 # ------------------------------------------------------------------ driver
+def _check_options(surrogate_bins, pieces, stairs):
+    if int(surrogate_bins) < 8:
+        raise ValueError("surrogate_bins must be >= 8")
+    if int(pieces) < 1 or int(stairs) < 1:
+        raise ValueError("pieces and stairs must be positive integers")
+
+
 def tune(
     problem: NQMProblem,
     fam: Family,
@@ -732,12 +801,58 @@ def tune(
     batch size is never worse than any of them. ``device`` is the torch device of
     the schedule families' L-BFGS (the constant-lr families run in numpy).
     """
-    if int(surrogate_bins) < 8:
-        raise ValueError("surrogate_bins must be >= 8")
-    if int(pieces) < 1 or int(stairs) < 1:
-        raise ValueError("pieces and stairs must be positive integers")
+    (out,) = tune_powers(
+        problem,
+        fam,
+        bs,
+        target,
+        [p],
+        surrogate_bins=surrogate_bins,
+        grid=grid,
+        pieces=pieces,
+        stairs=stairs,
+        polish=polish,
+        baselines=None if baseline is None else [baseline],
+        fixed_momentum=fixed_momentum,
+        contained=None if contained is None else [contained],
+        device=device,
+    )
+    return out
+
+
+def tune_powers(
+    problem: NQMProblem,
+    fam: Family,
+    bs: np.ndarray,
+    target: float,
+    powers,
+    *,
+    surrogate_bins: int = 128,
+    grid=None,
+    pieces: int = 10,
+    stairs: int = 64,
+    polish: int = 1,
+    baselines=None,
+    fixed_momentum=None,
+    contained=None,
+    device="cpu",
+):
+    """:func:`tune` at every power of ``powers``: a list of result lists.
+
+    ``baselines`` and ``contained`` hold one entry per power (each what
+    :func:`tune` takes as ``baseline``/``contained``). The schedule families
+    tune every (power, batch size) in one batched L-BFGS
+    (:func:`tune_schedules`); the constant-lr families tune one power after the
+    other, since different powers are different problems (different ĥ) and share
+    no evaluations. Results equal those of :func:`tune` power by power.
+    """
+    _check_options(surrogate_bins, pieces, stairs)
+    powers = [float(p) for p in powers]
     kw = dict(surrogate_bins=int(surrogate_bins))
     dev = _torch_device(device) if fam in (Family.PWC, Family.LINEAR_DECAY) else None
+    for name, given in (("baselines", baselines), ("contained", contained)):
+        if given is not None and len(given) != len(powers):
+            raise ValueError(f"{name} must hold one entry per power")
     if contained is not None and (
         fam is not Family.MOMENTUM_EMA or fixed_momentum is not None
     ):
@@ -754,71 +869,93 @@ def tune(
         if not 0.0 < beta < 1.0:
             raise ValueError(f"fixed_momentum must lie in (0, 1), got {beta!r}")
         # A fixed momentum does not contain SGD: no baseline to nest.
-        own = _tune_constant(
-            problem, fam, bs, target, p, grid=grid, polish=polish,
-            fixed_momentum=beta, **kw,
-        )  # fmt: skip
-        return _monotone(problem, bs, target, own)
+        return [
+            _monotone(
+                problem, bs, target,
+                _tune_constant(
+                    problem, fam, bs, target, p, grid=grid, polish=polish,
+                    fixed_momentum=beta, **kw,
+                ),
+            )
+            for p in powers
+        ]  # fmt: skip
     if fam is Family.SGD:
-        return _monotone(
-            problem,
-            bs,
-            target,
-            _tune_constant(problem, fam, bs, target, p, grid=grid, polish=polish, **kw),
-        )
-    if baseline is None:
-        baseline = _tune_constant(
-            problem, Family.SGD, bs, target, p, grid=None, polish=polish, **kw
-        )
-    if len(baseline) != bs.size:
-        raise ValueError("baseline must hold one result per batch size")
+        return [
+            _monotone(
+                problem, bs, target,
+                _tune_constant(
+                    problem, fam, bs, target, p, grid=grid, polish=polish, **kw
+                ),
+            )
+            for p in powers
+        ]  # fmt: skip
+    if baselines is None:
+        baselines = [
+            _tune_constant(
+                problem, Family.SGD, bs, target, p, grid=None, polish=polish, **kw
+            )
+            for p in powers
+        ]
+    for baseline in baselines:
+        if len(baseline) != bs.size:
+            raise ValueError("baseline must hold one result per batch size")
     if fam in (Family.PWC, Family.LINEAR_DECAY):
-        own = _tune_schedule(
+        owns = tune_schedules(
             problem,
             fam,
             bs,
             target,
-            p,
-            baseline,
+            powers,
+            baselines,
             pieces=int(pieces),
             stairs=int(stairs),
             device=dev,
             **kw,
         )
     else:
-        own = _tune_constant(
-            problem, fam, bs, target, p, grid=grid, polish=polish, **kw
-        )
-    nested = [baseline]
-    if fam is Family.MOMENTUM_EMA:
-        if contained is None:
-            contained = [
-                tune(
-                    problem,
-                    sub,
-                    bs,
-                    target,
-                    p,
-                    grid=None,
-                    polish=polish,
-                    baseline=baseline,
-                    **kw,
-                )  # fmt: skip
-                for sub in (Family.MOMENTUM, Family.EMA)
-            ]
-        for results in contained:
-            if len(results) != bs.size:
-                raise ValueError("contained results must hold one per batch size")
-        nested += list(contained)
+        owns = [
+            _tune_constant(problem, fam, bs, target, p, grid=grid, polish=polish, **kw)
+            for p in powers
+        ]
+    out = []
+    for j, (p, own) in enumerate(zip(powers, owns, strict=True)):
+        nested = [baselines[j]]
+        if fam is Family.MOMENTUM_EMA:
+            inner = None if contained is None else contained[j]
+            if inner is None:
+                inner = [
+                    tune(
+                        problem, sub, bs, target, p, grid=None, polish=polish,
+                        baseline=baselines[j], **kw,
+                    )
+                    for sub in (Family.MOMENTUM, Family.EMA)
+                ]  # fmt: skip
+            for results in inner:
+                if len(results) != bs.size:
+                    raise ValueError("contained results must hold one per batch size")
+            nested += list(inner)
+        out.append(_monotone(problem, bs, target, _nest(own, nested)))
+    return out
+
+
+def _nest(own, nested):
+    """At each batch size, the best of ``own`` and of the contained families'
+    results (reported as ``own``'s family)."""
     merged = []
     for i, o in enumerate(own):
         best = min((r[i] for r in nested), key=lambda r: r.steps)
         if best.steps < o.steps:
             o = TuneResult(
-                best.steps, best.optimizer, fam, o.batch_size, p, target, o.evaluations
+                best.steps,
+                best.optimizer,
+                o.family,
+                o.batch_size,
+                o.precond_power,
+                o.target,
+                o.evaluations,
             )
         merged.append(o)
-    return _monotone(problem, bs, target, merged)
+    return merged
 
 
 def _monotone(problem, bs, target, results):

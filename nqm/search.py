@@ -366,7 +366,12 @@ def best_steps(
         batch_size: :math:`B \\ge 1`, or a sequence of them (vectorised; returns a
             list).
         target: loss to reach (``> 0``).
-        precond_power: :math:`p \\in [0, 1]`.
+        precond_power: :math:`p \\in [0, 1]`, or a sequence of powers (returns
+            one result, or one list over batch sizes, per power). ``pwc`` and
+            ``linear_decay`` then tune every (power, batch size) in one batched
+            L-BFGS; the constant-lr families tune the powers in turn (different
+            powers share no evaluations). Results equal those of one call per
+            power.
         **options: ``surrogate_bins`` (128; modes of the binned surrogate),
             ``grid`` (per-coordinate grid sizes), ``pieces`` (10, for ``pwc``),
             ``stairs`` (64, for ``linear_decay``), ``polish`` (1; rounds of local
@@ -382,13 +387,17 @@ def best_steps(
             ``linear_decay`` run their L-BFGS, e.g. ``"cuda"``). See
             :mod:`nqm._tuning`.
 
+    With a sequence of powers, ``baseline`` and ``contained`` hold one entry per
+    power.
+
     Returns:
-        A :class:`TuneResult`, or a list of them for a sequence of batch sizes.
+        A :class:`TuneResult`, or a list of them for a sequence of batch sizes;
+        for a sequence of powers, a list of those, one per power.
 
     Raises:
         ValueError: for an unknown family, a bad target, batch size or power.
     """
-    from ._tuning import tune
+    from ._tuning import tune_powers
 
     try:
         fam = Family(family)
@@ -397,10 +406,30 @@ def best_steps(
             f"unknown family {family!r}; choose from {[f.value for f in Family]}"
         ) from None
     tg = _check_target(target)
-    p = float(precond_power)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"precond_power must lie in [0, 1], got {precond_power!r}")
+    one_power = np.ndim(precond_power) == 0
+    try:
+        powers = np.atleast_1d(np.asarray(precond_power, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"precond_power must be a number or a sequence, got {precond_power!r}"
+        ) from None
+    if powers.ndim != 1 or powers.size == 0:
+        raise ValueError(
+            f"precond_power must be a number or a non-empty 1-D sequence, "
+            f"got {precond_power!r}"
+        )
+    for p in powers:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"precond_power must lie in [0, 1], got {p!r}")
     scalar = np.ndim(batch_size) == 0
     bs = np.atleast_1d(validate_batch_size(batch_size)).astype(np.float64)
-    results = tune(problem, fam, bs, tg, p, **options)
-    return results[0] if scalar else results
+    opts = dict(options)
+    if one_power:
+        for name, many in (("baseline", "baselines"), ("contained", "contained")):
+            if opts.get(name) is not None:
+                opts[many] = [opts.pop(name)]
+    else:
+        opts["baselines"] = opts.pop("baseline", None)
+    results = tune_powers(problem, fam, bs, tg, powers.tolist(), **opts)
+    per_power = [r[0] if scalar else r for r in results]
+    return per_power[0] if one_power else per_power

@@ -383,3 +383,97 @@ def test_schedule_tuning_on_cuda_matches_cpu(small, family):
     for c, g in zip(cpu, gpu, strict=True):
         assert abs(g.steps - c.steps) <= 1e-3 * c.steps + 1
         assert steps_to_target(small, g.optimizer, g.batch_size, 0.05) == g.steps
+
+
+@pytest.mark.parametrize("family", ["pwc", "linear_decay", "sgd", "ema"])
+def test_a_sequence_of_powers_equals_one_call_per_power(small, family):
+    """Schedules stack every (power, batch size) into one batched L-BFGS whose
+    rows do not interact; constant-lr families loop. Either way the results are
+    those of one call per power: the same steps (schedules' values agree to
+    rounding, which torch may apply in another order for another batch shape)."""
+    powers = [0.0, 0.5, 1.0]
+    bs = [1, 64, 4096]
+    together = best_steps(small, family, bs, 0.05, precond_power=powers)
+    assert len(together) == len(powers)
+    for p, results in zip(powers, together, strict=True):
+        alone = best_steps(small, family, bs, 0.05, precond_power=p)
+        assert [r.steps for r in results] == [r.steps for r in alone]
+        for r, a in zip(results, alone, strict=True):
+            assert r.precond_power == p and r.optimizer.precond_power == p
+            if family in ("sgd", "ema"):  # the same numpy calls: identical
+                assert r.optimizer == a.optimizer
+            else:  # rounding moves L-BFGS along a flat optimum; both certified
+                assert steps_to_target(small, r.optimizer, r.batch_size, 0.05) == (
+                    r.steps
+                )
+    # a scalar batch size gives one result per power
+    single = best_steps(small, family, 64, 0.05, precond_power=powers)
+    assert [r.steps for r in single] == [rs[1].steps for rs in together]
+
+
+@pytest.mark.parametrize("family", ["pwc", "linear_decay"])
+def test_schedule_result_does_not_depend_on_the_other_batch_sizes(small, family):
+    """Each (power, batch size) row has its own L-BFGS: tuned alone or among
+    others, the same steps (a joint L-BFGS over all batch sizes shared one line
+    search, so a row's result depended on the rest)."""
+    from nqm._tuning import tune_schedules
+
+    fam = Family(family)
+    bs = np.array([1.0, 8.0, 64.0, 512.0, 4096.0])
+    kw = {"surrogate_bins": 128, "pieces": 10, "stairs": 64, "device": "cpu"}
+    base = [best_steps(small, "sgd", bs, 0.05, precond_power=0.5)]
+    (many,) = tune_schedules(small, fam, bs, 0.05, [0.5], base, **kw)
+    for i in range(bs.size):
+        (alone,) = tune_schedules(
+            small, fam, bs[i : i + 1], 0.05, [0.5], [base[0][i : i + 1]], **kw
+        )
+        assert alone[0].steps == many[i].steps
+
+
+def test_powers_argument_errors(small):
+    with pytest.raises(ValueError, match="precond_power must lie in"):
+        best_steps(small, "pwc", 1, 0.05, precond_power=[0.0, 1.5])
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        best_steps(small, "pwc", 1, 0.05, precond_power=[[0.0]])
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        best_steps(small, "sgd", 1, 0.05, precond_power=[])
+    base = best_steps(small, "sgd", [1], 0.05)
+    with pytest.raises(ValueError, match="one entry per power"):
+        best_steps(small, "pwc", [1], 0.05, precond_power=[0.0, 1.0], baseline=[base])
+
+
+def test_padded_rows_of_several_powers_equal_exact_dynamics():
+    """Per-row modes (p = 1 merges every mode into one, padded with zero weight)
+    give each row the exact risk of its own preconditioned problem."""
+    import torch
+
+    from nqm._tuning import _row_modes, _torch_piecewise_loss
+
+    prob = nqm.NQMProblem.power_law(30)
+    powers = [0.0, 0.5, 1.0]
+    bs = np.array([2.0, 256.0])
+    f64 = {"dtype": torch.float64, "device": "cpu"}
+    hh, wd, wn = _row_modes(prob, powers, bs.size, f64)
+    assert hh.shape == (len(powers) * bs.size, prob.n_modes)
+    rng = np.random.default_rng(11)
+    k = 4
+    lrs = rng.uniform(0.05, 1.9, size=(hh.shape[0], k))
+    lengths = rng.integers(1, 200, size=(hh.shape[0], k))
+    got = _torch_piecewise_loss(
+        hh,
+        wd,
+        wn,
+        torch.tensor(lrs),
+        torch.tensor(lengths, dtype=torch.float64),
+        torch.tensor(np.tile(bs, len(powers))),
+    ).numpy()
+    for row in range(hh.shape[0]):
+        p, b = powers[row // bs.size], bs[row % bs.size]
+        starts = np.concatenate([[0], np.cumsum(lengths[row])])[:-1]
+        sched = nqm.PiecewiseConstant(
+            tuple(int(x) for x in starts[1:]), tuple(lrs[row])
+        )
+        want = nqm.expected_loss(
+            prob, nqm.Optimizer(sched, precond_power=p), b, int(lengths[row].sum())
+        )
+        assert got[row] == pytest.approx(want, rel=1e-11)
