@@ -250,7 +250,9 @@ def run_study(
     r"""Tune every family at every power, target and batch size.
 
     One call of ``search`` per (family, power, target), vectorised over the batch
-    sizes, so that work shared between batch sizes is done once.
+    sizes, so that work shared between batch sizes is done once; with the
+    default search, ``pwc`` and ``linear_decay`` make one call per target for all
+    powers (one batched L-BFGS over every power and batch size).
 
     Args:
         problem: the NQM.
@@ -273,8 +275,8 @@ def run_study(
 
     Returns:
         Tidy records (:data:`RECORD_COLUMNS`), ordered by family, power, target,
-        batch size. ``seconds`` is the curve's tuning time divided evenly among
-        its batch sizes.
+        batch size. ``seconds`` is the tuning time of the call that produced a
+        record divided evenly among that call's powers and batch sizes.
 
     Raises:
         ValueError: for an unknown family, a target <= 0, a batch size < 1 or a
@@ -299,16 +301,31 @@ def run_study(
         and "baseline" not in options
         and options.get("fixed_momentum") is None
     )
+    # A unit of work is (family, powers, target). The schedule families tune all
+    # powers of a target in one call (one batched L-BFGS over every power and
+    # batch size, see nqm.best_steps); every other curve is a unit of its own.
+    grouped = {
+        (f, t): tuple(pw)
+        for f in fams
+        if share and f in _SCHEDULE_FAMILIES and len(pw) > 1
+        for t in tg
+    }
+    units: list[tuple[Family, tuple[float, ...], float]] = []
+    for f, p, t in jobs:
+        if (f, t) not in grouped:
+            units.append((f, (p,), t))
+        elif p == pw[0]:
+            units.append((f, grouped[(f, t)], t))
+    sgd_units = {(ps[0], t): u for u, (f, ps, t) in enumerate(units) if f is Family.SGD}
     base_keys = {(p, t) for f, p, t in jobs if share and f is not Family.SGD}
-    sgd_jobs = {(p, t): i for i, (f, p, t) in enumerate(jobs) if f is Family.SGD}
-    extra = [k for k in sorted(base_keys) if k not in sgd_jobs]  # baseline only
-    for k in extra:
-        sgd_jobs[k] = len(jobs) + extra.index(k)
-    all_jobs = jobs + [(Family.SGD, p, t) for p, t in extra]
-    first = sorted(sgd_jobs.values()) if share else []
-    rest = [i for i in range(len(jobs)) if i not in set(first)]
-    rest.sort(key=lambda i: _COST_RANK.get(all_jobs[i][0], 0))  # long curves first
-    done: dict[int, list[dict[str, Any]]] = {}
+    for key in sorted(base_keys - set(sgd_units)):  # baselines only, not reported
+        sgd_units[key] = len(units)
+        units.append((Family.SGD, (key[0],), key[1]))
+    first = sorted(sgd_units.values()) if share else []
+    rest = [u for u in range(len(units)) if u not in set(first)]
+    rest.sort(key=lambda u: _COST_RANK.get(units[u][0], 0))  # long curves first
+    reported = set(jobs)
+    done: dict[tuple[Family, float, float], list[dict[str, Any]]] = {}
     baselines: dict[tuple[float, float], Any] = {}
     # momentum_ema also contains momentum and ema: when the study tunes those,
     # it waits for them and is given their results.
@@ -316,20 +333,23 @@ def run_study(
     shared_nested = share and all(f in fams for f in nested)
     tuned: dict[tuple[Family, float, float], Any] = {}
 
-    def ready(i: int) -> bool:
-        fam, p, t = all_jobs[i]
+    def ready(u: int) -> bool:
+        fam, ps, t = units[u]
         if fam is Family.SGD:
             return True
-        if share and (p, t) not in baselines:
+        if share and any((p, t) not in baselines for p in ps):
             return False
         if fam is Family.MOMENTUM_EMA and shared_nested:
-            return all((f, p, t) in tuned for f in nested)
+            return all((f, p, t) in tuned for f in nested for p in ps)
         return True
 
-    def job_options(i: int) -> dict[str, Any]:
-        fam, p, t = all_jobs[i]
-        if fam is Family.SGD or baselines.get((p, t)) is None:
+    def job_options(u: int) -> dict[str, Any]:
+        fam, ps, t = units[u]
+        if fam is Family.SGD or any(baselines.get((p, t)) is None for p in ps):
             return dict(options)
+        if len(ps) > 1:
+            return {**options, "baseline": [baselines[(p, t)] for p in ps]}
+        (p,) = ps
         out = {**options, "baseline": baselines[(p, t)]}
         if fam is Family.MOMENTUM_EMA and shared_nested:
             contained = [tuned.get((f, p, t)) for f in nested]
@@ -337,27 +357,30 @@ def run_study(
                 out["contained"] = contained
         return out
 
-    def finish(i: int, out: tuple[list[dict[str, Any]], Any]) -> None:
-        recs, results = out
-        fam, p, t = all_jobs[i]
-        if fam is Family.SGD:
-            baselines[(p, t)] = results
-        tuned[(fam, p, t)] = results
-        if i < len(jobs):
-            done[i] = recs
+    def finish(u: int, out: list[tuple[list[dict[str, Any]], Any]]) -> int:
+        """Store a unit's curves; returns how many reported curves it held."""
+        fam, ps, t = units[u]
+        for p, (recs, results) in zip(ps, out, strict=True):
+            if fam is Family.SGD:
+                baselines[(p, t)] = results
+            tuned[(fam, p, t)] = results
+            if (fam, p, t) in reported:
+                done[(fam, p, t)] = recs
+        return sum((fam, p, t) in reported for p in ps)
+
+    def label(u: int) -> str:
+        fam, ps, t = units[u]
+        return f"{fam.value} p={','.join(f'{p:g}' for p in ps)} L*={t:g}"
 
     with _progress(len(jobs), "nqm-scaling", progress) as bar:
         if n_workers == 1:
-            for i in first + rest:
-                fam, p, t = all_jobs[i]
-                bar.set_postfix_str(f"{fam.value} p={p:g} L*={t:g}")
-                finish(
-                    i,
-                    _tune_curve(
-                        search, problem, fam, p, bs, t, job_options(i), keep_going
-                    ),
+            for u in first + rest:
+                fam, ps, t = units[u]
+                bar.set_postfix_str(label(u))
+                out = _tune_curves(
+                    search, problem, fam, ps, bs, t, job_options(u), keep_going
                 )
-                bar.update(i < len(jobs))
+                bar.update(finish(u, out))
         else:
             # Curves are independent once their SGD baseline is known: spread them
             # over processes (the tuner is single-threaded numpy).
@@ -370,38 +393,37 @@ def run_study(
                 ) as pool,
             ):
 
-                def submit(i: int):
-                    fam, p, t = all_jobs[i]
+                def submit(u: int):
+                    fam, ps, t = units[u]
                     return pool.submit(
-                        _tune_curve,
+                        _tune_curves,
                         search,
                         problem,
                         fam,
-                        p,
+                        ps,
                         bs,
                         t,
-                        job_options(i),
+                        job_options(u),
                         keep_going,
                     )
 
-                # One curve per worker in flight, so that a curve whose nested
+                # One unit per worker in flight, so that a curve whose nested
                 # results just came in goes before cheaper ones queued earlier.
                 queue = first + rest
                 waiting: dict[Any, int] = {}
                 while queue or waiting:
-                    for i in [i for i in queue if ready(i)]:
+                    for u in [u for u in queue if ready(u)]:
                         if len(waiting) >= n_workers:
                             break
-                        queue.remove(i)
-                        waiting[submit(i)] = i
+                        queue.remove(u)
+                        waiting[submit(u)] = u
                     if not waiting:
                         raise RuntimeError("study scheduling deadlock")  # a bug
                     finished, _ = wait(waiting, return_when=FIRST_COMPLETED)
                     for fut in finished:
-                        i = waiting.pop(fut)
-                        finish(i, fut.result())
-                        bar.update(i < len(jobs))
-    return [rec for i in range(len(jobs)) for rec in done[i]]
+                        u = waiting.pop(fut)
+                        bar.update(finish(u, fut.result()))
+    return [rec for job in jobs for rec in done[job]]
 
 
 #: Thread-pool variables of BLAS/OpenMP, read when a worker imports numpy.
@@ -425,6 +447,9 @@ def _single_threaded_children():
                 os.environ[k] = v
 
 
+#: Families tuned for all powers of a target in one call (batched L-BFGS).
+_SCHEDULE_FAMILIES = (Family.PWC, Family.LINEAR_DECAY)
+
 #: Submission order of curves in parallel studies: the most expensive first,
 #: except that momentum_ema waits for momentum and ema, which it contains.
 _COST_RANK = {
@@ -444,40 +469,69 @@ def _n_workers(workers: int, n_jobs: int) -> int:
     return max(1, min(n, n_jobs))
 
 
-def _tune_curve(
+def _tune_curves(
     search: Callable[..., Any],
     problem: nqm.NQMProblem,
     fam: Family,
-    p: float,
+    powers: Sequence[float],
     bs: list[int],
     t: float,
     options: Mapping[str, Any],
     keep_going: bool = False,
-) -> tuple[list[dict[str, Any]], list[Any] | None]:
-    """Tune one (family, power, target) curve over all batch sizes.
+) -> list[tuple[list[dict[str, Any]], list[Any] | None]]:
+    """Tune the (family, power, target) curves of one unit over all batch sizes.
 
-    Returns the records and the tuner's results (``None`` after a retry).
+    Several powers go to ``search`` as one call (``precond_power`` a list, and
+    ``options["baseline"]`` one entry per power). Returns per power the records
+    and the tuner's results (``None`` after a retry). ``seconds`` in the records
+    is the call's time divided evenly among its powers and batch sizes.
 
-    With ``keep_going``, a curve whose tuner raises is retried one batch size at
-    a time (without a shared baseline), and batch sizes that still fail become
-    records with ``steps = nan`` and the exception in ``error``.
+    With ``keep_going``, a unit whose tuner raises is retried one power at a
+    time, then one batch size at a time (without a shared baseline), and batch
+    sizes that still fail become records with ``steps = nan`` and the exception
+    in ``error``.
     """
     start = time.perf_counter()
+    many = len(powers) > 1
     try:
-        results = search(problem, fam, bs, t, precond_power=p, **options)
+        p_arg = list(powers) if many else powers[0]
+        results = search(problem, fam, bs, t, precond_power=p_arg, **options)
     except Exception as exc:
         if not keep_going:
             raise
         logger.warning(
-            "%s p=%g target=%g failed (%s); retrying per B", fam.value, p, t, exc
+            "%s p=%s target=%g failed (%s); retrying",
+            fam.value,
+            ",".join(f"{p:g}" for p in powers),
+            t,
+            exc,
         )
+        if many:
+            bases = options.get("baseline")
+            return [
+                _tune_curves(
+                    search, problem, fam, [p], bs, t,
+                    {**options, "baseline": None if bases is None else bases[j]},
+                    keep_going,
+                )[0]
+                for j, p in enumerate(powers)
+            ]  # fmt: skip
         single = {
             k: v for k, v in options.items() if k not in ("baseline", "contained")
         }
-        return [_tune_point(search, problem, fam, p, b, t, single) for b in bs], None
+        return [([_tune_point(search, problem, fam, powers[0], b, t, single)
+                  for b in bs], None)]  # fmt: skip
     elapsed = time.perf_counter() - start
-    logger.info("%s p=%g target=%g: %.2fs", fam.value, p, t, elapsed)
-    return [tune_record(r, elapsed / len(bs)) for r in results], results
+    per_power = results if many else [results]
+    logger.info(
+        "%s p=%s target=%g: %.2fs",
+        fam.value,
+        ",".join(f"{p:g}" for p in powers),
+        t,
+        elapsed,
+    )
+    share = elapsed / (len(powers) * len(bs))
+    return [([tune_record(r, share) for r in res], res) for res in per_power]
 
 
 def _tune_point(

@@ -56,6 +56,7 @@ from .search import MAX_STEPS, Family, TuneResult, steps_to_target
 _U_MIN = math.log(1e-9)
 _U_TOP = math.log1p(-1e-9)  # stay just inside the stability edge
 _V_MIN = math.log(1e-6)  # log(1 - beta), log(1 - gamma)
+_LOGIT_MAX = 40.0  # schedule logits are clipped to ±this before certification
 
 
 # ------------------------------------------------------------- search spaces
@@ -737,6 +738,10 @@ def _certified_schedule(
     if not active:
         return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
                           evaluations)  # fmt: skip
+    # L-BFGS may push a logit far into the sigmoid's flat tails, where it rounds
+    # to exactly 0 or 1 (an lr of 0 is not an optimizer); within ±40 it is off by
+    # at most 4e-18, the same dynamics to rounding, and certified as such below.
+    params = np.clip(params, -_LOGIT_MAX, _LOGIT_MAX)
     with torch.no_grad():
         vals = a_max * _schedule_values(fam, torch.tensor(params[None], **f64), k)
     vals = vals.cpu().numpy()[0]

@@ -408,7 +408,8 @@ def test_shared_sgd_baseline_matches_per_curve_tuning():
     family tuning its own baseline; SGD records are unchanged; parallel runs
     (baselines arriving out of order) agree with serial ones."""
     small = nqm.NQMProblem.power_law(15)
-    kwargs = dict(families=["sgd", "momentum", "ema", "momentum_ema"],
+    kwargs = dict(families=["sgd", "momentum", "ema", "momentum_ema", "pwc",
+                            "linear_decay"],
                   powers=[0.0, 0.5], batch_sizes=[1, 8, 64], targets=[0.1],
                   progress=False)  # fmt: skip
 
@@ -418,7 +419,7 @@ def test_shared_sgd_baseline_matches_per_curve_tuning():
     shared = scaling.run_study(small, workers=1, **kwargs)
     alone = scaling.run_study(small, workers=1, search=own_baseline, **kwargs)
     parallel = scaling.run_study(small, workers=2, **kwargs)
-    assert len(shared) == len(alone) == len(parallel) == 4 * 2 * 3
+    assert len(shared) == len(alone) == len(parallel) == 6 * 2 * 3
     # momentum_ema waited for, and contains, the momentum and ema curves
     steps = {(r["family"], r["precond_power"], r["batch_size"]): r["steps"]
              for r in shared}  # fmt: skip
@@ -436,6 +437,30 @@ def test_shared_sgd_baseline_matches_per_curve_tuning():
            if r["family"] == "sgd"}  # fmt: skip
     for r in shared:
         assert r["steps"] <= sgd[(r["precond_power"], r["batch_size"])]
+
+
+def test_grouped_schedule_powers_retry_one_power_at_a_time(monkeypatch):
+    """The study tunes a schedule family's powers in one call; if that call
+    fails, keep_going retries each power alone, with the same results."""
+    import nqm._tuning
+
+    small = nqm.NQMProblem.power_law(15)
+    kwargs = dict(families=["pwc"], powers=[0.0, 0.5], batch_sizes=[1, 8, 64],
+                  targets=[0.1], progress=False)  # fmt: skip
+    normal = scaling.run_study(small, **kwargs)
+    real = nqm._tuning.tune_schedules
+
+    def one_power_only(problem, fam, bs, target, powers, baselines, **kw):
+        if len(powers) > 1:
+            raise RuntimeError("simulated failure of a stacked call")
+        return real(problem, fam, bs, target, powers, baselines, **kw)
+
+    monkeypatch.setattr(nqm._tuning, "tune_schedules", one_power_only)
+    with pytest.raises(RuntimeError, match="simulated"):
+        scaling.run_study(small, **kwargs)
+    retried = scaling.run_study(small, keep_going=True, **kwargs)
+    assert [r["steps"] for r in retried] == [r["steps"] for r in normal]
+    assert all(r["error"] is None for r in retried)
 
 
 def test_critical_batch_fits_skip_zero_steps():

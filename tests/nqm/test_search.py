@@ -477,3 +477,30 @@ def test_padded_rows_of_several_powers_equal_exact_dynamics():
             prob, nqm.Optimizer(sched, precond_power=p), b, int(lengths[row].sum())
         )
         assert got[row] == pytest.approx(want, rel=1e-11)
+
+
+def test_saturated_schedule_logits_give_a_valid_certified_schedule(small):
+    """A logit far in the sigmoid's tail rounds to an lr of exactly 0 (or the
+    stability edge); clipped to ±40 it is a valid optimizer, certified exactly."""
+    import torch
+
+    from nqm._tuning import _certified_schedule
+
+    f64 = {"dtype": torch.float64, "device": "cpu"}
+    (base,) = best_steps(small, "sgd", [64], 0.05)
+    params = np.array([1e5, 3.0, 0.5, -2.0, -1e5, -1e5, 0.0, 1.0, 2.0, -3e4])
+    res = _certified_schedule(
+        small, Family.PWC, 64.0, 0.05, 0.0, base, params, 2 * base.steps, 2.0, 10,
+        True, 0, f64,
+    )  # fmt: skip
+    if res.optimizer is not base.optimizer:  # the schedule won: it is valid
+        assert min(res.optimizer.schedule.values) > 0
+        assert max(res.optimizer.schedule.values) <= 2.0
+        assert steps_to_target(small, res.optimizer, 64, 0.05) == res.steps
+    assert res.steps <= base.steps
+    # the clipped schedule itself is a valid optimizer
+    clipped = np.clip(params, -40, 40)
+    from nqm._tuning import _schedule_values
+
+    vals = 2.0 * _schedule_values(Family.PWC, torch.tensor(clipped[None]), 10)
+    assert float(vals.min()) > 0 and float(vals.max()) <= 2.0
