@@ -50,6 +50,7 @@ _OPTION_FIELDS: tuple[str, ...] = (
     "figures",
     "workers",
     "keep_going",
+    "device",
 )
 
 #: Packages whose versions go into the manifest.
@@ -123,6 +124,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     o.add_argument(
         "--workers", help="processes tuning curves in parallel (default 1; 0: all CPUs)"
+    )
+    o.add_argument(
+        "--device",
+        help="torch device of the schedules' batched L-BFGS (default cpu; e.g. cuda)",
     )
     o.add_argument(
         "--keep-going",

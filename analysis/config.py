@@ -73,6 +73,8 @@ class ScalingConfig:
             results do not depend on it.
         keep_going: record batch sizes whose tuning raises (``steps = nan`` and
             the message in the ``error`` column) instead of aborting the study.
+        device: torch device of the schedule families' batched L-BFGS (``"cpu"``
+            or e.g. ``"cuda"``); the constant-lr families always run in numpy.
     """
 
     dim: int = 10_000
@@ -93,6 +95,7 @@ class ScalingConfig:
     figures: str = "figures"
     workers: int = 1
     keep_going: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -251,6 +254,10 @@ def _validate(cfg: ScalingConfig) -> None:
         or cfg.workers < 0
     ):
         raise ValueError(f"workers must be a non-negative integer, got {cfg.workers!r}")
+    if cfg.device != "cpu":
+        from nqm._tuning import _torch_device
+
+        _torch_device(cfg.device)  # ValueError naming the device
     if not (0 < cfg.transient_alpha_h < 1):
         raise ValueError(
             f"transient_alpha_h must lie in (0, 1), got {cfg.transient_alpha_h!r}"
@@ -302,6 +309,10 @@ def _coerce(name: str, value: Any) -> Any:
         return value
     if name in ("problem", "out", "figures"):
         return None if value is None else str(value)
+    if name == "device":
+        if not isinstance(value, str):
+            raise ValueError(f"device must be a string, got {value!r}")
+        return value
     raise ValueError(f"unknown config key {name!r}")  # pragma: no cover
 
 

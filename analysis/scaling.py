@@ -823,6 +823,9 @@ def run_reference_study(
     problem = build_problem(cfg)
     batch_sizes = sorted(set(cfg.batch_sizes))
 
+    if cfg.device != "cpu":
+        options = {**options, "device": cfg.device}
+
     def study(families, powers, targets, **extra: Any) -> list[dict[str, Any]]:
         return run_study(
             problem,

@@ -132,7 +132,13 @@ def test_subprocess_module_entry_point(tmp_path):
         ("--problem", "MISSING", "spectrum file"),
         ("--problem", "GARBAGE", "spectrum file"),
         ("--config", "MISSING", "config file"),
-    ],
+        ("--device", "no-such-device", "device must name a torch device"),
+    ]
+    + (
+        []
+        if __import__("torch").cuda.is_available()
+        else [("--device", "cuda", "CUDA is not available")]
+    ),
 )
 def test_bad_option_exits_2_with_one_line(tmp_path, capsys, option, value, needle):
     if value == "MISSING":
@@ -200,7 +206,8 @@ def test_config_file_precedence(tmp_path):
 
 def test_resolved_config_toml_round_trips(tmp_path):
     cfg = ScalingConfig(dim=77, targets=(0.2, 0.05), families=("ema",), powers=(0.25,),
-                        batch_sizes=(1, 3, 9), problem=str(tmp_path / "s.npz"))  # fmt: skip
+                        batch_sizes=(1, 3, 9), problem=str(tmp_path / "s.npz"),
+                        device="cpu:0")  # fmt: skip
     path = tmp_path / "config.toml"
     path.write_text(cfg.to_toml())
     args = build_parser().parse_args(["nqm-scaling", "--config", str(path)])

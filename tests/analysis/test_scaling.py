@@ -463,6 +463,19 @@ def test_grouped_schedule_powers_retry_one_power_at_a_time(monkeypatch):
     assert all(r["error"] is None for r in retried)
 
 
+def test_schedule_device_option_reaches_the_tuner():
+    """``device`` goes to the schedules' batched L-BFGS (here an explicit CPU
+    device: the same records)."""
+    small = nqm.NQMProblem.power_law(15)
+    kwargs = dict(families=["sgd", "linear_decay"], powers=[0.0, 1.0],
+                  batch_sizes=[1, 64], targets=[0.1], progress=False)  # fmt: skip
+    default = scaling.run_study(small, **kwargs)
+    explicit = scaling.run_study(small, device="cpu:0", **kwargs)
+    assert [r["steps"] for r in explicit] == [r["steps"] for r in default]
+    with pytest.raises(ValueError, match="torch device"):
+        scaling.run_study(small, device="no-such-device", **kwargs)
+
+
 def test_critical_batch_fits_skip_zero_steps():
     # a target above the initial loss is reached at t = 0: nothing to fit
     recs = [{"family": "sgd", "precond_power": 0.0, "target": 9.0, "batch_size": b,
