@@ -594,7 +594,8 @@ def tune_schedules(problem, fam, bs, target, powers, baselines, **kw):
         **kw: ``surrogate_bins``, ``pieces``, ``stairs``, ``device``.
 
     Returns:
-        Per power, the list of :class:`TuneResult` over ``bs``.
+        Per power, the list of :class:`TuneResult` over ``bs`` (``evaluations``:
+        the rows evaluated by the whole call, every power's included).
 
     Every (power, batch size) is one row of a single tensor program (on
     ``device``); rows are independent problems with their own L-BFGS state and
