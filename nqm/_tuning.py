@@ -27,10 +27,12 @@ Stages (constant-lr families):
    problem itself when small) and, while the exact steps of the result are
    fewer, the optimizer is replaced (``polish`` rounds).
 
-Schedules (``pwc``, ``linear_decay``) are SGD with piecewise-constant lrs: the
-same bisection on the run length, each probe optimising all batch sizes' schedules
-at once with L-BFGS through a differentiable torch implementation of the exact
-piecewise dynamics (on the surrogate), then exact certification.
+Schedules (``pwc``, ``linear_decay``) are SGD with piecewise-constant lrs: a
+bisection on each run length, each probe optimising the schedules of every
+(power, batch size) still searching at once, with a batched L-BFGS
+(:mod:`nqm._lbfgs`: independent rows, each with its own curvature pairs and line
+search) through a differentiable torch implementation of the exact piecewise
+dynamics (on the surrogate), then exact certification.
 
 Nesting is enforced: every family contains plain SGD, so its result is never
 worse than the SGD ``baseline`` (computed if not given); ``momentum_ema`` also
