@@ -321,12 +321,35 @@ def test_top_level_api():
     assert nqm.Family is Family
 
 
+def _assert_piecewise_loss_is_exact(prob, modes, lrs, lengths, bs, powers):
+    """The torch loss of every row equals ``nqm.expected_loss`` of the same
+    piecewise-constant optimizer (row r: batch size bs[r], power powers[r])."""
+    import torch
+
+    from nqm._tuning import _torch_piecewise_loss
+
+    got = _torch_piecewise_loss(
+        *modes,
+        torch.tensor(lrs),
+        torch.tensor(lengths, dtype=torch.float64),
+        torch.tensor(bs),
+    ).numpy()
+    for row, (b, p) in enumerate(zip(bs, powers, strict=True)):
+        keep = lengths[row] > 0
+        starts = np.concatenate([[0], np.cumsum(lengths[row])])[:-1][keep]
+        sched = nqm.PiecewiseConstant(
+            tuple(int(x) for x in starts[1:]), tuple(lrs[row][keep])
+        )
+        opt = nqm.Optimizer(sched, precond_power=p)
+        want = nqm.expected_loss(prob, opt, b, int(lengths[row].sum()))
+        assert got[row] == pytest.approx(want, rel=1e-11)
+
+
 def test_differentiable_schedule_loss_equals_exact_dynamics():
     """The torch loss that the schedule tuner differentiates equals the exact risk
     of the same piecewise-constant optimizer (pieces of zero length included)."""
     import torch
 
-    from nqm._tuning import _torch_piecewise_loss
     from nqm.dynamics import _modes
 
     prob = nqm.NQMProblem.power_law(50)
@@ -336,23 +359,8 @@ def test_differentiable_schedule_loss_equals_exact_dynamics():
     lrs = rng.uniform(0.05, 1.95, size=(bs.size, k))
     lengths = rng.integers(0, 400, size=(bs.size, k))
     lengths[:, 2] = 0
-    hh, wd, wn = (torch.tensor(np.array(x)) for x in _modes(prob, 0.0))
-    got = _torch_piecewise_loss(
-        hh,
-        wd,
-        wn,
-        torch.tensor(lrs),
-        torch.tensor(lengths, dtype=torch.float64),
-        torch.tensor(bs),
-    ).numpy()
-    for i, b in enumerate(bs):
-        keep = lengths[i] > 0
-        starts = np.concatenate([[0], np.cumsum(lengths[i])])[:-1][keep]
-        sched = nqm.PiecewiseConstant(
-            tuple(int(x) for x in starts[1:]), tuple(lrs[i][keep])
-        )
-        want = nqm.expected_loss(prob, nqm.Optimizer(sched), b, int(lengths[i].sum()))
-        assert got[i] == pytest.approx(want, rel=1e-11)
+    modes = [torch.tensor(np.array(x)) for x in _modes(prob, 0.0)]
+    _assert_piecewise_loss_is_exact(prob, modes, lrs, lengths, bs, [0.0] * bs.size)
 
 
 def test_schedule_tuning_device_option(small):
@@ -447,36 +455,20 @@ def test_padded_rows_of_several_powers_equal_exact_dynamics():
     give each row the exact risk of its own preconditioned problem."""
     import torch
 
-    from nqm._tuning import _row_modes, _torch_piecewise_loss
+    from nqm._tuning import _row_modes
 
     prob = nqm.NQMProblem.power_law(30)
     powers = [0.0, 0.5, 1.0]
     bs = np.array([2.0, 256.0])
-    f64 = {"dtype": torch.float64, "device": "cpu"}
-    hh, wd, wn = _row_modes(prob, powers, bs.size, f64)
-    assert hh.shape == (len(powers) * bs.size, prob.n_modes)
+    modes = _row_modes(prob, powers, bs.size, {"dtype": torch.float64})
+    n_rows = len(powers) * bs.size
+    assert modes[0].shape == (n_rows, prob.n_modes)
     rng = np.random.default_rng(11)
-    k = 4
-    lrs = rng.uniform(0.05, 1.9, size=(hh.shape[0], k))
-    lengths = rng.integers(1, 200, size=(hh.shape[0], k))
-    got = _torch_piecewise_loss(
-        hh,
-        wd,
-        wn,
-        torch.tensor(lrs),
-        torch.tensor(lengths, dtype=torch.float64),
-        torch.tensor(np.tile(bs, len(powers))),
-    ).numpy()
-    for row in range(hh.shape[0]):
-        p, b = powers[row // bs.size], bs[row % bs.size]
-        starts = np.concatenate([[0], np.cumsum(lengths[row])])[:-1]
-        sched = nqm.PiecewiseConstant(
-            tuple(int(x) for x in starts[1:]), tuple(lrs[row])
-        )
-        want = nqm.expected_loss(
-            prob, nqm.Optimizer(sched, precond_power=p), b, int(lengths[row].sum())
-        )
-        assert got[row] == pytest.approx(want, rel=1e-11)
+    lrs = rng.uniform(0.05, 1.9, size=(n_rows, 4))
+    lengths = rng.integers(1, 200, size=(n_rows, 4))
+    rows_b = np.tile(bs, len(powers))
+    rows_p = np.repeat(powers, bs.size)
+    _assert_piecewise_loss_is_exact(prob, modes, lrs, lengths, rows_b, rows_p)
 
 
 def test_saturated_schedule_logits_give_a_valid_certified_schedule(small):
