@@ -58,6 +58,7 @@ _MANIFEST_PACKAGES: tuple[str, ...] = (
     "batchscale",
     "numpy",
     "scipy",
+    "torch",  # the schedules' L-BFGS
     "matplotlib",
     "tqdm",
 )

@@ -100,6 +100,7 @@ def test_in_process_end_to_end(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"] == cfg
     assert manifest["versions"]["numpy"] == np.__version__
+    assert manifest["versions"]["torch"] == __import__("torch").__version__
     assert {"main_study", "figures", "total"} <= set(manifest["timings_s"])
     assert manifest["n_records"] == len(rows)
 
