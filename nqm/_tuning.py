@@ -712,28 +712,17 @@ def _tune_schedules_lbfgs(
             r = j * n_b + i
             results.append(
                 _certified_schedule(
-                    problem,
-                    fam,
-                    b,
-                    target,
-                    p,
-                    base[r],
-                    best[r],
-                    hi[r],
-                    a_max[r],
-                    k,
-                    active[r],
-                    evaluations,
-                    f64,
-                )  # fmt: skip
-            )
+                    problem, fam, b, target, p, base[r], best[r], hi[r], a_max[r], k,
+                    active=active[r], evaluations=evaluations, f64=f64,
+                )
+            )  # fmt: skip
         out.append(results)
     return out
 
 
 def _certified_schedule(
-    problem, fam, b, target, p, base, params, steps, a_max, k, active, evaluations,
-    f64,
+    problem, fam, b, target, p, base, params, steps, a_max, k, *, active,
+    evaluations, f64,
 ):  # fmt: skip
     """The exact steps of a row's schedule, or its baseline when not better."""
     import torch

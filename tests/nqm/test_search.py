@@ -483,7 +483,7 @@ def test_saturated_schedule_logits_give_a_valid_certified_schedule(small):
     params = np.array([1e5, 3.0, 0.5, -2.0, -1e5, -1e5, 0.0, 1.0, 2.0, -3e4])
     res = _certified_schedule(
         small, Family.PWC, 64.0, 0.05, 0.0, base, params, 2 * base.steps, 2.0, 10,
-        True, 0, f64,
+        active=True, evaluations=0, f64=f64,
     )  # fmt: skip
     if res.optimizer is not base.optimizer:  # the schedule won: it is valid
         assert min(res.optimizer.schedule.values) > 0
