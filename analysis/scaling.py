@@ -257,7 +257,8 @@ def run_study(
     Args:
         problem: the NQM.
         families: :class:`nqm.search.Family` members or their values.
-        powers: preconditioning powers :math:`p \in [0, 1]`.
+        powers: preconditioning powers :math:`p \in [0, 1]`. A repeated
+            family, power or target is tuned once.
         batch_sizes: batch sizes :math:`B \ge 1`, shape ``(n_B,)``.
         targets: target losses :math:`L^* > 0`.
         progress: show a tqdm bar; ``None``: only when stderr is a terminal.
@@ -282,9 +283,9 @@ def run_study(
         ValueError: for an unknown family, a target <= 0, a batch size < 1 or a
             negative ``workers``.
     """
-    fams = [Family(f) for f in families]
-    pw = [float(p) for p in powers]
-    tg = [float(t) for t in targets]
+    fams = list(dict.fromkeys(Family(f) for f in families))
+    pw = list(dict.fromkeys(float(p) for p in powers))  # a repeat is tuned once
+    tg = list(dict.fromkeys(float(t) for t in targets))
     bs = [int(b) for b in batch_sizes]
     for t in tg:
         if not (math.isfinite(t) and t > 0):

@@ -463,6 +463,18 @@ def test_grouped_schedule_powers_retry_one_power_at_a_time(monkeypatch):
     assert all(r["error"] is None for r in retried)
 
 
+def test_repeated_families_powers_and_targets_are_tuned_once():
+    small = nqm.NQMProblem.power_law(15)
+    once = scaling.run_study(small, ["sgd", "pwc"], [0.0, 1.0], [1, 64], [0.1],
+                             progress=False)  # fmt: skip
+    again = scaling.run_study(small, ["sgd", "pwc", "pwc"], [0.0, 1.0, 0.0],
+                              [1, 64], [0.1, 0.1], progress=False)  # fmt: skip
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in again] == [
+        {k: v for k, v in r.items() if k not in drop} for r in once
+    ]
+
+
 def test_schedule_device_option_reaches_the_tuner():
     """``device`` goes to the schedules' batched L-BFGS (here an explicit CPU
     device: the same records)."""
