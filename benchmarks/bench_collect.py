@@ -56,7 +56,7 @@ from kfac_spectra.train import TrainConfig, collect_checkpoint  # noqa: E402
 BATCH = 256
 CASES = (
     ("resnet8", (0.5, 1.0, 2.0)),
-    ("simple_cnn", (0.125, 0.25, 0.5)),
+    ("simple_cnn", (0.125, 0.25, 0.5, 1.0)),
 )
 #: Directions compared for accuracy: value above this fraction of the block's max.
 ACCURACY_FLOOR = 1e-12
