@@ -43,6 +43,8 @@ contains ``momentum`` and ``ema`` and is never worse than their results
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import optimize
@@ -582,7 +584,15 @@ def _torch_device(device):
     return dev
 
 
-def tune_schedules(problem, fam, bs, target, powers, baselines, **kw):
+def tune_schedules(
+    problem: NQMProblem,
+    fam: Family,
+    bs: np.ndarray,
+    target: float,
+    powers: Sequence[float],
+    baselines: Sequence[Sequence[TuneResult]],
+    **kw: Any,
+) -> list[list[TuneResult]]:
     """Schedules for every (power, batch size) at once: one batched L-BFGS.
 
     Args:
@@ -822,18 +832,18 @@ def tune_powers(
     fam: Family,
     bs: np.ndarray,
     target: float,
-    powers,
+    powers: Sequence[float],
     *,
     surrogate_bins: int = 128,
-    grid=None,
+    grid: Sequence[int] | None = None,
     pieces: int = 10,
     stairs: int = 64,
     polish: int = 1,
-    baselines=None,
-    fixed_momentum=None,
-    contained=None,
-    device="cpu",
-):
+    baselines: Sequence[Sequence[TuneResult]] | None = None,
+    fixed_momentum: float | None = None,
+    contained: Sequence[Sequence[Sequence[TuneResult]]] | None = None,
+    device: Any = "cpu",
+) -> list[list[TuneResult]]:
     """:func:`tune` at every power of ``powers``: a list of result lists.
 
     ``baselines`` and ``contained`` hold one entry per power (each what
