@@ -32,12 +32,12 @@ __all__ = ["LBFGSResult", "batched_lbfgs"]
 
 @dataclass
 class LBFGSResult:
-    """Per-row minimiser, value and iterations, plus the rows evaluated in all."""
+    """Per-row minimiser, value, iterations and function evaluations."""
 
     x: Tensor
     f: Tensor
     iterations: Tensor
-    evaluations: int
+    evaluations: Tensor
 
 
 def _value_grad(fun, x: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,7 +81,7 @@ def batched_lbfgs(
 
     Returns:
         :class:`LBFGSResult`: ``x`` ``(R, n)``, ``f`` ``(R,)``, ``iterations``
-        ``(R,)`` and ``evaluations`` (function values computed, counted per row).
+        ``(R,)`` and ``evaluations`` ``(R,)`` (each row's function values computed).
 
     Raises:
         ValueError: for a non-2-D ``x0`` or non-positive ``history``/``max_iter``.
@@ -97,7 +97,7 @@ def batched_lbfgs(
     dev = x.device
     every = torch.arange(n_rows, device=dev)
     f, g = _value_grad(fun, x, every)
-    evaluations = n_rows
+    evaluations = torch.ones(n_rows, dtype=torch.long, device=dev)
     S = torch.zeros(n_rows, history, n_par, dtype=x.dtype, device=dev)
     Y = torch.zeros_like(S)
     rho = torch.zeros(n_rows, history, dtype=x.dtype, device=dev)  # 0: empty slot
@@ -149,7 +149,7 @@ def batched_lbfgs(
             ti = t[idx]
             trial = x[rows[idx]] + ti[:, None] * d[idx]
             ft, gt = _value_grad(fun, trial, rows[idx])
-            evaluations += idx.numel()
+            evaluations[rows[idx]] += 1
             sufficient = torch.isfinite(ft) & torch.isfinite(gt).all(dim=1)
             sufficient &= ft <= f0[idx] + armijo * ti * gd[idx]
             flat = (gt * d[idx]).sum(dim=1) >= curvature * gd[idx]

@@ -607,7 +607,7 @@ def tune_schedules(
 
     Returns:
         Per power, the list of :class:`TuneResult` over ``bs`` (``evaluations``:
-        the rows evaluated by the whole call, every power's included).
+        the schedule losses evaluated for that power, all batch sizes).
 
     Every (power, batch size) is one row of a single tensor program (on
     ``device``); rows are independent problems with their own L-BFGS state and
@@ -684,7 +684,7 @@ def _tune_schedules_lbfgs(
     lo = np.zeros(n_rows, dtype=np.int64)
     hi = hi.astype(np.int64)
     active = hi > 1
-    evaluations = 0
+    evaluations = np.zeros(n_rows, dtype=np.int64)  # per row
     # Bisection on each row's run length; every probe minimises log L of the
     # rows still searching at their own midpoints, all in one batched L-BFGS.
     while True:
@@ -710,7 +710,7 @@ def _tune_schedules_lbfgs(
             objective, torch.tensor(best[rows], **f64), max_iter=200, tol_grad=1e-10,
             tol_change=1e-12,
         )  # fmt: skip
-        evaluations += res.evaluations
+        evaluations[rows] += res.evaluations.cpu().numpy()
         ok = (torch.exp(res.f) <= target).cpu().numpy()
         best[rows[ok]] = res.x.cpu().numpy()[ok]
         hi[rows[ok]] = mid[ok]
@@ -718,12 +718,13 @@ def _tune_schedules_lbfgs(
     out = []
     for j, p in enumerate(powers):
         results = []
+        spent = int(evaluations[j * n_b : (j + 1) * n_b].sum())  # this power's
         for i, b in enumerate(bs):
             r = j * n_b + i
             results.append(
                 _certified_schedule(
                     problem, fam, b, target, p, base[r], best[r], hi[r], a_max[r], k,
-                    active=active[r], evaluations=evaluations, f64=f64,
+                    active=active[r], evaluations=spent, f64=f64,
                 )
             )  # fmt: skip
         out.append(results)

@@ -115,3 +115,20 @@ def test_bad_arguments(kwargs):
         batched_lbfgs(fun, torch.zeros(1, 2, dtype=f64), **kwargs)
     with pytest.raises(ValueError, match="shape"):
         batched_lbfgs(fun, torch.zeros(2, dtype=f64))
+
+
+def test_evaluations_are_counted_per_row():
+    """A row at its minimum costs one evaluation; the others count their own."""
+    fun, centres = _quadratics(3, 4, seed=4)
+    x0 = torch.zeros(3, 4, dtype=f64)
+    x0[0] = centres[0]
+    calls = torch.zeros(3, dtype=torch.long)
+
+    def counting(x, rows):
+        calls[rows] += 1
+        return fun(x, rows)
+
+    res = batched_lbfgs(counting, x0, max_iter=50)
+    assert torch.equal(res.evaluations, calls)
+    assert int(res.evaluations[0]) == 1
+    assert bool((res.evaluations[1:] > res.iterations[1:]).all())
