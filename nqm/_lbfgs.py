@@ -76,8 +76,8 @@ def batched_lbfgs(
         armijo: sufficient-decrease constant of the line search (``c₁``).
         curvature: curvature constant of the weak Wolfe conditions (``c₂``).
         max_backtracks: trial steps per line search; a row that has not met both
-            Wolfe conditions by then takes its largest Armijo step found, and
-            stops if there is none.
+            Wolfe conditions by then takes the lowest point found that meets the
+            sufficient decrease, and stops if there is none.
 
     Returns:
         :class:`LBFGSResult`: ``x`` ``(R, n)``, ``f`` ``(R,)``, ``iterations``
