@@ -8,12 +8,13 @@ from nqm._lbfgs import batched_lbfgs
 f64 = torch.float64
 
 
-def _quadratics(n_rows, n_par, seed):
+def _quadratics(n_rows, n_par, seed, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(n_rows, n_par, n_par, generator=gen, dtype=f64))
     evals = torch.logspace(0, 2, n_par, dtype=f64).expand(n_rows, n_par)
     mats = q @ torch.diag_embed(evals) @ q.mT  # condition number 100
     centres = torch.randn(n_rows, n_par, generator=gen, dtype=f64)
+    mats, centres = mats.to(device), centres.to(device)
 
     def fun(x, rows):
         z = x - centres[rows]
@@ -132,3 +133,15 @@ def test_evaluations_are_counted_per_row():
     assert torch.equal(res.evaluations, calls)
     assert int(res.evaluations[0]) == 1
     assert bool((res.evaluations[1:] > res.iterations[1:]).all())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_equals_cpu():
+    fun_cpu, centres = _quadratics(5, 6, seed=7)
+    fun_gpu, _ = _quadratics(5, 6, seed=7, device="cuda")
+    x0 = torch.zeros(5, 6, dtype=f64)
+    cpu = batched_lbfgs(fun_cpu, x0, max_iter=100, tol_change=0.0)
+    gpu = batched_lbfgs(fun_gpu, x0.cuda(), max_iter=100, tol_change=0.0)
+    assert gpu.x.device.type == "cuda"
+    assert torch.allclose(gpu.x.cpu(), cpu.x, atol=1e-8)
+    assert torch.allclose(gpu.x.cpu(), centres, atol=1e-8)
