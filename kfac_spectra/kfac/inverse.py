@@ -40,6 +40,7 @@ __all__ = [
     "cg_fac_solve",
     "robust_cholesky_inverse",
     "robust_eigh",
+    "two_sided_solve",
     "zeta",
 ]
 
@@ -124,6 +125,23 @@ class Damping:
         return root / pi, root * pi
 
 
+def two_sided_solve(
+    left: Tensor,
+    g: Tensor,
+    right: Tensor,
+    scratch: Tensor | None = None,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``L G R`` (``R`` 1-D: ``(L G) diag(R)``), the solve of a factored inverse.
+
+    ``L G`` goes into ``scratch`` and the result into ``out`` where given.
+    """
+    lg = torch.mm(left, g, out=scratch)
+    if right.ndim == 1:
+        return torch.mul(lg, right, out=out)
+    return torch.mm(lg, right, out=out)
+
+
 @dataclass
 class EigenInverse:
     """Eigendecompositions of S and A (A may be diagonal: ``evec_a is None``).
@@ -171,8 +189,7 @@ class EigenInverse:
         """``mat((S ⊗ A + damping)^{-1} vec(G))``."""
         if damping.factored:
             inv_s, inv_a = self._factored_inverses(damping)
-            x = torch.mm(inv_s, g)
-            return x * inv_a[None, :] if inv_a.ndim == 1 else torch.mm(x, inv_a)
+            return two_sided_solve(inv_s, g, inv_a)
         s = self.eval_s.clamp_min(0)
         a = self.eval_a.clamp_min(0)
         gt = self.evec_s.T @ g
@@ -216,8 +233,7 @@ class CholeskyInverse:
     def apply(self, g: Tensor, damping: Damping) -> Tensor:
         """``(S + γ_S)^{-1} G (A + γ_A)^{-1}`` (damping fixed at build time)."""
         del damping
-        x = self.inv_s @ g
-        return x * self.inv_a[None, :] if self.inv_a.ndim == 1 else x @ self.inv_a
+        return two_sided_solve(self.inv_s, g, self.inv_a)
 
 
 def zeta(x: Tensor, steps: int) -> Tensor:

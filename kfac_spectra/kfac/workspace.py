@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .blocks.base import CurvatureBlock
+from .inverse import two_sided_solve
 
 __all__ = ["Workspace"]
 
@@ -132,11 +133,7 @@ class Workspace:
     def solve(self, index: int, left: Tensor, right: Tensor) -> None:
         """``X = L G R`` for block ``index`` (``R`` 1-D: ``X = (L G) diag(R)``)."""
         _, g, scratch, x = self.blocks[index]
-        torch.mm(left, g, out=scratch)
-        if right.ndim == 1:
-            torch.mul(scratch, right, out=x)
-        else:
-            torch.mm(scratch, right, out=x)
+        two_sided_solve(left, g, right, scratch=scratch, out=x)
 
     def adopt_momentum(self, state: dict[Tensor, dict[str, Any]]) -> None:
         """Make every parameter's ``momentum_buffer`` its view of ``M``.
