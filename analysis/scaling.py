@@ -369,15 +369,11 @@ def run_study(
                 done[(fam, p, t)] = recs
         return sum((fam, p, t) in reported for p in ps)
 
-    def label(u: int) -> str:
-        fam, ps, t = units[u]
-        return f"{fam.value} p={','.join(f'{p:g}' for p in ps)} L*={t:g}"
-
     with _progress(len(jobs), "nqm-scaling", progress) as bar:
         if n_workers == 1:
             for u in first + rest:
                 fam, ps, t = units[u]
-                bar.set_postfix_str(label(u))
+                bar.set_postfix_str(_curve_label(fam, ps, t))
                 out = _tune_curves(
                     search, problem, fam, ps, bs, t, job_options(u), keep_going
                 )
@@ -470,6 +466,11 @@ def _n_workers(workers: int, n_jobs: int) -> int:
     return max(1, min(n, n_jobs))
 
 
+def _curve_label(fam: Family, powers: Sequence[float], t: float) -> str:
+    """``"pwc p=0,0.5 L*=0.01"``: a unit of work, for progress and logs."""
+    return f"{fam.value} p={','.join(f'{p:g}' for p in powers)} L*={t:g}"
+
+
 def _tune_curves(
     search: Callable[..., Any],
     problem: nqm.NQMProblem,
@@ -500,13 +501,7 @@ def _tune_curves(
     except Exception as exc:
         if not keep_going:
             raise
-        logger.warning(
-            "%s p=%s target=%g failed (%s); retrying",
-            fam.value,
-            ",".join(f"{p:g}" for p in powers),
-            t,
-            exc,
-        )
+        logger.warning("%s failed (%s); retrying", _curve_label(fam, powers, t), exc)
         if many:
             bases = options.get("baseline")
             return [
@@ -524,13 +519,7 @@ def _tune_curves(
                   for b in bs], None)]  # fmt: skip
     elapsed = time.perf_counter() - start
     per_power = results if many else [results]
-    logger.info(
-        "%s p=%s target=%g: %.2fs",
-        fam.value,
-        ",".join(f"{p:g}" for p in powers),
-        t,
-        elapsed,
-    )
+    logger.info("%s: %.2fs", _curve_label(fam, powers, t), elapsed)
     share = elapsed / (len(powers) * len(bs))
     return [([tune_record(r, share) for r in res], res) for res in per_power]
 

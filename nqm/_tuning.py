@@ -777,13 +777,6 @@ def _piece_bounds_fixed(total: int, pieces: int):
 
 
 # ------------------------------------------------------------------ driver
-def _check_options(surrogate_bins, pieces, stairs):
-    if int(surrogate_bins) < 8:
-        raise ValueError("surrogate_bins must be >= 8")
-    if int(pieces) < 1 or int(stairs) < 1:
-        raise ValueError("pieces and stairs must be positive integers")
-
-
 def tune(
     problem: NQMProblem,
     fam: Family,
@@ -854,7 +847,10 @@ def tune_powers(
     other, since different powers are different problems (different ĥ) and share
     no evaluations. Results equal those of :func:`tune` power by power.
     """
-    _check_options(surrogate_bins, pieces, stairs)
+    if int(surrogate_bins) < 8:
+        raise ValueError("surrogate_bins must be >= 8")
+    if int(pieces) < 1 or int(stairs) < 1:
+        raise ValueError("pieces and stairs must be positive integers")
     powers = [float(p) for p in powers]
     kw = dict(surrogate_bins=int(surrogate_bins))
     dev = _torch_device(device) if fam in (Family.PWC, Family.LINEAR_DECAY) else None

@@ -397,7 +397,7 @@ def best_steps(
     Raises:
         ValueError: for an unknown family, a bad target, batch size or power.
     """
-    from ._tuning import tune_powers
+    from ._tuning import tune, tune_powers
 
     try:
         fam = Family(family)
@@ -423,13 +423,10 @@ def best_steps(
             raise ValueError(f"precond_power must lie in [0, 1], got {p!r}")
     scalar = np.ndim(batch_size) == 0
     bs = np.atleast_1d(validate_batch_size(batch_size)).astype(np.float64)
-    opts = dict(options)
     if one_power:
-        for name, many in (("baseline", "baselines"), ("contained", "contained")):
-            if opts.get(name) is not None:
-                opts[many] = [opts.pop(name)]
-    else:
-        opts["baselines"] = opts.pop("baseline", None)
-    results = tune_powers(problem, fam, bs, tg, powers.tolist(), **opts)
-    per_power = [r[0] if scalar else r for r in results]
-    return per_power[0] if one_power else per_power
+        results = tune(problem, fam, bs, tg, float(powers[0]), **options)
+        return results[0] if scalar else results
+    opts = dict(options)
+    opts["baselines"] = opts.pop("baseline", None)
+    per_power = tune_powers(problem, fam, bs, tg, powers.tolist(), **opts)
+    return [r[0] if scalar else r for r in per_power]
