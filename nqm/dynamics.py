@@ -592,18 +592,44 @@ def is_stable(problem: NQMProblem, optimizer: Optimizer) -> bool:
     return lr < max_stable_lr(problem, optimizer.momentum, optimizer.precond_power)
 
 
-def steady_state_loss(problem: NQMProblem, optimizer: Optimizer, batch_size) -> float:
-    """:math:`\\lim_{t\\to\\infty} E[L(\\theta_t)]` for the eventual constant lr.
+def steady_state_loss(
+    problem: NQMProblem, optimizer: Optimizer, batch_size
+) -> float | np.ndarray:
+    r"""Limit of the exact risk under the optimizer's eventual constant lr.
 
-    Computed from the exact dynamics at a step so large that every transient has
-    decayed below rounding; ``inf`` for unstable settings.
+    .. math::
+        \lim_{t\to\infty} E[L(\theta_t)] = \frac{1}{B} \sum_i
+        \tfrac12 w_i h_i \hat c_i\, G_\infty(\hat h_i),
+
+    where :math:`G_\infty` is the stationary variance of the reported iterate per
+    unit noise variance, the solution of each mode's discrete Lyapunov equation
+    :math:`Z = A Z A^\top + n n^\top`
+    (:func:`nqm.closed_form.steady_state_second_moment`), at the lr the schedule
+    holds from ``schedule.constant_after()`` on. For a stable lr the mean response
+    decays to zero, so the initial state does not enter.
+
+    Args:
+        problem: the NQM.
+        optimizer: any optimizer whose schedule has a known constant tail.
+        batch_size: :math:`B \ge 1`, scalar or array (shape ``Bs``).
+
+    Returns:
+        A float for a scalar batch size, else an array of shape ``Bs``; ``inf``
+        (in every entry) when the eventual lr is unstable (:func:`is_stable`).
+
+    Raises:
+        ValueError: for a batch size below one, or a schedule with no known
+            constant tail.
     """
-    if not is_stable(problem, optimizer):
-        return float("inf")
+    stable = is_stable(problem, optimizer)  # raises without a known constant tail
     lr = float(optimizer.schedule(optimizer.schedule.constant_after()))
-    hh, wd, wn = _modes(problem, optimizer.precond_power)
+    hh, _, wn = _modes(problem, optimizer.precond_power)
     from .closed_form import steady_state_second_moment
 
-    g = steady_state_second_moment(hh, lr, optimizer.momentum, optimizer.ema)
     b = validate_batch_size(batch_size)
-    return float(np.sum(wn * g) / b) if b.ndim == 0 else np.sum(wn * g) / b
+    if stable:
+        g = steady_state_second_moment(hh, lr, optimizer.momentum, optimizer.ema)
+        out = np.sum(wn * g) / b
+    else:
+        out = np.full(b.shape, np.inf)
+    return float(out) if b.ndim == 0 else out

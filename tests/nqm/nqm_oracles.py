@@ -217,3 +217,127 @@ def mp_loss_pieces(h, c, init_sq, weight, pieces, beta, gamma, p, batch, dps=50)
                 z = _madd(_mm(_mm(pa, z), _mt(pa)), pn)
             total += mpmath.mpf(float(weight[i])) * hi / 2 * z[o][o]
         return total
+
+
+# ------------------------------------------- mpmath: eigen-expansion per mode
+#: Below this gap between two eigenvalues of the one-step matrix, the expansion
+#: would lose more than about log10(1/gap^2) = 24 of its digits: the mode is
+#: computed by binary powering (:func:`mp_mode_terms`) instead.
+_MIN_GAP = mpmath.mpf(10) ** -12
+
+
+def _mp_eigenvalues(a):
+    """Eigenvalues of the one-step matrix ``a`` of one mode: the state
+    ``(theta, m)`` does not depend on the average (checked), so they are the two
+    roots of the ``(theta, m)`` block and the average's own coefficient."""
+    if a[0][2] != 0 or a[1][2] != 0:
+        raise ValueError("the (theta, m) block must not depend on the average")
+    tr = a[0][0] + a[1][1]
+    det = a[0][0] * a[1][1] - a[0][1] * a[1][0]
+    root = mpmath.sqrt(mpmath.mpc(tr * tr - 4 * det))
+    lam = [(tr + root) / 2, (tr - root) / 2, mpmath.mpc(a[2][2])]
+    return [mpmath.mpf(x.real) if x.imag == 0 else x for x in lam]
+
+
+def _mp_expansion(lam, seq):
+    """Coefficients ``b`` with ``seq[j] = sum_k b_k lam_k^j`` for j = 0, 1, 2
+    (distinct ``lam``): the Lagrange form of the 3 x 3 Vandermonde solve."""
+    out = []
+    for k in range(3):
+        u, v = (lam[j] for j in range(3) if j != k)
+        out.append(
+            (seq[2] - (u + v) * seq[1] + u * v * seq[0]) / ((lam[k] - u) * (lam[k] - v))
+        )
+    return out
+
+
+def mp_mode_terms_expanded(lr, h, p, beta, gamma, steps):
+    """Per-mode ``(F_t, G_t)`` in high precision, as :func:`mp_mode_terms`, from
+    the eigen-expansion of the one-step matrix read off the update rule.
+
+    The reported component of ``A^j u`` and of ``A^j n`` are sums
+    ``sum_k b_k lam_k^j`` and ``sum_k a_k lam_k^j`` over the eigenvalues; their
+    coefficients come from the first three terms, which are computed by applying
+    the matrix. Then ``F_t = (sum_k b_k lam_k^t)^2`` and
+    ``G_t = sum_{k,l} a_k a_l (1 - (lam_k lam_l)^t) / (1 - lam_k lam_l)``. A mode
+    whose eigenvalues lie closer than ``_MIN_GAP`` is computed by
+    :func:`mp_mode_terms`. Works at the current mp.dps, O(1) in t.
+    """
+    lr_m, h_m, p_m, b_m, g_m = (mpmath.mpf(float(v)) for v in (lr, h, p, beta, gamma))
+    a, n = _mp_transition(lr_m, h_m, p_m, b_m, g_m)
+    lam = _mp_eigenvalues(a)
+    if min(abs(lam[i] - lam[j]) for i, j in ((0, 1), (0, 2), (1, 2))) < _MIN_GAP:
+        return mp_mode_terms(lr, h, p, beta, gamma, steps)
+    o = out_index(gamma)
+
+    def first_three(v):
+        seq = []
+        for _ in range(3):
+            seq.append(v[o])
+            v = [sum(a[i][k] * v[k] for k in range(STATE)) for i in range(STATE)]
+        return seq
+
+    b = _mp_expansion(lam, first_three([mpmath.mpf(x) for x in U0]))
+    c = _mp_expansion(lam, first_three(n))
+    out = []
+    for t in steps:
+        pw = [x ** int(t) for x in lam]
+        f = sum(b[k] * pw[k] for k in range(3))
+        g = 0
+        for k in range(3):
+            for m in range(3):
+                prod = lam[k] * lam[m]
+                if prod == 1:
+                    g += c[k] * c[m] * int(t)
+                else:
+                    g += c[k] * c[m] * (1 - pw[k] * pw[m]) / (1 - prod)
+        out.append((mpmath.re(f) ** 2, mpmath.re(g)))
+    return out
+
+
+# ------------------------------------ mpmath: mean and covariance, step by step
+def mp_second_moments_stepwise(
+    h, c, init_sq, lr_of_step, beta, gamma, p, batch, steps, dps=50
+):
+    """Per-mode :math:`E[\\theta_{o,i}(t)^2]` by propagating, one update at a
+    time, the mean and the covariance of the state
+    :math:`x' = A_t x + n_t \\varepsilon_t` (:math:`\\operatorname{Var}\\varepsilon
+    = c/B`), from :math:`x_0 = \\sqrt{\\text{init\\_sq}}\\, u` (a deterministic
+    start has the same second moment as a random one with that variance):
+
+    .. math:: \\mu' = A_t \\mu, \\qquad \\Sigma' = A_t \\Sigma A_t^\\top +
+              \\tfrac{c}{B} n_t n_t^\\top, \\qquad
+              E[x_o^2] = \\mu_o^2 + \\Sigma_{oo}.
+
+    ``A_t`` and ``n_t`` are read off the update rule at step ``t``'s lr.
+
+    Returns:
+        Array of mpf, shape ``(len(steps), len(h))``.
+    """
+    steps = [int(s) for s in steps]
+    o = out_index(gamma)
+    out = np.empty((len(steps), len(h)), dtype=object)
+    with mpmath.workdps(dps):
+        args = tuple(mpmath.mpf(float(v)) for v in (p, beta, gamma))
+        for i in range(len(h)):
+            hi = mpmath.mpf(float(h[i]))
+            var = mpmath.mpf(float(c[i])) / mpmath.mpf(float(batch))
+            mean = [mpmath.sqrt(mpmath.mpf(float(init_sq[i]))) * u for u in U0]
+            cov = [[mpmath.mpf(0)] * STATE for _ in range(STATE)]
+            cache = {}
+            for t in range(max(steps) + 1):
+                for j, s in enumerate(steps):
+                    if s == t:
+                        out[j, i] = mean[o] ** 2 + cov[o][o]
+                lr = float(lr_of_step(t))
+                if lr not in cache:
+                    cache[lr] = _mp_transition(mpmath.mpf(lr), hi, *args)
+                a, n = cache[lr]
+                mean = [
+                    sum(a[r][k] * mean[k] for k in range(STATE)) for r in range(STATE)
+                ]
+                cov = _madd(
+                    _mm(_mm(a, cov), _mt(a)),
+                    [[var * n[r] * n[k] for k in range(STATE)] for r in range(STATE)],
+                )
+    return out

@@ -8,10 +8,16 @@ the update rule itself; and the same recursion in mpmath at a few points.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
-from nqm_oracles import brute_force_loss, mp_loss, mp_loss_scheduled
+from nqm_oracles import (
+    brute_force_loss,
+    mp_loss,
+    mp_loss_scheduled,
+    mp_second_moments_stepwise,
+)
 
 import nqm
 
@@ -19,6 +25,10 @@ import nqm
 RTOL_BRUTE = 1e-10
 #: float64 engine vs a 30-digit mpmath recursion.
 RTOL_MP = 1e-11
+#: float64 per-mode second moments vs the 50-digit step-by-step mean and
+#: covariance: each mode's closed form is certified to this (CLOSED_FORM_RTOL),
+#: modes it cannot certify are doubled exactly.
+RTOL_MP_MODES = 1e-11
 #: two float64 evaluations of mathematically identical settings.
 RTOL_SAME = 1e-12
 
@@ -377,3 +387,58 @@ def test_random_settings_fuzz_against_brute_force():
         got = nqm.expected_loss(prob, nqm.Optimizer(lr, beta, gamma, p), batch, steps)
         want = oracle(prob, lambda s, lr=lr: lr, beta, gamma, p, batch, steps)
         np.testing.assert_allclose(got, want, rtol=RTOL_BRUTE, atol=0)
+
+
+SECOND_MOMENT_CASES = {
+    "sgd": nqm.Optimizer(0.9),
+    "momentum, p=0.5": nqm.Optimizer(0.5, momentum=0.9, precond_power=0.5),
+    "ema near alpha h = 1 - gamma": nqm.Optimizer(0.2, ema=0.8),
+    "momentum + ema": nqm.Optimizer(1.2, momentum=0.7, ema=0.9),
+    "piecewise, momentum + ema": nqm.Optimizer(
+        nqm.PiecewiseConstant((7, 25), (1.5, 0.6, 0.1)), momentum=0.5, ema=0.6
+    ),
+    "linear decay": nqm.Optimizer(nqm.LinearDecay(1.8, 0.1, 40)),
+}
+
+
+@pytest.mark.parametrize("name", list(SECOND_MOMENT_CASES))
+def test_second_moments_match_mpmath_mean_and_covariance(name):
+    """``second_moments`` per mode against the mean and covariance of
+    x' = A x + n eps propagated one update at a time in 50-digit mpmath."""
+    opt = SECOND_MOMENT_CASES[name]
+    problem = nqm.NQMProblem(
+        h=[1.0, 0.25, 0.01], c=[0.5, 2.0, 1.0], init_sq=[1.0, 0.3, 2.0]
+    )
+    steps = [0, 1, 2, 9, 33, 60]
+    batch = 4
+    got = nqm.dynamics.second_moments(problem, opt, batch, steps)
+    want = mp_second_moments_stepwise(
+        problem.h, problem.c, problem.init_sq, lambda t: float(opt.schedule(t)),
+        opt.momentum, opt.ema, opt.precond_power, batch, steps,
+    )  # fmt: skip
+    assert got.shape == (len(steps), problem.n_modes)
+    for j, t in enumerate(steps):
+        for i in range(problem.n_modes):
+            w = float(want[j, i])
+            assert abs(got[j, i] - w) <= RTOL_MP_MODES * w, (t, i, got[j, i], w)
+    scalar = nqm.dynamics.second_moments(problem, opt, batch, 9)
+    np.testing.assert_allclose(scalar, got[3], rtol=RTOL_SAME, atol=0)
+
+
+def test_steady_state_loss_shape_follows_the_batch_size():
+    """A float for a scalar batch size, an array of its shape otherwise, for
+    stable and unstable settings alike; the limit is the long-run exact risk."""
+    problem = nqm.NQMProblem(h=[1.0, 0.25, 0.01], c=[0.5, 2.0, 1.0], init_sq=1.0)
+    stable = nqm.Optimizer(0.5, momentum=0.5, ema=0.3)
+    unstable = nqm.Optimizer(1.01 * nqm.max_stable_lr(problem, 0.5), momentum=0.5)
+    batches = np.array([[1.0, 4.0], [16.0, 64.0]])
+    got = nqm.steady_state_loss(problem, stable, batches)
+    assert got.shape == batches.shape
+    long_run = nqm.expected_loss(problem, stable, batches, 200_000)
+    np.testing.assert_allclose(got, long_run, rtol=RTOL_BRUTE, atol=0)
+    assert isinstance(nqm.steady_state_loss(problem, stable, 4), float)
+    inf = nqm.steady_state_loss(problem, unstable, batches)
+    assert inf.shape == batches.shape and np.all(inf == np.inf)
+    assert nqm.steady_state_loss(problem, unstable, 4) == math.inf
+    with pytest.raises(ValueError, match="batch_size"):
+        nqm.steady_state_loss(problem, unstable, 0.5)
