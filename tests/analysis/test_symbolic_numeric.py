@@ -6,12 +6,12 @@ engine. Agreement of the two is the cross-check asked for by issue 4.
 
 from __future__ import annotations
 
+import mpmath as mp
 import numpy as np
 import pytest
 
+import nqm
 from analysis.symbolic.numeric import Quantity, risk
-
-nqm = pytest.importorskip("nqm")
 
 #: Two float64 evaluations of the same exact quantity (closed forms with complex
 #: roots vs nqm's engine), away from repeated roots.
@@ -133,7 +133,6 @@ def test_steady_state_equals_nqm(method, power):
 
 def _mp_transient(method, s, power, steps):
     """Noise-free risk by iterating the literal update rule in 60-digit arithmetic."""
-    mp = pytest.importorskip("mpmath")
     with mp.workdps(60):
         hv = mp.mpf(s["h"])
         hh, lr, coef = hv ** (1 - mp.mpf(power)), mp.mpf(s["lr"]), mp.mpf(s["coef"])
