@@ -16,6 +16,7 @@ import torch
 from .dynamics import validate_batch_size, validate_steps
 from .optimizer import Optimizer
 from .problem import NQMProblem
+from .runtime import torch_device
 
 __all__ = ["NoiseModel", "MonteCarloResult", "simulate", "MAX_ROTATED_DIM"]
 
@@ -109,8 +110,9 @@ def simulate(
         A :class:`MonteCarloResult`.
 
     Raises:
-        ValueError: for bad batch size, steps, replica count, noise model, or a
-            rotated model that is too large.
+        ValueError: for bad batch size, steps, replica count, noise model, a
+            rotated model that is too large, or a device that cannot compute
+            (:func:`nqm.runtime.torch_device`).
     """
     b = float(validate_batch_size(batch_size))
     t = np.atleast_1d(validate_steps(steps)).ravel()
@@ -129,7 +131,7 @@ def simulate(
         raise ValueError(f"rotated noise needs dim <= {MAX_ROTATED_DIM}, got {d}")
     if int(chunk) < 1:
         raise ValueError("chunk must be a positive integer")
-    dev = torch.device(device) if device is not None else _default_device()
+    dev = torch_device(device) if device is not None else _default_device()
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(seed))
 

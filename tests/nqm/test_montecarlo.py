@@ -2,8 +2,10 @@
 
 Statistical oracle: the replica mean must lie within ``N_SE`` standard errors of
 the exact expectation at every reported step, and the standard error must be small
-enough (``MAX_REL_SE``) for that check to have power. All runs use fixed seeds on
-the CPU, so each test is deterministic.
+enough (``MAX_REL_SE``) for that check to have power. All runs use fixed seeds, so
+each test is deterministic; the CUDA test (skipped without a GPU) draws other random
+numbers than the CPU, so it is checked against the exact expectation and against
+the CPU run statistically.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ def problem():
 
 
 def assert_agrees(
-    problem, opt, batch=BATCH, steps=STEPS, noise="gaussian", seed=0, replicas=REPLICAS
+    problem,
+    opt,
+    batch=BATCH,
+    steps=STEPS,
+    noise="gaussian",
+    seed=0,
+    replicas=REPLICAS,
+    device="cpu",
 ):
     mc = nqm.simulate(
         problem,
@@ -37,7 +46,7 @@ def assert_agrees(
         replicas=replicas,
         seed=seed,
         noise=noise,
-        device="cpu",
+        device=device,
         chunk=250,
     )
     exact = nqm.expected_loss(problem, opt, batch, steps)
@@ -197,3 +206,35 @@ def test_simulate_rejects_bad_inputs(problem, kwargs, param):
     args = dict(batch_size=2, steps=[1], replicas=4, device="cpu") | kwargs
     with pytest.raises(ValueError, match=param):
         nqm.simulate(problem, nqm.Optimizer(0.1), **args)
+
+
+def test_simulate_rejects_a_device_that_cannot_compute(problem):
+    with pytest.raises(ValueError, match="meta"):
+        nqm.simulate(problem, nqm.Optimizer(0.1), 2, [1], replicas=4, device="meta")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA device"
+)
+@pytest.mark.parametrize("noise", list(nqm.NoiseModel))
+def test_cuda_agrees_with_exact_and_with_the_cpu_run(problem, noise):
+    """On CUDA, in float64: every noise model agrees with the exact expectation,
+    and with the CPU run of the same seed within ``N_SE`` standard errors of the
+    difference (the two devices draw different random numbers); a repeated run
+    with the same seed is identical."""
+    opt = nqm.Optimizer(
+        nqm.PiecewiseConstant((40,), (0.3, 0.1)), momentum=0.5, ema=0.5,
+        precond_power=0.5,
+    )  # fmt: skip
+    if noise is nqm.NoiseModel.ROTATED:  # exact only for isotropic noise
+        problem = nqm.NQMProblem(h=1.0 / np.arange(1, 41), c=0.7, init_sq=1.0)
+    gpu, _ = assert_agrees(problem, opt, noise=noise, seed=21, device="cuda")
+    cpu, _ = assert_agrees(problem, opt, noise=noise, seed=21, device="cpu")
+    z = (gpu.mean - cpu.mean) / np.sqrt(gpu.stderr**2 + cpu.stderr**2)
+    assert np.all(np.abs(z) <= N_SE), z
+    again = nqm.simulate(
+        problem, opt, BATCH, STEPS, replicas=REPLICAS, seed=21, noise=noise,
+        device="cuda", chunk=250,
+    )  # fmt: skip
+    np.testing.assert_array_equal(again.mean, gpu.mean)
