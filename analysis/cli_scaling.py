@@ -51,6 +51,8 @@ _OPTION_FIELDS: tuple[str, ...] = (
     "workers",
     "keep_going",
     "device",
+    "executor",
+    "ray_address",
 )
 
 #: Packages whose versions go into the manifest.
@@ -129,6 +131,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     o.add_argument(
         "--device",
         help="torch device of the schedules' batched L-BFGS (default cpu; e.g. cuda)",
+    )
+    o.add_argument(
+        "--executor",
+        help="where curves are tuned: local processes or ray tasks (default local)",
+    )
+    o.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster to join with --executor ray (default: start a local Ray "
+        "with --workers CPUs)",
     )
     o.add_argument(
         "--keep-going",

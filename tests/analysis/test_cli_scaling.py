@@ -259,3 +259,26 @@ def test_parse_batch_sizes_rejects_malformed():
         parse_batch_sizes("2^3..2^1")
     with pytest.raises(ValueError, match="batch size"):
         parse_batch_sizes("four")
+
+
+def test_executor_options_reach_the_config(tmp_path, capsys, monkeypatch):
+    parse = build_parser().parse_args
+    cfg = config_from_args(parse(["nqm-scaling", "--executor", "local"]))
+    assert cfg.executor == "local" and cfg.ray_address is None
+    cfg = config_from_args(
+        parse(["nqm-scaling", "--executor", "ray", "--ray-address", "10.0.0.1:6379"])
+    )
+    assert (cfg.executor, cfg.ray_address) == ("ray", "10.0.0.1:6379")
+    out = tmp_path / "res"
+    for argv, needle in [
+        (["--executor", "dask"], "executor must be one of local, ray"),
+        (["--ray-address", "10.0.0.1:6379"], "ray_address needs executor = 'ray'"),
+    ]:
+        assert main(["nqm-scaling", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    assert main(["nqm-scaling", "--executor", "ray", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install .[ray]" in err and err.count("\n") == 1, err
+    assert not out.exists()
