@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from itertools import pairwise
@@ -106,17 +107,29 @@ def test_in_process_end_to_end(tmp_path):
 
 
 def test_subprocess_module_entry_point(tmp_path):
+    """The module runs as a program; piped (no terminal), it prints one line per
+    finished curve on stderr."""
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "analysis", "nqm-scaling", *TINY,
-           "--families", "sgd", "--out", str(out), "--no-figures"]  # fmt: skip
+           "--families", "sgd,ema", "--out", str(out), "--no-figures"]  # fmt: skip
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env,
                           timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = _read_csv(out / "records.csv")
     steps = [float(r["steps"]) for r in rows if r["target"] == "0.05"]
-    assert len(steps) == 4 and all(a >= b for a, b in pairwise(steps))
+    assert len(steps) == 8 and all(a >= b for a, b in pairwise(steps[:4]))
     assert (out / "manifest.json").is_file()
+    lines = [m.groups() for m in re.finditer(
+        r"^nqm-scaling: (\d+)/(\d+) curves, (.+) \(\d+ s\)$",
+        proc.stderr, re.MULTILINE,
+    )]  # fmt: skip
+    # main study: sgd, ema at L* = 0.05; loss-threshold study: sgd at L* = 0.1
+    assert sorted(label for _, _, label in lines) == [
+        "ema p=0 L*=0.05", "sgd p=0 L*=0.05", "sgd p=0 L*=0.1"
+    ]  # fmt: skip
+    assert sorted((int(k), int(n)) for k, n, _ in lines) == [(1, 1), (1, 2), (2, 2)]
+    assert "nqm-scaling done in" in proc.stderr
 
 
 @pytest.mark.parametrize(
