@@ -135,7 +135,8 @@ def plot_steps_vs_batch_by_family(rows: Rows) -> Figure:
 
 def plot_steps_vs_batch_by_power(rows: Rows) -> Figure:
     """Steps to target vs batch size, one panel per preconditioning power, one
-    curve per family, with the lower bound (seed 004, Figures 5-6)."""
+    curve per family, with the lower bound (Zhang et al. 2019, section 3.7,
+    Figures 5-6)."""
     return _steps_panels(
         rows, "precond_power", "family", lambda k: f"precond power p = {k:g}"
     )

@@ -6,9 +6,10 @@ loss :math:`L^*` and batch size :math:`B`:
 .. math:: S^*(B) = \min_{\text{hyperparameters}} \min\{t \ge 0 : E[L(\theta_t)]
     \le L^*\},
 
-i.e. the number of steps a *tuned* optimizer needs (seed 004, section 3.7,
-Figures 5-6 and appendix E.5-E.7). The tuning itself is :func:`nqm.search.
-best_steps`; this module runs the grid of studies, flattens the tuned optimizers
+i.e. the number of steps a *tuned* optimizer needs (Zhang et al. 2019, section
+3.7, Figures 5-6 and appendix E.5-E.7). The tuning itself is :func:`nqm.search.
+best_steps`; this module plans and runs the grid of studies
+(:func:`plan_study`, :mod:`analysis.executor`), flattens the tuned optimizers
 into tidy records, fits the critical batch size of every curve
 (:func:`nqm.noise_scale.fit_critical_batch`), adds the information-theoretic lower
 bound (:func:`nqm.noise_scale.steps_lower_bound`) and prepares the tables each
