@@ -16,6 +16,7 @@ import stat
 import numpy as np
 import pytest
 import torch
+from kfac_helpers import randomise
 from torch import nn
 
 from kfac_spectra import checkpoints, compute_factors
@@ -50,9 +51,9 @@ def _tiny(**changes) -> TrainConfig:
 
 
 def test_store_round_trip(tmp_path):
-    torch.manual_seed(0)  # only for this throwaway model's init
     gen = torch.Generator().manual_seed(3)
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    randomise(model, 0)
     x = torch.randn(40, 5, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 3, (40,), generator=gen)
     manifest = collect_checkpoint(
