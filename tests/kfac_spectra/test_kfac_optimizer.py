@@ -34,6 +34,8 @@ CG_ATOL = 1e-8
 INVARIANCE_RTOL = 1e-7
 DEFAULTS_STEPS = 20
 DEFAULTS_LOSS_FRACTION = 0.25
+MAX_DAMPING_STEPS = 8
+STEP_RTOL = 1e-12  # the same float64 operations up to their order
 
 
 def _mlp(seed: int, sizes=(4, 6, 3), act=nn.Tanh) -> nn.Module:
@@ -298,6 +300,72 @@ def test_lm_damping_grows_when_step_is_bad() -> None:
     assert math.isclose(opt.damping, 1e-3 / 0.95)
 
 
+def test_damping_never_exceeds_max_damping() -> None:
+    """A closure whose loss always rises makes every reduction ratio negative, so
+    each LM update divides λ by ω = (19/20)^T₁ (Martens & Grosse 2015, §6.5):
+    λ_k = min(λ₀ ω^{-k}, max_damping), reached after 4 steps here and held."""
+    x = torch.randn(20, 4, generator=seeded(60), dtype=DT)
+    y = torch.randn(20, 3, generator=seeded(61), dtype=DT)
+    model = _mlp(62)
+    damping, max_damping, omega = 1e-2, 1.2e-2, 19.0 / 20.0
+    opt = KFAC(
+        model,
+        "mse",
+        lr=0.05,
+        damping=damping,
+        max_damping=max_damping,
+        adapt_damping=True,
+        lm_interval=1,
+    )
+    calls = [0]
+
+    def rising() -> float:
+        calls[0] += 1
+        return float(calls[0])  # the loss after each update exceeds the one before
+
+    for k in range(1, MAX_DAMPING_STEPS + 1):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step(rising)
+        assert opt.last_rho < 0.0
+        assert opt.damping <= max_damping
+        assert math.isclose(opt.damping, min(damping * omega**-k, max_damping))
+    assert calls[0] == 2 * MAX_DAMPING_STEPS  # before and after every update
+    assert opt.damping == max_damping
+
+
+def test_skipped_module_gets_the_plain_gradient_step() -> None:
+    """``skip_modules=["2"]``: the last layer steps along −α g (momentum 0, no clip,
+    no weight decay: the first step of heavy-ball SGD), while the first layer's
+    K-FAC step is the one it takes when no module is skipped (its block's
+    statistics do not depend on the other block)."""
+    x = torch.randn(20, 4, generator=seeded(63), dtype=DT)
+    y = torch.randn(20, 3, generator=seeded(64), dtype=DT)
+    lr = 0.3
+    kw = dict(lr=lr, momentum=0.0, kl_clip=None, damping=1e-2, fisher_type="type2")
+    skipped, full = _mlp(65), _mlp(65)
+    start = dict(skipped.named_parameters())
+    grads = dict(
+        zip(
+            start,
+            torch.autograd.grad(F.mse_loss(skipped(x), y), list(start.values())),
+            strict=True,
+        )
+    )
+    start = {k: v.detach().clone() for k, v in start.items()}
+    opt = KFAC(skipped, "mse", skip_modules=["2"], **kw)
+    assert set(opt.blocks) == {"0"} and opt.unsupported == []
+    _train(skipped, opt, x, y)
+    _train(full, KFAC(full, "mse", **kw), x, y)
+    after, after_full = dict(skipped.named_parameters()), dict(full.named_parameters())
+    for name in ("2.weight", "2.bias"):
+        plain = start[name] - lr * grads[name]
+        assert rel_err(after[name], plain) < STEP_RTOL, name
+        assert rel_err(after_full[name], plain) > 1e-3, name  # K-FAC differs
+    for name in ("0.weight", "0.bias"):
+        assert rel_err(after[name], after_full[name]) < STEP_RTOL, name
+
+
 def test_kl_clipping_bounds_the_step() -> None:
     x = torch.randn(30, 4, generator=seeded(16), dtype=DT)
     y = torch.randn(30, 3, generator=seeded(17), dtype=DT)
@@ -399,11 +467,12 @@ def test_root_layer_is_captured_before_the_root_hook() -> None:
 
 
 def test_eigh_failure_nan_then_retry_succeeds(monkeypatch) -> None:
+    """A float32 eigh that returns NaN is retried once in float64, per factor."""
     real = torch.linalg.eigh
-    calls = {"n": 0}
+    calls: list[torch.dtype] = []
 
     def flaky(m):
-        calls["n"] += 1
+        calls.append(m.dtype)
         e, u = real(m)
         return (e * float("nan"), u) if m.dtype == torch.float32 else (e, u)
 
@@ -413,6 +482,9 @@ def test_eigh_failure_nan_then_retry_succeeds(monkeypatch) -> None:
     y = torch.randn(16, 3, generator=seeded(21))
     opt = KFAC(model, "mse", lr=0.1)
     _train(model, opt, x, y, steps=2)
+    # one inverse update in two steps (inverse_interval 10): A and S of the two
+    # linear layers, each a failed float32 call and its float64 retry
+    assert calls == [torch.float32, torch.float64] * 4
     assert opt.counters["inverse_failures"] == 0
     assert set(opt.eigenbases()) == {"0", "2"}
     assert all(torch.isfinite(p).all() for p in model.parameters())
