@@ -111,7 +111,7 @@ def test_reduce_exact_in_reduce_setting() -> None:
 
 
 def test_expand_not_exact_in_reduce_setting() -> None:
-    """The flavours are not interchangeable (seed 003's distinction)."""
+    """The flavours are not interchangeable (Eschenhagen et al. 2023, §3)."""
     model = PerPosition(nn.Sequential(nn.Linear(3, 4)), nn.Linear(4, 2))
     model = randomise(model, 7).double()
     x = torch.randn(3, 5, 3, generator=seeded(8), dtype=DT)
