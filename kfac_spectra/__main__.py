@@ -108,18 +108,12 @@ class ReportSummary:
 def _write_csv(
     path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
-    """A CSV table of Python scalars (NumPy ones converted: ``repr`` of a NumPy
-    float is not a number)."""
+    """:func:`nqm.io.write_csv` of rows whose NumPy scalars become Python ones
+    (the text of a NumPy float is its ``repr``, ``np.float64(...)``)."""
     from nqm.io import write_csv
 
     plain = [[v.item() if isinstance(v, np.generic) else v for v in r] for r in rows]
     write_csv(path, plain, header)
-
-
-def _save_figure(fig: Any, stem: Path) -> list[Path]:
-    from nqm.io import save_figure
-
-    return save_figure(fig, stem, dpi=FIGURE_DPI)
 
 
 def write_report(
@@ -195,6 +189,7 @@ def _write_e1_spectra(
     """
     from kfac_spectra import plots
     from kfac_spectra.spectra import eigenvalue_histogram, log_bins
+    from nqm.io import save_figure
 
     highs, lows = [], []
     for layers in spectra.values():
@@ -215,8 +210,10 @@ def _write_e1_spectra(
     steps = list(spectra)
     histograms = [eigenvalue_histogram(spectra[s], edges) for s in steps]
     figures.mkdir(parents=True, exist_ok=True)
-    files = _save_figure(
-        plots.plot_spectra_evolution(steps, histograms), figures / "e1_spectra"
+    files = save_figure(
+        plots.plot_spectra_evolution(steps, histograms),
+        figures / "e1_spectra",
+        dpi=FIGURE_DPI,
     )
     _write_csv(
         figures / "e1_spectra.csv",
@@ -244,11 +241,14 @@ def _write_e2_variance_curvature(
     from kfac_spectra import plots
     from kfac_spectra.checkpoints import load_checkpoint_arrays
     from kfac_spectra.gradient_stats import compare_variance_curvature
+    from nqm.io import save_figure
 
     _, stats, _ = load_checkpoint_arrays(run_dir, step)
     comparisons = compare_variance_curvature(stats)
-    files = _save_figure(
-        plots.plot_variance_vs_curvature(comparisons), figures / "e2_variance_curvature"
+    files = save_figure(
+        plots.plot_variance_vs_curvature(comparisons),
+        figures / "e2_variance_curvature",
+        dpi=FIGURE_DPI,
     )
     _write_csv(
         figures / "e2_variance_curvature.csv",
@@ -284,6 +284,7 @@ def _write_e4_power_law(
     from kfac_spectra import plots
     from kfac_spectra.powerlaw import fit_power_law, rank_overlay
     from kfac_spectra.spectra import kfac_eigenvalues
+    from nqm.io import save_figure
 
     spectrum = kfac_eigenvalues(spectra)
     d = int(np.sum(spectrum > 0))
@@ -295,7 +296,9 @@ def _write_e4_power_law(
         num_points=60 if d >= 60 else None,
     )
     overlay = rank_overlay(spectrum[spectrum > 0], fit)
-    files = _save_figure(plots.plot_power_law(overlay, fit), figures / "e4_power_law")
+    files = save_figure(
+        plots.plot_power_law(overlay, fit), figures / "e4_power_law", dpi=FIGURE_DPI
+    )
     _write_csv(
         figures / "e4_power_law.csv",
         [
