@@ -90,12 +90,15 @@ class _Nodes:
     """Eigenvalues (or their products) of a batch of modes, with accurate data.
 
     Attributes (lists over nodes of arrays of shape ``(M,)``): ``val`` the node,
-    ``q`` = 1 - node, ``logabs`` = log|node|, ``ang`` its argument in
-    (-pi, pi]; ``gap[(i, j)]`` = node_j - node_i.
+    ``q`` = 1 - node, ``logabs`` = log|node|, and its argument as
+    :math:`k\\pi + \\phi` with ``kpi`` = k in {0, 1} and ``phi`` the (small,
+    accurate) rest, so that powers of nodes near -1 keep their phase;
+    ``gap[(i, j)]`` = node_j - node_i.
     """
 
-    def __init__(self, val, q, logabs, ang, gap):
-        self.val, self.q, self.logabs, self.ang, self.gap = val, q, logabs, ang, gap
+    def __init__(self, val, q, logabs, kpi, phi, gap):
+        self.val, self.q, self.logabs = val, q, logabs
+        self.kpi, self.phi, self.gap = kpi, phi, gap
 
     def __len__(self):
         return len(self.val)
@@ -107,11 +110,74 @@ class _Nodes:
 
 
 def _real_node(lam, q, p):
-    """(val, q, logabs, ang) of a real eigenvalue from q = 1-lam and p = 1+lam."""
+    """(val, q, logabs, kpi, phi) of a real eigenvalue from q = 1-lam, p = 1+lam."""
     pos = lam > 0
     logabs = np.log1p(-np.where(pos, q, p))
-    ang = np.where(pos, 0.0, np.pi)
-    return lam, q, logabs, ang
+    return lam, q, logabs, (~pos).astype(np.float64), np.zeros(lam.shape)
+
+
+def _discriminant(s, beta):
+    """q_1 + q_2, r_1 + r_2, p_1 + p_2, p_1 p_2 and the discriminant of
+    z^2 - (1 - s + beta) z + beta.
+
+    The discriminant is formed as (q_1 + q_2)^2 - 4 q_1 q_2 where the roots lie
+    right of 0 and as (p_1 + p_2)^2 - 4 p_1 p_2 left of it, from the same sums
+    and products the roots are then formed from, so that near either critical
+    damping the computed roots are the exact roots of parameters perturbed by a
+    few units in the last place of the small quantities q or p.
+    """
+    big = 1.0 - beta + s  # q_1 + q_2 (q_1 q_2 = s)
+    tau = 1.0 - s + beta  # r_1 + r_2
+    p_sum = (3.0 - s) + beta  # exact in binary for s in [1.5, 6], beta >= 1/2
+    p_prod = (2.0 - s) + 2.0 * beta
+    disc = np.where(tau >= 0, big * big - 4.0 * s, p_sum * p_sum - 4.0 * p_prod)
+    return big, tau, p_sum, p_prod, disc
+
+
+def _momentum_roots(s, beta, cplx):
+    """The two roots of z^2 - (1 - s + beta) z + beta, as node data, with
+    r - beta for each and the gap r_2 - r_1.
+
+    Roots near +1 are formed from q = 1 - r (sum 1 - beta + s, product s),
+    roots near -1 from p = 1 + r (sum 3 - s + beta, product 2 - s + 2 beta,
+    both exact in binary for s in [2.5, 4], beta >= 1/2), so that either end
+    keeps the relative accuracy of the root's distance to +-1.
+    """
+    big, tau, p_sum, p_prod, disc = _discriminant(s, beta)
+    if cplx:
+        sqi = np.sqrt(-disc)
+        r = 0.5 * (tau + 1j * sqi)
+        q_r = 0.5 * (big - 1j * sqi)
+        la = 0.5 * np.log(beta)
+        # arg r = k pi + phi with |phi| <= pi/2 (exact parity near -1)
+        left = tau < 0
+        phi = np.where(left, -np.arctan2(sqi, -tau), np.arctan2(sqi, tau))
+        kpi = left.astype(np.float64)
+        d = 0.5 * ((1.0 - beta) - s) + 0.5j * sqi  # r - beta
+        nodes = [
+            (r, q_r, la, kpi, phi),
+            (np.conj(r), np.conj(q_r), la, kpi, -phi),
+        ]
+        return nodes, [d, np.conj(d)], -1j * sqi
+    sq = np.sqrt(disc)
+    # right: both roots positive (q-form); left: both negative (p-form)
+    q_big = 0.5 * (big + sq)
+    q_small = s / q_big
+    p_big = 0.5 * (p_sum + sq)
+    p_small = p_prod / p_big
+    left = tau < 0
+    q1 = np.where(left, 2.0 - p_big, q_small)  # r_1 >= r_2
+    p1 = np.where(left, p_big, 2.0 - q_small)
+    q2 = np.where(left, 2.0 - p_small, q_big)
+    p2 = np.where(left, p_small, 2.0 - q_big)
+    nodes = [_real_node(1.0 - q, q, p) for q, p in ((q1, p1), (q2, p2))]
+    # r - beta: the larger of (1-beta) - q directly, the other from
+    # (r_1 - beta)(r_2 - beta) = beta s.
+    d1 = (1.0 - beta) - q1
+    d2 = (1.0 - beta) - q2
+    first = np.abs(d1) >= np.abs(d2)
+    d = [np.where(first, d1, beta * s / d2), np.where(first, beta * s / d1, d2)]
+    return nodes, d, -sq
 
 
 def _family_nodes(s, alpha, beta, gamma, feats: Features, cplx: bool):
@@ -121,83 +187,51 @@ def _family_nodes(s, alpha, beta, gamma, feats: Features, cplx: bool):
     ``fpair[(i, j)]`` = [lambda_i, lambda_j] F (k = 3 only), ``c`` with
     G(z) = c z^(k-1).
     """
-    vals, qs, logs, angs, gap, fval, fpair = [], [], [], [], {}, [], {}
+    gap, fpair = {}, {}
     if feats.momentum:
-        big = 1.0 - beta + s
-        rs = np.sqrt(s)
-        disc = ((1.0 - rs) ** 2 - beta) * ((1.0 + rs) ** 2 - beta)
-        if cplx:
-            sqi = np.sqrt(-disc)
-            tau = 1.0 - s + beta
-            r = 0.5 * (tau + 1j * sqi)
-            q_r = 0.5 * (big - 1j * sqi)
-            la = 0.5 * np.log(beta)
-            th = np.arctan2(sqi, tau)
-            vals += [r, np.conj(r)]
-            qs += [q_r, np.conj(q_r)]
-            logs += [la, la]
-            angs += [th, -th]
-            gap[(0, 1)] = -1j * sqi
-            # r - beta = ((1 - beta) - s)/2 + i sqi/2
-            d = [0.5 * ((1.0 - beta) - s) + 0.5j * sqi]
-            d.append(np.conj(d[0]))
-        else:
-            sq = np.sqrt(disc)
-            q_big = 0.5 * (big + sq)
-            q_small = s / q_big
-            p_small = 2.0 - q_small
-            p_big = (2.0 - s + 2.0 * beta) / p_small
-            for q, p in ((q_small, p_small), (q_big, p_big)):
-                v, qq, la, an = _real_node(1.0 - q, q, p)
-                vals.append(v)
-                qs.append(qq)
-                logs.append(la)
-                angs.append(an)
-            gap[(0, 1)] = -sq
-            # r - beta for both roots: the larger of (1-beta) - q directly, the
-            # other from (r1 - beta)(r2 - beta) = beta s.
-            d1 = (1.0 - beta) - q_small
-            d2 = (1.0 - beta) - q_big
-            first = np.abs(d1) >= np.abs(d2)
-            d = [np.where(first, d1, beta * s / d2), np.where(first, beta * s / d1, d2)]
+        data, d, gap[(0, 1)] = _momentum_roots(s, beta, cplx)
         if not feats.ema:
-            c = -alpha
-            fval = d
-            return _Nodes(vals, qs, logs, angs, gap), fval, fpair, c
+            return _Nodes(*map(list, zip(*data, strict=True)), gap), d, fpair, -alpha
         # momentum + averaging: third node gamma
         g1 = 1.0 - gamma
-        vals.append(gamma + 0.0 * vals[0])
-        qs.append(g1 + 0.0 * vals[0])
-        logs.append(np.log(gamma) + 0.0 * logs[0])
-        angs.append(0.0 * logs[0])
+        zero = np.zeros(s.shape)
+        data.append(
+            (
+                gamma + 0.0 * data[0][0],
+                g1 + 0.0 * data[0][0],
+                np.log(gamma) + zero,
+                zero,
+                zero,
+            )
+        )
         for j in (0, 1):
-            gap[(j, 2)] = qs[j] - g1  # gamma - r = (1 - r) - (1 - gamma)
+            gap[(j, 2)] = data[j][1] - g1  # gamma - r = (1 - r) - (1 - gamma)
         # F(r) = (1-gamma)(r(1-s) - beta): directly, or as
         # s beta r / (r' - beta) where the direct difference cancels.
+        fval = []
         for j in (0, 1):
-            direct = d[j] - vals[j] * s
-            other = s * beta * vals[j] / d[1 - j]
+            r = data[j][0]
+            direct = d[j] - r * s
+            other = s * beta * r / d[1 - j]
             fval.append(
                 g1 * np.where(np.abs(direct) >= 0.5 * np.abs(d[j]), direct, other)
             )
         fval.append(gamma * gamma * s)
-        fpair[(0, 1)] = g1 * (1.0 - s) + 0.0 * vals[0]
+        fpair[(0, 1)] = g1 * (1.0 - s) + 0.0 * data[0][0]
         for j in (0, 1):
             fpair[(j, 2)] = d[j] + gamma * s
-        c = -alpha * g1
-        return _Nodes(vals, qs, logs, angs, gap), fval, fpair, c
+        nodes = _Nodes(*map(list, zip(*data, strict=True)), gap)
+        return nodes, fval, fpair, -alpha * g1
     # averaging alone: nodes 1 - s and gamma
-    a = _real_node(1.0 - s, s, 2.0 - s)
-    g = _real_node(gamma + 0.0 * s, 1.0 - gamma + 0.0 * s, 1.0 + gamma + 0.0 * s)
-    for v in (a, g):
-        vals.append(v[0])
-        qs.append(v[1])
-        logs.append(v[2])
-        angs.append(v[3])
+    zero = np.zeros(s.shape)
+    data = [
+        _real_node(1.0 - s, s, 2.0 - s),
+        _real_node(gamma + zero, 1.0 - gamma + zero, 1.0 + gamma + zero),
+    ]
     gap[(0, 1)] = s - (1.0 - gamma)
     fval = [(1.0 - s) * (1.0 - gamma), gamma * s]
-    c = -alpha * (1.0 - gamma)
-    return _Nodes(vals, qs, logs, angs, gap), fval, fpair, c
+    nodes = _Nodes(*map(list, zip(*data, strict=True)), gap)
+    return nodes, fval, fpair, -alpha * (1.0 - gamma)
 
 
 # ---------------------------------------------------------- ordering
@@ -217,30 +251,26 @@ def _take(items, perm):
 
 def _permuted(nodes: _Nodes, perm):
     n = len(nodes)
-    val, q, la, an = (
-        _take(x, perm) for x in (nodes.val, nodes.q, nodes.logabs, nodes.ang)
+    val, q, la, kpi, phi = (
+        _take(x, perm) for x in (nodes.val, nodes.q, nodes.logabs, nodes.kpi, nodes.phi)
     )
     full = np.stack([np.stack([nodes.g(i, j) for j in range(n)]) for i in range(n)])
     shape = (n, n) + perm.shape[1:]
     rows = np.take_along_axis(full, np.broadcast_to(perm[:, None], shape), axis=0)
     both = np.take_along_axis(rows, np.broadcast_to(perm[None, :], shape), axis=1)
     gap = {(i, j): both[i, j] for i in range(n) for j in range(i + 1, n)}
-    return _Nodes(val, q, la, an, gap)
+    return _Nodes(val, q, la, kpi, phi, gap)
 
 
 # ------------------------------------------------------ powers and tables
-def _power(logabs, ang, n):
-    """nu^n from log|nu| and arg nu (n: float array of integers)."""
+def _power(logabs, kpi, phi, n):
+    """nu^n from log|nu| and arg nu = kpi pi + phi (n: float array of integers)."""
     mod = np.exp(n * logabs)
-    if np.isrealobj(ang) and not np.any((ang != 0.0) & (ang != np.pi)):
-        odd = np.fmod(n, 2.0) != 0.0
-        return np.where((ang == np.pi) & odd, -mod, mod)
-    phase = n * ang
-    cos = np.where(
-        ang == np.pi, np.where(np.fmod(n, 2.0) != 0.0, -1.0, 1.0), np.cos(phase)
-    )
-    sin = np.where((ang == np.pi) | (ang == 0.0), 0.0, np.sin(phase))
-    return mod * (cos + 1j * sin)
+    mod = np.where((kpi != 0.0) & (np.fmod(n, 2.0) != 0.0), -mod, mod)
+    if not np.any(phi):
+        return mod
+    phase = n * phi
+    return mod * (np.cos(phase) + 1j * np.sin(phase))
 
 
 def _series(nodes: _Nodes, i, omax, N, sel):
@@ -249,8 +279,9 @@ def _series(nodes: _Nodes, i, omax, N, sel):
     v = nodes.val[i][sel]
     nn = N[sel]
     la = nodes.logabs[i][sel]
-    t0 = _power(la, nodes.ang[i][sel], nn)
-    rel_pow = 4.0 + np.abs(nn * la)  # rounding of nu^N, in units of eps
+    t0 = _power(la, nodes.kpi[i][sel], nodes.phi[i][sel], nn)
+    # rounding of nu^N (of log|nu| and arg nu, times N), in units of eps
+    rel_pow = 4.0 + np.abs(nn * la) + np.abs(nn * nodes.phi[i][sel])
     e = [nodes.g(i, i + o)[sel] for o in range(1, omax + 1)]
     # T_j = binom(N, j) nu^(N - j), j = 0 .. MAX_TERMS + omax
     T = [t0]
@@ -293,8 +324,10 @@ def _dd_top_row(nodes: _Nodes, N):
     D = [[None] * n for _ in range(n)]
     E = [[None] * n for _ in range(n)]
     for i in range(n):
-        D[i][i] = _power(nodes.logabs[i], nodes.ang[i], N)
-        E[i][i] = np.abs(D[i][i]) * (4.0 + np.abs(N * nodes.logabs[i]))
+        D[i][i] = _power(nodes.logabs[i], nodes.kpi[i], nodes.phi[i], N)
+        E[i][i] = np.abs(D[i][i]) * (
+            4.0 + np.abs(N * nodes.logabs[i]) + np.abs(N * nodes.phi[i])
+        )
     # clustered[i][o]: run i..i+o is summed as a series
     clustered = {}
     for i in range(n - 1):
@@ -351,11 +384,9 @@ def _products(lam: _Nodes):
     la = [np.zeros(np.shape(lam.logabs[0]))] + [
         lam.logabs[a] + lam.logabs[b] for a, b in pairs
     ]
-    an = [np.zeros(np.shape(lam.ang[0]))]
-    for a, b in pairs:
-        x = lam.ang[a] + lam.ang[b]
-        x = np.where(x > np.pi, x - 2.0 * np.pi, x)
-        an.append(np.where(x <= -np.pi, x + 2.0 * np.pi, x))
+    zero = np.zeros(np.shape(lam.logabs[0]))
+    kpi = [zero] + [np.fmod(lam.kpi[a] + lam.kpi[b], 2.0) for a, b in pairs]
+    phi = [zero] + [lam.phi[a] + lam.phi[b] for a, b in pairs]
     gap = {}
     for i in range(1, len(pairs) + 1):
         gap[(0, i)] = -q[i]  # lambda_a lambda_b - 1
@@ -369,7 +400,7 @@ def _products(lam: _Nodes):
             x2 = lam.val[c] * lam.g(a, d) + lam.val[a] * lam.g(b, c)
             w2 = np.abs(lam.val[c] * lam.g(a, d)) + np.abs(lam.val[a] * lam.g(b, c))
             gap[(i, j)] = np.where(w1 <= w2, x1, x2)
-    return _Nodes(val, q, la, an, gap)
+    return _Nodes(val, q, la, kpi, phi, gap)
 
 
 # ----------------------------------------------------------------- public
@@ -398,8 +429,7 @@ def confluent_terms(s, alpha, beta, gamma, feats: Features, t):
     out = [np.empty(s.shape) for _ in range(4)]
     if feats.momentum:
         with np.errstate(all="ignore"):
-            rs = np.sqrt(s)
-            cplx = ((1.0 - rs) ** 2 - beta) * ((1.0 + rs) ** 2 - beta) < 0
+            cplx = _discriminant(s, beta)[-1] < 0
         groups = [(~cplx, False), (cplx, True)]
     else:
         groups = [(np.ones(s.shape, dtype=bool), False)]
