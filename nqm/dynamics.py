@@ -27,6 +27,7 @@ Paths:
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -63,6 +64,11 @@ def validate_batch_size(batch_size) -> np.ndarray:
 
 
 def validate_steps(steps) -> np.ndarray:
+    if isinstance(steps, int | np.integer) and not isinstance(steps, bool):
+        # one integer step (the tuner's common call): no array checks needed
+        if steps < 0:
+            raise ValueError(f"steps must be non-negative, got {steps!r}")
+        return np.asarray(steps, dtype=np.int64)
     t = np.asarray(steps)
     if t.size == 0:
         raise ValueError("steps must not be empty")
@@ -281,6 +287,12 @@ def _flag(F, G, eF, eG, wd, wn, rtol):
     with np.errstate(all="ignore"):
         d = F @ wd
         nn = G @ wn
+        # Common case first: every total finite and both summed bounds within
+        # budget (four dot products); then nothing is flagged.
+        ed = eF @ wd
+        en = eG @ wn
+        if np.all((ed <= rtol * d) & (en <= rtol * nn)):
+            return np.zeros(F.shape, dtype=bool)
         # The budget is relative to the total of the modes the closed form does
         # express (every term is >= 0, so this under-estimates the final total:
         # conservative), so that one undefined mode (F = inf) does not make the
@@ -506,7 +518,18 @@ def doubled_modes(
     return _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol)[2]
 
 
-def _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol):
+def _settings(lr, momentum, ema):
+    """Validated (alpha, beta, gamma) arrays of one broadcast shape."""
+    if np.ndim(lr) == 0 and np.ndim(momentum) == 0 and np.ndim(ema) == 0:
+        # one setting (local searches): scalar checks
+        a, b, g = float(lr), float(momentum), float(ema)
+        if not (math.isfinite(a) and a > 0):
+            raise ValueError("lr must be finite and positive")
+        if not 0.0 <= b < 1.0:
+            raise ValueError("momentum must lie in [0, 1)")
+        if not 0.0 <= g < 1.0:
+            raise ValueError("ema must lie in [0, 1)")
+        return np.array(a), np.array(b), np.array(g)
     alpha, beta, gamma = np.broadcast_arrays(
         *(np.asarray(v, dtype=np.float64) for v in (lr, momentum, ema))
     )
@@ -516,6 +539,11 @@ def _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol):
         raise ValueError("momentum must lie in [0, 1)")
     if np.any(~((gamma >= 0) & (gamma < 1))):
         raise ValueError("ema must lie in [0, 1)")
+    return alpha, beta, gamma
+
+
+def _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol):
+    alpha, beta, gamma = _settings(lr, momentum, ema)
     if not 0.0 < rtol < 1.0:
         raise ValueError(f"rtol must lie in (0, 1), got {rtol!r}")
     t = validate_steps(steps)
