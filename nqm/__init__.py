@@ -24,6 +24,7 @@ C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 
 from . import closed_form, families, io, noise_scale, runtime, search
 from .dynamics import (
+    doubled_modes,
     expected_loss,
     is_stable,
     max_stable_lr,
@@ -52,6 +53,7 @@ __all__ = [
     "FromCallable",
     "expected_loss",
     "risk_terms",
+    "doubled_modes",
     "is_stable",
     "max_stable_lr",
     "steady_state_loss",

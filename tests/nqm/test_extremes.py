@@ -369,12 +369,12 @@ def test_momentum_and_ema_next_to_one_and_tiny_curvature(beta, gamma):
     assert_matches_oracle(problem, 1.0, beta, gamma, 0.0, 2, [1, 10, 10**6, 10**12])
 
 
-#: The problem, hyperparameters and steps of the undefined-modes tests.
+#: The problem, hyperparameters and steps of the coinciding-modes tests.
 UNDEFINED_CASE = dict(dim=10_000, lr=1.9, beta=0.9, gamma=0.99, steps=(1000, 10**6))
 
 
 def _spied_risk_terms(monkeypatch, t):
-    """``risk_terms`` of the undefined-modes case at step ``t``, and the sizes of
+    """``risk_terms`` of the coinciding-modes case at step ``t``, and the sizes of
     the batches of modes the engine sent to exact doubling."""
     import nqm.dynamics as dyn
 
@@ -440,26 +440,30 @@ def test_expansion_oracle_agrees_with_binary_powering(lr, h, p, beta, gamma):
 
 
 @pytest.mark.parametrize("t", UNDEFINED_CASE["steps"])
-def test_undefined_modes_are_the_only_ones_doubled(monkeypatch, t):
+def test_coinciding_modes_need_no_doubling(monkeypatch, t):
     """At d = 10⁴, lr 1.9, β = 0.9, γ = 0.99 and no preconditioning, a few modes
-    have a momentum root that coincides with γ to rounding, where the closed form
-    is undefined (F = inf). They go to exact doubling; the others keep their
-    certified closed form: the error budget is relative to the total of the
-    modes the closed form expresses, so one undefined mode does not make it 0."""
-    _, _, _, doubled = _spied_risk_terms(monkeypatch, t)
-    assert 0 < sum(doubled) < 100
+    have a momentum root that coincides with γ to rounding, where the Lagrange
+    form is undefined (F = inf). Their divided-difference form is certified, so
+    no mode is doubled, and the others keep their Lagrange form. The totals are
+    checked against mpmath in the slow test below."""
+    prob, _, _, doubled = _spied_risk_terms(monkeypatch, t)
+    c = UNDEFINED_CASE
+    assert sum(doubled) == 0
+    assert nqm.doubled_modes(prob, c["lr"], c["beta"], c["gamma"], 0.0, t) == 0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("t", UNDEFINED_CASE["steps"])
-def test_undefined_modes_do_not_send_the_others_to_doubling(
+def test_coinciding_modes_need_no_doubling_and_match_mpmath(
     monkeypatch, undefined_case_oracle, t
 ):
-    """The case above, with its totals: few modes doubled, and D and N equal to a
-    50-digit mpmath evaluation of every mode (about 10 s for the 10⁴ modes,
-    shared by both steps)."""
-    _, D, N, doubled = _spied_risk_terms(monkeypatch, t)
-    assert 0 < sum(doubled) < 100
+    """The case above, with its totals: no mode doubled, and D and N equal to a
+    50-digit mpmath evaluation of every mode (about 10 s of CPU for the 10⁴
+    modes, shared by both steps)."""
+    prob, D, N, doubled = _spied_risk_terms(monkeypatch, t)
+    c = UNDEFINED_CASE
+    assert sum(doubled) == 0
+    assert nqm.doubled_modes(prob, c["lr"], c["beta"], c["gamma"], 0.0, t) == 0
     want_d, want_n = undefined_case_oracle[t]
     assert float(N) == pytest.approx(want_n, rel=1e-11)
     assert float(D) == pytest.approx(want_d, rel=1e-11, abs=1e-300)
