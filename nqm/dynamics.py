@@ -288,10 +288,13 @@ def _flag(F, G, eF, eG, wd, wn, rtol):
         d = F @ wd
         nn = G @ wn
         # Common case first: every total finite and both summed bounds within
-        # budget (four dot products); then nothing is flagged.
+        # budget (four dot products); then nothing is flagged. (An undefined mode
+        # makes a total and its bound inf, and inf <= rtol * inf holds: finiteness
+        # must be tested on its own.)
         ed = eF @ wd
         en = eG @ wn
-        if np.all((ed <= rtol * d) & (en <= rtol * nn)):
+        finite = np.isfinite(d) & np.isfinite(nn)
+        if np.all(finite & (ed <= rtol * d) & (en <= rtol * nn)):
             return np.zeros(F.shape, dtype=bool)
         # The budget is relative to the total of the modes the closed form does
         # express (every term is >= 0, so this under-estimates the final total:
