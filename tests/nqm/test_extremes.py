@@ -446,10 +446,12 @@ def test_coinciding_modes_need_no_doubling(monkeypatch, t):
     form is undefined (F = inf). Their divided-difference form is certified, so
     no mode is doubled, and the others keep their Lagrange form. The totals are
     checked against mpmath in the slow test below."""
-    prob, _, _, doubled = _spied_risk_terms(monkeypatch, t)
+    prob, D, N, doubled = _spied_risk_terms(monkeypatch, t)
     c = UNDEFINED_CASE
     assert sum(doubled) == 0
     assert nqm.doubled_modes(prob, c["lr"], c["beta"], c["gamma"], 0.0, t) == 0
+    # every mode is stable (alpha h < 2 (1 + beta)): both totals are finite
+    assert math.isfinite(float(D)) and math.isfinite(float(N))
 
 
 @pytest.mark.slow
