@@ -124,7 +124,7 @@ class PiecewiseConstant(Schedule):
 
 @dataclass(frozen=True)
 class LinearDecay(Schedule):
-    r"""Linear decay (seed 004, F.3, after Shallue et al. 2018).
+    r"""Linear decay (Zhang et al. 2019, appendix F.3, after Shallue et al. 2018).
 
     .. math::
         \alpha(t) = \alpha_0 \left(1 - (1-\delta)\frac{t}{T}\right)

@@ -121,7 +121,7 @@ class NQMProblem:
         r"""The reference NQM: :math:`h_i = i^{-a}`, :math:`c_i = i^{-b}`, i = 1..dim.
 
         With the defaults, :math:`h_i = c_i = 1/i` and :math:`E[\theta_i(0)^2] = 1`
-        (seed 004, section 3.7 and E.4).
+        (Zhang et al. 2019, section 3.7 and appendix E.4).
         """
         if int(dim) != dim or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")

@@ -1,7 +1,7 @@
 """The appendix's closed forms (`nqm.closed_form`) against the exact dynamics.
 
-Published identities (seed 004): the SGD risk; Theorem 1, eqns (31) and (34); Theorem
-2, eqn (49). The transient terms of (34) and (49) are the exact mean response, so
+Published identities (Zhang et al. 2019, appendices B-D): the SGD risk; Theorem 1,
+eqns (31) and (34); Theorem 2, eqn (49). The transient terms of (34) and (49) are the exact mean response, so
 with c = 0 the bounds equal the exact loss; their noise terms are the stationary
 variances, so the bounds dominate the exact loss, and equal it as t -> infinity
 when init_sq = 0. The independent oracle is the step-wise/binary-powered second
