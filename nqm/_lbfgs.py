@@ -108,23 +108,9 @@ def batched_lbfgs(
         rows = torch.nonzero(active).flatten()
         if rows.numel() == 0:
             break
-        gr, Sr, Yr, rr = g[rows], S[rows], Y[rows], rho[rows]
-        # two-loop recursion, newest pair last (slot history - 1)
-        q = gr.clone()
-        alphas = []
-        for i in range(history - 1, -1, -1):
-            a = rr[:, i] * (Sr[:, i] * q).sum(dim=1)
-            q -= a[:, None] * Yr[:, i]
-            alphas.append(a)
-        sy = (Sr[:, -1] * Yr[:, -1]).sum(dim=1)
-        yy = (Yr[:, -1] * Yr[:, -1]).sum(dim=1)
+        gr, f0 = g[rows], f[rows]
         has = stored[rows] > 0
-        scale = torch.where(has, sy / torch.where(has, yy, 1.0), 1.0)
-        r = scale[:, None] * q
-        for i in range(history):
-            b = rr[:, i] * (Yr[:, i] * r).sum(dim=1)
-            r += Sr[:, i] * (alphas[history - 1 - i] - b)[:, None]
-        d = -r
+        d = _two_loop_direction(gr, S[rows], Y[rows], rho[rows], has)
         gd = (gr * d).sum(dim=1)
         restart = ~(torch.isfinite(gd) & (gd < 0))
         if bool(restart.any()):  # not a descent direction: forget, go downhill
@@ -133,41 +119,10 @@ def batched_lbfgs(
             forget = rows[restart]
             S[forget], Y[forget], rho[forget], stored[forget] = 0.0, 0.0, 0.0, 0
             has = has & ~restart
-        # first step of a row without curvature pairs: at most unit length in l1
-        l1 = gr.abs().sum(dim=1)
-        t = torch.where(has, 1.0, torch.clamp(1.0 / l1, max=1.0))
-        f0 = f[rows]
-        x_new, f_new, g_new = x[rows].clone(), f0.clone(), gr.clone()
-        moved = torch.zeros(rows.numel(), dtype=torch.bool, device=dev)
-        search = torch.ones_like(moved)
-        lo = torch.zeros_like(t)  # largest step known to satisfy Armijo
-        hi = torch.full_like(t, float("inf"))  # smallest step known to fail it
-        for _ in range(max_backtracks):
-            idx = torch.nonzero(search).flatten()
-            if idx.numel() == 0:
-                break
-            ti = t[idx]
-            trial = x[rows[idx]] + ti[:, None] * d[idx]
-            ft, gt = _value_grad(fun, trial, rows[idx])
-            evaluations[rows[idx]] += 1
-            sufficient = torch.isfinite(ft) & torch.isfinite(gt).all(dim=1)
-            sufficient &= ft <= f0[idx] + armijo * ti * gd[idx]
-            flat = (gt * d[idx]).sum(dim=1) >= curvature * gd[idx]
-            # keep the lowest Armijo point (the Wolfe point when one is found:
-            # the search stops there)
-            better = sufficient & (~moved[idx] | (ft < f_new[idx]) | flat)
-            acc = idx[better]
-            x_new[acc], f_new[acc], g_new[acc] = trial[better], ft[better], gt[better]
-            acc = idx[sufficient]
-            moved[acc] = True
-            lo[acc] = ti[sufficient]
-            hi[idx[~sufficient]] = ti[~sufficient]
-            search[idx[sufficient & flat]] = False
-            # weak Wolfe bracketing (Lewis & Overton 2013): bisect a bracket,
-            # double the step while it still descends steeply
-            t[idx] = torch.where(
-                torch.isinf(hi[idx]), 2.0 * lo[idx], 0.5 * (lo[idx] + hi[idx])
-            )
+        x_new, f_new, g_new, moved = _weak_wolfe_search(
+            fun, x, f, rows, d, gr, gd, has, evaluations,
+            armijo=armijo, curvature=curvature, max_backtracks=max_backtracks,
+        )  # fmt: skip
         # rows that found no acceptable step keep their point and stop
         s = x_new - x[rows]
         y = g_new - gr
@@ -188,3 +143,87 @@ def batched_lbfgs(
         stop = ~moved | small_step | small_drop | flat
         active[rows[stop]] = False
     return LBFGSResult(x, f, iters, evaluations)
+
+
+def _two_loop_direction(
+    gr: Tensor, Sr: Tensor, Yr: Tensor, rr: Tensor, has: Tensor
+) -> Tensor:
+    """The L-BFGS direction :math:`-H g` of each row: the two-loop recursion of
+    Nocedal & Wright (2006, Algorithm 7.4) over the row's pairs (newest in slot
+    ``history - 1``; an empty slot has ``rho = 0`` and contributes nothing),
+    scaled initially by ``sᵀy / yᵀy`` of the newest pair when the row ``has``
+    one.
+
+    Args:
+        gr: gradients ``(R, n)``; Sr, Yr: pairs ``(R, history, n)``; rr:
+            ``1 / sᵀy`` ``(R, history)``; has: ``(R,)`` bool.
+    """
+    history = Sr.shape[1]
+    q = gr.clone()
+    alphas = []
+    for i in range(history - 1, -1, -1):
+        a = rr[:, i] * (Sr[:, i] * q).sum(dim=1)
+        q -= a[:, None] * Yr[:, i]
+        alphas.append(a)
+    sy = (Sr[:, -1] * Yr[:, -1]).sum(dim=1)
+    yy = (Yr[:, -1] * Yr[:, -1]).sum(dim=1)
+    scale = torch.where(has, sy / torch.where(has, yy, 1.0), 1.0)
+    r = scale[:, None] * q
+    for i in range(history):
+        b = rr[:, i] * (Yr[:, i] * r).sum(dim=1)
+        r += Sr[:, i] * (alphas[history - 1 - i] - b)[:, None]
+    return -r
+
+
+def _weak_wolfe_search(
+    fun, x, f, rows, d, gr, gd, has, evaluations, *, armijo, curvature,
+    max_backtracks,
+):  # fmt: skip
+    """A weak Wolfe line search along ``d`` for every row of ``rows`` at once
+    (Lewis & Overton 2013: double the step while it satisfies sufficient
+    decrease and still descends steeply, bisect once bracketed). Trial step 1,
+    or ``min(1, 1/|g|₁)`` for a row without pairs. Adds each row's function
+    evaluations to ``evaluations``.
+
+    Returns:
+        ``(x_new, f_new, g_new, moved)``: per row the Wolfe point, else the
+        lowest point found that meets sufficient decrease, else the start
+        (``moved`` False).
+    """
+    dev = x.device
+    # first step of a row without curvature pairs: at most unit length in l1
+    l1 = gr.abs().sum(dim=1)
+    t = torch.where(has, 1.0, torch.clamp(1.0 / l1, max=1.0))
+    f0 = f[rows]
+    x_new, f_new, g_new = x[rows].clone(), f0.clone(), gr.clone()
+    moved = torch.zeros(rows.numel(), dtype=torch.bool, device=dev)
+    search = torch.ones_like(moved)
+    lo = torch.zeros_like(t)  # largest step known to satisfy Armijo
+    hi = torch.full_like(t, float("inf"))  # smallest step known to fail it
+    for _ in range(max_backtracks):
+        idx = torch.nonzero(search).flatten()
+        if idx.numel() == 0:
+            break
+        ti = t[idx]
+        trial = x[rows[idx]] + ti[:, None] * d[idx]
+        ft, gt = _value_grad(fun, trial, rows[idx])
+        evaluations[rows[idx]] += 1
+        sufficient = torch.isfinite(ft) & torch.isfinite(gt).all(dim=1)
+        sufficient &= ft <= f0[idx] + armijo * ti * gd[idx]
+        flat = (gt * d[idx]).sum(dim=1) >= curvature * gd[idx]
+        # keep the lowest Armijo point (the Wolfe point when one is found:
+        # the search stops there)
+        better = sufficient & (~moved[idx] | (ft < f_new[idx]) | flat)
+        acc = idx[better]
+        x_new[acc], f_new[acc], g_new[acc] = trial[better], ft[better], gt[better]
+        acc = idx[sufficient]
+        moved[acc] = True
+        lo[acc] = ti[sufficient]
+        hi[idx[~sufficient]] = ti[~sufficient]
+        search[idx[sufficient & flat]] = False
+        # weak Wolfe bracketing (Lewis & Overton 2013): bisect a bracket,
+        # double the step while it still descends steeply
+        t[idx] = torch.where(
+            torch.isinf(hi[idx]), 2.0 * lo[idx], 0.5 * (lo[idx] + hi[idx])
+        )
+    return x_new, f_new, g_new, moved
