@@ -356,6 +356,8 @@ def best_steps(
     Raises:
         ValueError: for an unknown family, a bad target, batch size or power.
     """
+    # The tuner certifies its candidates with steps_to_target from this module,
+    # so it is imported when called, not at import.
     from ._tuning import tune, tune_powers
 
     try:
