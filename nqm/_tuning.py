@@ -368,6 +368,8 @@ def _profile(surr, space, X, t, bs_sel, spent, keep=1):
 def _tune_constant(
     problem, fam, bs, target, p, *, surrogate_bins, grid, polish, fixed_momentum=None
 ):
+    """A constant-lr family at one power and every batch size: the three stages
+    of the module docstring, one :class:`_Evaluations` counter for all."""
     hh, _, _ = _modes(problem, p)
     space = _Space(fam, float(hh.max()), p, fixed_momentum)
     surr = _surrogate(problem, surrogate_bins)
