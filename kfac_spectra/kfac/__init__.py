@@ -5,6 +5,7 @@ See :mod:`kfac_spectra.kfac.factors` for the Kronecker-factor convention and the
 mean/sum reduction scaling.
 """
 
+from .distributed import InverseLayout
 from .enums import (
     DampingType,
     FisherType,
@@ -21,6 +22,7 @@ from .optimizer import KFAC
 __all__ = [
     "DampingType",
     "FisherType",
+    "InverseLayout",
     "InverseMethod",
     "KFAC",
     "KFACApprox",
