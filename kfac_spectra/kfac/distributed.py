@@ -65,9 +65,10 @@ blocks):
   which statistics each rank has, and its batch size) and one all-reduce of all
   statistics (``Σ n²``, both factors of every block, about ``P`` for square-ish
   layers, much less for wide ones);
-* inverse steps, ``shared`` only: one all-gather of a short description of each
-  rank's decompositions (pickled objects), then one broadcast per rank of its
-  decompositions (``Σ (n² + n)`` over all blocks, received by each rank);
+* inverse steps, ``shared`` only: one all-reduce of a flag per rank (an
+  all-gather of pickled descriptions of the decompositions when they change: the
+  first time, or when a block's fails), then one broadcast per rank of its
+  decompositions (``Σ (n² + n)`` numbers over all blocks, received by each rank);
 * every step with a ``loss`` passed to ``step()``: one all-reduce of one number
   (its global mean, so that a non-finite loss on one rank skips the step on all);
 * ``step_rule="qmodel"`` and the damping adaptation: one all-reduce of the 1-3
@@ -275,6 +276,8 @@ class DistContext:
         self.comm_bytes = {"vote": 0, "statistics": 0, "inverses": 0, "scalars": 0}
         self._owners: dict[Hashable, int] | None = None
         self._owner_keys: tuple[Hashable, ...] = ()
+        # each rank's last exchanged descriptions of its decompositions
+        self._described: dict[int, list[Any]] = {}
 
     # ------------------------------------------------------------- utilities
     def _device(self, like: Tensor | None = None) -> torch.device:
@@ -395,6 +398,23 @@ class DistContext:
             return {key: self.rank for key in keys}
         return dict(self._owners)
 
+    def _gather_descriptions(
+        self, described: list[Any], owners: Mapping[str, int]
+    ) -> list[Any]:
+        """Every rank's descriptions, pickled and all-gathered only when some
+        rank's differ from the last ones exchanged (a new or failed block): else
+        one all-reduce of a flag per rank."""
+        changed = torch.zeros(self.world_size, dtype=torch.int64)
+        changed[self.rank] = int(described != self._described.get(self.rank))
+        changed = changed.to(self._device())
+        self.comm_bytes["inverses"] += changed.numel() * changed.element_size()
+        dist.all_reduce(changed, group=self.group)
+        if bool(changed.any()) or len(self._described) != self.world_size:
+            everyone: list[Any] = [None] * self.world_size
+            dist.all_gather_object(everyone, described, group=self.group)
+            self._described = dict(enumerate(everyone))
+        return [self._described[rank] for rank in range(self.world_size)]
+
     def share_inverses(
         self,
         local: Mapping[str, Any | None],
@@ -435,8 +455,7 @@ class DistContext:
                 else:
                     fields.append((f.name, ("value", value)))
             described.append((key, type(inv), fields))
-        everyone: list[Any] = [None] * self.world_size
-        dist.all_gather_object(everyone, described, group=self.group)
+        everyone = self._gather_descriptions(described, owners)
         out: dict[str, Any | None] = {}
         for rank, entries in enumerate(everyone):
             shapes = [

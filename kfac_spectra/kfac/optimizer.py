@@ -367,6 +367,12 @@ class KFAC(torch.optim.Optimizer):
         return dict(self._blocks.blocks)
 
     @property
+    def distributed(self) -> DistContext | None:
+        """The process group's context (rank, world size, bytes sent), or
+        ``None`` when running as one process."""
+        return self._dist
+
+    @property
     def unsupported(self) -> list[str]:
         """Modules with trainable parameters that get the plain gradient."""
         return list(self._blocks.unsupported)
