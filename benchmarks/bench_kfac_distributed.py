@@ -18,7 +18,9 @@ Every number is measured in this one run, side by side:
    width ``--width``): the time of an inverse update per rank (a step with
    decompositions minus one without, medians), every rank decomposing every
    block (``replicated``) against each rank its share (``shared``, including the
-   broadcast). With W ranks the ratio should approach W.
+   broadcast). With W ranks the ratio should approach W. Printed as the main
+   thread's CPU time (the work each rank does, whatever the machine's load) and
+   as wall time (which also depends on the ranks getting a core each).
 """
 
 from __future__ import annotations
@@ -109,6 +111,15 @@ def _timed(fn: Callable[[], None]) -> float:
     return _slowest(time.perf_counter() - t0)
 
 
+def _timed_cpu(fn: Callable[[], None]) -> tuple[float, float]:
+    """Wall and main-thread CPU seconds of ``fn``, each the slower rank's."""
+    dist.barrier()
+    t0, c0 = time.perf_counter(), time.thread_time()
+    fn()
+    c1, t1 = time.thread_time(), time.perf_counter()
+    return _slowest(t1 - t0), _slowest(c1 - c0)
+
+
 def step_section(rank: int, world: int, rounds: int) -> list[str]:
     lines = [
         f"1-2. step time and bytes sent, {world} ranks, global batch {GLOBAL_BATCH}, "
@@ -182,26 +193,33 @@ def inverse_section(rank: int, world: int, blocks: int, width: int, reps: int) -
             layers += [nn.Linear(width, width), nn.Tanh()]
         return nn.Sequential(*layers)
 
-    per_update: dict[str, list[float]] = {}
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
     for layout in ("replicated", "shared"):
         # factors once (step 0); inverses every step or never
         with_inv = Run(build, layout, factor_interval=NEVER, inverse_interval=1)
         without = Run(build, layout, factor_interval=NEVER, inverse_interval=NEVER)
         for run in (with_inv, without):
             run.steps(x, y, 2)
-        diffs = []
+        wall[layout], cpu[layout] = [], []
         for _ in range(reps):
-            t_with = _timed(lambda r=with_inv: r.steps(x, y, 1))
-            t_without = _timed(lambda r=without: r.steps(x, y, 1))
-            diffs.append(t_with - t_without)
-        per_update[layout] = diffs
-    rep = statistics.median(per_update["replicated"])
-    sh = statistics.median(per_update["shared"])
+            w1, c1 = _timed_cpu(lambda r=with_inv: r.steps(x, y, 1))
+            w0, c0 = _timed_cpu(lambda r=without: r.steps(x, y, 1))
+            wall[layout].append(w1 - w0)
+            cpu[layout].append(c1 - c0)
+    med = {k: statistics.median(v) * 1e3 for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
     return (
         f"3. inverse update per rank, {blocks} blocks {width}x{width} "
-        f"({blocks * 2} factors of {width + 1} and {width}), {world} ranks: "
-        f"replicated {rep * 1e3:.1f} ms, shared {sh * 1e3:.1f} ms (with broadcast): "
-        f"{rep / sh:.2f}x less time per rank (ideal {world}x)"
+        f"({blocks * 2} factors of {width + 1} and {width}), {world} ranks, "
+        f"{reps} reps (the slower rank):\n"
+        f"   compute (main thread CPU time): replicated {med_cpu['replicated']:.1f} ms, "
+        f"shared {med_cpu['shared']:.1f} ms: "
+        f"{med_cpu['replicated'] / med_cpu['shared']:.2f}x less per rank "
+        f"(ideal {world}x)\n"
+        f"   wall (with the broadcast; ranks share this machine's cores): "
+        f"replicated {med['replicated']:.1f} ms, shared {med['shared']:.1f} ms: "
+        f"{med['replicated'] / med['shared']:.2f}x"
     )
 
 
