@@ -129,6 +129,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "kfac": {"fisher_type": "empirical", "inverse_layout": "replicated"},
         "ddp": True,
     },
+    "chain_cholesky_shared_ddp": {
+        "kfac": {
+            "fisher_type": "type2",
+            "inverse_layout": "shared",
+            "inverse_method": "cholesky",
+            "rnn_approx": "chain",
+        },
+        "ddp": True,
+    },
     "qmodel_lm_stats_shared_ddp": {
         "kfac": {
             "fisher_type": "type2",
