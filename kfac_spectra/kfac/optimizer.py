@@ -841,10 +841,13 @@ class KFAC(torch.optim.Optimizer):
                 batch *without* calling ``backward`` (it is run under
                 ``torch.no_grad``). Used by ``adapt_damping``.
             loss: Optional loss value of this batch; a non-finite value skips the
-                step (as non-finite gradients do).
+                step (as non-finite gradients do). Under a process group it is
+                averaged over the ranks first (a non-finite value on one rank
+                skips the step on all).
 
         Returns:
-            The loss before the update if it was evaluated, else ``loss``.
+            The loss before the update if it was evaluated, else ``loss`` (under a
+            process group: their mean over the ranks, a float).
         """
         lm_due = (
             self.adapt_damping
