@@ -229,12 +229,13 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     try:
-        lines = step_section(rank, world, args.rounds)
+        lines = [] if args.inverse_only else step_section(rank, world, args.rounds)
         lines.append(
             inverse_section(rank, world, args.blocks, args.width, args.inverse_reps)
         )
         if rank == 0:
             print("\n".join(lines), flush=True)
+        dist.barrier()  # nobody leaves while another rank still works
     finally:
         dist.destroy_process_group()
 
@@ -254,6 +255,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--inverse-reps", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--inverse-only", action="store_true", help="only the inverse update (3.)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.blocks, args.width, args.inverse_reps = 1, 4, 64, 2

@@ -234,6 +234,10 @@ def assign_owners(
     return {key: owners[key] for key in costs}
 
 
+# description entries of an eigendecomposition's damped inverses (not fields)
+_DAMPED = "damped_inverses"
+
+
 def _signature(stats: Mapping[str, Tensor] | None) -> int:
     """A non-zero 62-bit fingerprint of a block's statistic names and shapes
     (0 when it has none)."""
@@ -454,6 +458,12 @@ class DistContext:
                     tensors.append(value)
                 else:
                     fields.append((f.name, ("value", value)))
+            cache = getattr(inv, "damped_inverses", None)
+            if cache is not None:  # formed by the owner: no rank forms them again
+                fields.append((_DAMPED, ("value", cache[0])))
+                for i, t in enumerate(cache[1:]):
+                    fields.append((f"{_DAMPED}{i}", (tuple(t.shape), t.dtype)))
+                    tensors.append(t)
             described.append((key, type(inv), fields))
         everyone = self._gather_descriptions(described, owners)
         out: dict[str, Any | None] = {}
@@ -494,5 +504,10 @@ class DistContext:
                     else:
                         shape, field_dtype = spec
                         kwargs[name] = next(parts).view(shape).to(field_dtype)
-                out[key] = cls(**kwargs)
+                damped = kwargs.pop(_DAMPED, None)
+                damped_parts = [kwargs.pop(f"{_DAMPED}{i}", None) for i in range(2)]
+                inv = cls(**kwargs)
+                if damped is not None:
+                    inv.adopt_damped_inverses((damped, *damped_parts))
+                out[key] = inv
         return {key: out[key] for key in owners}

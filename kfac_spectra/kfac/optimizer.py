@@ -584,6 +584,9 @@ class KFAC(torch.optim.Optimizer):
                 if rank == ctx.rank
             }
             if ctx.layout == InverseLayout.SHARED and ctx.world_size > 1:
+                for inv in built.values():
+                    if inv is not None:
+                        inv.two_sided(damping)  # the damped inverses, sent along
                 built = ctx.share_inverses(built, owners, self._device)
         for key, inv in built.items():
             if inv is None:

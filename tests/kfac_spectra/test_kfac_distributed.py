@@ -365,6 +365,7 @@ def _worker(rank: int, world: int, port: int, out: str, jobs: list[str]) -> None
                 _rank_bad_batch(rank, world, path)
             else:
                 _rank_scenarios(rank, world, path, [job])
+        dist.barrier()  # nobody leaves while another rank still works
     finally:
         dist.destroy_process_group()
 
