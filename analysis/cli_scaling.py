@@ -217,7 +217,6 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports only when the command runs.
     import nqm.runtime
     from analysis import plots
-    from analysis.io import save_figure, write_json, write_table, write_text_atomic
     from analysis.scaling import (
         RECORD_COLUMNS,
         build_problem,
@@ -225,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         run_reference_study,
         write_study,
     )
+    from nqm.io import save_figure, write_json, write_table, write_text_atomic
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
         t_fig = time.perf_counter()
         for name, rows in figure_tables(result, cfg).items():
             fig = plots.FIGURES[name](rows)
-            written += [str(p) for p in save_figure(fig, fig_dir, name)]
+            written += [str(p) for p in save_figure(fig, fig_dir / name)]
             written += [str(p) for p in write_table(fig_dir, name, rows)]
         timings["figures"] = time.perf_counter() - t_fig
     timings["total"] = time.perf_counter() - t0

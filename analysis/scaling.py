@@ -39,11 +39,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import nqm
+from nqm.io import write_json, write_table
 from nqm.noise_scale import fit_critical_batch, steps_lower_bound
 from nqm.search import Family, best_steps
 
 from .config import ScalingConfig
-from .io import write_json, write_table
 
 __all__ = [
     "ScheduleKind",

@@ -13,7 +13,6 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis import plots
-from analysis.io import save_figure
 
 FAMILIES = ("sgd", "momentum")
 POWERS = (0.0, 1.0)
@@ -171,11 +170,3 @@ def test_schedule_shapes_and_transient():
 @pytest.mark.parametrize("name", sorted(plots.FIGURES))
 def test_every_figure_accepts_an_empty_table(name):
     assert isinstance(plots.FIGURES[name]([]), Figure)
-
-
-def test_save_figure_writes_png_and_pdf(tmp_path, records):
-    fig = plots.plot_pwc_final_lr(records[0])
-    paths = save_figure(fig, tmp_path, "fig")
-    assert [p.name for p in paths] == ["fig.png", "fig.pdf"]
-    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "fig.pdf").read_bytes()[:5] == b"%PDF-"

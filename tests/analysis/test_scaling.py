@@ -1,4 +1,4 @@
-"""Tests of the study layer (analysis.scaling) and the atomic writers (analysis.io).
+"""Tests of the study layer (analysis.scaling).
 
 Oracles: the exact expected loss (``nqm.expected_loss``) checked directly at the
 reported step and the one before it; a brute-force scan of the Bayes lower bound;
@@ -9,18 +9,15 @@ families that contain SGD never slower than SGD).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
-import os
 from itertools import pairwise
 
 import numpy as np
 import pytest
 
 import nqm
-from analysis import io as aio
 from analysis import scaling
 from analysis.config import ScalingConfig
 from nqm.search import Family, TuneResult, best_steps
@@ -318,55 +315,6 @@ def test_build_problem_power_law_and_file(tmp_path):
         scaling.build_problem(ScalingConfig(problem=str(tmp_path / "missing.npz")))
 
 
-# ------------------------------------------------------------- atomic io
-def test_tables_round_trip(tmp_path):
-    rows = [
-        {"a": 1, "b": math.inf, "c": [1, 2]},
-        {"a": 2, "b": 0.5, "c": None},
-    ]
-    csv_path, json_path = aio.write_table(tmp_path, "t", rows)
-    with open(csv_path) as f:
-        back = list(csv.DictReader(f))
-    assert back[0] == {"a": "1", "b": "inf", "c": "1;2"}
-    assert float(back[1]["b"]) == 0.5 and back[1]["c"] == ""
-    assert json.loads(json_path.read_text()) == [
-        {"a": 1, "b": None, "c": [1, 2]},
-        {"a": 2, "b": 0.5, "c": None},
-    ]
-
-
-def test_crash_mid_write_leaves_old_file_and_no_temp(tmp_path):
-    dest = tmp_path / "records.csv"
-    dest.write_text("old complete content\n")
-
-    def half_then_crash(f):
-        f.write(b"family,steps\nsgd,")
-        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the write
-
-    with pytest.raises(KeyboardInterrupt):
-        aio.write_atomic(dest, half_then_crash)
-    assert dest.read_text() == "old complete content\n"
-    assert os.listdir(tmp_path) == ["records.csv"]
-
-
-def test_crash_before_rename_leaves_no_file(tmp_path, monkeypatch):
-    calls = []
-
-    def crash_on_second(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise OSError("simulated power cut")
-        return os.rename(src, dst)
-
-    monkeypatch.setattr(aio.os, "replace", crash_on_second)
-    rows = [{"family": "sgd", "steps": 3}]
-    with pytest.raises(OSError, match="power cut"):
-        aio.write_table(tmp_path, "records", rows)
-    # the CSV went through completely; the JSON never appeared, nor any temp file
-    assert sorted(os.listdir(tmp_path)) == ["records.csv"]
-    assert (tmp_path / "records.csv").read_text() == "family,steps\nsgd,3\n"
-
-
 def test_write_study_writes_every_table(tmp_path, study, problem):
     res = scaling.StudyResult(
         records=study[:3],
@@ -560,13 +508,3 @@ def test_schedule_shapes_handle_constant_fallbacks_per_record():
     assert flat and all(v == 0.3 for v in flat)
     lin = {r["step"]: r["lr"] for r in rows if r["batch_size"] == 4}
     assert lin[0] == 1.0 and lin[10] == pytest.approx(0.75, rel=RTOL)
-
-
-def test_worker_environment_is_single_threaded_and_restored(monkeypatch):
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a user's choice is kept
-    with scaling._single_threaded_children():
-        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
-        assert os.environ["OMP_NUM_THREADS"] == "3"
-    assert "OPENBLAS_NUM_THREADS" not in os.environ
-    assert os.environ["OMP_NUM_THREADS"] == "3"
