@@ -387,6 +387,71 @@ def test_shared_sgd_baseline_matches_per_curve_tuning():
         assert r["steps"] <= sgd[(r["precond_power"], r["batch_size"])]
 
 
+def _fpt(curve):
+    """A plan's curve as (family value, powers, target), for hand-written plans."""
+    return (curve.family.value, curve.powers, curve.target)
+
+
+def test_plan_tunes_baselines_first_and_hands_them_on():
+    small = nqm.NQMProblem.power_law(5)
+    every = ["sgd", "momentum", "ema", "momentum_ema", "pwc", "linear_decay"]
+    plan = scaling.plan_study(small, every, [0.0, 0.5], [1, 8], [0.1, 0.2])
+    order = [_fpt(t.key) for t in plan.tasks]
+    needs = {_fpt(t.key): {_fpt(k) for k in t.needs} for t in plan.tasks}
+    sgd = {(p, t): ("sgd", (p,), t) for p in (0.0, 0.5) for t in (0.1, 0.2)}
+    # SGD once per (power, target), first; the schedules tune both powers at once
+    assert order[:4] == [sgd[(0.0, 0.1)], sgd[(0.0, 0.2)], sgd[(0.5, 0.1)],
+                         sgd[(0.5, 0.2)]]  # fmt: skip
+    assert len(order) == len(set(order)) == 4 + 3 * 4 + 2 * 2
+    for t in (0.1, 0.2):
+        for p in (0.0, 0.5):
+            assert needs[sgd[(p, t)]] == set()
+            for fam in ("momentum", "ema"):
+                assert needs[(fam, (p,), t)] == {sgd[(p, t)]}
+            # momentum_ema contains momentum and ema (and, through them, SGD)
+            assert needs[("momentum_ema", (p,), t)] == {
+                sgd[(p, t)], ("momentum", (p,), t), ("ema", (p,), t)
+            }  # fmt: skip
+        for fam in ("pwc", "linear_decay"):
+            assert needs[(fam, (0.0, 0.5), t)] == {sgd[(0.0, t)], sgd[(0.5, t)]}
+    for i, curve in enumerate(order):  # what a curve needs is planned before it
+        assert needs[curve] <= set(order[:i])
+    assert plan.reported == tuple(
+        (scaling.Family(f), p, t) for f in every for p in (0.0, 0.5) for t in (0.1, 0.2)
+    )
+
+
+def test_plan_without_shared_baselines_has_no_needs():
+    small = nqm.NQMProblem.power_law(5)
+    # momentum_ema without momentum and ema in the study: only SGD is handed on
+    plan = scaling.plan_study(small, ["momentum_ema"], [1.0], [1], [0.1])
+    assert [(_fpt(t.key), [_fpt(k) for k in t.needs]) for t in plan.tasks] == [
+        (("sgd", (1.0,), 0.1), []),
+        (("momentum_ema", (1.0,), 0.1), [("sgd", (1.0,), 0.1)]),
+    ]
+    assert plan.reported == ((scaling.Family.MOMENTUM_EMA, 1.0, 0.1),)
+    for kwargs in ({"search": _failing_above_8}, {"fixed_momentum": 0.9}):
+        plan = scaling.plan_study(small, ["sgd", "momentum"], [0.0, 1.0], [1],
+                                  [0.1], **kwargs)  # fmt: skip
+        assert all(t.needs == () for t in plan.tasks)
+        assert [_fpt(t.key)[0] for t in plan.tasks] == ["momentum"] * 2 + ["sgd"] * 2
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_identical_records():
+    pytest.importorskip("ray")
+    small = nqm.NQMProblem.power_law(15)
+    kwargs = dict(families=["sgd", "momentum", "ema", "momentum_ema", "pwc"],
+                  powers=[0.0, 0.5], batch_sizes=[1, 8, 64], targets=[0.1],
+                  progress=False)  # fmt: skip
+    local = scaling.run_study(small, workers=1, **kwargs)
+    ray = scaling.run_study(small, workers=2, executor="ray", **kwargs)
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ray] == [
+        {k: v for k, v in r.items() if k not in drop} for r in local
+    ]
+
+
 def test_grouped_schedule_powers_retry_one_power_at_a_time(monkeypatch):
     """The study tunes a schedule family's powers in one call; if that call
     fails, keep_going retries each power alone, with the same results."""
@@ -478,6 +543,8 @@ def test_reference_study_passes_run_options(monkeypatch):
         ]  # fmt: skip
 
     monkeypatch.setattr(scaling, "run_study", fake_run_study)
+    # the fake records are no tuned optima: their lr ranges are not asked for
+    monkeypatch.setattr(scaling, "optimal_lr_range_table", lambda *a: [])
     cfg = ScalingConfig(dim=10, batch_sizes=(1, 2, 4), families=("momentum",),
                         powers=(0.0,), targets=(0.1,), threshold_targets=(0.2,),
                         workers=3, keep_going=True)  # fmt: skip
