@@ -7,7 +7,7 @@
     python -m kfac_spectra report RUN_DIR [--figures DIR] [--step S] [--nqm-step S]
     python -m kfac_spectra            # embedded default: MNIST-1D ResNet8, then report
 
-``run`` accepts one ``--<field>`` flag per :class:`kfac_spectra.train.TrainConfig`
+``run`` accepts one ``--<field>`` flag per :class:`kfac_spectra.train_config.TrainConfig`
 field (flags override the TOML file, which overrides the defaults). ``report``
 writes the E.1, E.2 and E.4 figures (PNG + PDF) with CSV tables beside them and
 ``RUN_DIR/nqm_problem.npz`` (:func:`kfac_spectra.bridge.estimate_nqm`). Bad
@@ -17,13 +17,11 @@ arguments print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ DEFAULT_RUN_DIR = Path("runs") / "kfac_spectra_default"
 DEFAULT_FIGURES = Path("figures") / "kfac_spectra"
 SPECTRUM_RANGE = 1e-16
 """E.1 bins span [SPECTRUM_RANGE * largest, largest] K-FAC eigenvalue."""
+FIGURE_DPI = 120
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,26 +106,20 @@ class ReportSummary:
 
 
 def _write_csv(
-    path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]
+    path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
-    from kfac_spectra.train import _atomic_write
+    """A CSV table of Python scalars (NumPy ones converted: ``repr`` of a NumPy
+    float is not a number)."""
+    from nqm.io import write_csv
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    _atomic_write(path, lambda h: h.write(buffer.getvalue()), "w")
+    plain = [[v.item() if isinstance(v, np.generic) else v for v in r] for r in rows]
+    write_csv(path, plain, header)
 
 
 def _save_figure(fig: Any, stem: Path) -> list[Path]:
-    from kfac_spectra.train import _atomic_write
+    from nqm.io import save_figure
 
-    paths = []
-    for fmt in ("png", "pdf"):
-        path = stem.with_suffix(f".{fmt}")
-        _atomic_write(path, lambda h, f=fmt: fig.savefig(h, format=f, dpi=120))
-        paths.append(path)
-    return paths
+    return save_figure(fig, stem, dpi=FIGURE_DPI)
 
 
 def write_report(
@@ -143,6 +136,7 @@ def write_report(
     """
     from kfac_spectra import plots
     from kfac_spectra.bridge import measure_nqm
+    from kfac_spectra.checkpoints import load_checkpoint_arrays, read_manifest
     from kfac_spectra.gradient_stats import compare_variance_curvature
     from kfac_spectra.powerlaw import fit_power_law, rank_overlay
     from kfac_spectra.spectra import (
@@ -151,7 +145,6 @@ def write_report(
         kfac_eigenvalues,
         log_bins,
     )
-    from kfac_spectra.train import load_checkpoint_arrays, read_manifest
 
     steps = [c["step"] for c in read_manifest(run_dir)["checkpoints"]]
     if not steps:
@@ -161,6 +154,7 @@ def write_report(
     for name, value in (("step", step), ("nqm_step", nqm_step)):
         if value not in steps:
             raise ValueError(f"{name}: {value} not collected; have {steps}")
+    figures.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
 
     # E.1: eigenvalue histograms at every collected step.
