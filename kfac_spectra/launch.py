@@ -17,7 +17,13 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
-__all__ = ["Launch", "finish", "init_from_environment", "launch_from"]
+__all__ = [
+    "Launch",
+    "finish",
+    "group_position",
+    "init_from_environment",
+    "launch_from",
+]
 
 _ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -42,6 +48,13 @@ class Launch:
     def distributed(self) -> bool:
         """Whether there is more than one process."""
         return self.world_size > 1
+
+
+def group_position() -> tuple[int, int]:
+    """``(rank, world size)`` in the default process group; ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def launch_from(environ: Mapping[str, str], device: str) -> Launch:
@@ -108,9 +121,16 @@ def init_from_environment(device: str) -> Launch:
     return launch
 
 
-def finish(launch: Launch) -> None:
-    """Leave the process group :func:`init_from_environment` joined (all ranks
-    wait for each other first, so that rank 0's last writes are done)."""
+def finish(launch: Launch, *, wait: bool = True) -> None:
+    """Leave the process group :func:`init_from_environment` joined.
+
+    Args:
+        launch: What :func:`init_from_environment` returned.
+        wait: Whether all ranks wait for each other first (so that rank 0's last
+            writes are done); ``False`` after an error, when some rank may never
+            arrive.
+    """
     if launch.distributed and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

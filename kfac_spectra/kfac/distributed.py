@@ -102,6 +102,7 @@ from torch import Tensor
 
 __all__ = [
     "DistContext",
+    "contiguous_fields",
     "InverseLayout",
     "assign_owners",
     "decomposition_cost",
@@ -236,6 +237,29 @@ def assign_owners(
 
 # description entries of an eigendecomposition's damped inverses (not fields)
 _DAMPED = "damped_inverses"
+
+
+def contiguous_fields(inv: Any) -> Any:
+    """The decomposition with every tensor field made contiguous.
+
+    The layout its receivers get from a broadcast. ``torch.linalg.eigh`` returns
+    eigenvectors in column-major strides, and a BLAS product rounds differently
+    for another memory layout of the same values, so the owner must compute with
+    the layout its receivers (and a checkpoint's reader) have.
+
+    Args:
+        inv: A dataclass whose fields are tensors or other values.
+
+    Returns:
+        A new instance (``dataclasses.replace``), or ``inv`` if all are contiguous.
+    """
+    changes = {
+        f.name: value.contiguous()
+        for f in dataclasses.fields(inv)
+        if isinstance(value := getattr(inv, f.name), Tensor)
+        and not value.is_contiguous()
+    }
+    return dataclasses.replace(inv, **changes) if changes else inv
 
 
 def _signature(stats: Mapping[str, Tensor] | None) -> int:
@@ -503,7 +527,9 @@ class DistContext:
                         kwargs[name] = spec[1]
                     else:
                         shape, field_dtype = spec
-                        kwargs[name] = next(parts).view(shape).to(field_dtype)
+                        # a tensor of its own, like the owner's (contiguous)
+                        part = next(parts).view(shape)
+                        kwargs[name] = part.to(field_dtype, copy=True)
                 damped = kwargs.pop(_DAMPED, None)
                 damped_parts = [kwargs.pop(f"{_DAMPED}{i}", None) for i in range(2)]
                 inv = cls(**kwargs)

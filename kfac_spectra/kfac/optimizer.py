@@ -81,6 +81,7 @@ from .damping import kl_clip_factor, lm_adjust, qmodel_coefficients
 from .distributed import (
     DistContext,
     InverseLayout,
+    contiguous_fields,
     decomposition_cost,
     resolve_process_group,
     step_seed,
@@ -500,8 +501,9 @@ class KFAC(torch.optim.Optimizer):
                 if rank == ctx.rank
             }
             if ctx.layout == InverseLayout.SHARED and ctx.world_size > 1:
-                for inv in built.values():
-                    if inv is not None:
+                for key, inv in built.items():
+                    if inv is not None:  # the receivers' layout
+                        built[key] = inv = contiguous_fields(inv)
                         inv.two_sided(damping)  # the damped inverses, sent along
                 built = ctx.share_inverses(built, owners, self._device)
         for key, inv in built.items():
