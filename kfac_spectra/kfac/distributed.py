@@ -68,7 +68,9 @@ blocks):
 * inverse steps, ``shared`` only: one all-reduce of a flag per rank (an
   all-gather of pickled descriptions of the decompositions when they change: the
   first time, or when a block's fails), then one broadcast per rank of its
-  decompositions (``Σ (n² + n)`` numbers over all blocks, received by each rank);
+  decompositions, received by each rank: per dense factor its eigenvectors and
+  eigenvalues and, with factored damping, its damped inverse, ``2n² + n`` numbers
+  (``n²`` for a Cholesky inverse);
 * every step with a ``loss`` passed to ``step()``: one all-reduce of one number
   (its global mean, so that a non-finite loss on one rank skips the step on all);
 * ``step_rule="qmodel"`` and the damping adaptation: one all-reduce of the 1-3

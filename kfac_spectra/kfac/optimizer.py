@@ -45,6 +45,12 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
 5. every ``lm_interval`` steps, with a closure and ``adapt_damping=True``, λ is
    adapted from the reduction ratio.
 
+Under ``torch.distributed`` (``process_group``, the model plain or in
+``DistributedDataParallel``) the factor statistics, losses and curvature terms
+are made global and the decompositions shared over the ranks, so that every rank
+follows the trajectory of one process on the global batch: see
+:mod:`~kfac_spectra.kfac.distributed`.
+
 References:
     Martens & Grosse (2015); Grosse & Martens (2016); Ba, Grosse & Martens (2017);
     Zhang et al. (2019) Appendix A and F.4; Martens, Ba & Johnson (2018);
