@@ -12,6 +12,8 @@ Every number is measured in this one run, side by side:
    steps (10 factor steps and 1 inverse step each), interleaved; a window's time
    is the slower rank's; the ratio to SGD is taken within each round and the
    median over rounds printed.
+   Next to it, the flop floor ``1 + P/F`` (P: a non-factor K-FAC step's flops,
+   F: a forward and backward's, at the per-rank batch; ``torch.utils.flop_counter``).
 2. Bytes each rank sends into collectives per step (averaged over those windows),
    by kind, next to the gradient that DDP all-reduces every step.
 3. A model of many similar blocks (a stack of ``--blocks`` linear layers of
@@ -38,6 +40,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
 
 from kfac_spectra import KFAC
 from kfac_spectra.kfac.toy_models import cnn1d, mlp
@@ -120,6 +123,25 @@ def _timed_cpu(fn: Callable[[], None]) -> tuple[float, float]:
     return _slowest(t1 - t0), _slowest(c1 - c0)
 
 
+def flop_floor(build: Callable[[], nn.Module], x: Tensor, y: Tensor) -> float:
+    """``1 + P/F``: a non-factor K-FAC step's flops (P, the two products per
+    block) over a forward and backward's (F) at this batch, both counted by
+    ``torch.utils.flop_counter``. What the every-step preconditioning alone costs
+    relative to SGD if every flop ran at the same speed and nothing else did."""
+    model = _seeded(build(), 1)
+    opt = KFAC(model, process_group=False, factor_interval=FACTOR_INTERVAL, **KFAC_KW)
+    for _ in range(2):  # then a non-factor step with decompositions at hand
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad()
+    with FlopCounterMode(display=False) as fwd_bwd:
+        F.cross_entropy(model(x), y).backward()
+    with FlopCounterMode(display=False) as step:
+        opt.step()
+    return 1.0 + step.get_total_flops() / fwd_bwd.get_total_flops()
+
+
 def step_section(rank: int, world: int, rounds: int) -> list[str]:
     lines = [
         f"1-2. step time and bytes sent, {world} ranks, global batch {GLOBAL_BATCH}, "
@@ -156,6 +178,7 @@ def step_section(rank: int, world: int, rounds: int) -> list[str]:
                 sent[key] = {k: after[k] - before.get(k, 0) for k in after}
             for key in ratios:
                 ratios[key].append(times[key][-1] / times["sgd"][-1])
+        floor = flop_floor(build, x, y)
         grad_bytes = sum(
             p.numel() * p.element_size() for p in runs["sgd"].model.parameters()
         )
@@ -167,6 +190,10 @@ def step_section(rank: int, world: int, rounds: int) -> list[str]:
                 f"(rounds {min(r):.2f}-{max(r):.2f})"
                 for k, r in ratios.items()
             )
+        )
+        lines.append(
+            f"    flop floor of the every-step preconditioning at the per-rank "
+            f"batch {x.shape[0]}: 1 + P/F = {floor:.2f}x sgd"
         )
         lines.append(f"    gradient all-reduced by DDP: {grad_bytes / 1e3:.1f} kB/step")
         for key in ratios:
