@@ -13,7 +13,7 @@ symbol             name         meaning
 :math:`\beta`      ``momentum`` heavy-ball coefficient, m <- beta m + P^-1 g
 :math:`\gamma`     ``ema``      iterate-averaging decay
 :math:`p`          ``precond_power``  preconditioner P = H^p
-:math:`B`          ``batch_size``     mini-batch size
+:math:`B`          ``batch_size``     mini-batch size (int or BatchSchedule)
 :math:`t`          ``steps``    number of updates
 =================  ===========  ================================================
 
@@ -23,6 +23,7 @@ C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 """
 
 from . import closed_form, io, noise_scale, runtime, search
+from .batch_schedule import BatchSchedule, RampShape
 from .dynamics import (
     expected_loss,
     is_stable,
@@ -40,7 +41,13 @@ from .optimizer import (
     Schedule,
 )
 from .problem import NQMProblem
-from .search import Family, TuneResult, best_steps, steps_to_target
+from .search import (
+    Family,
+    TuneResult,
+    best_steps,
+    examples_to_target,
+    steps_to_target,
+)
 
 __all__ = [
     "NQMProblem",
@@ -61,7 +68,10 @@ __all__ = [
     "io",
     "runtime",
     "steps_to_target",
+    "examples_to_target",
     "best_steps",
+    "BatchSchedule",
+    "RampShape",
     "Family",
     "TuneResult",
     "simulate",
