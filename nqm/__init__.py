@@ -34,11 +34,14 @@ from .dynamics import (
 from .montecarlo import MonteCarloResult, NoiseModel, simulate
 from .optimizer import (
     Constant,
+    CosineWarmup,
+    DecayShape,
     FromCallable,
     LinearDecay,
     Optimizer,
     PiecewiseConstant,
     Schedule,
+    WarmupStableDecay,
 )
 from .problem import NQMProblem
 from .search import (
@@ -56,6 +59,9 @@ __all__ = [
     "Constant",
     "PiecewiseConstant",
     "LinearDecay",
+    "WarmupStableDecay",
+    "CosineWarmup",
+    "DecayShape",
     "FromCallable",
     "expected_loss",
     "risk_terms",
