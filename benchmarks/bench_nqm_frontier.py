@@ -6,6 +6,9 @@ schedule (a geometric ramp) at d = 10^4 power-law modes, against the same
 + EMA. Two batch schedules: with its boundaries on the lr schedule's (64 joint
 pieces) and between them (127 joint pieces). Target: ratio <= 2.
 
+Adam Monte Carlo: replica-mode-steps per second on the CPU (one torch thread),
+for one configuration and for a grid of 26 simulated together. Target: >= 10^8.
+
 The machine is shared, so the methods run interleaved in rounds, each call is
 timed in process CPU time with BLAS/OpenMP limited to one thread, and each ratio
 is the median over rounds of that round's ratio.
@@ -13,7 +16,7 @@ is the median over rounds of that round's ratio.
 Usage::
 
     python benchmarks/bench_nqm_frontier.py [--dim 10000] [--steps 100000]
-        [--rounds 21]
+        [--rounds 21] [--adam-replicas 64] [--adam-steps 200]
 """
 
 from __future__ import annotations
@@ -95,13 +98,43 @@ def bench_batch_schedule(dim: int, steps: int, rounds: int) -> None:
         )
 
 
+def bench_adam(dim: int, replicas: int, steps: int, rounds: int) -> None:
+    """Replica-mode-steps per second of the Adam Monte Carlo on the CPU (one
+    torch thread), for one configuration and for a tuning grid of 26 at once."""
+    import torch
+
+    from nqm.adam import Adam, adam_curves
+
+    torch.set_num_threads(1)
+    problem = nqm.NQMProblem.power_law(dim)
+    grid = [Adam(lr, b1) for b1 in (0.0, 0.9) for lr in np.geomspace(1e-4, 1, 13)]
+    for label, configs, reps in (
+        ("one config", [Adam(1e-3)], replicas),
+        ("grid of 26", grid, max(2, replicas // len(grid))),
+    ):
+        rates = []
+        for _ in range(rounds):
+            t0 = time.process_time()
+            adam_curves(problem, configs, 32, [steps], replicas=reps, seed=0,
+                        device="cpu")  # fmt: skip
+            rates.append(reps * len(configs) * dim * steps / (time.process_time() - t0))
+        print(
+            f"adam MC ({label}): d = {dim}, {reps * len(configs)} replicas, "
+            f"{steps} steps: {statistics.median(rates) / 1e6:.0f} M "
+            f"replica-mode-steps/s (CPU time, 1 thread; target >= 100 M)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=10_000)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=21)
+    parser.add_argument("--adam-replicas", type=int, default=64)
+    parser.add_argument("--adam-steps", type=int, default=200)
     args = parser.parse_args()
     bench_batch_schedule(args.dim, args.steps, args.rounds)
+    bench_adam(args.dim, args.adam_replicas, args.adam_steps, max(3, args.rounds // 4))
 
 
 if __name__ == "__main__":

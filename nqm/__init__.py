@@ -22,7 +22,7 @@ mini-batch is :math:`H\theta + \varepsilon`, :math:`\operatorname{Cov}\varepsilo
 C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 """
 
-from . import closed_form, io, noise_scale, runtime, search
+from . import adam, closed_form, io, noise_scale, runtime, search
 from .batch_schedule import BatchSchedule, RampShape
 from .dynamics import (
     expected_loss,
@@ -69,6 +69,7 @@ __all__ = [
     "max_stable_lr",
     "steady_state_loss",
     "closed_form",
+    "adam",
     "search",
     "noise_scale",
     "io",
