@@ -22,7 +22,7 @@ mini-batch is :math:`H\theta + \varepsilon`, :math:`\operatorname{Cov}\varepsilo
 C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 """
 
-from . import adam, closed_form, io, noise_scale, runtime, search
+from . import adam, closed_form, families, io, noise_scale, runtime, search
 from .batch_schedule import BatchSchedule, RampShape
 from .dynamics import (
     expected_loss,
@@ -71,6 +71,7 @@ __all__ = [
     "closed_form",
     "adam",
     "search",
+    "families",
     "noise_scale",
     "io",
     "runtime",
