@@ -378,14 +378,16 @@ def best_steps(
             list).
         target: loss to reach (``> 0``).
         precond_power: :math:`p \\in [0, 1]`, or a sequence of powers (returns
-            one result, or one list over batch sizes, per power). ``pwc`` and
-            ``linear_decay`` then tune every (power, batch size) in one batched
-            L-BFGS; the constant-lr families tune the powers in turn (different
+            one result, or one list over batch sizes, per power). The schedule
+            families (``pwc``, ``linear_decay``, ``wsd``, ``cosine``) then tune
+            every (power, batch size) in one batched L-BFGS; the constant-lr families tune the powers in turn (different
             powers share no evaluations). Results equal those of one call per
             power.
         **options: ``surrogate_bins`` (128; modes of the binned surrogate),
             ``grid`` (per-coordinate grid sizes), ``pieces`` (10, for ``pwc``),
-            ``stairs`` (64, for ``linear_decay``), ``polish`` (1; rounds of local
+            ``stairs`` (64, for ``linear_decay``, ``wsd`` and ``cosine``),
+            ``decay_shape`` (``wsd`` only: ``one_minus_sqrt`` (default) or
+            ``linear``), ``polish`` (1; rounds of local
             refinement at one step fewer, on a finer surrogate, each certified
             exactly), ``baseline`` (already tuned results of a family
             this one contains, one per batch size, e.g. SGD's; computed if
@@ -394,8 +396,8 @@ def best_steps(
             omitted), ``fixed_momentum`` (``momentum`` and ``momentum_ema``
             only: keep :math:`\\beta` at this value and tune the rest, as in
             Figure 14b; such an optimizer does not contain SGD, so no baseline is
-            used), ``device`` (``"cpu"``; the torch device on which ``pwc`` and
-            ``linear_decay`` run their L-BFGS, e.g. ``"cuda"``). See
+            used), ``device`` (``"cpu"``; the torch device on which the schedule
+            families run their L-BFGS, e.g. ``"cuda"``). See
             :mod:`nqm._tuning`.
 
     With a sequence of powers, ``baseline`` and ``contained`` hold one entry per

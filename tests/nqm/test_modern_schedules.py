@@ -120,3 +120,62 @@ def test_constant_after_and_stability():
     assert nqm.is_stable(problem, nqm.Optimizer(big))
     bigger = nqm.WarmupStableDecay(5.0, 3, 5, 40, final=0.5)  # tail 2.5
     assert not nqm.is_stable(problem, nqm.Optimizer(bigger))
+
+
+# ------------------------------------------------------------------- tuning
+def staircase(values_at, total, stairs=64):
+    """SGD lrs held for stair k over the updates [round(k T/K), round((k+1)T/K)),
+    each the schedule's value at the stair's start fraction k/K."""
+    edges = np.round(np.linspace(0, total, stairs + 1)).astype(int)
+    keep = np.diff(edges) > 0
+    vals = [values_at(k / stairs) for k in range(stairs)]
+    starts = edges[:-1][keep]
+    vals = [v for v, kp in zip(vals, keep, strict=True) if kp]
+    return nqm.PiecewiseConstant(tuple(int(s) for s in starts[1:]), tuple(vals))
+
+
+def wsd_fraction(x, peak, w, d, final, stairs=64):
+    if x < w:
+        return peak * min(1.0, (x + 1.0 / stairs) / w)
+    if x < d:
+        return peak
+    return peak * (final + (1 - final) * (1 - math.sqrt((x - d) / (1 - d))))
+
+
+def cosine_fraction(x, peak, w, final, stairs=64):
+    if x < w:
+        return peak * min(1.0, (x + 1.0 / stairs) / w)
+    y = (x - w) / (1 - w)
+    return peak * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * y)))
+
+
+@pytest.mark.parametrize("family", ["wsd", "cosine"])
+@pytest.mark.parametrize("batch", [1.0, pytest.param(64.0, marks=pytest.mark.slow)])
+def test_tuning_never_worse_than_a_reference_grid(family, batch):
+    problem = nqm.NQMProblem.power_law(30)
+    target = 0.1 * problem.initial_loss()
+    a_max = 2.0 / problem.h.max()
+    bs = [batch]
+    tuned = nqm.best_steps(problem, family, bs, target, surrogate_bins=16)
+    sgd = nqm.best_steps(problem, "sgd", bs, target)
+    for b, res, base in zip(bs, tuned, sgd, strict=True):
+        grid_best = math.inf
+        for total in np.unique(np.round(base.steps * np.array([0.5, 1.0]))):
+            for peak in a_max * np.array([0.3, 0.6, 0.9]):
+                for w in (0.0, 0.1):
+                    shapes = (
+                        [lambda x, a=peak, w=w, d=d, f=f: wsd_fraction(x, a, w, d, f)
+                         for d in (0.3, 0.7) for f in (0.02, 0.2)]
+                        if family == "wsd"
+                        else [lambda x, a=peak, w=w, f=f: cosine_fraction(x, a, w, f)
+                              for f in (0.02, 0.2)]
+                    )  # fmt: skip
+                    for values_at in shapes:
+                        opt = nqm.Optimizer(staircase(values_at, int(total)))
+                        s = nqm.steps_to_target(problem, opt, b, target)
+                        grid_best = min(grid_best, s)
+        assert res.steps <= grid_best
+        if b == 1.0:  # the grid has power where noise dominates: it beats SGD
+            assert grid_best < base.steps
+        # the result is certified: its own exact steps
+        assert nqm.steps_to_target(problem, res.optimizer, b, target) == res.steps
