@@ -53,6 +53,7 @@ from .dynamics import CLOSED_FORM_RTOL, _modes, risk_terms
 from .families import MAX_STEPS, Family, TuneResult
 from .optimizer import DecayShape, Optimizer, PiecewiseConstant
 from .problem import NQMProblem
+from .runtime import torch_device
 from .search import steps_to_target
 
 #: The lr coordinate is the effective lr α/(1−β) as a fraction of plain SGD's
@@ -628,19 +629,6 @@ def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
     return (v_d * wd).sum(dim=1) + (v_n * wn).sum(dim=1) / bs
 
 
-def _torch_device(device):
-    """``device`` as a ``torch.device`` that can hold tensors here."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must name a torch device, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
-    return dev
-
-
 def tune_schedules(
     problem: NQMProblem,
     fam: Family,
@@ -922,7 +910,7 @@ def tune_powers(
         ) from None
     powers = [float(p) for p in powers]
     kw = dict(surrogate_bins=int(surrogate_bins))
-    dev = _torch_device(device) if fam in SCHEDULE_FAMILIES else None
+    dev = torch_device(device) if fam in SCHEDULE_FAMILIES else None
     for name, given in (("baselines", baselines), ("contained", contained)):
         if given is not None and len(given) != len(powers):
             raise ValueError(f"{name} must hold one entry per power")
