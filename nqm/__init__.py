@@ -25,6 +25,7 @@ C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 from . import adam, closed_form, families, io, noise_scale, runtime, search
 from .batch_schedule import BatchSchedule, RampShape
 from .dynamics import (
+    doubled_modes,
     expected_loss,
     is_stable,
     max_stable_lr,
@@ -65,6 +66,7 @@ __all__ = [
     "FromCallable",
     "expected_loss",
     "risk_terms",
+    "doubled_modes",
     "is_stable",
     "max_stable_lr",
     "steady_state_loss",

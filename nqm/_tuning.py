@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import optimize
 
 from .dynamics import CLOSED_FORM_RTOL, _modes, risk_terms
-from .families import MAX_STEPS, Family, TuneResult
+from .families import MAX_STEPS, ConstantSetting, Family, TuneResult
 from .optimizer import DecayShape, Optimizer, PiecewiseConstant
 from .problem import NQMProblem
 from .runtime import torch_device
@@ -138,9 +138,10 @@ class _Space:
         alpha = 2.0 * (1.0 - beta) / self.hh_max * np.exp(x[..., 0])
         return alpha, beta, gamma
 
-    def optimizer(self, x) -> Optimizer:
+    def setting(self, x) -> ConstantSetting:
+        """The point ``x`` as the floats of a constant-lr optimizer."""
         a, b, g = (float(v) for v in self.params(x))
-        return Optimizer(a, momentum=b, ema=g, precond_power=self.p)
+        return ConstantSetting(a, momentum=b, ema=g, precond_power=self.p)
 
     def grid(self, sizes):
         """Grid rows (one per combination of the ``v``/``w`` values), each with
@@ -165,6 +166,31 @@ class _Space:
         out[..., 0] = u
         out[..., 1:] = rows[:, None, :]
         return out
+
+
+class _Evaluations:
+    """Loss evaluations spent by one tuning run, counted across its stages (one
+    per hyperparameter setting and step evaluated, surrogate or exact)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+
+
+class _Bracket(NamedTuple):
+    """Steps ``lo < hi`` around the first step count that reaches the target on
+    the surrogate: no grid point reaches it at ``lo`` (best loss ``loss_lo``);
+    ``x`` reaches it at ``hi`` (loss ``loss_hi``)."""
+
+    lo: int
+    hi: int
+    x: np.ndarray
+    loss_lo: float
+    loss_hi: float
 
 
 _GRID = {
@@ -202,7 +228,7 @@ def _loss(problem, space, x, t, b, rtol=CLOSED_FORM_RTOL):
     return _losses(*risk_terms(problem, a, be, g, space.p, int(t), rtol=rtol), b)
 
 
-def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
+def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL):
     """Minimise log L_B(t; x) locally from x0; returns (x, loss)."""
 
     seen = {}  # the end point and the start are usually evaluated already
@@ -210,7 +236,7 @@ def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
     def f(x):
         key = np.asarray(x, dtype=np.float64).tobytes()
         if key not in seen:
-            counter[0] += 1
+            spent.add(1)
             v = float(_loss(problem, space, x, t, b, rtol))
             seen[key] = math.log(v) if v > 0 and math.isfinite(v) else 1e300
         return seen[key]
@@ -264,7 +290,7 @@ _NEAR = 4.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
-def _row_minima(surr, space, X, L, bs_sel, t, counter):
+def _row_minima(surr, space, X, L, bs_sel, t, spent):
     """Minimise the loss along ``u`` in every grid row, for several batch sizes.
 
     Each row (fixed ``v``/``w``) is bracketed by the neighbours of its best grid
@@ -294,7 +320,7 @@ def _row_minima(surr, space, X, L, bs_sel, t, counter):
         x = np.concatenate([uu[..., None], slow], axis=-1).reshape(-1, space.dim)
         a, be, g = space.params(x)
         d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-        counter[0] += d.size
+        spent.add(d.size)
         return _losses(d.reshape(k, n_rows), n.reshape(k, n_rows), b_col)
 
     def keep(uu, val):
@@ -320,7 +346,7 @@ def _row_minima(surr, space, X, L, bs_sel, t, counter):
     return x, best_l
 
 
-def _profile(surr, space, X, t, bs_sel, counter, keep=1):
+def _profile(surr, space, X, t, bs_sel, spent, keep=1):
     """Best points of the grid at step ``t`` after refining every row in ``u``.
 
     Returns:
@@ -330,10 +356,10 @@ def _profile(surr, space, X, t, bs_sel, counter, keep=1):
     bs_sel = np.atleast_1d(np.asarray(bs_sel, dtype=np.float64))
     a, be, g = space.params(X.reshape(-1, space.dim))
     d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-    counter[0] += d.size
+    spent.add(d.size)
     L = _losses(d[None, :], n[None, :], bs_sel[:, None])
     L = L.reshape((bs_sel.size,) + X.shape[:2])
-    xr, lr = _row_minima(surr, space, X, L, bs_sel, t, counter)
+    xr, lr = _row_minima(surr, space, X, L, bs_sel, t, spent)
     r = np.argsort(lr, axis=1, kind="stable")[:, :keep]
     k = np.arange(bs_sel.size)[:, None]
     return xr[k, r], lr[k, r]
@@ -346,11 +372,41 @@ def _tune_constant(
     space = _Space(fam, float(hh.max()), p, fixed_momentum)
     surr = _surrogate(problem, surrogate_bins)
     fine = _surrogate(problem, _POLISH_BINS * surrogate_bins)
-    fine_rtol = CLOSED_FORM_RTOL if fine is problem else _SURROGATE_RTOL
     G = space.grid(grid or space.grid_sizes())
+    spent = _Evaluations()
+    brackets = _brackets(surr, space, G, bs, target, spent)
+    results = []
+    for b, bracket in zip(bs, brackets, strict=True):
+        if bracket is None:
+            results.append(
+                TuneResult(math.inf, None, fam, float(b), p, target, spent.count)
+            )
+            continue
+        # Stage 2: smallest t on the surrogate with min_x L <= target.
+        t_s, x = _first_t_guarded(surr, space, G, bracket, b, target, spent)
+        # Stage 3: exact certification and polish.
+        steps, setting = _certify(
+            problem, fine, space, x, t_s, b, target, polish, spent
+        )
+        results.append(
+            TuneResult(
+                steps, setting.optimizer(), fam, float(b), p, target, spent.count
+            )
+        )
+    return results
+
+
+def _brackets(surr, space, G, bs, target, spent):
+    """Stage 1: per batch size, the first geometric grid step at which some grid
+    point reaches the target on the surrogate, as a :class:`_Bracket` (``None``
+    when none does up to :data:`MAX_STEPS`).
+
+    Args:
+        G: the grid, ``(R, n_u, dim)``.
+        bs: batch sizes ``(n_B,)``.
+    """
     X = G.reshape(-1, space.dim)
     a, be, g = space.params(X)
-    counter = [0]
     n_b = bs.size
     bracket = [None] * n_b
     prev_t = 0
@@ -358,8 +414,8 @@ def _tune_constant(
     for t in _t_grid():
         if all(br is not None for br in bracket) or t > MAX_STEPS:
             break
-        d, n = risk_terms(surr, a, be, g, p, int(t), rtol=_SURROGATE_RTOL)
-        counter[0] += X.shape[0]
+        d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
+        spent.add(X.shape[0])
         L = _losses(d[None, :], n[None, :], bs[:, None])
         # the previous grid step's best loss (a failure) closes each bracket below
         lo_min = np.full(n_b, math.inf) if prev_L is None else prev_L.min(axis=1)
@@ -368,59 +424,54 @@ def _tune_constant(
             if bracket[i] is None:
                 j = int(np.argmin(L[i]))
                 if L[i, j] <= target:
-                    bracket[i] = (
-                        prev_t,
-                        int(t),
-                        X[j],
-                        float(lo_min[i]),
-                        float(L[i, j]),
+                    bracket[i] = _Bracket(
+                        prev_t, int(t), X[j], float(lo_min[i]), float(L[i, j])
                     )
                 elif L[i, j] <= _NEAR * target:
                     near.append(i)
         if near:  # a minimum narrower than the grid may already reach the target
             xr, lr = _row_minima(
                 surr, space, G, L[near].reshape((len(near),) + G.shape[:2]),
-                bs[near], t, counter,
+                bs[near], t, spent,
             )  # fmt: skip
             for k, i in enumerate(near):
                 r = int(np.argmin(lr[k]))
                 if lr[k, r] <= target:
-                    bracket[i] = (
-                        prev_t,
-                        int(t),
-                        xr[k, r],
-                        float(lo_min[i]),
-                        float(lr[k, r]),
+                    bracket[i] = _Bracket(
+                        prev_t, int(t), xr[k, r], float(lo_min[i]), float(lr[k, r])
                     )
         prev_t = int(t)
         prev_L = L
-    results = []
-    for i, b in enumerate(bs):
-        if bracket[i] is None:
-            results.append(
-                TuneResult(math.inf, None, fam, float(b), p, target, counter[0])
-            )
-            continue
-        # Stage 2: smallest t on the surrogate with min_x L <= target.
-        t_s, x = _first_t_guarded(surr, space, G, *bracket[i], b, target, counter)
-        # Stage 3: exact certification and polish.
-        opt = space.optimizer(x)
-        steps = steps_to_target(problem, opt, b, target, guess=t_s)
-        for _ in range(polish if math.isfinite(steps) and steps > 1 else 0):
-            xm, val = _local_min(fine, space, x, steps - 1, b, counter, fine_rtol)
-            if val > target:
-                break
-            cand = space.optimizer(xm)
-            # only an improvement matters: the search may stop below ``steps``
-            s2 = steps_to_target(
-                problem, cand, b, target, max_steps=steps - 1, guess=steps - 1
-            )
-            if s2 < steps:
-                steps, opt, x = s2, cand, xm
-            else:
-                break
-        results.append(TuneResult(steps, opt, fam, float(b), p, target, counter[0]))
-    return results
+    return bracket
+
+
+def _certify(problem, fine, space, x, t_s, b, target, polish, spent):
+    """Stage 3: the exact steps of ``x`` on the full problem (searched from the
+    surrogate's ``t_s``), then up to ``polish`` rounds of a local search at one
+    step fewer on the finer surrogate ``fine``, each kept only if its exact steps
+    are fewer. Candidates are certified from their floats
+    (:class:`~nqm.families.ConstantSetting`).
+
+    Returns:
+        ``(steps, setting)``.
+    """
+    fine_rtol = CLOSED_FORM_RTOL if fine is problem else _SURROGATE_RTOL
+    setting = space.setting(x)
+    steps = steps_to_target(problem, setting, b, target, guess=t_s)
+    for _ in range(polish if math.isfinite(steps) and steps > 1 else 0):
+        xm, val = _local_min(fine, space, x, steps - 1, b, spent, fine_rtol)
+        if val > target:
+            break
+        cand = space.setting(xm)
+        # only an improvement matters: the search may stop below ``steps``
+        s2 = steps_to_target(
+            problem, cand, b, target, max_steps=steps - 1, guess=steps - 1
+        )
+        if s2 < steps:
+            steps, setting, x = s2, cand, xm
+        else:
+            break
+    return steps, setting
 
 
 #: Stage 2 locates the first step count on the surrogate to this relative
@@ -439,9 +490,10 @@ _RESTARTS = 3
 _GUARD_NEAR = 1.5
 
 
-def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
+def _first_t_guarded(surr, space, G, bracket, b, target, spent):
     """Stage 2 with a global check: ``(t, x)``, the first ``t`` on the surrogate
-    (within 1e-3 relative) at which ``x`` reaches the target.
+    (within 1e-3 relative) at which ``x`` reaches the target, from stage 1's
+    :class:`_Bracket`.
 
     The local search of :func:`_first_t_on_surrogate` keeps to the basin it
     starts in, and loss surfaces of momentum have several: an SGD-like one, and
@@ -452,17 +504,18 @@ def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
     rows of the profile there and the start not taken, each refined locally. If
     one reaches the target, the search restarts below from it.
     """
-    xp, lp = _profile(surr, space, G, hi, b, counter, keep=1)
+    lo, hi, x, l_lo, l_hi = bracket
+    xp, lp = _profile(surr, space, G, hi, b, spent, keep=1)
     starts = sorted([(l_hi, 0, x), (float(lp[0, 0]), 1, xp[0, 0])], key=lambda s: s[:2])
     (l_hi, _, x), (_, _, other) = starts
     t_hi, x = _first_t_on_surrogate(
-        surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
+        surr, space, x, lo, hi, l_lo, l_hi, b, target, spent
     )
     for _ in range(_RESTARTS):
         probe = t_hi - max(1, int(_T_RTOL * t_hi))
         if probe <= lo:
             break
-        xp, lp = _profile(surr, space, G, probe, b, counter, keep=2)
+        xp, lp = _profile(surr, space, G, probe, b, spent, keep=2)
         found = None
         for x0, l0 in [(xp[0, k], lp[0, k]) for k in range(xp.shape[1])] + [
             (other, None)
@@ -471,19 +524,19 @@ def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
                 l0 = float(_loss(surr, space, x0, probe, b, _SURROGATE_RTOL))
             if l0 > _GUARD_NEAR * target:
                 continue  # a local refinement will not close that gap
-            xm, val = _local_min(surr, space, x0, probe, b, counter, _SURROGATE_RTOL)
+            xm, val = _local_min(surr, space, x0, probe, b, spent, _SURROGATE_RTOL)
             if val <= target:
                 found = (xm, val)
                 break
         if found is None:
             break
         t_hi, x = _first_t_on_surrogate(
-            surr, space, found[0], lo, probe, l_lo, found[1], b, target, counter
+            surr, space, found[0], lo, probe, l_lo, found[1], b, target, spent
         )
     return t_hi, x
 
 
-def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter):
+def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, spent):
     """Smallest t (within 1e-3 relative) with :math:`\\min_x L_B(t; x) \\le`
     target on the surrogate, from a bracket: ``lo`` fails, ``hi`` succeeds with
     ``x`` (grid losses ``l_lo > target >= l_hi``).
@@ -504,7 +557,7 @@ def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
             frac = min(max(g_lo / (g_lo - g_hi), 0.05), 0.95)
             mid = round(math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo))))
             mid = min(max(mid, lo + 1), hi - 1)
-        xm, val = _local_min(surr, space, x, mid, b, counter, _SURROGATE_RTOL)
+        xm, val = _local_min(surr, space, x, mid, b, spent, _SURROGATE_RTOL)
         g_mid = math.log(max(val, 1e-300) / target) if math.isfinite(val) else math.inf
         if val <= target:
             hi, x, g_hi = mid, xm, g_mid
@@ -923,31 +976,23 @@ def tune_powers(
             "contained applies to families that contain others than sgd "
             f"(momentum_ema, without fixed_momentum), not {fam.value!r}"
         )
-    if fixed_momentum is not None:
-        beta = float(fixed_momentum)
+    beta = None if fixed_momentum is None else float(fixed_momentum)
+    if beta is not None:
         if fam not in (Family.MOMENTUM, Family.MOMENTUM_EMA):
             raise ValueError(
                 f"fixed_momentum applies to the momentum families, not {fam.value!r}"
             )
         if not 0.0 < beta < 1.0:
             raise ValueError(f"fixed_momentum must lie in (0, 1), got {beta!r}")
-        # A fixed momentum does not contain SGD: no baseline to nest.
+    if beta is not None or not fam.contained:
+        # SGD contains no other family, and a fixed momentum does not contain
+        # SGD: nothing to nest.
         return [
             _monotone(
                 problem, bs, target,
                 _tune_constant(
                     problem, fam, bs, target, p, grid=grid, polish=polish,
                     fixed_momentum=beta, **kw,
-                ),
-            )
-            for p in powers
-        ]  # fmt: skip
-    if not fam.contained:
-        return [
-            _monotone(
-                problem, bs, target,
-                _tune_constant(
-                    problem, fam, bs, target, p, grid=grid, polish=polish, **kw
                 ),
             )
             for p in powers
@@ -985,21 +1030,28 @@ def tune_powers(
     for j, (p, own) in enumerate(zip(powers, owns, strict=True)):
         nested = [baselines[j]]
         if inner_families:
-            inner = None if contained is None else contained[j]
-            if inner is None:
-                inner = [
-                    tune(
-                        problem, sub, bs, target, p, grid=None, polish=polish,
-                        baseline=baselines[j], **kw,
-                    )
-                    for sub in inner_families
-                ]  # fmt: skip
-            for results in inner:
-                if len(results) != bs.size:
-                    raise ValueError("contained results must hold one per batch size")
-            nested += list(inner)
+            given = None if contained is None else contained[j]
+            nested += _inner_results(
+                problem, bs, target, p, inner_families, given, baselines[j],
+                polish=polish, **kw,
+            )  # fmt: skip
         out.append(_monotone(problem, bs, target, _nest(own, nested)))
     return out
+
+
+def _inner_results(problem, bs, target, p, families, given, baseline, **kw):
+    """The results of the contained ``families`` other than SGD at power ``p``:
+    ``given`` (checked: one result per batch size), or tuned here from SGD's
+    ``baseline``."""
+    if given is None:
+        given = [
+            tune(problem, sub, bs, target, p, grid=None, baseline=baseline, **kw)
+            for sub in families
+        ]
+    for results in given:
+        if len(results) != bs.size:
+            raise ValueError("contained results must hold one per batch size")
+    return list(given)
 
 
 def _nest(own, nested):

@@ -34,8 +34,8 @@ from .dynamics import (
     split_batch,
     validate_batch_size,
 )
-from .families import MAX_STEPS, Family, TuneResult
-from .optimizer import Constant, Optimizer
+from .families import MAX_STEPS, ConstantSetting, Family, TuneResult
+from .optimizer import Optimizer
 from .problem import NQMProblem
 
 __all__ = [
@@ -80,15 +80,25 @@ class _Curve:
     def __init__(
         self,
         problem: NQMProblem,
-        optimizer: Optimizer,
+        optimizer: Optimizer | ConstantSetting,
         batch_size: float,
         batch: BatchSchedule | None = None,
     ):
-        # with a batch schedule, ``batch_size`` is 1 and each update's 1/B_s is
-        # inside the noise term
+        # With a batch schedule, ``batch_size`` is 1 and each update's 1/B_s is
+        # inside the noise term; the lr and batch pieces are propagated together.
+        if batch is not None and isinstance(optimizer, ConstantSetting):
+            optimizer = optimizer.optimizer()
         self.problem, self.opt, self.b = problem, optimizer, float(batch_size)
         self.batch = batch
-        self.constant = isinstance(optimizer.schedule, Constant) and batch is None
+        # a constant lr is read as its floats, the arguments of risk_terms
+        self.setting = (
+            None
+            if batch is not None
+            else optimizer
+            if isinstance(optimizer, ConstantSetting)
+            else ConstantSetting.of(optimizer)
+        )
+        self.constant = self.setting is not None
         self.hh, self.wd, self.wn = _modes(problem, optimizer.precond_power)
         self.feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
         self.plain = not self.feats.momentum and not self.feats.ema
@@ -97,7 +107,7 @@ class _Curve:
         self._mean: MeanResponse | None = None
         self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         if self.constant:
-            s = optimizer.schedule.lr * self.hh
+            s = self.setting.lr * self.hh
             if self.plain:
                 self.monotone = np.abs(1.0 - s) <= 1.0
             elif not self.feats.momentum:
@@ -141,13 +151,9 @@ class _Curve:
     def _terms(self, steps) -> tuple[np.ndarray, np.ndarray]:
         if self.mode == "constant":
             self.evaluations += steps.size
+            st = self.setting
             return risk_terms(
-                self.problem,
-                self.opt.schedule.lr,
-                self.opt.momentum,
-                self.opt.ema,
-                self.opt.precond_power,
-                steps,
+                self.problem, st.lr, st.momentum, st.ema, st.precond_power, steps
             )
         if self.mode == "sgd_schedule":
             F, V = self._sgd_modes(steps)
@@ -196,13 +202,8 @@ class _Curve:
         if noise > self.target:
             return float(noise)  # the accumulated noise alone rules [a, b] out
         if self._mean is None:  # eigenvalues and weights: once per curve
-            self._mean = MeanResponse(
-                self.hh,
-                self.opt.schedule.lr,
-                self.opt.momentum,
-                self.opt.ema,
-                self.feats,
-            )
+            st = self.setting
+            self._mean = MeanResponse(self.hh, st.lr, st.momentum, st.ema, self.feats)
         lip, _ = self._mean.bound(a, b - a)
         self.evaluations += 1
         if np.any(self.monotone):
@@ -213,7 +214,7 @@ class _Curve:
 
 def steps_to_target(
     problem: NQMProblem,
-    optimizer: Optimizer,
+    optimizer: Optimizer | ConstantSetting,
     batch_size,
     target: float,
     *,
@@ -226,7 +227,9 @@ def steps_to_target(
 
     Args:
         problem: the NQM.
-        optimizer: any optimizer and schedule. Constant lr and plain-SGD
+        optimizer: any optimizer and schedule, or a
+            :class:`~nqm.families.ConstantSetting` (the floats of a constant lr;
+            the tuner certifies its candidates so). Constant lr and plain-SGD
             schedules get certified pruning (cost about :math:`O(d \log t)`
             evaluations); momentum or averaging combined with a changing schedule
             are scanned step by step and need an explicit ``max_steps``.
