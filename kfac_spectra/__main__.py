@@ -111,18 +111,12 @@ class ReportSummary:
 def _write_csv(
     path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
-    """A CSV table of Python scalars (NumPy ones converted: ``repr`` of a NumPy
-    float is not a number)."""
+    """:func:`nqm.io.write_csv` of rows whose NumPy scalars become Python ones
+    (the text of a NumPy float is its ``repr``, ``np.float64(...)``)."""
     from nqm.io import write_csv
 
     plain = [[v.item() if isinstance(v, np.generic) else v for v in r] for r in rows]
     write_csv(path, plain, header)
-
-
-def _save_figure(fig: Any, stem: Path) -> list[Path]:
-    from nqm.io import save_figure
-
-    return save_figure(fig, stem, dpi=FIGURE_DPI)
 
 
 def write_report(
@@ -137,17 +131,8 @@ def write_report(
     Raises:
         ValueError: If the run has no collected steps or a step is not collected.
     """
-    from kfac_spectra import plots
     from kfac_spectra.bridge import measure_nqm
-    from kfac_spectra.checkpoints import load_checkpoint_arrays, read_manifest
-    from kfac_spectra.gradient_stats import compare_variance_curvature
-    from kfac_spectra.powerlaw import fit_power_law, rank_overlay
-    from kfac_spectra.spectra import (
-        FactorSpectrum,
-        eigenvalue_histogram,
-        kfac_eigenvalues,
-        log_bins,
-    )
+    from kfac_spectra.checkpoints import read_manifest
 
     steps = [c["step"] for c in read_manifest(run_dir)["checkpoints"]]
     if not steps:
@@ -157,10 +142,36 @@ def write_report(
     for name, value in (("step", step), ("nqm_step", nqm_step)):
         if value not in steps:
             raise ValueError(f"{name}: {value} not collected; have {steps}")
-    figures.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    spectra = _spectra(run_dir, steps)
+    files = _write_e1_spectra(run_dir, spectra, figures)
+    comparisons, e2_files = _write_e2_variance_curvature(run_dir, step, figures)
+    fit, e4_files = _write_e4_power_law(spectra[step], step, figures)
+    files += e2_files + e4_files
 
-    # E.1: eigenvalue histograms at every collected step.
+    estimate = measure_nqm(run_dir, nqm_step)
+    nqm_path = run_dir / "nqm_problem.npz"
+    estimate.problem.save(nqm_path)
+    overall = comparisons["overall"]
+    return ReportSummary(
+        step=step,
+        exponent=fit.exponent,
+        ci=(fit.ci_low, fit.ci_high),
+        r_squared=fit.r_squared,
+        within_2x=overall.fraction_within,
+        slope=overall.log_slope,
+        correlation=overall.log_correlation,
+        nqm_modes=estimate.problem.n_modes,
+        nqm_dropped=estimate.num_dropped,
+        nqm_path=nqm_path,
+        files=tuple(files),
+    )
+
+
+def _spectra(run_dir: Path, steps: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The factor spectra ``{step: {block: FactorSpectrum}}`` of the collected steps."""
+    from kfac_spectra.checkpoints import load_checkpoint_arrays
+    from kfac_spectra.spectra import FactorSpectrum
+
     spectra = {}
     for s in steps:
         factors, _, _ = load_checkpoint_arrays(run_dir, s)
@@ -168,6 +179,21 @@ def write_report(
             k: FactorSpectrum(f["row_values"], f["col_values"])
             for k, f in factors.items()
         }
+    return spectra
+
+
+def _write_e1_spectra(
+    run_dir: Path, spectra: dict[int, dict[str, Any]], figures: Path
+) -> list[Path]:
+    """E.1: histograms of the K-FAC eigenvalues at every collected step.
+
+    Raises:
+        ValueError: If no step has a positive K-FAC eigenvalue.
+    """
+    from kfac_spectra import plots
+    from kfac_spectra.spectra import eigenvalue_histogram, log_bins
+    from nqm.io import save_figure
+
     highs, lows = [], []
     for layers in spectra.values():
         for sp in layers.values():
@@ -184,9 +210,13 @@ def write_report(
     if not low < high:
         low, high = low / 2, high * 2
     edges = log_bins(low * 0.999, high * 1.001, 60)
+    steps = list(spectra)
     histograms = [eigenvalue_histogram(spectra[s], edges) for s in steps]
-    files += _save_figure(
-        plots.plot_spectra_evolution(steps, histograms), figures / "e1_spectra"
+    figures.mkdir(parents=True, exist_ok=True)
+    files = save_figure(
+        plots.plot_spectra_evolution(steps, histograms),
+        figures / "e1_spectra",
+        dpi=FIGURE_DPI,
     )
     _write_csv(
         figures / "e1_spectra.csv",
@@ -204,13 +234,24 @@ def write_report(
             ]
         ],
     )
-    files.append(figures / "e1_spectra.csv")
+    return [*files, figures / "e1_spectra.csv"]
 
-    # E.2: gradient variance against curvature per direction.
+
+def _write_e2_variance_curvature(
+    run_dir: Path, step: int, figures: Path
+) -> tuple[dict[str, Any], list[Path]]:
+    """E.2: gradient variance against curvature per direction at ``step``."""
+    from kfac_spectra import plots
+    from kfac_spectra.checkpoints import load_checkpoint_arrays
+    from kfac_spectra.gradient_stats import compare_variance_curvature
+    from nqm.io import save_figure
+
     _, stats, _ = load_checkpoint_arrays(run_dir, step)
     comparisons = compare_variance_curvature(stats)
-    files += _save_figure(
-        plots.plot_variance_vs_curvature(comparisons), figures / "e2_variance_curvature"
+    files = save_figure(
+        plots.plot_variance_vs_curvature(comparisons),
+        figures / "e2_variance_curvature",
+        dpi=FIGURE_DPI,
     )
     _write_csv(
         figures / "e2_variance_curvature.csv",
@@ -236,10 +277,19 @@ def write_report(
             for k, c in comparisons.items()
         ],
     )
-    files.append(figures / "e2_variance_curvature.csv")
+    return comparisons, [*files, figures / "e2_variance_curvature.csv"]
 
-    # E.4: the K-FAC spectrum against 1/i.
-    spectrum = kfac_eigenvalues(spectra[step])
+
+def _write_e4_power_law(
+    spectra: dict[str, Any], step: int, figures: Path
+) -> tuple[Any, list[Path]]:
+    """E.4: the K-FAC spectrum at ``step`` against ``1/i``; returns the fit."""
+    from kfac_spectra import plots
+    from kfac_spectra.powerlaw import fit_power_law, rank_overlay
+    from kfac_spectra.spectra import kfac_eigenvalues
+    from nqm.io import save_figure
+
+    spectrum = kfac_eigenvalues(spectra)
     d = int(np.sum(spectrum > 0))
     rank_min = 10 if d >= 60 else 1
     fit = fit_power_law(
@@ -249,7 +299,9 @@ def write_report(
         num_points=60 if d >= 60 else None,
     )
     overlay = rank_overlay(spectrum[spectrum > 0], fit)
-    files += _save_figure(plots.plot_power_law(overlay, fit), figures / "e4_power_law")
+    files = save_figure(
+        plots.plot_power_law(overlay, fit), figures / "e4_power_law", dpi=FIGURE_DPI
+    )
     _write_csv(
         figures / "e4_power_law.csv",
         [
@@ -279,26 +331,7 @@ def write_report(
             )
         ],
     )
-    files.append(figures / "e4_power_law.csv")
-
-    # The NQM problem.
-    estimate = measure_nqm(run_dir, nqm_step)
-    nqm_path = run_dir / "nqm_problem.npz"
-    estimate.problem.save(nqm_path)
-    overall = comparisons["overall"]
-    return ReportSummary(
-        step=step,
-        exponent=fit.exponent,
-        ci=(fit.ci_low, fit.ci_high),
-        r_squared=fit.r_squared,
-        within_2x=overall.fraction_within,
-        slope=overall.log_slope,
-        correlation=overall.log_correlation,
-        nqm_modes=estimate.problem.n_modes,
-        nqm_dropped=estimate.num_dropped,
-        nqm_path=nqm_path,
-        files=tuple(files),
-    )
+    return fit, [*files, figures / "e4_power_law.csv"]
 
 
 def _print_summary(summary: ReportSummary, nqm_step_label: str) -> None:

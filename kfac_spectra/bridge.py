@@ -1,4 +1,4 @@
-r"""From a recorded training run to an NQM problem (seed 004, section 3.5).
+r"""From a recorded training run to an NQM problem (Zhang et al. 2019, section 3.5).
 
 The NQM is a quadratic with curvature :math:`h_i`, per-example gradient variance
 :math:`c_i` and initial second moment :math:`E[\theta_i(0)^2]` along each of its
