@@ -9,6 +9,7 @@ scenarios and the parent checks them all.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 import warnings
@@ -31,6 +32,7 @@ from kfac_spectra.kfac.distributed import (
     decomposition_cost,
     resolve_process_group,
 )
+from kfac_spectra.kfac.inverse import CholeskyInverse, Damping, EigenInverse
 
 DT = torch.float64
 PARITY_RTOL = 1e-10  # W ranks vs one process on the global batch, 20 steps
@@ -347,6 +349,51 @@ def _rank_bad_batch(rank: int, world: int, out: Path) -> None:
     torch.save(message, out / f"bad-{rank}.pt")
 
 
+def _context_stats(rank: int) -> list[tuple[str, dict[str, Tensor] | None]]:
+    """Rank-dependent statistics: block "b" is missing on rank 1."""
+    gen = torch.Generator().manual_seed(100 + rank)
+    a = {
+        "A": torch.randn(3, 3, generator=gen, dtype=DT),
+        "S": torch.randn(2, 2, generator=gen, dtype=DT),
+    }
+    b = {
+        "A": torch.randn(4, generator=gen, dtype=DT),
+        "S": torch.randn(2, 2, generator=gen),
+    }
+    return [("a", a), ("b", None if rank == 1 else b)]
+
+
+def _rank_context(rank: int, world: int, out: Path) -> None:
+    """DistContext directly: statistics missing on one rank, shared decompositions."""
+    ctx = DistContext(dist.group.WORLD, InverseLayout.SHARED)
+    ctx.count_rows(4)
+    reduced = ctx.reduce_statistics(_context_stats(rank))
+    owners = {"x": 0, "y": 1 % world}
+    gen = torch.Generator().manual_seed(7)
+    made = {
+        "x": EigenInverse(
+            *(torch.randn(s, generator=gen, dtype=DT) for s in [(2,), (2, 2), (3,)]),
+            None,
+        ),
+        "y": CholeskyInverse(
+            torch.randn(2, 2, generator=gen), torch.randn(3, 3, generator=gen)
+        ),
+    }
+    made["x"].two_sided(Damping(True, 0.1))  # damped inverses travel along
+    local = {k: v for k, v in made.items() if owners[k] == rank}
+    shared = ctx.share_inverses(local, owners, torch.device("cpu"))
+    torch.save(
+        {
+            "reduced": reduced,
+            "mismatched": ctx.mismatched_batches,
+            "made": made,
+            "shared": shared,
+            "damped": shared["x"].damped_inverses,
+        },
+        out / f"context-{rank}.pt",
+    )
+
+
 def _worker(rank: int, world: int, port: int, out: str, jobs: list[str]) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -363,6 +410,8 @@ def _worker(rank: int, world: int, port: int, out: str, jobs: list[str]) -> None
                 _rank_mc(rank, world, path)
             elif job == "bad_batch":
                 _rank_bad_batch(rank, world, path)
+            elif job == "context":
+                _rank_context(rank, world, path)
             else:
                 _rank_scenarios(rank, world, path, [job])
         dist.barrier()  # nobody leaves while another rank still works
@@ -464,7 +513,9 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
     mean, and unequal local batches."""
     names = list(SCENARIOS)
     _single_checkpoint(tmp_path)
-    _spawn(2, tmp_path, [*names, "nonfinite", "checkpoint", "mc", "bad_batch"])
+    _spawn(
+        2, tmp_path, [*names, "nonfinite", "checkpoint", "mc", "bad_batch", "context"]
+    )
     _check_parity(tmp_path, 2, names)
 
     want, skipped = _single_nonfinite()
@@ -493,6 +544,33 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
     for rank in range(2):
         message = torch.load(tmp_path / f"bad-{rank}.pt")
         assert "divisible by the world size" in message
+
+    # DistContext: block "b" (missing on rank 1) dropped on both ranks, "a" the
+    # mean; every rank gets the owners' decompositions exactly
+    want_a = {
+        n: (_context_stats(0)[0][1][n] + _context_stats(1)[0][1][n]) / 2
+        for n in ("A", "S")
+    }
+    for rank in range(2):
+        got = torch.load(tmp_path / f"context-{rank}.pt", weights_only=False)
+        assert set(got["reduced"]) == {"a"} and got["mismatched"] == 1
+        for n in ("A", "S"):
+            torch.testing.assert_close(
+                got["reduced"]["a"][n], want_a[n], rtol=1e-15, atol=0
+            )
+        for key in ("x", "y"):
+            made, shared = got["made"][key], got["shared"][key]
+            assert type(made) is type(shared)
+            for f in dataclasses.fields(made):
+                a, b = getattr(made, f.name), getattr(shared, f.name)
+                assert (a is None and b is None) or torch.equal(a, b), (key, f.name)
+                assert b is None or b.dtype == a.dtype
+        made_damped = got["made"]["x"].damped_inverses
+        assert got["damped"][0] == made_damped[0]
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(got["damped"][1:], made_damped[1:], strict=True)
+        )
 
 
 @pytest.mark.slow
