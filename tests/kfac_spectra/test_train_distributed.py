@@ -24,6 +24,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kfac_spectra import train as train_module
+from kfac_spectra.launch import Launch, launch_from
 from kfac_spectra.train import RESUME_FILE, TrainConfig, resolve_config, train
 
 HARNESS_RTOL = 1e-4  # float32 runs of 10 steps, 2 ranks vs one process
@@ -123,6 +124,18 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_launch_reads_the_torchrun_environment() -> None:
+    assert launch_from({}, "cpu") == Launch(0, 0, 1, "cpu")
+    env = {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    assert launch_from(env, "cuda") == Launch(3, 1, 4, "cuda:1")
+    assert launch_from(env, "cpu").distributed
+    with pytest.raises(ValueError, match="MASTER_PORT unset: launch with torchrun"):
+        launch_from({k: v for k, v in env.items() if k != "MASTER_PORT"}, "cpu")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two' is not an integer"):
+        launch_from({"WORLD_SIZE": "two"}, "cpu")
 
 
 def test_world_size_must_divide_the_batch(tmp_path: Path, monkeypatch) -> None:
