@@ -6,12 +6,15 @@
         [--steps N --checkpoints 0,50,200 --width W --config FILE.toml ...]
     python -m kfac_spectra report RUN_DIR [--figures DIR] [--step S] [--nqm-step S]
     python -m kfac_spectra            # embedded default: MNIST-1D ResNet8, then report
+    torchrun --nproc-per-node N -m kfac_spectra run ...   # data parallel, N ranks
 
 ``run`` accepts one ``--<field>`` flag per :class:`kfac_spectra.train_config.TrainConfig`
 field (flags override the TOML file, which overrides the defaults). ``report``
 writes the E.1, E.2 and E.4 figures (PNG + PDF) with CSV tables beside them and
 ``RUN_DIR/nqm_problem.npz`` (:func:`kfac_spectra.bridge.estimate_nqm`). Bad
-arguments print one line and exit with status 2.
+arguments print one line and exit with status 2. Under ``torchrun`` the ranks
+train data-parallel (gloo on the CPU, nccl with ``--device cuda``, one GPU per
+rank); rank 0 writes the run directory and prints.
 """
 
 from __future__ import annotations
@@ -350,6 +353,7 @@ def _print_summary(summary: ReportSummary, nqm_step_label: str) -> None:
 
 # ----------------------------------------------------------------- commands
 def _run(args: argparse.Namespace) -> int:
+    from kfac_spectra.launch import finish, init_from_environment
     from kfac_spectra.train import TrainConfig, resolve_config, train
 
     overrides = {
@@ -358,10 +362,20 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, f.name) is not None
     }
     config = resolve_config(args.config, overrides)
-    result = train(config, args.out)
+    # under torchrun: join the other ranks (data-parallel training)
+    launch = init_from_environment(config.device)
+    try:
+        result = train(config, args.out)
+    except BaseException:
+        finish(launch, wait=False)
+        raise
+    finish(launch)
+    if launch.rank != 0:
+        return 0
+    ranks = f" on {launch.world_size} ranks" if launch.distributed else ""
     print(
-        f"trained {config.steps} steps in {result.seconds:.1f}s; final batch loss "
-        f"{result.final_loss:.4f}; collected steps {list(result.collected)} -> "
+        f"trained {config.steps} steps{ranks} in {result.seconds:.1f}s; final batch "
+        f"loss {result.final_loss:.4f}; collected steps {list(result.collected)} -> "
         f"{result.run_dir}"
     )
     if args.report:

@@ -27,6 +27,14 @@ position is two integers. A killed run restarted with the same configuration
 continues from the last checkpoint and reproduces the uninterrupted run bit for
 bit; saved step directories are never deleted.
 
+**Data parallel.** Under a ``torch.distributed`` process group (e.g. launched by
+``torchrun --nproc-per-node N -m kfac_spectra run ...``, see
+:mod:`kfac_spectra.launch`) every rank draws the same global batch of
+``batch_size`` examples and trains on its ``batch_size / N`` slice, with the model
+in ``DistributedDataParallel`` (K-FAC makes its statistics global: see
+:mod:`kfac_spectra.kfac.distributed`). Rank 0 alone collects and writes every
+file; every rank reads the resume state, so a run resumes on any number of ranks.
+
 The names of the configuration and the store are importable from here too
 (``from kfac_spectra.train import TrainConfig, read_manifest, ...``).
 
@@ -49,8 +57,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from kfac_spectra.checkpoints import (
@@ -62,6 +72,7 @@ from kfac_spectra.checkpoints import (
 )
 from kfac_spectra.data import Dataset, DatasetName, load_dataset
 from kfac_spectra.kfac import KFAC, KFACConfig, LossType
+from kfac_spectra.launch import group_position
 from kfac_spectra.models import build_model
 from kfac_spectra.train_config import (
     FactorSource,
@@ -199,6 +210,7 @@ class _Run:
 
     data: Dataset
     model: nn.Module
+    net: nn.Module  # what is trained: the model, or its DistributedDataParallel
     twin: nn.Module  # measurement copy: never hooked by K-FAC
     optimizer: torch.optim.Optimizer
     measure_x: Tensor
@@ -223,14 +235,25 @@ def _open_run(config: TrainConfig, run_dir: Path) -> _Run:
     )
     model = _build(config, data, device)
     twin = _build(config, data, device)
-    optimizer = make_optimizer(config, model)
+    net = model
+    if group_position()[1] > 1:
+        ids = [torch.cuda.current_device()] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)
+    optimizer = make_optimizer(config, net)
     n_measure = min(config.measure_examples, data.x_train.shape[0])
     pick = torch.randperm(
         data.x_train.shape[0], generator=torch.Generator().manual_seed(config.seed)
     )[:n_measure].to(device)
     manifest = {"config": _config_dict(config), "checkpoints": []}
     run = _Run(
-        data, model, twin, optimizer, data.x_train[pick], data.y_train[pick], manifest
+        data,
+        model,
+        net,
+        twin,
+        optimizer,
+        data.x_train[pick],
+        data.y_train[pick],
+        manifest,
     )
     resume_path = run_dir / RESUME_FILE
     if resume_path.is_file():
@@ -245,7 +268,8 @@ def _open_run(config: TrainConfig, run_dir: Path) -> _Run:
         run.step, run.epoch = state["step"], state["epoch"]
         run.batch_index = state["batch_index"]
         run.collected = list(state["collected"])
-        run.manifest = read_manifest(run_dir)
+        if group_position()[0] == 0:
+            run.manifest = read_manifest(run_dir)
         logger.info("resuming %s at step %d", run_dir, run.step)
     return run
 
@@ -254,8 +278,10 @@ def _checkpoint(config: TrainConfig, run_dir: Path, run: _Run) -> None:
     """Collect the current step, then record it in the run manifest and the
     resume state (both written atomically, the resume state last)."""
     step = run.step
-    entry = _collect(config, run_dir, run)
     run.collected.append(step)
+    if group_position()[0] != 0:
+        return  # rank 0 collects and writes
+    entry = _collect(config, run_dir, run)
     run.manifest["checkpoints"] = sorted(
         [c for c in run.manifest["checkpoints"] if c["step"] != step] + [entry],
         key=lambda c: c["step"],
@@ -294,20 +320,35 @@ def train(
     Returns:
         Summary of the run.
 
+    Under a process group (see the module docstring) every rank calls it; the
+    loss reported is the mean over the ranks.
+
     Raises:
-        ValueError: If ``run_dir`` holds a run with a different configuration, or
-            a configuration value does not fit the data/model.
+        ValueError: If ``run_dir`` holds a run with a different configuration, a
+            configuration value does not fit the data/model, or the world size
+            does not divide ``batch_size``.
         FloatingPointError: If the training loss becomes non-finite.
     """
     begin = time.perf_counter()
+    rank, world = group_position()
+    if config.batch_size % world:
+        raise ValueError(
+            f"batch_size={config.batch_size} is not divisible by the world size "
+            f"{world} (each rank trains on batch_size / world examples)"
+        )
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
     run = _open_run(config, run_dir)
-    write_text_atomic(run_dir / "config.toml", config_to_toml(config))
-    write_json(run_dir / "config.json", _config_dict(config))
+    if world > 1:
+        dist.barrier()  # every rank has read the resume state before rank 0 writes
+    if rank == 0:
+        write_text_atomic(run_dir / "config.toml", config_to_toml(config))
+        write_json(run_dir / "config.json", _config_dict(config))
 
     batches = _epoch_batches(run.data, config, run.epoch, run.batch_index)
-    model, optimizer = run.model, run.optimizer
+    net, optimizer = run.net, run.optimizer
+    share = config.batch_size // world
     loss_value = float("nan")
     interactive = sys.stderr.isatty()
     with tqdm(total=config.steps, initial=run.step, disable=not interactive) as bar:
@@ -317,11 +358,14 @@ def train(
             if run.step >= config.steps:
                 break
             run.epoch, run.batch_index, xb, yb = next(batches)
+            if world > 1:  # this rank's slice of the global batch
+                xb = xb[rank * share : (rank + 1) * share]
+                yb = yb[rank * share : (rank + 1) * share]
             optimizer.zero_grad()
-            loss = _ce(model(xb), yb)
+            loss = _ce(net(xb), yb)
             loss.backward()
             optimizer.step()
-            loss_value = float(loss.detach())
+            loss_value = _mean_over_ranks(loss.detach(), world)
             if not np.isfinite(loss_value):
                 raise FloatingPointError(
                     f"training loss is {loss_value} at step {run.step}"
@@ -331,9 +375,21 @@ def train(
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if step_callback is not None:
                 step_callback(run.step, loss_value)
+    if world > 1:
+        dist.barrier()  # rank 0's last files are written when any rank returns
     return TrainResult(
         run_dir, tuple(sorted(run.collected)), loss_value, time.perf_counter() - begin
     )
+
+
+def _mean_over_ranks(value: Tensor, world: int) -> float:
+    """The mean of a scalar over the ranks (itself for one process); a non-finite
+    value on one rank reaches every rank, so all stop together."""
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
 
 
 def _collect(config: TrainConfig, run_dir: Path, run: _Run) -> dict[str, Any]:

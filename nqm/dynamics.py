@@ -35,6 +35,7 @@ from ._closed import _sgd_terms, closed_form_terms
 from ._confluent import confluent_terms
 from ._doubling import MomentMap
 from ._system import Features, system_matrices
+from .batch_schedule import BatchSchedule, joint_pieces
 from .optimizer import Constant, Optimizer
 from .problem import NQMProblem
 
@@ -48,6 +49,7 @@ __all__ = [
     "validate_batch_size",
     "second_moments",
     "validate_steps",
+    "split_batch",
 ]
 
 #: Relative accuracy the closed form must certify for D(t) and N(t); modes that
@@ -61,6 +63,17 @@ def validate_batch_size(batch_size) -> np.ndarray:
     if b.size == 0 or not np.all(np.isfinite(b)) or np.any(b < 1):
         raise ValueError(f"batch_size must be finite and >= 1, got {batch_size!r}")
     return b
+
+
+def split_batch(batch_size) -> tuple[object, BatchSchedule | None]:
+    """``(batch_size, None)`` for a number (or a one-piece schedule, as its
+    value), ``(1.0, schedule)`` for a batch schedule with several pieces: its
+    :math:`1/B_s` then enters the noise term per update."""
+    if isinstance(batch_size, BatchSchedule):
+        if not batch_size.boundaries:
+            return float(batch_size.values[0]), None
+        return 1.0, batch_size
+    return batch_size, None
 
 
 def validate_steps(steps) -> np.ndarray:
@@ -349,14 +362,20 @@ def _single_setting_terms(
 
 
 # ---------------------------------------------------------- scheduled path
-def _scheduled_modes(hh, optimizer: Optimizer, steps):
-    """Per-mode F_t and G_t (shape (T, M)) under a non-constant schedule."""
+def _scheduled_modes(
+    hh, optimizer: Optimizer, steps, batch: BatchSchedule | None = None
+):
+    """Per-mode F_t and G_t (shape (T, M)) under a non-constant schedule.
+
+    With a batch schedule, G_t carries each update's noise variance :math:`1/B_s`
+    (so the risk is :math:`D + N`); without one, unit variance (:math:`D + N/B`).
+    """
     feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
     if not feats.momentum and not feats.ema:
-        return PieceStates(hh, optimizer).at(np.asarray(steps, dtype=np.int64))
+        return PieceStates(hh, optimizer, batch).at(np.asarray(steps, dtype=np.int64))
     beta, gamma = optimizer.momentum, optimizer.ema
     t_max = int(max(steps))
-    starts, lrs = optimizer.schedule.pieces(t_max)
+    starts, lrs, inv_b = joint_pieces(optimizer.schedule, batch, t_max)
     ends = np.append(starts[1:], np.iinfo(np.int64).max)
     k = feats.size
     o = feats.out
@@ -375,7 +394,7 @@ def _scheduled_modes(hh, optimizer: Optimizer, steps):
                     piece += 1
                 length = int(min(ends[piece], target) - now)
                 im, ip, n, _ = system_matrices(hh, lrs[piece], beta, gamma, feats)
-                q = n[..., :, None] * n[..., None, :]
+                q = inv_b[piece] * n[..., :, None] * n[..., None, :]
                 if length == 1:
                     e, nt = im, q
                 else:
@@ -390,9 +409,11 @@ def _scheduled_modes(hh, optimizer: Optimizer, steps):
     return F, G
 
 
-def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
+def _scheduled_terms(
+    hh, wd, wn, optimizer: Optimizer, steps, batch: BatchSchedule | None = None
+):
     """D and N for a non-constant schedule (a single setting), each of shape (T,)."""
-    F, G = _scheduled_modes(hh, optimizer, steps)
+    F, G = _scheduled_modes(hh, optimizer, steps, batch)
     with np.errstate(invalid="ignore"):
         return F @ wd, G @ wn
 
@@ -401,14 +422,18 @@ class PieceStates:
     """Per-mode SGD moments (F, V) under a schedule, cached at piece starts.
 
     A query at step ``t`` costs one closed-form piece from the cached state at the
-    start of the piece containing ``t``.
+    start of the piece containing ``t``. Pieces are those of the lr schedule and,
+    when given, the batch schedule together; ``V`` then carries each update's
+    noise variance :math:`1/B_s`.
     """
 
-    def __init__(self, hh, optimizer: Optimizer):
+    def __init__(self, hh, optimizer: Optimizer, batch: BatchSchedule | None = None):
         self.hh = hh
         self.sched = optimizer.schedule
+        self.batch = batch
         self.starts = np.zeros(1, dtype=np.int64)
         self.lrs = np.array([float(self.sched(0))])
+        self.inv_b = np.array([1.0 if batch is None else 1.0 / batch(0)])
         self.F = [np.ones(hh.size)]
         self.V = [np.zeros(hh.size)]
         self.known = 0  # pieces are known for steps < self.known (grows by doubling)
@@ -417,8 +442,8 @@ class PieceStates:
         if t < self.known:
             return
         horizon = max(2 * self.known, t + 1, 64)
-        starts, lrs = self.sched.pieces(horizon)
-        self.starts, self.lrs = starts, lrs
+        starts, lrs, inv_b = joint_pieces(self.sched, self.batch, horizon)
+        self.starts, self.lrs, self.inv_b = starts, lrs, inv_b
         self.known = horizon
         with np.errstate(all="ignore"):
             while len(self.F) < starts.size:
@@ -426,7 +451,7 @@ class PieceStates:
                 length = float(starts[k + 1] - starts[k])
                 fl, gl, _, _ = _sgd_terms(lrs[k] * self.hh, lrs[k], length)
                 self.F.append(self.F[k] * fl)
-                self.V.append(self.V[k] * fl + gl)
+                self.V.append(self.V[k] * fl + inv_b[k] * gl)
 
     def at(self, steps):
         """Per-mode ``(F, V)`` at each step, shape ``(T, M)`` each; the steps that
@@ -443,17 +468,24 @@ class PieceStates:
                 length = (steps[sel] - self.starts[k]).astype(np.float64)[:, None]
                 fl, gl, _, _ = _sgd_terms(self.lrs[k] * self.hh, self.lrs[k], length)
                 F[sel] = self.F[k] * fl
-                V[sel] = self.V[k] * fl + gl
+                V[sel] = self.V[k] * fl + self.inv_b[k] * gl
         F = np.where(np.isnan(F), np.inf, F)
         V = np.where(np.isnan(V), np.inf, V)
         return F, V
 
-    def min_lr(self, a: int, b: int) -> float:
-        """Smallest lr used by updates a..b-1."""
+    def _range(self, a: int, b: int) -> slice:
         self._extend(b)
         k0 = int(np.searchsorted(self.starts, a, side="right") - 1)
         k1 = int(np.searchsorted(self.starts, max(b - 1, a), side="right") - 1)
-        return float(self.lrs[k0 : k1 + 1].min())
+        return slice(k0, k1 + 1)
+
+    def min_lr(self, a: int, b: int) -> float:
+        """Smallest lr used by updates a..b-1."""
+        return float(self.lrs[self._range(a, b)].min())
+
+    def min_inv_b(self, a: int, b: int) -> float:
+        """Smallest noise variance factor :math:`1/B` used by updates a..b-1."""
+        return float(self.inv_b[self._range(a, b)].min())
 
 
 def _sandwich(e, z):
@@ -472,10 +504,17 @@ def risk_terms(
     steps=0,
     *,
     rtol: float = CLOSED_FORM_RTOL,
+    batch_size: BatchSchedule | None = None,
 ):
     """Batch-size-free parts of the exact risk, vectorised over settings.
 
     .. math:: E[L(\\theta_t)] = D(t) + N(t)/B .
+
+    Under a batch schedule :math:`B_s` the noise of update :math:`s` has
+    variance :math:`\\hat c/B_s`, so the noise term cannot be factored out:
+    ``batch_size=schedule`` returns :math:`N(t) = \\tfrac12\\sum_i w_i h_i \\hat c_i
+    G_t^{(B)}(\\hat h_i)` with each update's :math:`1/B_s` inside, and
+    :math:`E[L] = D + N`.
 
     Args:
         problem: the NQM.
@@ -489,6 +528,8 @@ def risk_terms(
             that even these cannot certify by exact doubling (see
             :func:`doubled_modes`). A looser value is for approximate uses (the
             tuner's binned surrogate), never for reported results.
+        batch_size: optionally a :class:`~nqm.BatchSchedule` (see above); the
+            settings are then propagated piece by piece, one after the other.
 
     Returns:
         ``(D, N)``, each of shape ``S + (T,)`` (``S`` alone for scalar ``steps``).
@@ -496,8 +537,29 @@ def risk_terms(
     Raises:
         ValueError: for out-of-range hyperparameters or steps.
     """
+    if batch_size is not None:
+        return _batch_scheduled_terms(
+            problem, lr, momentum, ema, precond_power, steps, batch_size
+        )
     D, N, _ = _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol)
     return D, N
+
+
+def _batch_scheduled_terms(problem, lr, momentum, ema, precond_power, steps, batch):
+    """:func:`risk_terms` under a batch schedule: each setting piece by piece."""
+    if not isinstance(batch, BatchSchedule):
+        raise ValueError(f"batch_size must be an nqm.BatchSchedule, got {batch!r}")
+    alpha, beta, gamma = _settings(lr, momentum, ema)
+    t = validate_steps(steps)
+    scalar_t = t.ndim == 0
+    t = np.atleast_1d(t)
+    hh, wd, wn = _modes(problem, float(precond_power))
+    D = np.empty(alpha.shape + t.shape)
+    N = np.empty_like(D)
+    for i in np.ndindex(alpha.shape):
+        opt = Optimizer(alpha[i], beta[i], gamma[i], float(precond_power))
+        D[i], N[i] = _scheduled_terms(hh, wd, wn, opt, t, batch)
+    return (D[..., 0], N[..., 0]) if scalar_t else (D, N)
 
 
 def doubled_modes(
@@ -580,7 +642,10 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
     Args:
         problem: the NQM.
         optimizer: the optimizer configuration (any lr schedule).
-        batch_size: :math:`B \\ge 1`, scalar or array (shape ``Bs``).
+        batch_size: :math:`B \\ge 1`, scalar or array (shape ``Bs``), or a
+            :class:`~nqm.BatchSchedule` (shape ``Bs = ()``): update :math:`s`'s
+            noise then has variance :math:`c/B_s`, and the lr and batch pieces
+            are propagated together in closed form.
         steps: integer :math:`t \\ge 0`, scalar or array (shape ``Ts``).
 
     Returns:
@@ -595,10 +660,14 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
         raise ValueError(
             f"optimizer must be an nqm.Optimizer, got {type(optimizer).__name__}"
         )
+    batch_size, batch = split_batch(batch_size)
     b = validate_batch_size(batch_size)
     t = validate_steps(steps)
     flat = np.atleast_1d(t).ravel()
-    if isinstance(optimizer.schedule, Constant):
+    if batch is not None:
+        hh, wd, wn = _modes(problem, optimizer.precond_power)
+        D, N = _scheduled_terms(hh, wd, wn, optimizer, flat, batch)
+    elif isinstance(optimizer.schedule, Constant):
         D, N = risk_terms(
             problem,
             optimizer.schedule.lr,
@@ -656,18 +725,19 @@ def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps)
     Args:
         problem: the NQM (``n`` modes).
         optimizer: any optimizer and schedule.
-        batch_size: :math:`B \ge 1` (scalar).
+        batch_size: :math:`B \ge 1` (scalar), or a :class:`~nqm.BatchSchedule`.
         steps: integer step counts, shape ``(T,)`` or scalar.
 
     Returns:
         Array of shape ``(T, n)`` (``(n,)`` for scalar ``steps``).
     """
+    batch_size, batch = split_batch(batch_size)
     b = float(validate_batch_size(batch_size))
     t = validate_steps(steps)
     flat = np.atleast_1d(t).ravel()
     hh, cc = problem.preconditioned(optimizer.precond_power)
     feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
-    if isinstance(optimizer.schedule, Constant):
+    if batch is None and isinstance(optimizer.schedule, Constant):
         lr = optimizer.schedule.lr
         F = np.empty((flat.size, hh.size))
         G = np.empty_like(F)
@@ -679,7 +749,7 @@ def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps)
                 hh, lr, optimizer.momentum, optimizer.ema, feats, int(step)
             )
     else:
-        F, G = _scheduled_modes(hh, optimizer, flat)
+        F, G = _scheduled_modes(hh, optimizer, flat, batch)
     with np.errstate(invalid="ignore", over="ignore"):
         out = problem.init_sq * F + cc / b * G
     out = np.where(np.isnan(out), np.inf, out)
@@ -734,7 +804,8 @@ def steady_state_loss(
     Args:
         problem: the NQM.
         optimizer: any optimizer whose schedule has a known constant tail.
-        batch_size: :math:`B \ge 1`, scalar or array (shape ``Bs``).
+        batch_size: :math:`B \ge 1`, scalar or array (shape ``Bs``), or a
+            :class:`~nqm.BatchSchedule` (its final batch size holds forever).
 
     Returns:
         A float for a scalar batch size, else an array of shape ``Bs``; ``inf``
@@ -749,6 +820,8 @@ def steady_state_loss(
     hh, _, wn = _modes(problem, optimizer.precond_power)
     from .closed_form import steady_state_second_moment
 
+    if isinstance(batch_size, BatchSchedule):  # its final batch size holds forever
+        batch_size = batch_size.values[-1]
     b = validate_batch_size(batch_size)
     if stable:
         g = steady_state_second_moment(hh, lr, optimizer.momentum, optimizer.ema)

@@ -44,6 +44,17 @@ class Family(enum.StrEnum):
       appendix F.3 (:math:`\\alpha_0`, decay factor, horizon = run length),
       discretised into ``stairs`` equal constant steps (default 64); the exact
       risk of that staircase is optimised.
+    * ``wsd``: SGD with warm-up, stable and decay phases
+      (:class:`nqm.WarmupStableDecay`: peak lr, warm-up length, decay start,
+      final fraction; decay shape the option ``decay_shape``, default
+      ``one_minus_sqrt``), as ``linear_decay`` a staircase of ``stairs`` steps
+      over the tuned run length.
+    * ``cosine``: SGD with a linear warm-up and cosine decay
+      (:class:`nqm.CosineWarmup`: peak lr, warm-up length, final fraction), a
+      staircase as above.
+
+    Constant lr with an exponential moving average of the iterates (the way
+    2024 critical-batch-size studies reach any target from one run) is ``ema``.
     """
 
     SGD = "sgd"
@@ -52,6 +63,8 @@ class Family(enum.StrEnum):
     MOMENTUM_EMA = "momentum_ema"
     PWC = "pwc"
     LINEAR_DECAY = "linear_decay"
+    WSD = "wsd"
+    COSINE = "cosine"
 
     @property
     def contained(self) -> tuple[Family, ...]:
@@ -80,6 +93,8 @@ _CONTAINED: dict[Family, tuple[Family, ...]] = {
     Family.MOMENTUM_EMA: (Family.MOMENTUM, Family.EMA),
     Family.PWC: (Family.SGD,),
     Family.LINEAR_DECAY: (Family.SGD,),
+    Family.WSD: (Family.SGD,),
+    Family.COSINE: (Family.SGD,),
 }
 
 
