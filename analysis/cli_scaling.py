@@ -113,8 +113,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--families",
-        help="comma-separated: sgd,momentum,ema,momentum_ema,pwc,linear_decay "
-        "(default all)",
+        help="comma-separated nqm.search.Family values (default the reference "
+        "study's sgd,momentum,ema,momentum_ema,pwc,linear_decay)",
     )
     s.add_argument("--powers", help="comma-separated preconditioning powers in [0, 1]")
     s.add_argument(

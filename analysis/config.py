@@ -31,12 +31,26 @@ from .executor import ExecutorKind, require_executor
 __all__ = [
     "ScalingConfig",
     "QUICK_OVERRIDES",
+    "REFERENCE_FAMILIES",
     "parse_batch_sizes",
     "load_config_file",
     "resolve_config",
 ]
 
 _ALL_FAMILIES: tuple[str, ...] = tuple(f.value for f in Family)
+#: The families of the reference study (Zhang et al. 2019, section 3.7 and
+#: appendix E); the other :class:`nqm.search.Family` members are opt-in.
+REFERENCE_FAMILIES: tuple[str, ...] = tuple(
+    f.value
+    for f in (
+        Family.SGD,
+        Family.MOMENTUM,
+        Family.EMA,
+        Family.MOMENTUM_EMA,
+        Family.PWC,
+        Family.LINEAR_DECAY,
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,8 @@ class ScalingConfig:
         targets: target losses of the main study (every family and power).
         threshold_targets: the loss-threshold family (E.5), run for SGD, p = 0.
         batch_sizes: batch sizes, integers >= 1.
-        families: optimizer families (values of :class:`nqm.search.Family`).
+        families: optimizer families (values of :class:`nqm.search.Family`;
+            default :data:`REFERENCE_FAMILIES`).
         powers: preconditioning powers in [0, 1].
         shape_batch_sizes: how many batch sizes (spread over the range) to show
             in the schedule-shape figure.
@@ -93,7 +108,7 @@ class ScalingConfig:
         default=tuple(2**k for k in range(21)),
         metadata={nqm.config.PARSE: lambda v: _batch_sizes_value(v)},
     )
-    families: tuple[str, ...] = _ALL_FAMILIES
+    families: tuple[str, ...] = REFERENCE_FAMILIES
     powers: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     shape_batch_sizes: int = 4
     transient_alpha_h: float = 0.0005
@@ -246,9 +261,9 @@ def _validate(cfg: ScalingConfig) -> None:
     if cfg.ray_address is not None and kind is not ExecutorKind.RAY:
         raise ValueError("ray_address needs executor = 'ray'")
     if cfg.device != "cpu":
-        from nqm._tuning import _torch_device
+        from nqm.runtime import torch_device
 
-        _torch_device(cfg.device)  # ValueError naming the device
+        torch_device(cfg.device)  # ValueError naming the device
     if not (0 < cfg.transient_alpha_h < 1):
         raise ValueError(
             f"transient_alpha_h must lie in (0, 1), got {cfg.transient_alpha_h!r}"

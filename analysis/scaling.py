@@ -276,7 +276,7 @@ class StudyPlan:
             in submission order; ``needs`` holds the curves whose tuned results
             it receives: SGD's at its powers and target (its ``baseline``) and,
             for a family containing other studied families (``momentum_ema``),
-            theirs (its ``contained``), after :attr:`nqm.search.Family.contained`.
+            theirs (its ``contained``), after :attr:`nqm.families.Family.contained`.
         reported: the (family, power, target) curves the study reports, in
             record order; the plan may tune further SGD curves as baselines.
     """
@@ -285,20 +285,9 @@ class StudyPlan:
     reported: tuple[tuple[Family, float, float], ...]
 
 
-def _contained(fam: Family) -> tuple[Family, ...]:
-    """:attr:`nqm.search.Family.contained`, the families ``fam`` contains."""
-    if hasattr(Family, "contained"):
-        return fam.contained
-    # Until nqm defines the relation on Family (merge pending): the same one.
-    return {
-        Family.SGD: (),
-        Family.MOMENTUM_EMA: (Family.MOMENTUM, Family.EMA),
-    }.get(fam, (Family.SGD,))
-
-
 def _contains_sgd(fam: Family) -> bool:
     """Whether SGD is a feasible point of ``fam`` (containment is transitive)."""
-    return any(g is Family.SGD or _contains_sgd(g) for g in _contained(fam))
+    return any(g is Family.SGD or _contains_sgd(g) for g in fam.contained)
 
 
 def plan_study(
@@ -364,7 +353,7 @@ def plan_study(
         keys = []
         if _contains_sgd(c.family):
             keys += [unit_of[(Family.SGD, p, c.target)] for p in c.powers]
-        nested = [g for g in _contained(c.family) if g is not Family.SGD]
+        nested = [g for g in c.family.contained if g is not Family.SGD]
         if nested and all(g in fams for g in nested):
             keys += [unit_of[(g, p, c.target)] for g in nested for p in c.powers]
         return tuple(dict.fromkeys(keys))
@@ -435,7 +424,7 @@ def _nested_options(
         return dict(options)
     many = len(curve.powers) > 1
     out = {**options, "baseline": bases if many else bases[0]}
-    nested = [g for g in _contained(curve.family) if g is not Family.SGD]
+    nested = [g for g in curve.family.contained if g is not Family.SGD]
     if nested and all(any(k.family is g for k in inputs) for g in nested):
         inner = [[results(g, p) for g in nested] for p in curve.powers]
         if all(r is not None for per_power in inner for r in per_power):

@@ -337,18 +337,14 @@ def test_write_study_writes_every_table(tmp_path, study, problem):
     assert [r["steps"] for r in back] == [r["steps"] for r in study[:3]]
 
 
-def test_parallel_workers_give_identical_records():
+def test_bad_worker_counts_are_rejected():
+    # (parallel records equal serial ones: test_shared_sgd_baseline_...)
     small = nqm.NQMProblem.power_law(15)
     kwargs = dict(families=["sgd"], powers=[0.0, 1.0], batch_sizes=[1, 8, 64],
                   targets=[0.1], progress=False)  # fmt: skip
-    serial = scaling.run_study(small, workers=1, **kwargs)
-    parallel = scaling.run_study(small, workers=2, **kwargs)
-    drop = ("seconds",)
-    assert [{k: v for k, v in r.items() if k not in drop} for r in serial] == [
-        {k: v for k, v in r.items() if k not in drop} for r in parallel
-    ]
-    with pytest.raises(ValueError, match="workers"):
-        scaling.run_study(small, workers=-1, **kwargs)
+    for workers in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="workers"):
+            scaling.run_study(small, workers=workers, **kwargs)
 
 
 def test_shared_sgd_baseline_matches_per_curve_tuning():
@@ -378,7 +374,10 @@ def test_shared_sgd_baseline_matches_per_curve_tuning():
         key = [(r["family"], r["precond_power"], r["batch_size"]) for r in (a, b, c)]
         assert key[0] == key[1] == key[2]
         assert a["steps"] <= b["steps"]
-        assert a["steps"] == c["steps"]
+        # parallel (baselines arriving out of order) = serial, every column
+        assert {k: v for k, v in a.items() if k != "seconds"} == {
+            k: v for k, v in c.items() if k != "seconds"
+        }
         if a["family"] == "sgd":
             assert a["steps"] == b["steps"]
     sgd = {(r["precond_power"], r["batch_size"]): r["steps"] for r in shared
