@@ -51,8 +51,12 @@ __all__ = [
 ]
 
 #: Relative accuracy the closed form must certify for D(t) and N(t); modes that
-#: cannot are recomputed by doubling.
+#: cannot are recomputed by divided differences, and those that even these
+#: cannot certify by doubling.
 CLOSED_FORM_RTOL = 1e-11
+#: Below this many steps a flagged mode goes straight to doubling: its at most
+#: log2(64) = 6 levels cost less than the divided-difference tables.
+CONFLUENT_MIN_STEPS = 64
 
 
 # --------------------------------------------------------------------- inputs
@@ -247,8 +251,9 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
 
     Entries whose Lagrange form cannot be certified are recomputed by divided
     differences (:func:`nqm._confluent.confluent_terms`, exact where
-    eigenvalues nearly coincide); those that still cannot be certified are
-    replaced by ``redo(bad)``, which returns their exact values by doubling
+    eigenvalues nearly coincide) when ``t >= CONFLUENT_MIN_STEPS``; those that
+    still cannot be certified (and the shorter ones) are replaced by
+    ``redo(bad)``, which returns their exact values by doubling
     (``F[bad]``, ``G[bad]`` order). ``entries(bad)`` returns the flagged
     entries' ``(hh, alpha, beta, gamma, t)``. Only flagged entries are replaced:
     where the closed form is certified it is the more accurate (doubling
@@ -268,10 +273,15 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
         done = np.zeros_like(bad)
         new = bad
         while np.any(new):
+            pos = np.nonzero(new)
             hb, ab, bb, gb, tb = entries(new)
-            F[new], G[new], eF[new], eG[new] = confluent_terms(
-                ab * hb, ab, bb, gb, feats, tb
-            )
+            keep = tb >= CONFLUENT_MIN_STEPS  # shorter: doubling is cheaper
+            if np.any(keep):
+                sub = np.zeros_like(new)
+                sub[tuple(x[keep] for x in pos)] = True
+                F[sub], G[sub], eF[sub], eG[sub] = confluent_terms(
+                    ab[keep] * hb[keep], ab[keep], bb[keep], gb[keep], feats, tb[keep]
+                )
             done |= new
             bad = _flag(F, G, eF, eG, wd, wn, rtol)
             new = bad & ~done
@@ -291,7 +301,7 @@ def _flag(F, G, eF, eG, wd, wn, rtol):
         # budget (four dot products); then nothing is flagged.
         ed = eF @ wd
         en = eG @ wn
-        if np.all((ed <= rtol * d) & (en <= rtol * nn)):
+        if np.all((ed <= rtol * d) & (en <= rtol * nn) & np.isfinite(d + nn)):
             return np.zeros(F.shape, dtype=bool)
         # The budget is relative to the total of the modes the closed form does
         # express (every term is >= 0, so this under-estimates the final total:
@@ -509,7 +519,8 @@ def doubled_modes(
 ) -> int:
     """How many (setting, mode, step) entries :func:`risk_terms` computes by
     doubling: those that neither the Lagrange closed form nor its
-    divided-difference form can certify to ``rtol``.
+    divided-difference form can certify to ``rtol`` (below
+    :data:`CONFLUENT_MIN_STEPS` steps, those the Lagrange form cannot).
 
     Arguments as for :func:`risk_terms` (distinct curvatures count once, as
     :func:`risk_terms` merges them). Every other entry costs :math:`O(1)`
@@ -634,7 +645,7 @@ def _mode_terms(hh, lr, beta, gamma, feats, step):
     f, g, ef, eg = (np.array(x) for x in (f, g, ef, eg))
     n = int(bad.sum())
     a, b, c = np.full(n, lr), np.full(n, beta), np.full(n, gamma)
-    if feats.momentum or feats.ema:
+    if (feats.momentum or feats.ema) and step >= CONFLUENT_MIN_STEPS:
         f[bad], g[bad], ef[bad], eg[bad] = confluent_terms(
             a * hh[bad], a, b, c, feats, np.full(n, step)
         )
