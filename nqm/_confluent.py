@@ -338,34 +338,49 @@ def _dd_top_row(nodes: _Nodes, N):
     spread = np.maximum.accumulate(np.abs(offs), axis=1)
     valid = (idx[:, None] + idx[None, 1:] < n)[..., None]
     cl = valid & (N * spread <= CLUSTER_RADIUS * np.abs(nodes.val)[:, None])
-    used = np.nonzero(np.any(cl, axis=(0, 2)))[0]
-    if used.size:
-        omax = int(used[-1]) + 1
-        cols = np.any(cl, axis=(0, 1))
-        S = np.zeros((n, omax) + N.shape, dtype=np.result_type(diag, offs))
-        Sm = np.zeros((n, omax) + N.shape)
-        S[..., cols], Sm[..., cols] = _series(
-            nodes.val[:, cols],
-            nodes.logabs[:, cols],
-            nodes.kpi[:, cols],
-            nodes.phi[:, cols],
-            offs[:, :omax, cols],
-            cl[:, :omax, cols],
-            N[cols],
+    # Where the whole sequence is one cluster, the top row is the series about
+    # node 0 alone; elsewhere every clustered run needs its own centre.
+    whole = cl[0, n - 2]
+    part = np.any(cl, axis=(0, 1)) & ~whole
+    used = np.nonzero(np.any(cl[..., part], axis=(0, 2)))[0]
+    omax = int(used[-1]) + 1 if used.size else 0
+    S = np.zeros((n, max(omax, 1)) + N.shape, dtype=np.result_type(diag, offs))
+    Sm = np.zeros(S.shape)
+    if omax:
+        S[:, :omax, part], Sm[:, :omax, part] = _series(
+            nodes.val[:, part],
+            nodes.logabs[:, part],
+            nodes.kpi[:, part],
+            nodes.phi[:, part],
+            offs[:, :omax, part],
+            cl[:, :omax, part],
+            N[part],
         )
-    else:
-        omax = 0
+    if np.any(whole):
+        S0, Sm0 = _series(
+            nodes.val[:1, whole],
+            nodes.logabs[:1, whole],
+            nodes.kpi[:1, whole],
+            nodes.phi[:1, whole],
+            offs[:1, :, whole],
+            cl[:1, :, whole],
+            N[whole],
+        )
     for o in range(1, n):
         g = nodes.gap[idx[: n - o], idx[: n - o] + o]
         new = (diag[1:] - diag[:-1]) / g
         err = (err[1:] + err[:-1]) / np.abs(g) + 6.0 * np.abs(new)
         if o <= omax:
-            c = cl[: n - o, o - 1]
+            c = cl[: n - o, o - 1] & part
             new = np.where(c, S[: n - o, o - 1], new)
             err = np.where(c, Sm[: n - o, o - 1], err)
         diag = new
-        top.append(diag[0])
-        top_err.append(err[0])
+        t0, e0 = diag[0], err[0]
+        if np.any(whole):
+            t0, e0 = t0.copy(), e0.copy()
+            t0[whole], e0[whole] = S0[0, o - 1], Sm0[0, o - 1]
+        top.append(t0)
+        top_err.append(e0)
     return top, top_err
 
 
