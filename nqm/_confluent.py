@@ -43,8 +43,8 @@ z^{t+m}`.
 
 Divided differences of :math:`z^N`. One table per node sequence (sorted, so
 that the two ends of every run are its farthest pair). A run whose spread is
-small, :math:`N \\max|\\nu_l - \\nu_i| \\le |\\nu_i|`, is summed as the Taylor
-series about its first node,
+small, :math:`N \\max|\\nu_l - \\nu_i| \\le` ``CLUSTER_RADIUS`` :math:`|\\nu_i|`,
+is summed as the Taylor series about its first node,
 
 .. math:: [\\nu_i, \\dots, \\nu_{i+o}]\\, z^N = \\sum_{j \\ge 0}
           \\binom{N}{j+o} \\nu_i^{N-j-o}\\, h_j(\\nu_{i+1} - \\nu_i, \\dots,
@@ -63,7 +63,10 @@ units of the machine epsilon (the sum of absolute values that went into it,
 amplified by each division, plus the rounding of the powers,
 :math:`\\epsilon(1 + N |\\log|\\nu||)`, and the truncated tail of each series),
 so the result comes with the same kind of a-posteriori bound as
-:mod:`nqm._closed` and is certified by the same test.
+:mod:`nqm._closed` and is certified by the same test. Like that bound, it
+covers the evaluation from the given parameters; the nodes are the exact roots
+for parameters perturbed by a few units in the last place (of q = 1 - r, or of
+p = 1 + r near -1), whose effect is the loss's own conditioning.
 
 References:
     Opitz, G. (1964), Steigungsmatrizen (divided differences as a matrix

@@ -15,9 +15,13 @@ size, so a sweep over batch sizes costs two dot products per setting.
 Paths:
 
 * constant lr: closed form (:mod:`nqm._closed`), :math:`O(d)` per evaluation
-  independent of :math:`t`; modes whose closed form would lose digits to
-  near-coinciding eigenvalues are recomputed by exact doubling
-  (:mod:`nqm._doubling`), :math:`O(\\log t)` each;
+  independent of :math:`t`; modes whose Lagrange form would lose digits to
+  near-coinciding eigenvalues are recomputed from divided differences
+  (:mod:`nqm._confluent`), also :math:`O(1)` each and exact at coincidence;
+  only modes that even these cannot certify (overflowing, diverging modes),
+  and flagged modes below :data:`CONFLUENT_MIN_STEPS` steps, are recomputed
+  by exact doubling (:mod:`nqm._doubling`), :math:`O(\\log t)` each
+  (counted by :func:`doubled_modes`);
 * piecewise-constant lr (any :class:`~nqm.optimizer.Schedule` whose pieces are
   long): doubling per piece, :math:`O(d \\sum_k \\log L_k)`;
 * lr changing at every step (linear decay before its horizon, arbitrary
