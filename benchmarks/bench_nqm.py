@@ -25,10 +25,18 @@ underdamped momentum roots has underflowed to zero (the closed form then skips t
 phase exactly), and t = 10^3, where the transient is alive and every term is
 computed.
 
+A second table times random settings that no tuning of the code can have
+aimed at (:func:`random_settings`, fixed seed, the same d): cost of ours /
+``sgd_risk`` at each setting's own horizon, and the speed-up over (b) at
+t = 10^6, as distributions (median, 90th percentile, worst), with the
+hand-picked setting above as one row, and how many modes each setting sends to
+doubling (``nqm.doubled_modes``: those that neither the Lagrange closed form
+nor its divided-difference form can certify).
+
 Usage::
 
     python benchmarks/bench_nqm.py [--dim 10000] [--steps 1000000] [--rounds 101]
-        [--default-allocator]
+        [--settings 40] [--default-allocator]
 """
 
 from __future__ import annotations
@@ -182,6 +190,9 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=101)
     ap.add_argument("--loop-steps", type=int, default=1_000)
     ap.add_argument(
+        "--settings", type=int, default=40, help="random settings (0: skip)"
+    )
+    ap.add_argument(
         "--default-allocator",
         action="store_true",
         help="leave glibc's heap trimming on (see nqm.runtime); by default freed "
@@ -306,6 +317,98 @@ def main(argv=None) -> None:
             ms = statistics.median(times[name]) * 1e3
             print(f"| {name} | {ms:.3g} ms | {vals[name]:.12g} |")
         print()
+
+    if args.settings:
+        hand = (lr, beta, gamma, p, args.steps)
+        random_table(problem, args.settings, hand, b, max(3, r // 10), args.steps)
+
+
+def _quantiles(x, worst_is_max: bool):
+    x = np.asarray(x, dtype=np.float64)
+    q = (0.5, 0.9) if worst_is_max else (0.5, 0.1)
+    worst = x.max() if worst_is_max else x.min()
+    return (*np.quantile(x, q), worst)
+
+
+def random_table(problem, n, hand, b, rounds, t_double) -> None:
+    """Cost / sgd_risk at each setting's horizon, speed-up over (b) at
+    ``t_double``, and doubled modes, over ``n`` random settings (and ``hand``)."""
+    settings = random_settings(problem, n, np.random.default_rng(SETTINGS_SEED))
+    rows = []
+    for k, (lr, beta, gamma, p, t) in enumerate([hand] + settings):
+        opt = nqm.Optimizer(lr, momentum=beta, ema=gamma, precond_power=p)
+        sgd_lr = min(lr, 0.5 * nqm.max_stable_lr(problem, precond_power=p))
+        times, vals = interleaved(
+            {
+                "ours": lambda o=opt, t=t: nqm.expected_loss(problem, o, b, t),
+                "sgd": lambda p=p, t=t, a=sgd_lr: nqm.closed_form.sgd_risk(
+                    problem, a, b, t, precond_power=p
+                ),
+            },
+            rounds,
+        )
+        dtimes, dvals = interleaved(
+            {
+                "ours": lambda o=opt: nqm.expected_loss(problem, o, b, t_double),
+                "dbl": lambda s=(lr, beta, gamma, p): doubling_reference(
+                    problem, *s, b, t_double
+                ),
+            },
+            3,
+        )
+        rows.append(
+            {
+                "name": "hand-picked" if k == 0 else f"random {k}",
+                "setting": (lr, beta, gamma, p, t),
+                "cost": median_ratio(times["ours"], times["sgd"]),
+                "speedup": median_ratio(dtimes["dbl"], dtimes["ours"]),
+                "agree": abs(dvals["ours"] / dvals["dbl"] - 1),
+                "doubled": nqm.doubled_modes(problem, lr, beta, gamma, p, t)
+                + nqm.doubled_modes(problem, lr, beta, gamma, p, t_double),
+            }
+        )
+    print(
+        f"random settings (seed {SETTINGS_SEED}, d = {problem.n_modes}): lr "
+        f"log-uniform over {LR_DECADES:g} decades below the stability edge; beta, "
+        f"gamma 0 w.p. {P_ZERO:.2g}, else 1 - x, x log-uniform in "
+        f"[{ONE_MINUS_MIN:g}, {ONE_MINUS_MAX:g}]; p in {SETTING_POWERS}; t in "
+        f"{tuple(f'{x:.0e}' for x in SETTING_STEPS)}; speed-up over (b) at "
+        f"t = {t_double:.0e}"
+    )
+    print()
+    print("| setting | lr | beta | gamma | p | t | ours / (a) | (b) / ours | doubled |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        lr, beta, gamma, p, t = row["setting"]
+        print(
+            f"| {row['name']} | {lr:.3g} | {beta:.6g} | {gamma:.6g} | {p:g} | "
+            f"{t:.0e} | {row['cost']:.2f}x | {row['speedup']:.1f}x | "
+            f"{row['doubled']} |"
+        )
+    rand = rows[1:]
+    cost = _quantiles([r["cost"] for r in rand], worst_is_max=True)
+    speed = _quantiles([r["speedup"] for r in rand], worst_is_max=False)
+    print()
+    print(f"over the {len(rand)} random settings:")
+    print("| quantity | median | 90th percentile | worst |")
+    print("|---|---|---|---|")
+    print(f"| ours / sgd_risk | {cost[0]:.2f}x | {cost[1]:.2f}x | {cost[2]:.2f}x |")
+    print(
+        f"| (b) doubling / ours at t = {t_double:.0e} | {speed[0]:.1f}x | "
+        f"{speed[1]:.1f}x | {speed[2]:.1f}x |"
+    )
+    doubled = [r["doubled"] for r in rand]
+    print(
+        f"doubled modes: {sum(doubled)} in total, at most {max(doubled)} in one "
+        f"setting; worst rel diff ours vs (b): {max(r['agree'] for r in rand):.2e}"
+    )
+    print(
+        f"targets: median <= 2x sgd_risk ({'met' if cost[0] <= 2 else 'NOT met'}), "
+        f"90th percentile <= 3x ({'met' if cost[1] <= 3 else 'NOT met'}); "
+        f"speed-up >= 20x at the 90th percentile "
+        f"({'met' if speed[1] >= 20 else 'NOT met'}), median >= 40x "
+        f"({'met' if speed[0] >= 40 else 'NOT met'})"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,15 @@ Usage::
 
 The machine is shared and noisy: timings are single runs unless ``--repeats`` is
 given (then medians), and the ratio compares runs made back to back.
+
+``--compare-with DIR`` runs (a) first on another checkout of the project (its
+own ``benchmarks/bench_scaling.py``, with ``DIR`` first on the import path, in
+a child process), then on this one, on the same machine in the same run, and
+prints both times, their ratio, the load average around each, and whether every
+record's steps are identical or better (fewer) here::
+
+    python benchmarks/bench_scaling.py --skip-baseline --workers 2 \
+        --compare-with /path/to/other/checkout
 """
 
 from __future__ import annotations
@@ -261,6 +270,74 @@ def side_by_side(problem, target, batch_sizes, subset, families, repeats):
     return out
 
 
+def _other_full_study(args) -> dict:
+    """(a) of the checkout ``args.compare_with``, run in a child process."""
+    import subprocess
+    import tempfile
+
+    root = args.compare_with.resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "other.json"
+        cmd = [
+            sys.executable,
+            str(root / "benchmarks" / "bench_scaling.py"),
+            "--skip-baseline",
+            "--dim",
+            str(args.dim),
+            "--target",
+            str(args.target),
+            "--batch-sizes",
+            args.batch_sizes,
+            "--repeats",
+            str(args.repeats),
+            "--workers",
+            str(args.workers),
+            "--json",
+            str(out),
+        ]
+        env = dict(os.environ, PYTHONPATH=str(root))
+        load0 = os.getloadavg()
+        print(f"\n(a) on {root} first (child process):", flush=True)
+        subprocess.run(cmd, env=env, check=True, cwd=root)
+        load1 = os.getloadavg()
+        other = json.loads(out.read_text())["full_study"]
+    other["load_before"], other["load_after"] = load0, load1
+    other["root"] = str(root)
+    return other
+
+
+def _print_comparison(other: dict, mine: dict) -> None:
+    """Times, ratio, load and the per-record steps of two (a) runs."""
+    print(f"\n(a) side by side: {other['root']} (first) vs this checkout")
+    print("| checkout | wall s | CPU s | load avg (1, 5, 15 min) before -> after |")
+    print("|---|---|---|---|")
+    for name, res in (("other", other), ("this", mine)):
+        lb = ", ".join(f"{x:.1f}" for x in res["load_before"])
+        la = ", ".join(f"{x:.1f}" for x in res["load_after"])
+        print(
+            f"| {name} | {res['wall_seconds']:.1f} | {res['cpu_seconds']:.1f} | "
+            f"{lb} -> {la} |"
+        )
+    print(
+        f"speed-up: wall x{other['wall_seconds'] / mine['wall_seconds']:.2f}, "
+        f"CPU x{other['cpu_seconds'] / mine['cpu_seconds']:.2f}"
+    )
+    same = better = worse = 0
+    for a, b in zip(other["rows"], mine["rows"], strict=True):
+        for key, s_other in a["steps"].items():
+            s_mine = b["steps"][key]
+            s_other = math.inf if s_other is None else float(s_other)
+            s_mine = math.inf if s_mine is None else float(s_mine)
+            if s_mine == s_other:
+                same += 1
+            elif s_mine < s_other:
+                better += 1
+            else:
+                worse += 1
+                print(f"  worse: {a['family']} {key}: {s_mine} vs {s_other}")
+    print(f"records: {same} identical steps, {better} fewer here, {worse} more here")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dim", type=int, default=10_000)
@@ -289,7 +366,22 @@ def main(argv=None) -> int:
         "--workers", type=int, default=0, help="processes for (a) (0: one per CPU)"
     )
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    ap.add_argument(
+        "--compare-with",
+        type=Path,
+        default=None,
+        help="another checkout whose (a) runs first, in the same run",
+    )
     args = ap.parse_args(argv)
+    if (
+        args.compare_with is not None
+        and not (args.compare_with / "benchmarks" / "bench_scaling.py").is_file()
+    ):
+        print(
+            f"--compare-with: no benchmarks/bench_scaling.py under {args.compare_with}",
+            file=sys.stderr,
+        )
+        return 2
     warnings.filterwarnings("ignore", category=UserWarning)
 
     problem = nqm.NQMProblem.power_law(args.dim)
@@ -297,9 +389,18 @@ def main(argv=None) -> int:
     result = {"dim": args.dim, "target": args.target, "batch_sizes": batch_sizes}
     t0 = time.perf_counter()
     if not args.skip_full:
+        other = None
+        if args.compare_with is not None:
+            other = _other_full_study(args)
+        load0 = os.getloadavg()
         result["full_study"] = full_study(
             problem, args.target, batch_sizes, args.repeats, args.workers
         )
+        result["full_study"]["load_before"] = load0
+        result["full_study"]["load_after"] = os.getloadavg()
+        if other is not None:
+            result["compared_with"] = other
+            _print_comparison(other, result["full_study"])
     if not args.skip_baseline:
         result["side_by_side"] = []
         print("\n(b) best_steps vs the published grid search (p = 0)")

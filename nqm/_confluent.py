@@ -43,8 +43,8 @@ z^{t+m}`.
 
 Divided differences of :math:`z^N`. One table per node sequence (sorted, so
 that the two ends of every run are its farthest pair). A run whose spread is
-small, :math:`N \\max|\\nu_l - \\nu_i| \\le |\\nu_i|`, is summed as the Taylor
-series about its first node,
+small, :math:`N \\max|\\nu_l - \\nu_i| \\le` ``CLUSTER_RADIUS`` :math:`|\\nu_i|`,
+is summed as the Taylor series about its first node,
 
 .. math:: [\\nu_i, \\dots, \\nu_{i+o}]\\, z^N = \\sum_{j \\ge 0}
           \\binom{N}{j+o} \\nu_i^{N-j-o}\\, h_j(\\nu_{i+1} - \\nu_i, \\dots,
@@ -63,7 +63,10 @@ units of the machine epsilon (the sum of absolute values that went into it,
 amplified by each division, plus the rounding of the powers,
 :math:`\\epsilon(1 + N |\\log|\\nu||)`, and the truncated tail of each series),
 so the result comes with the same kind of a-posteriori bound as
-:mod:`nqm._closed` and is certified by the same test.
+:mod:`nqm._closed` and is certified by the same test. Like that bound, it
+covers the evaluation from the given parameters; the nodes are the exact roots
+for parameters perturbed by a few units in the last place (of q = 1 - r, or of
+p = 1 + r near -1), whose effect is the loss's own conditioning.
 
 References:
     Opitz, G. (1964), Steigungsmatrizen (divided differences as a matrix
@@ -80,20 +83,20 @@ from ._system import Features
 
 EPS = np.finfo(np.float64).eps
 #: A run of nodes is summed as a Taylor series when N * spread <= this * |node|.
-CLUSTER_RADIUS = 1.0
+CLUSTER_RADIUS = 0.5
 #: Most series terms summed (the terms fall like CLUSTER_RADIUS^j / j!).
-MAX_TERMS = 30
+MAX_TERMS = 24
 
 
 # ------------------------------------------------------------------ nodes
 class _Nodes:
     """Eigenvalues (or their products) of a batch of modes, with accurate data.
 
-    Attributes (lists over nodes of arrays of shape ``(M,)``): ``val`` the node,
-    ``q`` = 1 - node, ``logabs`` = log|node|, and its argument as
-    :math:`k\\pi + \\phi` with ``kpi`` = k in {0, 1} and ``phi`` the (small,
-    accurate) rest, so that powers of nodes near -1 keep their phase;
-    ``gap[(i, j)]`` = node_j - node_i.
+    Arrays of shape ``(n, M)`` (node, mode): ``val`` the node, ``q`` = 1 - node,
+    ``logabs`` = log|node|, and its argument as :math:`k\\pi + \\phi` with
+    ``kpi`` = k in {0, 1} and ``phi`` the (small, accurate) rest, so that powers
+    of nodes near -1 keep their phase; ``gap[i, j]`` = node_j - node_i, shape
+    ``(n, n, M)``.
     """
 
     def __init__(self, val, q, logabs, kpi, phi, gap):
@@ -101,12 +104,30 @@ class _Nodes:
         self.kpi, self.phi, self.gap = kpi, phi, gap
 
     def __len__(self):
-        return len(self.val)
+        return self.val.shape[0]
 
-    def g(self, i, j):
-        if i == j:
-            return np.zeros_like(self.val[i])
-        return self.gap[(i, j)] if (i, j) in self.gap else -self.gap[(j, i)]
+    def permuted(self, perm):
+        """The nodes reordered per mode (``perm``: shape ``(n, M)``)."""
+
+        def take(x):
+            return np.take_along_axis(x, perm, axis=0)
+
+        n = len(self)
+        shape = (n, n) + perm.shape[1:]
+        rows = np.take_along_axis(self.gap, np.broadcast_to(perm[:, None], shape), 0)
+        gap = np.take_along_axis(rows, np.broadcast_to(perm[None, :], shape), 1)
+        return _Nodes(
+            *map(take, (self.val, self.q, self.logabs, self.kpi, self.phi)), gap
+        )
+
+
+def _gap_matrix(pairs, n, like):
+    """(n, n, M) antisymmetric matrix from ``{(i, j): node_j - node_i}``."""
+    gap = np.zeros((n, n) + np.shape(like), dtype=np.result_type(like, *pairs.values()))
+    for (i, j), g in pairs.items():
+        gap[i, j] = g
+        gap[j, i] = -g
+    return gap
 
 
 def _real_node(lam, q, p):
@@ -180,30 +201,30 @@ def _momentum_roots(s, beta, cplx):
     return nodes, d, -sq
 
 
+def _stacked(data, gaps):
+    """_Nodes from a list of per-node tuples and ``{(i, j): gap}``."""
+    val, q, la, kpi, phi = (
+        np.stack(np.broadcast_arrays(*x)) for x in zip(*data, strict=True)
+    )
+    return _Nodes(val, q, la, kpi, phi, _gap_matrix(gaps, len(data), val[0]))
+
+
 def _family_nodes(s, alpha, beta, gamma, feats: Features, cplx: bool):
     """Nodes, F values, pair coefficients and the noise factor of each mode.
 
-    Returns ``(nodes, fval, fpair, c)``: ``fval[j]`` = F(lambda_j),
-    ``fpair[(i, j)]`` = [lambda_i, lambda_j] F (k = 3 only), ``c`` with
-    G(z) = c z^(k-1).
+    Returns ``(nodes, fval, fpair, c)``: ``fval`` = F(lambda_j), shape ``(k, M)``;
+    ``fpair[i, j]`` = [lambda_i, lambda_j] F (k = 3 only, shape ``(3, 3, M)``);
+    ``c`` with G(z) = c z^(k-1).
     """
-    gap, fpair = {}, {}
+    gap = {}
     if feats.momentum:
         data, d, gap[(0, 1)] = _momentum_roots(s, beta, cplx)
         if not feats.ema:
-            return _Nodes(*map(list, zip(*data, strict=True)), gap), d, fpair, -alpha
+            return _stacked(data, gap), np.stack(d), None, -alpha
         # momentum + averaging: third node gamma
         g1 = 1.0 - gamma
         zero = np.zeros(s.shape)
-        data.append(
-            (
-                gamma + 0.0 * data[0][0],
-                g1 + 0.0 * data[0][0],
-                np.log(gamma) + zero,
-                zero,
-                zero,
-            )
-        )
+        data.append((gamma + zero, g1 + zero, np.log(gamma) + zero, zero, zero))
         for j in (0, 1):
             gap[(j, 2)] = data[j][1] - g1  # gamma - r = (1 - r) - (1 - gamma)
         # F(r) = (1-gamma)(r(1-s) - beta): directly, or as
@@ -216,12 +237,14 @@ def _family_nodes(s, alpha, beta, gamma, feats: Features, cplx: bool):
             fval.append(
                 g1 * np.where(np.abs(direct) >= 0.5 * np.abs(d[j]), direct, other)
             )
-        fval.append(gamma * gamma * s)
-        fpair[(0, 1)] = g1 * (1.0 - s) + 0.0 * data[0][0]
+        fval.append(gamma * gamma * s + 0.0 * fval[0])
+        pair = {(0, 1): g1 * (1.0 - s) + 0.0 * fval[0]}
         for j in (0, 1):
-            fpair[(j, 2)] = d[j] + gamma * s
-        nodes = _Nodes(*map(list, zip(*data, strict=True)), gap)
-        return nodes, fval, fpair, -alpha * g1
+            pair[(j, 2)] = d[j] + gamma * s
+        fpair = _gap_matrix(pair, 3, fval[0])
+        upper = np.arange(3)[:, None, None] < np.arange(3)[None, :, None]
+        fpair = np.where(upper, fpair, -fpair)  # symmetric: [x, y]F = [y, x]F
+        return _stacked(data, gap), np.stack(fval), fpair, -alpha * g1
     # averaging alone: nodes 1 - s and gamma
     zero = np.zeros(s.shape)
     data = [
@@ -229,37 +252,21 @@ def _family_nodes(s, alpha, beta, gamma, feats: Features, cplx: bool):
         _real_node(gamma + zero, 1.0 - gamma + zero, 1.0 + gamma + zero),
     ]
     gap[(0, 1)] = s - (1.0 - gamma)
-    fval = [(1.0 - s) * (1.0 - gamma), gamma * s]
-    nodes = _Nodes(*map(list, zip(*data, strict=True)), gap)
-    return nodes, fval, fpair, -alpha * (1.0 - gamma)
+    fval = np.stack([(1.0 - s) * (1.0 - gamma), gamma * s + zero])
+    return _stacked(data, gap), fval, None, -alpha * (1.0 - gamma)
 
 
-# ---------------------------------------------------------- ordering
-def _order(nodes: _Nodes, first_fixed: bool = False):
-    """Per-mode permutation sorting the nodes by decreasing real part."""
-    key = -np.real(np.stack(nodes.val))
+def _sorted(nodes: _Nodes, first_fixed: bool = False):
+    """Nodes in decreasing real part per mode (the first kept first if asked),
+    and the permutation (``None`` where the given order already is)."""
+    key = -np.real(nodes.val)
     if first_fixed:
+        key = key.copy()
         key[0] = -np.inf
-    return np.argsort(key, axis=0, kind="stable")
-
-
-def _take(items, perm):
-    """items[perm[i]] per mode, for a list of per-node arrays."""
-    st = np.stack(items)
-    return list(np.take_along_axis(st, perm, axis=0))
-
-
-def _permuted(nodes: _Nodes, perm):
-    n = len(nodes)
-    val, q, la, kpi, phi = (
-        _take(x, perm) for x in (nodes.val, nodes.q, nodes.logabs, nodes.kpi, nodes.phi)
-    )
-    full = np.stack([np.stack([nodes.g(i, j) for j in range(n)]) for i in range(n)])
-    shape = (n, n) + perm.shape[1:]
-    rows = np.take_along_axis(full, np.broadcast_to(perm[:, None], shape), axis=0)
-    both = np.take_along_axis(rows, np.broadcast_to(perm[None, :], shape), axis=1)
-    gap = {(i, j): both[i, j] for i in range(n) for j in range(i + 1, n)}
-    return _Nodes(val, q, la, kpi, phi, gap)
+    if np.all(key[1:] >= key[:-1]):
+        return nodes, None
+    perm = np.argsort(key, axis=0, kind="stable")
+    return nodes.permuted(perm), perm
 
 
 # ------------------------------------------------------ powers and tables
@@ -273,100 +280,116 @@ def _power(logabs, kpi, phi, n):
     return mod * (np.cos(phase) + 1j * np.sin(phase))
 
 
-def _series(nodes: _Nodes, i, omax, N, sel):
-    """Taylor series about node i of [nu_i..nu_{i+o}] z^N, o = 1..omax, on the
-    modes ``sel``. Returns (values, magnitudes) lists indexed by o - 1."""
-    v = nodes.val[i][sel]
-    nn = N[sel]
-    la = nodes.logabs[i][sel]
-    t0 = _power(la, nodes.kpi[i][sel], nodes.phi[i][sel], nn)
-    # rounding of nu^N (of log|nu| and arg nu, times N), in units of eps
-    rel_pow = 4.0 + np.abs(nn * la) + np.abs(nn * nodes.phi[i][sel])
-    e = [nodes.g(i, i + o)[sel] for o in range(1, omax + 1)]
-    # T_j = binom(N, j) nu^(N - j), j = 0 .. MAX_TERMS + omax
-    T = [t0]
-    inv = 1.0 / v
-    for j in range(MAX_TERMS + omax):
-        T.append(T[-1] * ((nn - j) / (j + 1.0)) * inv)
-    S = [np.zeros_like(t0) for _ in range(omax)]
-    mag = [np.zeros(t0.shape) for _ in range(omax)]
-    h = [np.ones_like(t0 * e[0]) for _ in range(omax + 1)]  # h_0 = 1
-    last = [None] * omax
+def _series(val, logabs, kpi, phi, offs, cl, N):
+    """Taylor series of [nu_i, ..., nu_{i+o}] z^N about nu_i, every center i
+    and o = 1..omax at once.
+
+    Args:
+        val, logabs, kpi, phi: the centers, shape ``(n, M)``.
+        offs: ``nu_{i+o} - nu_i``, shape ``(n, omax, M)`` (0 past the end).
+        cl: where the series is used (convergence is tested there only).
+        N: ``(M,)``.
+
+    Returns:
+        ``(S, mag)``, shape ``(n, omax, M)`` each (mag in units of eps).
+    """
+    n, omax = offs.shape[:2]
+    T = [_power(logabs, kpi, phi, N)]  # T_j = binom(N, j) nu^(N - j)
+    inv = 1.0 / val
+    for j in range(omax):
+        T.append(T[-1] * ((N - j) / (j + 1.0)) * inv)
+    S = np.zeros(offs.shape, dtype=np.result_type(T[0], offs))
+    mag = np.zeros(offs.shape)
+    h = [np.ones(offs.shape[:1] + offs.shape[2:], dtype=S.dtype)] * (omax + 1)
+    last = mag
     for j in range(MAX_TERMS):
-        if j > 0:
-            h[0] = np.zeros_like(h[0])
+        if j > 0:  # h_j(e_1..e_o) = h_j(e_1..e_{o-1}) + e_o h_{j-1}(e_1..e_o)
+            h = [np.zeros_like(h[0])] + h[1:]
             for o in range(1, omax + 1):
-                h[o] = h[o - 1] + e[o - 1] * h[o]
-        done = True
-        for o in range(1, omax + 1):
-            term = T[j + o] * h[o]
-            S[o - 1] = S[o - 1] + term
-            a = np.abs(term)
-            mag[o - 1] = mag[o - 1] + a
-            last[o - 1] = a
-            if j >= 2 and np.any(a > 1e-3 * EPS * np.abs(S[o - 1])):
-                done = False
-        if j >= 2 and done:
+                h[o] = h[o - 1] + offs[:, o - 1] * h[o]
+            k = len(T) - 1
+            T.append(T[-1] * ((N - k) / (k + 1.0)) * inv)
+        term = np.stack([T[j + o] * h[o] for o in range(1, omax + 1)], axis=1)
+        S = S + term
+        last = np.abs(term)
+        mag = mag + last
+        # stop once every used tail is far below the rounding already bounded
+        if j >= 2 and not np.any(cl & (last > 1e-3 * EPS * mag)):
             break
-    for o in range(omax):
-        # rounding of each term (powers, h, products) and the truncated tail
-        tail = 2.0 * last[o] / EPS
-        mag[o] = mag[o] * (rel_pow + 2.0 * (o + 3)) + tail
-    return S, mag
+    # rounding of each term (nu^N: of log|nu| and arg nu, times N; h; the
+    # products) and the truncated tail
+    rel_pow = 4.0 + np.abs(N * logabs) + np.abs(N * phi)
+    grow = 2.0 * (np.arange(1, omax + 1)[None, :, None] + 3.0)
+    return S, mag * (rel_pow[:, None] + grow) + 2.0 * last / EPS
 
 
 def _dd_top_row(nodes: _Nodes, N):
-    """[nu_0, ..., nu_j] z^N for j = 0..n-1, and error magnitudes (units of eps).
+    """[nu_0, ..., nu_j] z^N for j = 0..n-1 and their error magnitudes (units of
+    eps), shape ``(n, M)`` each.
 
     ``N``: float array (M,) of non-negative integers.
     """
     n = len(nodes)
-    D = [[None] * n for _ in range(n)]
-    E = [[None] * n for _ in range(n)]
-    for i in range(n):
-        D[i][i] = _power(nodes.logabs[i], nodes.kpi[i], nodes.phi[i], N)
-        E[i][i] = np.abs(D[i][i]) * (
-            4.0 + np.abs(N * nodes.logabs[i]) + np.abs(N * nodes.phi[i])
-        )
-    # clustered[i][o]: run i..i+o is summed as a series
-    clustered = {}
-    for i in range(n - 1):
-        lim = CLUSTER_RADIUS * np.abs(nodes.val[i])
-        spread = np.zeros(N.shape)
-        ok = np.ones(N.shape, dtype=bool)
-        for o in range(1, n - i):
-            spread = np.maximum(spread, np.abs(nodes.g(i, i + o)))
-            ok = ok & (N * spread <= lim)
-            clustered[(i, o)] = ok
-        omax = max((o for o in range(1, n - i) if np.any(clustered[(i, o)])), default=0)
-        if omax:
-            sel = clustered[(i, 1)]
-            S, mag = _series(nodes, i, omax, N, sel)
-            for o in range(1, omax + 1):
-                full = np.zeros(N.shape, dtype=np.result_type(D[i][i], S[o - 1]))
-                fm = np.zeros(N.shape)
-                full[sel] = S[o - 1]
-                fm[sel] = mag[o - 1]
-                clustered[(i, o, "v")] = (full, fm)
+    idx = np.arange(n)
+    diag = _power(nodes.logabs, nodes.kpi, nodes.phi, N)
+    err = np.abs(diag) * (4.0 + np.abs(N * nodes.logabs) + np.abs(N * nodes.phi))
+    top, top_err = [diag[0]], [err[0]]
+    # offsets nu_{i+o} - nu_i (0 past the end) and clustered runs
+    offs = np.zeros((n, n - 1) + N.shape, dtype=nodes.gap.dtype)
     for o in range(1, n):
-        for i in range(n - o):
-            j = i + o
-            g = nodes.g(i, j)
-            val = (D[i + 1][j] - D[i][j - 1]) / g
-            err = (E[i + 1][j] + E[i][j - 1]) / np.abs(g) + 6.0 * np.abs(val)
-            if (i, o, "v") in clustered:
-                cl = clustered[(i, o)]
-                sv, sm = clustered[(i, o, "v")]
-                val = np.where(cl, sv, val)
-                err = np.where(cl, sm, err)
-            D[i][j] = val
-            E[i][j] = err
-    return D[0], E[0]
+        offs[: n - o, o - 1] = nodes.gap[idx[: n - o], idx[: n - o] + o]
+    spread = np.maximum.accumulate(np.abs(offs), axis=1)
+    valid = (idx[:, None] + idx[None, 1:] < n)[..., None]
+    cl = valid & (N * spread <= CLUSTER_RADIUS * np.abs(nodes.val)[:, None])
+    # Where the whole sequence is one cluster, the top row is the series about
+    # node 0 alone; elsewhere every clustered run needs its own centre.
+    whole = cl[0, n - 2]
+    part = np.any(cl, axis=(0, 1)) & ~whole
+    used = np.nonzero(np.any(cl[..., part], axis=(0, 2)))[0]
+    omax = int(used[-1]) + 1 if used.size else 0
+    S = np.zeros((n, max(omax, 1)) + N.shape, dtype=np.result_type(diag, offs))
+    Sm = np.zeros(S.shape)
+    if omax:
+        S[:, :omax, part], Sm[:, :omax, part] = _series(
+            nodes.val[:, part],
+            nodes.logabs[:, part],
+            nodes.kpi[:, part],
+            nodes.phi[:, part],
+            offs[:, :omax, part],
+            cl[:, :omax, part],
+            N[part],
+        )
+    if np.any(whole):
+        S0, Sm0 = _series(
+            nodes.val[:1, whole],
+            nodes.logabs[:1, whole],
+            nodes.kpi[:1, whole],
+            nodes.phi[:1, whole],
+            offs[:1, :, whole],
+            cl[:1, :, whole],
+            N[whole],
+        )
+    for o in range(1, n):
+        g = nodes.gap[idx[: n - o], idx[: n - o] + o]
+        new = (diag[1:] - diag[:-1]) / g
+        err = (err[1:] + err[:-1]) / np.abs(g) + 6.0 * np.abs(new)
+        if o <= omax:
+            c = cl[: n - o, o - 1] & part
+            new = np.where(c, S[: n - o, o - 1], new)
+            err = np.where(c, Sm[: n - o, o - 1], err)
+        diag = new
+        t0, e0 = diag[0], err[0]
+        if np.any(whole):
+            t0, e0 = t0.copy(), e0.copy()
+            t0[whole], e0[whole] = S0[0, o - 1], Sm0[0, o - 1]
+        top.append(t0)
+        top_err.append(e0)
+    return top, top_err
 
 
 # ------------------------------------------------------ Newton coefficients
 def _complete_homogeneous(vals, top):
-    """h_0..h_top of the given variables (list of arrays)."""
+    """h_0..h_top of the variables ``vals`` (shape ``(k, M)``)."""
     h = [np.ones_like(vals[0])] + [np.zeros_like(vals[0]) for _ in range(top)]
     for x in vals:
         for j in range(1, top + 1):
@@ -377,29 +400,26 @@ def _complete_homogeneous(vals, top):
 def _products(lam: _Nodes):
     """Product nodes lambda_a lambda_b (a <= b) preceded by the node 1."""
     k = len(lam)
-    pairs = [(a, b) for a in range(k) for b in range(a, k)]
-    one = np.ones_like(lam.val[0])
-    val = [one] + [lam.val[a] * lam.val[b] for a, b in pairs]
-    q = [0.0 * one] + [lam.q[a] + lam.val[a] * lam.q[b] for a, b in pairs]
-    la = [np.zeros(np.shape(lam.logabs[0]))] + [
-        lam.logabs[a] + lam.logabs[b] for a, b in pairs
-    ]
-    zero = np.zeros(np.shape(lam.logabs[0]))
-    kpi = [zero] + [np.fmod(lam.kpi[a] + lam.kpi[b], 2.0) for a, b in pairs]
-    phi = [zero] + [lam.phi[a] + lam.phi[b] for a, b in pairs]
-    gap = {}
-    for i in range(1, len(pairs) + 1):
-        gap[(0, i)] = -q[i]  # lambda_a lambda_b - 1
-    for i, (a, b) in enumerate(pairs, start=1):
-        for j, (c, d) in enumerate(pairs, start=1):
-            if j <= i:
-                continue
-            # cd - ab two ways; keep the one with less cancellation
-            x1 = lam.val[c] * lam.g(b, d) + lam.val[b] * lam.g(a, c)
-            w1 = np.abs(lam.val[c] * lam.g(b, d)) + np.abs(lam.val[b] * lam.g(a, c))
-            x2 = lam.val[c] * lam.g(a, d) + lam.val[a] * lam.g(b, c)
-            w2 = np.abs(lam.val[c] * lam.g(a, d)) + np.abs(lam.val[a] * lam.g(b, c))
-            gap[(i, j)] = np.where(w1 <= w2, x1, x2)
+    A, B = np.triu_indices(k)
+    one = np.ones((1,) + lam.val.shape[1:], dtype=lam.val.dtype)
+    zero = np.zeros((1,) + lam.val.shape[1:])
+    v = lam.val
+    val = np.concatenate([one, v[A] * v[B]])
+    q = np.concatenate([0.0 * one, lam.q[A] + v[A] * lam.q[B]])
+    la = np.concatenate([zero, lam.logabs[A] + lam.logabs[B]])
+    kpi = np.concatenate([zero, np.fmod(lam.kpi[A] + lam.kpi[B], 2.0)])
+    phi = np.concatenate([zero, lam.phi[A] + lam.phi[B]])
+    # cd - ab two ways; keep the one with less cancellation
+    a, b, c, d = A[:, None], B[:, None], A[None, :], B[None, :]
+    D = lam.gap
+    t1, t2 = v[c] * D[b, d], v[b] * D[a, c]
+    u1, u2 = v[c] * D[a, d], v[a] * D[b, c]
+    pp = np.where(np.abs(t1) + np.abs(t2) <= np.abs(u1) + np.abs(u2), t1 + t2, u1 + u2)
+    P = A.size
+    gap = np.zeros((P + 1, P + 1) + v.shape[1:], dtype=pp.dtype)
+    gap[1:, 1:] = pp
+    gap[0, 1:] = -q[1:]  # lambda_a lambda_b - 1
+    gap[1:, 0] = q[1:]
     return _Nodes(val, q, la, kpi, phi, gap)
 
 
@@ -416,34 +436,32 @@ def confluent_terms(s, alpha, beta, gamma, feats: Features, t):
         Arrays of shape ``(M,)``; ``err_*`` bound the absolute rounding error
         (``inf`` where the evaluation overflowed).
     """
-    s, alpha, beta, gamma = (
-        np.asarray(x, dtype=np.float64) for x in (s, alpha, beta, gamma)
+    s, alpha, beta, gamma, t = (
+        np.asarray(x, dtype=np.float64) for x in (s, alpha, beta, gamma, t)
     )
-    shape = np.broadcast_shapes(
-        s.shape, alpha.shape, beta.shape, gamma.shape, np.shape(t)
+    s, alpha, beta, gamma, t = (
+        x.ravel() for x in np.broadcast_arrays(s, alpha, beta, gamma, t)
     )
-    s, alpha, beta, gamma = (
-        np.broadcast_to(x, shape).ravel() for x in (s, alpha, beta, gamma)
-    )
-    t = np.broadcast_to(np.asarray(t, dtype=np.float64), shape).ravel()
     out = [np.empty(s.shape) for _ in range(4)]
-    if feats.momentum:
-        with np.errstate(all="ignore"):
-            cplx = _discriminant(s, beta)[-1] < 0
-        groups = [(~cplx, False), (cplx, True)]
-    else:
-        groups = [(np.ones(s.shape, dtype=bool), False)]
     with np.errstate(all="ignore"):
+        if feats.momentum:
+            cplx = _discriminant(s, beta)[-1] < 0
+            groups = [(~cplx, False), (cplx, True)]
+        else:
+            groups = [(None, False)]
         for mask, is_c in groups:
+            if mask is None:
+                res = _terms(s, alpha, beta, gamma, feats, t, is_c)
+                out = list(res)
+                break
             if not np.any(mask):
                 continue
-            res = _terms(
-                s[mask], alpha[mask], beta[mask], gamma[mask], feats, t[mask], is_c
-            )
+            part = (x[mask] for x in (s, alpha, beta, gamma))
+            res = _terms(*part, feats, t[mask], is_c)
             for dst, src in zip(out, res, strict=True):
                 dst[mask] = src
-    F, G, eF, eG = out
-    ok = np.isfinite(F) & np.isfinite(G) & np.isfinite(eF) & np.isfinite(eG)
+        F, G, eF, eG = out
+        ok = np.isfinite(F) & np.isfinite(G) & np.isfinite(eF) & np.isfinite(eG)
     return (
         np.where(ok, F, np.inf),
         np.where(ok, G, np.inf),
@@ -457,33 +475,26 @@ def _terms(s, alpha, beta, gamma, feats, t, cplx):
     k = len(nodes)
     m = k - 1
     # ---- mean: f = sum_r [lam_{r+1..k}]F [lam_1..lam_{r+1}] z^t
-    perm = _order(nodes)
-    lam = _permuted(nodes, perm)
-    fv = _take(fval, perm)
+    lam, perm = _sorted(nodes)
+    if perm is not None:
+        fval = np.take_along_axis(fval, perm, axis=0)
     D, E = _dd_top_row(lam, t)
     f = D[0] + 0.0
     f_mag = E[0] + 0.0
     if k == 2:
-        coefs = [fv[1]]
+        coefs = [fval[1]]
     else:
-        pair_full = {}
-        for (i, j), v in fpair.items():
-            pair_full[(i, j)] = pair_full[(j, i)] = v
         # [lam_2, lam_3] F in the sorted order: the pair that leaves out perm[0]
-        p0 = perm[0]
-        fp = np.where(
-            p0 == 0,
-            pair_full[(1, 2)],
-            np.where(p0 == 1, pair_full[(0, 2)], pair_full[(0, 1)]),
-        )
-        coefs = [fp, fv[2]]
+        if perm is None:
+            fp = fpair[1, 2]
+        else:
+            fp = fpair[perm[1], perm[2], np.arange(perm.shape[1])]
+        coefs = [fp, fval[2]]
     for r, cf in enumerate(coefs, start=1):
         f = f + cf * D[r]
         f_mag = f_mag + np.abs(cf) * (E[r] + 4.0 * np.abs(D[r]))
     # ---- noise: G = c^2 sum_{r>=m} L(pi_r) [1, nu_1..nu_{r+1}] z^(t+m)
-    prod = _products(lam)
-    pperm = _order(prod, first_fixed=True)
-    nu = _permuted(prod, pperm)
+    nu, _ = _sorted(_products(lam), first_fixed=True)
     P = len(nu) - 1
     Dg, Eg = _dd_top_row(nu, t + m)
     hl = _complete_homogeneous(lam.val, P - m)

@@ -15,9 +15,13 @@ size, so a sweep over batch sizes costs two dot products per setting.
 Paths:
 
 * constant lr: closed form (:mod:`nqm._closed`), :math:`O(d)` per evaluation
-  independent of :math:`t`; modes whose closed form would lose digits to
-  near-coinciding eigenvalues are recomputed by exact doubling
-  (:mod:`nqm._doubling`), :math:`O(\\log t)` each;
+  independent of :math:`t`; modes whose Lagrange form would lose digits to
+  near-coinciding eigenvalues are recomputed from divided differences
+  (:mod:`nqm._confluent`), also :math:`O(1)` each and exact at coincidence;
+  only modes that even these cannot certify (overflowing, diverging modes),
+  and flagged modes below :data:`CONFLUENT_MIN_STEPS` steps, are recomputed
+  by exact doubling (:mod:`nqm._doubling`), :math:`O(\\log t)` each
+  (counted by :func:`doubled_modes`);
 * piecewise-constant lr (any :class:`~nqm.optimizer.Schedule` whose pieces are
   long): doubling per piece, :math:`O(d \\sum_k \\log L_k)`;
 * lr changing at every step (linear decay before its horizon, arbitrary
@@ -53,8 +57,12 @@ __all__ = [
 ]
 
 #: Relative accuracy the closed form must certify for D(t) and N(t); modes that
-#: cannot are recomputed by doubling.
+#: cannot are recomputed by divided differences, and those that even these
+#: cannot certify by doubling.
 CLOSED_FORM_RTOL = 1e-11
+#: Below this many steps a flagged mode goes straight to doubling: its at most
+#: log2(64) = 6 levels cost less than the divided-difference tables.
+CONFLUENT_MIN_STEPS = 64
 
 
 # --------------------------------------------------------------------- inputs
@@ -260,8 +268,9 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
 
     Entries whose Lagrange form cannot be certified are recomputed by divided
     differences (:func:`nqm._confluent.confluent_terms`, exact where
-    eigenvalues nearly coincide); those that still cannot be certified are
-    replaced by ``redo(bad)``, which returns their exact values by doubling
+    eigenvalues nearly coincide) when ``t >= CONFLUENT_MIN_STEPS``; those that
+    still cannot be certified (and the shorter ones) are replaced by
+    ``redo(bad)``, which returns their exact values by doubling
     (``F[bad]``, ``G[bad]`` order). ``entries(bad)`` returns the flagged
     entries' ``(hh, alpha, beta, gamma, t)``. Only flagged entries are replaced:
     where the closed form is certified it is the more accurate (doubling
@@ -281,10 +290,15 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
         done = np.zeros_like(bad)
         new = bad
         while np.any(new):
+            pos = np.nonzero(new)
             hb, ab, bb, gb, tb = entries(new)
-            F[new], G[new], eF[new], eG[new] = confluent_terms(
-                ab * hb, ab, bb, gb, feats, tb
-            )
+            keep = tb >= CONFLUENT_MIN_STEPS  # shorter: doubling is cheaper
+            if np.any(keep):
+                sub = np.zeros_like(new)
+                sub[tuple(x[keep] for x in pos)] = True
+                F[sub], G[sub], eF[sub], eG[sub] = confluent_terms(
+                    ab[keep] * hb[keep], ab[keep], bb[keep], gb[keep], feats, tb[keep]
+                )
             done |= new
             bad = _flag(F, G, eF, eG, wd, wn, rtol)
             new = bad & ~done
@@ -574,7 +588,8 @@ def doubled_modes(
 ) -> int:
     """How many (setting, mode, step) entries :func:`risk_terms` computes by
     doubling: those that neither the Lagrange closed form nor its
-    divided-difference form can certify to ``rtol``.
+    divided-difference form can certify to ``rtol`` (below
+    :data:`CONFLUENT_MIN_STEPS` steps, those the Lagrange form cannot).
 
     Arguments as for :func:`risk_terms` (distinct curvatures count once, as
     :func:`risk_terms` merges them). Every other entry costs :math:`O(1)`
@@ -613,8 +628,17 @@ def _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol):
         raise ValueError(f"rtol must lie in (0, 1), got {rtol!r}")
     t = validate_steps(steps)
     scalar_t = t.ndim == 0
-    t = np.atleast_1d(t)
     hh, wd, wn = _modes(problem, float(precond_power))
+    if scalar_t and alpha.ndim == 0 and t > 0:
+        # one setting at one step (the tuner's local searches): the closed form
+        # and its certification directly, when that certifies everything
+        feats = Features(bool(beta > 0), bool(gamma > 0))
+        F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, int(t))
+        with np.errstate(all="ignore"):
+            d, n = F @ wd, G @ wn
+            if eF @ wd <= rtol * d and eG @ wn <= rtol * n and math.isfinite(d + n):
+                return np.asarray(d), np.asarray(n), 0
+    t = np.atleast_1d(t)
     D = np.empty(alpha.shape + t.shape)
     N = np.empty_like(D)
     doubled = 0
@@ -706,7 +730,7 @@ def _mode_terms(hh, lr, beta, gamma, feats, step):
     f, g, ef, eg = (np.array(x) for x in (f, g, ef, eg))
     n = int(bad.sum())
     a, b, c = np.full(n, lr), np.full(n, beta), np.full(n, gamma)
-    if feats.momentum or feats.ema:
+    if (feats.momentum or feats.ema) and step >= CONFLUENT_MIN_STEPS:
         f[bad], g[bad], ef[bad], eg[bad] = confluent_terms(
             a * hh[bad], a, b, c, feats, np.full(n, step)
         )
