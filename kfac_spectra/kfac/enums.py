@@ -27,11 +27,15 @@ class LossType(StrEnum):
 
     ``MSE`` is ``torch.nn.functional.mse_loss`` (the negative log-likelihood of a
     Gaussian with variance 1/2, so its Hessian in the output is 2 I); ``CE`` is
-    ``torch.nn.functional.cross_entropy`` on logits whose last dimension is the class.
+    ``torch.nn.functional.cross_entropy`` on logits whose last dimension is the class;
+    ``BCE`` is ``torch.nn.functional.binary_cross_entropy_with_logits`` (one
+    Bernoulli term per output element, e.g. the logistic output units of an
+    autoencoder).
     """
 
     MSE = "mse"
     CE = "ce"
+    BCE = "bce"
 
 
 class Reduction(StrEnum):
