@@ -18,6 +18,7 @@ __all__ = [
     "Reduction",
     "RNNApprox",
     "StepRule",
+    "Structure",
     "coerce_enum",
 ]
 
@@ -102,6 +103,19 @@ class StepRule(StrEnum):
 
     FIXED = "fixed"
     QMODEL = "qmodel"
+
+
+class Structure(StrEnum):
+    """Which blocks of the inverse Fisher K-FAC keeps (Martens & Grosse 2015, §4).
+
+    ``BLOCK_DIAGONAL``: one Kronecker block per layer (§4.2). ``BLOCK_TRIDIAGONAL``:
+    chains of linear layers also keep the blocks between neighbouring layers, the
+    inverse of a directed Gaussian chain (§4.3; see
+    :mod:`kfac_spectra.kfac.tridiagonal`); other layers stay block-diagonal.
+    """
+
+    BLOCK_DIAGONAL = "block_diagonal"
+    BLOCK_TRIDIAGONAL = "block_tridiagonal"
 
 
 class RNNApprox(StrEnum):

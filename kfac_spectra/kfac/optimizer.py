@@ -84,6 +84,7 @@ from .enums import (
     Reduction,
     RNNApprox,
     StepRule,
+    Structure,
     coerce_enum,
 )
 from .factors import warn_unsupported
@@ -102,6 +103,7 @@ from .inverse import (
     cg_fac_solve,
     robust_eigh,
 )
+from .tridiagonal import ChainFactors, ChainStatistics, linear_chains
 from .workspace import Workspace
 
 __all__ = ["KFAC"]
@@ -187,6 +189,13 @@ class KFAC(torch.optim.Optimizer):
         seed: Seeds the MC sampling generator and (derived from it) the row
             generator of ``stats_batch_size``; both states are checkpointed.
         skip_modules: Qualified module names left to the plain gradient.
+        structure: ``"block_diagonal"`` (default) or ``"block_tridiagonal"``:
+            chains of ``nn.Linear`` layers in an ``nn.Sequential`` with
+            element-wise maps between them get the block-tridiagonal inverse of
+            Martens & Grosse (2015, §4.3; :mod:`~kfac_spectra.kfac.tridiagonal`),
+            every other layer block-diagonal K-FAC (with a warning naming it).
+            Needs factored damping and ``inverse_method`` ``"eigh"`` or
+            ``"cholesky"``.
 
     Attributes:
         last_stats_rows: Example indices (sorted) of the last captured batch's
@@ -226,6 +235,7 @@ class KFAC(torch.optim.Optimizer):
         cg_rtol: float = 1e-6,
         seed: int = 0,
         skip_modules: Sequence[str] = (),
+        structure: Structure | str = Structure.BLOCK_DIAGONAL,
     ) -> None:
         _check("lr", lr, lr >= 0 and math.isfinite(lr), "finite and >= 0")
         _check("momentum", momentum, 0 <= momentum < 1, "in [0, 1)")
@@ -262,6 +272,16 @@ class KFAC(torch.optim.Optimizer):
         )
         self.damping_type = coerce_enum(DampingType, damping_type, "damping_type")
         self.step_rule = coerce_enum(StepRule, step_rule, "step_rule")
+        self.structure = coerce_enum(Structure, structure, "structure")
+        tridiagonal = self.structure == Structure.BLOCK_TRIDIAGONAL
+        if tridiagonal and (
+            self.damping_type != DampingType.FACTORED
+            or self.inverse_method == InverseMethod.CG
+        ):
+            raise ValueError(
+                "structure='block_tridiagonal' needs damping_type='factored' and "
+                "inverse_method 'eigh' or 'cholesky'"
+            )
         if (
             self.inverse_method == InverseMethod.CHOLESKY
             and self.damping_type == DampingType.TIKHONOV
@@ -310,6 +330,10 @@ class KFAC(torch.optim.Optimizer):
             block.keep_rows = (
                 self.inverse_method == InverseMethod.CG and block.supports_cg
             )
+        self._chains: ChainStatistics | None = None
+        self._chain_factors: dict[tuple[str, ...], ChainFactors] = {}
+        if tridiagonal:
+            self._chains = self._find_chains(model)
         self._ema: dict[str, dict[str, Tensor]] = {}
         self._inverses: dict[str, Inverse] = {}
         self._cg_rows: dict[str, tuple[Tensor, Tensor]] = {}
@@ -398,6 +422,23 @@ class KFAC(torch.optim.Optimizer):
         perm = torch.randperm(batch, generator=self._row_generator)
         return perm[:m].sort().values.to(self._device)
 
+    def _find_chains(self, model: nn.Module) -> ChainStatistics:
+        """The linear chains of ``structure='block_tridiagonal'`` (their blocks keep
+        their rows for the cross factors); warns naming the other blocks."""
+        blocks = self._blocks.blocks
+        chains = linear_chains(model, blocks)
+        in_chain = {k for c in chains for k in c}
+        rest = [k for k in blocks if k not in in_chain]
+        if rest:
+            warnings.warn(
+                "K-FAC: structure='block_tridiagonal' keeps block-diagonal K-FAC for "
+                f"the layers outside a chain of linear layers: {', '.join(rest)}",
+                stacklevel=3,
+            )
+        for key in in_chain:
+            blocks[key].keep_rows = True
+        return ChainStatistics(chains, blocks)
+
     def _on_output(self, output: Tensor, call: int, rows: Tensor | None) -> None:
         records = self._capture.take_records(call)
         if not records:
@@ -444,6 +485,9 @@ class KFAC(torch.optim.Optimizer):
             record.block.accumulate(record, grad_scale=scale)
         self._watched.clear()
         rho = self.factor_decay
+        cross = {} if self._chains is None else self._chains.batch()
+        for chain in [] if self._chains is None else self._chains.broken:
+            self._chain_factors.pop(chain, None)  # back to block-diagonal
         batch = []
         for key, block in self._blocks.blocks.items():
             rows = (block.rows_x, block.rows_g)
@@ -461,7 +505,7 @@ class KFAC(torch.optim.Optimizer):
                     stacklevel=3,
                 )
                 continue
-            if block.keep_rows and rows[0] and rows[1]:
+            if block.keep_rows and self._chains is None and rows[0] and rows[1]:
                 self._cg_rows[key] = (torch.cat(rows[0]), torch.cat(rows[1]))
             old = self._ema.get(key)
             if old is None:
@@ -471,6 +515,8 @@ class KFAC(torch.optim.Optimizer):
                     # ρ·old + (1−ρ)·v in one pass, as v + ρ(old − v); a new tensor,
                     # not in place: state_dict() and factors() hand out references
                     old[k] = torch.lerp(v, old[k], rho) if k in old else v.clone()
+        if self._chains is not None and finite:
+            self._chains.update(cross, rho)
 
     # ---------------------------------------------------------------- inverse
     def _damping_spec(self) -> Damping:
@@ -491,7 +537,10 @@ class KFAC(torch.optim.Optimizer):
 
     def _update_inverses(self) -> None:
         damping = self._damping_spec()
+        chained = self._update_chain_inverses(damping)
         for key in self._ema:
+            if key in chained:
+                continue
             block = self._blocks.blocks[key]
             if isinstance(block, RNNBlock) and block.chain:
                 inv: Inverse | None = ChainInverse.build(self._ema[key], damping)
@@ -509,6 +558,57 @@ class KFAC(torch.optim.Optimizer):
                 )
                 continue
             self._inverses[key] = inv
+
+    def _update_chain_inverses(self, damping: Damping) -> set[str]:
+        """Rebuild the block-tridiagonal inverses; the keys they cover."""
+        if self._chains is None:
+            return set()
+        covered = set()
+        for chain in self._chains.chains:
+            pairs = list(zip(chain[:-1], chain[1:], strict=True))
+            if any(k not in self._ema for k in chain) or any(
+                p not in self._chains.ema for p in pairs
+            ):
+                continue
+            blocks = self._blocks.blocks
+            factors = ChainFactors(
+                chain,
+                [blocks[k].kronecker(self._ema[k]) for k in chain],
+                [(self._chains.ema[p]["A"], self._chains.ema[p]["S"]) for p in pairs],
+            )
+            if factors.inverse(damping) is None:
+                self.counters["inverse_failures"] += 1
+                warnings.warn(
+                    f"K-FAC: block-tridiagonal inverse update failed for {chain!r}; "
+                    "keeping the previous one",
+                    stacklevel=4,
+                )
+            else:
+                self._chain_factors[chain] = factors
+            if chain in self._chain_factors:
+                covered.update(chain)
+        return covered
+
+    def _chain_solutions(
+        self, grads: dict[Tensor, Tensor], damping: Damping
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{key: (X, G)}`` of the block-tridiagonal chains (``X = F̂^{-1} G``)."""
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        blocks = self._blocks.blocks
+        for chain, factors in self._chain_factors.items():
+            params = [blocks[k].params() for k in chain]
+            if any(p not in grads for ps in params for p in ps):
+                continue
+            inv = factors.inverse(damping)
+            if inv is None:
+                continue
+            mats = []
+            for key, ps in zip(chain, params, strict=True):
+                gs = [grads[p].to(inv.denom[0].dtype) for p in ps]
+                mats.append(blocks[key].to_matrix(gs))
+            for key, x, g in zip(chain, inv.apply(mats), mats, strict=True):
+                out[key] = (x, g)
+        return out
 
     # ------------------------------------------------------------ direction
     def _workspace_for(self, grads: dict[Tensor, Tensor]) -> Workspace | None:
@@ -554,16 +654,32 @@ class KFAC(torch.optim.Optimizer):
     ) -> _Direction | None:
         """:meth:`_preconditioned` in the workspace; None (nothing written) when a
         block has no inverse yet or one that is not two products."""
+        chains = []
+        for chain, factors in self._chain_factors.items():
+            inv = factors.inverse(damping)
+            if inv is None or inv.denom[0].dtype != ws.dtype:
+                return None
+            chains.append((chain, inv))
+        chained = {k for c in self._chain_factors for k in c}
         sides = []
         for key, _, _, _ in ws.blocks:
+            if key in chained:
+                sides.append(None)
+                continue
             inv = self._inverses.get(key)
             pair = None if inv is None else inv.two_sided(damping)
             if pair is None or pair[0].dtype != ws.dtype:
                 return None
             sides.append(pair)
         ws.load(list(grads.values()))
-        for i, (left, right) in enumerate(sides):
-            ws.solve(i, left, right)
+        for i, pair in enumerate(sides):
+            if pair is not None:
+                ws.solve(i, *pair)
+        views = {key: (g, x) for key, g, _, x in ws.blocks}
+        for chain, inv in chains:
+            solved = inv.apply([views[k][0] for k in chain])
+            for key, u in zip(chain, solved, strict=True):
+                views[key][1].copy_(u)
         return _Direction(ws.per_param, [(ws.direction, ws.grad)], ws)
 
     def _preconditioned(self, grads: dict[Tensor, Tensor]) -> _Direction:
@@ -587,8 +703,16 @@ class KFAC(torch.optim.Optimizer):
         pairs: list[tuple[Tensor, Tensor]] = []
         covered: set[Tensor] = set()
         use_cg = self.inverse_method == InverseMethod.CG
+        chained = self._chain_solutions(grads, damping)
         for key, block, ps in self._block_params:
             if any(p not in grads for p in ps):
+                continue
+            if key in chained:
+                x, mat = chained[key]
+                for p, u in zip(ps, block.split_update(x), strict=True):
+                    out[p] = u if u.dtype == p.dtype else u.to(p.dtype)
+                pairs.append((x, mat))
+                covered.update(ps)
                 continue
             dtype = stat_dtype_for(ps[0].dtype)
             gs = [grads[p] for p in ps]
@@ -825,8 +949,9 @@ class KFAC(torch.optim.Optimizer):
             and self.rnn_approx != RNNApprox.CHAIN
         ):
             return False
+        chained = {k for c in self._chain_factors for k in c}
         return self.steps % self.inverse_interval == 0 or any(
-            k not in self._inverses for k in self._ema
+            k not in self._inverses and k not in chained for k in self._ema
         )
 
     def _momentum(
@@ -937,6 +1062,13 @@ class KFAC(torch.optim.Optimizer):
             "generator": self._generator.get_state(),
             "row_generator": self._row_generator.get_state(),
         }
+        if self._chains is not None:
+            sd["kfac"]["tridiagonal"] = {
+                **self._chains.state_dict(),
+                "factors": {
+                    c: (f.diagonal, f.cross) for c, f in self._chain_factors.items()
+                },
+            }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -968,4 +1100,15 @@ class KFAC(torch.optim.Optimizer):
         self._generator.set_state(extra["generator"])
         if "row_generator" in extra:  # checkpoints from before stats_batch_size
             self._row_generator.set_state(extra["row_generator"])
+        tri = extra.get("tridiagonal")
+        if self._chains is not None and tri is not None:
+            self._chains.load_state_dict(tri, device)
+            self._chain_factors = {
+                tuple(c): ChainFactors(
+                    tuple(c),
+                    [(move(a), move(s)) for a, s in diag],
+                    [(move(a), move(s)) for a, s in cross],
+                )
+                for c, (diag, cross) in tri["factors"].items()
+            }
         self._arm()

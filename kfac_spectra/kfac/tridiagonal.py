@@ -101,6 +101,7 @@ from .inverse import Damping, pi_heuristic
 
 __all__ = [
     "ELEMENTWISE_MODULES",
+    "ChainFactors",
     "ChainStatistics",
     "TridiagonalInverse",
     "cross_factors",
@@ -456,3 +457,30 @@ class TridiagonalInverse:
         for i in range(1, n):
             out.append(ys[i] - self.psi_s[i - 1].mT @ ys[i - 1] @ self.psi_a[i - 1])
         return out
+
+
+@dataclass
+class ChainFactors:
+    """The factors of one chain at its last inverse update, and their inverse.
+
+    The inverse depends on λ through the damped diagonal factors, so it is
+    rebuilt from these factors when λ changes (Levenberg–Marquardt adaptation).
+
+    Attributes:
+        keys: Block keys of the chain, in order.
+        diagonal: ``(A_i, S_i)`` per layer.
+        cross: ``(A_{i,i+1}, S_{i,i+1})`` per consecutive pair.
+    """
+
+    keys: tuple[str, ...]
+    diagonal: list[tuple[Tensor, Tensor]]
+    cross: list[tuple[Tensor, Tensor]]
+
+    def __post_init__(self) -> None:
+        self._inverse: TridiagonalInverse | None = None
+
+    def inverse(self, damping: Damping) -> TridiagonalInverse | None:
+        """The inverse for this damping (cached; ``None`` if it cannot be built)."""
+        if self._inverse is None or self._inverse.gamma != damping.gamma:
+            self._inverse = TridiagonalInverse.build(self.diagonal, self.cross, damping)
+        return self._inverse

@@ -8,6 +8,7 @@ paper's §4.3 formulas; no Kronecker identity and no code under test is used.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -58,7 +59,6 @@ def _oracle_factors(model: nn.Sequential, x: torch.Tensor):
         if isinstance(m, nn.Linear):
             inputs.append(torch.cat([h, torch.ones(h.shape[0], 1).to(h)], dim=1))
             h = h @ m.weight.T + m.bias
-            h.retain_grad()
             pre.append(h)
         else:
             h = m(h)
@@ -69,6 +69,8 @@ def _oracle_factors(model: nn.Sequential, x: torch.Tensor):
         g = torch.autograd.grad(out[:, k].sum(), pre, retain_graph=True)
         grads.append([math.sqrt(2.0 * c) * gi for gi in g])
     n = len(linears)
+    inputs = [t.detach() for t in inputs]
+    grads = [[t.detach() for t in gk] for gk in grads]
     a = [[inputs[i].T @ inputs[j] / x.shape[0] for j in range(n)] for i in range(n)]
     s = [[sum(gk[i].T @ gk[j] for gk in grads) for j in range(n)] for i in range(n)]
     return a, s
@@ -234,3 +236,108 @@ def test_linear_chains_detection() -> None:
         opt = KFAC(model, loss="mse")
     chains = linear_chains(model, opt.blocks)
     assert chains == [("net.0", "net.2"), ("net.4", "net.6.1")]
+
+
+class _WithUnused(nn.Module):
+    """The MLP plus a parameter the forward never uses (no gradient): the
+    optimizer then takes its general path instead of the flat workspace."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+        self.unused = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+@pytest.mark.parametrize("workspace", [True, False])
+def test_optimizer_step_is_dense_damped_f_hat_inverse(workspace: bool) -> None:
+    """One KFAC step (lr 1, no momentum, no clipping) moves the parameters by
+    ``−F̂^{-1} g`` for the damped ``F̂`` built densely from the batch statistics."""
+    gamma = 1e-3
+    net = _mlp(3)
+    x, y = _data(3)
+    a, s = _oracle_factors(net, x)
+    diag_a, diag_s = _damped_diagonal(a, s, gamma)
+    f_hat_inv, _ = _dense_f_hat_inverse(_dense_f_tilde(a, s, diag_a, diag_s))
+    grads = _grad_mats(net, x, y)
+    expected = -(f_hat_inv @ torch.cat([g.reshape(-1) for g in grads]))
+    model = net if workspace else _WithUnused(net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the root's unused parameter has no block
+        opt = KFAC(
+            model,
+            loss="mse",
+            fisher_type="type2",
+            lr=1.0,
+            momentum=0.0,
+            damping=gamma,
+            kl_clip=None,
+            structure="block_tridiagonal",
+        )
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    before = [
+        torch.cat([m.weight, m.bias[:, None]], 1).detach().clone() for m in linears
+    ]
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    opt.step()
+    after = [torch.cat([m.weight, m.bias[:, None]], 1).detach() for m in linears]
+    got = torch.cat([(b - a_).reshape(-1) for a_, b in zip(before, after, strict=True)])
+    assert _rel(got, expected) < EXACT_RTOL
+    assert (opt._workspace is not None) == workspace
+
+
+def test_layers_outside_a_chain_fall_back_with_a_warning() -> None:
+    model = nn.Sequential(
+        nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(16, 5), nn.Tanh(), nn.Linear(5, 3)
+    ).double()
+    with pytest.warns(UserWarning, match=r"outside a chain of linear layers: 0$"):
+        opt = KFAC(model, loss="ce", structure="block_tridiagonal")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 1, 10, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert list(opt._chain_factors) == [("2", "4")]
+    assert "0" in opt._inverses and "2" not in opt._inverses
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"damping_type": "tikhonov"}, {"inverse_method": "cg"}]
+)
+def test_tridiagonal_rejects_unsupported_options(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="block_tridiagonal"):
+        KFAC(_mlp(0), loss="mse", structure="block_tridiagonal", **kwargs)
+    with pytest.raises(ValueError, match="structure="):
+        KFAC(_mlp(0), loss="mse", structure="tridiagonal")
+
+
+def test_tridiagonal_checkpoint_resumes_bit_for_bit() -> None:
+    x, y = _data(4)
+
+    def run(opt: KFAC, model: nn.Module, steps: int) -> None:
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+
+    kw = {"loss": "mse", "inverse_interval": 3, "structure": "block_tridiagonal"}
+    model = _mlp(4)
+    opt = KFAC(model, **kw)
+    run(opt, model, 4)
+    state = copy.deepcopy(opt.state_dict())
+    params = [p.detach().clone() for p in model.parameters()]
+    run(opt, model, 3)
+    resumed = _mlp(4)
+    with torch.no_grad():
+        for p, q in zip(resumed.parameters(), params, strict=True):
+            p.copy_(q)
+    opt2 = KFAC(resumed, **kw)
+    opt2.load_state_dict(state)
+    run(opt2, resumed, 3)
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(p, q)
