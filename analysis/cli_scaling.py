@@ -1,12 +1,14 @@
 """``python -m analysis nqm-scaling``: batch-size scaling studies on the NQM.
 
-Runs the reference study of seed 004 (section 3.7 and appendix E.3-E.7): every
-optimizer family tuned at every preconditioning power and batch size, then writes
+Runs the reference study of Zhang et al. 2019 (section 3.7 and appendix
+E.3-E.7): every optimizer family tuned at every preconditioning power and batch
+size, then writes
 
 * into ``--out`` (default ``results/nqm-scaling/``): the tidy tables
   ``records``, ``critical_batch``, ``lower_bound``, ``schedule_shapes``,
   ``momentum_transient`` (CSV and JSON each), ``config.json`` and
-  ``config.toml`` (the resolved configuration; the TOML is a valid ``--config``) and ``manifest.json`` (configuration, package versions, git
+  ``config.toml`` (the resolved configuration; the TOML is a valid
+  ``--config``) and ``manifest.json`` (configuration, package versions, git
   revision, timings, files);
 * into ``--figures`` (default ``figures/``): each figure as PNG and PDF with the
   table of its points beside it (CSV and JSON).
@@ -15,16 +17,22 @@ Defaults live in :class:`analysis.config.ScalingConfig`; ``--quick`` applies the
 small preset :data:`analysis.config.QUICK_OVERRIDES`; ``--config FILE.toml`` sets
 the same keys; explicit options override the file. Every file is written
 atomically (temporary file + rename).
+
+On a terminal a progress bar shows the tuning; otherwise (output to a log or a
+pipe) one line per finished curve goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import logging
 import platform
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +59,8 @@ _OPTION_FIELDS: tuple[str, ...] = (
     "workers",
     "keep_going",
     "device",
+    "executor",
+    "ray_address",
 )
 
 #: Packages whose versions go into the manifest.
@@ -131,6 +141,16 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="torch device of the schedules' batched L-BFGS (default cpu; e.g. cuda)",
     )
     o.add_argument(
+        "--executor",
+        help="where curves are tuned: local processes or ray tasks (default local)",
+    )
+    o.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster to join with --executor ray (default: start a local Ray "
+        "with --workers CPUs)",
+    )
+    o.add_argument(
         "--keep-going",
         action="store_const",
         const=True,
@@ -201,6 +221,26 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
+@contextlib.contextmanager
+def _progress_lines(enabled: bool) -> Iterator[None]:
+    """Without a progress bar (output to a log or a pipe), show the study's
+    ``INFO`` lines, one per finished curve, on stderr."""
+    if not enabled:
+        yield
+        return
+    log = logging.getLogger("analysis")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the study, write tables, figures, the resolved config and a manifest.
 
@@ -217,7 +257,6 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports only when the command runs.
     import nqm.runtime
     from analysis import plots
-    from analysis.io import save_figure, write_json, write_table, write_text_atomic
     from analysis.scaling import (
         RECORD_COLUMNS,
         build_problem,
@@ -225,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
         run_reference_study,
         write_study,
     )
+    from nqm.io import save_figure, write_json, write_table, write_text_atomic
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -241,38 +281,42 @@ def run(args: argparse.Namespace) -> int:
 
     # NumPy temporaries otherwise page-fault on every evaluation (nqm.runtime).
     kept = nqm.runtime.keep_freed_memory()
-    # The tuning is the expensive part: save its records before anything else.
-    result = run_reference_study(
-        cfg,
-        progress=getattr(args, "progress", None),
-        checkpoint=lambda recs: write_table(out, "records", recs, RECORD_COLUMNS),
-        keep_freed_memory=kept,
-    )
-    written = [str(p) for p in write_study(result, out)]
-    timings = dict(result.timings)
+    progress = getattr(args, "progress", None)
+    bar = progress if progress is not None else sys.stderr.isatty()
+    # Without a bar, the study's lines and the last one go to stderr.
+    with _progress_lines(enabled=not bar):
+        # The tuning is the expensive part: save its records before anything else.
+        result = run_reference_study(
+            cfg,
+            progress=progress,
+            checkpoint=lambda recs: write_table(out, "records", recs, RECORD_COLUMNS),
+            keep_freed_memory=kept,
+        )
+        written = [str(p) for p in write_study(result, out)]
+        timings = dict(result.timings)
 
-    if make_figures:
-        t_fig = time.perf_counter()
-        for name, rows in figure_tables(result, cfg).items():
-            fig = plots.FIGURES[name](rows)
-            written += [str(p) for p in save_figure(fig, fig_dir, name)]
-            written += [str(p) for p in write_table(fig_dir, name, rows)]
-        timings["figures"] = time.perf_counter() - t_fig
-    timings["total"] = time.perf_counter() - t0
+        if make_figures:
+            t_fig = time.perf_counter()
+            for name, rows in figure_tables(result, cfg).items():
+                fig = plots.FIGURES[name](rows)
+                written += [str(p) for p in save_figure(fig, fig_dir / name)]
+                written += [str(p) for p in write_table(fig_dir, name, rows)]
+            timings["figures"] = time.perf_counter() - t_fig
+        timings["total"] = time.perf_counter() - t0
 
-    manifest = {
-        "command": "nqm-scaling",
-        "started_utc": started,
-        "config": cfg.to_dict(),
-        "versions": _versions(),
-        "git_revision": _git_revision(),
-        "platform": platform.platform(),
-        "allocator_keeps_freed_memory": kept,
-        "timings_s": timings,
-        "n_records": len(result.records),
-        "failed_records": [r for r in result.records if r.get("error")],
-        "files": written,
-    }
-    write_json(out / "manifest.json", manifest)
-    logger.info("nqm-scaling done in %.1fs; results in %s", timings["total"], out)
+        manifest = {
+            "command": "nqm-scaling",
+            "started_utc": started,
+            "config": cfg.to_dict(),
+            "versions": _versions(),
+            "git_revision": _git_revision(),
+            "platform": platform.platform(),
+            "allocator_keeps_freed_memory": kept,
+            "timings_s": timings,
+            "n_records": len(result.records),
+            "failed_records": [r for r in result.records if r.get("error")],
+            "files": written,
+        }
+        write_json(out / "manifest.json", manifest)
+        logger.info("nqm-scaling done in %.1fs; results in %s", timings["total"], out)
     return 0

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     """
     # Heavy (sympy) imports only when the command runs.
     from analysis.symbolic.audit import audit_appendix
-    from analysis.symbolic.report import audit_to_json, render_markdown, write_atomic
+    from analysis.symbolic.report import audit_to_json, render_markdown
+    from nqm.io import write_text_atomic
 
     for path in (args.out, args.json_path):
         if path is not None and not Path(path).parent.is_dir():
@@ -69,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     entries = audit_appendix()
     markdown = render_markdown(entries)
     if args.json_path is not None:
-        write_atomic(args.json_path, audit_to_json(entries) + "\n")
+        write_text_atomic(args.json_path, audit_to_json(entries) + "\n")
     if args.out is not None:
-        write_atomic(args.out, markdown)
+        write_text_atomic(args.out, markdown)
     else:
         sys.stdout.write(markdown)
     return 0

@@ -2,7 +2,8 @@
 
 Precedence, lowest first: the defaults of :class:`ScalingConfig`, the ``--quick``
 preset (:data:`QUICK_OVERRIDES`), a TOML file (``--config``), then explicit command
-line options. :func:`resolve_config` merges them and validates the result.
+line options. :func:`resolve_config` merges them with
+:func:`nqm.config.resolve_config` and validates the result.
 
 A TOML file uses the field names below, for example::
 
@@ -15,23 +16,22 @@ A TOML file uses the field names below, for example::
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import nqm.config
 from nqm.search import Family
+
+from .executor import ExecutorKind, require_executor
 
 __all__ = [
     "ScalingConfig",
     "QUICK_OVERRIDES",
     "parse_batch_sizes",
-    "parse_floats",
-    "parse_families",
     "load_config_file",
     "resolve_config",
 ]
@@ -43,7 +43,7 @@ _ALL_FAMILIES: tuple[str, ...] = tuple(f.value for f in Family)
 class ScalingConfig:
     """Every knob of the scaling study, with the paper's reference values.
 
-    The default problem is seed 004, section 3.7: ``d = 10^4``, :math:`h_i = 1/i`,
+    The default problem is Zhang et al. 2019, section 3.7: ``d = 10^4``, :math:`h_i = 1/i`,
     :math:`c_i = h_i`, :math:`E[\\theta_i(0)^2] = 1`, target loss 0.01, batch sizes
     :math:`2^0 \\ldots 2^{20}`.
 
@@ -75,6 +75,11 @@ class ScalingConfig:
             the message in the ``error`` column) instead of aborting the study.
         device: torch device of the schedule families' batched L-BFGS (``"cpu"``
             or e.g. ``"cuda"``); the constant-lr families always run in numpy.
+        executor: where the curves are tuned (:class:`analysis.executor.
+            ExecutorKind`): local processes or Ray tasks; the results do not
+            depend on it.
+        ray_address: the Ray cluster to join (``executor = "ray"``); unset: a
+            local Ray with ``workers`` CPUs.
     """
 
     dim: int = 10_000
@@ -84,7 +89,10 @@ class ScalingConfig:
     problem: str | None = None
     targets: tuple[float, ...] = (0.01,)
     threshold_targets: tuple[float, ...] = (0.1, 0.03, 0.01, 0.003)
-    batch_sizes: tuple[int, ...] = tuple(2**k for k in range(21))
+    batch_sizes: tuple[int, ...] = field(
+        default=tuple(2**k for k in range(21)),
+        metadata={nqm.config.PARSE: lambda v: _batch_sizes_value(v)},
+    )
     families: tuple[str, ...] = _ALL_FAMILIES
     powers: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     shape_batch_sizes: int = 4
@@ -96,14 +104,17 @@ class ScalingConfig:
     workers: int = 1
     keep_going: bool = False
     device: str = "cpu"
+    executor: ExecutorKind = ExecutorKind.LOCAL
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         _validate(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON/TOML-friendly dict (tuples become lists)."""
+        """A JSON/TOML-friendly dict (tuples become lists, enums their values)."""
         return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+            k: list(v) if isinstance(v, tuple) else _plain(v)
+            for k, v in asdict(self).items()
         }
 
     def to_toml(self) -> str:
@@ -111,25 +122,13 @@ class ScalingConfig:
 
         ``None`` values (no spectrum file) are left out: TOML has no null.
         """
-        lines = [
-            "# resolved nqm-scaling configuration (python -m analysis nqm-scaling)"
-        ]
-        for key, value in self.to_dict().items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-        return "\n".join(lines) + "\n"
+        return nqm.config.config_to_toml(
+            self, "resolved nqm-scaling configuration (python -m analysis nqm-scaling)"
+        )
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(int(value))
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, ExecutorKind) else value
 
 
 #: The documented small configuration behind ``--quick`` (used by the tests and
@@ -189,21 +188,6 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def parse_floats(text: str, name: str) -> tuple[float, ...]:
-    """Parse a comma-separated list of floats for option ``name``."""
-    try:
-        return tuple(float(x) for x in str(text).split(","))
-    except ValueError:
-        raise ValueError(
-            f"{name} must be comma-separated numbers, got {text!r}"
-        ) from None
-
-
-def parse_families(text: str) -> tuple[str, ...]:
-    """Parse a comma-separated list of family names (validated later)."""
-    return tuple(x.strip() for x in str(text).split(",") if x.strip())
-
-
 # --------------------------------------------------------------- validation
 def _validate(cfg: ScalingConfig) -> None:
     if isinstance(cfg.dim, bool) or int(cfg.dim) != cfg.dim or cfg.dim < 1:
@@ -254,6 +238,13 @@ def _validate(cfg: ScalingConfig) -> None:
         or cfg.workers < 0
     ):
         raise ValueError(f"workers must be a non-negative integer, got {cfg.workers!r}")
+    try:
+        kind = require_executor(cfg.executor)
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+    object.__setattr__(cfg, "executor", kind)
+    if cfg.ray_address is not None and kind is not ExecutorKind.RAY:
+        raise ValueError("ray_address needs executor = 'ray'")
     if cfg.device != "cpu":
         from nqm._tuning import _torch_device
 
@@ -269,91 +260,25 @@ def _validate(cfg: ScalingConfig) -> None:
             )
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Bring a file or CLI value to the field's type (lists -> sorted-free tuples)."""
-    if name == "batch_sizes":
-        if isinstance(value, str):
-            return parse_batch_sizes(value)
-        return tuple(_int_term(str(v)) for v in _as_list(name, value))
-    if name == "families":
-        if isinstance(value, str):
-            return parse_families(value)
-        return tuple(str(v) for v in _as_list(name, value))
-    if name in ("targets", "threshold_targets", "powers", "transient_one_minus_beta"):
-        if isinstance(value, str):
-            return parse_floats(value, name)
-        try:
-            return tuple(float(v) for v in _as_list(name, value))
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{name} must be a list of numbers, got {value!r}"
-            ) from None
-    if name in ("dim", "shape_batch_sizes", "workers"):
-        if isinstance(value, str):
-            value = _number(name, value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if value != int(value):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        return int(value)
-    if name in ("h_power", "c_power", "init_sq", "transient_alpha_h", "fixed_momentum"):
-        if isinstance(value, str):
-            return _number(name, value)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if name == "keep_going":
-        if not isinstance(value, bool):
-            raise ValueError(f"keep_going must be true or false, got {value!r}")
-        return value
-    if name in ("problem", "out", "figures"):
-        return None if value is None else str(value)
-    if name == "device":
-        if not isinstance(value, str):
-            raise ValueError(f"device must be a string, got {value!r}")
-        return value
-    raise ValueError(f"unknown config key {name!r}")  # pragma: no cover
-
-
-def _number(name: str, text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {text!r}") from None
-
-
-def _as_list(name: str, value: Any) -> list:
+def _batch_sizes_value(value: Any) -> tuple[int, ...]:
+    """Batch sizes from a file or the command line: text (:func:`parse_batch_sizes`),
+    a list of integers or ``"a^k"`` terms, or one integer."""
+    if isinstance(value, str):
+        return parse_batch_sizes(value)
     if isinstance(value, (list, tuple)):
-        return list(value)
+        return tuple(_int_term(str(v)) for v in value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return [value]
-    raise ValueError(f"{name} must be a list, got {value!r}")
+        return (_int_term(str(value)),)
+    raise ValueError(f"batch_sizes must be a list, got {value!r}")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file of :class:`ScalingConfig` keys.
+    """Read a TOML file of :class:`ScalingConfig` keys (:func:`nqm.config.load_toml`).
 
     Raises:
         ValueError: if the file is unreadable, not TOML, or has an unknown key.
     """
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ValueError(
-            f"cannot read config file {str(path)!r}: {exc.strerror}"
-        ) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
-    known = {f.name for f in fields(ScalingConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"config file {str(path)!r} has unknown key(s) {unknown}; "
-            f"known keys: {', '.join(sorted(known))}"
-        )
-    return {k: _coerce(k, v) for k, v in data.items()}
+    return nqm.config.load_toml(ScalingConfig, path)
 
 
 def resolve_config(
@@ -378,15 +303,10 @@ def resolve_config(
     Raises:
         ValueError: naming the offending key or value.
     """
-    merged: dict[str, Any] = {}
+    start = base or ScalingConfig()
     if quick:
-        merged.update(QUICK_OVERRIDES)
-    if config_file is not None:
-        merged.update(load_config_file(config_file))
-    for k, v in (overrides or {}).items():
-        if v is not None:
-            merged[k] = _coerce(k, v)
-    return replace(base or ScalingConfig(), **merged)
+        start = replace(start, **QUICK_OVERRIDES)
+    return nqm.config.resolve_config(ScalingConfig, config_file, overrides, base=start)
 
 
 def unique_sorted(values: Iterable[float]) -> tuple:

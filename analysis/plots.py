@@ -135,7 +135,8 @@ def plot_steps_vs_batch_by_family(rows: Rows) -> Figure:
 
 def plot_steps_vs_batch_by_power(rows: Rows) -> Figure:
     """Steps to target vs batch size, one panel per preconditioning power, one
-    curve per family, with the lower bound (seed 004, Figures 5-6)."""
+    curve per family, with the lower bound (Zhang et al. 2019, section 3.7,
+    Figures 5-6)."""
     return _steps_panels(
         rows, "precond_power", "family", lambda k: f"precond power p = {k:g}"
     )
@@ -167,11 +168,34 @@ def plot_loss_threshold(rows: Rows) -> Figure:
     return fig
 
 
+def _draw_lr_curve(
+    ax: Any, rows: Sequence[Mapping[str, Any]], y: str, style: str, **kw: Any
+) -> None:
+    """The tuned lrs of one curve: a line through the sharp optima and, at batch
+    sizes whose optimum is degenerate (``degenerate`` true), a bar over the
+    range ``y_min .. y_max`` of lrs that are all optimal instead of a point."""
+    sharp = [r for r in rows if not r.get("degenerate")]
+    wide = [r for r in rows if r.get("degenerate")]
+    x, v = _xy(sharp, "batch_size", y)
+    ax.plot(x, v, style, **kw)
+    if wide and style != "--":
+        ax.vlines(
+            [r["batch_size"] for r in wide],
+            [r[f"{y}_min"] for r in wide],
+            [r[f"{y}_max"] for r in wide],
+            color=kw.get("color"),
+            lw=3,
+            alpha=0.6,
+        )
+
+
 def plot_optimal_lr(rows: Rows) -> Figure:
     """Optimal (effective) learning rate vs batch size per power (E.6, Figure 14):
     (a) SGD's lr; (b) momentum held fixed (``momentum_tuned`` false), lr tuned;
     (c) tuned momentum. (b) and (c) show the effective lr :math:`\\alpha/(1-\\beta)`
-    with SGD's curves dashed for comparison."""
+    with SGD's curves dashed for comparison. Where every lr of a range is optimal
+    (``degenerate`` rows, see :mod:`analysis.lr_range`) a vertical bar shows the
+    range (``lr_min .. lr_max`` or ``effective_lr_min .. effective_lr_max``)."""
     rows = list(rows)
     fig, axes = _figure(3)
     sgd = _group([r for r in rows if r["family"] == "sgd"], "precond_power")
@@ -184,14 +208,16 @@ def plot_optimal_lr(rows: Rows) -> Figure:
     powers = sorted(set(sgd) | set(fixed) | set(tuned))
     colors = {p: cmap(0.85 * i / max(len(powers) - 1, 1)) for i, p in enumerate(powers)}
     for p, rs in sorted(sgd.items()):
-        x, y = _xy(rs, "batch_size", "lr")
-        axes[0].plot(x, y, "o-", ms=3, color=colors[p], label=f"p = {p:g}")
-        axes[1].plot(x, y, "--", lw=0.8, color=colors[p])
-        axes[2].plot(x, y, "--", lw=0.8, color=colors[p])
+        _draw_lr_curve(
+            axes[0], rs, "lr", "o-", ms=3, color=colors[p], label=f"p = {p:g}"
+        )
+        for ax in axes[1:]:
+            _draw_lr_curve(ax, rs, "lr", "--", lw=0.8, color=colors[p])
     for ax, groups in ((axes[1], fixed), (axes[2], tuned)):
         for p, rs in sorted(groups.items()):
-            x, y = _xy(rs, "batch_size", "effective_lr")
-            ax.plot(x, y, "o-", ms=3, color=colors[p], label=f"p = {p:g}")
+            _draw_lr_curve(
+                ax, rs, "effective_lr", "o-", ms=3, color=colors[p], label=f"p = {p:g}"
+            )
     betas = sorted({r["momentum"] for rs in fixed.values() for r in rs})
     fixed_label = ", ".join(f"{b:g}" for b in betas) if betas else "fixed"
     axes[0].set_title("(a) without momentum: lr")
@@ -203,6 +229,9 @@ def plot_optimal_lr(rows: Rows) -> Figure:
             ax.legend(fontsize=7)
         else:
             _empty(ax)
+    if any(r.get("degenerate") for r in rows):
+        fig.suptitle("bars: every lr in the range reaches the target in the "
+                     "optimal number of steps", fontsize=8)  # fmt: skip
     return fig
 
 

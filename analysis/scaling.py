@@ -6,9 +6,10 @@ loss :math:`L^*` and batch size :math:`B`:
 .. math:: S^*(B) = \min_{\text{hyperparameters}} \min\{t \ge 0 : E[L(\theta_t)]
     \le L^*\},
 
-i.e. the number of steps a *tuned* optimizer needs (seed 004, section 3.7,
-Figures 5-6 and appendix E.5-E.7). The tuning itself is :func:`nqm.search.
-best_steps`; this module runs the grid of studies, flattens the tuned optimizers
+i.e. the number of steps a *tuned* optimizer needs (Zhang et al. 2019, section
+3.7, Figures 5-6 and appendix E.5-E.7). The tuning itself is :func:`nqm.search.
+best_steps`; this module plans and runs the grid of studies
+(:func:`plan_study`, :mod:`analysis.executor`), flattens the tuned optimizers
 into tidy records, fits the critical batch size of every curve
 (:func:`nqm.noise_scale.fit_critical_batch`), adds the information-theoretic lower
 bound (:func:`nqm.noise_scale.steps_lower_bound`) and prepares the tables each
@@ -20,17 +21,14 @@ Tables are tidy: one row per observation, one column per variable; ``steps`` is
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import logging
 import math
-import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +37,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import nqm
+from nqm.io import write_json, write_table
 from nqm.noise_scale import fit_critical_batch, steps_lower_bound
 from nqm.search import Family, best_steps
 
 from .config import ScalingConfig
-from .io import write_json, write_table
+from .executor import ExecutorKind, Task, require_executor, run_plan
+from .lr_range import optimal_lr_ranges
 
 __all__ = [
     "ScheduleKind",
@@ -53,12 +53,16 @@ __all__ = [
     "StudyResult",
     "build_problem",
     "tune_record",
+    "Curve",
+    "StudyPlan",
+    "plan_study",
     "run_study",
     "critical_batch_fits",
     "lower_bound_curve",
     "schedule_shapes",
     "momentum_transient",
     "run_reference_study",
+    "optimal_lr_range_table",
     "figure_tables",
     "write_study",
 ]
@@ -233,55 +237,107 @@ def _progress(total: int, desc: str, enabled: bool | None) -> Any:
     return tqdm(total=total, desc=desc, unit="curve", disable=disable, leave=False)
 
 
-def run_study(
+def _curve_label(fam: Family, powers: Sequence[float], t: float) -> str:
+    """``"pwc p=0,0.5 L*=0.01"``: a unit of work, for progress and logs."""
+    return f"{fam.value} p={','.join(f'{p:g}' for p in powers)} L*={t:g}"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A unit of work of a study: one family's tuning at one target, over every
+    batch size, at one or more preconditioning powers.
+
+    The schedule families tune all powers of a target as one unit (one batched
+    L-BFGS over every power and batch size, see :func:`nqm.search.best_steps`);
+    every other unit holds one power.
+
+    Attributes:
+        family: the optimizer family.
+        powers: preconditioning powers, shape ``(n_p,)``.
+        target: the target loss.
+    """
+
+    family: Family
+    powers: tuple[float, ...]
+    target: float
+
+    @property
+    def label(self) -> str:
+        """``"pwc p=0,0.5 L*=0.01"``, for progress lines and logs."""
+        return _curve_label(self.family, self.powers, self.target)
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """Which curves a study tunes, in what order, with which baselines.
+
+    Attributes:
+        tasks: one :class:`analysis.executor.Task` per :class:`Curve` (its key),
+            in submission order; ``needs`` holds the curves whose tuned results
+            it receives: SGD's at its powers and target (its ``baseline``) and,
+            for a family containing other studied families (``momentum_ema``),
+            theirs (its ``contained``), after :attr:`nqm.search.Family.contained`.
+        reported: the (family, power, target) curves the study reports, in
+            record order; the plan may tune further SGD curves as baselines.
+    """
+
+    tasks: tuple[Task, ...]
+    reported: tuple[tuple[Family, float, float], ...]
+
+
+def _contained(fam: Family) -> tuple[Family, ...]:
+    """:attr:`nqm.search.Family.contained`, the families ``fam`` contains."""
+    if hasattr(Family, "contained"):
+        return fam.contained
+    # Until nqm defines the relation on Family (merge pending): the same one.
+    return {
+        Family.SGD: (),
+        Family.MOMENTUM_EMA: (Family.MOMENTUM, Family.EMA),
+    }.get(fam, (Family.SGD,))
+
+
+def _contains_sgd(fam: Family) -> bool:
+    """Whether SGD is a feasible point of ``fam`` (containment is transitive)."""
+    return any(g is Family.SGD or _contains_sgd(g) for g in _contained(fam))
+
+
+def plan_study(
     problem: nqm.NQMProblem,
     families: Iterable[str | Family],
     powers: Iterable[float],
     batch_sizes: Sequence[int],
     targets: Iterable[float],
     *,
-    progress: bool | None = None,
-    workers: int = 1,
     keep_going: bool = False,
-    keep_freed_memory: bool = False,
     search: Callable[..., Any] = best_steps,
     **options: Any,
-) -> list[dict[str, Any]]:
-    r"""Tune every family at every power, target and batch size.
+) -> StudyPlan:
+    r"""The plan of a study: its curves as tasks, ordered, with their baselines.
 
-    One call of ``search`` per (family, power, target), vectorised over the batch
-    sizes, so that work shared between batch sizes is done once; with the
-    default search, ``pwc`` and ``linear_decay`` make one call per target for all
-    powers (one batched L-BFGS over every power and batch size).
+    With the default search, SGD is tuned once per (power, target) and given to
+    every family that contains it as its ``baseline``, and ``momentum_ema`` is
+    given the tuned ``momentum`` and ``ema`` curves (when the study has both) as
+    its ``contained`` results, so those curves come first. Then the most
+    expensive curves go first (:data:`_COST_RANK`). A repeated family, power or
+    target is tuned once.
 
     Args:
         problem: the NQM.
         families: :class:`nqm.search.Family` members or their values.
-        powers: preconditioning powers :math:`p \in [0, 1]`. A repeated
-            family, power or target is tuned once.
+        powers: preconditioning powers :math:`p \in [0, 1]`.
         batch_sizes: batch sizes :math:`B \ge 1`, shape ``(n_B,)``.
         targets: target losses :math:`L^* > 0`.
-        progress: show a tqdm bar; ``None``: only when stderr is a terminal.
-        workers: processes tuning curves in parallel (1: in this process; 0: one
-            per CPU). Results do not depend on it.
-        keep_going: if the tuner raises on a curve, retry it per batch size and
-            record the batch sizes that still fail (``steps = nan``, message in
-            ``error``) instead of aborting the study.
-        keep_freed_memory: apply :func:`nqm.runtime.keep_freed_memory` in the
-            worker processes (the caller decides for its own process).
-        search: the tuner (default :func:`nqm.search.best_steps`). With the
-            default, SGD is tuned once per (power, target) first and passed to
-            the other families as their ``baseline``.
+        keep_going: see :func:`run_study`.
+        search: the tuner (default :func:`nqm.search.best_steps`); another
+            tuner gets no shared baselines.
         **options: passed to ``search``.
 
     Returns:
-        Tidy records (:data:`RECORD_COLUMNS`), ordered by family, power, target,
-        batch size. ``seconds`` is the tuning time of the call that produced a
-        record divided evenly among that call's powers and batch sizes.
+        The :class:`StudyPlan`. Each task returns, per power of its curve, the
+        records and the tuner's results (``None`` after a ``keep_going`` retry).
 
     Raises:
-        ValueError: for an unknown family, a target <= 0, a batch size < 1 or a
-            negative ``workers``.
+        ValueError: for an unknown family, a target <= 0 or a batch size < 1.
     """
     fams = list(dict.fromkeys(Family(f) for f in families))
     pw = list(dict.fromkeys(float(p) for p in powers))  # a repeat is tuned once
@@ -294,161 +350,202 @@ def run_study(
         if b < 1:
             raise ValueError(f"batch size must be >= 1, got {b!r}")
     jobs = [(f, p, t) for f in fams for p in pw for t in tg]
-    n_workers = _n_workers(workers, len(jobs))
-    # Every family contains SGD, and best_steps tunes an SGD baseline for each
-    # curve unless given one: tune SGD once per (power, target) and share it.
     share = (
         search is best_steps
         and "baseline" not in options
         and options.get("fixed_momentum") is None
     )
-    # A unit of work is (family, powers, target). The schedule families tune all
-    # powers of a target in one call (one batched L-BFGS over every power and
-    # batch size, see nqm.best_steps); every other curve is a unit of its own.
-    grouped = {
-        (f, t): tuple(pw)
-        for f in fams
-        if share and f in _SCHEDULE_FAMILIES and len(pw) > 1
-        for t in tg
-    }
-    units: list[tuple[Family, tuple[float, ...], float]] = []
+    curves = _plan_curves(jobs, pw, share)
+    unit_of = {(c.family, p, c.target): c for c in curves for p in c.powers}
+
+    def needs(c: Curve) -> tuple[Curve, ...]:
+        if not share or c.family is Family.SGD:
+            return ()
+        keys = []
+        if _contains_sgd(c.family):
+            keys += [unit_of[(Family.SGD, p, c.target)] for p in c.powers]
+        nested = [g for g in _contained(c.family) if g is not Family.SGD]
+        if nested and all(g in fams for g in nested):
+            keys += [unit_of[(g, p, c.target)] for g in nested for p in c.powers]
+        return tuple(dict.fromkeys(keys))
+
+    tasks = tuple(
+        Task(c, _tune_unit, (search, problem, c, bs, options, keep_going),
+             needs=needs(c))
+        for c in curves
+    )  # fmt: skip
+    return StudyPlan(tasks, tuple(jobs))
+
+
+def _plan_curves(
+    jobs: Sequence[tuple[Family, float, float]], pw: Sequence[float], share: bool
+) -> list[Curve]:
+    """The units of work of a study, in submission order."""
+    grouped = share and len(pw) > 1
+    curves: list[Curve] = []
     for f, p, t in jobs:
-        if (f, t) not in grouped:
-            units.append((f, (p,), t))
+        if not (grouped and f in _SCHEDULE_FAMILIES):
+            curves.append(Curve(f, (p,), t))
         elif p == pw[0]:
-            units.append((f, grouped[(f, t)], t))
-    sgd_units = {(ps[0], t): u for u, (f, ps, t) in enumerate(units) if f is Family.SGD}
-    base_keys = {(p, t) for f, p, t in jobs if share and f is not Family.SGD}
-    for key in sorted(base_keys - set(sgd_units)):  # baselines only, not reported
-        sgd_units[key] = len(units)
-        units.append((Family.SGD, (key[0],), key[1]))
-    first = sorted(sgd_units.values()) if share else []
-    rest = [u for u in range(len(units)) if u not in set(first)]
-    rest.sort(key=lambda u: _COST_RANK.get(units[u][0], 0))  # long curves first
-    reported = set(jobs)
+            curves.append(Curve(f, tuple(pw), t))
+    if share:  # SGD baselines the study does not report
+        have = set(curves)
+        for p, t in sorted({(p, t) for f, p, t in jobs if f is not Family.SGD}):
+            if Curve(Family.SGD, (p,), t) not in have:
+                curves.append(Curve(Family.SGD, (p,), t))
+        first = [c for c in curves if c.family is Family.SGD]
+    else:
+        first = []
+    rest = [c for c in curves if c not in set(first)]
+    rest.sort(key=lambda c: _COST_RANK.get(c.family, 0))  # long curves first
+    return first + rest
+
+
+def _tune_unit(
+    search: Callable[..., Any],
+    problem: nqm.NQMProblem,
+    curve: Curve,
+    bs: list[int],
+    options: Mapping[str, Any],
+    keep_going: bool,
+    inputs: Mapping[Curve, Any] | None = None,
+) -> list[tuple[list[dict[str, Any]], list[Any] | None]]:
+    """The task of one curve: tune it, given the results of the curves it needs."""
+    opts = _nested_options(curve, options, inputs or {})
+    return _tune_curves(
+        search, problem, curve.family, curve.powers, bs, curve.target, opts, keep_going
+    )
+
+
+def _nested_options(
+    curve: Curve, options: Mapping[str, Any], inputs: Mapping[Curve, Any]
+) -> dict[str, Any]:
+    """``options`` plus ``baseline`` (SGD's results) and ``contained`` (those of
+    the other contained families) from the results of the needed curves; none
+    when a baseline is missing (a retried curve keeps no results)."""
+
+    def results(fam: Family, p: float) -> Any:
+        for key, out in inputs.items():
+            if key.family is fam and p in key.powers:
+                return out[key.powers.index(p)][1]
+        return None
+
+    bases = [results(Family.SGD, p) for p in curve.powers]
+    if any(b is None for b in bases):
+        return dict(options)
+    many = len(curve.powers) > 1
+    out = {**options, "baseline": bases if many else bases[0]}
+    nested = [g for g in _contained(curve.family) if g is not Family.SGD]
+    if nested and all(any(k.family is g for k in inputs) for g in nested):
+        inner = [[results(g, p) for g in nested] for p in curve.powers]
+        if all(r is not None for per_power in inner for r in per_power):
+            out["contained"] = inner if many else inner[0]
+    return out
+
+
+def run_study(
+    problem: nqm.NQMProblem,
+    families: Iterable[str | Family],
+    powers: Iterable[float],
+    batch_sizes: Sequence[int],
+    targets: Iterable[float],
+    *,
+    progress: bool | None = None,
+    workers: int = 1,
+    executor: str | ExecutorKind = ExecutorKind.LOCAL,
+    ray_address: str | None = None,
+    keep_going: bool = False,
+    keep_freed_memory: bool = False,
+    search: Callable[..., Any] = best_steps,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    r"""Tune every family at every power, target and batch size.
+
+    Runs the :func:`plan_study` plan with :func:`analysis.executor.run_plan`:
+    one call of ``search`` per (family, power, target), vectorised over the
+    batch sizes, so that work shared between batch sizes is done once; with the
+    default search, ``pwc`` and ``linear_decay`` make one call per target for
+    all powers (one batched L-BFGS over every power and batch size).
+
+    Args:
+        problem: the NQM.
+        families: :class:`nqm.search.Family` members or their values.
+        powers: preconditioning powers :math:`p \in [0, 1]`. A repeated
+            family, power or target is tuned once.
+        batch_sizes: batch sizes :math:`B \ge 1`, shape ``(n_B,)``.
+        targets: target losses :math:`L^* > 0`.
+        progress: show a tqdm bar; ``None``: only when stderr is a terminal.
+            Without a bar, each finished curve is logged (``INFO``).
+        workers: curves tuned in parallel (local: 1 in this process, 0 one
+            process per CPU; Ray: 0 the cluster's CPUs). Results do not depend
+            on it.
+        executor: ``"local"`` processes or ``"ray"`` tasks
+            (:class:`analysis.executor.ExecutorKind`); results do not depend on
+            it.
+        ray_address: the Ray cluster to join (``None``: a local Ray).
+        keep_going: if the tuner raises on a curve, retry it per batch size and
+            record the batch sizes that still fail (``steps = nan``, message in
+            ``error``) instead of aborting the study.
+        keep_freed_memory: apply :func:`nqm.runtime.keep_freed_memory` in the
+            local worker processes (the caller decides for its own process).
+        search: the tuner (default :func:`nqm.search.best_steps`). With the
+            default, SGD is tuned once per (power, target) first and passed to
+            the other families as their ``baseline``.
+        **options: passed to ``search``.
+
+    Returns:
+        Tidy records (:data:`RECORD_COLUMNS`), ordered by family, power, target,
+        batch size. ``seconds`` is the tuning time of the call that produced a
+        record divided evenly among that call's powers and batch sizes.
+
+    Raises:
+        ValueError: for an unknown family, a target <= 0, a batch size < 1, a
+            negative ``workers`` or an unknown executor.
+    """
+    plan = plan_study(
+        problem, families, powers, batch_sizes, targets,
+        keep_going=keep_going, search=search, **options,
+    )  # fmt: skip
+    kind = require_executor(executor)
+    n_workers = (
+        _n_workers(workers, len(plan.reported))
+        if kind is ExecutorKind.LOCAL
+        else _n_workers(workers, math.inf)
+    )
+    reported = set(plan.reported)
     done: dict[tuple[Family, float, float], list[dict[str, Any]]] = {}
-    baselines: dict[tuple[float, float], Any] = {}
-    # momentum_ema also contains momentum and ema: when the study tunes those,
-    # it waits for them and is given their results.
-    nested = (Family.MOMENTUM, Family.EMA)
-    shared_nested = share and all(f in fams for f in nested)
-    tuned: dict[tuple[Family, float, float], Any] = {}
+    start = time.perf_counter()
+    with _progress(len(plan.reported), "nqm-scaling", progress) as bar:
 
-    def ready(u: int) -> bool:
-        fam, ps, t = units[u]
-        if fam is Family.SGD:
-            return True
-        if share and any((p, t) not in baselines for p in ps):
-            return False
-        if fam is Family.MOMENTUM_EMA and shared_nested:
-            return all((f, p, t) in tuned for f in nested for p in ps)
-        return True
+        def on_result(task: Task, out: list[tuple[list[dict[str, Any]], Any]]):
+            curve: Curve = task.key
+            keys = [(curve.family, p, curve.target) for p in curve.powers]
+            done.update({k: recs for k, (recs, _) in zip(keys, out, strict=True)})
+            bar.update(sum(k in reported for k in keys))
+            if bar.disable:  # no bar (e.g. output to a log): one line per curve
+                logger.info(
+                    "nqm-scaling: %d/%d curves, %s%s (%.0f s)",
+                    sum(k in done for k in reported), len(reported), curve.label,
+                    "" if any(k in reported for k in keys) else " (baseline)",
+                    time.perf_counter() - start,
+                )  # fmt: skip
 
-    def job_options(u: int) -> dict[str, Any]:
-        fam, ps, t = units[u]
-        if fam is Family.SGD or any(baselines.get((p, t)) is None for p in ps):
-            return dict(options)
-        if len(ps) > 1:
-            return {**options, "baseline": [baselines[(p, t)] for p in ps]}
-        (p,) = ps
-        out = {**options, "baseline": baselines[(p, t)]}
-        if fam is Family.MOMENTUM_EMA and shared_nested:
-            contained = [tuned.get((f, p, t)) for f in nested]
-            if all(c is not None for c in contained):
-                out["contained"] = contained
-        return out
-
-    def finish(u: int, out: list[tuple[list[dict[str, Any]], Any]]) -> int:
-        """Store a unit's curves; returns how many reported curves it held."""
-        fam, ps, t = units[u]
-        for p, (recs, results) in zip(ps, out, strict=True):
-            if fam is Family.SGD:
-                baselines[(p, t)] = results
-            tuned[(fam, p, t)] = results
-            if (fam, p, t) in reported:
-                done[(fam, p, t)] = recs
-        return sum((fam, p, t) in reported for p in ps)
-
-    with _progress(len(jobs), "nqm-scaling", progress) as bar:
-        if n_workers == 1:
-            for u in first + rest:
-                fam, ps, t = units[u]
-                bar.set_postfix_str(_curve_label(fam, ps, t))
-                out = _tune_curves(
-                    search, problem, fam, ps, bs, t, job_options(u), keep_going
-                )
-                bar.update(finish(u, out))
-        else:
-            # Curves are independent once their SGD baseline is known: spread them
-            # over processes (the tuner is single-threaded numpy).
-            ctx = multiprocessing.get_context("spawn")
-            init = nqm.runtime.keep_freed_memory if keep_freed_memory else None
-            with (
-                _single_threaded_children(),
-                ProcessPoolExecutor(
-                    n_workers, mp_context=ctx, initializer=init
-                ) as pool,
-            ):
-
-                def submit(u: int):
-                    fam, ps, t = units[u]
-                    return pool.submit(
-                        _tune_curves,
-                        search,
-                        problem,
-                        fam,
-                        ps,
-                        bs,
-                        t,
-                        job_options(u),
-                        keep_going,
-                    )
-
-                # One unit per worker in flight, so that a curve whose nested
-                # results just came in goes before cheaper ones queued earlier.
-                queue = first + rest
-                waiting: dict[Any, int] = {}
-                while queue or waiting:
-                    for u in [u for u in queue if ready(u)]:
-                        if len(waiting) >= n_workers:
-                            break
-                        queue.remove(u)
-                        waiting[submit(u)] = u
-                    if not waiting:
-                        raise RuntimeError("study scheduling deadlock")  # a bug
-                    finished, _ = wait(waiting, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        u = waiting.pop(fut)
-                        bar.update(finish(u, fut.result()))
-    return [rec for job in jobs for rec in done[job]]
-
-
-#: Thread-pool variables of BLAS/OpenMP, read when a worker imports numpy.
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@contextlib.contextmanager
-def _single_threaded_children():
-    """Worker processes already use every core: their BLAS gets one thread each
-    (variables the user set are kept). Restores this process' environment."""
-    saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
-    for k in _THREAD_VARIABLES:
-        os.environ.setdefault(k, "1")
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        run_plan(
+            plan.tasks,
+            executor=kind,
+            workers=n_workers,
+            ray_address=ray_address,
+            on_result=on_result,
+            initializer=nqm.runtime.keep_freed_memory if keep_freed_memory else None,
+        )
+    return [rec for job in plan.reported for rec in done[job]]
 
 
 #: Families tuned for all powers of a target in one call (batched L-BFGS).
 _SCHEDULE_FAMILIES = (Family.PWC, Family.LINEAR_DECAY)
 
-#: Submission order of curves in parallel studies: the most expensive first,
-#: except that momentum_ema waits for momentum and ema, which it contains.
+#: Submission order of curves: the most expensive first (a curve that needs
+#: others waits for them in any case).
 _COST_RANK = {
     Family.MOMENTUM: 0,
     Family.EMA: 1,
@@ -459,16 +556,13 @@ _COST_RANK = {
 }
 
 
-def _n_workers(workers: int, n_jobs: int) -> int:
+def _n_workers(workers: int, n_jobs: float) -> int:
     if isinstance(workers, bool) or int(workers) != workers or workers < 0:
         raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    if workers == 0 and n_jobs == math.inf:
+        return 0  # Ray: the cluster's CPUs
     n = (os.cpu_count() or 1) if workers == 0 else int(workers)
-    return max(1, min(n, n_jobs))
-
-
-def _curve_label(fam: Family, powers: Sequence[float], t: float) -> str:
-    """``"pwc p=0,0.5 L*=0.01"``: a unit of work, for progress and logs."""
-    return f"{fam.value} p={','.join(f'{p:g}' for p in powers)} L*={t:g}"
+    return int(max(1, min(n, n_jobs)))
 
 
 def _tune_curves(
@@ -519,7 +613,7 @@ def _tune_curves(
                   for b in bs], None)]  # fmt: skip
     elapsed = time.perf_counter() - start
     per_power = results if many else [results]
-    logger.info("%s: %.2fs", _curve_label(fam, powers, t), elapsed)
+    logger.debug("%s: %.2fs", _curve_label(fam, powers, t), elapsed)
     share = elapsed / (len(powers) * len(bs))
     return [([tune_record(r, share) for r in res], res) for res in per_power]
 
@@ -795,7 +889,9 @@ def run_reference_study(
 
     The main grid (families x powers x targets x batch sizes), the loss-threshold
     family (SGD, p = 0, ``cfg.threshold_targets``; E.5), the critical-batch fits,
-    the lower bound at every target, the schedule shapes and the E.3 transient.
+    the lower bound at every target, the schedule shapes, the E.3 transient and
+    the range of optimal lrs behind the ``optimal_lr`` figure
+    (:func:`optimal_lr_range_table`).
 
     Args:
         cfg: the resolved configuration.
@@ -825,6 +921,8 @@ def run_reference_study(
             targets,
             progress=progress,
             workers=cfg.workers,
+            executor=cfg.executor,
+            ray_address=cfg.ray_address,
             keep_going=cfg.keep_going,
             keep_freed_memory=keep_freed_memory,
             **options,
@@ -873,12 +971,99 @@ def run_reference_study(
         ),
     }
     timings["extras"] = time.perf_counter() - t3
+    t4 = time.perf_counter()
+    partial = StudyResult(records, fits, bound, extras)
+    extras[LR_RANGE_TABLE] = optimal_lr_range_table(problem, partial, cfg)
+    timings["lr_ranges"] = time.perf_counter() - t4
     timings["study_total"] = time.perf_counter() - t0
     return StudyResult(records, fits, bound, extras, timings)
 
 
 def _select(rows: Iterable[Mapping[str, Any]], **equal: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in rows if all(r[k] == v for k, v in equal.items())]
+
+
+def _main_records(
+    records: Iterable[Mapping[str, Any]], cfg: ScalingConfig
+) -> list[Mapping[str, Any]]:
+    """The records of the main grid: its targets, families and powers."""
+    return [
+        r
+        for r in records
+        if r["target"] in set(cfg.targets)
+        and r["family"] in cfg.families
+        and r["precond_power"] in cfg.powers
+    ]
+
+
+def _optimal_lr_rows(result: StudyResult, cfg: ScalingConfig) -> list[dict[str, Any]]:
+    """The tuned SGD and momentum records of the ``optimal_lr`` figure, flagged
+    ``momentum_tuned`` (false for the fixed-momentum panel)."""
+    main_targets = set(cfg.targets)
+    return [
+        dict(r, momentum_tuned=r["family"] == Family.MOMENTUM.value)
+        for r in _main_records(result.records, cfg)
+        if r["family"] in (Family.SGD.value, Family.MOMENTUM.value)
+        and math.isfinite(r["steps"])
+    ] + [
+        dict(r, momentum_tuned=False)
+        for r in result.extras.get("fixed_momentum", [])
+        if r["target"] in main_targets and math.isfinite(r["steps"])
+    ]
+
+
+#: The extra table of optimal-lr ranges (:mod:`analysis.lr_range`).
+LR_RANGE_TABLE = "optimal_lr_range"
+_RANGE_COLUMNS = (
+    "lr_min",
+    "lr_max",
+    "effective_lr_min",
+    "effective_lr_max",
+    "degenerate",
+)
+#: Records per task when the lr ranges are computed in parallel.
+_RANGE_CHUNK = 8
+
+
+def _range_key(r: Mapping[str, Any]) -> tuple:
+    return (
+        r["family"],
+        bool(r["momentum_tuned"]),
+        r["precond_power"],
+        r["target"],
+        r["batch_size"],
+    )
+
+
+def optimal_lr_range_table(
+    problem: nqm.NQMProblem,
+    result: StudyResult,
+    cfg: ScalingConfig,
+) -> list[dict[str, Any]]:
+    """The range of optimal lrs of every point of the ``optimal_lr`` figure.
+
+    Runs :func:`analysis.lr_range.optimal_lr_ranges` over the figure's records in
+    chunks through :func:`analysis.executor.run_plan` (``cfg.workers``,
+    ``cfg.executor``); the rows carry ``momentum_tuned`` to tell the panels
+    apart.
+
+    Returns:
+        Rows of :func:`analysis.lr_range.optimal_lr_ranges` plus
+        ``momentum_tuned``, in the figure's record order.
+    """
+    rows = _optimal_lr_rows(result, cfg)
+    chunks = [rows[i : i + _RANGE_CHUNK] for i in range(0, len(rows), _RANGE_CHUNK)]
+    tasks = [Task(i, optimal_lr_ranges, (problem, c)) for i, c in enumerate(chunks)]
+    local = cfg.executor is ExecutorKind.LOCAL
+    workers = _n_workers(cfg.workers, len(tasks)) if local else cfg.workers
+    out = run_plan(
+        tasks, executor=cfg.executor, workers=workers, ray_address=cfg.ray_address
+    )
+    return [
+        dict(rng, momentum_tuned=r["momentum_tuned"])
+        for i, chunk in enumerate(chunks)
+        for r, rng in zip(chunk, out[i], strict=True)
+    ]
 
 
 def figure_tables(
@@ -890,13 +1075,7 @@ def figure_tables(
     number comes from ``result``.
     """
     main_targets = set(cfg.targets)
-    main = [
-        r
-        for r in result.records
-        if r["target"] in main_targets
-        and r["family"] in cfg.families
-        and r["precond_power"] in cfg.powers
-    ]
+    main = _main_records(result.records, cfg)
     bound = [dict(r, family="lower_bound") for r in result.lower_bound]
     main_bound = [r for r in bound if r["target"] in main_targets]
     threshold_targets = set(cfg.threshold_targets)
@@ -905,15 +1084,10 @@ def figure_tables(
         for r in _select(result.records, family=Family.SGD.value, precond_power=0.0)
         if r["target"] in threshold_targets
     ]
+    ranges = {_range_key(r): r for r in result.extras.get(LR_RANGE_TABLE, [])}
     lr_rows = [
-        dict(r, momentum_tuned=r["family"] == Family.MOMENTUM.value)
-        for r in main
-        if r["family"] in (Family.SGD.value, Family.MOMENTUM.value)
-        and math.isfinite(r["steps"])
-    ] + [
-        dict(r, momentum_tuned=False)
-        for r in result.extras.get("fixed_momentum", [])
-        if r["target"] in main_targets and math.isfinite(r["steps"])
+        dict(r, **{k: ranges.get(_range_key(r), {}).get(k) for k in _RANGE_COLUMNS})
+        for r in _optimal_lr_rows(result, cfg)
     ]
     pwc = [
         r for r in main if r["family"] == Family.PWC.value and math.isfinite(r["steps"])

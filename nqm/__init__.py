@@ -22,7 +22,7 @@ mini-batch is :math:`H\theta + \varepsilon`, :math:`\operatorname{Cov}\varepsilo
 C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 """
 
-from . import closed_form, io, noise_scale, runtime, search
+from . import closed_form, families, io, noise_scale, runtime, search
 from .dynamics import (
     expected_loss,
     is_stable,
@@ -57,6 +57,7 @@ __all__ = [
     "steady_state_loss",
     "closed_form",
     "search",
+    "families",
     "noise_scale",
     "io",
     "runtime",

@@ -34,10 +34,10 @@ bisection on each run length, each probe optimising the schedules of every
 search) through a differentiable torch implementation of the exact piecewise
 dynamics (on the surrogate), then exact certification.
 
-Nesting is enforced: every family contains plain SGD, so its result is never
-worse than the SGD ``baseline`` (computed if not given); ``momentum_ema`` also
-contains ``momentum`` and ``ema`` and is never worse than their results
-(``contained``, computed if not given).
+Nesting (:attr:`~nqm.families.Family.contained`) is enforced: every family
+contains plain SGD, so its result is never worse than the SGD ``baseline``
+(computed if not given); ``momentum_ema`` also contains ``momentum`` and ``ema``
+and is never worse than their results (``contained``, computed if not given).
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ import numpy as np
 from scipy import optimize
 
 from .dynamics import CLOSED_FORM_RTOL, _modes, risk_terms
+from .families import MAX_STEPS, Family, TuneResult
 from .optimizer import Optimizer, PiecewiseConstant
 from .problem import NQMProblem
-from .search import MAX_STEPS, Family, TuneResult, steps_to_target
+from .runtime import torch_device
+from .search import steps_to_target
 
 #: The lr coordinate is the effective lr α/(1−β) as a fraction of plain SGD's
 #: stability limit 2/max ĥ; it may not fall below this (a run that slow never
@@ -571,19 +573,6 @@ def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
     return (v_d * wd).sum(dim=1) + (v_n * wn).sum(dim=1) / bs
 
 
-def _torch_device(device):
-    """``device`` as a ``torch.device`` that can hold tensors here."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must name a torch device, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
-    return dev
-
-
 def tune_schedules(
     problem: NQMProblem,
     fam: Family,
@@ -853,16 +842,18 @@ def tune_powers(
         raise ValueError("pieces and stairs must be positive integers")
     powers = [float(p) for p in powers]
     kw = dict(surrogate_bins=int(surrogate_bins))
-    dev = _torch_device(device) if fam in (Family.PWC, Family.LINEAR_DECAY) else None
+    dev = torch_device(device) if fam in (Family.PWC, Family.LINEAR_DECAY) else None
     for name, given in (("baselines", baselines), ("contained", contained)):
         if given is not None and len(given) != len(powers):
             raise ValueError(f"{name} must hold one entry per power")
-    if contained is not None and (
-        fam is not Family.MOMENTUM_EMA or fixed_momentum is not None
-    ):
+    # Every family but SGD contains SGD (directly or through the families it
+    # contains): SGD's results are its ``baselines``, those of the other contained
+    # families its ``contained``.
+    inner_families = [g for g in fam.contained if g is not Family.SGD]
+    if contained is not None and (not inner_families or fixed_momentum is not None):
         raise ValueError(
-            "contained applies to momentum_ema (without fixed_momentum) only, "
-            f"not {fam.value!r}"
+            "contained applies to families that contain others than sgd "
+            f"(momentum_ema, without fixed_momentum), not {fam.value!r}"
         )
     if fixed_momentum is not None:
         beta = float(fixed_momentum)
@@ -883,7 +874,7 @@ def tune_powers(
             )
             for p in powers
         ]  # fmt: skip
-    if fam is Family.SGD:
+    if not fam.contained:
         return [
             _monotone(
                 problem, bs, target,
@@ -924,7 +915,7 @@ def tune_powers(
     out = []
     for j, (p, own) in enumerate(zip(powers, owns, strict=True)):
         nested = [baselines[j]]
-        if fam is Family.MOMENTUM_EMA:
+        if inner_families:
             inner = None if contained is None else contained[j]
             if inner is None:
                 inner = [
@@ -932,7 +923,7 @@ def tune_powers(
                         problem, sub, bs, target, p, grid=None, polish=polish,
                         baseline=baselines[j], **kw,
                     )
-                    for sub in (Family.MOMENTUM, Family.EMA)
+                    for sub in inner_families
                 ]  # fmt: skip
             for results in inner:
                 if len(results) != bs.size:

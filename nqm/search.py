@@ -19,9 +19,7 @@ stable mode: a Lipschitz bound from :math:`t=a`, see
 
 from __future__ import annotations
 
-import enum
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,13 +32,12 @@ from .dynamics import (
     risk_terms,
     validate_batch_size,
 )
+from .families import MAX_STEPS, Family, TuneResult
 from .optimizer import Constant, Optimizer
 from .problem import NQMProblem
 
 __all__ = ["steps_to_target", "Family", "TuneResult", "best_steps", "MAX_STEPS"]
 
-#: Searches stop here (about 1.1e15 steps); beyond it the answer is ``inf``.
-MAX_STEPS = 2**50
 _SCAN = 4
 #: Constant-lr curves scan leaves of up to this many (steps x modes) at once: a
 #: leaf is one vectorised evaluation, so small problems scan long runs of steps
@@ -308,48 +305,6 @@ def _first_crossing(
 
 
 # ======================================================================= tuning
-class Family(enum.StrEnum):
-    """Optimizer families that :func:`best_steps` tunes.
-
-    * ``sgd``: constant lr.
-    * ``momentum``: lr and :math:`\\beta`.
-    * ``ema``: lr and :math:`\\gamma`.
-    * ``momentum_ema``: lr, :math:`\\beta` and :math:`\\gamma`.
-    * ``pwc``: SGD with a piecewise-constant schedule of ``pieces`` equal-length
-      pieces (default 10); the total length and every piece's lr are tuned.
-    * ``linear_decay``: SGD with the F.3 linear decay (:math:`\\alpha_0`, decay
-      factor, horizon = run length), discretised into ``stairs`` equal constant
-      steps (default 64); the exact risk of that staircase is optimised.
-    """
-
-    SGD = "sgd"
-    MOMENTUM = "momentum"
-    EMA = "ema"
-    MOMENTUM_EMA = "momentum_ema"
-    PWC = "pwc"
-    LINEAR_DECAY = "linear_decay"
-
-
-@dataclass(frozen=True)
-class TuneResult:
-    """Fewest steps found for one family at one batch size.
-
-    Attributes:
-        steps: exact steps to target of ``optimizer`` (int, or ``inf``).
-        optimizer: the best configuration found.
-        family, batch_size, precond_power, target: the question asked.
-        evaluations: loss evaluations spent.
-    """
-
-    steps: int | float
-    optimizer: Optimizer | None
-    family: Family
-    batch_size: float
-    precond_power: float
-    target: float
-    evaluations: int = field(default=0, compare=False)
-
-
 def best_steps(
     problem: NQMProblem,
     family: Family | str,

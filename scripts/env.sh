@@ -17,7 +17,7 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
 fi
 stamp="$VENV/.batchscale-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$ROOT/scripts/env.sh" -nt "$stamp" ]; then
-    "$VENV/bin/pip" install -q -e "$ROOT[test]"
+    "$VENV/bin/pip" install -q -e "$ROOT[test,ray]"
     # Test-only oracle for the K-FAC factors. --no-deps so that it can never
     # replace the installed torch; its own small dependencies come explicitly.
     "$VENV/bin/pip" install -q --no-deps "curvlinops-for-pytorch==3.0.1"

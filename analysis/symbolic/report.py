@@ -7,14 +7,12 @@ References:
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from analysis.symbolic.audit import AuditEntry, Status
 
-__all__ = ["audit_to_json", "render_markdown", "write_atomic"]
+__all__ = ["audit_to_json", "render_markdown"]
 
 
 def audit_to_json(entries: Sequence[AuditEntry]) -> str:
@@ -68,21 +66,3 @@ def render_markdown(entries: Sequence[AuditEntry]) -> str:
             "",
         ]
     return "\n".join(lines)
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same directory.
-
-    Args:
-        path: Destination file; its directory must exist.
-        text: Content (UTF-8).
-
-    Returns:
-        The destination path.
-
-    Raises:
-        FileNotFoundError: If the directory of ``path`` does not exist.
-    """
-    from nqm.io import write_text_atomic
-
-    return write_text_atomic(path, text)

@@ -5,6 +5,7 @@ See :mod:`kfac_spectra.kfac.factors` for the Kronecker-factor convention and the
 mean/sum reduction scaling.
 """
 
+from .config import KFACConfig
 from .enums import (
     DampingType,
     FisherType,
@@ -24,6 +25,7 @@ __all__ = [
     "InverseMethod",
     "KFAC",
     "KFACApprox",
+    "KFACConfig",
     "LossType",
     "RNNApprox",
     "Reduction",

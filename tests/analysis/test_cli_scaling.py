@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from itertools import pairwise
@@ -24,6 +25,7 @@ import nqm
 from analysis.__main__ import build_parser, main
 from analysis.cli_scaling import config_from_args
 from analysis.config import QUICK_OVERRIDES, ScalingConfig, parse_batch_sizes
+from analysis.lr_range import DEGENERATE_RATIO
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -93,6 +95,15 @@ def test_in_process_end_to_end(tmp_path):
         r["steps"] for r in fig_rows if r["family"] != "lower_bound"
     ) == sorted(j["steps"] for j in js if j["target"] == 0.05)
 
+    # every point of the optimal-lr figure carries its range of optimal lrs
+    lr_rows = json.loads((figs / "optimal_lr.json").read_text())
+    assert lr_rows and all(
+        r["lr_min"] <= r["lr"] <= r["lr_max"]
+        and r["degenerate"] == (r["lr_max"] > DEGENERATE_RATIO * r["lr_min"])
+        for r in lr_rows
+    )
+    assert (out / "optimal_lr_range.csv").is_file()
+
     cfg = json.loads((out / "config.json").read_text())
     assert (out / "config.toml").is_file()
     assert cfg["dim"] == 30 and cfg["families"] == ["sgd", "momentum"]
@@ -106,17 +117,29 @@ def test_in_process_end_to_end(tmp_path):
 
 
 def test_subprocess_module_entry_point(tmp_path):
+    """The module runs as a program; piped (no terminal), it prints one line per
+    finished curve on stderr."""
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "analysis", "nqm-scaling", *TINY,
-           "--families", "sgd", "--out", str(out), "--no-figures"]  # fmt: skip
+           "--families", "sgd,ema", "--out", str(out), "--no-figures"]  # fmt: skip
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env,
                           timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = _read_csv(out / "records.csv")
     steps = [float(r["steps"]) for r in rows if r["target"] == "0.05"]
-    assert len(steps) == 4 and all(a >= b for a, b in pairwise(steps))
+    assert len(steps) == 8 and all(a >= b for a, b in pairwise(steps[:4]))
     assert (out / "manifest.json").is_file()
+    lines = [m.groups() for m in re.finditer(
+        r"^nqm-scaling: (\d+)/(\d+) curves, (.+) \(\d+ s\)$",
+        proc.stderr, re.MULTILINE,
+    )]  # fmt: skip
+    # main study: sgd, ema at L* = 0.05; loss-threshold study: sgd at L* = 0.1
+    assert sorted(label for _, _, label in lines) == [
+        "ema p=0 L*=0.05", "sgd p=0 L*=0.05", "sgd p=0 L*=0.1"
+    ]  # fmt: skip
+    assert sorted((int(k), int(n)) for k, n, _ in lines) == [(1, 1), (1, 2), (2, 2)]
+    assert "nqm-scaling done in" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -259,3 +282,26 @@ def test_parse_batch_sizes_rejects_malformed():
         parse_batch_sizes("2^3..2^1")
     with pytest.raises(ValueError, match="batch size"):
         parse_batch_sizes("four")
+
+
+def test_executor_options_reach_the_config(tmp_path, capsys, monkeypatch):
+    parse = build_parser().parse_args
+    cfg = config_from_args(parse(["nqm-scaling", "--executor", "local"]))
+    assert cfg.executor == "local" and cfg.ray_address is None
+    cfg = config_from_args(
+        parse(["nqm-scaling", "--executor", "ray", "--ray-address", "10.0.0.1:6379"])
+    )
+    assert (cfg.executor, cfg.ray_address) == ("ray", "10.0.0.1:6379")
+    out = tmp_path / "res"
+    for argv, needle in [
+        (["--executor", "dask"], "executor must be one of local, ray"),
+        (["--ray-address", "10.0.0.1:6379"], "ray_address needs executor = 'ray'"),
+    ]:
+        assert main(["nqm-scaling", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    assert main(["nqm-scaling", "--executor", "ray", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install .[ray]" in err and err.count("\n") == 1, err
+    assert not out.exists()

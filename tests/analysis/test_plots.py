@@ -13,7 +13,6 @@ import pytest
 from matplotlib.figure import Figure
 
 from analysis import plots
-from analysis.io import save_figure
 
 FAMILIES = ("sgd", "momentum")
 POWERS = (0.0, 1.0)
@@ -136,6 +135,27 @@ def test_optimal_lr_panels(records):
     assert "0.9" in b.get_title()
 
 
+def test_optimal_lr_draws_degenerate_optima_as_ranges(records):
+    rows, _ = records
+    # at B = 8 every lr of [0.05, 0.2] (effective [0.5, 2]) is optimal
+    wide = {"degenerate": True, "lr_min": 0.05, "lr_max": 0.2,
+            "effective_lr_min": 0.5, "effective_lr_max": 2.0}  # fmt: skip
+    rows = [
+        dict(r, **wide) if r["batch_size"] == 8 else dict(r, degenerate=False)
+        for r in rows
+    ]
+    fig = plots.plot_optimal_lr(rows)
+    a, _, c = fig.axes
+    # the line leaves the degenerate point out; a bar spans its range instead
+    assert a.lines[0].get_xdata().tolist() == [1, 2, 4]
+    for ax, (lo, hi) in ((a, (0.05, 0.2)), (c, (0.5, 2.0))):  # one bar per power
+        bars = [col.get_segments() for col in ax.collections]
+        assert [[s.tolist() for s in segs] for segs in bars] == [
+            [[[8, lo], [8, hi]]]
+        ] * len(POWERS)
+    assert "range" in fig._suptitle.get_text()
+
+
 def test_pwc_final_lr(records):
     rows, _ = records
     fig = plots.plot_pwc_final_lr(rows)
@@ -171,11 +191,3 @@ def test_schedule_shapes_and_transient():
 @pytest.mark.parametrize("name", sorted(plots.FIGURES))
 def test_every_figure_accepts_an_empty_table(name):
     assert isinstance(plots.FIGURES[name]([]), Figure)
-
-
-def test_save_figure_writes_png_and_pdf(tmp_path, records):
-    fig = plots.plot_pwc_final_lr(records[0])
-    paths = save_figure(fig, tmp_path, "fig")
-    assert [p.name for p in paths] == ["fig.png", "fig.pdf"]
-    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "fig.pdf").read_bytes()[:5] == b"%PDF-"

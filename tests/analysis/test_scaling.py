@@ -1,4 +1,4 @@
-"""Tests of the study layer (analysis.scaling) and the atomic writers (analysis.io).
+"""Tests of the study layer (analysis.scaling).
 
 Oracles: the exact expected loss (``nqm.expected_loss``) checked directly at the
 reported step and the one before it; a brute-force scan of the Bayes lower bound;
@@ -9,18 +9,15 @@ families that contain SGD never slower than SGD).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
-import os
 from itertools import pairwise
 
 import numpy as np
 import pytest
 
 import nqm
-from analysis import io as aio
 from analysis import scaling
 from analysis.config import ScalingConfig
 from nqm.search import Family, TuneResult, best_steps
@@ -318,55 +315,6 @@ def test_build_problem_power_law_and_file(tmp_path):
         scaling.build_problem(ScalingConfig(problem=str(tmp_path / "missing.npz")))
 
 
-# ------------------------------------------------------------- atomic io
-def test_tables_round_trip(tmp_path):
-    rows = [
-        {"a": 1, "b": math.inf, "c": [1, 2]},
-        {"a": 2, "b": 0.5, "c": None},
-    ]
-    csv_path, json_path = aio.write_table(tmp_path, "t", rows)
-    with open(csv_path) as f:
-        back = list(csv.DictReader(f))
-    assert back[0] == {"a": "1", "b": "inf", "c": "1;2"}
-    assert float(back[1]["b"]) == 0.5 and back[1]["c"] == ""
-    assert json.loads(json_path.read_text()) == [
-        {"a": 1, "b": None, "c": [1, 2]},
-        {"a": 2, "b": 0.5, "c": None},
-    ]
-
-
-def test_crash_mid_write_leaves_old_file_and_no_temp(tmp_path):
-    dest = tmp_path / "records.csv"
-    dest.write_text("old complete content\n")
-
-    def half_then_crash(f):
-        f.write(b"family,steps\nsgd,")
-        raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the write
-
-    with pytest.raises(KeyboardInterrupt):
-        aio.write_atomic(dest, half_then_crash)
-    assert dest.read_text() == "old complete content\n"
-    assert os.listdir(tmp_path) == ["records.csv"]
-
-
-def test_crash_before_rename_leaves_no_file(tmp_path, monkeypatch):
-    calls = []
-
-    def crash_on_second(src, dst):
-        calls.append(dst)
-        if len(calls) == 2:
-            raise OSError("simulated power cut")
-        return os.rename(src, dst)
-
-    monkeypatch.setattr(aio.os, "replace", crash_on_second)
-    rows = [{"family": "sgd", "steps": 3}]
-    with pytest.raises(OSError, match="power cut"):
-        aio.write_table(tmp_path, "records", rows)
-    # the CSV went through completely; the JSON never appeared, nor any temp file
-    assert sorted(os.listdir(tmp_path)) == ["records.csv"]
-    assert (tmp_path / "records.csv").read_text() == "family,steps\nsgd,3\n"
-
-
 def test_write_study_writes_every_table(tmp_path, study, problem):
     res = scaling.StudyResult(
         records=study[:3],
@@ -437,6 +385,71 @@ def test_shared_sgd_baseline_matches_per_curve_tuning():
            if r["family"] == "sgd"}  # fmt: skip
     for r in shared:
         assert r["steps"] <= sgd[(r["precond_power"], r["batch_size"])]
+
+
+def _fpt(curve):
+    """A plan's curve as (family value, powers, target), for hand-written plans."""
+    return (curve.family.value, curve.powers, curve.target)
+
+
+def test_plan_tunes_baselines_first_and_hands_them_on():
+    small = nqm.NQMProblem.power_law(5)
+    every = ["sgd", "momentum", "ema", "momentum_ema", "pwc", "linear_decay"]
+    plan = scaling.plan_study(small, every, [0.0, 0.5], [1, 8], [0.1, 0.2])
+    order = [_fpt(t.key) for t in plan.tasks]
+    needs = {_fpt(t.key): {_fpt(k) for k in t.needs} for t in plan.tasks}
+    sgd = {(p, t): ("sgd", (p,), t) for p in (0.0, 0.5) for t in (0.1, 0.2)}
+    # SGD once per (power, target), first; the schedules tune both powers at once
+    assert order[:4] == [sgd[(0.0, 0.1)], sgd[(0.0, 0.2)], sgd[(0.5, 0.1)],
+                         sgd[(0.5, 0.2)]]  # fmt: skip
+    assert len(order) == len(set(order)) == 4 + 3 * 4 + 2 * 2
+    for t in (0.1, 0.2):
+        for p in (0.0, 0.5):
+            assert needs[sgd[(p, t)]] == set()
+            for fam in ("momentum", "ema"):
+                assert needs[(fam, (p,), t)] == {sgd[(p, t)]}
+            # momentum_ema contains momentum and ema (and, through them, SGD)
+            assert needs[("momentum_ema", (p,), t)] == {
+                sgd[(p, t)], ("momentum", (p,), t), ("ema", (p,), t)
+            }  # fmt: skip
+        for fam in ("pwc", "linear_decay"):
+            assert needs[(fam, (0.0, 0.5), t)] == {sgd[(0.0, t)], sgd[(0.5, t)]}
+    for i, curve in enumerate(order):  # what a curve needs is planned before it
+        assert needs[curve] <= set(order[:i])
+    assert plan.reported == tuple(
+        (scaling.Family(f), p, t) for f in every for p in (0.0, 0.5) for t in (0.1, 0.2)
+    )
+
+
+def test_plan_without_shared_baselines_has_no_needs():
+    small = nqm.NQMProblem.power_law(5)
+    # momentum_ema without momentum and ema in the study: only SGD is handed on
+    plan = scaling.plan_study(small, ["momentum_ema"], [1.0], [1], [0.1])
+    assert [(_fpt(t.key), [_fpt(k) for k in t.needs]) for t in plan.tasks] == [
+        (("sgd", (1.0,), 0.1), []),
+        (("momentum_ema", (1.0,), 0.1), [("sgd", (1.0,), 0.1)]),
+    ]
+    assert plan.reported == ((scaling.Family.MOMENTUM_EMA, 1.0, 0.1),)
+    for kwargs in ({"search": _failing_above_8}, {"fixed_momentum": 0.9}):
+        plan = scaling.plan_study(small, ["sgd", "momentum"], [0.0, 1.0], [1],
+                                  [0.1], **kwargs)  # fmt: skip
+        assert all(t.needs == () for t in plan.tasks)
+        assert [_fpt(t.key)[0] for t in plan.tasks] == ["momentum"] * 2 + ["sgd"] * 2
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_identical_records():
+    pytest.importorskip("ray")
+    small = nqm.NQMProblem.power_law(15)
+    kwargs = dict(families=["sgd", "momentum", "ema", "momentum_ema", "pwc"],
+                  powers=[0.0, 0.5], batch_sizes=[1, 8, 64], targets=[0.1],
+                  progress=False)  # fmt: skip
+    local = scaling.run_study(small, workers=1, **kwargs)
+    ray = scaling.run_study(small, workers=2, executor="ray", **kwargs)
+    drop = ("seconds",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ray] == [
+        {k: v for k, v in r.items() if k not in drop} for r in local
+    ]
 
 
 def test_grouped_schedule_powers_retry_one_power_at_a_time(monkeypatch):
@@ -530,6 +543,8 @@ def test_reference_study_passes_run_options(monkeypatch):
         ]  # fmt: skip
 
     monkeypatch.setattr(scaling, "run_study", fake_run_study)
+    # the fake records are no tuned optima: their lr ranges are not asked for
+    monkeypatch.setattr(scaling, "optimal_lr_range_table", lambda *a: [])
     cfg = ScalingConfig(dim=10, batch_sizes=(1, 2, 4), families=("momentum",),
                         powers=(0.0,), targets=(0.1,), threshold_targets=(0.2,),
                         workers=3, keep_going=True)  # fmt: skip
@@ -560,13 +575,3 @@ def test_schedule_shapes_handle_constant_fallbacks_per_record():
     assert flat and all(v == 0.3 for v in flat)
     lin = {r["step"]: r["lr"] for r in rows if r["batch_size"] == 4}
     assert lin[0] == 1.0 and lin[10] == pytest.approx(0.75, rel=RTOL)
-
-
-def test_worker_environment_is_single_threaded_and_restored(monkeypatch):
-    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a user's choice is kept
-    with scaling._single_threaded_children():
-        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
-        assert os.environ["OMP_NUM_THREADS"] == "3"
-    assert "OPENBLAS_NUM_THREADS" not in os.environ
-    assert os.environ["OMP_NUM_THREADS"] == "3"

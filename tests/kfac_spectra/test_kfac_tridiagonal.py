@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from kfac_spectra.kfac import KFAC
+from kfac_spectra.kfac.config import KFACConfig
+from kfac_spectra.kfac.enums import Structure
 from kfac_spectra.kfac.inverse import Damping, EigenInverse
 from kfac_spectra.kfac.tridiagonal import (
     TridiagonalInverse,
@@ -314,6 +316,10 @@ def test_tridiagonal_rejects_unsupported_options(kwargs: dict) -> None:
         KFAC(_mlp(0), loss="mse", structure="block_tridiagonal", **kwargs)
     with pytest.raises(ValueError, match="structure="):
         KFAC(_mlp(0), loss="mse", structure="tridiagonal")
+    cfg = KFACConfig(loss="mse", structure="block_tridiagonal")
+    assert cfg.structure is Structure.BLOCK_TRIDIAGONAL
+    with pytest.raises(ValueError, match="block_tridiagonal"):
+        KFACConfig(structure="block_tridiagonal", **kwargs)
 
 
 def test_tridiagonal_checkpoint_resumes_bit_for_bit() -> None:
