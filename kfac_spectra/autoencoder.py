@@ -47,7 +47,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -63,7 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nqm.io import write_atomic, write_text_atomic
+from nqm.config import config_to_toml
+from nqm.io import save_figure, write_csv, write_text_atomic
 
 from .data_files import DataFileError, find_file, read_idx
 from .kfac import KFAC
@@ -77,7 +77,7 @@ __all__ = [
     "MNIST_ENCODER",
     "build_autoencoder",
     "exponential_batch_size",
-    "curve_csv",
+    "curve_rows",
     "load_images",
     "reach_summary",
     "reconstruction_error",
@@ -114,10 +114,14 @@ class AutoencoderConfig:
         mnist_dir: Directory with MNIST's ``train-images-idx3-ubyte[.gz]``; ``None``
             uses scikit-learn's digits.
         train_size: Use the first this many training images (``None``: all).
-        iterations: Iterations per method.
+        iterations: Iterations of each K-FAC method.
+        sgd_iterations: Iterations of SGD (its steps are much cheaper; the
+            default gives it about the K-FAC runs' wall time on the embedded
+            problem).
         methods: Which methods run, in order.
         seed: Seeds the initial parameters and the mini-batch draws.
-        eval_interval: Iterations between training-error evaluations.
+        eval_interval: K-FAC iterations between training-error evaluations
+            (SGD's: scaled by ``sgd_iterations / iterations``).
         target_error: Training error the report measures the iterations and time
             to; ``None``: the highest final error among the methods, which every
             method reaches.
@@ -137,11 +141,12 @@ class AutoencoderConfig:
     mnist_dir: str | None = None
     train_size: int | None = None
     iterations: int = 400
+    sgd_iterations: int = 5000
     methods: tuple[str, ...] = tuple(m.value for m in AutoencoderMethod)
     seed: int = 0
     eval_interval: int = 5
     target_error: float | None = None
-    sgd_lr: float = 20.0
+    sgd_lr: float = 10.0
     sgd_batch_size: int = 200
     sgd_max_momentum: float = 0.99
     kfac_initial_batch: int = 200
@@ -163,6 +168,7 @@ class AutoencoderConfig:
         object.__setattr__(self, "methods", methods)
         positive = {
             "iterations": self.iterations,
+            "sgd_iterations": self.sgd_iterations,
             "eval_interval": self.eval_interval,
             "sgd_batch_size": self.sgd_batch_size,
             "kfac_initial_batch": self.kfac_initial_batch,
@@ -406,16 +412,17 @@ def train_method(
     opt = _make_optimizer(method, model, config)
     gen = torch.Generator().manual_seed(config.seed + 1)
     n = len(data)
-    its, secs, errs, sizes, steps = (
-        [0],
-        [0.0],
-        [reconstruction_error(model, data)],
-        [0],
-        [],
-    )
+    sgd = method == AutoencoderMethod.SGD_NESTEROV
+    total = config.sgd_iterations if sgd else config.iterations
+    every = config.eval_interval
+    if sgd:
+        every = max(1, every * config.sgd_iterations // config.iterations)
+    its, secs, errs = [0], [0.0], [reconstruction_error(model, data)]
+    sizes: list[int] = [0]
+    steps: list[float] = []
     elapsed = 0.0
-    for k in range(1, config.iterations + 1):
-        if method == AutoencoderMethod.SGD_NESTEROV:
+    for k in range(1, total + 1):
+        if sgd:
             m = min(config.sgd_batch_size, n)
         else:
             m = exponential_batch_size(
@@ -426,17 +433,18 @@ def train_method(
         opt.zero_grad(set_to_none=True)
         loss = _loss(model, batch)
         loss.backward()
-        if method == AutoencoderMethod.SGD_NESTEROV:
+        if sgd:
             opt.param_groups[0]["momentum"] = sutskever_momentum(
                 k - 1, config.sgd_max_momentum
             )
             opt.step()
         else:
             opt.step(lambda b=batch: _loss(model, b), loss=loss.detach())
-        elapsed += time.perf_counter() - start
-        steps.append(elapsed - sum(steps))
-        finite = math.isfinite(float(loss))
-        if not finite or k % config.eval_interval == 0 or k == config.iterations:
+        took = time.perf_counter() - start
+        elapsed += took
+        steps.append(took)
+        finite = math.isfinite(float(loss.detach()))
+        if not finite or k % every == 0 or k == total:
             err = reconstruction_error(model, data) if finite else float("nan")
             its.append(k)
             secs.append(elapsed)
@@ -457,15 +465,15 @@ def train_method(
 CURVE_COLUMNS = ("method", "iteration", "seconds", "batch_size", "train_error")
 
 
-def curve_csv(curves: Sequence[Curve]) -> str:
-    """The curves as CSV text (columns :data:`CURVE_COLUMNS`)."""
-    lines = [",".join(CURVE_COLUMNS)]
-    for c in curves:
+def curve_rows(curves: Sequence[Curve]) -> list[tuple[str, int, float, int, float]]:
+    """The curves as rows of :data:`CURVE_COLUMNS`."""
+    return [
+        (c.method, it, sec, m, err)
+        for c in curves
         for it, sec, m, err in zip(
             c.iterations, c.seconds, c.batch_sizes, c.errors, strict=True
-        ):
-            lines.append(f"{c.method},{it},{sec:.6f},{m},{err:.8g}")
-    return "\n".join(lines) + "\n"
+        )
+    ]
 
 
 def _curve_to_json(curve: Curve) -> str:
@@ -477,10 +485,6 @@ def _curve_from_json(text: str) -> Curve:
     return Curve(**{k: v if isinstance(v, str) else tuple(v) for k, v in raw.items()})
 
 
-def _config_json(config: AutoencoderConfig) -> str:
-    return json.dumps(dataclasses.asdict(config), sort_keys=True, indent=1)
-
-
 def run_comparison(
     config: AutoencoderConfig,
     out_dir: str | Path,
@@ -488,7 +492,7 @@ def run_comparison(
 ) -> list[Curve]:
     """Run every method, writing each curve as it finishes; resume after a kill.
 
-    ``out_dir`` receives ``config.json``, one ``curve_<method>.json`` per
+    ``out_dir`` receives ``config.toml``, one ``curve_<method>.json`` per
     finished method (skipped on a rerun with the same configuration),
     ``autoencoder_curves.csv`` and the figure ``autoencoder.png`` / ``.pdf``
     (training error against wall time and against iterations).
@@ -514,12 +518,12 @@ def run_comparison(
             f"expects {encoder[0]}"
         )
     out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "config.json"
-    text = _config_json(config)
+    cfg_path = out / "config.toml"
+    text = config_to_toml(config)
     if cfg_path.exists() and cfg_path.read_text() != text:
         raise ValueError(
             f"out_dir: {str(out)!r} holds results of another configuration "
-            "(config.json differs); choose another directory"
+            "(config.toml differs); choose another directory"
         )
     write_text_atomic(cfg_path, text)
     curves = []
@@ -535,17 +539,13 @@ def run_comparison(
             curve = train_method(name, images, encoder, config, progress)
         write_text_atomic(path, _curve_to_json(curve))
         curves.append(curve)
-    write_text_atomic(out / "autoencoder_curves.csv", curve_csv(curves))
-    from .plots import plot_training_curves
+    write_csv(out / "autoencoder_curves.csv", curve_rows(curves), CURVE_COLUMNS)
+    from .plots import plot_training_curves  # matplotlib only when plotting
 
     fig = plot_training_curves(
         {c.method: (c.iterations, c.seconds, c.errors) for c in curves}
     )
-    for fmt in ("png", "pdf"):
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=120)
-        data = buffer.getvalue()
-        write_atomic(out / f"autoencoder.{fmt}", lambda f, d=data: f.write(d))
+    save_figure(fig, out / "autoencoder", dpi=120)
     return curves
 
 

@@ -15,6 +15,7 @@ from .enums import (
     Reduction,
     RNNApprox,
     StepRule,
+    Structure,
 )
 from .factors import compute_factors
 from .optimizer import KFAC
@@ -30,5 +31,6 @@ __all__ = [
     "RNNApprox",
     "Reduction",
     "StepRule",
+    "Structure",
     "compute_factors",
 ]
