@@ -38,6 +38,9 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
 2. on inverse steps (every ``inverse_interval``) each block is decomposed
    (:mod:`~kfac_spectra.kfac.inverse`);
 3. ``v = (S ⊗ A + damping)^{-1} g`` per block (plain g for unsupported layers);
+   with ``structure="block_tridiagonal"``, ``v = F̂^{-1} g`` jointly over each chain
+   of linear layers (Martens & Grosse 2015, §4.3;
+   :mod:`~kfac_spectra.kfac.tridiagonal`);
 4. ``step_rule="fixed"``: KL clipping ``ν`` (on by default) and heavy-ball momentum
    ``m ← βm + νv, θ ← θ − αm``; ``step_rule="qmodel"``: ``δ = αΔ + μδ₀`` with
    (α, μ) minimising the exact quadratic model (Fisher/GGN-vector products by
@@ -150,7 +153,8 @@ class KFAC(torch.optim.Optimizer):
     Args:
         model: The network. Its forward must return the tensor the loss is computed
             from (last dim = classes for CE, features for MSE).
-        loss: ``"ce"`` or ``"mse"`` (the one option also accepted positionally).
+        loss: ``"ce"``, ``"mse"`` or ``"bce"`` (the one option also accepted
+            positionally).
         config: The options; defaults to ``KFACConfig()``.
         **options: Fields of :class:`~kfac_spectra.kfac.config.KFACConfig`.
 
