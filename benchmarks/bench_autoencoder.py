@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--out", default="runs/bench_autoencoder")
-    parser.add_argument("--batch", type=int, default=1000, help="step-cost batch")
+    parser.add_argument("--batch", type=int, default=1797, help="step-cost batch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", UserWarning)

@@ -490,8 +490,9 @@ class KFAC(torch.optim.Optimizer):
                 chain,
                 [blocks[k].kronecker(self._ema[k]) for k in chain],
                 [(self._chains.ema[p]["A"], self._chains.ema[p]["S"]) for p in pairs],
+                damping.gamma,
             )
-            if factors.inverse(damping) is None:
+            if factors.inverse() is None:
                 self.counters["inverse_failures"] += 1
                 warnings.warn(
                     f"K-FAC: block-tridiagonal inverse update failed for {chain!r}; "
@@ -505,16 +506,17 @@ class KFAC(torch.optim.Optimizer):
         return covered
 
     def _chain_solutions(
-        self, grads: dict[Tensor, Tensor], damping: Damping
+        self, grads: dict[Tensor, Tensor]
     ) -> dict[str, tuple[Tensor, Tensor]]:
-        """``{key: (X, G)}`` of the block-tridiagonal chains (``X = F̂^{-1} G``)."""
+        """``{key: (X, G)}`` of the block-tridiagonal chains (``X = F̂^{-1} G``,
+        damped with the λ of their last inverse update)."""
         out: dict[str, tuple[Tensor, Tensor]] = {}
         blocks = self._blocks.blocks
         for chain, factors in self._chain_factors.items():
             params = [blocks[k].params() for k in chain]
             if any(p not in grads for ps in params for p in ps):
                 continue
-            inv = factors.inverse(damping)
+            inv = factors.inverse()
             if inv is None:
                 continue
             mats = []
@@ -571,7 +573,7 @@ class KFAC(torch.optim.Optimizer):
         block has no inverse yet or one that is not two products."""
         chains = []
         for chain, factors in self._chain_factors.items():
-            inv = factors.inverse(damping)
+            inv = factors.inverse()
             if inv is None or inv.denom[0].dtype != ws.dtype:
                 return None
             chains.append((chain, inv))
@@ -618,7 +620,7 @@ class KFAC(torch.optim.Optimizer):
         pairs: list[tuple[Tensor, Tensor]] = []
         covered: set[Tensor] = set()
         use_cg = self.inverse_method == InverseMethod.CG
-        chained = self._chain_solutions(grads, damping)
+        chained = self._chain_solutions(grads)
         for key, block, ps in self._block_params:
             if any(p not in grads for p in ps):
                 continue
@@ -981,7 +983,8 @@ class KFAC(torch.optim.Optimizer):
             sd["kfac"]["tridiagonal"] = {
                 **self._chains.state_dict(),
                 "factors": {
-                    c: (f.diagonal, f.cross) for c, f in self._chain_factors.items()
+                    c: (f.diagonal, f.cross, f.gamma)
+                    for c, f in self._chain_factors.items()
                 },
             }
         return sd
@@ -1023,7 +1026,8 @@ class KFAC(torch.optim.Optimizer):
                     tuple(c),
                     [(move(a), move(s)) for a, s in diag],
                     [(move(a), move(s)) for a, s in cross],
+                    float(gamma),
                 )
-                for c, (diag, cross) in tri["factors"].items()
+                for c, (diag, cross, gamma) in tri["factors"].items()
             }
         self._arm()

@@ -64,14 +64,15 @@ Damping (§6.3, factored Tikhonov adapted to the tridiagonal case): every
 block-diagonal case), wherever it occurs in ``Ψ`` and ``Σ``; the cross factors
 are left as they are. ``F̂`` is then the tridiagonal completion of the damped
 block-diagonal K-FAC matrix, so with the cross factors at zero the update is
-exactly block-diagonal K-FAC's.
+exactly block-diagonal K-FAC's. λ enters the decomposition, so a chain keeps the
+λ of its last inverse update until the next one (:class:`ChainFactors`).
 
 Cost, for a chain with layer widths ``out_i`` and ``in'_i`` (``d_i`` either):
 
 * statistics, per factor step: the cross Gram matrices ``X_iᵀ X_{i+1}`` and
   ``Ĝ_iᵀ Ĝ_{i+1}`` over the R rows, ``O(R Σ_i (in'_i in'_{i+1} + out_i
   out_{i+1}))`` flops, as much again as the diagonal factors;
-* inverse, per inverse step (and per change of λ): per layer two Cholesky
+* inverse, per inverse step: per layer two Cholesky
   factorisations, two symmetric eigendecompositions and a few products,
   ``O(Σ_i (out_i³ + in'_i³))`` like block-diagonal K-FAC, done in float64;
 * solve, per step: eight matrix products per layer (two for each of ``Ξ`` and
@@ -463,24 +464,33 @@ class TridiagonalInverse:
 class ChainFactors:
     """The factors of one chain at its last inverse update, and their inverse.
 
-    The inverse depends on λ through the damped diagonal factors, so it is
-    rebuilt from these factors when λ changes (Levenberg–Marquardt adaptation).
+    The inverse depends on λ through the damped diagonal factors; it is built with
+    the ``λ + η`` of the inverse update (``gamma``) and used until the next one, as
+    Martens & Grosse (2015, §6.6 and §8) recompute the inverse with the current
+    damping every T₃ iterations. (Block-diagonal K-FAC applies the current λ at
+    every solve, which costs it nothing; here a change of λ would cost a new
+    decomposition.)
 
     Attributes:
         keys: Block keys of the chain, in order.
         diagonal: ``(A_i, S_i)`` per layer.
         cross: ``(A_{i,i+1}, S_{i,i+1})`` per consecutive pair.
+        gamma: ``λ + η`` of the factored damping.
     """
 
     keys: tuple[str, ...]
     diagonal: list[tuple[Tensor, Tensor]]
     cross: list[tuple[Tensor, Tensor]]
+    gamma: float
 
     def __post_init__(self) -> None:
         self._inverse: TridiagonalInverse | None = None
+        self._built = False
 
-    def inverse(self, damping: Damping) -> TridiagonalInverse | None:
-        """The inverse for this damping (cached; ``None`` if it cannot be built)."""
-        if self._inverse is None or self._inverse.gamma != damping.gamma:
+    def inverse(self) -> TridiagonalInverse | None:
+        """The inverse (built on first use; ``None`` if it cannot be built)."""
+        if not self._built:
+            damping = Damping(True, self.gamma)
             self._inverse = TridiagonalInverse.build(self.diagonal, self.cross, damping)
+            self._built = True
         return self._inverse
