@@ -168,6 +168,10 @@ def plot_loss_threshold(rows: Rows) -> Figure:
     return fig
 
 
+#: Drawn length (a factor on the log axis) of a range of lrs without upper end.
+OPEN_BAR_SPAN = 2.0**6
+
+
 def _draw_lr_curve(
     ax: Any, rows: Sequence[Mapping[str, Any]], y: str, style: str, **kw: Any
 ) -> None:
@@ -178,15 +182,21 @@ def _draw_lr_curve(
     wide = [r for r in rows if r.get("degenerate")]
     x, v = _xy(sharp, "batch_size", y)
     ax.plot(x, v, style, **kw)
-    if wide and style != "--":
-        ax.vlines(
-            [r["batch_size"] for r in wide],
-            [r[f"{y}_min"] for r in wide],
-            [r[f"{y}_max"] for r in wide],
-            color=kw.get("color"),
-            lw=3,
-            alpha=0.6,
-        )
+    if not wide or style == "--":
+        return
+    x = [r["batch_size"] for r in wide]
+    lows = [r[f"{y}_min"] for r in wide]
+    # an unbounded range (every momentum < 1 optimal) is an open bar, arrow up
+    opened = [not math.isfinite(r[f"{y}_max"]) for r in wide]
+    tops = [
+        lo * OPEN_BAR_SPAN if op else r[f"{y}_max"]
+        for lo, op, r in zip(lows, opened, wide, strict=True)
+    ]
+    color = kw.get("color")
+    ax.vlines(x, lows, tops, color=color, lw=3, alpha=0.6)
+    ends = [(b, t) for b, t, op in zip(x, tops, opened, strict=True) if op]
+    if ends:
+        ax.plot([b for b, _ in ends], [t for _, t in ends], "^", ms=6, color=color)
 
 
 def plot_optimal_lr(rows: Rows) -> Figure:
@@ -195,7 +205,8 @@ def plot_optimal_lr(rows: Rows) -> Figure:
     (c) tuned momentum. (b) and (c) show the effective lr :math:`\\alpha/(1-\\beta)`
     with SGD's curves dashed for comparison. Where every lr of a range is optimal
     (``degenerate`` rows, see :mod:`analysis.lr_range`) a vertical bar shows the
-    range (``lr_min .. lr_max`` or ``effective_lr_min .. effective_lr_max``)."""
+    range (``lr_min .. lr_max`` or ``effective_lr_min .. effective_lr_max``); an
+    unbounded one (``inf``) is an open bar ending in an arrow head."""
     rows = list(rows)
     fig, axes = _figure(3)
     sgd = _group([r for r in rows if r["family"] == "sgd"], "precond_power")

@@ -1017,6 +1017,8 @@ LR_RANGE_TABLE = "optimal_lr_range"
 _RANGE_COLUMNS = (
     "lr_min",
     "lr_max",
+    "momentum_min",
+    "momentum_max",
     "effective_lr_min",
     "effective_lr_max",
     "degenerate",

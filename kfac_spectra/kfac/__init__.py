@@ -6,6 +6,7 @@ mean/sum reduction scaling.
 """
 
 from .config import KFACConfig
+from .distributed import InverseLayout
 from .enums import (
     DampingType,
     FisherType,
@@ -23,6 +24,7 @@ from .optimizer import KFAC
 __all__ = [
     "DampingType",
     "FisherType",
+    "InverseLayout",
     "InverseMethod",
     "KFAC",
     "KFACApprox",

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from .distributed import InverseLayout
 from .enums import (
     DampingType,
     FisherType,
@@ -40,6 +41,7 @@ _ENUM_FIELDS: dict[str, type] = {
     "damping_type": DampingType,
     "step_rule": StepRule,
     "structure": Structure,
+    "inverse_layout": InverseLayout,
 }
 
 
@@ -104,6 +106,18 @@ class KFACConfig:
         seed: Seeds the MC sampling generator and (derived from it) the row
             generator of ``stats_batch_size``; both states are checkpointed.
         skip_modules: Qualified module names left to the plain gradient.
+        process_group: Data-parallel training (see
+            :mod:`~kfac_spectra.kfac.distributed`): ``None`` (default) uses the
+            default group when ``torch.distributed`` is initialised, else one
+            process; ``False`` forces one process; ``True`` requires the default
+            group; or a ``torch.distributed.ProcessGroup``. The model may be
+            wrapped in ``DistributedDataParallel`` or plain with its gradients
+            averaged by the user: either way they are taken as averaged (never
+            averaged again), and the factor statistics, the losses and the
+            curvature terms are made global.
+        inverse_layout: ``"shared"`` (default: each block decomposed by one rank,
+            balanced by cost, and broadcast) or ``"replicated"`` (every rank
+            decomposes every block, nothing sent).
         structure: ``"block_diagonal"`` (default) or ``"block_tridiagonal"``:
             chains of ``nn.Linear`` layers in an ``nn.Sequential`` with
             element-wise maps between them get the block-tridiagonal inverse of
@@ -147,6 +161,8 @@ class KFACConfig:
     cg_rtol: float = 1e-6
     seed: int = 0
     skip_modules: Sequence[str] = ()
+    process_group: Any = None
+    inverse_layout: InverseLayout | str = InverseLayout.SHARED
     structure: Structure | str = Structure.BLOCK_DIAGONAL
 
     def __post_init__(self) -> None:

@@ -48,6 +48,12 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
 5. every ``lm_interval`` steps, with a closure and ``adapt_damping=True``, λ is
    adapted from the reduction ratio.
 
+Under ``torch.distributed`` (``process_group``, the model plain or in
+``DistributedDataParallel``) the factor statistics, losses and curvature terms
+are made global and the decompositions shared over the ranks, so that every rank
+follows the trajectory of one process on the global batch: see
+:mod:`~kfac_spectra.kfac.distributed`.
+
 References:
     Martens & Grosse (2015); Grosse & Martens (2016); Ba, Grosse & Martens (2017);
     Zhang et al. (2019) Appendix A and F.4; Martens, Ba & Johnson (2018);
@@ -67,6 +73,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+from torch.nn.parallel import DistributedDataParallel
 
 from .blocks import (
     BlockSet,
@@ -80,6 +87,14 @@ from .blocks.base import Record
 from .capture import Capture
 from .config import KFACConfig
 from .damping import kl_clip_factor, lm_adjust, qmodel_coefficients
+from .distributed import (
+    DistContext,
+    InverseLayout,
+    contiguous_fields,
+    decomposition_cost,
+    resolve_process_group,
+    step_seed,
+)
 from .enums import (
     DampingType,
     FisherType,
@@ -188,6 +203,8 @@ class KFAC(torch.optim.Optimizer):
             if config is None
             else dataclasses.replace(config, **options)
         )
+        if isinstance(model, DistributedDataParallel):
+            model = model.module  # hooks and re-evaluations on the plain module
         self.config = cfg
         self.loss = cfg.loss
         self.reduction = cfg.reduction
@@ -231,6 +248,7 @@ class KFAC(torch.optim.Optimizer):
             "cg_iterations": 0,
         }
         self.last_rho = float("nan")
+        self._dist = self._dist_context(cfg.process_group, cfg.inverse_layout)
         self._blocks: BlockSet = build_blocks(
             model, self.kfac_approx, self.rnn_approx, cfg.skip_modules
         )
@@ -281,6 +299,12 @@ class KFAC(torch.optim.Optimizer):
         return dict(self._blocks.blocks)
 
     @property
+    def distributed(self) -> DistContext | None:
+        """The process group's context (rank, world size, bytes sent), or
+        ``None`` when running as one process."""
+        return self._dist
+
+    @property
     def unsupported(self) -> list[str]:
         """Modules with trainable parameters that get the plain gradient."""
         return list(self._blocks.unsupported)
@@ -323,15 +347,50 @@ class KFAC(torch.optim.Optimizer):
         updating its factors)."""
         self._capture.detach()
 
+    # ------------------------------------------------------------ distributed
+    def _dist_context(
+        self, process_group: Any, layout: InverseLayout
+    ) -> DistContext | None:
+        """The process group's context (see :mod:`~kfac_spectra.kfac.distributed`),
+        or ``None`` for one process."""
+        group = resolve_process_group(process_group)
+        if group is None:
+            return None
+        ctx = DistContext(group, layout)
+        if self.inverse_method == InverseMethod.CG:
+            raise ValueError(
+                "inverse_method='cg' is single-process only (its rows stay on each "
+                "rank): use 'eigh' or 'cholesky' under a process group"
+            )
+        m = self.stats_batch_size
+        if m is not None and m % ctx.world_size:
+            raise ValueError(
+                f"stats_batch_size={m} is invalid: must be divisible by the world "
+                f"size {ctx.world_size} (each rank draws stats_batch_size / W rows)"
+            )
+        return ctx
+
     # ---------------------------------------------------------------- capture
     def _arm(self) -> None:
         armed = self.steps % self.factor_interval == 0
         if self._capture.enabled != armed:  # (un)registers the layer hooks
             self._capture.enabled = armed
+        if armed and self._dist is not None:
+            # per-rank streams that depend only on (seed, rank, step): independent
+            # across ranks, and the same after a resume on any number of ranks
+            rank = self._dist.rank
+            self._generator.manual_seed(
+                step_seed(self.config.seed, 2, rank, self.steps)
+            )
+            self._row_generator.manual_seed(
+                step_seed(self.config.seed, 3, rank, self.steps)
+            )
 
     def _sample_rows(self, batch: int) -> Tensor | None:
         """Sorted indices of ``stats_batch_size`` of ``batch`` examples (or None)."""
         m = self.stats_batch_size
+        if m is not None and self._dist is not None:
+            m //= self._dist.world_size  # this rank's share of the global count
         if m is None or batch <= m:
             return None
         perm = torch.randperm(batch, generator=self._row_generator)
@@ -358,6 +417,8 @@ class KFAC(torch.optim.Optimizer):
         records = self._capture.take_records(call)
         if not records:
             return
+        if self._dist is not None:
+            self._dist.count_rows(output.shape[0] if output.ndim else 1)
         self.last_stats_rows = rows
         if not all_finite([output]):
             # a diverged forward: no statistics from it (the step will be skipped
@@ -406,9 +467,19 @@ class KFAC(torch.optim.Optimizer):
         batch = []
         for key, block in self._blocks.blocks.items():
             rows = (block.rows_x, block.rows_g)
-            stats = block.batch_factors()
-            if stats is not None:
-                batch.append((key, block, rows, stats))
+            batch.append((key, block, rows, block.batch_factors()))
+        if self._dist is not None and self._capture.enabled:
+            # the global batch's statistics (the same on every rank)
+            # the cross factors' batch statistics travel along, keyed by pair
+            pairs = [] if self._chains is None else self._chains.pairs()
+            extra = [(" | ".join(p), cross.get(p)) for p in pairs]
+            glob = self._dist.reduce_statistics(
+                [(k, s) for k, _, _, s in batch] + extra
+            )
+            batch = [(k, b, r, glob[k]) for k, b, r, _ in batch if k in glob]
+            cross = {p: glob[" | ".join(p)] for p in pairs if " | ".join(p) in glob}
+        else:
+            batch = [entry for entry in batch if entry[3] is not None]
         # one check (one host synchronisation) for all blocks; per block only if
         # it fails
         finite = all_finite(t for *_, stats in batch for t in stats.values())
@@ -450,20 +521,44 @@ class KFAC(torch.optim.Optimizer):
             return None
         return EigenInverse(eig_s[0], eig_s[1], eig_a[0], eig_a[1])
 
+    def _build_inverse(self, key: str, damping: Damping) -> Inverse | None:
+        block = self._blocks.blocks[key]
+        if isinstance(block, RNNBlock) and block.chain:
+            return ChainInverse.build(self._ema[key], damping)
+        if self.inverse_method == InverseMethod.CHOLESKY:
+            a, s = block.kronecker(self._ema[key])
+            return CholeskyInverse.build(a, s, damping)
+        return self._eigen(key)
+
     def _update_inverses(self) -> None:
         damping = self._damping_spec()
-        chained = self._update_chain_inverses(damping)
-        for key in self._ema:
-            if key in chained:
-                continue
-            block = self._blocks.blocks[key]
-            if isinstance(block, RNNBlock) and block.chain:
-                inv: Inverse | None = ChainInverse.build(self._ema[key], damping)
-            elif self.inverse_method == InverseMethod.CHOLESKY:
-                a, s = block.kronecker(self._ema[key])
-                inv = CholeskyInverse.build(a, s, damping)
-            else:
-                inv = self._eigen(key)
+        chained = self._update_chain_inverses(damping)  # on every rank
+        ctx = self._dist
+        if ctx is None:
+            built = {
+                key: self._build_inverse(key, damping)
+                for key in self._ema
+                if key not in chained
+            }
+        else:
+            costs = {
+                key: decomposition_cost(self._blocks.blocks[key].kronecker(stats))
+                for key, stats in self._ema.items()
+                if key not in chained
+            }
+            owners = ctx.owners(costs)
+            built = {
+                key: self._build_inverse(key, damping)
+                for key, rank in owners.items()
+                if rank == ctx.rank
+            }
+            if ctx.layout == InverseLayout.SHARED and ctx.world_size > 1:
+                for key, inv in built.items():
+                    if inv is not None:  # the receivers' layout
+                        built[key] = inv = contiguous_fields(inv)
+                        inv.two_sided(damping)  # the damped inverses, sent along
+                built = ctx.share_inverses(built, owners, self._device)
+        for key, inv in built.items():
             if inv is None:
                 self.counters["inverse_failures"] += 1
                 warnings.warn(
@@ -755,16 +850,19 @@ class KFAC(torch.optim.Optimizer):
         output, jvs = self._jvp([self._named(v) for v in vecs])
         gamma = self._damping_spec().gamma
         n = len(vecs)
+        pairs = [(i, j) for i in range(n) for j in range(i, n)]
+        forms = [
+            float(
+                output_hessian_form(output, jvs[i], jvs[j], self.loss, self.reduction)
+            )
+            for i, j in pairs
+        ]
+        if self._dist is not None:
+            forms = self._dist.mean(forms)  # each rank's batch: the global mean
         gram = [[0.0] * n for _ in range(n)]
-        for i in range(n):
-            for j in range(i, n):
-                fij = float(
-                    output_hessian_form(
-                        output, jvs[i], jvs[j], self.loss, self.reduction
-                    )
-                )
-                dot = sum(float((vecs[i][p] * vecs[j][p]).sum()) for p in vecs[i])
-                gram[i][j] = gram[j][i] = fij + gamma * dot
+        for (i, j), fij in zip(pairs, forms, strict=True):
+            dot = sum(float((vecs[i][p] * vecs[j][p]).sum()) for p in vecs[i])
+            gram[i][j] = gram[j][i] = fij + gamma * dot
         return gram
 
     # ------------------------------------------------------------------ step
@@ -773,6 +871,8 @@ class KFAC(torch.optim.Optimizer):
         warnings.warn(f"K-FAC: step skipped ({why})", stacklevel=3)
         for block in self._blocks.blocks.values():
             block.reset_batch()
+        if self._dist is not None:
+            self._dist.pending_rows = 0
         self._watched.clear()
         self._capture.take_records()
         self._arm()
@@ -791,10 +891,13 @@ class KFAC(torch.optim.Optimizer):
                 batch *without* calling ``backward`` (it is run under
                 ``torch.no_grad``). Used by ``adapt_damping``.
             loss: Optional loss value of this batch; a non-finite value skips the
-                step (as non-finite gradients do).
+                step (as non-finite gradients do). Under a process group it is
+                averaged over the ranks first (a non-finite value on one rank
+                skips the step on all).
 
         Returns:
-            The loss before the update if it was evaluated, else ``loss``.
+            The loss before the update if it was evaluated, else ``loss`` (under a
+            process group: their mean over the ranks, a float).
         """
         lm_due = (
             self.adapt_damping
@@ -804,6 +907,8 @@ class KFAC(torch.optim.Optimizer):
         if lm_due:
             with self._capture.suspend():
                 loss = closure()
+        if loss is not None and self._dist is not None:
+            loss = self._dist.mean([float(loss)])[0]  # NaN on one rank: on all
         if loss is not None and not math.isfinite(float(loss)):
             self._skip("non-finite loss")
             return loss
@@ -940,6 +1045,8 @@ class KFAC(torch.optim.Optimizer):
             model_value = 0.5 * gram[0][0] + lin
         with self._capture.suspend():
             loss_after = float(closure())
+        if self._dist is not None:
+            loss_after = self._dist.mean([loss_after])[0]
         rho = (
             (loss_after - float(loss_before)) / model_value if model_value < 0 else -1.0
         )

@@ -156,6 +156,26 @@ def test_optimal_lr_draws_degenerate_optima_as_ranges(records):
     assert "range" in fig._suptitle.get_text()
 
 
+def test_optimal_lr_draws_an_unbounded_range_open(records):
+    rows, _ = records
+    # S* = 1: every momentum < 1 is optimal, so the effective lr has no upper end
+    open_range = {"degenerate": True, "effective_lr_min": 0.5,
+                  "effective_lr_max": math.inf}  # fmt: skip
+    rows = [
+        dict(r, **open_range)
+        if r["family"] == "momentum" and r["batch_size"] == 4 and r["precond_power"]
+        else r
+        for r in rows
+    ]
+    c = plots.plot_optimal_lr(rows).axes[2]
+    (bars,) = [col.get_segments() for col in c.collections]
+    assert [s.tolist() for s in bars] == [[[4, 0.5], [4, 0.5 * plots.OPEN_BAR_SPAN]]]
+    heads = [ln for ln in c.lines if ln.get_marker() == "^"]
+    assert [(ln.get_xdata().tolist(), ln.get_ydata().tolist()) for ln in heads] == [
+        ([4], [0.5 * plots.OPEN_BAR_SPAN])
+    ]
+
+
 def test_pwc_final_lr(records):
     rows, _ = records
     fig = plots.plot_pwc_final_lr(rows)

@@ -9,6 +9,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from kfac_helpers import randomise, seeded
 from torch import nn
 
 from kfac_spectra import KFAC, KFACConfig
@@ -19,16 +20,12 @@ STEPS = 4
 
 
 def _model(seed: int) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=DT) * 0.6)
-    return model
+    return randomise(model, seed, scale=0.6)
 
 
 def _trained(make_opt) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(1)
+    gen = seeded(1)
     x = torch.randn(12, 4, generator=gen, dtype=DT)
     y = torch.randint(0, 3, (12,), generator=gen)
     model = _model(0)

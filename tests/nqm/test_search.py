@@ -283,6 +283,9 @@ def _member(opt, fam):
         # equal pieces all at one lr, and a decay factor of one, are constant lrs
         Family.PWC: plain,
         Family.LINEAR_DECAY: plain,
+        # no warm-up with no decay (or a final fraction of one) is a constant lr
+        Family.WSD: plain,
+        Family.COSINE: plain,
     }[fam]
 
 
