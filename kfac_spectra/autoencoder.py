@@ -66,7 +66,7 @@ from nqm.config import config_to_toml
 from nqm.io import save_figure, write_csv, write_text_atomic
 
 from .data_files import DataFileError, find_file, read_idx
-from .kfac import KFAC
+from .kfac import KFAC, LossType, StepRule, Structure
 
 __all__ = [
     "CURVE_COLUMNS",
@@ -366,14 +366,14 @@ def _make_optimizer(
             model.parameters(), lr=config.sgd_lr, momentum=0.5, nesterov=True
         )
     structure = (
-        "block_tridiagonal"
+        Structure.BLOCK_TRIDIAGONAL
         if method == AutoencoderMethod.KFAC_TRIDIAG
-        else "block_diagonal"
+        else Structure.BLOCK_DIAGONAL
     )
     return KFAC(
         model,
-        loss="bce",
-        step_rule="qmodel",
+        loss=LossType.BCE,
+        step_rule=StepRule.QMODEL,
         damping=config.kfac_damping,
         adapt_damping=True,
         lm_interval=config.kfac_lm_interval,
