@@ -305,7 +305,9 @@ class ChainStatistics:
         """The chains still in use and the averaged cross factors."""
         return {"chains": list(self.chains), "ema": dict(self.ema)}
 
-    def load_state_dict(self, state: Mapping[str, object], device: torch.device):
+    def load_state_dict(
+        self, state: Mapping[str, object], device: torch.device
+    ) -> None:
         """Restore :meth:`state_dict` output (tensors moved to ``device``)."""
         self.chains = [tuple(c) for c in state["chains"]]  # type: ignore[union-attr]
         ema = state["ema"]
