@@ -5,6 +5,8 @@
     python -m kfac_spectra run --model resnet8 --data mnist1d --out RUN_DIR \\
         [--steps N --checkpoints 0,50,200 --width W --config FILE.toml ...]
     python -m kfac_spectra report RUN_DIR [--figures DIR] [--step S] [--nqm-step S]
+    python -m kfac_spectra autoencoder [--out DIR] [--mnist-dir DIR] [--threads N]
+        [--iterations N --config FILE.toml ...]
     python -m kfac_spectra            # embedded default: MNIST-1D ResNet8, then report
     torchrun --nproc-per-node N -m kfac_spectra run ...   # data parallel, N ranks
 
@@ -33,6 +35,7 @@ import numpy as np
 
 DEFAULT_RUN_DIR = Path("runs") / "kfac_spectra_default"
 DEFAULT_FIGURES = Path("figures") / "kfac_spectra"
+DEFAULT_AUTOENCODER_DIR = Path("runs") / "autoencoder"
 SPECTRUM_RANGE = 1e-16
 """E.1 bins span [SPECTRUM_RANGE * largest, largest] K-FAC eigenvalue."""
 FIGURE_DPI = 120
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=f"(default {field.default!r})",
         )
+    _add_autoencoder_parser(sub)
     report = sub.add_parser("report", help="figures, tables and the NQM problem")
     report.add_argument("run_dir")
     report.add_argument("--figures", help="output folder (default RUN_DIR/figures)")
@@ -74,6 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--nqm-step", type=int, help="step for the NQM problem (default: first)"
     )
     return parser
+
+
+def _add_autoencoder_parser(sub: Any) -> None:
+    from kfac_spectra.autoencoder import AutoencoderConfig
+
+    ae = sub.add_parser(
+        "autoencoder",
+        help="deep-autoencoder benchmark: SGD vs block-diagonal vs "
+        "block-tridiagonal K-FAC (Martens & Grosse 2015, Figure 4)",
+    )
+    ae.add_argument("--out", default=str(DEFAULT_AUTOENCODER_DIR), help="output folder")
+    ae.add_argument("--config", help="TOML file of AutoencoderConfig fields")
+    ae.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    for field in dataclasses.fields(AutoencoderConfig):
+        ae.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            default=None,
+            help=f"(default {field.default!r})",
+        )
 
 
 # ----------------------------------------------------------------- report
@@ -394,6 +418,40 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _autoencoder(args: argparse.Namespace) -> int:
+    import torch
+
+    from kfac_spectra.autoencoder import (
+        AutoencoderConfig,
+        reach_summary,
+        run_comparison,
+    )
+    from nqm.config import resolve_config
+
+    overrides = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(AutoencoderConfig)
+    }
+    config = resolve_config(AutoencoderConfig, args.config, overrides)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads={args.threads} must be >= 1")
+        torch.set_num_threads(args.threads)
+
+    def progress(method: str, iteration: int, error: float) -> None:
+        logging.getLogger("kfac_spectra").info(
+            "%s iteration %d: training error %.4f", method, iteration, error
+        )
+
+    curves = run_comparison(config, args.out, progress)
+    target, reached = reach_summary(curves, config.target_error)
+    print(f"target training error {target:.4g}:")
+    for (method, hit), curve in zip(reached, curves, strict=True):
+        where = "not reached" if hit is None else f"iteration {hit[0]}, {hit[1]:.1f}s"
+        print(f"  {method:15s} final {curve.errors[-1]:.4g}; target at {where}")
+    print(f"curves, CSV and figure: {args.out}")
+    return 0
+
+
 def _default() -> int:
     from kfac_spectra.train import TrainConfig, train
 
@@ -424,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "report":
             return _report(args)
-        raise _UsageError("choose a command: run or report")
+        if args.command == "autoencoder":
+            return _autoencoder(args)
+        raise _UsageError("choose a command: run, report or autoencoder")
     except _UsageError as err:
         print(f"python -m kfac_spectra: error: {err}", file=sys.stderr)
         return 2

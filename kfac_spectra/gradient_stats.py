@@ -118,7 +118,10 @@ def loss_gradient_probe(output: Tensor, targets: Tensor, loss: LossType) -> Tens
         ValueError: If ``targets`` has the wrong shape.
     """
     f = output.detach()
-    if coerce_enum(LossType, loss, "loss") is LossType.MSE:
+    loss = coerce_enum(LossType, loss, "loss")
+    if loss is LossType.BCE:
+        raise ValueError("loss='bce' is not supported here; use 'mse' or 'ce'")
+    if loss is LossType.MSE:
         if targets.shape != f.shape:
             raise ValueError(f"targets: MSE needs shape {tuple(f.shape)}")
         return 2.0 * (f - targets.to(f.dtype))
@@ -166,6 +169,8 @@ def curvature_probes(
         (columns of the output-Hessian square root).
     """
     loss = coerce_enum(LossType, loss, "loss")
+    if loss is LossType.BCE:
+        raise ValueError("loss='bce' is not supported here; use 'mse' or 'ce'")
     fisher_type = coerce_enum(FisherType, fisher_type, "fisher_type")
     f = output.detach()
     terms = _terms(f)

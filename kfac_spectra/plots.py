@@ -21,7 +21,12 @@ from kfac_spectra.gradient_stats import VarianceCurvatureComparison
 from kfac_spectra.powerlaw import PowerLawFit, RankOverlay
 from kfac_spectra.spectra import Histogram
 
-__all__ = ["plot_power_law", "plot_spectra_evolution", "plot_variance_vs_curvature"]
+__all__ = [
+    "plot_power_law",
+    "plot_spectra_evolution",
+    "plot_training_curves",
+    "plot_variance_vs_curvature",
+]
 
 
 def plot_spectra_evolution(
@@ -135,4 +140,32 @@ def plot_power_law(overlay: RankOverlay, fit: PowerLawFit) -> Figure:
     ax.set_ylabel("eigenvalue / largest")
     ax.set_title("K-FAC eigenvalues vs the 1/i law")
     ax.legend(fontsize="small")
+    return fig
+
+
+def plot_training_curves(
+    curves: Mapping[str, tuple[Sequence[int], Sequence[float], Sequence[float]]],
+) -> Figure:
+    """Training error against wall time and against iterations, one curve per
+    method (the layout of Martens & Grosse 2015, Figure 4, with its per-iteration
+    companion).
+
+    Args:
+        curves: ``{method: (iterations, seconds, errors)}``, equal lengths.
+
+    Returns:
+        A figure with two log-scale panels.
+    """
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    by_time, by_iter = fig.subplots(1, 2)
+    for name, (iterations, seconds, errors) in curves.items():
+        by_time.plot(seconds, errors, label=name)
+        by_iter.plot(iterations, errors, label=name)
+    by_time.set_xlabel("wall time (s)")
+    by_iter.set_xlabel("iteration")
+    for ax in (by_time, by_iter):
+        ax.set_yscale("log")
+        ax.set_ylabel("training error")
+        ax.grid(True, which="both", alpha=0.3)
+    by_iter.legend()
     return fig

@@ -16,6 +16,7 @@ from .enums import (
     Reduction,
     RNNApprox,
     StepRule,
+    Structure,
 )
 from .factors import compute_factors
 from .optimizer import KFAC
@@ -32,5 +33,6 @@ __all__ = [
     "RNNApprox",
     "Reduction",
     "StepRule",
+    "Structure",
     "compute_factors",
 ]

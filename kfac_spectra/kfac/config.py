@@ -24,6 +24,7 @@ from .enums import (
     Reduction,
     RNNApprox,
     StepRule,
+    Structure,
     coerce_enum,
 )
 
@@ -39,6 +40,7 @@ _ENUM_FIELDS: dict[str, type] = {
     "inverse_method": InverseMethod,
     "damping_type": DampingType,
     "step_rule": StepRule,
+    "structure": Structure,
     "inverse_layout": InverseLayout,
 }
 
@@ -60,9 +62,10 @@ class KFACConfig:
     ``skip_modules`` as a tuple, so two configs with the same options compare equal.
 
     Attributes:
-        loss: ``"ce"`` or ``"mse"``; the training loss must be
-            ``F.cross_entropy(out.reshape(-1, C), y.reshape(-1), reduction=...)`` or
-            ``F.mse_loss(out, y, reduction=...)``.
+        loss: ``"ce"``, ``"mse"`` or ``"bce"``; the training loss must be
+            ``F.cross_entropy(out.reshape(-1, C), y.reshape(-1), reduction=...)``,
+            ``F.mse_loss(out, y, reduction=...)`` or
+            ``F.binary_cross_entropy_with_logits(out, y, reduction=...)``.
         lr: Learning rate α (``step_rule="fixed"``), finite and ≥ 0.
         momentum: Heavy-ball β (``step_rule="fixed"``), in [0, 1).
         damping: Initial λ > 0.
@@ -115,6 +118,13 @@ class KFACConfig:
         inverse_layout: ``"shared"`` (default: each block decomposed by one rank,
             balanced by cost, and broadcast) or ``"replicated"`` (every rank
             decomposes every block, nothing sent).
+        structure: ``"block_diagonal"`` (default) or ``"block_tridiagonal"``:
+            chains of ``nn.Linear`` layers in an ``nn.Sequential`` with
+            element-wise maps between them get the block-tridiagonal inverse of
+            Martens & Grosse (2015, §4.3; :mod:`~kfac_spectra.kfac.tridiagonal`),
+            every other layer block-diagonal K-FAC (with a warning naming it).
+            Needs ``damping_type="factored"`` and ``inverse_method`` ``"eigh"``
+            or ``"cholesky"``.
 
     Raises:
         ValueError: Naming the first invalid option.
@@ -153,6 +163,7 @@ class KFACConfig:
     skip_modules: Sequence[str] = ()
     process_group: Any = None
     inverse_layout: InverseLayout | str = InverseLayout.SHARED
+    structure: Structure | str = Structure.BLOCK_DIAGONAL
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -170,6 +181,14 @@ class KFACConfig:
             raise ValueError(
                 "damping_type='tikhonov' needs inverse_method='eigh' or 'cg', "
                 "not 'cholesky'"
+            )
+        if self.structure == Structure.BLOCK_TRIDIAGONAL and (
+            self.damping_type != DampingType.FACTORED
+            or self.inverse_method == InverseMethod.CG
+        ):
+            raise ValueError(
+                "structure='block_tridiagonal' needs damping_type='factored' and "
+                "inverse_method 'eigh' or 'cholesky'"
             )
 
     def _check_numbers(self) -> None:

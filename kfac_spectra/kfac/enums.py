@@ -18,6 +18,7 @@ __all__ = [
     "Reduction",
     "RNNApprox",
     "StepRule",
+    "Structure",
     "coerce_enum",
 ]
 
@@ -27,11 +28,15 @@ class LossType(StrEnum):
 
     ``MSE`` is ``torch.nn.functional.mse_loss`` (the negative log-likelihood of a
     Gaussian with variance 1/2, so its Hessian in the output is 2 I); ``CE`` is
-    ``torch.nn.functional.cross_entropy`` on logits whose last dimension is the class.
+    ``torch.nn.functional.cross_entropy`` on logits whose last dimension is the class;
+    ``BCE`` is ``torch.nn.functional.binary_cross_entropy_with_logits`` (one
+    Bernoulli term per output element, e.g. the logistic output units of an
+    autoencoder).
     """
 
     MSE = "mse"
     CE = "ce"
+    BCE = "bce"
 
 
 class Reduction(StrEnum):
@@ -98,6 +103,19 @@ class StepRule(StrEnum):
 
     FIXED = "fixed"
     QMODEL = "qmodel"
+
+
+class Structure(StrEnum):
+    """Which blocks of the inverse Fisher K-FAC keeps (Martens & Grosse 2015, §4).
+
+    ``BLOCK_DIAGONAL``: one Kronecker block per layer (§4.2). ``BLOCK_TRIDIAGONAL``:
+    chains of linear layers also keep the blocks between neighbouring layers, the
+    inverse of a directed Gaussian chain (§4.3; see
+    :mod:`kfac_spectra.kfac.tridiagonal`); other layers stay block-diagonal.
+    """
+
+    BLOCK_DIAGONAL = "block_diagonal"
+    BLOCK_TRIDIAGONAL = "block_tridiagonal"
 
 
 class RNNApprox(StrEnum):

@@ -8,7 +8,11 @@ negative log-likelihood of term m and ``c`` is fixed by the reduction exactly as
   ``f.shape[:-1]``): ``ℓ_m = -log softmax(f_m)[y_m]``; ``c = 1`` (sum) or ``1/M``
   (mean, M = ``f.numel() / C``);
 * MSE: ``ℓ_m = ||f_m - y_m||²`` (Gaussian with variance 1/2); ``c = 1`` (sum) or
-  ``1/f.numel()`` (mean over every element, like ``F.mse_loss``).
+  ``1/f.numel()`` (mean over every element, like ``F.mse_loss``);
+* binary cross-entropy on logits (targets in [0, 1] shaped like ``f``): one
+  Bernoulli term per element, ``ℓ_m = -y log σ(f_m) - (1-y) log(1-σ(f_m))``;
+  ``c = 1`` (sum) or ``1/f.numel()`` (mean, like
+  ``F.binary_cross_entropy_with_logits``).
 
 A *probe* is a tensor ``v`` shaped like ``f`` such that back-propagating it
 (``∂f/∂s ᵀ v``) to a layer output ``s`` gives one set of output gradients ĝ, and
@@ -18,9 +22,11 @@ summing ``ĝ ĝᵀ`` over probes reproduces the layer's share of the curvature o
     \sum_{\text{probes}} v_m v_m^\top \;\approx\; c\, H_\ell(f_m)
     \qquad\text{(exact for type-2, in expectation for MC)}.
 
-* type-2: the C columns of ``sqrt(c) H_ℓ^{1/2}``; ``H_ℓ^{1/2} = sqrt(2) I`` for MSE
-  and ``diag(√p) − p √pᵀ`` for cross-entropy (its square is ``diag(p) − p pᵀ``);
-* MC: ``sqrt(c/k) ∇_f ℓ(f, ŷ)`` with ``ŷ ~ p(y | f)``, for k samples;
+* type-2: the C columns of ``sqrt(c) H_ℓ^{1/2}``; ``H_ℓ^{1/2} = sqrt(2) I`` for MSE,
+  ``diag(√p) − p √pᵀ`` for cross-entropy (its square is ``diag(p) − p pᵀ``) and
+  ``diag(sqrt(p(1−p)))`` with ``p = σ(f)`` for binary cross-entropy;
+* MC: ``sqrt(c/k) ∇_f ℓ(f, ŷ)`` with ``ŷ ~ p(y | f)``, for k samples (for binary
+  cross-entropy ``∇_f ℓ = p − ŷ``, ``ŷ ~ Bernoulli(p)`` element-wise);
 * empirical: ``sqrt(c) ∇_f ℓ(f, y)`` with the observed targets.
 
 References:
@@ -56,7 +62,8 @@ def num_loss_terms(output: Tensor, loss: LossType) -> int:
     Returns:
         M.
     """
-    del loss  # both losses have one term per leading index
+    if loss == LossType.BCE:  # one Bernoulli term per element
+        return output.numel()
     return output.numel() // output.shape[-1]
 
 
@@ -73,7 +80,7 @@ def loss_scale(output: Tensor, loss: LossType, reduction: Reduction) -> float:
     """
     if reduction == Reduction.SUM:
         return 1.0
-    if loss == LossType.MSE:
+    if loss in (LossType.MSE, LossType.BCE):
         return 1.0 / output.numel()
     return 1.0 / num_loss_terms(output, loss)
 
@@ -112,6 +119,8 @@ def _unit_gradient(f: Tensor, y: Tensor, loss: LossType) -> Tensor:
     """``∇_f ℓ(f, y)`` for the unit-scale NLL, rows of ``f`` shaped ``(M, C)``."""
     if loss == LossType.MSE:
         return 2.0 * (f - y)
+    if loss == LossType.BCE:
+        return torch.sigmoid(f) - y
     p = torch.softmax(f, dim=-1)
     return p - torch.nn.functional.one_hot(y, f.shape[-1]).to(p.dtype)
 
@@ -159,6 +168,13 @@ def output_probes(
                 v = torch.zeros_like(f)
                 v[:, k] = col
                 probes.append(v)
+        elif loss == LossType.BCE:
+            p = torch.sigmoid(f)
+            root = (p * (1.0 - p) * c).sqrt()
+            for k in range(num_classes):
+                v = torch.zeros_like(f)
+                v[:, k] = root[:, k]
+                probes.append(v)
         else:
             p = torch.softmax(f, dim=-1)
             sqrt_p = p.sqrt()
@@ -178,6 +194,10 @@ def output_probes(
                 )
                 # ∇ℓ = 2(f − ŷ) with ŷ = f + ε/√2, i.e. −√2 ε (sign is irrelevant)
                 probes.append(eps * (math.sqrt(2.0) * scale))
+            elif loss == LossType.BCE:
+                p = torch.sigmoid(f)
+                y = torch.bernoulli(p, generator=generator)
+                probes.append((p - y) * scale)
             else:
                 p = torch.softmax(f, dim=-1)
                 y = torch.multinomial(p, 1, generator=generator).squeeze(-1)
@@ -198,7 +218,7 @@ def output_probes(
             if targets.shape != shape:
                 raise ValueError(
                     f"targets shape {tuple(targets.shape)} must equal output shape "
-                    f"{tuple(shape)} for MSE"
+                    f"{tuple(shape)} for {loss.value}"
                 )
             y = targets.detach().to(stat_dtype).reshape(-1, num_classes)
         probes.append(_unit_gradient(f, y, loss) * math.sqrt(c))
@@ -234,5 +254,8 @@ def output_hessian_form(
     w = w.detach().to(stat_dtype).reshape(-1, num_classes)
     if loss == LossType.MSE:
         return 2.0 * c * (u * w).sum()
+    if loss == LossType.BCE:
+        p = torch.sigmoid(output.detach().to(stat_dtype).reshape(-1, num_classes))
+        return c * (p * (1.0 - p) * u * w).sum()
     p = torch.softmax(output.detach().to(stat_dtype).reshape(-1, num_classes), dim=-1)
     return c * ((p * u * w).sum() - ((p * u).sum(-1) * (p * w).sum(-1)).sum())

@@ -38,6 +38,9 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
 2. on inverse steps (every ``inverse_interval``) each block is decomposed
    (:mod:`~kfac_spectra.kfac.inverse`);
 3. ``v = (S ⊗ A + damping)^{-1} g`` per block (plain g for unsupported layers);
+   with ``structure="block_tridiagonal"``, ``v = F̂^{-1} g`` jointly over each chain
+   of linear layers (Martens & Grosse 2015, §4.3;
+   :mod:`~kfac_spectra.kfac.tridiagonal`);
 4. ``step_rule="fixed"``: KL clipping ``ν`` (on by default) and heavy-ball momentum
    ``m ← βm + νv, θ ← θ − αm``; ``step_rule="qmodel"``: ``δ = αΔ + μδ₀`` with
    (α, μ) minimising the exact quadratic model (Fisher/GGN-vector products by
@@ -100,6 +103,7 @@ from .enums import (
     Reduction,
     RNNApprox,
     StepRule,
+    Structure,
 )
 from .factors import warn_unsupported
 from .finite import all_finite
@@ -117,6 +121,7 @@ from .inverse import (
     cg_fac_solve,
     robust_eigh,
 )
+from .tridiagonal import ChainFactors, ChainStatistics, linear_chains
 from .workspace import Workspace
 
 __all__ = ["KFAC"]
@@ -163,7 +168,8 @@ class KFAC(torch.optim.Optimizer):
     Args:
         model: The network. Its forward must return the tensor the loss is computed
             from (last dim = classes for CE, features for MSE).
-        loss: ``"ce"`` or ``"mse"`` (the one option also accepted positionally).
+        loss: ``"ce"``, ``"mse"`` or ``"bce"`` (the one option also accepted
+            positionally).
         config: The options; defaults to ``KFACConfig()``.
         **options: Fields of :class:`~kfac_spectra.kfac.config.KFACConfig`.
 
@@ -208,6 +214,8 @@ class KFAC(torch.optim.Optimizer):
         self.inverse_method = cfg.inverse_method
         self.damping_type = cfg.damping_type
         self.step_rule = cfg.step_rule
+        self.structure = cfg.structure
+        tridiagonal = self.structure == Structure.BLOCK_TRIDIAGONAL
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model has no trainable parameters")
@@ -253,6 +261,10 @@ class KFAC(torch.optim.Optimizer):
             block.keep_rows = (
                 self.inverse_method == InverseMethod.CG and block.supports_cg
             )
+        self._chains: ChainStatistics | None = None
+        self._chain_factors: dict[tuple[str, ...], ChainFactors] = {}
+        if tridiagonal:
+            self._chains = self._find_chains(model)
         self._ema: dict[str, dict[str, Tensor]] = {}
         self._inverses: dict[str, Inverse] = {}
         self._cg_rows: dict[str, tuple[Tensor, Tensor]] = {}
@@ -384,6 +396,23 @@ class KFAC(torch.optim.Optimizer):
         perm = torch.randperm(batch, generator=self._row_generator)
         return perm[:m].sort().values.to(self._device)
 
+    def _find_chains(self, model: nn.Module) -> ChainStatistics:
+        """The linear chains of ``structure='block_tridiagonal'`` (their blocks keep
+        their rows for the cross factors); warns naming the other blocks."""
+        blocks = self._blocks.blocks
+        chains = linear_chains(model, blocks)
+        in_chain = {k for c in chains for k in c}
+        rest = [k for k in blocks if k not in in_chain]
+        if rest:
+            warnings.warn(
+                "K-FAC: structure='block_tridiagonal' keeps block-diagonal K-FAC for "
+                f"the layers outside a chain of linear layers: {', '.join(rest)}",
+                stacklevel=3,
+            )
+        for key in in_chain:
+            blocks[key].keep_rows = True
+        return ChainStatistics(chains, blocks)
+
     def _on_output(self, output: Tensor, call: int, rows: Tensor | None) -> None:
         records = self._capture.take_records(call)
         if not records:
@@ -432,14 +461,23 @@ class KFAC(torch.optim.Optimizer):
             record.block.accumulate(record, grad_scale=scale)
         self._watched.clear()
         rho = self.factor_decay
+        cross = {} if self._chains is None else self._chains.batch()
+        for chain in [] if self._chains is None else self._chains.broken:
+            self._chain_factors.pop(chain, None)  # back to block-diagonal
         batch = []
         for key, block in self._blocks.blocks.items():
             rows = (block.rows_x, block.rows_g)
             batch.append((key, block, rows, block.batch_factors()))
         if self._dist is not None and self._capture.enabled:
             # the global batch's statistics (the same on every rank)
-            glob = self._dist.reduce_statistics([(k, s) for k, _, _, s in batch])
+            # the cross factors' batch statistics travel along, keyed by pair
+            pairs = [] if self._chains is None else self._chains.pairs()
+            extra = [(" | ".join(p), cross.get(p)) for p in pairs]
+            glob = self._dist.reduce_statistics(
+                [(k, s) for k, _, _, s in batch] + extra
+            )
             batch = [(k, b, r, glob[k]) for k, b, r, _ in batch if k in glob]
+            cross = {p: glob[" | ".join(p)] for p in pairs if " | ".join(p) in glob}
         else:
             batch = [entry for entry in batch if entry[3] is not None]
         # one check (one host synchronisation) for all blocks; per block only if
@@ -453,7 +491,7 @@ class KFAC(torch.optim.Optimizer):
                     stacklevel=3,
                 )
                 continue
-            if block.keep_rows and rows[0] and rows[1]:
+            if block.keep_rows and self._chains is None and rows[0] and rows[1]:
                 self._cg_rows[key] = (torch.cat(rows[0]), torch.cat(rows[1]))
             old = self._ema.get(key)
             if old is None:
@@ -463,6 +501,8 @@ class KFAC(torch.optim.Optimizer):
                     # ρ·old + (1−ρ)·v in one pass, as v + ρ(old − v); a new tensor,
                     # not in place: state_dict() and factors() hand out references
                     old[k] = torch.lerp(v, old[k], rho) if k in old else v.clone()
+        if self._chains is not None and finite:
+            self._chains.update(cross, rho)
 
     # ---------------------------------------------------------------- inverse
     def _damping_spec(self) -> Damping:
@@ -492,13 +532,19 @@ class KFAC(torch.optim.Optimizer):
 
     def _update_inverses(self) -> None:
         damping = self._damping_spec()
+        chained = self._update_chain_inverses(damping)  # on every rank
         ctx = self._dist
         if ctx is None:
-            built = {key: self._build_inverse(key, damping) for key in self._ema}
+            built = {
+                key: self._build_inverse(key, damping)
+                for key in self._ema
+                if key not in chained
+            }
         else:
             costs = {
                 key: decomposition_cost(self._blocks.blocks[key].kronecker(stats))
                 for key, stats in self._ema.items()
+                if key not in chained
             }
             owners = ctx.owners(costs)
             built = {
@@ -522,6 +568,59 @@ class KFAC(torch.optim.Optimizer):
                 )
                 continue
             self._inverses[key] = inv
+
+    def _update_chain_inverses(self, damping: Damping) -> set[str]:
+        """Rebuild the block-tridiagonal inverses; the keys they cover."""
+        if self._chains is None:
+            return set()
+        covered = set()
+        for chain in self._chains.chains:
+            pairs = list(zip(chain[:-1], chain[1:], strict=True))
+            if any(k not in self._ema for k in chain) or any(
+                p not in self._chains.ema for p in pairs
+            ):
+                continue
+            blocks = self._blocks.blocks
+            factors = ChainFactors(
+                chain,
+                [blocks[k].kronecker(self._ema[k]) for k in chain],
+                [(self._chains.ema[p]["A"], self._chains.ema[p]["S"]) for p in pairs],
+                damping.gamma,
+            )
+            if factors.inverse() is None:
+                self.counters["inverse_failures"] += 1
+                warnings.warn(
+                    f"K-FAC: block-tridiagonal inverse update failed for {chain!r}; "
+                    "keeping the previous one",
+                    stacklevel=4,
+                )
+            else:
+                self._chain_factors[chain] = factors
+            if chain in self._chain_factors:
+                covered.update(chain)
+        return covered
+
+    def _chain_solutions(
+        self, grads: dict[Tensor, Tensor]
+    ) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{key: (X, G)}`` of the block-tridiagonal chains (``X = F̂^{-1} G``,
+        damped with the λ of their last inverse update)."""
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        blocks = self._blocks.blocks
+        for chain, factors in self._chain_factors.items():
+            params = [blocks[k].params() for k in chain]
+            if any(p not in grads for ps in params for p in ps):
+                continue
+            inv = factors.inverse()
+            if inv is None:
+                continue
+            mats = []
+            for key, ps in zip(chain, params, strict=True):
+                gs = [grads[p].to(inv.denom[0].dtype) for p in ps]
+                mats.append(blocks[key].to_matrix(gs))
+            for key, x, g in zip(chain, inv.apply(mats), mats, strict=True):
+                out[key] = (x, g)
+        return out
 
     # ------------------------------------------------------------ direction
     def _workspace_for(self, grads: dict[Tensor, Tensor]) -> Workspace | None:
@@ -567,16 +666,32 @@ class KFAC(torch.optim.Optimizer):
     ) -> _Direction | None:
         """:meth:`_preconditioned` in the workspace; None (nothing written) when a
         block has no inverse yet or one that is not two products."""
+        chains = []
+        for chain, factors in self._chain_factors.items():
+            inv = factors.inverse()
+            if inv is None or inv.denom[0].dtype != ws.dtype:
+                return None
+            chains.append((chain, inv))
+        chained = {k for c in self._chain_factors for k in c}
         sides = []
         for key, _, _, _ in ws.blocks:
+            if key in chained:
+                sides.append(None)
+                continue
             inv = self._inverses.get(key)
             pair = None if inv is None else inv.two_sided(damping)
             if pair is None or pair[0].dtype != ws.dtype:
                 return None
             sides.append(pair)
         ws.load(list(grads.values()))
-        for i, (left, right) in enumerate(sides):
-            ws.solve(i, left, right)
+        for i, pair in enumerate(sides):
+            if pair is not None:
+                ws.solve(i, *pair)
+        views = {key: (g, x) for key, g, _, x in ws.blocks}
+        for chain, inv in chains:
+            solved = inv.apply([views[k][0] for k in chain])
+            for key, u in zip(chain, solved, strict=True):
+                views[key][1].copy_(u)
         return _Direction(ws.per_param, [(ws.direction, ws.grad)], ws)
 
     def _preconditioned(self, grads: dict[Tensor, Tensor]) -> _Direction:
@@ -600,8 +715,16 @@ class KFAC(torch.optim.Optimizer):
         pairs: list[tuple[Tensor, Tensor]] = []
         covered: set[Tensor] = set()
         use_cg = self.inverse_method == InverseMethod.CG
+        chained = self._chain_solutions(grads)
         for key, block, ps in self._block_params:
             if any(p not in grads for p in ps):
+                continue
+            if key in chained:
+                x, mat = chained[key]
+                for p, u in zip(ps, block.split_update(x), strict=True):
+                    out[p] = u if u.dtype == p.dtype else u.to(p.dtype)
+                pairs.append((x, mat))
+                covered.update(ps)
                 continue
             dtype = stat_dtype_for(ps[0].dtype)
             gs = [grads[p] for p in ps]
@@ -848,8 +971,9 @@ class KFAC(torch.optim.Optimizer):
             and self.rnn_approx != RNNApprox.CHAIN
         ):
             return False
+        chained = {k for c in self._chain_factors for k in c}
         return self.steps % self.inverse_interval == 0 or any(
-            k not in self._inverses for k in self._ema
+            k not in self._inverses and k not in chained for k in self._ema
         )
 
     def _momentum(
@@ -962,6 +1086,14 @@ class KFAC(torch.optim.Optimizer):
             "generator": self._generator.get_state(),
             "row_generator": self._row_generator.get_state(),
         }
+        if self._chains is not None:
+            sd["kfac"]["tridiagonal"] = {
+                **self._chains.state_dict(),
+                "factors": {
+                    c: (f.diagonal, f.cross, f.gamma)
+                    for c, f in self._chain_factors.items()
+                },
+            }
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -993,4 +1125,16 @@ class KFAC(torch.optim.Optimizer):
         self._generator.set_state(extra["generator"])
         if "row_generator" in extra:  # checkpoints from before stats_batch_size
             self._row_generator.set_state(extra["row_generator"])
+        tri = extra.get("tridiagonal")
+        if self._chains is not None and tri is not None:
+            self._chains.load_state_dict(tri, device)
+            self._chain_factors = {
+                tuple(c): ChainFactors(
+                    tuple(c),
+                    [(move(a), move(s)) for a, s in diag],
+                    [(move(a), move(s)) for a, s in cross],
+                    float(gamma),
+                )
+                for c, (diag, cross, gamma) in tri["factors"].items()
+            }
         self._arm()

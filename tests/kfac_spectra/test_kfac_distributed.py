@@ -66,6 +66,21 @@ class Mixed(nn.Module):
         return self.head(torch.tanh(self.fc(h)))
 
 
+class Chain(nn.Module):
+    """An embedding, then a chain of linear layers (block-tridiagonal K-FAC)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, DIM)
+        self.mlp = nn.Sequential(
+            nn.Linear(DIM, DIM), nn.Tanh(), nn.Linear(DIM, DIM), nn.Tanh(),
+            nn.Linear(DIM, VOCAB),
+        )  # fmt: skip
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self.mlp(self.emb(idx))
+
+
 class Small(nn.Module):
     """A float-input model (conv + MLP) for the non-finite input."""
 
@@ -153,6 +168,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "ddp": True,
         "closure": True,
     },
+    "tridiagonal_shared_ddp": {
+        "kfac": {
+            "fisher_type": "type2",
+            "inverse_layout": "shared",
+            "structure": "block_tridiagonal",
+        },
+        "ddp": True,
+        "model": Chain,
+    },
 }
 BASE_KFAC = {
     "loss": "ce",
@@ -219,7 +243,7 @@ def _slice(
 def single_process(name: str, steps: int = STEPS) -> Tensor:
     """The oracle: one process on the global batch."""
     spec = SCENARIOS[name]
-    model = _init(Mixed(), 1)
+    model = _init(spec.get("model", Mixed)(), 1)
     opt = _optimizer(model, spec, process_group=False)
     _run(
         model,
@@ -235,7 +259,7 @@ def single_process(name: str, steps: int = STEPS) -> Tensor:
 def _rank_scenarios(rank: int, world: int, out: Path, names: list[str]) -> None:
     for name in names:
         spec = SCENARIOS[name]
-        model = _init(Mixed(), 1)
+        model = _init(spec.get("model", Mixed)(), 1)
         net = DistributedDataParallel(model) if spec["ddp"] else model
         opt = _optimizer(net, spec)
         batches = _slice(_mixed_batches(2, GLOBAL_BATCH, STEPS), rank, world)

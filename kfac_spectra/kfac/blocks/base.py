@@ -292,6 +292,11 @@ class CurvatureBlock(ABC):
         self._s_sum = s if self._s_sum is None else self._s_sum + s
         self._calls.add(call)
 
+    @property
+    def calls_captured(self) -> int:
+        """Root forward calls with output gradients in the current batch sums."""
+        return len(self._calls)
+
     def batch_factors(self) -> dict[str, Tensor] | None:
         """The factors of the batch captured since the last call, then reset.
 
