@@ -67,6 +67,13 @@ class ScalingConfig:
         fixed_momentum: the momentum held fixed in Figure 14b (E.6), where only
             the lr is tuned, at every power and main target (when the momentum
             family is studied); 0 skips that panel.
+        bcrit_targets: targets of the critical-batch-vs-target figure (empty:
+            skip it).
+        bcrit_families: families whose B_crit(L) is drawn (p = 0).
+        ramp_budgets: example budgets of the batch-ramp figure, as multiples of
+            the constant batch's E_min at the first main target (SGD, p = 0;
+            empty: skip it).
+        ramp_pieces: pieces of each tuned batch-size ramp.
         out: directory for tables, the resolved config and the manifest.
         figures: directory for the figures and the tables of their points.
         workers: processes tuning curves in parallel (0: one per CPU); the
@@ -99,6 +106,10 @@ class ScalingConfig:
     transient_alpha_h: float = 0.0005
     transient_one_minus_beta: tuple[float, ...] = (0.5, 0.1, 0.03, 0.01)
     fixed_momentum: float = 0.9
+    bcrit_targets: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003)
+    bcrit_families: tuple[str, ...] = ("sgd",)
+    ramp_budgets: tuple[float, ...] = (1.5, 3.0, 10.0)
+    ramp_pieces: int = 16
     out: str = "results/nqm-scaling"
     figures: str = "figures"
     workers: int = 1
@@ -141,6 +152,8 @@ QUICK_OVERRIDES: Mapping[str, Any] = {
     "families": ("sgd", "momentum", "ema", "pwc"),
     "powers": (0.0, 0.5, 1.0),
     "shape_batch_sizes": 3,
+    "bcrit_targets": (0.2, 0.1, 0.05),
+    "ramp_budgets": (1.5, 5.0),
 }
 
 
@@ -197,9 +210,9 @@ def _validate(cfg: ScalingConfig) -> None:
             raise ValueError(f"{name} must be finite, got {getattr(cfg, name)!r}")
     if not (math.isfinite(cfg.init_sq) and cfg.init_sq > 0):
         raise ValueError(f"init_sq must be positive, got {cfg.init_sq!r}")
-    for name in ("targets", "threshold_targets"):
+    for name in ("targets", "threshold_targets", "bcrit_targets"):
         values = getattr(cfg, name)
-        if not values:
+        if not values and name != "bcrit_targets":
             raise ValueError(f"{name} must not be empty")
         for t in values:
             if not (math.isfinite(t) and t > 0):
@@ -213,11 +226,20 @@ def _validate(cfg: ScalingConfig) -> None:
             raise ValueError(f"batch size must be an integer >= 1, got {b!r}")
     if not cfg.families:
         raise ValueError("families must not be empty")
-    for f in cfg.families:
+    for f in cfg.families + cfg.bcrit_families:
         if f not in _ALL_FAMILIES:
             raise ValueError(
                 f"unknown family {f!r}; choose from {', '.join(_ALL_FAMILIES)}"
             )
+    for m in cfg.ramp_budgets:
+        if not (math.isfinite(m) and m >= 1.0):
+            raise ValueError(
+                f"ramp_budgets are multiples of E_min, each >= 1, got {m!r}"
+            )
+    if int(cfg.ramp_pieces) != cfg.ramp_pieces or cfg.ramp_pieces < 1:
+        raise ValueError(
+            f"ramp_pieces must be a positive integer, got {cfg.ramp_pieces!r}"
+        )
     if not cfg.powers:
         raise ValueError("powers must not be empty")
     for p in cfg.powers:
@@ -246,9 +268,7 @@ def _validate(cfg: ScalingConfig) -> None:
     if cfg.ray_address is not None and kind is not ExecutorKind.RAY:
         raise ValueError("ray_address needs executor = 'ray'")
     if cfg.device != "cpu":
-        from nqm._tuning import _torch_device
-
-        _torch_device(cfg.device)  # ValueError naming the device
+        nqm.runtime.torch_device(cfg.device)  # ValueError naming the device
     if not (0 < cfg.transient_alpha_h < 1):
         raise ValueError(
             f"transient_alpha_h must lie in (0, 1), got {cfg.transient_alpha_h!r}"
