@@ -19,7 +19,7 @@ import nqm
 from nqm.batch_ramp import ramp_savings
 from nqm.critical_batch import critical_batch_vs_target, steps_examples_tradeoff
 
-__all__ = ["critical_batch_rows", "tradeoff_rows", "ramp_rows"]
+__all__ = ["critical_batch_rows", "tradeoff_rows", "ramp_rows", "adam_proxy_rows"]
 
 
 def critical_batch_rows(
@@ -145,4 +145,57 @@ def ramp_rows(
                 "saving": row.saving,
             }
         )
+    return rows
+
+
+def adam_proxy_rows(
+    problem: nqm.NQMProblem,
+    target: float,
+    batch_sizes: Sequence[float],
+    powers: Sequence[float] = (0.25, 0.5, 0.75),
+    max_steps: int | None = None,
+    **adam_options: Any,
+) -> list[dict[str, Any]]:
+    """Adam's tuned steps (Monte Carlo, :func:`nqm.adam.tune_adam`) beside those
+    of the preconditioning proxies Zhang et al. (2019, section 3) used in its
+    place: tuned heavy ball with :math:`P = H^p` (exact).
+
+    Args:
+        problem, target, batch_sizes: the question.
+        powers: the proxies' powers (p = 0, plain heavy ball, is always added).
+        max_steps: Adam's simulation horizon (default twice heavy ball's steps
+            at the smallest batch size).
+        **adam_options: passed to :func:`nqm.adam.tune_adam`.
+
+    Returns:
+        Rows ``{"optimizer", "precond_power", "batch_size", "steps", "ci_low",
+        "ci_high", "lr", "beta1"}`` (``optimizer`` is ``"adam"`` or
+        ``"momentum"``; the interval only for Adam).
+    """
+    from nqm.adam import tune_adam
+
+    bs = np.asarray(batch_sizes, dtype=np.float64)
+    rows = []
+    for p in sorted({0.0, *map(float, powers)}):
+        for r in nqm.best_steps(problem, "momentum", bs, target, precond_power=p):
+            rows.append(
+                {"optimizer": "momentum", "precond_power": p,
+                 "batch_size": r.batch_size, "steps": r.steps, "ci_low": math.nan,
+                 "ci_high": math.nan, "lr": r.optimizer.schedule.lr,
+                 "beta1": r.optimizer.momentum}
+            )  # fmt: skip
+    if max_steps is None:
+        first = [r["steps"] for r in rows if r["precond_power"] == 0.0]
+        max_steps = int(2 * max(s for s in first if math.isfinite(s)))
+    for r in tune_adam(problem, bs, target, max_steps, **adam_options):
+        est = r.estimate
+        rows.append(
+            {"optimizer": "adam", "precond_power": math.nan,
+             "batch_size": r.batch_size,
+             "steps": math.inf if est is None else est.steps,
+             "ci_low": math.nan if est is None else est.ci_low,
+             "ci_high": math.nan if est is None else est.ci_high,
+             "lr": math.nan if r.adam is None else r.adam.lr,
+             "beta1": math.nan if r.adam is None else r.adam.beta1}
+        )  # fmt: skip
     return rows

@@ -11,7 +11,12 @@ import pytest
 import nqm
 from analysis import plots
 from analysis.config import resolve_config
-from analysis.frontier import critical_batch_rows, ramp_rows, tradeoff_rows
+from analysis.frontier import (
+    adam_proxy_rows,
+    critical_batch_rows,
+    ramp_rows,
+    tradeoff_rows,
+)
 
 #: a curve that follows the model exactly is placed on the hyperbola to rounding
 RTOL_EXACT = 1e-8
@@ -66,3 +71,24 @@ def test_config_fields():
         resolve_config(overrides={"bcrit_families": "adamw"})
     with pytest.raises(ValueError, match="ramp_pieces"):
         resolve_config(overrides={"ramp_pieces": 0})
+
+
+def test_adam_proxy_rows():
+    """Adam in its SGD limit (huge eps) beside the exact proxies: the rows hold
+    every power (p = 0 added), and Adam's interval holds its tuned setting's
+    exact steps as SGD with lr alpha / eps."""
+    problem = nqm.NQMProblem.power_law(8)
+    target = 0.2 * problem.initial_loss()
+    eps = 1e6
+    rows = adam_proxy_rows(
+        problem, target, [1.0, 16.0], powers=(0.5,), max_steps=200,
+        lrs=eps * np.geomspace(0.1, 1.5, 6), beta1s=(0.0,), eps=eps, replicas=32,
+        confirm_replicas=1000, refine=0, device="cpu",
+    )  # fmt: skip
+    powers = {r["precond_power"] for r in rows if r["optimizer"] == "momentum"}
+    assert powers == {0.0, 0.5}
+    for r in (r for r in rows if r["optimizer"] == "adam"):
+        exact = nqm.steps_to_target(
+            problem, nqm.Optimizer(r["lr"] / eps), r["batch_size"], target
+        )
+        assert r["ci_low"] <= exact <= r["ci_high"]
