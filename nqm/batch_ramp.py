@@ -26,6 +26,12 @@ The constant baseline is exact and independent of the relaxation: the tuned SGD
 steps :math:`S(B)` (:func:`nqm.best_steps`) over every batch size that fits the
 budget.
 
+What a ramp does on the NQM. At a fixed lr the noise floor of SGD is
+:math:`\propto \alpha/B`, so growing :math:`B` anneals the noise as decaying
+:math:`\alpha` does (Smith et al. 2018): against the best constant batch at a
+*constant* lr the ramp saves many steps, against a constant batch with a tuned
+lr schedule (``best_constant(..., family="pwc")``) little or nothing.
+
 References:
     Merrill et al. (2025), batch-size warm-up for OLMo (43% fewer steps);
     McCandlish et al. (2018), §5 (adaptive batch sizes).
@@ -120,7 +126,9 @@ class _Relaxed:
     def __init__(self, problem, pieces, shape, bins):
         surr = problem.binned(bins) if problem.n_modes > 2 * bins else problem
         self.hh, self.wd, self.wn = _modes(surr, 0.0)
-        self.a_max = 2.0 / float(self.hh.max())
+        # the stability limit of the problem itself (a bin's representative
+        # curvature lies below its largest)
+        self.a_max = 2.0 / float(_modes(problem, 0.0)[0].max())
         self.pieces, self.shape = pieces, shape
 
     def params(self, x):
