@@ -11,7 +11,10 @@ size, then writes
   ``--config``) and ``manifest.json`` (configuration, package versions, git
   revision, timings, files);
 * into ``--figures`` (default ``figures/``): each figure as PNG and PDF with the
-  table of its points beside it (CSV and JSON).
+  table of its points beside it (CSV and JSON). Besides the paper's figures:
+  ``critical_batch_vs_target`` (B_crit(L)), ``steps_examples_tradeoff``
+  (McCandlish et al. 2018, fig. 1, with its hyperbola) and ``batch_ramp``
+  (steps a tuned batch-size ramp saves at equal examples).
 
 Defaults live in :class:`analysis.config.ScalingConfig`; ``--quick`` applies the
 small preset :data:`analysis.config.QUICK_OVERRIDES`; ``--config FILE.toml`` sets
@@ -54,6 +57,9 @@ _OPTION_FIELDS: tuple[str, ...] = (
     "families",
     "powers",
     "fixed_momentum",
+    "bcrit_targets",
+    "bcrit_families",
+    "ramp_budgets",
     "out",
     "figures",
     "workers",
@@ -113,13 +119,27 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--families",
-        help="comma-separated nqm.search.Family values (default the reference "
-        "study's sgd,momentum,ema,momentum_ema,pwc,linear_decay)",
+        help="comma-separated: sgd,momentum,ema,momentum_ema,pwc,linear_decay,"
+        "wsd,cosine (default all)",
     )
     s.add_argument("--powers", help="comma-separated preconditioning powers in [0, 1]")
     s.add_argument(
         "--fixed-momentum",
         help="momentum held fixed in the E.6 panel (b), lr tuned (default 0.9; 0: skip)",
+    )
+    f = p.add_argument_group("beyond the paper")
+    f.add_argument(
+        "--bcrit-targets",
+        help="targets of the critical-batch-vs-target figure "
+        "(default 0.3,0.1,0.03,0.01,0.003; empty: skip)",
+    )
+    f.add_argument(
+        "--bcrit-families", help="families of that figure, p = 0 (default sgd)"
+    )
+    f.add_argument(
+        "--ramp-budgets",
+        help="example budgets of the batch-ramp figure in units of E_min at the "
+        "first target (default 1.5,3,10; empty: skip)",
     )
     o = p.add_argument_group("run")
     o.add_argument(

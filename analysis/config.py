@@ -72,7 +72,8 @@ class ScalingConfig:
         threshold_targets: the loss-threshold family (E.5), run for SGD, p = 0.
         batch_sizes: batch sizes, integers >= 1.
         families: optimizer families (values of :class:`nqm.search.Family`;
-            default :data:`REFERENCE_FAMILIES`).
+            default every family: the paper's :data:`REFERENCE_FAMILIES` and the
+            warm-up schedules ``wsd`` and ``cosine``).
         powers: preconditioning powers in [0, 1].
         shape_batch_sizes: how many batch sizes (spread over the range) to show
             in the schedule-shape figure.
@@ -82,6 +83,13 @@ class ScalingConfig:
         fixed_momentum: the momentum held fixed in Figure 14b (E.6), where only
             the lr is tuned, at every power and main target (when the momentum
             family is studied); 0 skips that panel.
+        bcrit_targets: targets of the critical-batch-vs-target figure (empty:
+            skip it).
+        bcrit_families: families whose B_crit(L) is drawn (p = 0).
+        ramp_budgets: example budgets of the batch-ramp figure, as multiples of
+            the constant batch's E_min at the first main target (SGD, p = 0;
+            empty: skip it).
+        ramp_pieces: pieces of each tuned batch-size ramp.
         out: directory for tables, the resolved config and the manifest.
         figures: directory for the figures and the tables of their points.
         workers: processes tuning curves in parallel (0: one per CPU); the
@@ -108,12 +116,16 @@ class ScalingConfig:
         default=tuple(2**k for k in range(21)),
         metadata={nqm.config.PARSE: lambda v: _batch_sizes_value(v)},
     )
-    families: tuple[str, ...] = REFERENCE_FAMILIES
+    families: tuple[str, ...] = _ALL_FAMILIES
     powers: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     shape_batch_sizes: int = 4
     transient_alpha_h: float = 0.0005
     transient_one_minus_beta: tuple[float, ...] = (0.5, 0.1, 0.03, 0.01)
     fixed_momentum: float = 0.9
+    bcrit_targets: tuple[float, ...] = (0.3, 0.1, 0.03, 0.01, 0.003)
+    bcrit_families: tuple[str, ...] = ("sgd",)
+    ramp_budgets: tuple[float, ...] = (1.5, 3.0, 10.0)
+    ramp_pieces: int = 16
     out: str = "results/nqm-scaling"
     figures: str = "figures"
     workers: int = 1
@@ -156,6 +168,8 @@ QUICK_OVERRIDES: Mapping[str, Any] = {
     "families": ("sgd", "momentum", "ema", "pwc"),
     "powers": (0.0, 0.5, 1.0),
     "shape_batch_sizes": 3,
+    "bcrit_targets": (0.2, 0.1, 0.05),
+    "ramp_budgets": (1.5, 5.0),
 }
 
 
@@ -212,9 +226,9 @@ def _validate(cfg: ScalingConfig) -> None:
             raise ValueError(f"{name} must be finite, got {getattr(cfg, name)!r}")
     if not (math.isfinite(cfg.init_sq) and cfg.init_sq > 0):
         raise ValueError(f"init_sq must be positive, got {cfg.init_sq!r}")
-    for name in ("targets", "threshold_targets"):
+    for name in ("targets", "threshold_targets", "bcrit_targets"):
         values = getattr(cfg, name)
-        if not values:
+        if not values and name != "bcrit_targets":
             raise ValueError(f"{name} must not be empty")
         for t in values:
             if not (math.isfinite(t) and t > 0):
@@ -228,11 +242,20 @@ def _validate(cfg: ScalingConfig) -> None:
             raise ValueError(f"batch size must be an integer >= 1, got {b!r}")
     if not cfg.families:
         raise ValueError("families must not be empty")
-    for f in cfg.families:
+    for f in cfg.families + cfg.bcrit_families:
         if f not in _ALL_FAMILIES:
             raise ValueError(
                 f"unknown family {f!r}; choose from {', '.join(_ALL_FAMILIES)}"
             )
+    for m in cfg.ramp_budgets:
+        if not (math.isfinite(m) and m >= 1.0):
+            raise ValueError(
+                f"ramp_budgets are multiples of E_min, each >= 1, got {m!r}"
+            )
+    if int(cfg.ramp_pieces) != cfg.ramp_pieces or cfg.ramp_pieces < 1:
+        raise ValueError(
+            f"ramp_pieces must be a positive integer, got {cfg.ramp_pieces!r}"
+        )
     if not cfg.powers:
         raise ValueError("powers must not be empty")
     for p in cfg.powers:

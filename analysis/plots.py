@@ -30,6 +30,9 @@ __all__ = [
     "plot_pwc_final_lr",
     "plot_schedule_shapes",
     "plot_momentum_transient",
+    "plot_critical_batch_vs_target",
+    "plot_steps_examples_tradeoff",
+    "plot_batch_ramp",
 ]
 
 Rows = Iterable[Mapping[str, Any]]
@@ -42,6 +45,8 @@ FAMILY_LABELS: dict[str, str] = {
     "momentum_ema": "momentum + EMA",
     "pwc": "piecewise constant",
     "linear_decay": "linear decay",
+    "wsd": "warm-up, stable, decay",
+    "cosine": "cosine with warm-up",
     "lower_bound": "lower bound",
 }
 
@@ -308,6 +313,88 @@ def plot_momentum_transient(rows: Rows) -> Figure:
     return fig
 
 
+def plot_critical_batch_vs_target(rows: Rows) -> Figure:
+    """The critical batch size against the target loss, one curve per family
+    (McCandlish et al. 2018, eq. 2.11 fitted at each target); open markers where
+    the fitted B_crit lies outside the measured batch sizes."""
+    fig, (ax,) = _figure(1, width=5.0, height=3.8)
+    rows = [r for r in rows if math.isfinite(r["b_crit"])]
+    if not rows:
+        _empty(ax)
+    for fam, rs in sorted(_group(rows, "family").items()):
+        rs = sorted(rs, key=lambda r: r["target"])
+        x, y = _xy(rs, "target", "b_crit")
+        (line,) = ax.plot(x, y, "-", lw=1.4, label=FAMILY_LABELS.get(fam, fam))
+        for r in rs:
+            ax.plot(r["target"], r["b_crit"], "o", color=line.get_color(), ms=4,
+                    mfc=line.get_color() if r["b_crit_in_range"] else "none")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.invert_xaxis()  # training moves to lower losses: left to right
+    ax.set_xlabel("target loss (decreasing: later in training)")
+    ax.set_ylabel("critical batch size B_crit")
+    ax.grid(True, which="both", alpha=0.3)
+    if rows:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_steps_examples_tradeoff(rows: Rows) -> Figure:
+    """Steps against examples relative to their minima (McCandlish et al. 2018,
+    fig. 1), one panel per power, one curve per family, with the model's
+    hyperbola (S/S_min - 1)(E/E_min - 1) = 1."""
+    rows = [r for r in rows if r["excess_steps"] > 0 and r["excess_examples"] > 0]
+    keys = sorted({(r["precond_power"], r["target"]) for r in rows})
+    fig, axes = _figure(max(len(keys), 1))
+    if not keys:
+        _empty(axes[0])
+    for ax, (p, t) in zip(axes, keys, strict=False):
+        mine = [r for r in rows if r["precond_power"] == p and r["target"] == t]
+        for fam, rs in sorted(_group(mine, "family").items()):
+            x, y = _xy(sorted(rs, key=lambda r: r["batch_size"]), "excess_examples",
+                       "excess_steps")  # fmt: skip
+            ax.plot(x, y, "o-", ms=3, lw=1.0, label=FAMILY_LABELS.get(fam, fam))
+        xs = sorted(r["excess_examples"] for r in mine)
+        ax.plot(xs, [1.0 / v for v in xs], "k--", lw=1.2, label="hyperbola")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("E / E_min − 1")
+        ax.set_ylabel("S / S_min − 1")
+        ax.set_title(f"p = {p:g}, target {t:g}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def plot_batch_ramp(rows: Rows) -> Figure:
+    """Batch-size warm-up: steps of the best constant batch size and of a tuned
+    ramp at equal examples (left), and the fraction of steps the ramp saves
+    (right), against the example budget in units of E_min."""
+    rows = sorted(rows, key=lambda r: r["budget_multiple"])
+    fig, (ax, bx) = _figure(2)
+    if not rows:
+        _empty(ax)
+        _empty(bx)
+        return fig
+    x = [r["budget_multiple"] for r in rows]
+    ax.plot(x, [r["constant_steps"] for r in rows], "o-", label="best constant batch")
+    ax.plot(x, [r["ramp_steps"] for r in rows], "s-", label="tuned ramp")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("examples budget / E_min")
+    ax.set_ylabel("steps to target")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    bx.plot(x, [100.0 * r["saving"] for r in rows], "o-")
+    bx.axhline(43.0, color="k", ls=":", lw=1.0, label="Merrill et al. 2025: 43%")
+    bx.set_xscale("log")
+    bx.set_xlabel("examples budget / E_min")
+    bx.set_ylabel("steps saved by the ramp (%)")
+    bx.legend(fontsize=7)
+    bx.grid(True, which="both", alpha=0.3)
+    return fig
+
+
 #: Figure name -> plotting function (names match ``figure_tables``).
 FIGURES: dict[str, Callable[[Rows], Figure]] = {
     "steps_vs_batch_by_family": plot_steps_vs_batch_by_family,
@@ -317,4 +404,7 @@ FIGURES: dict[str, Callable[[Rows], Figure]] = {
     "pwc_final_lr": plot_pwc_final_lr,
     "schedule_shapes": plot_schedule_shapes,
     "momentum_transient": plot_momentum_transient,
+    "critical_batch_vs_target": plot_critical_batch_vs_target,
+    "steps_examples_tradeoff": plot_steps_examples_tradeoff,
+    "batch_ramp": plot_batch_ramp,
 }

@@ -531,7 +531,7 @@ def run_study(
 
 
 #: Families tuned for all powers of a target in one call (batched L-BFGS).
-_SCHEDULE_FAMILIES = (Family.PWC, Family.LINEAR_DECAY)
+_SCHEDULE_FAMILIES = (Family.PWC, Family.LINEAR_DECAY, Family.WSD, Family.COSINE)
 
 #: Submission order of curves: the most expensive first (a curve that needs
 #: others waits for them in any case).
@@ -539,6 +539,8 @@ _COST_RANK = {
     Family.MOMENTUM: 0,
     Family.EMA: 1,
     Family.MOMENTUM_EMA: 2,
+    Family.WSD: 3,
+    Family.COSINE: 3,
     Family.LINEAR_DECAY: 3,
     Family.PWC: 4,
     Family.SGD: 5,
@@ -783,7 +785,7 @@ def schedule_shapes(
     return rows
 
 
-_SCHEDULED_FAMILIES = (Family.PWC.value, Family.LINEAR_DECAY.value)
+_SCHEDULED_FAMILIES = tuple(f.value for f in _SCHEDULE_FAMILIES)
 _SHAPE_KINDS = (
     ScheduleKind.CONSTANT.value,
     ScheduleKind.PIECEWISE_CONSTANT.value,
@@ -964,8 +966,37 @@ def run_reference_study(
     partial = StudyResult(records, fits, bound, extras)
     extras[LR_RANGE_TABLE] = optimal_lr_range_table(problem, partial, cfg)
     timings["lr_ranges"] = time.perf_counter() - t4
+    t5 = time.perf_counter()
+    extras.update(_frontier_tables(problem, records, cfg, batch_sizes, options))
+    timings["frontier"] = time.perf_counter() - t5
     timings["study_total"] = time.perf_counter() - t0
     return StudyResult(records, fits, bound, extras, timings)
+
+
+def _frontier_tables(
+    problem: nqm.NQMProblem,
+    records: Sequence[Mapping[str, Any]],
+    cfg: ScalingConfig,
+    batch_sizes: Sequence[int],
+    options: Mapping[str, Any],
+) -> dict[str, list[dict[str, Any]]]:
+    """B_crit(L), the examples-vs-steps trade-off of the main curves, and the
+    batch-ramp savings (:mod:`analysis.frontier`)."""
+    from .frontier import critical_batch_rows, ramp_rows, tradeoff_rows
+
+    out: dict[str, list[dict[str, Any]]] = {
+        "steps_examples_tradeoff": tradeoff_rows(_main_records(records, cfg))
+    }
+    if cfg.bcrit_targets:
+        out["critical_batch_vs_target"] = critical_batch_rows(
+            problem, cfg.bcrit_families, cfg.bcrit_targets, batch_sizes, **options
+        )
+    if cfg.ramp_budgets:
+        out["batch_ramp"] = ramp_rows(
+            problem, cfg.targets[0], cfg.ramp_budgets, batch_sizes,
+            pieces=cfg.ramp_pieces,
+        )  # fmt: skip
+    return out
 
 
 def _select(rows: Iterable[Mapping[str, Any]], **equal: Any) -> list[dict[str, Any]]:
@@ -1096,6 +1127,14 @@ def figure_tables(
             if r["target"] in main_targets
         ],
         "momentum_transient": list(result.extras.get("momentum_transient", [])),
+        **{
+            name: list(result.extras.get(name, []))
+            for name in (
+                "critical_batch_vs_target",
+                "steps_examples_tradeoff",
+                "batch_ramp",
+            )
+        },
     }
 
 

@@ -22,7 +22,17 @@ mini-batch is :math:`H\theta + \varepsilon`, :math:`\operatorname{Cov}\varepsilo
 C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 """
 
-from . import adam, closed_form, families, io, noise_scale, runtime, search
+from . import (
+    adam,
+    batch_ramp,
+    closed_form,
+    critical_batch,
+    families,
+    io,
+    noise_scale,
+    runtime,
+    search,
+)
 from .batch_schedule import BatchSchedule, RampShape
 from .dynamics import (
     doubled_modes,
@@ -72,6 +82,8 @@ __all__ = [
     "steady_state_loss",
     "closed_form",
     "adam",
+    "batch_ramp",
+    "critical_batch",
     "search",
     "families",
     "noise_scale",

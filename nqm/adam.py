@@ -38,7 +38,9 @@ many steps is needed:
 (The first step with :math:`\hat L + z s \le` target would not do: on a flat
 stretch of the curve just above the target, one of many nearly independent steps
 dips below by chance.) Where the recorded grid is coarser than one step, the
-interval widens to the neighbouring recorded steps. Tuning (:func:`tune_adam`) selects on one set of
+interval widens to the neighbouring recorded steps. A curve that rises above
+the target again before the horizon (a large lr at a large batch) has
+:math:`S_+ = \infty`: valid, and honest that the horizon does not settle it. Tuning (:func:`tune_adam`) selects on one set of
 replicas and reports the estimate of a fresh set, so the reported steps carry no
 selection bias (the best of many noisy estimates is optimistic).
 """

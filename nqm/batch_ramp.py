@@ -26,6 +26,12 @@ The constant baseline is exact and independent of the relaxation: the tuned SGD
 steps :math:`S(B)` (:func:`nqm.best_steps`) over every batch size that fits the
 budget.
 
+What a ramp does on the NQM. At a fixed lr the noise floor of SGD is
+:math:`\propto \alpha/B`, so growing :math:`B` anneals the noise as decaying
+:math:`\alpha` does (Smith et al. 2018): against the best constant batch at a
+*constant* lr the ramp saves many steps, against a constant batch with a tuned
+lr schedule (``best_constant(..., family="pwc")``) little or nothing.
+
 References:
     Merrill et al. (2025), batch-size warm-up for OLMo (43% fewer steps);
     McCandlish et al. (2018), §5 (adaptive batch sizes).
@@ -41,7 +47,7 @@ from scipy import optimize
 
 from .batch_schedule import BatchSchedule, RampShape
 from .dynamics import _modes
-from .optimizer import Optimizer
+from .optimizer import Optimizer, PiecewiseConstant
 from .problem import NQMProblem
 from .search import MAX_STEPS, best_steps, examples_to_target
 
@@ -90,22 +96,42 @@ def _relative_sizes(rho, pieces, shape):
     return rel
 
 
-def _ramp_loss(hh, wd, wn, alpha, r, rho, total, examples, pieces, shape):
-    """Risk after ``total`` updates of SGD at lr ``alpha`` with the relaxed ramp
-    that spends ``examples`` (real batch sizes >= 1); ``inf`` if impossible."""
+#: Pieces of the constant-batch stretch after the ramp when the lr decays.
+_TAIL_PIECES = 16
+
+
+def _relaxed_pieces(r, rho, delta, total, examples, pieces, shape, decay):
+    r"""Per-piece batch sizes (real), lengths and lr fractions of a relaxed run.
+
+    The ramp's ``pieces`` pieces cover the first ``r * total`` updates, then
+    :math:`B_1` holds (one piece, or :data:`_TAIL_PIECES` when the lr decays);
+    :math:`B_1` spends exactly ``examples``. The lr of a piece starting at
+    fraction :math:`x` of the run is :math:`\alpha(1 - (1-\delta)x)`.
+    """
     rel = _relative_sizes(rho, pieces, shape)
     ramp_len = r * total
-    per_piece = ramp_len / pieces
-    b1 = examples / (per_piece * rel.sum() + (total - ramp_len))
-    bs = np.append(rel * b1, b1)
+    tail = _TAIL_PIECES if decay else 1
+    b1 = examples / (ramp_len / pieces * rel.sum() + (total - ramp_len))
+    bs = np.concatenate([rel * b1, np.full(tail, b1)])
+    lengths = np.concatenate(
+        [np.full(pieces, ramp_len / pieces), np.full(tail, (total - ramp_len) / tail)]
+    )
+    starts = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
+    return bs, lengths, 1.0 - (1.0 - delta) * starts / total
+
+
+def _ramp_loss(hh, wd, wn, alpha, bs, lengths, lr_frac):
+    r"""Risk of SGD after pieces of real length, batch size and lr
+    :math:`\alpha` times ``lr_frac`` (closed form per piece); ``inf`` when a
+    batch size falls below one."""
     if bs.min() < 1.0:
         return math.inf
-    lengths = np.append(np.full(pieces, per_piece), total - ramp_len)
-    s = alpha * hh
+    a = alpha * lr_frac[:, None]
+    s = a * hh[None, :]
     with np.errstate(divide="ignore", invalid="ignore"):  # s = 1: solved at once
-        log_f = 2.0 * lengths[:, None] * np.log(np.abs(1.0 - s))[None, :]
+        log_f = 2.0 * lengths[:, None] * np.log(np.abs(1.0 - s))
     log_f[lengths == 0.0] = 0.0  # an empty piece changes nothing
-    g = alpha * alpha * -np.expm1(log_f) / (s * (2.0 - s))[None, :]
+    g = a * a * -np.expm1(log_f) / (s * (2.0 - s))
     after = np.cumsum(log_f[::-1], axis=0)[::-1]
     after = np.vstack([after[1:], np.zeros((1, hh.size))])
     v = (g / bs[:, None] * np.exp(after)).sum(axis=0)
@@ -113,27 +139,31 @@ def _ramp_loss(hh, wd, wn, alpha, r, rho, total, examples, pieces, shape):
 
 
 class _Relaxed:
-    """The relaxed ramp problem on a surrogate; coordinates ``x = (u, a, c)``:
+    """The relaxed ramp problem on a surrogate; coordinates ``x = (u, a, c, d)``:
     lr fraction ``sigmoid(u)`` of 2/max h, ramp fraction ``sigmoid(a)``,
-    ``rho = sigmoid(c)``."""
+    ``rho = sigmoid(c)``, final lr fraction ``delta = sigmoid(d)`` (1 without
+    decay)."""
 
-    def __init__(self, problem, pieces, shape, bins):
+    def __init__(self, problem, pieces, shape, bins, decay=False):
         surr = problem.binned(bins) if problem.n_modes > 2 * bins else problem
         self.hh, self.wd, self.wn = _modes(surr, 0.0)
-        self.a_max = 2.0 / float(self.hh.max())
-        self.pieces, self.shape = pieces, shape
+        # the stability limit of the problem itself (a bin's representative
+        # curvature lies below its largest)
+        self.a_max = 2.0 / float(_modes(problem, 0.0)[0].max())
+        self.pieces, self.shape, self.decay = pieces, shape, decay
 
-    def params(self, x):
+    def params(self, x, ramp=True):
         sig = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(x, dtype=np.float64), -40, 40)))
         frac = np.clip(sig[0], _FRAC_MIN, _FRAC_MAX)
-        return self.a_max * frac, sig[1], sig[2]
+        r, rho = (sig[1], sig[2]) if ramp else (0.0, 1.0)
+        delta = sig[3] if self.decay else 1.0
+        return self.a_max * frac, r, rho, delta
 
     def loss(self, x, total, examples, ramp=True):
-        alpha, r, rho = self.params(x)
-        if not ramp:
-            r, rho = 0.0, 1.0
-        return _ramp_loss(self.hh, self.wd, self.wn, alpha, r, rho, total, examples,
-                          self.pieces, self.shape)  # fmt: skip
+        alpha, r, rho, delta = self.params(x, ramp)
+        pieces = _relaxed_pieces(r, rho, delta, total, examples, self.pieces,
+                                 self.shape, self.decay)  # fmt: skip
+        return _ramp_loss(self.hh, self.wd, self.wn, alpha, *pieces)
 
     def solve(self, total, examples, prev, ramp=True):
         """:meth:`minimise` from ``prev`` and the best points of a coarse grid."""
@@ -141,7 +171,9 @@ class _Relaxed:
         return self.minimise(total, examples, starts, ramp)
 
     def minimise(self, total, examples, starts, ramp=True):
-        """Best ``(log loss, x)`` over local searches from ``starts``."""
+        """Best ``(log loss, x)`` over local searches from ``starts`` in the free
+        coordinates (``u``; ``a, c`` for a ramp; ``d`` when the lr decays)."""
+        free = np.array([True, ramp, ramp, self.decay])
 
         def f(x):
             v = self.loss(x, total, examples, ramp)
@@ -150,49 +182,55 @@ class _Relaxed:
         best = None
         for x0 in starts:
             x0 = np.asarray(x0, dtype=np.float64)
-            if ramp:
-                res = optimize.minimize(f, x0, method="Nelder-Mead", options={
+
+            def g(y, x0=x0):
+                x = x0.copy()
+                x[free] = y
+                return f(x)
+
+            if free.sum() > 1:
+                res = optimize.minimize(g, x0[free], method="Nelder-Mead", options={
                     "xatol": 1e-4, "fatol": 1e-9, "maxfev": 300})  # fmt: skip
-                cand = (float(res.fun), np.asarray(res.x))
             else:
                 res = optimize.minimize_scalar(
-                    lambda u, x0=x0: f(np.array([u, x0[1], x0[2]])),
-                    bounds=(-25.0, 25.0), method="bounded",
-                    options={"xatol": 1e-6},
+                    lambda u, g=g: g(np.array([u])), bounds=(-25.0, 25.0),
+                    method="bounded", options={"xatol": 1e-6},
                 )  # fmt: skip
-                cand = (float(res.fun), np.array([res.x, x0[1], x0[2]]))
-            if best is None or cand[0] < best[0]:
-                best = cand
+            x = x0.copy()
+            x[free] = res.x
+            if best is None or float(res.fun) < best[0]:
+                best = (float(res.fun), x)
         return best
 
 
-#: Coarse grid of (u, a, c) scanned at every probe to seed the local searches:
-#: the loss surface in (r, rho) has several basins, and the best ramp often sits
-#: in a corner (a long ramp from a small batch) no local search from the
-#: constant batch reaches.
+#: Coarse grid of (u, a, c, d) scanned at every probe to seed the local
+#: searches: the loss surface in (r, rho) has several basins, and the best ramp
+#: often sits in a corner (a long ramp from a small batch) no local search from
+#: the constant batch reaches.
 _GRID_U = np.linspace(-4.0, 5.0, 8)
 _GRID_A = np.array([-2.0, 1.0, 2.5, 4.0])
 _GRID_C = np.array([-7.0, -4.5, -2.0, 0.0])
+_GRID_D = np.array([-3.0, 0.0, 2.5, 8.0])
 _GRID_KEEP = 3
 
 
 def _starts(relaxed, prev, total, examples, ramp):
     """Local-search starts: the previous probe's optimum and the best points of
-    a coarse grid (for a constant batch only ``u`` varies)."""
+    a coarse grid over the free coordinates."""
     a_grid = _GRID_A if ramp else np.array([prev[1]])
     c_grid = _GRID_C if ramp else np.array([prev[2]])
-    grid = np.stack(np.meshgrid(_GRID_U, a_grid, c_grid, indexing="ij"), -1)
-    grid = grid.reshape(-1, 3)
+    d_grid = _GRID_D if relaxed.decay else np.array([prev[3]])
+    grid = np.stack(np.meshgrid(_GRID_U, a_grid, c_grid, d_grid, indexing="ij"), -1)
+    grid = grid.reshape(-1, 4)
     vals = np.array([relaxed.loss(x, total, examples, ramp) for x in grid])
     order = np.argsort(vals)[:_GRID_KEEP]
     return [np.asarray(prev, dtype=np.float64)] + [grid[i] for i in order]
 
 
 def _discretise(relaxed, x, total, examples, ramp):
-    """Integer batch sizes (rounded down from the relaxed ones) and the lr."""
-    alpha, r, rho = relaxed.params(x)
-    if not ramp:
-        r, rho = 0.0, 1.0
+    """Integer batch sizes (rounded down from the relaxed ones) and the lr (a
+    staircase on the relaxed pieces' starts when it decays)."""
+    alpha, r, rho, delta = relaxed.params(x, ramp)
     rel = _relative_sizes(rho, relaxed.pieces, relaxed.shape)
     ramp_len = int(round(r * total))
     b1 = examples / (ramp_len / relaxed.pieces * rel.sum() + (total - ramp_len))
@@ -203,7 +241,19 @@ def _discretise(relaxed, x, total, examples, ramp):
     else:
         sched = BatchSchedule.ramp(b0_int, b1_int, ramp_len, relaxed.pieces,
                                    relaxed.shape)  # fmt: skip
-    return Optimizer(float(alpha)), sched
+    if not relaxed.decay or delta >= 1.0:
+        return Optimizer(float(alpha)), sched
+    k, tail = relaxed.pieces, _TAIL_PIECES
+    starts = np.concatenate([
+        np.round(np.arange(k) * ramp_len / k),
+        ramp_len + np.round(np.arange(tail) * (total - ramp_len) / tail),
+    ]).astype(np.int64)  # fmt: skip
+    lrs = alpha * (1.0 - (1.0 - delta) * starts / total)
+    last = np.append(starts[1:] != starts[:-1], True)  # of equal starts, the last
+    starts, lrs = starts[last], lrs[last]
+    lr = PiecewiseConstant(tuple(int(t) for t in starts[1:]),
+                           tuple(float(v) for v in lrs))  # fmt: skip
+    return Optimizer(lr), sched
 
 
 # ------------------------------------------------------------------ baseline
@@ -268,6 +318,7 @@ def tune_ramp_steps(
     shape: RampShape | str = RampShape.GEOMETRIC,
     surrogate_bins: int = 128,
     start: RampResult | None = None,
+    lr_decay: bool = False,
 ) -> RampResult:
     """Fewest steps to ``target`` with at most ``examples`` examples, over SGD's
     lr and the ramp (start batch, end batch, ramp length).
@@ -283,13 +334,16 @@ def tune_ramp_steps(
         surrogate_bins: bins of the surrogate the relaxed search runs on.
         start: a feasible run to start from (e.g. :func:`best_constant`'s):
             its steps bound the search and its lr seeds it.
+        lr_decay: the lr also decays linearly over the run to a tuned final
+            fraction (a staircase on the ramp's pieces and 16 more after it),
+            so that the ramp is compared with what an lr schedule does alone.
 
     Returns:
         A :class:`RampResult` whose steps and examples are exact (examples
         ``<= examples``); never worse than ``start``.
     """
     tg, budget, relaxed, shape = _check(problem, target, examples, pieces, shape,
-                                        surrogate_bins)  # fmt: skip
+                                        surrogate_bins, lr_decay)  # fmt: skip
     goal = math.log(tg)
     x = _seed_x(relaxed, start)
     hi = int(start.steps) if start is not None and math.isfinite(start.steps) else None
@@ -322,6 +376,7 @@ def tune_ramp_examples(
     shape: RampShape | str = RampShape.GEOMETRIC,
     surrogate_bins: int = 128,
     start: RampResult | None = None,
+    lr_decay: bool = False,
 ) -> RampResult:
     """Fewest examples to ``target`` within ``steps`` updates, over SGD's lr and
     the ramp; as :func:`tune_ramp_steps` with the roles of the budgets swapped
@@ -330,7 +385,7 @@ def tune_ramp_examples(
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     total = int(steps)
     tg, _, relaxed, shape = _check(problem, target, 1.0, pieces, shape,
-                                   surrogate_bins)  # fmt: skip
+                                   surrogate_bins, lr_decay)  # fmt: skip
     goal = math.log(tg)
     x = _seed_x(relaxed, start)
     given = start is not None and math.isfinite(start.examples)
@@ -354,7 +409,7 @@ def tune_ramp_examples(
                     by_steps=False, max_steps=total)  # fmt: skip
 
 
-def _check(problem, target, examples, pieces, shape, bins):
+def _check(problem, target, examples, pieces, shape, bins, decay=False):
     tg = float(target)
     if not (math.isfinite(tg) and tg > 0):
         raise ValueError(f"target must be a finite positive loss, got {target!r}")
@@ -371,14 +426,17 @@ def _check(problem, target, examples, pieces, shape, bins):
         raise ValueError(
             f"shape must be one of {[s.value for s in RampShape]}, got {shape!r}"
         ) from None
-    return tg, budget, _Relaxed(problem, int(pieces), shape, int(bins)), shape
+    relaxed = _Relaxed(problem, int(pieces), shape, int(bins), bool(decay))
+    return tg, budget, relaxed, shape
 
 
 def _seed_x(relaxed, start):
     frac = 0.5
     if start is not None and start.optimizer is not None:
-        frac = min(max(start.optimizer.schedule.lr / relaxed.a_max, 1e-6), 1 - 1e-6)
-    return np.array([math.log(frac) - math.log1p(-frac), 0.0, 40.0])
+        lr0 = float(start.optimizer.schedule(0))
+        frac = min(max(lr0 / relaxed.a_max, 1e-6), 1 - 1e-6)
+    # a constant batch (rho = 1) at a constant lr (delta = 1): the start
+    return np.array([math.log(frac) - math.log1p(-frac), 0.0, 40.0, 40.0])
 
 
 #: Certification retries: the surrogate and the rounding can leave the exact
@@ -455,8 +513,9 @@ def ramp_savings(
         problem, target: the question.
         examples: budgets, shape ``(n,)``.
         batch_sizes: constant batch sizes for the exact baseline.
-        **options: ``pieces``, ``shape``, ``surrogate_bins`` (see
-            :func:`tune_ramp_steps`).
+        **options: ``pieces``, ``shape``, ``surrogate_bins``, ``lr_decay``
+            (see :func:`tune_ramp_steps`); with ``lr_decay`` both the constant
+            batch and the ramp get a tuned linear lr decay.
     """
     out = []
     bs = np.asarray(batch_sizes, dtype=np.int64).ravel()

@@ -259,6 +259,8 @@ def test_defaults_are_the_reference_study():
         "momentum_ema",
         "pwc",
         "linear_decay",
+        "wsd",
+        "cosine",
     )
     assert cfg.powers == (0.0, 0.25, 0.5, 0.75, 1.0)
     assert (cfg.out, cfg.figures) == ("results/nqm-scaling", "figures")

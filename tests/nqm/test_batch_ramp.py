@@ -33,16 +33,22 @@ def scan(problem, result):
     return first, sum(int(result.batch(t)) for t in range(first))
 
 
-def test_ramp_for_an_example_budget_is_certified(problem):
-    target = 0.05 * problem.initial_loss()
-    const = best_constant(problem, target, BATCHES, examples=4000)
-    ramp = tune_ramp_steps(problem, target, 4000, start=const)
+@pytest.mark.parametrize(
+    ("lr_decay", "frac", "budget"),
+    [(False, 0.05, 4000), pytest.param(True, 0.02, 20000, marks=pytest.mark.slow)],
+)
+def test_ramp_for_an_example_budget_is_certified(problem, lr_decay, frac, budget):
+    target = frac * problem.initial_loss()
+    const = best_constant(problem, target, BATCHES, examples=budget)
+    ramp = tune_ramp_steps(problem, target, budget, start=const, lr_decay=lr_decay)
     assert ramp.steps <= const.steps
     assert scan(problem, ramp) == (ramp.steps, ramp.examples)
-    assert ramp.examples <= 4000
+    assert ramp.examples <= budget
     assert scan(problem, const) == (const.steps, const.examples)
-    assert const.examples <= 4000
+    assert const.examples <= budget
     assert len(ramp.batch.values) > 1  # a ramp, not the constant start
+    if lr_decay:  # and the lr decays
+        assert isinstance(ramp.optimizer.schedule, nqm.PiecewiseConstant)
 
 
 @pytest.mark.slow

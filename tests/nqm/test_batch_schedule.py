@@ -230,3 +230,18 @@ def test_simulation_under_schedule_agrees_with_exact(noise):
     # and the schedule is seen: a constant batch of 2 is measurably worse late
     const = nqm.expected_loss(problem, opt, 2, steps)
     assert np.abs(mc.mean[-1] - const[-1]) > MC_SIGMAS * mc.stderr[-1]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_batch_changing_at_every_step_matches_recursion(family):
+    """A new batch size at every one of the first 60 updates."""
+    problem = problem_for(12)
+    rng = np.random.default_rng(12)
+    values = [int(v) for v in rng.integers(1, 50, 61)]
+    sched = nqm.BatchSchedule(tuple(range(1, 61)), tuple(values))
+    lr, beta, gamma = FAMILIES[family]
+    opt = nqm.Optimizer(lr, momentum=beta, ema=gamma, precond_power=0.5)
+    steps = [0, 1, 2, 30, 59, 60, 61, 90]
+    got = nqm.expected_loss(problem, opt, sched, steps)
+    want = oracle(problem, lr, beta, gamma, 0.5, lambda s: values[min(s, 60)], steps)
+    np.testing.assert_allclose(got, want, rtol=RTOL_BRUTE, atol=0)
