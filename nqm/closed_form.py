@@ -1,4 +1,4 @@
-"""The appendix's closed forms (seed 004, B-E), as separate functions.
+"""The appendix's closed forms (Zhang et al. 2019, appendices B-E), as separate functions.
 
 They are written from the paper's formulas, independently of the exact engine in
 :mod:`nqm.dynamics`, and serve as oracles and fast paths:
