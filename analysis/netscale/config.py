@@ -71,7 +71,7 @@ class NetScalingConfig:
         optimizers: optimizers to tune.
         ema: evaluate the iterates' exponential moving average (γ tuned).
         schedule: ``constant`` or ``linear_decay``.
-        batch_sizes: batch sizes (``"2^3..2^9"`` or a list).
+        batch_sizes: batch sizes (``"2^4..2^10"`` or a list).
         trials: tuning trials per (optimizer, batch size).
         max_steps: step budget per trial.
         eval_every: steps between evaluations of the metric.
@@ -109,7 +109,7 @@ class NetScalingConfig:
     ema: bool = False
     schedule: Schedule = Schedule.CONSTANT
     batch_sizes: tuple[int, ...] = dataclasses.field(
-        default=tuple(2**k for k in range(3, 10)),
+        default=tuple(2**k for k in range(4, 11)),
         metadata={nqm.config.PARSE: _batch_sizes},
     )
     trials: int = 8

@@ -122,26 +122,26 @@ class Param:
 #: The documented default search spaces (ranges chosen to bracket the tuned
 #: optima of small networks at batch sizes 2^3..2^10).
 SEARCH_SPACES: Mapping[OptimizerName, tuple[Param, ...]] = {
-    OptimizerName.SGD: (Param("lr", 1e-2, 10.0),),
+    OptimizerName.SGD: (Param("lr", 3e-2, 3.0),),
     OptimizerName.MOMENTUM: (
-        Param("lr", 1e-3, 3.0),
-        Param("one_minus_beta", 1e-2, 0.5),
+        Param("lr", 3e-3, 1.0),
+        Param("one_minus_beta", 1e-2, 0.3),
     ),
     OptimizerName.NESTEROV: (
-        Param("lr", 1e-3, 3.0),
-        Param("one_minus_beta", 1e-2, 0.5),
+        Param("lr", 3e-3, 1.0),
+        Param("one_minus_beta", 1e-2, 0.3),
     ),
     OptimizerName.ADAM: (
-        Param("lr", 1e-4, 3e-2),
-        Param("one_minus_beta1", 1e-2, 0.5),
+        Param("lr", 3e-4, 3e-2),
+        Param("one_minus_beta1", 1e-2, 0.3),
         Param("one_minus_beta2", 1e-4, 0.1),
-        Param("eps", 1e-9, 1e-3),
+        Param("eps", 1e-8, 1e-3),
     ),
     OptimizerName.KFAC: (
-        Param("lr", 1e-3, 1.0),
-        Param("damping", 1e-4, 1e-1),
-        Param("kl_clip", 1e-4, 1e-1),
-        Param("one_minus_beta", 1e-2, 0.5),
+        Param("lr", 1e-2, 1.0),
+        Param("damping", 1e-3, 0.3),
+        Param("kl_clip", 1e-3, 0.1),
+        Param("one_minus_beta", 1e-2, 0.3),
     ),
 }
 
