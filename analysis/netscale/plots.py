@@ -55,6 +55,13 @@ def _log2(ax: Any, ylabel: str) -> None:
     ax.grid(True, alpha=0.3)
 
 
+def _legend(ax: Any, **kw: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, **kw)
+    else:
+        ax.text(0.5, 0.5, "no finite points", ha="center", transform=ax.transAxes)
+
+
 def plot_steps_vs_batch(rows: Rows) -> Figure:
     """Steps to result vs batch size, one curve per optimizer, with the
     perfect-scaling line :math:`S \\propto 1/B` through each curve's first point."""
@@ -67,7 +74,7 @@ def plot_steps_vs_batch(rows: Rows) -> Figure:
         ax.plot(x, [y[0] * x[0] / b for b in x], ":", color=line.get_color(), lw=1)
     _log2(ax, "steps to result")
     ax.set_title("steps vs batch size (dotted: perfect scaling)")
-    ax.legend(fontsize=7)
+    _legend(ax)
     return fig
 
 
@@ -80,7 +87,7 @@ def plot_tuned_lr(rows: Rows) -> Figure:
             ax.plot(x, y, "o-", ms=3, label=opt)
     _log2(ax, "tuned learning rate")
     ax.set_title("tuned learning rate vs batch size")
-    ax.legend(fontsize=7)
+    _legend(ax)
     return fig
 
 
@@ -95,7 +102,7 @@ def plot_steps_by_threshold(rows: Rows) -> Figure:
                 ax.plot(x, y, "o-", ms=3, label=f"{float(tau):g}")
         _log2(ax, "steps to result")
         ax.set_title(opt)
-        ax.legend(title="threshold", fontsize=7)
+        _legend(ax, title="threshold")
     return fig
 
 
