@@ -193,3 +193,19 @@ def test_killed_sweep_resumes_to_the_records_of_an_uninterrupted_one(tmp_path):
     assert _log_records(log) == _log_records(whole / "trials.jsonl")
     assert len(_log_records(log)) == 16
     assert (killed / "steps.csv").read_text() == (whole / "steps.csv").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_local_pool_and_ray_give_the_records_of_one_process(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    # the workers (spawned processes, Ray workers) import the test factories
+    path = os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    small = SweepSpec(**{**SWEEP.__dict__, "batch_sizes": (8, 16), "seeds": 1})
+    one = run_sweep(small, tmp_path / "one.jsonl")
+    pool = run_sweep(small, tmp_path / "pool.jsonl", workers=2)
+    ray = run_sweep(small, tmp_path / "ray.jsonl", executor="ray", workers=2)
+    assert _log_records(tmp_path / "pool.jsonl") == _log_records(tmp_path / "one.jsonl")
+    assert _log_records(tmp_path / "ray.jsonl") == _log_records(tmp_path / "one.jsonl")
+    assert _strip(pool) == _strip(one) == _strip(ray)
