@@ -144,6 +144,18 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--thresholds", help="further thresholds (>= target) for the threshold figure"
     )
     s.add_argument("--n-boot", help="bootstrap replicates of the critical batch size")
+    a = p.add_argument_group("archive (no training)")
+    a.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="analyse one workload <dataset>/<model>/<optimizer> of the unpacked "
+        "Shallue et al. (2018) archive instead of training; --target applies",
+    )
+    a.add_argument(
+        "--archive-metric",
+        default="train/cross_entropy_error",
+        help="measurements column of the archive (default train/cross_entropy_error)",
+    )
     r = p.add_argument_group("run")
     r.add_argument("--workers", help="trials in flight (default 0: one per CPU)")
     r.add_argument("--executor", help="local|ray")
@@ -232,29 +244,46 @@ def run(args: argparse.Namespace) -> int:
     """
     from analysis.netscale import plots, results
     from analysis.netscale.sweep import run_sweep
-    from nqm.io import save_figure, write_csv, write_json, write_text_atomic
+    from nqm.io import jsonable, save_figure, write_csv, write_json, write_text_atomic
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     cfg = config_from_args(args)
     out, fig_dir = Path(cfg.out), Path(cfg.figures)
     identity = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_FIELDS}
-    _check_same_sweep(out, identity)
-    _check_workload(cfg)
+    archive = getattr(args, "archive", None)
+    if archive is not None:
+        from analysis.netscale.archive import read_workload
+
+        identity = {"archive": str(archive), "metric": args.archive_metric}
+        identity["target"] = cfg.target
+        _check_same_sweep(out, identity)
+        _, records = read_workload(
+            archive, metric=args.archive_metric, target=cfg.target
+        )
+    else:
+        _check_same_sweep(out, identity)
+        _check_workload(cfg)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep.json", identity)
     write_text_atomic(out / "config.toml", cfg.to_toml())
     timings: dict[str, float] = {"validate": time.perf_counter() - t0}
 
     t = time.perf_counter()
-    records = run_sweep(
-        cfg.sweep(),
-        out / "trials.jsonl",
-        executor=cfg.executor,
-        workers=cfg.workers,
-        ray_address=cfg.ray_address,
-        progress=getattr(args, "progress", None),
-    )
+    if archive is not None:
+        write_text_atomic(
+            out / "trials.jsonl",
+            "".join(json.dumps(jsonable(r), sort_keys=True) + "\n" for r in records),
+        )
+    else:
+        records = run_sweep(
+            cfg.sweep(),
+            out / "trials.jsonl",
+            executor=cfg.executor,
+            workers=cfg.workers,
+            ray_address=cfg.ray_address,
+            progress=getattr(args, "progress", None),
+        )
     timings["sweep"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -116,3 +116,30 @@ def test_malformed_archives(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no study"):
         read_workload(empty, metric=METRIC, target=1.0)
+
+
+def test_cli_analyses_an_archive_workload(tmp_path):
+    from analysis.__main__ import main
+
+    _write_workload(tmp_path / "w", lambda b: int(200 * (1 + 32 / b)))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "net-scaling",
+            "--archive",
+            str(tmp_path / "w"),
+            "--target",
+            "1.0",
+            "--n-boot",
+            "5",
+            "--out",
+            str(out),
+            "--figures",
+            str(tmp_path / "fig"),
+        ]
+    )
+    assert code == 0
+    assert (out / "trials.jsonl").read_text().count("\n") == 12
+    text = (out / "steps.csv").read_text()
+    assert "nesterov_momentum,8,1000" in text
+    assert (tmp_path / "fig" / "steps_vs_batch.png").exists()
