@@ -40,7 +40,14 @@ import torch
 from .optimizers import OptimizerName, Schedule, learning_rate, make_optimizer
 from .workload import Evaluator, WorkloadSpec, build_network, load_data, loss_value
 
-__all__ = ["Status", "TrialSpec", "run_trial", "trial_seeds", "TIMING_KEYS"]
+__all__ = [
+    "Status",
+    "TrialSpec",
+    "run_trial",
+    "trial_seeds",
+    "hparams_tuple",
+    "TIMING_KEYS",
+]
 
 #: Record fields that measure time and so differ between identical reruns.
 TIMING_KEYS: tuple[str, ...] = ("seconds",)
