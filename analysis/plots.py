@@ -135,7 +135,8 @@ def plot_steps_vs_batch_by_family(rows: Rows) -> Figure:
 
 def plot_steps_vs_batch_by_power(rows: Rows) -> Figure:
     """Steps to target vs batch size, one panel per preconditioning power, one
-    curve per family, with the lower bound (seed 004, Figures 5-6)."""
+    curve per family, with the lower bound (Zhang et al. 2019, section 3.7,
+    Figures 5-6)."""
     return _steps_panels(
         rows, "precond_power", "family", lambda k: f"precond power p = {k:g}"
     )
@@ -167,11 +168,45 @@ def plot_loss_threshold(rows: Rows) -> Figure:
     return fig
 
 
+#: Drawn length (a factor on the log axis) of a range of lrs without upper end.
+OPEN_BAR_SPAN = 2.0**6
+
+
+def _draw_lr_curve(
+    ax: Any, rows: Sequence[Mapping[str, Any]], y: str, style: str, **kw: Any
+) -> None:
+    """The tuned lrs of one curve: a line through the sharp optima and, at batch
+    sizes whose optimum is degenerate (``degenerate`` true), a bar over the
+    range ``y_min .. y_max`` of lrs that are all optimal instead of a point."""
+    sharp = [r for r in rows if not r.get("degenerate")]
+    wide = [r for r in rows if r.get("degenerate")]
+    x, v = _xy(sharp, "batch_size", y)
+    ax.plot(x, v, style, **kw)
+    if not wide or style == "--":
+        return
+    x = [r["batch_size"] for r in wide]
+    lows = [r[f"{y}_min"] for r in wide]
+    # an unbounded range (every momentum < 1 optimal) is an open bar, arrow up
+    opened = [not math.isfinite(r[f"{y}_max"]) for r in wide]
+    tops = [
+        lo * OPEN_BAR_SPAN if op else r[f"{y}_max"]
+        for lo, op, r in zip(lows, opened, wide, strict=True)
+    ]
+    color = kw.get("color")
+    ax.vlines(x, lows, tops, color=color, lw=3, alpha=0.6)
+    ends = [(b, t) for b, t, op in zip(x, tops, opened, strict=True) if op]
+    if ends:
+        ax.plot([b for b, _ in ends], [t for _, t in ends], "^", ms=6, color=color)
+
+
 def plot_optimal_lr(rows: Rows) -> Figure:
     """Optimal (effective) learning rate vs batch size per power (E.6, Figure 14):
     (a) SGD's lr; (b) momentum held fixed (``momentum_tuned`` false), lr tuned;
     (c) tuned momentum. (b) and (c) show the effective lr :math:`\\alpha/(1-\\beta)`
-    with SGD's curves dashed for comparison."""
+    with SGD's curves dashed for comparison. Where every lr of a range is optimal
+    (``degenerate`` rows, see :mod:`analysis.lr_range`) a vertical bar shows the
+    range (``lr_min .. lr_max`` or ``effective_lr_min .. effective_lr_max``); an
+    unbounded one (``inf``) is an open bar ending in an arrow head."""
     rows = list(rows)
     fig, axes = _figure(3)
     sgd = _group([r for r in rows if r["family"] == "sgd"], "precond_power")
@@ -184,14 +219,16 @@ def plot_optimal_lr(rows: Rows) -> Figure:
     powers = sorted(set(sgd) | set(fixed) | set(tuned))
     colors = {p: cmap(0.85 * i / max(len(powers) - 1, 1)) for i, p in enumerate(powers)}
     for p, rs in sorted(sgd.items()):
-        x, y = _xy(rs, "batch_size", "lr")
-        axes[0].plot(x, y, "o-", ms=3, color=colors[p], label=f"p = {p:g}")
-        axes[1].plot(x, y, "--", lw=0.8, color=colors[p])
-        axes[2].plot(x, y, "--", lw=0.8, color=colors[p])
+        _draw_lr_curve(
+            axes[0], rs, "lr", "o-", ms=3, color=colors[p], label=f"p = {p:g}"
+        )
+        for ax in axes[1:]:
+            _draw_lr_curve(ax, rs, "lr", "--", lw=0.8, color=colors[p])
     for ax, groups in ((axes[1], fixed), (axes[2], tuned)):
         for p, rs in sorted(groups.items()):
-            x, y = _xy(rs, "batch_size", "effective_lr")
-            ax.plot(x, y, "o-", ms=3, color=colors[p], label=f"p = {p:g}")
+            _draw_lr_curve(
+                ax, rs, "effective_lr", "o-", ms=3, color=colors[p], label=f"p = {p:g}"
+            )
     betas = sorted({r["momentum"] for rs in fixed.values() for r in rs})
     fixed_label = ", ".join(f"{b:g}" for b in betas) if betas else "fixed"
     axes[0].set_title("(a) without momentum: lr")
@@ -203,6 +240,9 @@ def plot_optimal_lr(rows: Rows) -> Figure:
             ax.legend(fontsize=7)
         else:
             _empty(ax)
+    if any(r.get("degenerate") for r in rows):
+        fig.suptitle("bars: every lr in the range reaches the target in the "
+                     "optimal number of steps", fontsize=8)  # fmt: skip
     return fig
 
 

@@ -6,9 +6,10 @@ loss :math:`L^*` and batch size :math:`B`:
 .. math:: S^*(B) = \min_{\text{hyperparameters}} \min\{t \ge 0 : E[L(\theta_t)]
     \le L^*\},
 
-i.e. the number of steps a *tuned* optimizer needs (seed 004, section 3.7,
-Figures 5-6 and appendix E.5-E.7). The tuning itself is :func:`nqm.search.
-best_steps`; this module runs the grid of studies, flattens the tuned optimizers
+i.e. the number of steps a *tuned* optimizer needs (Zhang et al. 2019, section
+3.7, Figures 5-6 and appendix E.5-E.7). The tuning itself is :func:`nqm.search.
+best_steps`; this module plans and runs the grid of studies
+(:func:`plan_study`, :mod:`analysis.executor`), flattens the tuned optimizers
 into tidy records, fits the critical batch size of every curve
 (:func:`nqm.noise_scale.fit_critical_batch`), adds the information-theoretic lower
 bound (:func:`nqm.noise_scale.steps_lower_bound`) and prepares the tables each
@@ -42,6 +43,7 @@ from nqm.search import Family, best_steps
 
 from .config import ScalingConfig
 from .executor import ExecutorKind, Task, require_executor, run_plan
+from .lr_range import optimal_lr_ranges
 
 __all__ = [
     "ScheduleKind",
@@ -60,6 +62,7 @@ __all__ = [
     "schedule_shapes",
     "momentum_transient",
     "run_reference_study",
+    "optimal_lr_range_table",
     "figure_tables",
     "write_study",
 ]
@@ -282,9 +285,20 @@ class StudyPlan:
     reported: tuple[tuple[Family, float, float], ...]
 
 
+def _contained(fam: Family) -> tuple[Family, ...]:
+    """:attr:`nqm.search.Family.contained`, the families ``fam`` contains."""
+    if hasattr(Family, "contained"):
+        return fam.contained
+    # Until nqm defines the relation on Family (merge pending): the same one.
+    return {
+        Family.SGD: (),
+        Family.MOMENTUM_EMA: (Family.MOMENTUM, Family.EMA),
+    }.get(fam, (Family.SGD,))
+
+
 def _contains_sgd(fam: Family) -> bool:
     """Whether SGD is a feasible point of ``fam`` (containment is transitive)."""
-    return any(g is Family.SGD or _contains_sgd(g) for g in fam.contained)
+    return any(g is Family.SGD or _contains_sgd(g) for g in _contained(fam))
 
 
 def plan_study(
@@ -350,7 +364,7 @@ def plan_study(
         keys = []
         if _contains_sgd(c.family):
             keys += [unit_of[(Family.SGD, p, c.target)] for p in c.powers]
-        nested = [g for g in c.family.contained if g is not Family.SGD]
+        nested = [g for g in _contained(c.family) if g is not Family.SGD]
         if nested and all(g in fams for g in nested):
             keys += [unit_of[(g, p, c.target)] for g in nested for p in c.powers]
         return tuple(dict.fromkeys(keys))
@@ -421,7 +435,7 @@ def _nested_options(
         return dict(options)
     many = len(curve.powers) > 1
     out = {**options, "baseline": bases if many else bases[0]}
-    nested = [g for g in curve.family.contained if g is not Family.SGD]
+    nested = [g for g in _contained(curve.family) if g is not Family.SGD]
     if nested and all(any(k.family is g for k in inputs) for g in nested):
         inner = [[results(g, p) for g in nested] for p in curve.powers]
         if all(r is not None for per_power in inner for r in per_power):
@@ -875,7 +889,9 @@ def run_reference_study(
 
     The main grid (families x powers x targets x batch sizes), the loss-threshold
     family (SGD, p = 0, ``cfg.threshold_targets``; E.5), the critical-batch fits,
-    the lower bound at every target, the schedule shapes and the E.3 transient.
+    the lower bound at every target, the schedule shapes, the E.3 transient and
+    the range of optimal lrs behind the ``optimal_lr`` figure
+    (:func:`optimal_lr_range_table`).
 
     Args:
         cfg: the resolved configuration.
@@ -955,12 +971,101 @@ def run_reference_study(
         ),
     }
     timings["extras"] = time.perf_counter() - t3
+    t4 = time.perf_counter()
+    partial = StudyResult(records, fits, bound, extras)
+    extras[LR_RANGE_TABLE] = optimal_lr_range_table(problem, partial, cfg)
+    timings["lr_ranges"] = time.perf_counter() - t4
     timings["study_total"] = time.perf_counter() - t0
     return StudyResult(records, fits, bound, extras, timings)
 
 
 def _select(rows: Iterable[Mapping[str, Any]], **equal: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in rows if all(r[k] == v for k, v in equal.items())]
+
+
+def _main_records(
+    records: Iterable[Mapping[str, Any]], cfg: ScalingConfig
+) -> list[Mapping[str, Any]]:
+    """The records of the main grid: its targets, families and powers."""
+    return [
+        r
+        for r in records
+        if r["target"] in set(cfg.targets)
+        and r["family"] in cfg.families
+        and r["precond_power"] in cfg.powers
+    ]
+
+
+def _optimal_lr_rows(result: StudyResult, cfg: ScalingConfig) -> list[dict[str, Any]]:
+    """The tuned SGD and momentum records of the ``optimal_lr`` figure, flagged
+    ``momentum_tuned`` (false for the fixed-momentum panel)."""
+    main_targets = set(cfg.targets)
+    return [
+        dict(r, momentum_tuned=r["family"] == Family.MOMENTUM.value)
+        for r in _main_records(result.records, cfg)
+        if r["family"] in (Family.SGD.value, Family.MOMENTUM.value)
+        and math.isfinite(r["steps"])
+    ] + [
+        dict(r, momentum_tuned=False)
+        for r in result.extras.get("fixed_momentum", [])
+        if r["target"] in main_targets and math.isfinite(r["steps"])
+    ]
+
+
+#: The extra table of optimal-lr ranges (:mod:`analysis.lr_range`).
+LR_RANGE_TABLE = "optimal_lr_range"
+_RANGE_COLUMNS = (
+    "lr_min",
+    "lr_max",
+    "momentum_min",
+    "momentum_max",
+    "effective_lr_min",
+    "effective_lr_max",
+    "degenerate",
+)
+#: Records per task when the lr ranges are computed in parallel.
+_RANGE_CHUNK = 8
+
+
+def _range_key(r: Mapping[str, Any]) -> tuple:
+    return (
+        r["family"],
+        bool(r["momentum_tuned"]),
+        r["precond_power"],
+        r["target"],
+        r["batch_size"],
+    )
+
+
+def optimal_lr_range_table(
+    problem: nqm.NQMProblem,
+    result: StudyResult,
+    cfg: ScalingConfig,
+) -> list[dict[str, Any]]:
+    """The range of optimal lrs of every point of the ``optimal_lr`` figure.
+
+    Runs :func:`analysis.lr_range.optimal_lr_ranges` over the figure's records in
+    chunks through :func:`analysis.executor.run_plan` (``cfg.workers``,
+    ``cfg.executor``); the rows carry ``momentum_tuned`` to tell the panels
+    apart.
+
+    Returns:
+        Rows of :func:`analysis.lr_range.optimal_lr_ranges` plus
+        ``momentum_tuned``, in the figure's record order.
+    """
+    rows = _optimal_lr_rows(result, cfg)
+    chunks = [rows[i : i + _RANGE_CHUNK] for i in range(0, len(rows), _RANGE_CHUNK)]
+    tasks = [Task(i, optimal_lr_ranges, (problem, c)) for i, c in enumerate(chunks)]
+    local = cfg.executor is ExecutorKind.LOCAL
+    workers = _n_workers(cfg.workers, len(tasks)) if local else cfg.workers
+    out = run_plan(
+        tasks, executor=cfg.executor, workers=workers, ray_address=cfg.ray_address
+    )
+    return [
+        dict(rng, momentum_tuned=r["momentum_tuned"])
+        for i, chunk in enumerate(chunks)
+        for r, rng in zip(chunk, out[i], strict=True)
+    ]
 
 
 def figure_tables(
@@ -972,13 +1077,7 @@ def figure_tables(
     number comes from ``result``.
     """
     main_targets = set(cfg.targets)
-    main = [
-        r
-        for r in result.records
-        if r["target"] in main_targets
-        and r["family"] in cfg.families
-        and r["precond_power"] in cfg.powers
-    ]
+    main = _main_records(result.records, cfg)
     bound = [dict(r, family="lower_bound") for r in result.lower_bound]
     main_bound = [r for r in bound if r["target"] in main_targets]
     threshold_targets = set(cfg.threshold_targets)
@@ -987,15 +1086,10 @@ def figure_tables(
         for r in _select(result.records, family=Family.SGD.value, precond_power=0.0)
         if r["target"] in threshold_targets
     ]
+    ranges = {_range_key(r): r for r in result.extras.get(LR_RANGE_TABLE, [])}
     lr_rows = [
-        dict(r, momentum_tuned=r["family"] == Family.MOMENTUM.value)
-        for r in main
-        if r["family"] in (Family.SGD.value, Family.MOMENTUM.value)
-        and math.isfinite(r["steps"])
-    ] + [
-        dict(r, momentum_tuned=False)
-        for r in result.extras.get("fixed_momentum", [])
-        if r["target"] in main_targets and math.isfinite(r["steps"])
+        dict(r, **{k: ranges.get(_range_key(r), {}).get(k) for k in _RANGE_COLUMNS})
+        for r in _optimal_lr_rows(result, cfg)
     ]
     pwc = [
         r for r in main if r["family"] == Family.PWC.value and math.isfinite(r["steps"])

@@ -131,6 +131,47 @@ def step_loop(problem, lr, beta, gamma, p, batch, steps):
     return loss_from_moments(problem, mean[:, o], z[:, o, o], batch)
 
 
+# ------------------------------------------------------------ random settings
+#: Seed of the random settings (fixed: every run draws the same settings).
+SETTINGS_SEED = 19
+#: Preconditioning powers and step counts the random settings draw from.
+SETTING_POWERS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SETTING_STEPS = (10**3, 10**6, 10**9)
+#: lr is log-uniform over this many decades below the stability edge.
+LR_DECADES = 4.0
+#: beta and gamma are 0 with this probability, else 1 - x, x log-uniform in
+#: [ONE_MINUS_MIN, ONE_MINUS_MAX].
+P_ZERO = 1.0 / 3.0
+ONE_MINUS_MIN, ONE_MINUS_MAX = 1e-4, 0.5
+
+
+def random_settings(problem, n: int, rng: np.random.Generator) -> list[tuple]:
+    """``n`` settings ``(lr, momentum, ema, precond_power, steps)``.
+
+    beta and gamma: each 0 with probability ``P_ZERO``, else ``1 - x`` with
+    ``x`` log-uniform in ``[1e-4, 0.5]``; p uniform over ``SETTING_POWERS``; lr
+    log-uniform over ``LR_DECADES`` decades below the stability edge
+    ``nqm.max_stable_lr(problem, beta, p)`` (exclusive); t uniform over
+    ``SETTING_STEPS``.
+    """
+    lo, hi = np.log(ONE_MINUS_MIN), np.log(ONE_MINUS_MAX)
+
+    def rate():
+        if rng.random() < P_ZERO:
+            return 0.0
+        return float(-np.expm1(rng.uniform(lo, hi)))
+
+    out = []
+    for _ in range(n):
+        beta, gamma = rate(), rate()
+        p = float(rng.choice(SETTING_POWERS))
+        edge = nqm.max_stable_lr(problem, momentum=beta, precond_power=p)
+        lr = float(edge * 10.0 ** rng.uniform(-LR_DECADES, 0.0))
+        t = int(rng.choice(SETTING_STEPS))
+        out.append((lr, beta, gamma, p, t))
+    return out
+
+
 # ----------------------------------------------------------------------- main
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -2,6 +2,6 @@
 the gradient statistics in the Kronecker eigenbasis that test the NQM's assumptions.
 """
 
-from .kfac import KFAC, compute_factors
+from .kfac import KFAC, KFACConfig, compute_factors
 
-__all__ = ["KFAC", "compute_factors"]
+__all__ = ["KFAC", "KFACConfig", "compute_factors"]

@@ -6,24 +6,25 @@
         [--steps N --checkpoints 0,50,200 --width W --config FILE.toml ...]
     python -m kfac_spectra report RUN_DIR [--figures DIR] [--step S] [--nqm-step S]
     python -m kfac_spectra            # embedded default: MNIST-1D ResNet8, then report
+    torchrun --nproc-per-node N -m kfac_spectra run ...   # data parallel, N ranks
 
-``run`` accepts one ``--<field>`` flag per :class:`kfac_spectra.train.TrainConfig`
+``run`` accepts one ``--<field>`` flag per :class:`kfac_spectra.train_config.TrainConfig`
 field (flags override the TOML file, which overrides the defaults). ``report``
 writes the E.1, E.2 and E.4 figures (PNG + PDF) with CSV tables beside them and
 ``RUN_DIR/nqm_problem.npz`` (:func:`kfac_spectra.bridge.estimate_nqm`). Bad
-arguments print one line and exit with status 2.
+arguments print one line and exit with status 2. Under ``torchrun`` the ranks
+train data-parallel (gloo on the CPU, nccl with ``--device cuda``, one GPU per
+rank); rank 0 writes the run directory and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ DEFAULT_RUN_DIR = Path("runs") / "kfac_spectra_default"
 DEFAULT_FIGURES = Path("figures") / "kfac_spectra"
 SPECTRUM_RANGE = 1e-16
 """E.1 bins span [SPECTRUM_RANGE * largest, largest] K-FAC eigenvalue."""
+FIGURE_DPI = 120
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,26 +109,14 @@ class ReportSummary:
 
 
 def _write_csv(
-    path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]
+    path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]
 ) -> None:
-    from kfac_spectra.train import _atomic_write
+    """:func:`nqm.io.write_csv` of rows whose NumPy scalars become Python ones
+    (the text of a NumPy float is its ``repr``, ``np.float64(...)``)."""
+    from nqm.io import write_csv
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    _atomic_write(path, lambda h: h.write(buffer.getvalue()), "w")
-
-
-def _save_figure(fig: Any, stem: Path) -> list[Path]:
-    from kfac_spectra.train import _atomic_write
-
-    paths = []
-    for fmt in ("png", "pdf"):
-        path = stem.with_suffix(f".{fmt}")
-        _atomic_write(path, lambda h, f=fmt: fig.savefig(h, format=f, dpi=120))
-        paths.append(path)
-    return paths
+    plain = [[v.item() if isinstance(v, np.generic) else v for v in r] for r in rows]
+    write_csv(path, plain, header)
 
 
 def write_report(
@@ -141,17 +131,8 @@ def write_report(
     Raises:
         ValueError: If the run has no collected steps or a step is not collected.
     """
-    from kfac_spectra import plots
     from kfac_spectra.bridge import measure_nqm
-    from kfac_spectra.gradient_stats import compare_variance_curvature
-    from kfac_spectra.powerlaw import fit_power_law, rank_overlay
-    from kfac_spectra.spectra import (
-        FactorSpectrum,
-        eigenvalue_histogram,
-        kfac_eigenvalues,
-        log_bins,
-    )
-    from kfac_spectra.train import load_checkpoint_arrays, read_manifest
+    from kfac_spectra.checkpoints import read_manifest
 
     steps = [c["step"] for c in read_manifest(run_dir)["checkpoints"]]
     if not steps:
@@ -161,9 +142,36 @@ def write_report(
     for name, value in (("step", step), ("nqm_step", nqm_step)):
         if value not in steps:
             raise ValueError(f"{name}: {value} not collected; have {steps}")
-    files: list[Path] = []
+    spectra = _spectra(run_dir, steps)
+    files = _write_e1_spectra(run_dir, spectra, figures)
+    comparisons, e2_files = _write_e2_variance_curvature(run_dir, step, figures)
+    fit, e4_files = _write_e4_power_law(spectra[step], step, figures)
+    files += e2_files + e4_files
 
-    # E.1: eigenvalue histograms at every collected step.
+    estimate = measure_nqm(run_dir, nqm_step)
+    nqm_path = run_dir / "nqm_problem.npz"
+    estimate.problem.save(nqm_path)
+    overall = comparisons["overall"]
+    return ReportSummary(
+        step=step,
+        exponent=fit.exponent,
+        ci=(fit.ci_low, fit.ci_high),
+        r_squared=fit.r_squared,
+        within_2x=overall.fraction_within,
+        slope=overall.log_slope,
+        correlation=overall.log_correlation,
+        nqm_modes=estimate.problem.n_modes,
+        nqm_dropped=estimate.num_dropped,
+        nqm_path=nqm_path,
+        files=tuple(files),
+    )
+
+
+def _spectra(run_dir: Path, steps: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The factor spectra ``{step: {block: FactorSpectrum}}`` of the collected steps."""
+    from kfac_spectra.checkpoints import load_checkpoint_arrays
+    from kfac_spectra.spectra import FactorSpectrum
+
     spectra = {}
     for s in steps:
         factors, _, _ = load_checkpoint_arrays(run_dir, s)
@@ -171,6 +179,21 @@ def write_report(
             k: FactorSpectrum(f["row_values"], f["col_values"])
             for k, f in factors.items()
         }
+    return spectra
+
+
+def _write_e1_spectra(
+    run_dir: Path, spectra: dict[int, dict[str, Any]], figures: Path
+) -> list[Path]:
+    """E.1: histograms of the K-FAC eigenvalues at every collected step.
+
+    Raises:
+        ValueError: If no step has a positive K-FAC eigenvalue.
+    """
+    from kfac_spectra import plots
+    from kfac_spectra.spectra import eigenvalue_histogram, log_bins
+    from nqm.io import save_figure
+
     highs, lows = [], []
     for layers in spectra.values():
         for sp in layers.values():
@@ -187,9 +210,13 @@ def write_report(
     if not low < high:
         low, high = low / 2, high * 2
     edges = log_bins(low * 0.999, high * 1.001, 60)
+    steps = list(spectra)
     histograms = [eigenvalue_histogram(spectra[s], edges) for s in steps]
-    files += _save_figure(
-        plots.plot_spectra_evolution(steps, histograms), figures / "e1_spectra"
+    figures.mkdir(parents=True, exist_ok=True)
+    files = save_figure(
+        plots.plot_spectra_evolution(steps, histograms),
+        figures / "e1_spectra",
+        dpi=FIGURE_DPI,
     )
     _write_csv(
         figures / "e1_spectra.csv",
@@ -207,13 +234,24 @@ def write_report(
             ]
         ],
     )
-    files.append(figures / "e1_spectra.csv")
+    return [*files, figures / "e1_spectra.csv"]
 
-    # E.2: gradient variance against curvature per direction.
+
+def _write_e2_variance_curvature(
+    run_dir: Path, step: int, figures: Path
+) -> tuple[dict[str, Any], list[Path]]:
+    """E.2: gradient variance against curvature per direction at ``step``."""
+    from kfac_spectra import plots
+    from kfac_spectra.checkpoints import load_checkpoint_arrays
+    from kfac_spectra.gradient_stats import compare_variance_curvature
+    from nqm.io import save_figure
+
     _, stats, _ = load_checkpoint_arrays(run_dir, step)
     comparisons = compare_variance_curvature(stats)
-    files += _save_figure(
-        plots.plot_variance_vs_curvature(comparisons), figures / "e2_variance_curvature"
+    files = save_figure(
+        plots.plot_variance_vs_curvature(comparisons),
+        figures / "e2_variance_curvature",
+        dpi=FIGURE_DPI,
     )
     _write_csv(
         figures / "e2_variance_curvature.csv",
@@ -239,10 +277,19 @@ def write_report(
             for k, c in comparisons.items()
         ],
     )
-    files.append(figures / "e2_variance_curvature.csv")
+    return comparisons, [*files, figures / "e2_variance_curvature.csv"]
 
-    # E.4: the K-FAC spectrum against 1/i.
-    spectrum = kfac_eigenvalues(spectra[step])
+
+def _write_e4_power_law(
+    spectra: dict[str, Any], step: int, figures: Path
+) -> tuple[Any, list[Path]]:
+    """E.4: the K-FAC spectrum at ``step`` against ``1/i``; returns the fit."""
+    from kfac_spectra import plots
+    from kfac_spectra.powerlaw import fit_power_law, rank_overlay
+    from kfac_spectra.spectra import kfac_eigenvalues
+    from nqm.io import save_figure
+
+    spectrum = kfac_eigenvalues(spectra)
     d = int(np.sum(spectrum > 0))
     rank_min = 10 if d >= 60 else 1
     fit = fit_power_law(
@@ -252,7 +299,9 @@ def write_report(
         num_points=60 if d >= 60 else None,
     )
     overlay = rank_overlay(spectrum[spectrum > 0], fit)
-    files += _save_figure(plots.plot_power_law(overlay, fit), figures / "e4_power_law")
+    files = save_figure(
+        plots.plot_power_law(overlay, fit), figures / "e4_power_law", dpi=FIGURE_DPI
+    )
     _write_csv(
         figures / "e4_power_law.csv",
         [
@@ -282,26 +331,7 @@ def write_report(
             )
         ],
     )
-    files.append(figures / "e4_power_law.csv")
-
-    # The NQM problem.
-    estimate = measure_nqm(run_dir, nqm_step)
-    nqm_path = run_dir / "nqm_problem.npz"
-    estimate.problem.save(nqm_path)
-    overall = comparisons["overall"]
-    return ReportSummary(
-        step=step,
-        exponent=fit.exponent,
-        ci=(fit.ci_low, fit.ci_high),
-        r_squared=fit.r_squared,
-        within_2x=overall.fraction_within,
-        slope=overall.log_slope,
-        correlation=overall.log_correlation,
-        nqm_modes=estimate.problem.n_modes,
-        nqm_dropped=estimate.num_dropped,
-        nqm_path=nqm_path,
-        files=tuple(files),
-    )
+    return fit, [*files, figures / "e4_power_law.csv"]
 
 
 def _print_summary(summary: ReportSummary, nqm_step_label: str) -> None:
@@ -323,6 +353,7 @@ def _print_summary(summary: ReportSummary, nqm_step_label: str) -> None:
 
 # ----------------------------------------------------------------- commands
 def _run(args: argparse.Namespace) -> int:
+    from kfac_spectra.launch import finish, init_from_environment
     from kfac_spectra.train import TrainConfig, resolve_config, train
 
     overrides = {
@@ -331,10 +362,20 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, f.name) is not None
     }
     config = resolve_config(args.config, overrides)
-    result = train(config, args.out)
+    # under torchrun: join the other ranks (data-parallel training)
+    launch = init_from_environment(config.device)
+    try:
+        result = train(config, args.out)
+    except BaseException:
+        finish(launch, wait=False)
+        raise
+    finish(launch)
+    if launch.rank != 0:
+        return 0
+    ranks = f" on {launch.world_size} ranks" if launch.distributed else ""
     print(
-        f"trained {config.steps} steps in {result.seconds:.1f}s; final batch loss "
-        f"{result.final_loss:.4f}; collected steps {list(result.collected)} -> "
+        f"trained {config.steps} steps{ranks} in {result.seconds:.1f}s; final batch "
+        f"loss {result.final_loss:.4f}; collected steps {list(result.collected)} -> "
         f"{result.run_dir}"
     )
     if args.report:

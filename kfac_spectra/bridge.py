@@ -1,10 +1,10 @@
-r"""From a recorded training run to an NQM problem (seed 004, section 3.5).
+r"""From a recorded training run to an NQM problem (Zhang et al. 2019, section 3.5).
 
 The NQM is a quadratic with curvature :math:`h_i`, per-example gradient variance
 :math:`c_i` and initial second moment :math:`E[\theta_i(0)^2]` along each of its
 axes. We take the axes to be the Kronecker eigen-directions
 :math:`v = u_i \otimes w_j` of every block, recorded at a step s by
-:func:`kfac_spectra.train.collect_checkpoint`, and set
+:func:`kfac_spectra.checkpoints.collect_checkpoint`, and set
 
 .. math::
     h_v = v^\top F v, \qquad c_v = \mathrm{Var}_n(v^\top g_n), \qquad
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kfac_spectra.train import load_checkpoint_arrays, read_manifest
+from kfac_spectra.checkpoints import load_checkpoint_arrays, read_manifest
 from nqm import NQMProblem
 
 __all__ = ["DEFAULT_RELATIVE_FLOOR", "NQMEstimate", "estimate_nqm", "measure_nqm"]
@@ -83,7 +83,7 @@ def measure_nqm(
 
     Args:
         run_dir: A run directory written by :func:`kfac_spectra.train.train`
-            (or by :func:`~kfac_spectra.train.collect_checkpoint` calls).
+            (or by :func:`~kfac_spectra.checkpoints.collect_checkpoint` calls).
         step: A collected step: h, c and the basis are taken there.
         final_step: Collected step standing for the end of training (default:
             the largest collected step).

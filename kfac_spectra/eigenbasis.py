@@ -11,7 +11,7 @@ row-major :math:`\mathrm{vec}(\bar W)` by :math:`R \otimes K` with a row factor 
 form an orthonormal eigenbasis. For ``nn.Linear``/conv weights (out, in') the row
 factor is K-FAC's S and the column factor its A; for an ``nn.Embedding`` (and a
 weight tied to one) stored as (V, D), the row factor is the one-hot input factor A
-and the column factor the output-gradient factor S (seed 004, appendix A.1: the
+and the column factor the output-gradient factor S (Zhang et al. 2019, appendix A.1: the
 factors swap places).
 
 References:

@@ -1,4 +1,4 @@
-r"""Gradient noise and curvature along Kronecker eigen-directions (seed 004, E.2).
+r"""Gradient noise and curvature along Kronecker eigen-directions (Zhang et al. 2019, appendix E.2).
 
 The NQM assumes that the curvature H and the per-example gradient covariance C are
 co-diagonal with :math:`H \approx C`. For every direction :math:`v = u \otimes w` of

@@ -1,4 +1,6 @@
-r"""Compare a ranked eigenspectrum with the NQM's :math:`h_i = 1/i` (seed 004, E.4).
+r"""Compare a ranked eigenspectrum with the NQM's :math:`h_i = 1/i`.
+
+This is the check of Zhang et al. 2019, appendix E.4.
 
 We fit :math:`\lambda_r \approx C r^{-s}` by least squares on
 :math:`(\log r, \log\lambda_r)` over a rank window. The NQM's assumption is

@@ -2,7 +2,7 @@ r"""K-FAC Fisher eigenspectra: per-layer factor eigenvalues and their products.
 
 A K-FAC block :math:`S \otimes A` has the eigenvalues :math:`\lambda_{S,i}\lambda_{A,j}`
 (all products), and the K-FAC Fisher is block diagonal, so its spectrum is the
-union of these products over layers (seed 004, appendix E.1). A layer with
+union of these products over layers (Zhang et al. 2019, appendix E.1). A layer with
 m x n factors has mn eigenvalues, so we avoid forming them when only
 
 * the top k are wanted: with both factor spectra sorted in descending order and

@@ -13,7 +13,7 @@ symbol             name         meaning
 :math:`\beta`      ``momentum`` heavy-ball coefficient, m <- beta m + P^-1 g
 :math:`\gamma`     ``ema``      iterate-averaging decay
 :math:`p`          ``precond_power``  preconditioner P = H^p
-:math:`B`          ``batch_size``     mini-batch size
+:math:`B`          ``batch_size``     mini-batch size (int or BatchSchedule)
 :math:`t`          ``steps``    number of updates
 =================  ===========  ================================================
 
@@ -22,8 +22,10 @@ mini-batch is :math:`H\theta + \varepsilon`, :math:`\operatorname{Cov}\varepsilo
 C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 """
 
-from . import closed_form, io, noise_scale, runtime, search
+from . import adam, closed_form, families, io, noise_scale, runtime, search
+from .batch_schedule import BatchSchedule, RampShape
 from .dynamics import (
+    doubled_modes,
     expected_loss,
     is_stable,
     max_stable_lr,
@@ -33,14 +35,23 @@ from .dynamics import (
 from .montecarlo import MonteCarloResult, NoiseModel, simulate
 from .optimizer import (
     Constant,
+    CosineWarmup,
+    DecayShape,
     FromCallable,
     LinearDecay,
     Optimizer,
     PiecewiseConstant,
     Schedule,
+    WarmupStableDecay,
 )
 from .problem import NQMProblem
-from .search import Family, TuneResult, best_steps, steps_to_target
+from .search import (
+    Family,
+    TuneResult,
+    best_steps,
+    examples_to_target,
+    steps_to_target,
+)
 
 __all__ = [
     "NQMProblem",
@@ -49,19 +60,28 @@ __all__ = [
     "Constant",
     "PiecewiseConstant",
     "LinearDecay",
+    "WarmupStableDecay",
+    "CosineWarmup",
+    "DecayShape",
     "FromCallable",
     "expected_loss",
     "risk_terms",
+    "doubled_modes",
     "is_stable",
     "max_stable_lr",
     "steady_state_loss",
     "closed_form",
+    "adam",
     "search",
+    "families",
     "noise_scale",
     "io",
     "runtime",
     "steps_to_target",
+    "examples_to_target",
     "best_steps",
+    "BatchSchedule",
+    "RampShape",
     "Family",
     "TuneResult",
     "simulate",

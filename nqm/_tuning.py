@@ -34,25 +34,27 @@ bisection on each run length, each probe optimising the schedules of every
 search) through a differentiable torch implementation of the exact piecewise
 dynamics (on the surrogate), then exact certification.
 
-Nesting is enforced: every family contains plain SGD, so its result is never
-worse than the SGD ``baseline`` (computed if not given); ``momentum_ema`` also
-contains ``momentum`` and ``ema`` and is never worse than their results
-(``contained``, computed if not given).
+Nesting (:attr:`~nqm.families.Family.contained`) is enforced: every family
+contains plain SGD, so its result is never worse than the SGD ``baseline``
+(computed if not given); ``momentum_ema`` also contains ``momentum`` and ``ema``
+and is never worse than their results (``contained``, computed if not given).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import optimize
 
 from .dynamics import CLOSED_FORM_RTOL, _modes, risk_terms
-from .optimizer import Optimizer, PiecewiseConstant
+from .families import MAX_STEPS, ConstantSetting, Family, TuneResult
+from .optimizer import DecayShape, Optimizer, PiecewiseConstant
 from .problem import NQMProblem
-from .search import MAX_STEPS, Family, TuneResult, steps_to_target
+from .runtime import torch_device
+from .search import steps_to_target
 
 #: The lr coordinate is the effective lr α/(1−β) as a fraction of plain SGD's
 #: stability limit 2/max ĥ; it may not fall below this (a run that slow never
@@ -136,9 +138,10 @@ class _Space:
         alpha = 2.0 * (1.0 - beta) / self.hh_max * np.exp(x[..., 0])
         return alpha, beta, gamma
 
-    def optimizer(self, x) -> Optimizer:
+    def setting(self, x) -> ConstantSetting:
+        """The point ``x`` as the floats of a constant-lr optimizer."""
         a, b, g = (float(v) for v in self.params(x))
-        return Optimizer(a, momentum=b, ema=g, precond_power=self.p)
+        return ConstantSetting(a, momentum=b, ema=g, precond_power=self.p)
 
     def grid(self, sizes):
         """Grid rows (one per combination of the ``v``/``w`` values), each with
@@ -163,6 +166,31 @@ class _Space:
         out[..., 0] = u
         out[..., 1:] = rows[:, None, :]
         return out
+
+
+class _Evaluations:
+    """Loss evaluations spent by one tuning run, counted across its stages (one
+    per hyperparameter setting and step evaluated, surrogate or exact)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, n: int) -> None:
+        self.count += n
+
+
+class _Bracket(NamedTuple):
+    """Steps ``lo < hi`` around the first step count that reaches the target on
+    the surrogate: no grid point reaches it at ``lo`` (best loss ``loss_lo``);
+    ``x`` reaches it at ``hi`` (loss ``loss_hi``)."""
+
+    lo: int
+    hi: int
+    x: np.ndarray
+    loss_lo: float
+    loss_hi: float
 
 
 _GRID = {
@@ -200,7 +228,7 @@ def _loss(problem, space, x, t, b, rtol=CLOSED_FORM_RTOL):
     return _losses(*risk_terms(problem, a, be, g, space.p, int(t), rtol=rtol), b)
 
 
-def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
+def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL):
     """Minimise log L_B(t; x) locally from x0; returns (x, loss)."""
 
     seen = {}  # the end point and the start are usually evaluated already
@@ -208,7 +236,7 @@ def _local_min(problem, space, x0, t, b, counter, rtol=CLOSED_FORM_RTOL):
     def f(x):
         key = np.asarray(x, dtype=np.float64).tobytes()
         if key not in seen:
-            counter[0] += 1
+            spent.add(1)
             v = float(_loss(problem, space, x, t, b, rtol))
             seen[key] = math.log(v) if v > 0 and math.isfinite(v) else 1e300
         return seen[key]
@@ -262,7 +290,7 @@ _NEAR = 4.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
-def _row_minima(surr, space, X, L, bs_sel, t, counter):
+def _row_minima(surr, space, X, L, bs_sel, t, spent):
     """Minimise the loss along ``u`` in every grid row, for several batch sizes.
 
     Each row (fixed ``v``/``w``) is bracketed by the neighbours of its best grid
@@ -292,7 +320,7 @@ def _row_minima(surr, space, X, L, bs_sel, t, counter):
         x = np.concatenate([uu[..., None], slow], axis=-1).reshape(-1, space.dim)
         a, be, g = space.params(x)
         d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-        counter[0] += d.size
+        spent.add(d.size)
         return _losses(d.reshape(k, n_rows), n.reshape(k, n_rows), b_col)
 
     def keep(uu, val):
@@ -318,7 +346,7 @@ def _row_minima(surr, space, X, L, bs_sel, t, counter):
     return x, best_l
 
 
-def _profile(surr, space, X, t, bs_sel, counter, keep=1):
+def _profile(surr, space, X, t, bs_sel, spent, keep=1):
     """Best points of the grid at step ``t`` after refining every row in ``u``.
 
     Returns:
@@ -328,10 +356,10 @@ def _profile(surr, space, X, t, bs_sel, counter, keep=1):
     bs_sel = np.atleast_1d(np.asarray(bs_sel, dtype=np.float64))
     a, be, g = space.params(X.reshape(-1, space.dim))
     d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-    counter[0] += d.size
+    spent.add(d.size)
     L = _losses(d[None, :], n[None, :], bs_sel[:, None])
     L = L.reshape((bs_sel.size,) + X.shape[:2])
-    xr, lr = _row_minima(surr, space, X, L, bs_sel, t, counter)
+    xr, lr = _row_minima(surr, space, X, L, bs_sel, t, spent)
     r = np.argsort(lr, axis=1, kind="stable")[:, :keep]
     k = np.arange(bs_sel.size)[:, None]
     return xr[k, r], lr[k, r]
@@ -344,11 +372,41 @@ def _tune_constant(
     space = _Space(fam, float(hh.max()), p, fixed_momentum)
     surr = _surrogate(problem, surrogate_bins)
     fine = _surrogate(problem, _POLISH_BINS * surrogate_bins)
-    fine_rtol = CLOSED_FORM_RTOL if fine is problem else _SURROGATE_RTOL
     G = space.grid(grid or space.grid_sizes())
+    spent = _Evaluations()
+    brackets = _brackets(surr, space, G, bs, target, spent)
+    results = []
+    for b, bracket in zip(bs, brackets, strict=True):
+        if bracket is None:
+            results.append(
+                TuneResult(math.inf, None, fam, float(b), p, target, spent.count)
+            )
+            continue
+        # Stage 2: smallest t on the surrogate with min_x L <= target.
+        t_s, x = _first_t_guarded(surr, space, G, bracket, b, target, spent)
+        # Stage 3: exact certification and polish.
+        steps, setting = _certify(
+            problem, fine, space, x, t_s, b, target, polish, spent
+        )
+        results.append(
+            TuneResult(
+                steps, setting.optimizer(), fam, float(b), p, target, spent.count
+            )
+        )
+    return results
+
+
+def _brackets(surr, space, G, bs, target, spent):
+    """Stage 1: per batch size, the first geometric grid step at which some grid
+    point reaches the target on the surrogate, as a :class:`_Bracket` (``None``
+    when none does up to :data:`MAX_STEPS`).
+
+    Args:
+        G: the grid, ``(R, n_u, dim)``.
+        bs: batch sizes ``(n_B,)``.
+    """
     X = G.reshape(-1, space.dim)
     a, be, g = space.params(X)
-    counter = [0]
     n_b = bs.size
     bracket = [None] * n_b
     prev_t = 0
@@ -356,8 +414,8 @@ def _tune_constant(
     for t in _t_grid():
         if all(br is not None for br in bracket) or t > MAX_STEPS:
             break
-        d, n = risk_terms(surr, a, be, g, p, int(t), rtol=_SURROGATE_RTOL)
-        counter[0] += X.shape[0]
+        d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
+        spent.add(X.shape[0])
         L = _losses(d[None, :], n[None, :], bs[:, None])
         # the previous grid step's best loss (a failure) closes each bracket below
         lo_min = np.full(n_b, math.inf) if prev_L is None else prev_L.min(axis=1)
@@ -366,59 +424,54 @@ def _tune_constant(
             if bracket[i] is None:
                 j = int(np.argmin(L[i]))
                 if L[i, j] <= target:
-                    bracket[i] = (
-                        prev_t,
-                        int(t),
-                        X[j],
-                        float(lo_min[i]),
-                        float(L[i, j]),
+                    bracket[i] = _Bracket(
+                        prev_t, int(t), X[j], float(lo_min[i]), float(L[i, j])
                     )
                 elif L[i, j] <= _NEAR * target:
                     near.append(i)
         if near:  # a minimum narrower than the grid may already reach the target
             xr, lr = _row_minima(
                 surr, space, G, L[near].reshape((len(near),) + G.shape[:2]),
-                bs[near], t, counter,
+                bs[near], t, spent,
             )  # fmt: skip
             for k, i in enumerate(near):
                 r = int(np.argmin(lr[k]))
                 if lr[k, r] <= target:
-                    bracket[i] = (
-                        prev_t,
-                        int(t),
-                        xr[k, r],
-                        float(lo_min[i]),
-                        float(lr[k, r]),
+                    bracket[i] = _Bracket(
+                        prev_t, int(t), xr[k, r], float(lo_min[i]), float(lr[k, r])
                     )
         prev_t = int(t)
         prev_L = L
-    results = []
-    for i, b in enumerate(bs):
-        if bracket[i] is None:
-            results.append(
-                TuneResult(math.inf, None, fam, float(b), p, target, counter[0])
-            )
-            continue
-        # Stage 2: smallest t on the surrogate with min_x L <= target.
-        t_s, x = _first_t_guarded(surr, space, G, *bracket[i], b, target, counter)
-        # Stage 3: exact certification and polish.
-        opt = space.optimizer(x)
-        steps = steps_to_target(problem, opt, b, target, guess=t_s)
-        for _ in range(polish if math.isfinite(steps) and steps > 1 else 0):
-            xm, val = _local_min(fine, space, x, steps - 1, b, counter, fine_rtol)
-            if val > target:
-                break
-            cand = space.optimizer(xm)
-            # only an improvement matters: the search may stop below ``steps``
-            s2 = steps_to_target(
-                problem, cand, b, target, max_steps=steps - 1, guess=steps - 1
-            )
-            if s2 < steps:
-                steps, opt, x = s2, cand, xm
-            else:
-                break
-        results.append(TuneResult(steps, opt, fam, float(b), p, target, counter[0]))
-    return results
+    return bracket
+
+
+def _certify(problem, fine, space, x, t_s, b, target, polish, spent):
+    """Stage 3: the exact steps of ``x`` on the full problem (searched from the
+    surrogate's ``t_s``), then up to ``polish`` rounds of a local search at one
+    step fewer on the finer surrogate ``fine``, each kept only if its exact steps
+    are fewer. Candidates are certified from their floats
+    (:class:`~nqm.families.ConstantSetting`).
+
+    Returns:
+        ``(steps, setting)``.
+    """
+    fine_rtol = CLOSED_FORM_RTOL if fine is problem else _SURROGATE_RTOL
+    setting = space.setting(x)
+    steps = steps_to_target(problem, setting, b, target, guess=t_s)
+    for _ in range(polish if math.isfinite(steps) and steps > 1 else 0):
+        xm, val = _local_min(fine, space, x, steps - 1, b, spent, fine_rtol)
+        if val > target:
+            break
+        cand = space.setting(xm)
+        # only an improvement matters: the search may stop below ``steps``
+        s2 = steps_to_target(
+            problem, cand, b, target, max_steps=steps - 1, guess=steps - 1
+        )
+        if s2 < steps:
+            steps, setting, x = s2, cand, xm
+        else:
+            break
+    return steps, setting
 
 
 #: Stage 2 locates the first step count on the surrogate to this relative
@@ -437,9 +490,10 @@ _RESTARTS = 3
 _GUARD_NEAR = 1.5
 
 
-def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
+def _first_t_guarded(surr, space, G, bracket, b, target, spent):
     """Stage 2 with a global check: ``(t, x)``, the first ``t`` on the surrogate
-    (within 1e-3 relative) at which ``x`` reaches the target.
+    (within 1e-3 relative) at which ``x`` reaches the target, from stage 1's
+    :class:`_Bracket`.
 
     The local search of :func:`_first_t_on_surrogate` keeps to the basin it
     starts in, and loss surfaces of momentum have several: an SGD-like one, and
@@ -450,17 +504,18 @@ def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
     rows of the profile there and the start not taken, each refined locally. If
     one reaches the target, the search restarts below from it.
     """
-    xp, lp = _profile(surr, space, G, hi, b, counter, keep=1)
+    lo, hi, x, l_lo, l_hi = bracket
+    xp, lp = _profile(surr, space, G, hi, b, spent, keep=1)
     starts = sorted([(l_hi, 0, x), (float(lp[0, 0]), 1, xp[0, 0])], key=lambda s: s[:2])
     (l_hi, _, x), (_, _, other) = starts
     t_hi, x = _first_t_on_surrogate(
-        surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
+        surr, space, x, lo, hi, l_lo, l_hi, b, target, spent
     )
     for _ in range(_RESTARTS):
         probe = t_hi - max(1, int(_T_RTOL * t_hi))
         if probe <= lo:
             break
-        xp, lp = _profile(surr, space, G, probe, b, counter, keep=2)
+        xp, lp = _profile(surr, space, G, probe, b, spent, keep=2)
         found = None
         for x0, l0 in [(xp[0, k], lp[0, k]) for k in range(xp.shape[1])] + [
             (other, None)
@@ -469,19 +524,19 @@ def _first_t_guarded(surr, space, G, lo, hi, x, l_lo, l_hi, b, target, counter):
                 l0 = float(_loss(surr, space, x0, probe, b, _SURROGATE_RTOL))
             if l0 > _GUARD_NEAR * target:
                 continue  # a local refinement will not close that gap
-            xm, val = _local_min(surr, space, x0, probe, b, counter, _SURROGATE_RTOL)
+            xm, val = _local_min(surr, space, x0, probe, b, spent, _SURROGATE_RTOL)
             if val <= target:
                 found = (xm, val)
                 break
         if found is None:
             break
         t_hi, x = _first_t_on_surrogate(
-            surr, space, found[0], lo, probe, l_lo, found[1], b, target, counter
+            surr, space, found[0], lo, probe, l_lo, found[1], b, target, spent
         )
     return t_hi, x
 
 
-def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter):
+def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, spent):
     """Smallest t (within 1e-3 relative) with :math:`\\min_x L_B(t; x) \\le`
     target on the surrogate, from a bracket: ``lo`` fails, ``hi`` succeeds with
     ``x`` (grid losses ``l_lo > target >= l_hi``).
@@ -502,7 +557,7 @@ def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
             frac = min(max(g_lo / (g_lo - g_hi), 0.05), 0.95)
             mid = round(math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo))))
             mid = min(max(mid, lo + 1), hi - 1)
-        xm, val = _local_min(surr, space, x, mid, b, counter, _SURROGATE_RTOL)
+        xm, val = _local_min(surr, space, x, mid, b, spent, _SURROGATE_RTOL)
         g_mid = math.log(max(val, 1e-300) / target) if math.isfinite(val) else math.inf
         if val <= target:
             hi, x, g_hi = mid, xm, g_mid
@@ -520,16 +575,72 @@ def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, counter
 
 
 # ------------------------------------------------------------ schedules
-def _schedule_values(fam, params, pieces):
-    """Map raw parameters (torch, shape (n_b, n_par)) to per-piece lr fractions."""
+#: Families tuned as SGD with a piecewise-constant schedule (batched L-BFGS).
+SCHEDULE_FAMILIES = (Family.PWC, Family.LINEAR_DECAY, Family.WSD, Family.COSINE)
+#: Parameters tuned per schedule family besides the peak lr (raw, logit scale).
+_SCHEDULE_INIT = {
+    # decay to sigmoid(2) ~ 0.88: near the constant lr, but not where the
+    # sigmoid saturates (at sigmoid(6) L-BFGS barely moved it: 2.3x more steps).
+    Family.LINEAR_DECAY: (2.0,),
+    # warm-up fraction sigmoid(-6) (a warm-up shorter than one stair is none),
+    # decay from 88% of the run to half the peak: near the constant lr
+    Family.WSD: (-6.0, 2.0, 0.0),
+    # warm-up as above; cosine down to sigmoid(2) ~ 0.88 of the peak
+    Family.COSINE: (-6.0, 2.0),
+}
+#: L-BFGS iterations per bisection probe. The warm-up and decay-start kinks of
+#: ``wsd`` and ``cosine`` keep L-BFGS iterating long after the staircase stops
+#: improving (reference problem, 4 batch sizes: 50 iterations gave the steps of
+#: 200 at 0.6x the time).
+_LBFGS_ITERS = {
+    Family.PWC: 200,
+    Family.LINEAR_DECAY: 200,
+    Family.WSD: 50,
+    Family.COSINE: 50,
+}
+#: sqrt is evaluated at no less than this (its derivative at 0 is infinite; the
+#: clamp in front passes no gradient there, and 0 * a finite value is 0)
+_SQRT_FLOOR = 1e-30
+
+
+def _schedule_values(fam, params, pieces, decay_shape=DecayShape.ONE_MINUS_SQRT):
+    r"""Map raw parameters (torch, shape (n_b, n_par)) to per-piece lr fractions.
+
+    Stair :math:`k` starts at the fraction :math:`x_k = k/K` of the run and
+    takes the schedule's value there: ``linear_decay``
+    :math:`a(1 - (1-\delta)x)`; ``wsd`` and ``cosine`` with warm-up fraction
+    :math:`w`, :math:`a\min(1, (x + 1/K)/w)` while :math:`x < w`, then for
+    ``wsd`` :math:`a` until the decay start :math:`d = w + (1-w)\sigma`, then
+    :math:`a(\delta + (1-\delta)\phi((x-d)/(1-d)))`, and for ``cosine``
+    :math:`a(\delta + (1-\delta)(1 + \cos\pi y)/2)`, :math:`y = (x-w)/(1-w)`.
+    Every parameter is a sigmoid of a raw one.
+    """
     import torch
 
     if fam is Family.PWC:
         return torch.sigmoid(params)
-    frac0 = torch.sigmoid(params[:, :1])
-    decay = torch.sigmoid(params[:, 1:2])
-    k = torch.arange(pieces, dtype=params.dtype, device=params.device) / pieces
-    return frac0 * (1.0 - (1.0 - decay) * k[None, :])
+    sig = torch.sigmoid(params)
+    peak = sig[:, :1]
+    x = torch.arange(pieces, dtype=params.dtype, device=params.device)[None, :]
+    x = x / pieces
+    if fam is Family.LINEAR_DECAY:
+        return peak * (1.0 - (1.0 - sig[:, 1:2]) * x)
+    w = sig[:, 1:2]
+    warm = torch.clamp((x + 1.0 / pieces) / w, max=1.0)
+    if fam is Family.WSD:
+        d = w + (1.0 - w) * sig[:, 2:3]
+        final = sig[:, 3:4]
+        y = torch.clamp((x - d) / torch.clamp(1.0 - d, min=1e-12), 0.0, 1.0)
+        if DecayShape(decay_shape) is DecayShape.LINEAR:
+            phi = 1.0 - y
+        else:
+            phi = 1.0 - torch.sqrt(torch.clamp(y, min=_SQRT_FLOOR))
+        after = torch.where(x >= d, final + (1.0 - final) * phi, torch.ones_like(x))
+    else:
+        final = sig[:, 2:3]
+        y = torch.clamp((x - w) / torch.clamp(1.0 - w, min=1e-12), 0.0, 1.0)
+        after = final + (1.0 - final) * 0.5 * (1.0 + torch.cos(math.pi * y))
+    return peak * torch.where(x < w, warm, after)
 
 
 def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
@@ -569,19 +680,6 @@ def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
     v_d = torch.exp(rev[:, 0, :])
     v_n = (g * torch.exp(after)).sum(dim=1)
     return (v_d * wd).sum(dim=1) + (v_n * wn).sum(dim=1) / bs
-
-
-def _torch_device(device):
-    """``device`` as a ``torch.device`` that can hold tensors here."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must name a torch device, got {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
-    return dev
 
 
 def tune_schedules(
@@ -648,7 +746,7 @@ def _row_modes(problem, powers, n_b, f64):
 
 def _tune_schedules_lbfgs(
     problem, fam, bs, target, powers, baselines, *, surrogate_bins, pieces, stairs,
-    device,
+    device, decay_shape=DecayShape.ONE_MINUS_SQRT,
 ):  # fmt: skip
     import torch
 
@@ -678,9 +776,8 @@ def _tune_schedules_lbfgs(
     if fam is Family.PWC:
         best = np.repeat(logit[:, None], k, axis=1)
     else:
-        # decay starts at sigmoid(2) ~ 0.88: near the constant lr, but not where the
-        # sigmoid saturates (at sigmoid(6) L-BFGS barely moved it: 2.3x more steps).
-        best = np.stack([logit, np.full(n_rows, 2.0)], axis=1)
+        rest = np.broadcast_to(_SCHEDULE_INIT[fam], (n_rows, len(_SCHEDULE_INIT[fam])))
+        best = np.concatenate([logit[:, None], rest], axis=1)
     lo = np.zeros(n_rows, dtype=np.int64)
     hi = hi.astype(np.int64)
     active = hi > 1
@@ -701,13 +798,14 @@ def _tune_schedules_lbfgs(
         scale, sizes = a_max_t[rows_t], bs_t[rows_t]
 
         def objective(params, idx, sel=sel, scale=scale, sizes=sizes, lengths=lengths):
-            lrs = scale[idx, None] * _schedule_values(fam, params, k)
+            lrs = scale[idx, None] * _schedule_values(fam, params, k, decay_shape)
             hh, wd, wn = (m[idx] for m in sel)
             loss = _torch_piecewise_loss(hh, wd, wn, lrs, lengths[idx], sizes[idx])
             return torch.log(loss)
 
         res = batched_lbfgs(
-            objective, torch.tensor(best[rows], **f64), max_iter=200, tol_grad=1e-10,
+            objective, torch.tensor(best[rows], **f64), max_iter=_LBFGS_ITERS[fam],
+            tol_grad=1e-10,
             tol_change=1e-12,
         )  # fmt: skip
         evaluations[rows] += res.evaluations.cpu().numpy()
@@ -724,7 +822,7 @@ def _tune_schedules_lbfgs(
             results.append(
                 _certified_schedule(
                     problem, fam, b, target, p, base[r], best[r], hi[r], a_max[r], k,
-                    active=active[r], evaluations=spent, f64=f64,
+                    active=active[r], evaluations=spent, f64=f64, decay_shape=decay_shape,
                 )
             )  # fmt: skip
         out.append(results)
@@ -733,7 +831,7 @@ def _tune_schedules_lbfgs(
 
 def _certified_schedule(
     problem, fam, b, target, p, base, params, steps, a_max, k, *, active,
-    evaluations, f64,
+    evaluations, f64, decay_shape=DecayShape.ONE_MINUS_SQRT,
 ):  # fmt: skip
     """The exact steps of a row's schedule, or its baseline when not better."""
     import torch
@@ -746,7 +844,9 @@ def _certified_schedule(
     # at most 4e-18, the same dynamics to rounding, and certified as such below.
     params = np.clip(params, -_LOGIT_MAX, _LOGIT_MAX)
     with torch.no_grad():
-        vals = a_max * _schedule_values(fam, torch.tensor(params[None], **f64), k)
+        vals = a_max * _schedule_values(
+            fam, torch.tensor(params[None], **f64), k, decay_shape
+        )
     vals = vals.cpu().numpy()[0]
     edges = _piece_bounds_fixed(int(steps), k)
     keep = np.diff(edges) > 0  # runs shorter than k steps leave empty pieces
@@ -793,6 +893,7 @@ def tune(
     fixed_momentum=None,
     contained=None,
     device="cpu",
+    decay_shape=DecayShape.ONE_MINUS_SQRT,
 ):
     """Tune ``fam`` at every batch size in ``bs``; see the module docstring.
 
@@ -817,6 +918,7 @@ def tune(
         fixed_momentum=fixed_momentum,
         contained=None if contained is None else [contained],
         device=device,
+        decay_shape=decay_shape,
     )
     return out
 
@@ -837,6 +939,7 @@ def tune_powers(
     fixed_momentum: float | None = None,
     contained: Sequence[Sequence[Sequence[TuneResult]]] | None = None,
     device: Any = "cpu",
+    decay_shape: DecayShape | str = DecayShape.ONE_MINUS_SQRT,
 ) -> list[list[TuneResult]]:
     """:func:`tune` at every power of ``powers``: a list of result lists.
 
@@ -851,44 +954,45 @@ def tune_powers(
         raise ValueError("surrogate_bins must be >= 8")
     if int(pieces) < 1 or int(stairs) < 1:
         raise ValueError("pieces and stairs must be positive integers")
+    try:
+        decay_shape = DecayShape(decay_shape)
+    except ValueError:
+        raise ValueError(
+            f"decay_shape must be one of {[d.value for d in DecayShape]}, "
+            f"got {decay_shape!r}"
+        ) from None
     powers = [float(p) for p in powers]
     kw = dict(surrogate_bins=int(surrogate_bins))
-    dev = _torch_device(device) if fam in (Family.PWC, Family.LINEAR_DECAY) else None
+    dev = torch_device(device) if fam in SCHEDULE_FAMILIES else None
     for name, given in (("baselines", baselines), ("contained", contained)):
         if given is not None and len(given) != len(powers):
             raise ValueError(f"{name} must hold one entry per power")
-    if contained is not None and (
-        fam is not Family.MOMENTUM_EMA or fixed_momentum is not None
-    ):
+    # Every family but SGD contains SGD (directly or through the families it
+    # contains): SGD's results are its ``baselines``, those of the other contained
+    # families its ``contained``.
+    inner_families = [g for g in fam.contained if g is not Family.SGD]
+    if contained is not None and (not inner_families or fixed_momentum is not None):
         raise ValueError(
-            "contained applies to momentum_ema (without fixed_momentum) only, "
-            f"not {fam.value!r}"
+            "contained applies to families that contain others than sgd "
+            f"(momentum_ema, without fixed_momentum), not {fam.value!r}"
         )
-    if fixed_momentum is not None:
-        beta = float(fixed_momentum)
+    beta = None if fixed_momentum is None else float(fixed_momentum)
+    if beta is not None:
         if fam not in (Family.MOMENTUM, Family.MOMENTUM_EMA):
             raise ValueError(
                 f"fixed_momentum applies to the momentum families, not {fam.value!r}"
             )
         if not 0.0 < beta < 1.0:
             raise ValueError(f"fixed_momentum must lie in (0, 1), got {beta!r}")
-        # A fixed momentum does not contain SGD: no baseline to nest.
+    if beta is not None or not fam.contained:
+        # SGD contains no other family, and a fixed momentum does not contain
+        # SGD: nothing to nest.
         return [
             _monotone(
                 problem, bs, target,
                 _tune_constant(
                     problem, fam, bs, target, p, grid=grid, polish=polish,
                     fixed_momentum=beta, **kw,
-                ),
-            )
-            for p in powers
-        ]  # fmt: skip
-    if fam is Family.SGD:
-        return [
-            _monotone(
-                problem, bs, target,
-                _tune_constant(
-                    problem, fam, bs, target, p, grid=grid, polish=polish, **kw
                 ),
             )
             for p in powers
@@ -903,7 +1007,7 @@ def tune_powers(
     for baseline in baselines:
         if len(baseline) != bs.size:
             raise ValueError("baseline must hold one result per batch size")
-    if fam in (Family.PWC, Family.LINEAR_DECAY):
+    if fam in SCHEDULE_FAMILIES:
         owns = tune_schedules(
             problem,
             fam,
@@ -914,6 +1018,7 @@ def tune_powers(
             pieces=int(pieces),
             stairs=int(stairs),
             device=dev,
+            decay_shape=decay_shape,
             **kw,
         )
     else:
@@ -924,22 +1029,29 @@ def tune_powers(
     out = []
     for j, (p, own) in enumerate(zip(powers, owns, strict=True)):
         nested = [baselines[j]]
-        if fam is Family.MOMENTUM_EMA:
-            inner = None if contained is None else contained[j]
-            if inner is None:
-                inner = [
-                    tune(
-                        problem, sub, bs, target, p, grid=None, polish=polish,
-                        baseline=baselines[j], **kw,
-                    )
-                    for sub in (Family.MOMENTUM, Family.EMA)
-                ]  # fmt: skip
-            for results in inner:
-                if len(results) != bs.size:
-                    raise ValueError("contained results must hold one per batch size")
-            nested += list(inner)
+        if inner_families:
+            given = None if contained is None else contained[j]
+            nested += _inner_results(
+                problem, bs, target, p, inner_families, given, baselines[j],
+                polish=polish, **kw,
+            )  # fmt: skip
         out.append(_monotone(problem, bs, target, _nest(own, nested)))
     return out
+
+
+def _inner_results(problem, bs, target, p, families, given, baseline, **kw):
+    """The results of the contained ``families`` other than SGD at power ``p``:
+    ``given`` (checked: one result per batch size), or tuned here from SGD's
+    ``baseline``."""
+    if given is None:
+        given = [
+            tune(problem, sub, bs, target, p, grid=None, baseline=baseline, **kw)
+            for sub in families
+        ]
+    for results in given:
+        if len(results) != bs.size:
+            raise ValueError("contained results must hold one per batch size")
+    return list(given)
 
 
 def _nest(own, nested):

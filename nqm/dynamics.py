@@ -27,24 +27,29 @@ Paths:
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
 from ._closed import _sgd_terms, closed_form_terms
+from ._confluent import confluent_terms
 from ._doubling import MomentMap
 from ._system import Features, system_matrices
+from .batch_schedule import BatchSchedule, joint_pieces
 from .optimizer import Constant, Optimizer
 from .problem import NQMProblem
 
 __all__ = [
     "expected_loss",
     "risk_terms",
+    "doubled_modes",
     "is_stable",
     "max_stable_lr",
     "steady_state_loss",
     "validate_batch_size",
     "second_moments",
     "validate_steps",
+    "split_batch",
 ]
 
 #: Relative accuracy the closed form must certify for D(t) and N(t); modes that
@@ -60,7 +65,23 @@ def validate_batch_size(batch_size) -> np.ndarray:
     return b
 
 
+def split_batch(batch_size) -> tuple[object, BatchSchedule | None]:
+    """``(batch_size, None)`` for a number (or a one-piece schedule, as its
+    value), ``(1.0, schedule)`` for a batch schedule with several pieces: its
+    :math:`1/B_s` then enters the noise term per update."""
+    if isinstance(batch_size, BatchSchedule):
+        if not batch_size.boundaries:
+            return float(batch_size.values[0]), None
+        return 1.0, batch_size
+    return batch_size, None
+
+
 def validate_steps(steps) -> np.ndarray:
+    if isinstance(steps, int | np.integer) and not isinstance(steps, bool):
+        # one integer step (the tuner's common call): no array checks needed
+        if steps < 0:
+            raise ValueError(f"steps must be non-negative, got {steps!r}")
+        return np.asarray(steps, dtype=np.int64)
     t = np.asarray(steps)
     if t.size == 0:
         raise ValueError("steps must not be empty")
@@ -186,9 +207,10 @@ def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL):
 def _constant_terms(
     hh, wd, wn, alpha, beta, gamma, feats, steps, rtol=CLOSED_FORM_RTOL
 ):
-    """D and N for constant-lr settings (shape S) at each step: (S + (T,)) each."""
+    """D and N for constant-lr settings (shape S) at each step: (S + (T,)) each,
+    and the number of (setting, mode, step) entries computed by doubling."""
     if alpha.size == 1 and len(steps) > 1:
-        D, N = _single_setting_terms(
+        D, N, doubled = _single_setting_terms(
             hh,
             wd,
             wn,
@@ -199,7 +221,7 @@ def _constant_terms(
             steps,
             rtol,
         )
-        return D.reshape(alpha.shape + (-1,)), N.reshape(alpha.shape + (-1,))
+        return D.reshape(alpha.shape + (-1,)), N.reshape(alpha.shape + (-1,)), doubled
     shape = alpha.shape
     T = len(steps)
     D = np.empty(shape + (T,))
@@ -207,70 +229,122 @@ def _constant_terms(
     a = alpha[..., None]
     b = beta[..., None]
     g = gamma[..., None]
+    doubled = 0
     for i, t in enumerate(steps):
         if t == 0:
             D[..., i] = wd.sum()
             N[..., i] = 0.0
             continue
 
-        def redo(bad, t=int(t)):  # every flagged (setting, mode) at this step
+        def entries(bad, t=int(t)):  # every flagged (setting, mode) at this step
             idx = np.nonzero(bad)
             ab, bb, gb = (np.broadcast_to(x, bad.shape)[idx] for x in (a, b, g))
             hb = np.broadcast_to(hh, bad.shape)[idx]
+            return hb, ab, bb, gb, np.full(hb.shape, t)
+
+        def redo(bad, t=int(t)):
+            hb, ab, bb, gb, _ = entries(bad)
             Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
             return Fd[0], Gd[0]
 
         terms = closed_form_terms(hh, a, b, g, feats, int(t))
-        D[..., i], N[..., i] = _certified(*terms, wd, wn, rtol, redo)
-    return D, N
+        D[..., i], N[..., i], nd = _certified(
+            *terms, wd, wn, rtol, feats, entries, redo
+        )
+        doubled += nd
+    return D, N, doubled
 
 
-def _certified(F, G, eF, eG, wd, wn, rtol, redo):
-    """D and N from closed-form terms (shape ``P + (M,)``), with the entries the
-    closed form cannot certify to ``rtol`` replaced by ``redo(bad)``, which
-    returns their exact values (``F[bad]``, ``G[bad]`` order). Only the flagged
-    entries are replaced: where the closed form is certified it is the more
-    accurate (doubling accumulates rounding over its log t levels)."""
+def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
+    """D and N from closed-form terms (shape ``P + (M,)``), certified to ``rtol``.
+
+    Entries whose Lagrange form cannot be certified are recomputed by divided
+    differences (:func:`nqm._confluent.confluent_terms`, exact where
+    eigenvalues nearly coincide); those that still cannot be certified are
+    replaced by ``redo(bad)``, which returns their exact values by doubling
+    (``F[bad]``, ``G[bad]`` order). ``entries(bad)`` returns the flagged
+    entries' ``(hh, alpha, beta, gamma, t)``. Only flagged entries are replaced:
+    where the closed form is certified it is the more accurate (doubling
+    accumulates rounding over its log t levels).
+
+    Returns:
+        ``(D, N, n_doubled)``.
+    """
+    bad = _flag(F, G, eF, eG, wd, wn, rtol)
+    if not np.any(bad):
+        with np.errstate(all="ignore"):
+            return F @ wd, G @ wn, 0
+    F, G, eF, eG = (np.array(x) for x in (F, G, eF, eG))
+    if feats.momentum or feats.ema:
+        # Replacing a flagged value changes the total the budget is relative to,
+        # so flag again until only re-evaluated entries remain.
+        done = np.zeros_like(bad)
+        new = bad
+        while np.any(new):
+            hb, ab, bb, gb, tb = entries(new)
+            F[new], G[new], eF[new], eG[new] = confluent_terms(
+                ab * hb, ab, bb, gb, feats, tb
+            )
+            done |= new
+            bad = _flag(F, G, eF, eG, wd, wn, rtol)
+            new = bad & ~done
+    n_doubled = int(np.count_nonzero(bad))
+    if n_doubled:
+        F[bad], G[bad] = redo(bad)
+    with np.errstate(all="ignore"):
+        return F @ wd, G @ wn, n_doubled
+
+
+def _flag(F, G, eF, eG, wd, wn, rtol):
+    """Entries whose rounding bounds keep D or N from being certified to rtol."""
     with np.errstate(all="ignore"):
         d = F @ wd
         nn = G @ wn
+        # Common case first: every total finite and both summed bounds within
+        # budget (four dot products); then nothing is flagged.
+        ed = eF @ wd
+        en = eG @ wn
+        if np.all((ed <= rtol * d) & (en <= rtol * nn)):
+            return np.zeros(F.shape, dtype=bool)
         # The budget is relative to the total of the modes the closed form does
         # express (every term is >= 0, so this under-estimates the final total:
-        # conservative). With the plain total, one undefined mode (an eigenvalue
-        # pair that coincides exactly: F = inf) made the budget 0 and sent every
-        # mode to doubling.
-        d_ok, n_ok = d, nn
+        # conservative), so that one undefined mode (F = inf) does not make the
+        # budget 0 and flag every mode.
         if not (np.isfinite(d).all() and np.isfinite(nn).all()):
             ok = np.isfinite(eF) & np.isfinite(eG) & np.isfinite(F) & np.isfinite(G)
-            d_ok = np.where(ok, F, 0.0) @ wd
-            n_ok = np.where(ok, G, 0.0) @ wn
-        bad = _needs_doubling(eF * wd, d_ok, rtol) | _needs_doubling(
-            eG * wn, n_ok, rtol
-        )
-    if not np.any(bad):
-        return d, nn
-    F = np.array(F)
-    G = np.array(G)
-    F[bad], G[bad] = redo(bad)
-    with np.errstate(all="ignore"):
-        return F @ wd, G @ wn
+            d = np.where(ok, F, 0.0) @ wd
+            nn = np.where(ok, G, 0.0) @ wn
+        return _needs_doubling(eF * wd, d, rtol) | _needs_doubling(eG * wn, nn, rtol)
 
 
 def _single_setting_terms(
     hh, wd, wn, alpha, beta, gamma, feats, steps, rtol=CLOSED_FORM_RTOL
 ):
-    """D and N, shape (T,) each, of one setting at many steps, vectorised over both.
+    """D and N, shape (T,) each, of one setting at many steps, vectorised over both,
+    and the number of entries computed by doubling.
 
-    Modes the closed form cannot certify at some step are recomputed by doubling,
-    vectorised over the steps (see :func:`_certified`).
+    Modes the closed form cannot certify at some step are recomputed by divided
+    differences, then by doubling, vectorised over the steps (see
+    :func:`_certified`).
     """
     steps = np.asarray(steps, dtype=np.int64)
     D = np.full(steps.shape, wd.sum())
     N = np.zeros(steps.shape)
     live = steps > 0
     if not np.any(live):
-        return D, N
+        return D, N, 0
     ts = steps[live]
+
+    def entries(bad):
+        rows, cols = np.nonzero(bad)
+        n = rows.size
+        return (
+            hh[cols],
+            np.full(n, alpha),
+            np.full(n, beta),
+            np.full(n, gamma),
+            ts[rows],
+        )
 
     def redo(bad):  # flagged modes at every step at once, then the flagged entries
         cols = np.any(bad, axis=0)
@@ -278,21 +352,27 @@ def _single_setting_terms(
         return Fd[bad[:, cols]], Gd[bad[:, cols]]
 
     terms = closed_form_terms(hh, alpha, beta, gamma, feats, ts)
-    d, nn = _certified(*terms, wd, wn, rtol, redo)
+    d, nn, doubled = _certified(*terms, wd, wn, rtol, feats, entries, redo)
     D[live] = d
     N[live] = nn
-    return D, N
+    return D, N, doubled
 
 
 # ---------------------------------------------------------- scheduled path
-def _scheduled_modes(hh, optimizer: Optimizer, steps):
-    """Per-mode F_t and G_t (shape (T, M)) under a non-constant schedule."""
+def _scheduled_modes(
+    hh, optimizer: Optimizer, steps, batch: BatchSchedule | None = None
+):
+    """Per-mode F_t and G_t (shape (T, M)) under a non-constant schedule.
+
+    With a batch schedule, G_t carries each update's noise variance :math:`1/B_s`
+    (so the risk is :math:`D + N`); without one, unit variance (:math:`D + N/B`).
+    """
     feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
     if not feats.momentum and not feats.ema:
-        return PieceStates(hh, optimizer).at(np.asarray(steps, dtype=np.int64))
+        return PieceStates(hh, optimizer, batch).at(np.asarray(steps, dtype=np.int64))
     beta, gamma = optimizer.momentum, optimizer.ema
     t_max = int(max(steps))
-    starts, lrs = optimizer.schedule.pieces(t_max)
+    starts, lrs, inv_b = joint_pieces(optimizer.schedule, batch, t_max)
     ends = np.append(starts[1:], np.iinfo(np.int64).max)
     k = feats.size
     o = feats.out
@@ -311,7 +391,7 @@ def _scheduled_modes(hh, optimizer: Optimizer, steps):
                     piece += 1
                 length = int(min(ends[piece], target) - now)
                 im, ip, n, _ = system_matrices(hh, lrs[piece], beta, gamma, feats)
-                q = n[..., :, None] * n[..., None, :]
+                q = inv_b[piece] * n[..., :, None] * n[..., None, :]
                 if length == 1:
                     e, nt = im, q
                 else:
@@ -326,9 +406,11 @@ def _scheduled_modes(hh, optimizer: Optimizer, steps):
     return F, G
 
 
-def _scheduled_terms(hh, wd, wn, optimizer: Optimizer, steps):
+def _scheduled_terms(
+    hh, wd, wn, optimizer: Optimizer, steps, batch: BatchSchedule | None = None
+):
     """D and N for a non-constant schedule (a single setting), each of shape (T,)."""
-    F, G = _scheduled_modes(hh, optimizer, steps)
+    F, G = _scheduled_modes(hh, optimizer, steps, batch)
     with np.errstate(invalid="ignore"):
         return F @ wd, G @ wn
 
@@ -337,14 +419,18 @@ class PieceStates:
     """Per-mode SGD moments (F, V) under a schedule, cached at piece starts.
 
     A query at step ``t`` costs one closed-form piece from the cached state at the
-    start of the piece containing ``t``.
+    start of the piece containing ``t``. Pieces are those of the lr schedule and,
+    when given, the batch schedule together; ``V`` then carries each update's
+    noise variance :math:`1/B_s`.
     """
 
-    def __init__(self, hh, optimizer: Optimizer):
+    def __init__(self, hh, optimizer: Optimizer, batch: BatchSchedule | None = None):
         self.hh = hh
         self.sched = optimizer.schedule
+        self.batch = batch
         self.starts = np.zeros(1, dtype=np.int64)
         self.lrs = np.array([float(self.sched(0))])
+        self.inv_b = np.array([1.0 if batch is None else 1.0 / batch(0)])
         self.F = [np.ones(hh.size)]
         self.V = [np.zeros(hh.size)]
         self.known = 0  # pieces are known for steps < self.known (grows by doubling)
@@ -353,8 +439,8 @@ class PieceStates:
         if t < self.known:
             return
         horizon = max(2 * self.known, t + 1, 64)
-        starts, lrs = self.sched.pieces(horizon)
-        self.starts, self.lrs = starts, lrs
+        starts, lrs, inv_b = joint_pieces(self.sched, self.batch, horizon)
+        self.starts, self.lrs, self.inv_b = starts, lrs, inv_b
         self.known = horizon
         with np.errstate(all="ignore"):
             while len(self.F) < starts.size:
@@ -362,7 +448,7 @@ class PieceStates:
                 length = float(starts[k + 1] - starts[k])
                 fl, gl, _, _ = _sgd_terms(lrs[k] * self.hh, lrs[k], length)
                 self.F.append(self.F[k] * fl)
-                self.V.append(self.V[k] * fl + gl)
+                self.V.append(self.V[k] * fl + inv_b[k] * gl)
 
     def at(self, steps):
         """Per-mode ``(F, V)`` at each step, shape ``(T, M)`` each; the steps that
@@ -379,17 +465,24 @@ class PieceStates:
                 length = (steps[sel] - self.starts[k]).astype(np.float64)[:, None]
                 fl, gl, _, _ = _sgd_terms(self.lrs[k] * self.hh, self.lrs[k], length)
                 F[sel] = self.F[k] * fl
-                V[sel] = self.V[k] * fl + gl
+                V[sel] = self.V[k] * fl + self.inv_b[k] * gl
         F = np.where(np.isnan(F), np.inf, F)
         V = np.where(np.isnan(V), np.inf, V)
         return F, V
 
-    def min_lr(self, a: int, b: int) -> float:
-        """Smallest lr used by updates a..b-1."""
+    def _range(self, a: int, b: int) -> slice:
         self._extend(b)
         k0 = int(np.searchsorted(self.starts, a, side="right") - 1)
         k1 = int(np.searchsorted(self.starts, max(b - 1, a), side="right") - 1)
-        return float(self.lrs[k0 : k1 + 1].min())
+        return slice(k0, k1 + 1)
+
+    def min_lr(self, a: int, b: int) -> float:
+        """Smallest lr used by updates a..b-1."""
+        return float(self.lrs[self._range(a, b)].min())
+
+    def min_inv_b(self, a: int, b: int) -> float:
+        """Smallest noise variance factor :math:`1/B` used by updates a..b-1."""
+        return float(self.inv_b[self._range(a, b)].min())
 
 
 def _sandwich(e, z):
@@ -408,10 +501,17 @@ def risk_terms(
     steps=0,
     *,
     rtol: float = CLOSED_FORM_RTOL,
+    batch_size: BatchSchedule | None = None,
 ):
     """Batch-size-free parts of the exact risk, vectorised over settings.
 
     .. math:: E[L(\\theta_t)] = D(t) + N(t)/B .
+
+    Under a batch schedule :math:`B_s` the noise of update :math:`s` has
+    variance :math:`\\hat c/B_s`, so the noise term cannot be factored out:
+    ``batch_size=schedule`` returns :math:`N(t) = \\tfrac12\\sum_i w_i h_i \\hat c_i
+    G_t^{(B)}(\\hat h_i)` with each update's :math:`1/B_s` inside, and
+    :math:`E[L] = D + N`.
 
     Args:
         problem: the NQM.
@@ -421,9 +521,12 @@ def risk_terms(
         steps: integer step counts, shape ``(T,)`` or scalar.
         rtol: relative accuracy certified for ``D`` and ``N`` (default
             :data:`CLOSED_FORM_RTOL`): modes whose closed-form rounding bound
-            would exceed it are recomputed by exact doubling. A looser value is
-            for approximate uses (the tuner's binned surrogate), never for
-            reported results.
+            would exceed it are recomputed by divided differences, and those
+            that even these cannot certify by exact doubling (see
+            :func:`doubled_modes`). A looser value is for approximate uses (the
+            tuner's binned surrogate), never for reported results.
+        batch_size: optionally a :class:`~nqm.BatchSchedule` (see above); the
+            settings are then propagated piece by piece, one after the other.
 
     Returns:
         ``(D, N)``, each of shape ``S + (T,)`` (``S`` alone for scalar ``steps``).
@@ -431,6 +534,64 @@ def risk_terms(
     Raises:
         ValueError: for out-of-range hyperparameters or steps.
     """
+    if batch_size is not None:
+        return _batch_scheduled_terms(
+            problem, lr, momentum, ema, precond_power, steps, batch_size
+        )
+    D, N, _ = _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol)
+    return D, N
+
+
+def _batch_scheduled_terms(problem, lr, momentum, ema, precond_power, steps, batch):
+    """:func:`risk_terms` under a batch schedule: each setting piece by piece."""
+    if not isinstance(batch, BatchSchedule):
+        raise ValueError(f"batch_size must be an nqm.BatchSchedule, got {batch!r}")
+    alpha, beta, gamma = _settings(lr, momentum, ema)
+    t = validate_steps(steps)
+    scalar_t = t.ndim == 0
+    t = np.atleast_1d(t)
+    hh, wd, wn = _modes(problem, float(precond_power))
+    D = np.empty(alpha.shape + t.shape)
+    N = np.empty_like(D)
+    for i in np.ndindex(alpha.shape):
+        opt = Optimizer(alpha[i], beta[i], gamma[i], float(precond_power))
+        D[i], N[i] = _scheduled_terms(hh, wd, wn, opt, t, batch)
+    return (D[..., 0], N[..., 0]) if scalar_t else (D, N)
+
+
+def doubled_modes(
+    problem: NQMProblem,
+    lr,
+    momentum=0.0,
+    ema=0.0,
+    precond_power: float = 0.0,
+    steps=0,
+    *,
+    rtol: float = CLOSED_FORM_RTOL,
+) -> int:
+    """How many (setting, mode, step) entries :func:`risk_terms` computes by
+    doubling: those that neither the Lagrange closed form nor its
+    divided-difference form can certify to ``rtol``.
+
+    Arguments as for :func:`risk_terms` (distinct curvatures count once, as
+    :func:`risk_terms` merges them). Every other entry costs :math:`O(1)`
+    whatever the step; a doubled one :math:`O(\\log t)`.
+    """
+    return _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol)[2]
+
+
+def _settings(lr, momentum, ema):
+    """Validated (alpha, beta, gamma) arrays of one broadcast shape."""
+    if np.ndim(lr) == 0 and np.ndim(momentum) == 0 and np.ndim(ema) == 0:
+        # one setting (local searches): scalar checks
+        a, b, g = float(lr), float(momentum), float(ema)
+        if not (math.isfinite(a) and a > 0):
+            raise ValueError("lr must be finite and positive")
+        if not 0.0 <= b < 1.0:
+            raise ValueError("momentum must lie in [0, 1)")
+        if not 0.0 <= g < 1.0:
+            raise ValueError("ema must lie in [0, 1)")
+        return np.array(a), np.array(b), np.array(g)
     alpha, beta, gamma = np.broadcast_arrays(
         *(np.asarray(v, dtype=np.float64) for v in (lr, momentum, ema))
     )
@@ -440,6 +601,11 @@ def risk_terms(
         raise ValueError("momentum must lie in [0, 1)")
     if np.any(~((gamma >= 0) & (gamma < 1))):
         raise ValueError("ema must lie in [0, 1)")
+    return alpha, beta, gamma
+
+
+def _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol):
+    alpha, beta, gamma = _settings(lr, momentum, ema)
     if not 0.0 < rtol < 1.0:
         raise ValueError(f"rtol must lie in (0, 1), got {rtol!r}")
     t = validate_steps(steps)
@@ -448,21 +614,23 @@ def risk_terms(
     hh, wd, wn = _modes(problem, float(precond_power))
     D = np.empty(alpha.shape + t.shape)
     N = np.empty_like(D)
+    doubled = 0
     for feats, mask in _feature_groups(beta, gamma).items():
         sel = (
             (v.reshape(-1) for v in (alpha, beta, gamma))
             if mask is None
             else (v[mask] for v in (alpha, beta, gamma))
         )
-        d, n = _constant_terms(hh, wd, wn, *sel, feats, t, rtol)
+        d, n, nd = _constant_terms(hh, wd, wn, *sel, feats, t, rtol)
+        doubled += nd
         if mask is None:
             D, N = d.reshape(D.shape), n.reshape(N.shape)
         else:
             D[mask] = d
             N[mask] = n
     if scalar_t:
-        return D[..., 0], N[..., 0]
-    return D, N
+        return D[..., 0], N[..., 0], doubled
+    return D, N, doubled
 
 
 def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
@@ -471,7 +639,10 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
     Args:
         problem: the NQM.
         optimizer: the optimizer configuration (any lr schedule).
-        batch_size: :math:`B \\ge 1`, scalar or array (shape ``Bs``).
+        batch_size: :math:`B \\ge 1`, scalar or array (shape ``Bs``), or a
+            :class:`~nqm.BatchSchedule` (shape ``Bs = ()``): update :math:`s`'s
+            noise then has variance :math:`c/B_s`, and the lr and batch pieces
+            are propagated together in closed form.
         steps: integer :math:`t \\ge 0`, scalar or array (shape ``Ts``).
 
     Returns:
@@ -486,10 +657,14 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
         raise ValueError(
             f"optimizer must be an nqm.Optimizer, got {type(optimizer).__name__}"
         )
+    batch_size, batch = split_batch(batch_size)
     b = validate_batch_size(batch_size)
     t = validate_steps(steps)
     flat = np.atleast_1d(t).ravel()
-    if isinstance(optimizer.schedule, Constant):
+    if batch is not None:
+        hh, wd, wn = _modes(problem, optimizer.precond_power)
+        D, N = _scheduled_terms(hh, wd, wn, optimizer, flat, batch)
+    elif isinstance(optimizer.schedule, Constant):
         D, N = risk_terms(
             problem,
             optimizer.schedule.lr,
@@ -511,24 +686,55 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
     return float(out) if out.ndim == 0 else out
 
 
+def _mode_terms(hh, lr, beta, gamma, feats, step):
+    """Per-mode F_t, G_t, each certified to CLOSED_FORM_RTOL relative to itself:
+    Lagrange form, then divided differences, then doubling."""
+    f, g, ef, eg = closed_form_terms(hh, lr, beta, gamma, feats, step)
+
+    def bad_of(f, g, ef, eg):
+        with np.errstate(invalid="ignore"):
+            return ~(ef <= CLOSED_FORM_RTOL * f) | ~(
+                eg <= CLOSED_FORM_RTOL * np.maximum(g, 1e-300)
+            )
+
+    bad = bad_of(f, g, ef, eg)
+    if not np.any(bad):
+        return f, g
+    f, g, ef, eg = (np.array(x) for x in (f, g, ef, eg))
+    n = int(bad.sum())
+    a, b, c = np.full(n, lr), np.full(n, beta), np.full(n, gamma)
+    if feats.momentum or feats.ema:
+        f[bad], g[bad], ef[bad], eg[bad] = confluent_terms(
+            a * hh[bad], a, b, c, feats, np.full(n, step)
+        )
+        bad = bad_of(f, g, ef, eg)
+        n = int(bad.sum())
+        a, b, c = np.full(n, lr), np.full(n, beta), np.full(n, gamma)
+    if n:
+        fd, gd = _doubling_terms(hh[bad], a, b, c, feats, [step])
+        f[bad], g[bad] = fd[0], gd[0]
+    return f, g
+
+
 def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
     r"""Exact per-mode :math:`E[\theta_{o,i}(t)^2]` of the reported iterate.
 
     Args:
         problem: the NQM (``n`` modes).
         optimizer: any optimizer and schedule.
-        batch_size: :math:`B \ge 1` (scalar).
+        batch_size: :math:`B \ge 1` (scalar), or a :class:`~nqm.BatchSchedule`.
         steps: integer step counts, shape ``(T,)`` or scalar.
 
     Returns:
         Array of shape ``(T, n)`` (``(n,)`` for scalar ``steps``).
     """
+    batch_size, batch = split_batch(batch_size)
     b = float(validate_batch_size(batch_size))
     t = validate_steps(steps)
     flat = np.atleast_1d(t).ravel()
     hh, cc = problem.preconditioned(optimizer.precond_power)
     feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
-    if isinstance(optimizer.schedule, Constant):
+    if batch is None and isinstance(optimizer.schedule, Constant):
         lr = optimizer.schedule.lr
         F = np.empty((flat.size, hh.size))
         G = np.empty_like(F)
@@ -536,27 +742,11 @@ def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps)
             if step == 0:
                 F[i], G[i] = 1.0, 0.0
                 continue
-            f, g, ef, eg = closed_form_terms(
+            F[i], G[i] = _mode_terms(
                 hh, lr, optimizer.momentum, optimizer.ema, feats, int(step)
             )
-            with np.errstate(invalid="ignore"):
-                bad = ~(ef <= CLOSED_FORM_RTOL * f) | ~(
-                    eg <= CLOSED_FORM_RTOL * np.maximum(g, 1e-300)
-                )
-            if np.any(bad):
-                fd, gd = _doubling_terms(
-                    hh[bad],
-                    np.full(bad.sum(), lr),
-                    np.full(bad.sum(), optimizer.momentum),
-                    np.full(bad.sum(), optimizer.ema),
-                    feats,
-                    [int(step)],
-                )
-                f, g = f.copy(), g.copy()
-                f[bad], g[bad] = fd[0], gd[0]
-            F[i], G[i] = f, g
     else:
-        F, G = _scheduled_modes(hh, optimizer, flat)
+        F, G = _scheduled_modes(hh, optimizer, flat, batch)
     with np.errstate(invalid="ignore", over="ignore"):
         out = problem.init_sq * F + cc / b * G
     out = np.where(np.isnan(out), np.inf, out)
@@ -605,5 +795,7 @@ def steady_state_loss(problem: NQMProblem, optimizer: Optimizer, batch_size) -> 
     from .closed_form import steady_state_second_moment
 
     g = steady_state_second_moment(hh, lr, optimizer.momentum, optimizer.ema)
+    if isinstance(batch_size, BatchSchedule):  # its final batch size holds forever
+        batch_size = batch_size.values[-1]
     b = validate_batch_size(batch_size)
     return float(np.sum(wn * g) / b) if b.ndim == 0 else np.sum(wn * g) / b

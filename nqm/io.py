@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 __all__ = [
     "write_atomic",
     "write_text_atomic",
@@ -112,6 +114,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
+    if isinstance(value, np.generic):
+        # a numpy scalar is written as the Python number it holds (numpy 2's
+        # repr would write ``np.float64(1.5)``)
+        value = value.item()
     if isinstance(value, (list, tuple)):
         return ";".join(str(_csv_cell(v)) for v in value)
     if isinstance(value, float) and math.isinf(value):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .batch_schedule import BatchSchedule
 from .dynamics import validate_batch_size, validate_steps
 from .optimizer import Optimizer
 from .problem import NQMProblem
@@ -73,7 +74,7 @@ def _haar_rotation(d: int, gen: torch.Generator, device) -> torch.Tensor:
 def simulate(
     problem: NQMProblem,
     optimizer: Optimizer,
-    batch_size: int,
+    batch_size: int | BatchSchedule,
     steps,
     replicas: int = 1000,
     seed: int = 0,
@@ -96,7 +97,8 @@ def simulate(
     Args:
         problem: the NQM (each mode is simulated once, weighted by ``weight``).
         optimizer: any optimizer configuration and schedule.
-        batch_size: :math:`B \ge 1` (an integer for ``per_example``).
+        batch_size: :math:`B \ge 1` (an integer for ``per_example``), or a
+            :class:`~nqm.BatchSchedule` (update :math:`s` draws :math:`B_s`).
         steps: the step counts to report, integers :math:`\ge 0`.
         replicas: number of independent runs (>= 2).
         seed: seed of the run's own ``torch.Generator``; results are reproducible
@@ -112,8 +114,11 @@ def simulate(
         ValueError: for bad batch size, steps, replica count, noise model, or a
             rotated model that is too large.
     """
-    b = float(validate_batch_size(batch_size))
     t = np.atleast_1d(validate_steps(steps)).ravel()
+    if isinstance(batch_size, BatchSchedule):
+        b_steps = batch_size(np.arange(max(int(t.max()), 1)))
+    else:
+        b_steps = np.full(max(int(t.max()), 1), float(validate_batch_size(batch_size)))
     if int(replicas) != replicas or replicas < 2:
         raise ValueError(f"replicas must be an integer >= 2, got {replicas!r}")
     try:
@@ -122,7 +127,7 @@ def simulate(
         raise ValueError(
             f"noise must be one of {[m.value for m in NoiseModel]}, got {noise!r}"
         ) from None
-    if noise is NoiseModel.PER_EXAMPLE and b != int(b):
+    if noise is NoiseModel.PER_EXAMPLE and np.any(b_steps != np.round(b_steps)):
         raise ValueError("batch_size must be an integer for per_example noise")
     d = problem.n_modes
     if noise is NoiseModel.ROTATED and d > MAX_ROTATED_DIM:
@@ -141,7 +146,9 @@ def simulate(
     p = optimizer.precond_power
     pinv = h.pow(-p)  # P^{-1} in H's eigenbasis
     hh = h * pinv
-    noise_sd = torch.sqrt(c / b)
+    b_list = [float(x) for x in b_steps]
+    # sqrt(C / B_s) for each distinct batch size of the schedule
+    noise_sd = {x: torch.sqrt(c / x) for x in set(b_list)}
     rot = _haar_rotation(d, gen, dev) if noise is NoiseModel.ROTATED else None
 
     t_max = int(t.max())
@@ -175,11 +182,11 @@ def simulate(
             record(0)
         for s in range(t_max):
             if noise is NoiseModel.GAUSSIAN:
-                eps = torch.randn(r, d, generator=gen, **f64) * noise_sd
+                eps = torch.randn(r, d, generator=gen, **f64) * noise_sd[b_list[s]]
             elif noise is NoiseModel.PER_EXAMPLE:
-                eps = _rademacher_mean(r, d, int(b), gen, f64) * torch.sqrt(c)
+                eps = _rademacher_mean(r, d, int(b_list[s]), gen, f64) * torch.sqrt(c)
             else:
-                z = torch.randn(r, d, generator=gen, **f64) * noise_sd
+                z = torch.randn(r, d, generator=gen, **f64) * noise_sd[b_list[s]]
                 eps = z @ rot.T
             g = hh * theta + pinv * eps
             if beta > 0:

@@ -3,6 +3,7 @@ preconditioning) and learning-rate schedules."""
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ __all__ = [
     "Constant",
     "PiecewiseConstant",
     "LinearDecay",
+    "WarmupStableDecay",
+    "CosineWarmup",
+    "DecayShape",
     "FromCallable",
     "Optimizer",
 ]
@@ -226,6 +230,172 @@ class FromCallable(Schedule):
 
     def constant_after(self) -> int | None:
         return self._constant_after
+
+
+class DecayShape(enum.StrEnum):
+    r"""How the decay phase of :class:`WarmupStableDecay` falls, as a function of
+    its progress :math:`x \in [0, 1]`.
+
+    * ``linear``: :math:`1 - x`.
+    * ``one_minus_sqrt``: :math:`1 - \sqrt{x}` (Hägele et al. 2024, §3).
+    """
+
+    LINEAR = "linear"
+    ONE_MINUS_SQRT = "one_minus_sqrt"
+
+
+def _check_steps(value, where: str, minimum: int = 0) -> int:
+    if int(value) != value or value < minimum:
+        raise ValueError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_fraction(value, where: str) -> float:
+    v = float(value)
+    if not (0.0 < v <= 1.0):
+        raise ValueError(f"{where} must lie in (0, 1], got {value!r}")
+    return v
+
+
+class _StepwiseSchedule(Schedule):
+    """A schedule given by a vectorised formula up to ``horizon``, then constant:
+    one piece per step where it changes, equal neighbours merged."""
+
+    horizon: int
+
+    def _values(self, steps: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def __call__(self, step):
+        s = np.minimum(np.asarray(step, dtype=np.float64), self.horizon)
+        out = self._values(s)
+        return out if np.ndim(step) else float(out)
+
+    def pieces(self, n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+        end = min(max(int(n_steps), 1), self.horizon + 1)
+        steps = np.arange(end, dtype=np.int64)
+        vals = self(steps)
+        change = np.ones(end, dtype=bool)
+        change[1:] = vals[1:] != vals[:-1]
+        return steps[change], vals[change]
+
+    def constant_after(self) -> int:
+        return self.horizon
+
+
+@dataclass(frozen=True)
+class WarmupStableDecay(_StepwiseSchedule):
+    r"""Warm-up, stable, decay (WSD; Hu et al. 2024, §4; Hägele et al. 2024, §3).
+
+    With peak :math:`\alpha_0`, warm-up length :math:`W`, decay start :math:`S`,
+    horizon :math:`T` and final fraction :math:`\delta`,
+
+    .. math::
+        \alpha(t) = \alpha_0 \begin{cases}
+            (t + 1)/W & t < W \\
+            1 & W \le t < S \\
+            \delta + (1-\delta)\,\phi\!\left(\frac{t - S}{T - S}\right)
+              & S \le t < T \\
+            \delta & t \ge T,
+        \end{cases}
+
+    with :math:`\phi(x) = 1 - x` (``linear``) or :math:`1 - \sqrt x`
+    (``one_minus_sqrt``). The warm-up starts at :math:`\alpha_0/W` (an lr of
+    zero is no update) and the last decay step uses
+    :math:`\phi(1 - 1/(T-S)) > 0`.
+
+    Args:
+        peak_lr: :math:`\alpha_0 > 0`.
+        warmup: :math:`W \ge 0` updates.
+        decay_start: :math:`S`, with :math:`W \le S \le T`.
+        horizon: :math:`T \ge 1`.
+        final: :math:`\delta \in (0, 1]`.
+        shape: a :class:`DecayShape`.
+
+    Raises:
+        ValueError: naming the argument out of range.
+    """
+
+    peak_lr: float
+    warmup: int
+    decay_start: int
+    horizon: int
+    final: float = 1e-3
+    shape: DecayShape = DecayShape.LINEAR
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peak_lr", _check_lr(self.peak_lr, "peak_lr"))
+        h = _check_steps(self.horizon, "horizon", 1)
+        w = _check_steps(self.warmup, "warmup")
+        d = _check_steps(self.decay_start, "decay_start")
+        if not w <= d <= h:
+            raise ValueError(
+                f"need warmup <= decay_start <= horizon, got {w}, {d}, {h}"
+            )
+        for name, v in (("horizon", h), ("warmup", w), ("decay_start", d)):
+            object.__setattr__(self, name, v)
+        object.__setattr__(self, "final", _check_fraction(self.final, "final"))
+        try:
+            object.__setattr__(self, "shape", DecayShape(self.shape))
+        except ValueError:
+            raise ValueError(
+                f"shape must be one of {[s.value for s in DecayShape]}, "
+                f"got {self.shape!r}"
+            ) from None
+
+    def _values(self, s: np.ndarray) -> np.ndarray:
+        warm = np.minimum(1.0, (s + 1.0) / max(self.warmup, 1))
+        span = max(self.horizon - self.decay_start, 1)
+        x = np.clip((s - self.decay_start) / span, 0.0, 1.0)
+        phi = 1.0 - x if self.shape is DecayShape.LINEAR else 1.0 - np.sqrt(x)
+        decay = np.where(
+            s >= self.decay_start, self.final + (1.0 - self.final) * phi, 1.0
+        )
+        return self.peak_lr * np.where(s < self.warmup, warm, decay)
+
+
+@dataclass(frozen=True)
+class CosineWarmup(_StepwiseSchedule):
+    r"""Linear warm-up, then cosine decay (Loshchilov & Hutter 2017, §3).
+
+    .. math::
+        \alpha(t) = \alpha_0 \begin{cases}
+            (t + 1)/W & t < W \\
+            \delta + \frac{1-\delta}{2}\left(1 + \cos\frac{\pi (t - W)}{T - W}
+              \right) & W \le t < T \\
+            \delta & t \ge T.
+        \end{cases}
+
+    Args:
+        peak_lr: :math:`\alpha_0 > 0`.
+        warmup: :math:`W`, with :math:`0 \le W \le T`.
+        horizon: :math:`T \ge 1`.
+        final: :math:`\delta \in (0, 1]`.
+
+    Raises:
+        ValueError: naming the argument out of range.
+    """
+
+    peak_lr: float
+    warmup: int
+    horizon: int
+    final: float = 1e-3
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peak_lr", _check_lr(self.peak_lr, "peak_lr"))
+        h = _check_steps(self.horizon, "horizon", 1)
+        w = _check_steps(self.warmup, "warmup")
+        if w > h:
+            raise ValueError(f"need warmup <= horizon, got {w} > {h}")
+        object.__setattr__(self, "horizon", h)
+        object.__setattr__(self, "warmup", w)
+        object.__setattr__(self, "final", _check_fraction(self.final, "final"))
+
+    def _values(self, s: np.ndarray) -> np.ndarray:
+        warm = np.minimum(1.0, (s + 1.0) / max(self.warmup, 1))
+        x = np.clip((s - self.warmup) / max(self.horizon - self.warmup, 1), 0.0, 1.0)
+        cos = self.final + (1.0 - self.final) * 0.5 * (1.0 + np.cos(np.pi * x))
+        return self.peak_lr * np.where(s < self.warmup, warm, cos)
 
 
 LearningRate = float | Schedule | Callable

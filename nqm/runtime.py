@@ -1,4 +1,8 @@
-"""Process-level settings that make the exact dynamics fast (opt-in, never implicit).
+"""Where and how the computation runs: the torch device, and an allocator setting.
+
+:func:`torch_device` turns a user's device name into a ``torch.device`` that can
+compute in float64 here, or a one-line error naming it; the tuner's batched
+L-BFGS (``best_steps(..., device=...)``) and the command-line studies use it.
 
 The closed forms evaluate a few hundred NumPy expressions on arrays of one value per
 mode (80 kB at d = 10^4). Each expression allocates a temporary. With glibc's
@@ -19,8 +23,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["keep_freed_memory"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["keep_freed_memory", "torch_device"]
 
 _log = logging.getLogger(__name__)
 
@@ -76,3 +84,52 @@ def keep_freed_memory(
     ):
         ok &= mallopt(param, int(value)) == 1
     return bool(ok)
+
+
+def torch_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that can compute in float64 in this process.
+
+    CPU and CUDA devices are checked without touching the device (no CUDA context
+    is created): CUDA must be available and the index must exist. Any other device
+    type (``meta``, ``mps``, ``xpu``, ...) is checked by computing one float64
+    value on it and copying it back, which is what the tuner does with it.
+
+    Args:
+        device: a device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...) or a
+            ``torch.device``.
+
+    Returns:
+        The ``torch.device``.
+
+    Raises:
+        ValueError: (one line, naming the device) when ``device`` names no torch
+            device, or one that is absent here or cannot compute, e.g. ``"meta"``
+            (it holds no data) or a device without float64.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must name a torch device, got {device!r}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {device!r} asked for, but only "
+                f"{torch.cuda.device_count()} CUDA device(s) are present"
+            )
+        return dev
+    try:
+        (torch.ones(1, dtype=torch.float64, device=dev) * 2.0).cpu()
+    # Backends report an unusable device with assorted exception types
+    # (NotImplementedError for meta, AssertionError for a build without it, ...).
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"device {device!r} cannot compute in float64 here ({reason})"
+        ) from None
+    return dev

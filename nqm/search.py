@@ -19,28 +19,34 @@ stable mode: a Lipschitz bound from :math:`t=a`, see
 
 from __future__ import annotations
 
-import enum
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._closed import MeanResponse
 from ._system import Features
+from .batch_schedule import BatchSchedule
 from .dynamics import (
     PieceStates,
     _modes,
     _scheduled_terms,
     risk_terms,
+    split_batch,
     validate_batch_size,
 )
-from .optimizer import Constant, Optimizer
+from .families import MAX_STEPS, ConstantSetting, Family, TuneResult
+from .optimizer import Optimizer
 from .problem import NQMProblem
 
-__all__ = ["steps_to_target", "Family", "TuneResult", "best_steps", "MAX_STEPS"]
+__all__ = [
+    "steps_to_target",
+    "examples_to_target",
+    "Family",
+    "TuneResult",
+    "best_steps",
+    "MAX_STEPS",
+]
 
-#: Searches stop here (about 1.1e15 steps); beyond it the answer is ``inf``.
-MAX_STEPS = 2**50
 _SCAN = 4
 #: Constant-lr curves scan leaves of up to this many (steps x modes) at once: a
 #: leaf is one vectorised evaluation, so small problems scan long runs of steps
@@ -71,9 +77,28 @@ class _Curve:
     * momentum or averaging with a changing schedule: no bound; scanned.
     """
 
-    def __init__(self, problem: NQMProblem, optimizer: Optimizer, batch_size: float):
+    def __init__(
+        self,
+        problem: NQMProblem,
+        optimizer: Optimizer | ConstantSetting,
+        batch_size: float,
+        batch: BatchSchedule | None = None,
+    ):
+        # With a batch schedule, ``batch_size`` is 1 and each update's 1/B_s is
+        # inside the noise term; the lr and batch pieces are propagated together.
+        if batch is not None and isinstance(optimizer, ConstantSetting):
+            optimizer = optimizer.optimizer()
         self.problem, self.opt, self.b = problem, optimizer, float(batch_size)
-        self.constant = isinstance(optimizer.schedule, Constant)
+        self.batch = batch
+        # a constant lr is read as its floats, the arguments of risk_terms
+        self.setting = (
+            None
+            if batch is not None
+            else optimizer
+            if isinstance(optimizer, ConstantSetting)
+            else ConstantSetting.of(optimizer)
+        )
+        self.constant = self.setting is not None
         self.hh, self.wd, self.wn = _modes(problem, optimizer.precond_power)
         self.feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
         self.plain = not self.feats.momentum and not self.feats.ema
@@ -82,7 +107,7 @@ class _Curve:
         self._mean: MeanResponse | None = None
         self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
         if self.constant:
-            s = optimizer.schedule.lr * self.hh
+            s = self.setting.lr * self.hh
             if self.plain:
                 self.monotone = np.abs(1.0 - s) <= 1.0
             elif not self.feats.momentum:
@@ -92,13 +117,18 @@ class _Curve:
             self.mode = "constant"
         elif self.plain:
             self.mode = "sgd_schedule"
-            self._states = PieceStates(self.hh, optimizer)
+            self._states = PieceStates(self.hh, optimizer, batch)
             self.tail = optimizer.schedule.constant_after()
+            if self.tail is not None and batch is not None:
+                self.tail = max(self.tail, batch.constant_after())
             if self.tail is not None:
                 lr = float(optimizer.schedule(self.tail))
+                inv_b = 1.0 if batch is None else 1.0 / batch(self.tail)
                 s = lr * self.hh
                 with np.errstate(all="ignore"):
-                    self.tail_ss = np.where(s < 2.0, lr * lr / (s * (2.0 - s)), np.inf)
+                    self.tail_ss = np.where(
+                        s < 2.0, inv_b * lr * lr / (s * (2.0 - s)), np.inf
+                    )
                 lrs = optimizer.schedule.pieces(self.tail + 1)[1]
                 self.stable = bool(np.all(lrs * self.hh.max() <= 2.0))
             else:
@@ -121,19 +151,15 @@ class _Curve:
     def _terms(self, steps) -> tuple[np.ndarray, np.ndarray]:
         if self.mode == "constant":
             self.evaluations += steps.size
+            st = self.setting
             return risk_terms(
-                self.problem,
-                self.opt.schedule.lr,
-                self.opt.momentum,
-                self.opt.ema,
-                self.opt.precond_power,
-                steps,
+                self.problem, st.lr, st.momentum, st.ema, st.precond_power, steps
             )
         if self.mode == "sgd_schedule":
             F, V = self._sgd_modes(steps)
             return F @ self.wd, V @ self.wn
         self.evaluations += steps.size
-        return _scheduled_terms(self.hh, self.wd, self.wn, self.opt, steps)
+        return _scheduled_terms(self.hh, self.wd, self.wn, self.opt, steps, self.batch)
 
     def loss(self, steps) -> np.ndarray:
         d, n = self.terms(steps)
@@ -165,22 +191,19 @@ class _Curve:
                 # Within a piece each mode's noise response moves monotonically
                 # toward that piece's steady state, increasing in the lr: so on
                 # [a, b) it never falls below min(V_a, ss(smallest lr there)).
+                # (and, under a batch schedule, in 1/B: the largest B bounds it)
                 lr_min = self._states.min_lr(a, b)
+                inv_b = self._states.min_inv_b(a, b)
                 s = lr_min * self.hh
-                ss = np.where(s < 2.0, lr_min / (self.hh * (2.0 - s)), np.inf)
+                ss = np.where(s < 2.0, inv_b * lr_min / (self.hh * (2.0 - s)), np.inf)
                 v_low = np.maximum(V[0] * ratio, np.minimum(V[0], ss))
             return float(F[1] @ self.wd + v_low @ self.wn / self.b)
         noise = self._noise_at(a) / self.b
         if noise > self.target:
             return float(noise)  # the accumulated noise alone rules [a, b] out
         if self._mean is None:  # eigenvalues and weights: once per curve
-            self._mean = MeanResponse(
-                self.hh,
-                self.opt.schedule.lr,
-                self.opt.momentum,
-                self.opt.ema,
-                self.feats,
-            )
+            st = self.setting
+            self._mean = MeanResponse(self.hh, st.lr, st.momentum, st.ema, self.feats)
         lip, _ = self._mean.bound(a, b - a)
         self.evaluations += 1
         if np.any(self.monotone):
@@ -191,7 +214,7 @@ class _Curve:
 
 def steps_to_target(
     problem: NQMProblem,
-    optimizer: Optimizer,
+    optimizer: Optimizer | ConstantSetting,
     batch_size,
     target: float,
     *,
@@ -204,11 +227,15 @@ def steps_to_target(
 
     Args:
         problem: the NQM.
-        optimizer: any optimizer and schedule. Constant lr and plain-SGD
+        optimizer: any optimizer and schedule, or a
+            :class:`~nqm.families.ConstantSetting` (the floats of a constant lr;
+            the tuner certifies its candidates so). Constant lr and plain-SGD
             schedules get certified pruning (cost about :math:`O(d \log t)`
             evaluations); momentum or averaging combined with a changing schedule
             are scanned step by step and need an explicit ``max_steps``.
-        batch_size: :math:`B \ge 1`.
+        batch_size: :math:`B \ge 1`, or a :class:`~nqm.BatchSchedule` (plain
+            SGD under it keeps certified pruning; momentum or averaging under it
+            is scanned, as with a changing lr).
         target: the loss to reach, ``> 0``.
         max_steps: give up (``inf``) beyond this many steps (default
             :data:`MAX_STEPS`; at most ``10**7`` for scanned combinations).
@@ -223,8 +250,9 @@ def steps_to_target(
             guess below one.
     """
     tg = _check_target(target)
+    batch_size, batch = split_batch(batch_size)
     b = float(validate_batch_size(batch_size))
-    curve = _Curve(problem, optimizer, b)
+    curve = _Curve(problem, optimizer, b, batch)
     if curve.mode == "scan":
         if max_steps is None or max_steps > 10**7:
             raise ValueError(
@@ -307,49 +335,35 @@ def _first_crossing(
     return math.inf
 
 
+def examples_to_target(
+    problem: NQMProblem,
+    optimizer: Optimizer,
+    batch_size,
+    target: float,
+    **kwargs,
+) -> tuple[int | float, int | float]:
+    r"""Steps and examples to ``target``: :math:`(S, E(S))` with
+    :math:`E(S) = \sum_{s<S} B_s` (``(inf, inf)`` when never reached).
+
+    Args:
+        problem, optimizer, target, **kwargs: as :func:`steps_to_target`.
+        batch_size: an integer :math:`B \ge 1` (:math:`E = BS`) or a
+            :class:`~nqm.BatchSchedule`.
+
+    Raises:
+        ValueError: as :func:`steps_to_target`.
+    """
+    steps = steps_to_target(problem, optimizer, batch_size, target, **kwargs)
+    if isinstance(batch_size, BatchSchedule):
+        return steps, batch_size.examples(steps)
+    b = float(validate_batch_size(batch_size))
+    if math.isinf(steps):
+        return steps, math.inf
+    ex = b * steps
+    return steps, int(ex) if ex == int(ex) else ex
+
+
 # ======================================================================= tuning
-class Family(enum.StrEnum):
-    """Optimizer families that :func:`best_steps` tunes.
-
-    * ``sgd``: constant lr.
-    * ``momentum``: lr and :math:`\\beta`.
-    * ``ema``: lr and :math:`\\gamma`.
-    * ``momentum_ema``: lr, :math:`\\beta` and :math:`\\gamma`.
-    * ``pwc``: SGD with a piecewise-constant schedule of ``pieces`` equal-length
-      pieces (default 10); the total length and every piece's lr are tuned.
-    * ``linear_decay``: SGD with the F.3 linear decay (:math:`\\alpha_0`, decay
-      factor, horizon = run length), discretised into ``stairs`` equal constant
-      steps (default 64); the exact risk of that staircase is optimised.
-    """
-
-    SGD = "sgd"
-    MOMENTUM = "momentum"
-    EMA = "ema"
-    MOMENTUM_EMA = "momentum_ema"
-    PWC = "pwc"
-    LINEAR_DECAY = "linear_decay"
-
-
-@dataclass(frozen=True)
-class TuneResult:
-    """Fewest steps found for one family at one batch size.
-
-    Attributes:
-        steps: exact steps to target of ``optimizer`` (int, or ``inf``).
-        optimizer: the best configuration found.
-        family, batch_size, precond_power, target: the question asked.
-        evaluations: loss evaluations spent.
-    """
-
-    steps: int | float
-    optimizer: Optimizer | None
-    family: Family
-    batch_size: float
-    precond_power: float
-    target: float
-    evaluations: int = field(default=0, compare=False)
-
-
 def best_steps(
     problem: NQMProblem,
     family: Family | str,
@@ -367,14 +381,16 @@ def best_steps(
             list).
         target: loss to reach (``> 0``).
         precond_power: :math:`p \\in [0, 1]`, or a sequence of powers (returns
-            one result, or one list over batch sizes, per power). ``pwc`` and
-            ``linear_decay`` then tune every (power, batch size) in one batched
-            L-BFGS; the constant-lr families tune the powers in turn (different
+            one result, or one list over batch sizes, per power). The schedule
+            families (``pwc``, ``linear_decay``, ``wsd``, ``cosine``) then tune
+            every (power, batch size) in one batched L-BFGS; the constant-lr families tune the powers in turn (different
             powers share no evaluations). Results equal those of one call per
             power.
         **options: ``surrogate_bins`` (128; modes of the binned surrogate),
             ``grid`` (per-coordinate grid sizes), ``pieces`` (10, for ``pwc``),
-            ``stairs`` (64, for ``linear_decay``), ``polish`` (1; rounds of local
+            ``stairs`` (64, for ``linear_decay``, ``wsd`` and ``cosine``),
+            ``decay_shape`` (``wsd`` only: ``one_minus_sqrt`` (default) or
+            ``linear``), ``polish`` (1; rounds of local
             refinement at one step fewer, on a finer surrogate, each certified
             exactly), ``baseline`` (already tuned results of a family
             this one contains, one per batch size, e.g. SGD's; computed if
@@ -383,8 +399,8 @@ def best_steps(
             omitted), ``fixed_momentum`` (``momentum`` and ``momentum_ema``
             only: keep :math:`\\beta` at this value and tune the rest, as in
             Figure 14b; such an optimizer does not contain SGD, so no baseline is
-            used), ``device`` (``"cpu"``; the torch device on which ``pwc`` and
-            ``linear_decay`` run their L-BFGS, e.g. ``"cuda"``). See
+            used), ``device`` (``"cpu"``; the torch device on which the schedule
+            families run their L-BFGS, e.g. ``"cuda"``). See
             :mod:`nqm._tuning`.
 
     With a sequence of powers, ``baseline`` and ``contained`` hold one entry per

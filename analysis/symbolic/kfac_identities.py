@@ -9,12 +9,13 @@ curvature block is ``S (x) A`` with ``S`` ``(out x out)`` from output gradients 
   ``(A (x) S)**-1 = A**-1 (x) S**-1``;
 * row-major vec: ``vec_row(X Y Z) = (X (x) Z**T) vec_row(Y)``, hence
   ``(S (x) A)**-1 vec_row(G) = vec_row(S**-1 G A**-T)`` (``= S**-1 G A**-1`` for the
-  symmetric factors); this is seed 004 eqn (14) written for the transposed,
-  row-major layout (the paper's ``W`` is ``(in, out)`` and vec is column-major);
+  symmetric factors); this is Zhang et al. 2019, appendix A, eqn (14), written
+  for the transposed, row-major layout (the paper's ``W`` is ``(in, out)`` and
+  vec is column-major);
 * the eigenvalues of ``A (x) S`` are all products ``a_i s_j``;
 * a weight used transposed (``s = W**T a``, as a tied embedding) has the gradient
   ``a g**T`` whose row-major vec is ``a (x) g``, so its block is ``A (x) S``: the
-  factor order swaps (seed 004 eqn 16); ``A (x) S = K (S (x) A) K**T`` with the
+  factor order swaps (Zhang et al. 2019, appendix A.1, eqn (16)); ``A (x) S = K (S (x) A) K**T`` with the
   commutation matrix ``K``.
 
 All checks run in exact sympy arithmetic (symbolic entries or rationals).
@@ -129,7 +130,8 @@ def vec_identity_holds(s: sp.Matrix, a: sp.Matrix, g: sp.Matrix) -> bool:
 
 
 def paper_eqn14_matches_row_major(s: sp.Matrix, a: sp.Matrix, g: sp.Matrix) -> bool:
-    """Seed 004 eqn (14) in the paper's layout equals the project's layout.
+    """Zhang et al. 2019, appendix A, eqn (14) in the paper's layout equals the
+    project's layout.
 
     The paper stores ``W_p = W**T`` (in, out) with gradient ``G_p = G**T`` and
     column-major vec; eqn (14) reads ``(S**-1 (x) A**-1) vec_col(G_p) =

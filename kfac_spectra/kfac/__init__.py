@@ -5,6 +5,8 @@ See :mod:`kfac_spectra.kfac.factors` for the Kronecker-factor convention and the
 mean/sum reduction scaling.
 """
 
+from .config import KFACConfig
+from .distributed import InverseLayout
 from .enums import (
     DampingType,
     FisherType,
@@ -21,9 +23,11 @@ from .optimizer import KFAC
 __all__ = [
     "DampingType",
     "FisherType",
+    "InverseLayout",
     "InverseMethod",
     "KFAC",
     "KFACApprox",
+    "KFACConfig",
     "LossType",
     "RNNApprox",
     "Reduction",

@@ -16,8 +16,8 @@ r"""Damping and step-size rules of K-FAC.
       \quad \hat F = F + (λ+η) I,
 
   and ``M(δ) = ½ (α ∇hᵀΔ + μ ∇hᵀδ₀)`` at the optimum.
-* KL clipping (Ba et al., 2017; seed 004 Appendix F.4): scale the preconditioned
-  gradient ``v = F̆^{-1}g`` by ``ν = min(1, sqrt(κ / (α² vᵀg)))``.
+* KL clipping (Ba et al., 2017; Zhang et al. 2019, appendix F.4): scale the
+  preconditioned gradient ``v = F̆^{-1}g`` by ``ν = min(1, sqrt(κ / (α² vᵀg)))``.
 """
 
 from __future__ import annotations

@@ -175,6 +175,17 @@ class EigenInverse:
         self._cache = (damping.gamma, inv_s, inv_a)
         return inv_s, inv_a
 
+    @property
+    def damped_inverses(self) -> tuple[float, Tensor, Tensor] | None:
+        """The cached ``(γ, (S + γ_S)^{-1}, (A + γ_A)^{-1})`` of factored damping
+        (``None`` until :meth:`two_sided` forms them)."""
+        return self._cache
+
+    def adopt_damped_inverses(self, cache: tuple[float, Tensor, Tensor]) -> None:
+        """Take damped inverses formed elsewhere from the same eigendecompositions
+        (another rank's :attr:`damped_inverses`)."""
+        self._cache = cache
+
     def two_sided(self, damping: Damping) -> tuple[Tensor, Tensor] | None:
         """``(L, R)`` with ``apply(G) = L G R`` (``R`` 1-D: ``L G diag(R)``).
 

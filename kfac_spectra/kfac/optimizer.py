@@ -45,6 +45,12 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
 5. every ``lm_interval`` steps, with a closure and ``adapt_damping=True``, λ is
    adapted from the reduction ratio.
 
+Under ``torch.distributed`` (``process_group``, the model plain or in
+``DistributedDataParallel``) the factor statistics, losses and curvature terms
+are made global and the decompositions shared over the ranks, so that every rank
+follows the trajectory of one process on the global batch: see
+:mod:`~kfac_spectra.kfac.distributed`.
+
 References:
     Martens & Grosse (2015); Grosse & Martens (2016); Ba, Grosse & Martens (2017);
     Zhang et al. (2019) Appendix A and F.4; Martens, Ba & Johnson (2018);
@@ -53,6 +59,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -63,6 +70,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+from torch.nn.parallel import DistributedDataParallel
 
 from .blocks import (
     BlockSet,
@@ -74,17 +82,24 @@ from .blocks import (
 )
 from .blocks.base import Record
 from .capture import Capture
+from .config import KFACConfig
 from .damping import kl_clip_factor, lm_adjust, qmodel_coefficients
+from .distributed import (
+    DistContext,
+    InverseLayout,
+    contiguous_fields,
+    decomposition_cost,
+    resolve_process_group,
+    step_seed,
+)
 from .enums import (
     DampingType,
     FisherType,
     InverseMethod,
-    KFACApprox,
     LossType,
     Reduction,
     RNNApprox,
     StepRule,
-    coerce_enum,
 )
 from .factors import warn_unsupported
 from .finite import all_finite
@@ -134,162 +149,89 @@ def _same(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
-def _check(name: str, value: float, ok: bool, what: str) -> None:
-    if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: must be {what}")
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(KFACConfig))
 
 
 class KFAC(torch.optim.Optimizer):
     """Kronecker-factored approximate curvature (see the module docstring).
 
+    The options are those of :class:`~kfac_spectra.kfac.config.KFACConfig`, given
+    as keywords (``KFAC(model, "ce", lr=0.3)``), as a config
+    (``KFAC(model, config=cfg)``), or both: keywords then override the config's
+    fields.
+
     Args:
         model: The network. Its forward must return the tensor the loss is computed
             from (last dim = classes for CE, features for MSE).
-        loss: ``"ce"`` or ``"mse"``; the training loss must be
-            ``F.cross_entropy(out.reshape(-1, C), y.reshape(-1), reduction=...)`` or
-            ``F.mse_loss(out, y, reduction=...)``.
-        lr: Learning rate α (``step_rule="fixed"``).
-        momentum: Heavy-ball β (``step_rule="fixed"``).
-        damping: Initial λ > 0.
-        weight_decay: η ≥ 0, an L2 term ``η/2 ||θ||²`` added to the objective.
-        reduction: ``"mean"`` or ``"sum"`` — how the loss is reduced.
-        fisher_type: ``"mc"`` (default), ``"type2"`` or ``"empirical"``.
-        mc_samples: Sampled targets per term for MC.
-        kfac_approx: ``"expand"`` or ``"reduce"`` for weight-sharing layers.
-        rnn_approx: ``"independent"`` or ``"chain"`` for RNN/LSTM layers.
-        factor_decay: ρ of the factor moving averages, in [0, 1).
-        factor_interval: Steps between factor captures (≥ 1).
-        stats_batch_size: ``None`` (default): factor statistics from the whole
-            mini-batch. An int m ≥ 1: from m of its N examples (all of them when
-            N ≤ m), drawn uniformly without replacement by the optimizer's seeded
-            row generator (checkpointed); the gradient still uses all N. Cuts the
-            statistics' cost (the input factors' Gram matrices, the gradient rows)
-            by about m/N; the extra probe backward still runs over the whole batch
-            (autograd does not skip zero rows). Needs the examples along dim 0 of
-            the model output and along every layer's batch dimension (one example
-            may not be mixed into another's activations, e.g. by batch norm).
-        inverse_interval: Steps between inverse updates (≥ 1).
-        inverse_method: ``"eigh"`` (default), ``"cholesky"`` or ``"cg"``.
-        damping_type: ``"factored"`` (π heuristic, default) or ``"tikhonov"``.
-        step_rule: ``"fixed"`` or ``"qmodel"``.
-        kl_clip: κ > 0 for KL clipping (``None`` disables). On by default
-            (κ = 1e-3, the value of Ba et al., 2017): it bounds the predicted
-            change ``α² νvᵀg`` of each step, so that a small damping (λ = 1e-3)
-            with a large learning rate (0.1) cannot take the huge steps along
-            weak-curvature directions with which K-FAC otherwise diverges in its
-            first iterations.
-        adapt_damping: Levenberg–Marquardt adaptation of λ (needs a closure).
-        lm_interval: T₁, steps between λ adaptations.
-        min_damping: Lower clamp for adapted λ.
-        max_damping: Upper clamp for adapted λ.
-        cg_max_iter: CG-FAC iteration cap.
-        cg_rtol: CG-FAC relative residual tolerance.
-        seed: Seeds the MC sampling generator and (derived from it) the row
-            generator of ``stats_batch_size``; both states are checkpointed.
-        skip_modules: Qualified module names left to the plain gradient.
+        loss: ``"ce"`` or ``"mse"`` (the one option also accepted positionally).
+        config: The options; defaults to ``KFACConfig()``.
+        **options: Fields of :class:`~kfac_spectra.kfac.config.KFACConfig`.
 
     Attributes:
+        config: The validated options (``damping`` there is the initial λ; the
+            current one is :attr:`damping`).
         last_stats_rows: Example indices (sorted) of the last captured batch's
             statistics; ``None`` when they used the whole batch.
 
     Raises:
-        ValueError: Naming any invalid hyperparameter or option.
+        ValueError: Naming any invalid hyperparameter or option, or when the model
+            has no trainable parameters.
+        TypeError: For a keyword that is not an option.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        loss: LossType | str = LossType.CE,
+        loss: LossType | str | None = None,
         *,
-        lr: float = 0.1,
-        momentum: float = 0.9,
-        damping: float = 1e-3,
-        weight_decay: float = 0.0,
-        reduction: Reduction | str = Reduction.MEAN,
-        fisher_type: FisherType | str = FisherType.MC,
-        mc_samples: int = 1,
-        kfac_approx: KFACApprox | str = KFACApprox.EXPAND,
-        rnn_approx: RNNApprox | str = RNNApprox.INDEPENDENT,
-        factor_decay: float = 0.95,
-        factor_interval: int = 1,
-        stats_batch_size: int | None = None,
-        inverse_interval: int = 10,
-        inverse_method: InverseMethod | str = InverseMethod.EIGH,
-        damping_type: DampingType | str = DampingType.FACTORED,
-        step_rule: StepRule | str = StepRule.FIXED,
-        kl_clip: float | None = 1e-3,
-        adapt_damping: bool = False,
-        lm_interval: int = 5,
-        min_damping: float = 1e-8,
-        max_damping: float = 1e3,
-        cg_max_iter: int = 100,
-        cg_rtol: float = 1e-6,
-        seed: int = 0,
-        skip_modules: Sequence[str] = (),
+        config: KFACConfig | None = None,
+        **options: Any,
     ) -> None:
-        _check("lr", lr, lr >= 0 and math.isfinite(lr), "finite and >= 0")
-        _check("momentum", momentum, 0 <= momentum < 1, "in [0, 1)")
-        _check("damping", damping, damping > 0 and math.isfinite(damping), "> 0")
-        _check("weight_decay", weight_decay, weight_decay >= 0, ">= 0")
-        _check("mc_samples", mc_samples, mc_samples >= 1, ">= 1")
-        _check("factor_decay", factor_decay, 0 <= factor_decay < 1, "in [0, 1)")
-        _check("factor_interval", factor_interval, factor_interval >= 1, ">= 1")
-        _check(
-            "stats_batch_size",
-            stats_batch_size,
-            stats_batch_size is None
-            or (
-                isinstance(stats_batch_size, int)
-                and not isinstance(stats_batch_size, bool)
-                and stats_batch_size >= 1
-            ),
-            "None or an int >= 1",
+        unknown = sorted(set(options) - _OPTION_NAMES)
+        if unknown:
+            raise TypeError(f"KFAC got an unknown option {unknown[0]!r}")
+        if loss is not None:
+            options["loss"] = loss
+        cfg = (
+            KFACConfig(**options)
+            if config is None
+            else dataclasses.replace(config, **options)
         )
-        _check("inverse_interval", inverse_interval, inverse_interval >= 1, ">= 1")
-        _check("lm_interval", lm_interval, lm_interval >= 1, ">= 1")
-        _check("kl_clip", kl_clip, kl_clip is None or kl_clip > 0, "None or > 0")
-        _check("min_damping", min_damping, 0 < min_damping <= damping, "in (0, λ]")
-        _check("max_damping", max_damping, max_damping >= damping, ">= damping")
-        _check("cg_max_iter", cg_max_iter, cg_max_iter >= 1, ">= 1")
-        _check("cg_rtol", cg_rtol, cg_rtol > 0, "> 0")
-        self.loss = coerce_enum(LossType, loss, "loss")
-        self.reduction = coerce_enum(Reduction, reduction, "reduction")
-        self.fisher_type = coerce_enum(FisherType, fisher_type, "fisher_type")
-        self.kfac_approx = coerce_enum(KFACApprox, kfac_approx, "kfac_approx")
-        self.rnn_approx = coerce_enum(RNNApprox, rnn_approx, "rnn_approx")
-        self.inverse_method = coerce_enum(
-            InverseMethod, inverse_method, "inverse_method"
-        )
-        self.damping_type = coerce_enum(DampingType, damping_type, "damping_type")
-        self.step_rule = coerce_enum(StepRule, step_rule, "step_rule")
-        if (
-            self.inverse_method == InverseMethod.CHOLESKY
-            and self.damping_type == DampingType.TIKHONOV
-        ):
-            raise ValueError(
-                "damping_type='tikhonov' needs inverse_method='eigh' or 'cg', "
-                "not 'cholesky'"
-            )
+        if isinstance(model, DistributedDataParallel):
+            model = model.module  # hooks and re-evaluations on the plain module
+        self.config = cfg
+        self.loss = cfg.loss
+        self.reduction = cfg.reduction
+        self.fisher_type = cfg.fisher_type
+        self.kfac_approx = cfg.kfac_approx
+        self.rnn_approx = cfg.rnn_approx
+        self.inverse_method = cfg.inverse_method
+        self.damping_type = cfg.damping_type
+        self.step_rule = cfg.step_rule
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model has no trainable parameters")
-        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        defaults = {
+            "lr": cfg.lr,
+            "momentum": cfg.momentum,
+            "weight_decay": cfg.weight_decay,
+        }
         super().__init__(params, defaults)
         self.model = model
-        self.damping = float(damping)
-        self.mc_samples = mc_samples
-        self.factor_decay = factor_decay
-        self.factor_interval = factor_interval
-        self.stats_batch_size = stats_batch_size
-        self.inverse_interval = inverse_interval
-        self.kl_clip = kl_clip
-        self.adapt_damping = adapt_damping
-        self.lm_interval = lm_interval
-        self.lm_omega = (19.0 / 20.0) ** lm_interval
-        self.min_damping = min_damping
-        self.max_damping = max_damping
-        self.cg_max_iter = cg_max_iter
-        self.cg_rtol = cg_rtol
+        self.damping = float(cfg.damping)
+        self.mc_samples = cfg.mc_samples
+        self.factor_decay = cfg.factor_decay
+        self.factor_interval = cfg.factor_interval
+        self.stats_batch_size = cfg.stats_batch_size
+        self.inverse_interval = cfg.inverse_interval
+        self.kl_clip = cfg.kl_clip
+        self.adapt_damping = cfg.adapt_damping
+        self.lm_interval = cfg.lm_interval
+        self.lm_omega = (19.0 / 20.0) ** cfg.lm_interval
+        self.min_damping = cfg.min_damping
+        self.max_damping = cfg.max_damping
+        self.cg_max_iter = cfg.cg_max_iter
+        self.cg_rtol = cfg.cg_rtol
         self.steps = 0
         self.counters = {
             "skipped_steps": 0,
@@ -298,8 +240,9 @@ class KFAC(torch.optim.Optimizer):
             "cg_iterations": 0,
         }
         self.last_rho = float("nan")
+        self._dist = self._dist_context(cfg.process_group, cfg.inverse_layout)
         self._blocks: BlockSet = build_blocks(
-            model, self.kfac_approx, self.rnn_approx, tuple(skip_modules)
+            model, self.kfac_approx, self.rnn_approx, cfg.skip_modules
         )
         warn_unsupported(self._blocks)
         self._block_params = [
@@ -321,17 +264,19 @@ class KFAC(torch.optim.Optimizer):
         self._workspace_miss: tuple[Tensor, ...] | None = None
         device = params[0].device
         self._generator = torch.Generator(device=device)
-        self._generator.manual_seed(seed)
+        self._generator.manual_seed(cfg.seed)
         # a CPU stream of its own (randperm), seeded apart from the MC stream
-        row_seed = np.random.SeedSequence((seed, 1)).generate_state(1, np.uint64)[0]
+        row_seed = np.random.SeedSequence((cfg.seed, 1)).generate_state(1, np.uint64)[0]
         self._row_generator = torch.Generator()
         self._row_generator.manual_seed(int(row_seed))
         self._device = device
         self.last_stats_rows: Tensor | None = None
         self._capture = Capture(model, self._blocks.module_blocks, self._on_output)
-        if stats_batch_size is not None:
+        if cfg.stats_batch_size is not None:
             self._capture.row_sampler = self._sample_rows
-        self._capture.keep_inputs = self.step_rule == StepRule.QMODEL or adapt_damping
+        self._capture.keep_inputs = (
+            self.step_rule == StepRule.QMODEL or cfg.adapt_damping
+        )
         self._capture.attach()
         self._arm()
 
@@ -340,6 +285,12 @@ class KFAC(torch.optim.Optimizer):
     def blocks(self) -> dict[str, CurvatureBlock]:
         """Curvature blocks by key (module name; embedding's name for tied)."""
         return dict(self._blocks.blocks)
+
+    @property
+    def distributed(self) -> DistContext | None:
+        """The process group's context (rank, world size, bytes sent), or
+        ``None`` when running as one process."""
+        return self._dist
 
     @property
     def unsupported(self) -> list[str]:
@@ -384,15 +335,50 @@ class KFAC(torch.optim.Optimizer):
         updating its factors)."""
         self._capture.detach()
 
+    # ------------------------------------------------------------ distributed
+    def _dist_context(
+        self, process_group: Any, layout: InverseLayout
+    ) -> DistContext | None:
+        """The process group's context (see :mod:`~kfac_spectra.kfac.distributed`),
+        or ``None`` for one process."""
+        group = resolve_process_group(process_group)
+        if group is None:
+            return None
+        ctx = DistContext(group, layout)
+        if self.inverse_method == InverseMethod.CG:
+            raise ValueError(
+                "inverse_method='cg' is single-process only (its rows stay on each "
+                "rank): use 'eigh' or 'cholesky' under a process group"
+            )
+        m = self.stats_batch_size
+        if m is not None and m % ctx.world_size:
+            raise ValueError(
+                f"stats_batch_size={m} is invalid: must be divisible by the world "
+                f"size {ctx.world_size} (each rank draws stats_batch_size / W rows)"
+            )
+        return ctx
+
     # ---------------------------------------------------------------- capture
     def _arm(self) -> None:
         armed = self.steps % self.factor_interval == 0
         if self._capture.enabled != armed:  # (un)registers the layer hooks
             self._capture.enabled = armed
+        if armed and self._dist is not None:
+            # per-rank streams that depend only on (seed, rank, step): independent
+            # across ranks, and the same after a resume on any number of ranks
+            rank = self._dist.rank
+            self._generator.manual_seed(
+                step_seed(self.config.seed, 2, rank, self.steps)
+            )
+            self._row_generator.manual_seed(
+                step_seed(self.config.seed, 3, rank, self.steps)
+            )
 
     def _sample_rows(self, batch: int) -> Tensor | None:
         """Sorted indices of ``stats_batch_size`` of ``batch`` examples (or None)."""
         m = self.stats_batch_size
+        if m is not None and self._dist is not None:
+            m //= self._dist.world_size  # this rank's share of the global count
         if m is None or batch <= m:
             return None
         perm = torch.randperm(batch, generator=self._row_generator)
@@ -402,6 +388,8 @@ class KFAC(torch.optim.Optimizer):
         records = self._capture.take_records(call)
         if not records:
             return
+        if self._dist is not None:
+            self._dist.count_rows(output.shape[0] if output.ndim else 1)
         self.last_stats_rows = rows
         if not all_finite([output]):
             # a diverged forward: no statistics from it (the step will be skipped
@@ -447,9 +435,13 @@ class KFAC(torch.optim.Optimizer):
         batch = []
         for key, block in self._blocks.blocks.items():
             rows = (block.rows_x, block.rows_g)
-            stats = block.batch_factors()
-            if stats is not None:
-                batch.append((key, block, rows, stats))
+            batch.append((key, block, rows, block.batch_factors()))
+        if self._dist is not None and self._capture.enabled:
+            # the global batch's statistics (the same on every rank)
+            glob = self._dist.reduce_statistics([(k, s) for k, _, _, s in batch])
+            batch = [(k, b, r, glob[k]) for k, b, r, _ in batch if k in glob]
+        else:
+            batch = [entry for entry in batch if entry[3] is not None]
         # one check (one host synchronisation) for all blocks; per block only if
         # it fails
         finite = all_finite(t for *_, stats in batch for t in stats.values())
@@ -489,17 +481,38 @@ class KFAC(torch.optim.Optimizer):
             return None
         return EigenInverse(eig_s[0], eig_s[1], eig_a[0], eig_a[1])
 
+    def _build_inverse(self, key: str, damping: Damping) -> Inverse | None:
+        block = self._blocks.blocks[key]
+        if isinstance(block, RNNBlock) and block.chain:
+            return ChainInverse.build(self._ema[key], damping)
+        if self.inverse_method == InverseMethod.CHOLESKY:
+            a, s = block.kronecker(self._ema[key])
+            return CholeskyInverse.build(a, s, damping)
+        return self._eigen(key)
+
     def _update_inverses(self) -> None:
         damping = self._damping_spec()
-        for key in self._ema:
-            block = self._blocks.blocks[key]
-            if isinstance(block, RNNBlock) and block.chain:
-                inv: Inverse | None = ChainInverse.build(self._ema[key], damping)
-            elif self.inverse_method == InverseMethod.CHOLESKY:
-                a, s = block.kronecker(self._ema[key])
-                inv = CholeskyInverse.build(a, s, damping)
-            else:
-                inv = self._eigen(key)
+        ctx = self._dist
+        if ctx is None:
+            built = {key: self._build_inverse(key, damping) for key in self._ema}
+        else:
+            costs = {
+                key: decomposition_cost(self._blocks.blocks[key].kronecker(stats))
+                for key, stats in self._ema.items()
+            }
+            owners = ctx.owners(costs)
+            built = {
+                key: self._build_inverse(key, damping)
+                for key, rank in owners.items()
+                if rank == ctx.rank
+            }
+            if ctx.layout == InverseLayout.SHARED and ctx.world_size > 1:
+                for key, inv in built.items():
+                    if inv is not None:  # the receivers' layout
+                        built[key] = inv = contiguous_fields(inv)
+                        inv.two_sided(damping)  # the damped inverses, sent along
+                built = ctx.share_inverses(built, owners, self._device)
+        for key, inv in built.items():
             if inv is None:
                 self.counters["inverse_failures"] += 1
                 warnings.warn(
@@ -714,16 +727,19 @@ class KFAC(torch.optim.Optimizer):
         output, jvs = self._jvp([self._named(v) for v in vecs])
         gamma = self._damping_spec().gamma
         n = len(vecs)
+        pairs = [(i, j) for i in range(n) for j in range(i, n)]
+        forms = [
+            float(
+                output_hessian_form(output, jvs[i], jvs[j], self.loss, self.reduction)
+            )
+            for i, j in pairs
+        ]
+        if self._dist is not None:
+            forms = self._dist.mean(forms)  # each rank's batch: the global mean
         gram = [[0.0] * n for _ in range(n)]
-        for i in range(n):
-            for j in range(i, n):
-                fij = float(
-                    output_hessian_form(
-                        output, jvs[i], jvs[j], self.loss, self.reduction
-                    )
-                )
-                dot = sum(float((vecs[i][p] * vecs[j][p]).sum()) for p in vecs[i])
-                gram[i][j] = gram[j][i] = fij + gamma * dot
+        for (i, j), fij in zip(pairs, forms, strict=True):
+            dot = sum(float((vecs[i][p] * vecs[j][p]).sum()) for p in vecs[i])
+            gram[i][j] = gram[j][i] = fij + gamma * dot
         return gram
 
     # ------------------------------------------------------------------ step
@@ -732,6 +748,8 @@ class KFAC(torch.optim.Optimizer):
         warnings.warn(f"K-FAC: step skipped ({why})", stacklevel=3)
         for block in self._blocks.blocks.values():
             block.reset_batch()
+        if self._dist is not None:
+            self._dist.pending_rows = 0
         self._watched.clear()
         self._capture.take_records()
         self._arm()
@@ -750,10 +768,13 @@ class KFAC(torch.optim.Optimizer):
                 batch *without* calling ``backward`` (it is run under
                 ``torch.no_grad``). Used by ``adapt_damping``.
             loss: Optional loss value of this batch; a non-finite value skips the
-                step (as non-finite gradients do).
+                step (as non-finite gradients do). Under a process group it is
+                averaged over the ranks first (a non-finite value on one rank
+                skips the step on all).
 
         Returns:
-            The loss before the update if it was evaluated, else ``loss``.
+            The loss before the update if it was evaluated, else ``loss`` (under a
+            process group: their mean over the ranks, a float).
         """
         lm_due = (
             self.adapt_damping
@@ -763,6 +784,8 @@ class KFAC(torch.optim.Optimizer):
         if lm_due:
             with self._capture.suspend():
                 loss = closure()
+        if loss is not None and self._dist is not None:
+            loss = self._dist.mean([float(loss)])[0]  # NaN on one rank: on all
         if loss is not None and not math.isfinite(float(loss)):
             self._skip("non-finite loss")
             return loss
@@ -898,6 +921,8 @@ class KFAC(torch.optim.Optimizer):
             model_value = 0.5 * gram[0][0] + lin
         with self._capture.suspend():
             loss_after = float(closure())
+        if self._dist is not None:
+            loss_after = self._dist.mean([loss_after])[0]
         rho = (
             (loss_after - float(loss_before)) / model_value if model_value < 0 else -1.0
         )

@@ -25,6 +25,7 @@ import nqm
 from analysis.__main__ import build_parser, main
 from analysis.cli_scaling import config_from_args
 from analysis.config import QUICK_OVERRIDES, ScalingConfig, parse_batch_sizes
+from analysis.lr_range import DEGENERATE_RATIO
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -93,6 +94,15 @@ def test_in_process_end_to_end(tmp_path):
     assert sorted(
         r["steps"] for r in fig_rows if r["family"] != "lower_bound"
     ) == sorted(j["steps"] for j in js if j["target"] == 0.05)
+
+    # every point of the optimal-lr figure carries its range of optimal lrs
+    lr_rows = json.loads((figs / "optimal_lr.json").read_text())
+    assert lr_rows and all(
+        r["lr_min"] <= r["lr"] <= r["lr_max"]
+        and r["degenerate"] == (r["lr_max"] > DEGENERATE_RATIO * r["lr_min"])
+        for r in lr_rows
+    )
+    assert (out / "optimal_lr_range.csv").is_file()
 
     cfg = json.loads((out / "config.json").read_text())
     assert (out / "config.toml").is_file()

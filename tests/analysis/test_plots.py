@@ -135,6 +135,47 @@ def test_optimal_lr_panels(records):
     assert "0.9" in b.get_title()
 
 
+def test_optimal_lr_draws_degenerate_optima_as_ranges(records):
+    rows, _ = records
+    # at B = 8 every lr of [0.05, 0.2] (effective [0.5, 2]) is optimal
+    wide = {"degenerate": True, "lr_min": 0.05, "lr_max": 0.2,
+            "effective_lr_min": 0.5, "effective_lr_max": 2.0}  # fmt: skip
+    rows = [
+        dict(r, **wide) if r["batch_size"] == 8 else dict(r, degenerate=False)
+        for r in rows
+    ]
+    fig = plots.plot_optimal_lr(rows)
+    a, _, c = fig.axes
+    # the line leaves the degenerate point out; a bar spans its range instead
+    assert a.lines[0].get_xdata().tolist() == [1, 2, 4]
+    for ax, (lo, hi) in ((a, (0.05, 0.2)), (c, (0.5, 2.0))):  # one bar per power
+        bars = [col.get_segments() for col in ax.collections]
+        assert [[s.tolist() for s in segs] for segs in bars] == [
+            [[[8, lo], [8, hi]]]
+        ] * len(POWERS)
+    assert "range" in fig._suptitle.get_text()
+
+
+def test_optimal_lr_draws_an_unbounded_range_open(records):
+    rows, _ = records
+    # S* = 1: every momentum < 1 is optimal, so the effective lr has no upper end
+    open_range = {"degenerate": True, "effective_lr_min": 0.5,
+                  "effective_lr_max": math.inf}  # fmt: skip
+    rows = [
+        dict(r, **open_range)
+        if r["family"] == "momentum" and r["batch_size"] == 4 and r["precond_power"]
+        else r
+        for r in rows
+    ]
+    c = plots.plot_optimal_lr(rows).axes[2]
+    (bars,) = [col.get_segments() for col in c.collections]
+    assert [s.tolist() for s in bars] == [[[4, 0.5], [4, 0.5 * plots.OPEN_BAR_SPAN]]]
+    heads = [ln for ln in c.lines if ln.get_marker() == "^"]
+    assert [(ln.get_xdata().tolist(), ln.get_ydata().tolist()) for ln in heads] == [
+        ([4], [0.5 * plots.OPEN_BAR_SPAN])
+    ]
+
+
 def test_pwc_final_lr(records):
     rows, _ = records
     fig = plots.plot_pwc_final_lr(rows)

@@ -543,6 +543,8 @@ def test_reference_study_passes_run_options(monkeypatch):
         ]  # fmt: skip
 
     monkeypatch.setattr(scaling, "run_study", fake_run_study)
+    # the fake records are no tuned optima: their lr ranges are not asked for
+    monkeypatch.setattr(scaling, "optimal_lr_range_table", lambda *a: [])
     cfg = ScalingConfig(dim=10, batch_sizes=(1, 2, 4), families=("momentum",),
                         powers=(0.0,), targets=(0.1,), threshold_targets=(0.2,),
                         workers=3, keep_going=True)  # fmt: skip

@@ -10,6 +10,7 @@ from types import ModuleType
 import pytest
 import torch
 import torch.nn.functional as F
+from kfac_helpers import randomise, seeded
 from torch.utils.flop_counter import FlopCounterMode
 
 from kfac_spectra import KFAC
@@ -34,9 +35,10 @@ def test_forward_backward_and_preconditioning_flops_are_counted_exactly(
     layer) and P (the two products with the cached damped inverses per layer)
     equal the counts of the operations the code runs."""
     bench = _bench()
-    torch.manual_seed(0)
-    model = mlp(40, hidden, 10, depth=2)
-    x, y = torch.randn(batch, 40), torch.randint(0, 10, (batch,))
+    model = randomise(mlp(40, hidden, 10, depth=2), 0)
+    gen = seeded(1)
+    x = torch.randn(batch, 40, generator=gen)
+    y = torch.randint(0, 10, (batch,), generator=gen)
     opt = KFAC(model, "ce", factor_interval=100, inverse_interval=100)
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()

@@ -24,6 +24,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from kfac_helpers import seeded
 from torch import Tensor, nn
 
 from kfac_spectra import KFAC
@@ -40,10 +41,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:K-FAC. no curvature block")
 DT = torch.float64
 STEP_RTOL = 1e-12  # fast step vs the dense reference, float64
 GRAM_RTOL = 1e-12
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
@@ -67,7 +64,7 @@ class ConvNet(nn.Module):
 
 def _seeded(model: nn.Module, seed: int) -> nn.Module:
     model = model.double()
-    gen = _gen(seed)
+    gen = seeded(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=DT) * 0.7)
@@ -107,8 +104,8 @@ def test_step_equals_the_dense_reference_on_every_kind_of_step(solve_path) -> No
     neither (the fused check), the others one or both; each step's update is the
     reference formula on the factors of the last inverse step, to 1e-12."""
     model = _seeded(ConvNet(), 0)
-    x = torch.randn(8, 2, 5, generator=_gen(1), dtype=DT)
-    y = torch.randint(0, 3, (8,), generator=_gen(2))
+    x = torch.randn(8, 2, 5, generator=seeded(1), dtype=DT)
+    y = torch.randint(0, 3, (8,), generator=seeded(2))
     lr, beta, wd, lam, kappa = 0.5, 0.9, 1e-2, 0.1, 1e-3
     opt = KFAC(
         model,
@@ -178,7 +175,7 @@ def test_split_update_is_the_adjoint_of_to_matrix(model: nn.Module) -> None:
     model = model.double()
     blocks = build_blocks(model, KFACApprox.EXPAND, RNNApprox.INDEPENDENT).blocks
     assert blocks
-    gen = _gen(3)
+    gen = seeded(3)
     for block in blocks.values():
         ps = block.params()
         t = [torch.randn(p.shape, generator=gen, dtype=DT) for p in ps]
@@ -205,8 +202,8 @@ def solve_path(request, monkeypatch) -> str:
 def _plain_step_optimizer() -> tuple[nn.Module, KFAC, Tensor, Tensor]:
     """A model whose next step updates neither factors nor inverses."""
     model = _seeded(ConvNet(), 4)
-    x = torch.randn(8, 2, 5, generator=_gen(5), dtype=DT)
-    y = torch.randint(0, 3, (8,), generator=_gen(6))
+    x = torch.randn(8, 2, 5, generator=seeded(5), dtype=DT)
+    y = torch.randint(0, 3, (8,), generator=seeded(6))
     opt = KFAC(model, "ce", lr=0.1, factor_interval=4, inverse_interval=4)
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
@@ -258,7 +255,7 @@ def test_plain_step_with_a_nonfinite_direction_is_skipped_and_named(
 )
 def test_gram_equals_the_plain_product_and_is_symmetric(shape) -> None:
     """Tall (64-wide strips), wide (128-wide) and small (one product) cases."""
-    rows = torch.randn(shape, generator=_gen(7), dtype=DT)
+    rows = torch.randn(shape, generator=seeded(7), dtype=DT)
     assert _rel(gram(rows), rows.T @ rows) < GRAM_RTOL
     assert _rel(gram(rows.T.contiguous().T), rows.T @ rows) < GRAM_RTOL
     h = homogeneous_gram(rows, True)
@@ -285,14 +282,14 @@ def test_conv_statistics_from_channels_last_patches(conv, shape) -> None:
     equal the Gram matrices of :meth:`input_features` / :meth:`grad_rows`."""
     conv = conv.double()
     block = ConvBlock("c", conv, KFACApprox.EXPAND)
-    x = torch.randn(shape, generator=_gen(8), dtype=DT)
+    x = torch.randn(shape, generator=seeded(8), dtype=DT)
     a, rows = block.input_gram(x)
     feats = block.input_features(x)
     assert rows == feats.shape[0]
     ones = torch.ones(rows, 1, dtype=DT)
     ref = torch.cat([feats, ones], 1) if block.has_bias else feats
     assert _rel(a, ref.T @ ref) < GRAM_RTOL
-    g = torch.randn(conv(x).shape, generator=_gen(9), dtype=DT)
+    g = torch.randn(conv(x).shape, generator=seeded(9), dtype=DT)
     grad_rows = block.grad_rows(g)
     assert _rel(block.grad_gram(g), grad_rows.T @ grad_rows) < GRAM_RTOL
 
@@ -342,7 +339,7 @@ def test_workspace_views_are_to_matrix_and_split_update(model: nn.Module) -> Non
     ).blocks.values()
     ps = tuple(block.params())
     ws = Workspace([("m", block, ps)], ps)
-    gen = _gen(7)
+    gen = seeded(7)
     grads = [torch.randn(p.shape, generator=gen, dtype=DT) for p in ps]
     ws.load(grads)
     _, g_mat, _, x_mat = ws.blocks[0]
@@ -354,8 +351,8 @@ def test_workspace_views_are_to_matrix_and_split_update(model: nn.Module) -> Non
 
 
 def _emb_batch() -> tuple[Tensor, Tensor]:
-    return torch.randint(0, 6, (16, 2), generator=_gen(8)), torch.randint(
-        0, 3, (16,), generator=_gen(9)
+    return torch.randint(0, 6, (16, 2), generator=seeded(8)), torch.randint(
+        0, 3, (16,), generator=seeded(9)
     )
 
 
@@ -367,8 +364,8 @@ def test_workspace_steps_equal_the_general_path(net) -> None:
     there, on the momentum views), and after step 6 the workspace optimizer is
     resumed from a checkpoint into a fresh optimizer."""
     if net is ConvNet:
-        x = torch.randn(8, 2, 5, generator=_gen(1), dtype=DT)
-        y = torch.randint(0, 3, (8,), generator=_gen(2))
+        x = torch.randn(8, 2, 5, generator=seeded(1), dtype=DT)
+        y = torch.randint(0, 3, (8,), generator=seeded(2))
     else:
         x, y = _emb_batch()
     kw = {
@@ -411,7 +408,7 @@ def test_all_finite_equals_isfinite_of_every_tensor(bad) -> None:
     """Mixed dtypes (bfloat16, float32, float64; 1e300, finite, only in the
     float64 one, whose extremes the check keeps in float64), an empty tensor, the
     bad value placed in each tensor."""
-    gen = _gen(10)
+    gen = seeded(10)
     base = [
         torch.randn(3, 4, generator=gen).to(torch.bfloat16),
         torch.randn(5, generator=gen),

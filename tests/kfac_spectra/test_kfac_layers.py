@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_kfac_oracles import GGN_RTOL, output_hessian, rel_err
+from kfac_helpers import GGN_RTOL, output_hessian, randomise, rel_err, seeded
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 
@@ -15,18 +15,6 @@ from kfac_spectra.kfac.blocks.rnn import unrolled_forward
 from kfac_spectra.kfac.inverse import ChainInverse, Damping, EigenInverse, robust_eigh
 
 DT = torch.float64
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _randomise(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
-    gen = _gen(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
-    return model
 
 
 class EmbedLinear(nn.Module):
@@ -54,8 +42,8 @@ class TiedLM(nn.Module):
 def test_embedding_expand_exact_for_linear_per_token_model() -> None:
     """Embedding → linear head per token, MSE: the GGN block of the stored (V, D)
     weight is A ⊗ S with A = diag(token frequencies) (deep linear, expand)."""
-    model = _randomise(EmbedLinear(5, 3, 2).double(), 1)
-    idx = torch.randint(0, 5, (4, 3), generator=_gen(2))
+    model = randomise(EmbedLinear(5, 3, 2).double(), 1)
+    idx = torch.randint(0, 5, (4, 3), generator=seeded(2))
     a, s = compute_factors(model, idx, None, "mse", "type2")["emb"]
     assert a.ndim == 1 and s.shape == (3, 3)
     params = dict(model.named_parameters())
@@ -69,7 +57,7 @@ def test_embedding_expand_exact_for_linear_per_token_model() -> None:
 
 
 def test_tied_combination_reduces_to_single_use_and_keeps_trace() -> None:
-    gen = _gen(3)
+    gen = seeded(3)
     v, d = 6, 3
     a_e = torch.rand(v, generator=gen, dtype=DT)
     m = torch.randn(d, d, generator=gen, dtype=DT)
@@ -92,9 +80,9 @@ def test_tied_combination_reduces_to_single_use_and_keeps_trace() -> None:
 
 
 def test_tied_block_key_and_training() -> None:
-    model = _randomise(TiedLM(7, 4).double(), 4)
-    idx = torch.randint(0, 7, (8, 5), generator=_gen(5))
-    tgt = torch.randint(0, 7, (8, 5), generator=_gen(6))
+    model = randomise(TiedLM(7, 4).double(), 4)
+    idx = torch.randint(0, 7, (8, 5), generator=seeded(5))
+    tgt = torch.randint(0, 7, (8, 5), generator=seeded(6))
     factors = compute_factors(model, idx, tgt, "ce", "mc")
     assert set(factors) == {"emb", "mix"}
     a, s = factors["emb"]
@@ -120,8 +108,8 @@ def test_tied_block_key_and_training() -> None:
 @pytest.mark.parametrize("cls", [nn.RNN, nn.LSTM])
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_unrolled_forward_matches_fused(cls, batch_first: bool) -> None:
-    rnn = _randomise(cls(3, 4, batch_first=batch_first).double(), 7)
-    x = torch.randn(2, 5, 3, generator=_gen(8), dtype=DT)
+    rnn = randomise(cls(3, 4, batch_first=batch_first).double(), 7)
+    x = torch.randn(2, 5, 3, generator=seeded(8), dtype=DT)
     fused = rnn(x)
     mine, zs, _ = unrolled_forward(rnn, x, None)
     assert len(zs) == (5 if batch_first else 2)
@@ -148,9 +136,9 @@ class LastStep(nn.Module):
 def test_rnn_block_exact_for_one_step_one_example(cls) -> None:
     """T = 1, N = 1: one row, so S ⊗ A is the exact GGN block of [W_ih | W_hh | b]
     (the oracle differentiates w.r.t. b_ih, which enters exactly like b)."""
-    h0 = torch.randn(1, 1, 4, generator=_gen(9), dtype=DT)
-    model = _randomise(LastStep(cls, h0).double(), 10)
-    x = torch.randn(1, 1, 3, generator=_gen(11), dtype=DT)
+    h0 = torch.randn(1, 1, 4, generator=seeded(9), dtype=DT)
+    model = randomise(LastStep(cls, h0).double(), 10)
+    x = torch.randn(1, 1, 3, generator=seeded(11), dtype=DT)
     a, s = compute_factors(model, x, None, "ce", "type2")["rnn"]
     params = dict(model.named_parameters())
     keys = ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0"]
@@ -174,7 +162,7 @@ def _spd(n: int, gen: torch.Generator) -> Tensor:
 def test_chain_inverse_matches_dense_ar1_model() -> None:
     """Dense oracle: V₀ = S⊗A, V₁ = sym(S₁)⊗sym(A₁), V_d = V₁V₀^{-1}V_{d−1},
     F = (1/T) Σ_{|d|<T} (T−|d|) V_d (V_{−d} = V_dᵀ); compare F^{-1}vec(G)."""
-    gen = _gen(12)
+    gen = seeded(12)
     a, s = _spd(3, gen), _spd(2, gen)
     a1 = 0.3 * a + 0.05 * torch.randn(3, 3, generator=gen, dtype=DT)
     s1 = -0.2 * s + 0.05 * torch.randn(2, 2, generator=gen, dtype=DT)
@@ -201,7 +189,7 @@ def test_chain_inverse_matches_dense_ar1_model() -> None:
 
 
 def test_chain_without_lag_correlation_is_independent() -> None:
-    gen = _gen(13)
+    gen = seeded(13)
     a, s = _spd(3, gen), _spd(2, gen)
     stats = {"A": a, "S": s, "A1": 0 * a, "S1": 0 * s, "T": torch.tensor(6.0)}
     damping = Damping(True, 1e-2)
@@ -224,9 +212,8 @@ class SeqClassifier(nn.Module):
 
 @pytest.mark.parametrize("approx", ["independent", "chain"])
 def test_lstm_trains_with_kfac(approx: str) -> None:
-    torch.manual_seed(0)
-    model = _randomise(SeqClassifier(nn.LSTM).double(), 14, scale=0.3)
-    x = torch.randn(32, 6, 3, generator=_gen(15), dtype=DT)
+    model = randomise(SeqClassifier(nn.LSTM).double(), 14, scale=0.3)
+    x = torch.randn(32, 6, 3, generator=seeded(15), dtype=DT)
     y = (x[:, :, 0].sum(1) > 0).long()
     opt = KFAC(model, "ce", lr=0.3, damping=1e-2, rnn_approx=approx, inverse_interval=2)
     with torch.no_grad():

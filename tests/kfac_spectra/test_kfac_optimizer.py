@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from test_kfac_oracles import (
+from kfac_helpers import (
     GGN_RTOL,
     ggn_block,
     layer_matrix_jacobian,
     output_hessian,
+    randomise,
     rel_err,
+    seeded,
 )
 from torch import Tensor, nn
 
@@ -32,25 +34,17 @@ CG_ATOL = 1e-8
 INVARIANCE_RTOL = 1e-7
 DEFAULTS_STEPS = 20
 DEFAULTS_LOSS_FRACTION = 0.25
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+MAX_DAMPING_STEPS = 8
+STEP_RTOL = 1e-12  # the same float64 operations up to their order
 
 
 def _mlp(seed: int, sizes=(4, 6, 3), act=nn.Tanh) -> nn.Module:
-    torch.manual_seed(0)  # layer construction only; values overwritten below
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
             layers.append(act())
-    model = nn.Sequential(*layers).double()
-    gen = _gen(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=DT) * 0.6)
-    return model
+    return randomise(nn.Sequential(*layers).double(), seed, scale=0.6)
 
 
 def _train(model, opt, x, y, loss="mse", steps=1, closure=False):
@@ -74,7 +68,7 @@ def test_docstring_example_runs(module) -> None:
 
 
 def test_cg_fac_solver_matches_eigh() -> None:
-    gen = _gen(1)
+    gen = seeded(1)
     rows_x = torch.cat(
         [torch.randn(30, 5, generator=gen, dtype=DT), torch.ones(30, 1, dtype=DT)], 1
     )
@@ -95,8 +89,8 @@ def test_cg_fac_solver_matches_eigh() -> None:
 
 @pytest.mark.parametrize("damping_type", ["tikhonov", "factored"])
 def test_cg_optimizer_step_equals_eigh_step(damping_type: str) -> None:
-    x = torch.randn(32, 4, generator=_gen(2), dtype=DT)
-    y = torch.randn(32, 3, generator=_gen(3), dtype=DT)
+    x = torch.randn(32, 4, generator=seeded(2), dtype=DT)
+    y = torch.randn(32, 3, generator=seeded(3), dtype=DT)
     params = {}
     for method in ("eigh", "cg"):
         model = _mlp(4)
@@ -120,7 +114,7 @@ def test_cg_optimizer_step_equals_eigh_step(damping_type: str) -> None:
 def _affine_pair(seed: int):
     """A net and its input-reparameterised twin x† = Ω x + t, W₁† = W̄₁ Ω̄^{-1}."""
     model = _mlp(seed)
-    gen = _gen(seed + 100)
+    gen = seeded(seed + 100)
     omega = torch.randn(4, 4, generator=gen, dtype=DT) + 2 * torch.eye(4, dtype=DT)
     shift = torch.randn(4, generator=gen, dtype=DT)
     omega_bar = torch.eye(5, dtype=DT)
@@ -136,8 +130,8 @@ def _affine_pair(seed: int):
 
 def test_affine_input_invariance_corollary_2() -> None:
     """Undamped K-FAC follows the same path in function space for x and Ωx + t."""
-    x = torch.randn(40, 4, generator=_gen(5), dtype=DT)
-    y = torch.randn(40, 3, generator=_gen(6), dtype=DT)
+    x = torch.randn(40, 4, generator=seeded(5), dtype=DT)
+    y = torch.randn(40, 3, generator=seeded(6), dtype=DT)
     model, twin, transform = _affine_pair(7)
     kw = dict(
         lr=0.5,
@@ -188,8 +182,8 @@ class WhitenedLinear(nn.Module):
 
 
 def test_kfac_is_gradient_descent_on_whitened_network_corollary_3() -> None:
-    x = torch.randn(40, 4, generator=_gen(8), dtype=DT)
-    y = torch.randn(40, 3, generator=_gen(9), dtype=DT)
+    x = torch.randn(40, 4, generator=seeded(8), dtype=DT)
+    y = torch.randn(40, 3, generator=seeded(9), dtype=DT)
     model = _mlp(10)
     factors = compute_factors(model, x, y, "mse", "type2")
     whitened = nn.Sequential(
@@ -227,8 +221,8 @@ def test_kfac_is_gradient_descent_on_whitened_network_corollary_3() -> None:
 
 def test_qmodel_coefficients_match_dense_quadratic_model() -> None:
     """(α, μ) minimise ½δᵀ(G + λI)δ + gᵀδ with the exact dense GGN G."""
-    x = torch.randn(20, 4, generator=_gen(11), dtype=DT)
-    y = torch.randint(0, 3, (20,), generator=_gen(12))
+    x = torch.randn(20, 4, generator=seeded(11), dtype=DT)
+    y = torch.randint(0, 3, (20,), generator=seeded(12))
     model = _mlp(13)
     opt = KFAC(model, "ce", damping=1e-2, step_rule="qmodel", fisher_type="type2")
     _train(model, opt, x, y, loss="ce", steps=2)
@@ -268,8 +262,8 @@ def test_qmodel_coefficients_match_dense_quadratic_model() -> None:
 def test_lm_damping_shrinks_when_model_is_exact() -> None:
     """Linear regression with MSE: the quadratic model is exact up to the damping
     term ½λ||δ||² > 0 (so ρ is slightly above 1), and λ ← ωλ."""
-    x = torch.randn(30, 4, generator=_gen(14), dtype=DT)
-    y = torch.randn(30, 2, generator=_gen(15), dtype=DT)
+    x = torch.randn(30, 4, generator=seeded(14), dtype=DT)
+    y = torch.randn(30, 2, generator=seeded(15), dtype=DT)
     model = nn.Linear(4, 2).double()
     opt = KFAC(
         model,
@@ -287,8 +281,8 @@ def test_lm_damping_shrinks_when_model_is_exact() -> None:
 
 def test_lm_damping_grows_when_step_is_bad() -> None:
     """A huge learning rate overshoots: ρ < 1/4 and λ ← λ/ω."""
-    x = torch.randn(30, 4, generator=_gen(14), dtype=DT)
-    y = torch.randn(30, 2, generator=_gen(15), dtype=DT)
+    x = torch.randn(30, 4, generator=seeded(14), dtype=DT)
+    y = torch.randn(30, 2, generator=seeded(15), dtype=DT)
     model = nn.Linear(4, 2).double()
     opt = KFAC(
         model,
@@ -306,9 +300,75 @@ def test_lm_damping_grows_when_step_is_bad() -> None:
     assert math.isclose(opt.damping, 1e-3 / 0.95)
 
 
+def test_damping_never_exceeds_max_damping() -> None:
+    """A closure whose loss always rises makes every reduction ratio negative, so
+    each LM update divides λ by ω = (19/20)^T₁ (Martens & Grosse 2015, §6.5):
+    λ_k = min(λ₀ ω^{-k}, max_damping), reached after 4 steps here and held."""
+    x = torch.randn(20, 4, generator=seeded(60), dtype=DT)
+    y = torch.randn(20, 3, generator=seeded(61), dtype=DT)
+    model = _mlp(62)
+    damping, max_damping, omega = 1e-2, 1.2e-2, 19.0 / 20.0
+    opt = KFAC(
+        model,
+        "mse",
+        lr=0.05,
+        damping=damping,
+        max_damping=max_damping,
+        adapt_damping=True,
+        lm_interval=1,
+    )
+    calls = [0]
+
+    def rising() -> float:
+        calls[0] += 1
+        return float(calls[0])  # the loss after each update exceeds the one before
+
+    for k in range(1, MAX_DAMPING_STEPS + 1):
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step(rising)
+        assert opt.last_rho < 0.0
+        assert opt.damping <= max_damping
+        assert math.isclose(opt.damping, min(damping * omega**-k, max_damping))
+    assert calls[0] == 2 * MAX_DAMPING_STEPS  # before and after every update
+    assert opt.damping == max_damping
+
+
+def test_skipped_module_gets_the_plain_gradient_step() -> None:
+    """``skip_modules=["2"]``: the last layer steps along −α g (momentum 0, no clip,
+    no weight decay: the first step of heavy-ball SGD), while the first layer's
+    K-FAC step is the one it takes when no module is skipped (its block's
+    statistics do not depend on the other block)."""
+    x = torch.randn(20, 4, generator=seeded(63), dtype=DT)
+    y = torch.randn(20, 3, generator=seeded(64), dtype=DT)
+    lr = 0.3
+    kw = dict(lr=lr, momentum=0.0, kl_clip=None, damping=1e-2, fisher_type="type2")
+    skipped, full = _mlp(65), _mlp(65)
+    start = dict(skipped.named_parameters())
+    grads = dict(
+        zip(
+            start,
+            torch.autograd.grad(F.mse_loss(skipped(x), y), list(start.values())),
+            strict=True,
+        )
+    )
+    start = {k: v.detach().clone() for k, v in start.items()}
+    opt = KFAC(skipped, "mse", skip_modules=["2"], **kw)
+    assert set(opt.blocks) == {"0"} and opt.unsupported == []
+    _train(skipped, opt, x, y)
+    _train(full, KFAC(full, "mse", **kw), x, y)
+    after, after_full = dict(skipped.named_parameters()), dict(full.named_parameters())
+    for name in ("2.weight", "2.bias"):
+        plain = start[name] - lr * grads[name]
+        assert rel_err(after[name], plain) < STEP_RTOL, name
+        assert rel_err(after_full[name], plain) > 1e-3, name  # K-FAC differs
+    for name in ("0.weight", "0.bias"):
+        assert rel_err(after[name], after_full[name]) < STEP_RTOL, name
+
+
 def test_kl_clipping_bounds_the_step() -> None:
-    x = torch.randn(30, 4, generator=_gen(16), dtype=DT)
-    y = torch.randn(30, 3, generator=_gen(17), dtype=DT)
+    x = torch.randn(30, 4, generator=seeded(16), dtype=DT)
+    y = torch.randn(30, 3, generator=seeded(17), dtype=DT)
     model = _mlp(18)
     before = [p.detach().clone() for p in model.parameters()]
     kappa, lr = 1e-6, 1.0
@@ -338,7 +398,7 @@ def test_kl_clipping_bounds_the_step() -> None:
 
 def _teacher_problem(seed: int) -> tuple[Tensor, Tensor]:
     """256 Gaussian inputs labelled by a noisy random linear teacher (5 classes)."""
-    gen = _gen(seed)
+    gen = seeded(seed)
     x = torch.randn(256, 20, generator=gen)
     w = 2.0 * torch.randn(20, 5, generator=gen)
     noise = 0.5 * torch.randn(256, 5, generator=gen)
@@ -349,12 +409,12 @@ def _teacher_problem(seed: int) -> tuple[Tensor, Tensor]:
 def test_default_optimizer_trains_where_the_unclipped_step_diverges(seed: int) -> None:
     """The defaults (λ = 1e-3, α = 0.1, β = 0.9, KL clip κ = 1e-3) decrease the loss
     of a small MLP on a seeded problem on which the same settings without the clip
-    (the former defaults) blow the loss up: the oracle is the unclipped run."""
+    blow the loss up: the oracle is the unclipped run."""
     x, y = _teacher_problem(40 + seed)
 
     def train(**kw: Any) -> tuple[float, float]:
         model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
-        gen = _gen(seed)
+        gen = seeded(seed)
         with torch.no_grad():  # PyTorch's default init, U(±1/sqrt(fan_in)), seeded
             for layer in (model[0], model[2]):
                 bound = layer.in_features**-0.5
@@ -380,8 +440,8 @@ def test_default_optimizer_trains_where_the_unclipped_step_diverges(seed: int) -
 def test_layer_hooks_exist_only_on_factor_steps(keep_inputs: bool) -> None:
     """Non-factor steps run the plain model: no per-layer forward hooks, and no
     root hooks either unless the inputs are kept (``adapt_damping``)."""
-    x = torch.randn(12, 4, generator=_gen(50), dtype=DT)
-    y = torch.randn(12, 3, generator=_gen(51), dtype=DT)
+    x = torch.randn(12, 4, generator=seeded(50), dtype=DT)
+    y = torch.randn(12, 3, generator=seeded(51), dtype=DT)
     model = _mlp(52)
     opt = KFAC(model, "mse", lr=0.01, factor_interval=3, adapt_damping=keep_inputs)
     for step in range(7):
@@ -397,8 +457,8 @@ def test_layer_hooks_exist_only_on_factor_steps(keep_inputs: bool) -> None:
 
 def test_root_layer_is_captured_before_the_root_hook() -> None:
     """A bare layer as the model: its record exists when the root hook runs."""
-    x = torch.randn(20, 4, generator=_gen(53), dtype=DT)
-    y = torch.randn(20, 3, generator=_gen(54), dtype=DT)
+    x = torch.randn(20, 4, generator=seeded(53), dtype=DT)
+    y = torch.randn(20, 3, generator=seeded(54), dtype=DT)
     model = nn.Linear(4, 3).double()
     opt = KFAC(model, "mse", lr=0.0, fisher_type="type2", factor_decay=0.0)
     _train(model, opt, x, y)
@@ -407,20 +467,24 @@ def test_root_layer_is_captured_before_the_root_hook() -> None:
 
 
 def test_eigh_failure_nan_then_retry_succeeds(monkeypatch) -> None:
+    """A float32 eigh that returns NaN is retried once in float64, per factor."""
     real = torch.linalg.eigh
-    calls = {"n": 0}
+    calls: list[torch.dtype] = []
 
     def flaky(m):
-        calls["n"] += 1
+        calls.append(m.dtype)
         e, u = real(m)
         return (e * float("nan"), u) if m.dtype == torch.float32 else (e, u)
 
     monkeypatch.setattr(torch.linalg, "eigh", flaky)
     model = _mlp(19).float()
-    x = torch.randn(16, 4, generator=_gen(20))
-    y = torch.randn(16, 3, generator=_gen(21))
+    x = torch.randn(16, 4, generator=seeded(20))
+    y = torch.randn(16, 3, generator=seeded(21))
     opt = KFAC(model, "mse", lr=0.1)
     _train(model, opt, x, y, steps=2)
+    # one inverse update in two steps (inverse_interval 10): A and S of the two
+    # linear layers, each a failed float32 call and its float64 retry
+    assert calls == [torch.float32, torch.float64] * 4
     assert opt.counters["inverse_failures"] == 0
     assert set(opt.eigenbases()) == {"0", "2"}
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -432,8 +496,8 @@ def test_eigh_failure_always_is_survived(monkeypatch) -> None:
 
     monkeypatch.setattr(torch.linalg, "eigh", broken)
     model = _mlp(22)
-    x = torch.randn(16, 4, generator=_gen(23), dtype=DT)
-    y = torch.randn(16, 3, generator=_gen(24), dtype=DT)
+    x = torch.randn(16, 4, generator=seeded(23), dtype=DT)
+    y = torch.randn(16, 3, generator=seeded(24), dtype=DT)
     opt = KFAC(model, "mse", lr=0.05)
     with pytest.warns(UserWarning, match="inverse update failed"):
         loss = _train(model, opt, x, y, steps=3)
@@ -444,8 +508,8 @@ def test_eigh_failure_always_is_survived(monkeypatch) -> None:
 
 def test_nonfinite_gradient_and_loss_skip_the_step() -> None:
     model = _mlp(25)
-    x = torch.randn(16, 4, generator=_gen(26), dtype=DT)
-    y = torch.randn(16, 3, generator=_gen(27), dtype=DT)
+    x = torch.randn(16, 4, generator=seeded(26), dtype=DT)
+    y = torch.randn(16, 3, generator=seeded(27), dtype=DT)
     opt = KFAC(model, "mse")
     before = [p.detach().clone() for p in model.parameters()]
     opt.zero_grad()
@@ -472,8 +536,8 @@ def test_nonfinite_factor_batch_is_skipped(monkeypatch) -> None:
 
     monkeypatch.setattr(LinearBlock, "input_features", poisoned)
     model = _mlp(28)
-    x = torch.randn(16, 4, generator=_gen(29), dtype=DT)
-    y = torch.randn(16, 3, generator=_gen(30), dtype=DT)
+    x = torch.randn(16, 4, generator=seeded(29), dtype=DT)
+    y = torch.randn(16, 3, generator=seeded(30), dtype=DT)
     opt = KFAC(model, "mse", lr=0.05)
     with pytest.warns(UserWarning, match="non-finite factor"):
         _train(model, opt, x, y, steps=2)
@@ -506,8 +570,8 @@ def test_invalid_hyperparameters_raise(kwargs: dict, name: str) -> None:
 
 
 def _checkpoint_run(method: str, step_rule: str) -> None:
-    x = torch.randn(24, 4, generator=_gen(32), dtype=DT)
-    y = torch.randint(0, 3, (24,), generator=_gen(33))
+    x = torch.randn(24, 4, generator=seeded(32), dtype=DT)
+    y = torch.randint(0, 3, (24,), generator=seeded(33))
     kw = dict(
         lr=0.2,
         factor_interval=2,
@@ -545,8 +609,8 @@ def test_state_dict_round_trip_is_bit_for_bit(method: str, rule: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_trains_in_float32_and_float64(dtype: torch.dtype) -> None:
     model = _mlp(35, sizes=(4, 16, 3)).to(dtype)
-    x = torch.randn(64, 4, generator=_gen(36)).to(dtype)
-    y = torch.randint(0, 3, (64,), generator=_gen(37))
+    x = torch.randn(64, 4, generator=seeded(36)).to(dtype)
+    y = torch.randint(0, 3, (64,), generator=seeded(37))
     opt = KFAC(model, "ce", lr=0.3, damping=1e-2)
     first = F.cross_entropy(model(x), y).item()
     last = _train(model, opt, x, y, loss="ce", steps=15)
@@ -557,8 +621,8 @@ def test_trains_in_float32_and_float64(dtype: torch.dtype) -> None:
 
 def test_bfloat16_autocast_trains_with_float32_statistics() -> None:
     model = _mlp(38, sizes=(4, 16, 3)).float()
-    x = torch.randn(64, 4, generator=_gen(39))
-    y = torch.randint(0, 3, (64,), generator=_gen(40))
+    x = torch.randn(64, 4, generator=seeded(39))
+    y = torch.randint(0, 3, (64,), generator=seeded(40))
     opt = KFAC(model, "ce", lr=0.3, damping=1e-2)
     first = F.cross_entropy(model(x), y).item()
     for _ in range(15):
@@ -578,8 +642,8 @@ def test_bfloat16_autocast_trains_with_float32_statistics() -> None:
 def test_empirical_fisher_in_optimizer_matches_compute_factors() -> None:
     """The tensor-hook path (user's backward) gives compute_factors' factors."""
     model = _mlp(41)
-    x = torch.randn(12, 4, generator=_gen(42), dtype=DT)
-    y = torch.randint(0, 3, (12,), generator=_gen(43))
+    x = torch.randn(12, 4, generator=seeded(42), dtype=DT)
+    y = torch.randint(0, 3, (12,), generator=seeded(43))
     want = compute_factors(model, x, y, "ce", "empirical")
     opt = KFAC(model, "ce", fisher_type="empirical", factor_decay=0.0, lr=0.0)
     _train(model, opt, x, y, loss="ce")
@@ -590,8 +654,8 @@ def test_empirical_fisher_in_optimizer_matches_compute_factors() -> None:
 
 def test_eigenbases_reconstruct_the_factors() -> None:
     model = _mlp(44)
-    x = torch.randn(12, 4, generator=_gen(45), dtype=DT)
-    y = torch.randn(12, 3, generator=_gen(46), dtype=DT)
+    x = torch.randn(12, 4, generator=seeded(45), dtype=DT)
+    y = torch.randn(12, 3, generator=seeded(46), dtype=DT)
     opt = KFAC(model, "mse", fisher_type="type2", lr=0.0)
     _train(model, opt, x, y)
     bases, factors = opt.eigenbases(), opt.factors()
@@ -608,8 +672,8 @@ def test_eigenbases_reconstruct_the_factors() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_training_matches_cpu_and_survives_eigh_failure(monkeypatch) -> None:
-    x = torch.randn(64, 4, generator=_gen(47))
-    y = torch.randint(0, 3, (64,), generator=_gen(48))
+    x = torch.randn(64, 4, generator=seeded(47))
+    y = torch.randint(0, 3, (64,), generator=seeded(48))
     results = {}
     for device in ("cpu", "cuda"):
         model = _mlp(49, sizes=(4, 16, 3)).to(device)
@@ -640,8 +704,8 @@ def test_cuda_training_matches_cpu_and_survives_eigh_failure(monkeypatch) -> Non
 def test_diverged_forward_is_survived_with_mc_sampling() -> None:
     """A NaN model output must not crash MC sampling inside the forward hook."""
     model = _mlp(51)
-    x = torch.randn(8, 4, generator=_gen(52), dtype=DT)
-    y = torch.randint(0, 3, (8,), generator=_gen(53))
+    x = torch.randn(8, 4, generator=seeded(52), dtype=DT)
+    y = torch.randint(0, 3, (8,), generator=seeded(53))
     opt = KFAC(model, "ce", lr=0.1)
     x_bad = x.clone()
     x_bad[0, 0] = float("nan")

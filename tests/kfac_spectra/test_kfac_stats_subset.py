@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from test_kfac_oracles import rel_err
+from kfac_helpers import randomise, rel_err, seeded
 from torch import Tensor, nn
 
 from kfac_spectra import KFAC, compute_factors
@@ -24,19 +24,6 @@ from kfac_spectra.kfac.blocks import TiedEmbeddingBlock
 DT = torch.float64
 EXACT_RTOL = 1e-12  # same rows, same probes: only summation order differs
 CHEBYSHEV_DELTA = 1e-3
-
-
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def _init(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
-    model = model.double()
-    gen = _gen(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=DT) * scale)
-    return model
 
 
 class SeqLM(nn.Module):
@@ -67,15 +54,25 @@ class SeqLM(nn.Module):
 
 def _case(name: str, n: int) -> tuple[nn.Module, Tensor, Tensor, str]:
     """(model, inputs, targets, loss) for each block type."""
-    gen = _gen(1)
+    gen = seeded(1)
     if name == "mlp_ce":
         model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
         x = torch.randn(n, 4, generator=gen, dtype=DT)
-        return _init(model, 2), x, torch.randint(0, 3, (n,), generator=gen), "ce"
+        return (
+            randomise(model.double(), 2),
+            x,
+            torch.randint(0, 3, (n,), generator=gen),
+            "ce",
+        )
     if name == "mlp_mse":
         model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
         x = torch.randn(n, 4, generator=gen, dtype=DT)
-        return _init(model, 3), x, torch.randn(n, 3, generator=gen, dtype=DT), "mse"
+        return (
+            randomise(model.double(), 3),
+            x,
+            torch.randn(n, 3, generator=gen, dtype=DT),
+            "mse",
+        )
     if name == "cnn":
         model = nn.Sequential(
             nn.Conv1d(2, 3, 3, padding=1),
@@ -85,11 +82,21 @@ def _case(name: str, n: int) -> tuple[nn.Module, Tensor, Tensor, str]:
             nn.Linear(9, 4),
         )
         x = torch.randn(n, 2, 8, generator=gen, dtype=DT)
-        return _init(model, 4), x, torch.randint(0, 4, (n,), generator=gen), "ce"
+        return (
+            randomise(model.double(), 4),
+            x,
+            torch.randint(0, 4, (n,), generator=gen),
+            "ce",
+        )
     tied = name == "lstm_tied_time_major"
     model = SeqLM(4, 3, batch_first=not tied, tied=tied)
     idx = torch.randint(0, 4, (n, 3), generator=gen)
-    return _init(model, 5), idx, torch.randint(0, 4, (n, 3), generator=gen), "ce"
+    return (
+        randomise(model.double(), 5),
+        idx,
+        torch.randint(0, 4, (n, 3), generator=gen),
+        "ce",
+    )
 
 
 CASES = ["mlp_ce", "mlp_mse", "cnn", "lstm_batch_first", "lstm_tied_time_major"]
@@ -268,7 +275,7 @@ class FlattensPositions(nn.Module):
 
 @pytest.mark.parametrize("module", [TimeMajorOutput, FlattensPositions])
 def test_layout_without_a_common_batch_dim_raises(module) -> None:
-    x = torch.randn(6, 5, 3, generator=_gen(6), dtype=DT)
+    x = torch.randn(6, 5, 3, generator=seeded(6), dtype=DT)
     full = module().double()
     KFAC(full, "mse")
     full(x)  # the full-batch statistics need no batch dimension

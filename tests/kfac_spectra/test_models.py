@@ -1,7 +1,7 @@
 """Tests for kfac_spectra.models and kfac_spectra.language_models.
 
 Parameter counts are checked against closed-form counts written out by hand from
-the architecture descriptions (seed 004, F.2), not against the code's own sums.
+the architecture descriptions (Zhang et al. 2019, appendix F.2), not against the code's own sums.
 """
 
 from __future__ import annotations

@@ -8,13 +8,13 @@ model's own assumptions.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call, jacrev
+from kfac_helpers import ggn_block
 
-from kfac_spectra.gradient_stats import curvature_probes
-from kfac_spectra.layer_capture import PerExampleCapture
 from kfac_spectra.models import MLP, init_parameters_
 from kfac_spectra.powerlaw import CIMethod, fit_line, fit_power_law, rank_overlay
 from kfac_spectra.spectra import (
@@ -140,35 +140,40 @@ def test_spectrum_evolution() -> None:
         spectrum_evolution([0], [base, base], k=3)
 
 
-def ggn_block(model: torch.nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
-    """Exact GGN block of MSE (output Hessian 2I) for ``[W | b]`` of layer ``name``."""
-    params = dict(model.named_parameters())
-    w, b = f"{name}.weight", f"{name}.bias"
-
-    def f(wb: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        return functional_call(model, {**params, w: wb[0], b: wb[1]}, (x,))
-
-    jw, jb = jacrev(f)((params[w], params[b]))
-    jac = torch.cat([jw.flatten(3), jb.unsqueeze(-1)], dim=3).flatten(2)
-    return 2.0 * torch.einsum("nci,ncj->ij", jac, jac).detach() / len(x)
-
-
 def reference_factors(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+    model: torch.nn.Module, x: torch.Tensor
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Type-2 K-FAC factors in float64: A = E[a a^T], S = E[sum_k d_k d_k^T]."""
-    capture = PerExampleCapture(model)
-    with capture.recording():
+    """Type-2 K-FAC factors of the summed MSE per example, from plain autograd.
+
+    Forward hooks written here keep each linear layer's input ``a`` and output
+    ``z``. The output Hessian of the squared error is ``2 I``, so its square-root
+    columns are ``sqrt(2) e_k``: ``d_k = sqrt(2) dz/d(out_k)`` per example (the
+    examples do not mix, so the gradient of the batch sum is the per-example one).
+    ``A = E[ā āᵀ]`` with ``ā = [a; 1]`` and ``S = E[Σ_k d_k d_kᵀ]``.
+    """
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = [
+        module.register_forward_hook(
+            lambda mod, args, out, name=name: seen.__setitem__(name, (args[0], out))
+        )
+        for name, module in layers.items()
+    ]
+    try:
         out = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    n = x.shape[0]
     factors = {}
-    probes = list(curvature_probes(out, y, "mse", "type2"))
-    for name, block in capture.blocks.items():
-        a = block.uses[0].inputs[:, 0]
-        s = torch.zeros(block.shape[0], block.shape[0], dtype=torch.float64)
-        for q in probes:
-            d = capture.output_gradients(out, q)[name][0][:, 0]
+    for name, (a, z) in seen.items():
+        a_bar = torch.cat([a, torch.ones(n, 1, dtype=a.dtype)], dim=1).detach()
+        s = torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
+        for k in range(out.shape[1]):
+            (dz,) = torch.autograd.grad(out[:, k].sum(), z, retain_graph=True)
+            d = math.sqrt(2.0) * dz
             s += d.T @ d
-        factors[name] = (a.T @ a / len(x), s / len(x))
+        factors[name] = (a_bar.T @ a_bar / n, s / n)
     return factors
 
 
@@ -187,10 +192,11 @@ def test_deep_linear_network_kfac_spectrum_is_exact_ggn_spectrum(
     model = MLP(4, (5, 3), 2, activation=activation).double()
     init_parameters_(model, gen)
     x = torch.randn(7, 4, generator=gen, dtype=torch.float64)
-    y = torch.randn(7, 2, generator=gen, dtype=torch.float64)
-    factors = reference_factors(model, x, y)
+    factors = reference_factors(model, x)
+    assert sorted(factors) == ["layers.0", "layers.1", "layers.2"]
     for name, (a, s) in factors.items():
-        ggn = ggn_block(model, x, name)
+        # the GGN of the per-example mean of the summed squared error
+        ggn = ggn_block(model, name, x, "mse", "sum").detach() / len(x)
         exact_case = not activation or name == "layers.2"
         matches = torch.allclose(torch.kron(s, a), ggn, rtol=GGN_RTOL, atol=1e-12)
         assert matches == exact_case, name

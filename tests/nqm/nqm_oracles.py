@@ -60,7 +60,8 @@ def brute_force_loss(h, c, init_sq, weight, lr_of_step, beta, gamma, p, batch, s
         h, c, init_sq, weight: per-mode arrays, shape (d,).
         lr_of_step: callable step -> lr (update ``step`` maps x_step to x_step+1).
         beta, gamma, p: scalars.
-        batch: batch size.
+        batch: batch size, or a callable step -> batch size (update ``step``'s
+            noise then has variance ``c / batch(step)``).
         steps: sorted iterable of step counts to report.
 
     Returns:
@@ -81,7 +82,8 @@ def brute_force_loss(h, c, init_sq, weight, lr_of_step, beta, gamma, p, batch, s
         if t == want[-1]:
             break
         a, n = transition(lr_of_step(t), h, p, beta, gamma)
-        q = (c / batch)[:, None, None] * n[:, :, None] * n[:, None, :]
+        b = batch(t) if callable(batch) else batch
+        q = (c / b)[:, None, None] * n[:, :, None] * n[:, None, :]
         z = a @ z @ np.swapaxes(a, -1, -2) + q
     return np.array([res[int(s)] for s in steps])
 

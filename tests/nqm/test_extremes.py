@@ -361,14 +361,12 @@ def test_momentum_and_ema_next_to_one_and_tiny_curvature(beta, gamma):
 
 
 @pytest.mark.parametrize("t", [1000, 10**6])
-def test_undefined_modes_do_not_send_the_others_to_doubling(monkeypatch, t):
+def test_coinciding_modes_need_no_doubling(monkeypatch, t):
     """At d = 10⁴, lr 1.9, β = 0.9, γ = 0.99 and no preconditioning, a few modes
-    have a momentum root that coincides with γ to rounding, where the closed form
-    is undefined (F = inf). They go to exact doubling; the others keep their
-    certified closed form: the error budget is relative to the total of the
-    modes the closed form expresses (it used to be the total including the
-    undefined ones, inf, which made the budget 0 and doubled all 10⁴ modes).
-    Oracle: every mode by exact doubling."""
+    have a momentum root that coincides with γ to rounding, where the Lagrange
+    form is undefined (F = inf). Their divided-difference form is certified, so
+    no mode is doubled, and the others keep their Lagrange form. Oracle: every
+    mode by exact doubling."""
     import nqm.dynamics as dyn
     from nqm._system import Features
 
@@ -382,7 +380,8 @@ def test_undefined_modes_do_not_send_the_others_to_doubling(monkeypatch, t):
 
     monkeypatch.setattr(dyn, "_doubling_terms", spy)
     D, N = dyn.risk_terms(prob, 1.9, 0.9, 0.99, 0.0, t)
-    assert 0 < sum(doubled) < 100
+    assert sum(doubled) == 0
+    assert nqm.doubled_modes(prob, 1.9, 0.9, 0.99, 0.0, t) == 0
     hh, wd, wn = dyn._modes(prob, 0.0)
     n = hh.size
     F, G = real(hh, np.full(n, 1.9), np.full(n, 0.9), np.full(n, 0.99),

@@ -129,3 +129,12 @@ def test_save_figure_writes_png_and_pdf(tmp_path):
     assert (tmp_path / "fig.v2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "fig.v2.pdf").read_bytes()[:5] == b"%PDF-"
     assert sorted(os.listdir(tmp_path)) == ["fig.v2.pdf", "fig.v2.png"]
+
+
+def test_numpy_scalars_are_written_as_plain_numbers(tmp_path):
+    # numpy 2's repr of a float64 is "np.float64(1.5)": the cell must hold "1.5"
+    path = tmp_path / "t.csv"
+    nio.write_csv(
+        path, [{"a": np.float64(1.5), "b": np.int64(3), "c": np.float32(0.25)}]
+    )
+    assert path.read_text().splitlines() == ["a,b,c", "1.5,3,0.25"]

@@ -56,3 +56,38 @@ def test_keep_freed_memory_removes_page_faults():
 def test_negative_size_is_rejected():
     with pytest.raises(ValueError, match="trim_threshold"):
         nqm.runtime.keep_freed_memory(trim_threshold=-1)
+
+
+def test_torch_device_accepts_devices_that_compute():
+    import torch
+
+    assert nqm.runtime.torch_device("cpu") == torch.device("cpu")
+    assert nqm.runtime.torch_device(torch.device("cpu")) == torch.device("cpu")
+    if torch.cuda.is_available():
+        assert nqm.runtime.torch_device("cuda").type == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("no-such-device", "must name a torch device"),
+        (None, "must name a torch device"),
+        ("meta", "'meta' cannot compute in float64"),
+    ],
+)
+def test_torch_device_rejects_devices_that_cannot_compute(device, message):
+    with pytest.raises(ValueError, match=message) as info:
+        nqm.runtime.torch_device(device)
+    assert "\n" not in str(info.value)
+
+
+def test_torch_device_rejects_absent_cuda():
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            nqm.runtime.torch_device("cuda")
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(ValueError, match="CUDA device"):
+            nqm.runtime.torch_device(f"cuda:{n}")

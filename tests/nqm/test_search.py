@@ -269,6 +269,47 @@ def test_families_contain_sgd(tuned):
             assert r.steps <= base.steps, fam
 
 
+def _member(opt, fam):
+    """Whether ``opt`` is a point of ``fam``'s search space, read off the family
+    definitions (Zhang et al. 2019, section 3 and appendix F.3), not from
+    :attr:`Family.contained`."""
+    constant = isinstance(opt.schedule, nqm.Constant)
+    plain = opt.momentum == 0.0 and opt.ema == 0.0
+    return {
+        Family.SGD: constant and plain,
+        Family.MOMENTUM: constant and opt.ema == 0.0,
+        Family.EMA: constant and opt.momentum == 0.0,
+        Family.MOMENTUM_EMA: constant,
+        # equal pieces all at one lr, and a decay factor of one, are constant lrs
+        Family.PWC: plain,
+        Family.LINEAR_DECAY: plain,
+        # no warm-up with no decay (or a final fraction of one) is a constant lr
+        Family.WSD: plain,
+        Family.COSINE: plain,
+    }[fam]
+
+
+def test_family_containment_is_feasibility_and_is_honoured(tuned):
+    """Every optimizer tuned for a contained family is a feasible point of the
+    containing one, SGD is contained (transitively) in every other family, and
+    the tuner never returns more steps than a contained family's result."""
+
+    def closure(fam):
+        return {g for h in fam.contained for g in {h} | closure(h)}
+
+    for fam in Family:
+        assert fam not in closure(fam)  # acyclic
+        assert (Family.SGD in closure(fam)) == (fam is not Family.SGD)
+        for inner in fam.contained:
+            for r in tuned.get(inner, ()):
+                assert _member(r.optimizer, inner), inner
+                assert _member(r.optimizer, fam), (fam, inner)
+    for fam, results in tuned.items():
+        for inner in fam.contained:
+            for r, base in zip(results, tuned[inner], strict=True):
+                assert r.steps <= base.steps, (fam, inner)
+
+
 def test_momentum_ema_contains_momentum_and_ema(small, tuned):
     """momentum_ema contains both momentum (gamma = 0) and ema (beta = 0): given
     their results, or tuning them itself, it is never worse than either."""

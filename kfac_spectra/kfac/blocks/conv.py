@@ -9,8 +9,8 @@ spatial homogeneity and spatially uncorrelated derivatives and gets
     F \approx \Big(\sum_{n,t} ĝ_{n,t} ĝ_{n,t}^\top\Big) \otimes
     \Big(\tfrac{1}{NT}\sum_{n,t} ā_{n,t} ā_{n,t}^\top\Big)
 
-(the expand flavour; the scalar split between the two factors differs from seed 004
-eqn 15, whose product is the same). K-FAC-reduce averages the patches and sums the
+(the expand flavour; the scalar split between the two factors differs from Zhang et
+al. 2019, appendix A, eqn 15, whose product is the same). K-FAC-reduce averages the patches and sums the
 output gradients over locations per example.
 
 Only ``groups == 1`` and ``padding_mode == 'zeros'`` are supported; other

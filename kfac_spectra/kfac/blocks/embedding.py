@@ -7,7 +7,7 @@ its input factor is ``A = mean_r onehot(i_r) onehot(i_r)ᵀ = diag(frequencies)`
 is dense ``(D, D)``. On the row-major vec of the *stored* ``(V, D)`` weight the block
 is therefore ``A ⊗ S``.
 
-**Tied weight** (seed 004, Appendix A.1, eqn 16). The pre-softmax layer computes
+**Tied weight** (Zhang et al. 2019, appendix A.1, eqn 16). The pre-softmax layer computes
 ``s = W h`` with the same ``W``; its own K-FAC block on the stored weight is
 ``S_h ⊗ A_h`` with ``S_h`` (V×V, from the logit gradients; only its diagonal is
 kept, for large vocabularies) and ``A_h`` (D×D, from the head inputs) — the factors

@@ -33,7 +33,7 @@ def linear_rows(x: Tensor, approx: KFACApprox, dtype: torch.dtype) -> Tensor:
     """Input rows of a (weight-shared) linear map, without the bias column.
 
     K-FAC-expand treats every leading position as a row; K-FAC-reduce averages
-    over the shared positions first, one row per example (seed 003).
+    over the shared positions first, one row per example (Eschenhagen et al. 2023, §3).
     """
     x = x.to(dtype)
     if x.ndim == 1:

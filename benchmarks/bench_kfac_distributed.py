@@ -1,0 +1,302 @@
+"""Data-parallel K-FAC: step time against data-parallel SGD, bytes sent per step,
+and the per-rank decomposition time with the inverse work shared.
+
+Run: ``python benchmarks/bench_kfac_distributed.py`` (2 local gloo processes on
+the CPU, single-threaded each; about a minute; ``--quick`` for a smoke run).
+Every number is measured in this one run, side by side:
+
+1. Step time (zero_grad, forward, loss, backward -- DDP's gradient all-reduce --
+   and step) at the global batch 256 (128 per rank) for the MLP 40-256-256-10 and
+   the small 1-D CNN of ``bench_kfac.py``: SGD, and K-FAC with factors every 10 and
+   inverses every 100 steps in both inverse layouts. Windows of 100 consecutive
+   steps (10 factor steps and 1 inverse step each), interleaved; a window's time
+   is the slower rank's; the ratio to SGD is taken within each round and the
+   median over rounds printed.
+   Next to it, the flop floor ``1 + P/F`` (P: a non-factor K-FAC step's flops,
+   F: a forward and backward's, at the per-rank batch; ``torch.utils.flop_counter``).
+2. Bytes each rank sends into collectives per step (averaged over those windows),
+   by kind, next to the gradient that DDP all-reduces every step.
+3. A model of many similar blocks (a stack of ``--blocks`` linear layers of
+   width ``--width``): the time of an inverse update per rank (a step with
+   decompositions minus one without, medians), every rank decomposing every
+   block (``replicated``) against each rank its share (``shared``, including the
+   broadcast). With W ranks the ratio should approach W. Printed as the main
+   thread's CPU time (the work each rank does, whatever the machine's load) and
+   as wall time (which also depends on the ranks getting a core each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
+
+from kfac_spectra import KFAC
+from kfac_spectra.kfac.toy_models import cnn1d, mlp
+
+KFAC_KW = {"lr": 0.01, "damping": 0.03, "kl_clip": 1e-3}  # as bench_kfac.py
+FACTOR_INTERVAL, INVERSE_INTERVAL = 10, 100
+WINDOW = 100  # steps: 10 factor steps and 1 inverse step wherever it starts
+GLOBAL_BATCH = 256
+NEVER = 10**9  # an interval no run reaches
+
+
+def _models() -> dict[str, Callable[[], nn.Module]]:
+    return {
+        "mlp": lambda: mlp(40, 256, 10, depth=2),
+        "cnn": lambda: cnn1d(40, 32, 10),
+    }
+
+
+def _seeded(model: nn.Module, seed: int) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            fan_in = p.shape[1:].numel() if p.ndim > 1 else p.shape[0]
+            p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+    return model
+
+
+def _batch(name: str, rank: int, world: int) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    shape = (GLOBAL_BATCH, 40) if name == "mlp" else (GLOBAL_BATCH, 1, 40)
+    x = torch.randn(shape, generator=gen)
+    y = torch.randint(0, 10, (GLOBAL_BATCH,), generator=gen)
+    n = GLOBAL_BATCH // world
+    return x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n]
+
+
+class Run:
+    """One DDP model and its optimizer, stepping on a fixed local batch."""
+
+    def __init__(self, build: Callable[[], nn.Module], kind: str, **kw: object):
+        self.model = _seeded(build(), 1)
+        self.net = DistributedDataParallel(self.model)
+        if kind == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(
+                self.model.parameters(), lr=0.01, momentum=0.9
+            )
+        else:
+            self.opt = KFAC(self.net, inverse_layout=kind, **{**KFAC_KW, **kw})
+
+    def steps(self, x: Tensor, y: Tensor, n: int) -> None:
+        for _ in range(n):
+            self.opt.zero_grad()
+            F.cross_entropy(self.net(x), y).backward()
+            self.opt.step()
+
+    def sent(self) -> dict[str, int]:
+        ctx = self.opt.distributed if isinstance(self.opt, KFAC) else None
+        return {} if ctx is None else dict(ctx.comm_bytes)
+
+
+def _slowest(seconds: float) -> float:
+    t = torch.tensor([seconds], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    dist.barrier()
+    t0 = time.perf_counter()
+    fn()
+    return _slowest(time.perf_counter() - t0)
+
+
+def _timed_cpu(fn: Callable[[], None]) -> tuple[float, float]:
+    """Wall and main-thread CPU seconds of ``fn``, each the slower rank's."""
+    dist.barrier()
+    t0, c0 = time.perf_counter(), time.thread_time()
+    fn()
+    c1, t1 = time.thread_time(), time.perf_counter()
+    return _slowest(t1 - t0), _slowest(c1 - c0)
+
+
+def flop_floor(build: Callable[[], nn.Module], x: Tensor, y: Tensor) -> float:
+    """``1 + P/F``: a non-factor K-FAC step's flops (P, the two products per
+    block) over a forward and backward's (F) at this batch, both counted by
+    ``torch.utils.flop_counter``. What the every-step preconditioning alone costs
+    relative to SGD if every flop ran at the same speed and nothing else did."""
+    model = _seeded(build(), 1)
+    opt = KFAC(model, process_group=False, factor_interval=FACTOR_INTERVAL, **KFAC_KW)
+    for _ in range(2):  # then a non-factor step with decompositions at hand
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad()
+    with FlopCounterMode(display=False) as fwd_bwd:
+        F.cross_entropy(model(x), y).backward()
+    with FlopCounterMode(display=False) as step:
+        opt.step()
+    return 1.0 + step.get_total_flops() / fwd_bwd.get_total_flops()
+
+
+def step_section(rank: int, world: int, rounds: int) -> list[str]:
+    lines = [
+        f"1-2. step time and bytes sent, {world} ranks, global batch {GLOBAL_BATCH}, "
+        f"K-FAC({FACTOR_INTERVAL}, {INVERSE_INTERVAL}), windows of {WINDOW} steps, "
+        f"{rounds} rounds"
+    ]
+    for name, build in _models().items():
+        x, y = _batch(name, rank, world)
+        runs = {
+            "sgd": Run(build, "sgd"),
+            "shared": Run(
+                build,
+                "shared",
+                factor_interval=FACTOR_INTERVAL,
+                inverse_interval=INVERSE_INTERVAL,
+            ),
+            "replicated": Run(
+                build,
+                "replicated",
+                factor_interval=FACTOR_INTERVAL,
+                inverse_interval=INVERSE_INTERVAL,
+            ),
+        }
+        for run in runs.values():  # warm-up: the first factors and inverses
+            run.steps(x, y, WINDOW)
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        ratios: dict[str, list[float]] = {k: [] for k in runs if k != "sgd"}
+        sent: dict[str, dict[str, int]] = {}
+        for _ in range(rounds):
+            for key, run in runs.items():
+                before = run.sent()
+                times[key].append(_timed(lambda r=run, x=x, y=y: r.steps(x, y, WINDOW)))
+                after = run.sent()
+                sent[key] = {k: after[k] - before.get(k, 0) for k in after}
+            for key in ratios:
+                ratios[key].append(times[key][-1] / times["sgd"][-1])
+        floor = flop_floor(build, x, y)
+        grad_bytes = sum(
+            p.numel() * p.element_size() for p in runs["sgd"].model.parameters()
+        )
+        med = {k: statistics.median(v) / WINDOW * 1e3 for k, v in times.items()}
+        lines.append(
+            f"  {name}: sgd {med['sgd']:.2f} ms/step | "
+            + " | ".join(
+                f"kfac {k} {med[k]:.2f} ms/step, {statistics.median(r):.2f}x sgd "
+                f"(rounds {min(r):.2f}-{max(r):.2f})"
+                for k, r in ratios.items()
+            )
+        )
+        lines.append(
+            f"    flop floor of the every-step preconditioning at the per-rank "
+            f"batch {x.shape[0]}: 1 + P/F = {floor:.2f}x sgd"
+        )
+        lines.append(f"    gradient all-reduced by DDP: {grad_bytes / 1e3:.1f} kB/step")
+        for key in ratios:
+            per_step = {k: v / WINDOW for k, v in sent[key].items()}
+            total = sum(per_step.values())
+            parts = ", ".join(f"{k} {v / 1e3:.1f}" for k, v in per_step.items())
+            lines.append(
+                f"    {key}: sent {total / 1e3:.1f} kB/step = "
+                f"{total / grad_bytes:.3f}x the gradient ({parts} kB)"
+            )
+    return lines
+
+
+def inverse_section(rank: int, world: int, blocks: int, width: int, reps: int) -> str:
+    gen = torch.Generator().manual_seed(2)
+    n = 64
+    x = torch.randn(GLOBAL_BATCH, width, generator=gen)
+    y = torch.randint(0, width, (GLOBAL_BATCH,), generator=gen)
+    x, y = x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n]
+
+    def build() -> nn.Module:
+        layers: list[nn.Module] = []
+        for _ in range(blocks):
+            layers += [nn.Linear(width, width), nn.Tanh()]
+        return nn.Sequential(*layers)
+
+    wall: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}
+    for layout in ("replicated", "shared"):
+        # factors once (step 0); inverses every step or never
+        with_inv = Run(build, layout, factor_interval=NEVER, inverse_interval=1)
+        without = Run(build, layout, factor_interval=NEVER, inverse_interval=NEVER)
+        for run in (with_inv, without):
+            run.steps(x, y, 2)
+        wall[layout], cpu[layout] = [], []
+        for _ in range(reps):
+            w1, c1 = _timed_cpu(lambda r=with_inv: r.steps(x, y, 1))
+            w0, c0 = _timed_cpu(lambda r=without: r.steps(x, y, 1))
+            wall[layout].append(w1 - w0)
+            cpu[layout].append(c1 - c0)
+    med = {k: statistics.median(v) * 1e3 for k, v in wall.items()}
+    med_cpu = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
+    return (
+        f"3. inverse update per rank, {blocks} blocks {width}x{width} "
+        f"({blocks * 2} factors of {width + 1} and {width}), {world} ranks, "
+        f"{reps} reps (the slower rank):\n"
+        f"   compute (main thread CPU time): replicated {med_cpu['replicated']:.1f} ms, "
+        f"shared {med_cpu['shared']:.1f} ms: "
+        f"{med_cpu['replicated'] / med_cpu['shared']:.2f}x less per rank "
+        f"(ideal {world}x)\n"
+        f"   wall (with the broadcast; ranks share this machine's cores): "
+        f"replicated {med['replicated']:.1f} ms, shared {med['shared']:.1f} ms: "
+        f"{med['replicated'] / med['shared']:.2f}x"
+    )
+
+
+def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        lines = [] if args.inverse_only else step_section(rank, world, args.rounds)
+        lines.append(
+            inverse_section(rank, world, args.blocks, args.width, args.inverse_reps)
+        )
+        if rank == 0:
+            print("\n".join(lines), flush=True)
+        dist.barrier()  # nobody leaves while another rank still works
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--inverse-reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--inverse-only", action="store_true", help="only the inverse update (3.)"
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.blocks, args.width, args.inverse_reps = 1, 4, 64, 2
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    mp.start_processes(
+        _worker,
+        args=(args.ranks, _free_port(), args),
+        nprocs=args.ranks,
+        join=True,
+        start_method="spawn",
+    )
+
+
+if __name__ == "__main__":
+    main()
