@@ -21,6 +21,9 @@ metric reaches the target or the step budget runs out. Writes into ``--out``
 and into ``--figures`` (default ``figures/net-scaling``) each figure as PNG and
 PDF with its points as CSV.
 
+``--archive DIR`` reads one workload of the unpacked Shallue et al. (2018)
+archive instead of training and writes the same tables and figures.
+
 The default (MNIST-1D, an MLP, SGD, momentum, Adam and K-FAC over 7 batch sizes)
 takes about 15 minutes on 2 cores; ``--quick`` about a minute.
 """

@@ -8,8 +8,11 @@ own identity, and planned as tasks (:mod:`.plan`) that
 :func:`analysis.executor.run_plan` runs locally or on Ray. Every finished trial
 is appended to a log (:mod:`.records`) so a killed sweep resumes; the tables
 (steps to result, critical batch sizes with bootstrap intervals) come from the
-recorded curves (:mod:`.results`). :mod:`.archive` reads the public archive of
-Shallue et al. (2018) into the same records.
+recorded curves (:mod:`.results`) and drawn by :mod:`.plots`. :mod:`.sweep`
+ties plan, executor and log together; :mod:`.config` is the command's block of
+defaults; :mod:`.quadratic` writes the NQM as a network (an exact workload for
+tests); :mod:`.archive` reads the public archive of Shallue et al. (2018) into
+the same records.
 
 References:
     Shallue et al. (2018), Measuring the effects of data parallelism on neural
