@@ -117,6 +117,12 @@ def trial_seeds(seed: int, repeat: int) -> tuple[int, int, int]:
 def run_trial(spec: TrialSpec) -> dict[str, Any]:
     """Train one trial and return its record.
 
+    The trial runs on one torch intra-op thread (the caller's setting is
+    restored afterwards): the bits of a reduction depend on how many threads
+    split it, so a trial run in this process, in a pool worker or on Ray gives
+    the same record only with the thread count fixed. Parallelism comes from
+    running trials side by side.
+
     Args:
         spec: the trial.
 
@@ -129,6 +135,15 @@ def run_trial(spec: TrialSpec) -> dict[str, Any]:
     Raises:
         ValueError: if the batch size exceeds the training set.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(spec)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(spec: TrialSpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     wl = spec.workload
     data = load_data(wl)

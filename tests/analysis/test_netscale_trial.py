@@ -208,3 +208,25 @@ def test_bad_workloads():
         run_trial(_spec(OptimizerName.SGD, workload=missing))
     with pytest.raises(ValueError, match="batch_size"):
         run_trial(_spec(OptimizerName.SGD, batch_size=257))
+
+
+def test_record_does_not_depend_on_the_callers_thread_count():
+    # MNIST-1D at a batch large enough for torch to split reductions over threads
+    spec = _spec(
+        OptimizerName.KFAC,
+        workload=WorkloadSpec(eval_size=1000),
+        batch_size=1024,
+        max_steps=6,
+        eval_every=3,
+        stop_at_target=False,
+    )
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run_trial(spec)
+        torch.set_num_threads(2)
+        two = run_trial(spec)
+        assert torch.get_num_threads() == 2  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert _strip(one) == _strip(two)
