@@ -25,7 +25,7 @@ PDF with its points as CSV.
 archive instead of training and writes the same tables and figures.
 
 The default (MNIST-1D, an MLP, SGD, momentum, Adam and K-FAC over 7 batch sizes)
-takes about 4 minutes on 2 cores (15 minutes or less on a busy shared machine);
+takes about 4 minutes on 2 lightly loaded cores (several times longer when others load them);
 ``--quick`` under a minute.
 """
 
