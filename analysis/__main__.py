@@ -15,6 +15,7 @@ import sys
 # heavy imports never slow down another).
 COMMANDS: dict[str, str] = {
     "nqm-scaling": "analysis.cli_scaling",
+    "net-scaling": "analysis.cli_net_scaling",
     "verify-derivations": "analysis.cli_verify",
 }
 
