@@ -49,12 +49,12 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import optimize
 
+from .crossing import steps_to_target
 from .dynamics import CLOSED_FORM_RTOL, _modes, risk_terms
 from .families import MAX_STEPS, ConstantSetting, Family, TuneResult
 from .optimizer import DecayShape, Optimizer, PiecewiseConstant
 from .problem import NQMProblem
 from .runtime import torch_device
-from .search import steps_to_target
 
 #: The lr coordinate is the effective lr α/(1−β) as a fraction of plain SGD's
 #: stability limit 2/max ĥ; it may not fall below this (a run that slow never

@@ -1,0 +1,355 @@
+"""Steps to a target loss, exactly: the certified first crossing.
+
+``steps_to_target`` returns the first integer :math:`t` with
+:math:`E[L(\\theta_t)] \\le \\text{target}`: loss curves need not be monotone
+(momentum oscillates; schedules change the rate), so it never bisects blindly. It
+runs a leftmost-first branch-and-bound over intervals of steps, pruning an
+interval :math:`[a, b]` only when a *certified* lower bound of the loss on it
+exceeds the target:
+
+.. math:: \\min_{a \\le t \\le b} E[L_t] \\ge \\underline D(a, b) + N(a)/B,
+
+where :math:`N` (accumulated noise) never decreases and :math:`\\underline D`
+bounds the deterministic part per mode (monotone modes: :math:`f_b^2`; any
+stable mode: a Lipschitz bound from :math:`t=a`, see
+:class:`nqm._closed.MeanResponse`). Short intervals are scanned step by step.
+
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._closed import MeanResponse
+from ._system import Features
+from .batch_schedule import BatchSchedule
+from .dynamics import (
+    PieceStates,
+    _modes,
+    _scheduled_terms,
+    risk_terms,
+    split_batch,
+    validate_batch_size,
+)
+from .families import MAX_STEPS, ConstantSetting
+from .optimizer import Optimizer
+from .problem import NQMProblem
+
+__all__ = ["steps_to_target", "examples_to_target"]
+
+_SCAN = 4
+#: Constant-lr curves scan leaves of up to this many (steps x modes) at once: a
+#: leaf is one vectorised evaluation, so small problems scan long runs of steps
+#: instead of splitting them into many tiny intervals.
+_SCAN_ELEMENTS = 1 << 15
+_SCAN_MAX = 4096
+
+
+def _check_target(target) -> float:
+    tg = float(target)
+    if not math.isfinite(tg) or tg <= 0:
+        raise ValueError(f"target must be a finite positive loss, got {target!r}")
+    return tg
+
+
+class _Curve:
+    r"""Loss of one optimizer at one batch size, with certified interval bounds.
+
+    Three regimes:
+
+    * constant lr: :math:`N` (accumulated noise) never decreases; :math:`D` is
+      bounded per mode (monotone modes by :math:`f_b^2`, all stable modes by the
+      Lipschitz bound of :class:`nqm._closed.MeanResponse`);
+    * plain SGD with a schedule: per mode, :math:`F` shrinks at every stable step
+      and the noise response obeys :math:`V_t \ge V_a F_b / F_a` on
+      :math:`[a, b]`; after the schedule's constant tail each mode's :math:`V`
+      moves monotonically toward its steady state;
+    * momentum or averaging with a changing schedule: no bound; scanned.
+    """
+
+    def __init__(
+        self,
+        problem: NQMProblem,
+        optimizer: Optimizer | ConstantSetting,
+        batch_size: float,
+        batch: BatchSchedule | None = None,
+    ):
+        # With a batch schedule, ``batch_size`` is 1 and each update's 1/B_s is
+        # inside the noise term; the lr and batch pieces are propagated together.
+        if batch is not None and isinstance(optimizer, ConstantSetting):
+            optimizer = optimizer.optimizer()
+        self.problem, self.opt, self.b = problem, optimizer, float(batch_size)
+        self.batch = batch
+        # a constant lr is read as its floats, the arguments of risk_terms
+        self.setting = (
+            None
+            if batch is not None
+            else optimizer
+            if isinstance(optimizer, ConstantSetting)
+            else ConstantSetting.of(optimizer)
+        )
+        self.constant = self.setting is not None
+        self.hh, self.wd, self.wn = _modes(problem, optimizer.precond_power)
+        self.feats = Features(optimizer.momentum > 0, optimizer.ema > 0)
+        self.plain = not self.feats.momentum and not self.feats.ema
+        self.evaluations = 0
+        self.target = math.inf  # set by steps_to_target
+        self._mean: MeanResponse | None = None
+        self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        if self.constant:
+            s = self.setting.lr * self.hh
+            if self.plain:
+                self.monotone = np.abs(1.0 - s) <= 1.0
+            elif not self.feats.momentum:
+                self.monotone = s <= 1.0  # averaging a positive decreasing sequence
+            else:
+                self.monotone = np.zeros(self.hh.shape, dtype=bool)
+            self.mode = "constant"
+        elif self.plain:
+            self.mode = "sgd_schedule"
+            self._states = PieceStates(self.hh, optimizer, batch)
+            self.tail = optimizer.schedule.constant_after()
+            if self.tail is not None and batch is not None:
+                self.tail = max(self.tail, batch.constant_after())
+            if self.tail is not None:
+                lr = float(optimizer.schedule(self.tail))
+                inv_b = 1.0 if batch is None else 1.0 / batch(self.tail)
+                s = lr * self.hh
+                with np.errstate(all="ignore"):
+                    self.tail_ss = np.where(
+                        s < 2.0, inv_b * lr * lr / (s * (2.0 - s)), np.inf
+                    )
+                lrs = optimizer.schedule.pieces(self.tail + 1)[1]
+                self.stable = bool(np.all(lrs * self.hh.max() <= 2.0))
+            else:
+                self.stable = False
+        else:
+            self.mode = "scan"
+
+    def _sgd_modes(self, steps):
+        self.evaluations += len(steps)
+        return self._states.at(steps)
+
+    def terms(self, steps) -> tuple[np.ndarray, np.ndarray]:
+        steps = np.asarray(steps, dtype=np.int64)
+        key = steps.tobytes()
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = self._terms(steps)
+        return hit
+
+    def _terms(self, steps) -> tuple[np.ndarray, np.ndarray]:
+        if self.mode == "constant":
+            self.evaluations += steps.size
+            st = self.setting
+            return risk_terms(
+                self.problem, st.lr, st.momentum, st.ema, st.precond_power, steps
+            )
+        if self.mode == "sgd_schedule":
+            F, V = self._sgd_modes(steps)
+            return F @ self.wd, V @ self.wn
+        self.evaluations += steps.size
+        return _scheduled_terms(self.hh, self.wd, self.wn, self.opt, steps, self.batch)
+
+    def loss(self, steps) -> np.ndarray:
+        d, n = self.terms(steps)
+        with np.errstate(invalid="ignore", over="ignore"):
+            out = d + n / self.b
+        return np.where(np.isnan(out), np.inf, out)
+
+    def never_after(self, t: int) -> bool:
+        """Certifies that the loss stays above target for all steps >= ``t``."""
+        if self.mode == "constant":
+            return self._noise_at(t) / self.b > self.target
+        if self.mode == "sgd_schedule" and self.tail is not None and t >= self.tail:
+            _, V = self._sgd_modes([t])
+            floor = np.minimum(V[0], self.tail_ss) @ self.wn
+            return floor / self.b > self.target
+        return False
+
+    def _noise_at(self, t):
+        return self.terms([t])[1][0]
+
+    def lower_bound(self, a: int, b: int) -> float:
+        """A certified lower bound of the loss on steps ``[a, b]`` (or -inf)."""
+        if self.mode == "scan" or (self.mode == "sgd_schedule" and not self.stable):
+            return -math.inf
+        if self.mode == "sgd_schedule":
+            F, V = self._sgd_modes([a, b])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(F[0] > 0, F[1] / F[0], 0.0)
+                # Within a piece each mode's noise response moves monotonically
+                # toward that piece's steady state, increasing in the lr: so on
+                # [a, b) it never falls below min(V_a, ss(smallest lr there)).
+                # (and, under a batch schedule, in 1/B: the largest B bounds it)
+                lr_min = self._states.min_lr(a, b)
+                inv_b = self._states.min_inv_b(a, b)
+                s = lr_min * self.hh
+                ss = np.where(s < 2.0, inv_b * lr_min / (self.hh * (2.0 - s)), np.inf)
+                v_low = np.maximum(V[0] * ratio, np.minimum(V[0], ss))
+            return float(F[1] @ self.wd + v_low @ self.wn / self.b)
+        noise = self._noise_at(a) / self.b
+        if noise > self.target:
+            return float(noise)  # the accumulated noise alone rules [a, b] out
+        if self._mean is None:  # eigenvalues and weights: once per curve
+            st = self.setting
+            self._mean = MeanResponse(self.hh, st.lr, st.momentum, st.ema, self.feats)
+        lip, _ = self._mean.bound(a, b - a)
+        self.evaluations += 1
+        if np.any(self.monotone):
+            fb, _ = self._mean.bound(b, 0)
+            lip = np.where(self.monotone, np.maximum(lip, fb), lip)
+        return float(lip @ self.wd + noise)
+
+
+def steps_to_target(
+    problem: NQMProblem,
+    optimizer: Optimizer | ConstantSetting,
+    batch_size,
+    target: float,
+    *,
+    max_steps: int | None = None,
+    guess: int | None = None,
+) -> int | float:
+    r"""The smallest integer :math:`t \ge 0` with exact :math:`E[L(\theta_t)] \le`
+    ``target``; ``math.inf`` when it is never reached (target below the
+    steady-state risk, a diverging setting, or beyond ``max_steps``).
+
+    Args:
+        problem: the NQM.
+        optimizer: any optimizer and schedule, or a
+            :class:`~nqm.families.ConstantSetting` (the floats of a constant lr;
+            the tuner certifies its candidates so). Constant lr and plain-SGD
+            schedules get certified pruning (cost about :math:`O(d \log t)`
+            evaluations); momentum or averaging combined with a changing schedule
+            are scanned step by step and need an explicit ``max_steps``.
+        batch_size: :math:`B \ge 1`, or a :class:`~nqm.BatchSchedule` (plain
+            SGD under it keeps certified pruning; momentum or averaging under it
+            is scanned, as with a changing lr).
+        target: the loss to reach, ``> 0``.
+        max_steps: give up (``inf``) beyond this many steps (default
+            :data:`MAX_STEPS`; at most ``10**7`` for scanned combinations).
+        guess: a step count believed close to the answer (e.g. from a cheaper
+            model). The search for an upper end starts there instead of at one
+            step; every step below that end is still certified, so the result
+            never depends on the guess, only the cost does.
+
+    Raises:
+        ValueError: for a non-positive target, a batch size below one, a
+            scanned combination without a small enough ``max_steps``, or a
+            guess below one.
+    """
+    tg = _check_target(target)
+    batch_size, batch = split_batch(batch_size)
+    b = float(validate_batch_size(batch_size))
+    curve = _Curve(problem, optimizer, b, batch)
+    if curve.mode == "scan":
+        if max_steps is None or max_steps > 10**7:
+            raise ValueError(
+                "max_steps must be given (<= 1e7) for momentum or averaging with a "
+                "changing lr schedule: their first crossing is found by scanning"
+            )
+    limit = MAX_STEPS if max_steps is None else int(max_steps)
+    if limit < 0:
+        raise ValueError(f"max_steps must be non-negative, got {max_steps!r}")
+    if guess is not None:
+        try:
+            ok = math.isfinite(guess) and guess >= 1
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"guess must be a step count >= 1, got {guess!r}")
+    curve.target = tg
+    return _first_crossing(curve, tg, limit, None if guess is None else int(guess))
+
+
+#: From a guess, the upper end grows by this fraction first, then by twice the
+#: previous growth each time (a guess a little short costs few evaluations, a
+#: bad one about as many as doubling from one step).
+_GUESS_GROWTH = 1.0 / 64.0
+
+
+def _first_crossing(
+    curve: _Curve, target: float, max_steps: int, guess: int | None = None
+) -> int | float:
+    if curve.loss([0])[0] <= target:
+        return 0
+    if max_steps == 0:
+        return math.inf
+    if curve.mode == "scan":
+        chunk = 4096
+        for a in range(1, max_steps + 1, chunk):
+            steps = np.arange(a, min(a + chunk, max_steps + 1))
+            hit = np.nonzero(curve.loss(steps) <= target)[0]
+            if hit.size:
+                return int(steps[hit[0]])
+        return math.inf
+    # Find an upper end: a step at or below target, or a step after which the
+    # loss provably stays above it.
+    hi = 1 if guess is None else min(guess, max_steps)
+    growth = _GUESS_GROWTH
+    end_hit = False  # the loss at ``hi`` is known to be at or below target
+    while True:
+        loss = curve.loss([hi])[0]
+        if loss <= target:
+            end_hit = True
+            break
+        if not np.isfinite(loss) or curve.never_after(hi):
+            break
+        if hi >= max_steps:
+            break
+        if guess is None:
+            hi = min(2 * hi, max_steps)
+        else:
+            hi = min(max(hi + 1, math.ceil(hi * (1.0 + growth))), max_steps)
+            growth *= 2.0
+    scan = _SCAN
+    if curve.mode == "constant":
+        scan = max(_SCAN, min(_SCAN_MAX, _SCAN_ELEMENTS // curve.hh.size))
+    stack = [(1, hi)]
+    while stack:
+        a, z = stack.pop()
+        if z - a < scan:
+            steps = np.arange(a, z + 1)
+            hit = np.nonzero(curve.loss(steps) <= target)[0]
+            if hit.size:
+                return int(steps[hit[0]])
+            continue
+        # An interval ending at a step known to reach the target cannot be
+        # pruned: its lower bound is at most that step's loss.
+        if not (end_hit and z == hi) and curve.lower_bound(a, z) > target:
+            continue
+        m = (a + z) // 2
+        stack.append((m + 1, z))
+        stack.append((a, m))
+    return math.inf
+
+
+def examples_to_target(
+    problem: NQMProblem,
+    optimizer: Optimizer,
+    batch_size,
+    target: float,
+    **kwargs,
+) -> tuple[int | float, int | float]:
+    r"""Steps and examples to ``target``: :math:`(S, E(S))` with
+    :math:`E(S) = \sum_{s<S} B_s` (``(inf, inf)`` when never reached).
+
+    Args:
+        problem, optimizer, target, **kwargs: as :func:`steps_to_target`.
+        batch_size: an integer :math:`B \ge 1` (:math:`E = BS`) or a
+            :class:`~nqm.BatchSchedule`.
+
+    Raises:
+        ValueError: as :func:`steps_to_target`.
+    """
+    steps = steps_to_target(problem, optimizer, batch_size, target, **kwargs)
+    if isinstance(batch_size, BatchSchedule):
+        return steps, batch_size.examples(steps)
+    b = float(validate_batch_size(batch_size))
+    if math.isinf(steps):
+        return steps, math.inf
+    ex = b * steps
+    return steps, int(ex) if ex == int(ex) else ex
