@@ -2,6 +2,7 @@
 the gradient statistics in the Kronecker eigenbasis that test the NQM's assumptions.
 """
 
+from .bridge import estimate_nqm
 from .kfac import KFAC, KFACConfig, compute_factors
 
-__all__ = ["KFAC", "KFACConfig", "compute_factors"]
+__all__ = ["KFAC", "KFACConfig", "compute_factors", "estimate_nqm"]

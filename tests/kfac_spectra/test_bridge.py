@@ -37,7 +37,8 @@ import pytest
 import torch
 from torch import nn
 
-from kfac_spectra.bridge import estimate_nqm, measure_nqm
+from kfac_spectra import estimate_nqm  # the documented entry point
+from kfac_spectra.bridge import measure_nqm
 from kfac_spectra.train import collect_checkpoint
 
 N = 20_000
