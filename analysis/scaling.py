@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 import nqm
 from nqm.io import write_json, write_table
 from nqm.noise_scale import fit_critical_batch, steps_lower_bound
+from nqm.run_folder import RunFolder
 from nqm.search import Family, best_steps
 
 from .config import ScalingConfig
@@ -1138,21 +1139,36 @@ def figure_tables(
     }
 
 
-def write_study(result: StudyResult, directory: str | Path) -> list[Path]:
+def write_study(result: StudyResult, directory: str | Path | RunFolder) -> list[Path]:
     """Write the study's tables (CSV + JSON each), atomically.
 
-    Files: ``records``, ``critical_batch``, ``lower_bound``, and one per extra
-    table.
+    Files: ``records``, ``critical_batch``, ``lower_bound``, one per extra
+    table, and ``timings.json``.
+
+    Args:
+        result: the study.
+        directory: a folder, or the :class:`~nqm.run_folder.RunFolder` of the
+            run (which records each file's checksum for its manifest).
 
     Returns:
         The paths written.
     """
-    directory = Path(directory)
+    if isinstance(directory, RunFolder):
+        table, write_obj = directory.write_table, directory.write_json
+    else:
+        folder = Path(directory)
+
+        def table(stem, rows, columns=None):
+            return write_table(folder, stem, rows, columns)
+
+        def write_obj(name, obj):
+            return write_json(folder / name, obj)
+
     paths: list[Path] = []
-    paths += write_table(directory, "records", result.records, RECORD_COLUMNS)
-    paths += write_table(directory, "critical_batch", result.fits, FIT_COLUMNS)
-    paths += write_table(directory, "lower_bound", result.lower_bound)
+    paths += table("records", result.records, RECORD_COLUMNS)
+    paths += table("critical_batch", result.fits, FIT_COLUMNS)
+    paths += table("lower_bound", result.lower_bound)
     for name, rows in result.extras.items():
-        paths += write_table(directory, name, rows)
-    paths.append(write_json(directory / "timings.json", result.timings))
+        paths += table(name, rows)
+    paths.append(write_obj("timings.json", result.timings))
     return paths

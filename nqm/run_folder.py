@@ -369,8 +369,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         isinstance(v, dict) and "sha256" in v for v in files.values()
     ):
         raise CorruptFileError(
-            f"{path}: lists no file checksums; run the command that wrote "
-            f"{folder} again"
+            f"{path}: lists no file checksums (not written through a run folder); "
+            "delete it and run the command that wrote the folder again"
         )
     return manifest
 
