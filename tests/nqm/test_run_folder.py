@@ -1,19 +1,19 @@
 """Tests of nqm.run_folder: one run per output folder, checksummed manifests.
 
 Oracles: hashlib's SHA-256 of the bytes on disk, the directory listing, and the
-exit statuses of real processes that race for, or are killed in, one folder.
+exit statuses of real (forked) processes that race for, or are killed in, one
+folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -222,48 +222,46 @@ def test_bad_arguments(tmp_path):
             run.finish({"files": []})
 
 
-_WRITER = textwrap.dedent(
-    """
-    import sys, time
-    from nqm import run_folder as rf
-    out, tag, hold, go = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
-    while not __import__("os").path.exists(go):
-        time.sleep(0.005)
+def _writer(out: Path, tag: str, hold: float, go) -> None:
+    """A run into ``out`` (exit 2 when the folder is in use, as the CLIs do);
+    ``tag == "killed"`` is SIGKILLed after writing, before its manifest."""
+    go.wait(PROC_TIMEOUT_S)
     try:
         with rf.open_run_folder(out, command="writer " + tag) as run:
             run.write_text("config.json", tag)
             time.sleep(hold)
             run.write_text("records.csv", tag)
             if tag == "killed":
-                __import__("os").kill(__import__("os").getpid(), 9)
+                os.kill(os.getpid(), signal.SIGKILL)
             run.finish({"tag": tag})
     except rf.FolderInUseError as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(2)
-    """
-)
+        (out.parent / f"{tag}.err").write_text(str(exc))
+        os._exit(2)
+    os._exit(0)
 
 
-def _spawn(out: Path, tag: str, go: Path, hold: float = HOLD_S) -> subprocess.Popen:
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(out), tag, str(hold), str(go)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+#: fork: the children start at once, with this process's imports
+_MP = multiprocessing.get_context("fork")
+
+
+def _spawn(out: Path, tag: str, go, hold: float = HOLD_S):
+    proc = _MP.Process(target=_writer, args=(out, tag, hold, go))
+    proc.start()
+    return proc
 
 
 def test_two_processes_racing_into_one_folder(tmp_path):
-    out, go = tmp_path / "out", tmp_path / "go"
+    out, go = tmp_path / "out", _MP.Event()
     procs = [_spawn(out, tag, go) for tag in ("A", "B")]
-    go.write_text("")
-    codes, errs = [], []
+    go.set()
+    codes = []
     for p in procs:
-        _, err = p.communicate(timeout=PROC_TIMEOUT_S)
-        codes.append(p.returncode)
-        errs.append(err)
+        p.join(PROC_TIMEOUT_S)
+        codes.append(p.exitcode)
+    errs = [
+        (tmp_path / f"{t}.err").read_text() if (tmp_path / f"{t}.err").exists() else ""
+        for t in ("A", "B")
+    ]
     assert sorted(codes) in ([0, 2], [0, 0]), errs
     manifest = rf.verify_folder(out)
     # every listed file is the winner's (or the later writer's, serialised)
@@ -275,19 +273,21 @@ def test_two_processes_racing_into_one_folder(tmp_path):
         assert len(loser.splitlines()) == 1
 
 
+def _run_to_end(proc) -> int:
+    proc.join(PROC_TIMEOUT_S)
+    return proc.exitcode
+
+
 def test_a_rerun_killed_midway_leaves_no_manifest_of_foreign_files(tmp_path):
-    out, go = tmp_path / "out", tmp_path / "go"
-    go.write_text("")
-    first = _spawn(out, "first", go, hold=0.0)
-    assert first.wait(timeout=PROC_TIMEOUT_S) == 0
+    out, go = tmp_path / "out", _MP.Event()
+    go.set()
+    assert _run_to_end(_spawn(out, "first", go, hold=0.0)) == 0
     assert rf.verify_folder(out)["tag"] == "first"
-    rerun = _spawn(out, "killed", go, hold=0.0)
-    assert rerun.wait(timeout=PROC_TIMEOUT_S) == -signal.SIGKILL
+    assert _run_to_end(_spawn(out, "killed", go, hold=0.0)) == -signal.SIGKILL
     assert (out / "config.json").read_text() == "killed"
     assert not (out / "manifest.json").exists()  # removed before any write
     with pytest.raises(rf.CorruptFileError):
         rf.read_verified(out, "config.json")
     # the kill released the lock
-    again = _spawn(out, "again", go, hold=0.0)
-    assert again.wait(timeout=PROC_TIMEOUT_S) == 0
+    assert _run_to_end(_spawn(out, "again", go, hold=0.0)) == 0
     assert rf.verify_folder(out)["tag"] == "again"
