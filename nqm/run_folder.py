@@ -301,7 +301,7 @@ def _describe_holder(fd: int) -> str:
         info = json.loads(text)
         return (
             f"pid {info['pid']} on {info['host']} ({info['command']}, "
-            f"started {info['started_utc']} UTC)"
+            f"started {info['started_utc']})"
         )
     except (OSError, ValueError, KeyError, TypeError):
         return "another process (it has not yet written who it is)"
