@@ -19,7 +19,11 @@ from types import ModuleType
 import mpmath
 import numpy as np
 import pytest
-from nqm_oracles import brute_force_loss, mp_loss, mp_mode_terms
+from nqm_oracles import (
+    brute_force_problem_loss,
+    mp_mode_terms,
+    mp_problem_loss,
+)
 
 import nqm
 from nqm._confluent import confluent_terms
@@ -111,11 +115,8 @@ def test_total_loss_at_near_coincidences_needs_no_doubling(gap):
     for beta, gamma in ((9 / 16 * (1 + gap), 0.0), (9 / 16, 3 / 4 * (1 + gap))):
         opt = nqm.Optimizer(1.0, beta, gamma)
         got = nqm.expected_loss(problem, opt, 4, steps)
-        want = mp_loss(
-            problem.h,
-            problem.c,
-            problem.init_sq,
-            problem.weight,
+        want = mp_problem_loss(
+            problem,
             1.0,
             beta,
             gamma,
@@ -225,11 +226,8 @@ def test_random_settings_against_the_step_loop():
         got = nqm.expected_loss(
             problem, nqm.Optimizer(lr, beta, gamma, p), 8, LOOP_STEPS
         )
-        want = brute_force_loss(
-            problem.h,
-            problem.c,
-            problem.init_sq,
-            problem.weight,
+        want = brute_force_problem_loss(
+            problem,
             lambda _, lr=lr: lr,
             beta,
             gamma,
@@ -251,11 +249,8 @@ def test_random_settings_against_the_mpmath_oracle_at_their_horizon():
     )
     for lr, beta, gamma, p, t in settings:
         got = nqm.expected_loss(problem, nqm.Optimizer(lr, beta, gamma, p), 8, t)
-        want = mp_loss(
-            problem.h,
-            problem.c,
-            problem.init_sq,
-            problem.weight,
+        want = mp_problem_loss(
+            problem,
             lr,
             beta,
             gamma,
