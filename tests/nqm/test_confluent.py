@@ -11,10 +11,7 @@ checked against the step-by-step float64 recursion and the mpmath oracle.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
-from types import ModuleType
 
 import mpmath
 import numpy as np
@@ -191,18 +188,6 @@ def test_near_coincident_set_matches_doubling_every_mode():
             )
 
 
-# ------------------------------------------------- the benchmark's settings
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_nqm.py"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_nqm", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _small_problem(seed, d=6):
     rng = np.random.default_rng(seed)
     h = np.exp(rng.uniform(np.log(1e-4), 0.0, d))
@@ -214,10 +199,10 @@ RTOL_LOOP = 1e-9
 LOOP_STEPS = (1, 10, 300)
 
 
-def test_random_settings_against_the_step_loop():
+def test_random_settings_against_the_step_loop(load_benchmark):
     """The benchmark's random settings (same generator and seed), at d = 6,
     against the step-by-step float64 recursion for the first 300 steps."""
-    bench = _bench()
+    bench = load_benchmark("bench_nqm")
     problem = _small_problem(1)
     settings = bench.random_settings(
         problem, 40, np.random.default_rng(bench.SETTINGS_SEED)
@@ -239,10 +224,10 @@ def test_random_settings_against_the_step_loop():
 
 
 @pytest.mark.slow
-def test_random_settings_against_the_mpmath_oracle_at_their_horizon():
+def test_random_settings_against_the_mpmath_oracle_at_their_horizon(load_benchmark):
     """The same settings at their drawn horizon (10^3, 10^6 or 10^9 steps)
     against the 50-digit oracle, to 1e-10."""
-    bench = _bench()
+    bench = load_benchmark("bench_nqm")
     problem = _small_problem(2)
     settings = bench.random_settings(
         problem, 60, np.random.default_rng(bench.SETTINGS_SEED)
