@@ -36,6 +36,7 @@ __all__ = [
     "Task",
     "run_plan",
     "require_executor",
+    "executor_options",
     "single_threaded_children",
     "THREAD_VARIABLES",
 ]
@@ -101,6 +102,34 @@ def require_executor(executor: str | ExecutorKind) -> ExecutorKind:
         ) from None
     if kind is ExecutorKind.RAY:
         _import_ray()
+    return kind
+
+
+def executor_options(
+    executor: str | ExecutorKind, workers: Any, ray_address: str | None
+) -> ExecutorKind:
+    """Validate the executor options of a configuration, before any work.
+
+    Args:
+        executor: ``"local"`` or ``"ray"``.
+        workers: a non-negative integer (0: one per CPU).
+        ray_address: a Ray cluster to join; only with ``executor="ray"``.
+
+    Returns:
+        The :class:`ExecutorKind`.
+
+    Raises:
+        ValueError: one line naming the option that is wrong, including a
+            missing ``ray`` package for ``executor="ray"``.
+    """
+    if isinstance(workers, bool) or int(workers) != workers or workers < 0:
+        raise ValueError(f"workers must be a non-negative integer, got {workers!r}")
+    try:
+        kind = require_executor(executor)
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+    if ray_address is not None and kind is not ExecutorKind.RAY:
+        raise ValueError("ray_address needs executor = 'ray'")
     return kind
 
 
