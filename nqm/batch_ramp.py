@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize
 
-from .batch_schedule import BatchSchedule, RampShape
+from .batch_schedule import BatchSchedule, RampShape, ramp_pieces_and_shape
 from .dynamics import _modes
 from .optimizer import Optimizer, PiecewiseConstant
 from .problem import NQMProblem
@@ -424,16 +424,9 @@ def _check(problem, target, examples, pieces, shape, bins, decay=False):
     budget = float(examples)
     if not (math.isfinite(budget) and budget >= 1):
         raise ValueError(f"examples must be a finite number >= 1, got {examples!r}")
-    if int(pieces) != pieces or pieces < 1:
-        raise ValueError(f"pieces must be a positive integer, got {pieces!r}")
+    pieces, shape = ramp_pieces_and_shape(pieces, shape)
     if int(bins) < 8:
         raise ValueError(f"surrogate_bins must be >= 8, got {bins!r}")
-    try:
-        shape = RampShape(shape)
-    except ValueError:
-        raise ValueError(
-            f"shape must be one of {[s.value for s in RampShape]}, got {shape!r}"
-        ) from None
     relaxed = _Relaxed(problem, int(pieces), shape, int(bins), bool(decay))
     return tg, budget, relaxed, shape
 

@@ -159,6 +159,7 @@ def test_bad_schedules_are_rejected(kwargs, param):
         ((2, 8.5, 10, 2), "end"),
         ((2, 8, -1, 2), "ramp_steps"),
         ((2, 8, 10, 0), "pieces"),
+        ((2, 8, 10, True), "pieces"),
         ((2, 8, 10, 2, "cubic"), "shape"),
     ],
 )
