@@ -22,7 +22,9 @@ the same keys; explicit options override the file. Every file is written
 atomically (temporary file + rename).
 
 On a terminal a progress bar shows the tuning; otherwise (output to a log or a
-pipe) one line per finished curve goes to stderr.
+pipe) one line per finished curve goes to stderr. Each tuned curve is journalled
+in ``--out/.journal`` as it finishes, so a rerun of the same configuration after
+a kill resumes there; the journal is removed once the manifest is written.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ from typing import Any
 __all__ = ["add_parser", "run", "config_from_args"]
 
 logger = logging.getLogger(__name__)
+
+#: Inside --out: the tuned curves of an unfinished run (resumed by a rerun).
+JOURNAL_DIR = ".journal"
+#: Options that results do not depend on: a rerun that changes them resumes.
+NOT_IN_RESULTS = ("out", "figures", "workers", "executor", "ray_address")
 
 #: argparse dest -> ScalingConfig field, for options whose unset value is None.
 _OPTION_FIELDS: tuple[str, ...] = (
@@ -277,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports only when the command runs.
     import nqm.runtime
     from analysis import plots
+    from analysis.journal import ResultJournal
     from analysis.scaling import (
         RECORD_COLUMNS,
         build_problem,
@@ -301,6 +309,12 @@ def run(args: argparse.Namespace) -> int:
 
     # NumPy temporaries otherwise page-fault on every evaluation (nqm.runtime).
     kept = nqm.runtime.keep_freed_memory()
+    # Every tuned curve is journalled as it finishes: a rerun after a kill
+    # resumes there (the journal goes once the manifest is written).
+    results_depend_on = {
+        k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RESULTS
+    }
+    journal = ResultJournal(out / JOURNAL_DIR, salt=(results_depend_on, _versions()))
     progress = getattr(args, "progress", None)
     bar = progress if progress is not None else sys.stderr.isatty()
     # Without a bar, the study's lines and the last one go to stderr.
@@ -311,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             checkpoint=lambda recs: write_table(out, "records", recs, RECORD_COLUMNS),
             keep_freed_memory=kept,
+            journal=journal,
         )
         written = [str(p) for p in write_study(result, out)]
         timings = dict(result.timings)
@@ -338,5 +353,6 @@ def run(args: argparse.Namespace) -> int:
             "files": written,
         }
         write_json(out / "manifest.json", manifest)
+        journal.remove()
         logger.info("nqm-scaling done in %.1fs; results in %s", timings["total"], out)
     return 0
