@@ -22,7 +22,9 @@ the same keys; explicit options override the file. Every file is written
 atomically (temporary file + rename).
 
 On a terminal a progress bar shows the tuning; otherwise (output to a log or a
-pipe) one line per finished curve goes to stderr.
+pipe) one line per finished curve goes to stderr. Each tuned curve is journalled
+in ``--out/.journal`` as it finishes, so a rerun of the same configuration after
+a kill resumes there; the journal is removed once the manifest is written.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ from analysis import cli_common as common
 __all__ = ["add_parser", "run", "config_from_args"]
 
 logger = logging.getLogger(__name__)
+
+#: Inside --out: the tuned curves of an unfinished run (resumed by a rerun).
+JOURNAL_DIR = ".journal"
+#: Options that results do not depend on: a rerun that changes them resumes.
+NOT_IN_RESULTS = ("out", "figures", "workers", "executor", "ray_address")
 
 #: Packages whose versions go into the manifest.
 _MANIFEST_PACKAGES: tuple[str, ...] = (*common.BASE_PACKAGES, "tqdm")
@@ -200,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports only when the command runs.
     import nqm.runtime
     from analysis import plots
+    from analysis.journal import ResultJournal
     from analysis.scaling import (
         RECORD_COLUMNS,
         build_problem,
@@ -222,6 +230,15 @@ def run(args: argparse.Namespace) -> int:
 
         # NumPy temporaries otherwise page-fault on every evaluation (nqm.runtime).
         kept = nqm.runtime.keep_freed_memory()
+        # Every tuned curve is journalled as it finishes: a rerun after a kill
+        # resumes there (the journal goes once the manifest is written).
+        results_depend_on = {
+            k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RESULTS
+        }
+        versions = common.package_versions(_MANIFEST_PACKAGES)
+        journal = ResultJournal(
+            out.path / JOURNAL_DIR, salt=(results_depend_on, versions)
+        )
         progress = getattr(args, "progress", None)
         bar = progress if progress is not None else sys.stderr.isatty()
         # Without a bar, the study's lines and the last one go to stderr.
@@ -234,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
                     "records", recs, RECORD_COLUMNS
                 ),
                 keep_freed_memory=kept,
+                journal=journal,
             )
             write_study(result, out)
             timings = dict(result.timings)
@@ -250,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
                 "command": "nqm-scaling",
                 "started_utc": started,
                 "config": cfg.to_dict(),
-                "versions": common.package_versions(_MANIFEST_PACKAGES),
+                "versions": versions,
                 "git_revision": _git_revision(),
                 "platform": platform.platform(),
                 "allocator_keeps_freed_memory": kept,
@@ -261,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
             if figs is not None and figs is not out:
                 figs.finish({"command": "nqm-scaling", "started_utc": started})
             out.finish(manifest)
+            journal.remove()
             logger.info(
                 "nqm-scaling done in %.1fs; results in %s", timings["total"], cfg.out
             )

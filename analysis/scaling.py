@@ -44,6 +44,7 @@ from nqm.search import Family, best_steps
 
 from .config import ScalingConfig
 from .executor import ExecutorKind, Task, require_executor, run_plan
+from .journal import ResultJournal
 from .lr_range import optimal_lr_ranges
 
 __all__ = [
@@ -447,6 +448,7 @@ def run_study(
     keep_going: bool = False,
     keep_freed_memory: bool = False,
     search: Callable[..., Any] = best_steps,
+    journal: ResultJournal | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     r"""Tune every family at every power, target and batch size.
@@ -527,6 +529,7 @@ def run_study(
             ray_address=ray_address,
             on_result=on_result,
             initializer=nqm.runtime.keep_freed_memory if keep_freed_memory else None,
+            journal=journal,
         )
     return [rec for job in plan.reported for rec in done[job]]
 
@@ -875,6 +878,7 @@ def run_reference_study(
     progress: bool | None = None,
     checkpoint: Callable[[list[dict[str, Any]]], Any] | None = None,
     keep_freed_memory: bool = False,
+    journal: ResultJournal | None = None,
     **options: Any,
 ) -> StudyResult:
     """Run everything the figures of ``nqm-scaling`` need.
@@ -891,6 +895,8 @@ def run_reference_study(
         checkpoint: called with the records as soon as the tuning is done
             (before the analyses), e.g. to save them.
         keep_freed_memory: passed to :func:`run_study` (worker processes).
+        journal: keeps every tuned curve as it finishes, so that a rerun after
+            a kill resumes (:class:`analysis.journal.ResultJournal`).
         **options: passed to :func:`nqm.search.best_steps`.
 
     Returns:
@@ -917,6 +923,7 @@ def run_reference_study(
             ray_address=cfg.ray_address,
             keep_going=cfg.keep_going,
             keep_freed_memory=keep_freed_memory,
+            journal=journal,
             **options,
             **extra,
         )

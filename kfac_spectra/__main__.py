@@ -68,13 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="run directory")
     run.add_argument("--config", help="TOML file of TrainConfig fields")
     run.add_argument("--report", action="store_true", help="report after training")
-    for field in dataclasses.fields(TrainConfig):
-        run.add_argument(
-            "--" + field.name.replace("_", "-"),
-            dest=field.name,
-            default=None,
-            help=f"(default {field.default!r})",
-        )
+    _add_config_flags(run, TrainConfig)
     _add_autoencoder_parser(sub)
     report = sub.add_parser("report", help="figures, tables and the NQM problem")
     report.add_argument("run_dir")
@@ -92,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One ``--field-name`` flag per field of a config dataclass (unset: ``None``,
+    so that the TOML file and the defaults apply)."""
+    for field in dataclasses.fields(config_cls):
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            default=None,
+            help=f"(default {field.default!r})",
+        )
+
+
 def _add_autoencoder_parser(sub: Any) -> None:
     from kfac_spectra.autoencoder import AutoencoderConfig
 
@@ -103,13 +109,7 @@ def _add_autoencoder_parser(sub: Any) -> None:
     ae.add_argument("--out", default=str(DEFAULT_AUTOENCODER_DIR), help="output folder")
     ae.add_argument("--config", help="TOML file of AutoencoderConfig fields")
     ae.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    for field in dataclasses.fields(AutoencoderConfig):
-        ae.add_argument(
-            "--" + field.name.replace("_", "-"),
-            dest=field.name,
-            default=None,
-            help=f"(default {field.default!r})",
-        )
+    _add_config_flags(ae, AutoencoderConfig)
 
 
 # ----------------------------------------------------------------- report
