@@ -54,7 +54,7 @@ from kfac_spectra.kfac import FisherType, LossType, compute_factors
 from kfac_spectra.layer_capture import find_blocks
 from kfac_spectra.train_config import FactorSource
 from nqm.io import FILE_MODE
-from nqm.run_folder import CorruptFileError, file_digest
+from nqm.run_folder import CorruptFileError, check_file, file_digest
 
 __all__ = [
     "MANIFEST_FILE",
@@ -231,21 +231,12 @@ def verified_step_files(run_dir: str | os.PathLike[str], step: int) -> dict[str,
             f"{marker}: lists no checksums of {', '.join(STEP_FILES)}; collect "
             "the run again into a new --out"
         )
+    remedy = "restore it or run the training again into a new --out"
     out = {}
     for name in STEP_FILES:
-        path = folder / name
-        if not path.is_file():
-            raise CorruptFileError(
-                f"{path}: missing from a collected step; restore it or run the "
-                "training again into a new --out"
-            )
-        got = file_digest(path)
-        if got["sha256"] != listed[name].get("sha256"):
-            raise CorruptFileError(
-                f"{path}: its checksum differs from {marker.name} ({got['bytes']} "
-                f"bytes, {listed[name].get('bytes')} expected): truncated or "
-                "corrupted; restore it or run the training again into a new --out"
-            )
+        path = check_file(
+            folder / name, listed[name], listed_in=marker.name, remedy=remedy
+        )
         out[name] = path
     return out
 

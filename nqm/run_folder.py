@@ -59,6 +59,7 @@ __all__ = [
     "CorruptFileError",
     "FolderInUseError",
     "RunFolder",
+    "check_file",
     "file_digest",
     "open_run_folder",
     "read_verified",
@@ -375,19 +376,41 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_file(folder: Path, name: str, record: Mapping[str, Any]) -> Path:
-    path = folder / name
+#: What to do about a bad file of a folder written through a run folder.
+REMEDY = "restore it or run the command that wrote the folder again"
+
+
+def check_file(
+    path: str | os.PathLike,
+    record: Mapping[str, Any],
+    *,
+    listed_in: str = MANIFEST_FILE,
+    remedy: str = REMEDY,
+) -> Path:
+    """Check a file against its record (``{"sha256", "bytes"}``) in a manifest.
+
+    Args:
+        path: the file.
+        record: its record.
+        listed_in: the manifest's name, for the message.
+        remedy: what the user should do, for the message.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        CorruptFileError: one line naming the file, if it is missing or its
+            SHA-256 differs (truncated, corrupted or changed after the run).
+    """
+    path = Path(path)
     if not path.is_file():
-        raise CorruptFileError(
-            f"{path}: listed in {MANIFEST_FILE} but missing; restore it or run the "
-            "command that wrote the folder again"
-        )
+        raise CorruptFileError(f"{path}: listed in {listed_in} but missing; {remedy}")
     got = file_digest(path)
-    if got["sha256"] != record["sha256"]:
+    if got["sha256"] != record.get("sha256"):
         raise CorruptFileError(
-            f"{path}: its checksum differs from {MANIFEST_FILE} ({got['bytes']} "
-            f"bytes, {record.get('bytes')} expected): corrupted or changed after "
-            "the run; restore it or run the command that wrote the folder again"
+            f"{path}: its checksum differs from {listed_in} ({got['bytes']} bytes, "
+            f"{record.get('bytes')} expected): truncated, corrupted or changed "
+            f"after the run; {remedy}"
         )
     return path
 
@@ -408,7 +431,7 @@ def verify_folder(path: str | os.PathLike) -> dict[str, Any]:
     folder = Path(path)
     manifest = _read_manifest(folder)
     for name, record in manifest["files"].items():
-        _check_file(folder, name, record)
+        check_file(folder / name, record)
     return manifest
 
 
@@ -436,7 +459,7 @@ def read_verified(path: str | os.PathLike, name: str) -> Path:
             "the run that owns the folder (or left by a killed one); run the "
             "command that writes it again"
         )
-    return _check_file(folder, name, record)
+    return check_file(folder / name, record)
 
 
 def _resume_records(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -447,7 +470,7 @@ def _resume_records(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | Non
     manifest = _read_manifest(folder)
     records = {}
     for name, record in manifest["files"].items():
-        _check_file(folder, name, record)
+        check_file(folder / name, record)
         records[name] = record
     for name, versions in (manifest.get("pending") or {}).items():
         path = folder / name
