@@ -162,9 +162,18 @@ def _check_workload(cfg: Any) -> None:
 
 
 def _check_same_sweep(out: Path, identity: dict[str, Any]) -> None:
+    from nqm.run_folder import CorruptFileError
+
     path = out / "sweep.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CorruptFileError(
+                f"{path}: unreadable ({exc}); restore it, or use another --out"
+            ) from None
+        if not isinstance(old, dict):
+            raise CorruptFileError(f"{path}: not a sweep; use another --out")
         changed = sorted(
             k for k in set(old) | set(identity) if old.get(k) != identity.get(k)
         )
