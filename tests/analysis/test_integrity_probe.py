@@ -8,8 +8,8 @@ It asserts what a user must be able to trust:
 * no exit 0 on corrupt input;
 * no folder whose manifest disagrees with its files (every listed file has its
   listed checksum), whatever the moment of a kill;
-* a killed run, rerun, ends with the records of an uninterrupted run, byte for
-  byte.
+* a killed run, rerun, ends with the records of an uninterrupted run (the
+  arrays bit for bit, the tables but for their wall-time columns).
 
 Oracles: hashlib's SHA-256 (through :func:`nqm.run_folder.verify_folder`), the
 uninterrupted runs' own files, exit statuses. Kill times are drawn from a seeded
@@ -18,7 +18,9 @@ generator over the measured length of an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
+import csv
+import io
+import json
 import os
 import shutil
 import signal
@@ -40,7 +42,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 #: Seed of the kill times.
 SEED = 20
-#: Kills per command.
+#: Successive kills of one run per command.
 KILLS = 3
 #: Wall-clock bound of one command.
 PROC_TIMEOUT_S = 240
@@ -146,8 +148,24 @@ def _manifest_agrees(folder: Path) -> None:
         verify_folder(folder)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+#: Record fields that measure the run, not its result (wall time).
+TIMING_FIELDS = ("seconds",)
+
+
+def _results(path: Path) -> list:
+    """A table's records without their timing fields, in a fixed order (a log
+    is appended in completion order)."""
+    text = path.read_text()
+    if path.suffix == ".csv":
+        rows = [dict(r) for r in csv.DictReader(io.StringIO(text))]
+    elif path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines()]
+    else:
+        rows = json.loads(text)
+    for r in rows:
+        for key in TIMING_FIELDS:
+            r.pop(key, None)
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
 
 
 def _one_line_exit_2(code: int, err: str) -> None:
@@ -193,32 +211,27 @@ def test_kills_at_random_times(tmp_path, module, argv, records):
     assert code == 0, err
     for folder in _folders(straight):
         assert verify_folder(folder)["complete"] is True
-    for k in range(KILLS):
-        out = tmp_path / f"killed{k}"
-        # the first kill lands mid-run; then a rerun is killed too
-        for when in rng.uniform(0.3, 1.0, size=2) * wall:
-            proc = _start(module, argv, out)
-            time.sleep(when)
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=PROC_TIMEOUT_S)
-            for folder in _folders(out):
-                _manifest_agrees(folder)
-        code, err = _finish(_start(module, argv, out))
-        assert code == 0, err
+    # one folder, killed KILLS times in a row (each rerun resumes the last)
+    out = tmp_path / "killed"
+    for when in rng.uniform(0.3, 1.0, size=KILLS) * wall:
+        proc = _start(module, argv, out)
+        time.sleep(when)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=PROC_TIMEOUT_S)
         for folder in _folders(out):
-            assert verify_folder(folder)["complete"] is True
-        for name in records:
-            if name.endswith(".npz"):
-                a, b = np.load(straight / name), np.load(out / name)
-                assert a.files == b.files
-                for key in a.files:
-                    np.testing.assert_array_equal(a[key], b[key], err_msg=name)
-            elif name == "trials.jsonl":  # appended in completion order
-                assert sorted((out / name).read_text().splitlines()) == sorted(
-                    (straight / name).read_text().splitlines()
-                )
-            else:
-                assert _sha(out / name) == _sha(straight / name), name
+            _manifest_agrees(folder)
+    code, err = _finish(_start(module, argv, out))
+    assert code == 0, err
+    for folder in _folders(out):
+        assert verify_folder(folder)["complete"] is True
+    for name in records:
+        if name.endswith(".npz"):
+            a, b = np.load(straight / name), np.load(out / name)
+            assert a.files == b.files
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=name)
+        else:
+            assert _results(out / name) == _results(straight / name), name
 
 
 @pytest.mark.parametrize(
