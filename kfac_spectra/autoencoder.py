@@ -63,7 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nqm.config import config_to_toml
-from nqm.io import save_figure, write_csv, write_text_atomic
+from nqm.run_folder import open_run_folder
 
 from .data_files import DataFileError, find_file, read_idx
 from .kfac import KFAC, LossType, StepRule, Structure
@@ -90,6 +90,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+AUTOENCODER_COMMAND = "kfac_spectra autoencoder"
+"""The command named in the output folder's lock and manifest."""
 MNIST_ENCODER = (784, 1000, 500, 250, 30)
 """Hinton & Salakhutdinov's MNIST encoder widths (input first)."""
 DIGITS_ENCODER = (64, 80, 40, 20, 6)
@@ -497,9 +499,11 @@ def run_comparison(
     """Run every method, writing each curve as it finishes; resume after a kill.
 
     ``out_dir`` receives ``config.toml``, one ``curve_<method>.json`` per
-    finished method (skipped on a rerun with the same configuration),
-    ``autoencoder_curves.csv`` and the figure ``autoencoder.png`` / ``.pdf``
-    (training error against wall time and against iterations).
+    finished method (skipped on a rerun with the same configuration, once its
+    checksum agrees with the manifest), ``autoencoder_curves.csv``, the figure
+    ``autoencoder.png`` / ``.pdf`` (training error against wall time and
+    against iterations) and ``manifest.json`` (:mod:`nqm.run_folder`: one run
+    at a time, every file checksummed).
 
     Args:
         config: The configuration.
@@ -512,6 +516,8 @@ def run_comparison(
     Raises:
         ValueError: If ``out_dir`` holds results of another configuration.
         DataFileError: If the MNIST directory or file is missing or malformed.
+        FolderInUseError: If another run holds ``out_dir``.
+        CorruptFileError: If a curve of an earlier run is corrupted.
     """
     out = Path(out_dir)
     images = load_images(config.mnist_dir, config.train_size)
@@ -521,7 +527,6 @@ def run_comparison(
             f"mnist_dir: images have {images.shape[1]} pixels, the autoencoder "
             f"expects {encoder[0]}"
         )
-    out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.toml"
     text = config_to_toml(config)
     if cfg_path.exists() and cfg_path.read_text() != text:
@@ -529,27 +534,33 @@ def run_comparison(
             f"out_dir: {str(out)!r} holds results of another configuration "
             "(config.toml differs); choose another directory"
         )
-    write_text_atomic(cfg_path, text)
-    curves = []
-    for name in config.methods:
-        path = out / f"curve_{name}.json"
-        if path.exists():
-            curves.append(_curve_from_json(path.read_text()))
-            logger.info("%s: resumed from %s", name, path)
-            continue
-        with warnings.catch_warnings():
-            # the per-step skip warnings of a diverging K-FAC run would flood the log
-            warnings.simplefilter("ignore", UserWarning)
-            curve = train_method(name, images, encoder, config, progress)
-        write_text_atomic(path, _curve_to_json(curve))
-        curves.append(curve)
-    write_csv(out / "autoencoder_curves.csv", curve_rows(curves), CURVE_COLUMNS)
-    from .plots import plot_training_curves  # matplotlib only when plotting
+    meta = {"command": AUTOENCODER_COMMAND, "methods": list(config.methods)}
+    # one run at a time; a rerun resumes from the curves the manifest vouches for
+    with open_run_folder(out, command=AUTOENCODER_COMMAND, resume=True) as folder:
+        folder.write_text("config.toml", text)
+        folder.checkpoint(meta)
+        curves = []
+        for name in config.methods:
+            file = f"curve_{name}.json"
+            if file in folder.records:
+                curves.append(_curve_from_json((out / file).read_text()))
+                logger.info("%s: resumed from %s", name, out / file)
+                continue
+            with warnings.catch_warnings():
+                # a diverging K-FAC run's per-step skip warnings would flood the log
+                warnings.simplefilter("ignore", UserWarning)
+                curve = train_method(name, images, encoder, config, progress)
+            folder.write_text(file, _curve_to_json(curve))
+            folder.checkpoint(meta)
+            curves.append(curve)
+        folder.write_csv("autoencoder_curves.csv", curve_rows(curves), CURVE_COLUMNS)
+        from .plots import plot_training_curves  # matplotlib only when plotting
 
-    fig = plot_training_curves(
-        {c.method: (c.iterations, c.seconds, c.errors) for c in curves}
-    )
-    save_figure(fig, out / "autoencoder", dpi=120)
+        fig = plot_training_curves(
+            {c.method: (c.iterations, c.seconds, c.errors) for c in curves}
+        )
+        folder.save_figure(fig, "autoencoder", dpi=120)
+        folder.finish(meta)
     return curves
 
 

@@ -25,6 +25,7 @@ from kfac_spectra.autoencoder import (
     sutskever_momentum,
 )
 from kfac_spectra.data_files import DataFileError, DataFileNotFoundError
+from nqm.run_folder import verify_folder
 
 EXACT_RTOL = 1e-12
 TINY = [
@@ -163,10 +164,17 @@ def test_cli_smoke_resume_and_config_clash(
     assert main(["autoencoder", "--out", str(out), *TINY]) == 0
     assert {p: p.stat().st_mtime_ns for p in curves} == stamps
     assert {p: p.read_bytes() for p in curves} == before
+    listed = verify_folder(out)["files"]  # every file, with its checksum
+    assert {p.name for p in curves} | {"autoencoder.png"} <= set(listed)
     capsys.readouterr()
     assert main(["autoencoder", "--out", str(out), *TINY, "--seed", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "another configuration" in err and "\n" not in err
+    # a corrupted curve is not resumed from
+    curves[0].write_bytes(before[curves[0]][:-3])
+    assert main(["autoencoder", "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert curves[0].name in err and "checksum" in err and "\n" not in err
 
 
 @pytest.mark.parametrize(
