@@ -162,18 +162,11 @@ def _check_workload(cfg: Any) -> None:
 
 
 def _check_same_sweep(out: Path, identity: dict[str, Any]) -> None:
-    from nqm.run_folder import CorruptFileError
+    from nqm.run_folder import read_json_object
 
     path = out / "sweep.json"
     if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise CorruptFileError(
-                f"{path}: unreadable ({exc}); restore it, or use another --out"
-            ) from None
-        if not isinstance(old, dict):
-            raise CorruptFileError(f"{path}: not a sweep; use another --out")
+        old = read_json_object(path, remedy="restore it, or use another --out")
         changed = sorted(
             k for k in set(old) | set(identity) if old.get(k) != identity.get(k)
         )

@@ -54,7 +54,7 @@ from kfac_spectra.kfac import FisherType, LossType, compute_factors
 from kfac_spectra.layer_capture import find_blocks
 from kfac_spectra.train_config import FactorSource
 from nqm.io import FILE_MODE
-from nqm.run_folder import CorruptFileError, check_file, file_digest
+from nqm.run_folder import CorruptFileError, check_file, file_digest, read_json_object
 
 __all__ = [
     "MANIFEST_FILE",
@@ -70,6 +70,8 @@ __all__ = [
 MANIFEST_FILE = "manifest.json"
 #: The data files of a step directory (its manifest lists their checksums).
 STEP_FILES: tuple[str, ...] = ("factors.npz", "stats.npz", "params.npz")
+#: What to do about a damaged file of a run directory.
+_REMEDY = "restore it or run the training again into a new --out"
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -181,20 +183,6 @@ def step_dir(run_dir: str | os.PathLike[str], step: int) -> Path:
     return Path(run_dir) / f"step_{step:06d}"
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            value = json.load(handle)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CorruptFileError(
-            f"{path}: unreadable {what} ({exc}); the run directory is damaged: "
-            "restore it or run the training again into a new --out"
-        ) from None
-    if not isinstance(value, dict):
-        raise CorruptFileError(f"{path}: not a {what}; restore it or run again")
-    return value
-
-
 def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The run manifest (config, collected checkpoints, ``complete``, checksums).
 
@@ -205,7 +193,7 @@ def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(run_dir) / MANIFEST_FILE
     if not path.is_file():
         raise ValueError(f"run_dir: no {MANIFEST_FILE} in {run_dir}")
-    return _read_json(path, "run manifest")
+    return read_json_object(path, remedy=_REMEDY)
 
 
 def verified_step_files(run_dir: str | os.PathLike[str], step: int) -> dict[str, Path]:
@@ -225,17 +213,16 @@ def verified_step_files(run_dir: str | os.PathLike[str], step: int) -> dict[str,
     marker = folder / MANIFEST_FILE
     if not marker.is_file():
         raise ValueError(f"step: {step} was not collected in {run_dir}")
-    listed = _read_json(marker, "step manifest").get("files")
+    listed = read_json_object(marker, remedy=_REMEDY).get("files")
     if not isinstance(listed, dict) or not set(STEP_FILES) <= set(listed):
         raise CorruptFileError(
             f"{marker}: lists no checksums of {', '.join(STEP_FILES)}; collect "
             "the run again into a new --out"
         )
-    remedy = "restore it or run the training again into a new --out"
     out = {}
     for name in STEP_FILES:
         path = check_file(
-            folder / name, listed[name], listed_in=marker.name, remedy=remedy
+            folder / name, listed[name], listed_in=marker.name, remedy=_REMEDY
         )
         out[name] = path
     return out
@@ -247,8 +234,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: archive[k] for k in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
         raise CorruptFileError(
-            f"{path}: not a readable .npz archive ({exc}); restore it or run the "
-            "training again into a new --out"
+            f"{path}: not a readable .npz archive ({exc}); {_REMEDY}"
         ) from None
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "check_file",
     "file_digest",
     "open_run_folder",
+    "read_json_object",
     "read_verified",
     "verify_folder",
 ]
@@ -73,6 +74,8 @@ LOCK_FILE = ".lock"
 MANIFEST_FILE = "manifest.json"
 #: Keys of the manifest that the folder writes itself (not part of ``meta``).
 RESERVED_KEYS: frozenset[str] = frozenset({"complete", "files", "pending"})
+#: What to do about a bad file of a folder written through a run folder.
+REMEDY = "restore it or run the command that wrote the folder again"
 #: Bytes read at a time while hashing.
 _CHUNK = 1 << 20
 
@@ -352,6 +355,26 @@ def _remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 # -------------------------------------------------------------- readers
+def read_json_object(path: str | os.PathLike, *, remedy: str = REMEDY) -> dict:
+    """A JSON object read from ``path``.
+
+    Args:
+        path: the file.
+        remedy: what the user should do, for the message.
+
+    Raises:
+        CorruptFileError: one line naming the file, if it cannot be read or
+            parsed, or holds no JSON object.
+    """
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CorruptFileError(f"{path}: unreadable ({exc}); {remedy}") from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"{path}: holds no JSON object; {remedy}")
+    return value
+
+
 def _read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST_FILE
     if not path.is_file():
@@ -359,13 +382,8 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
             f"{path}: missing; the run that wrote {folder} did not finish (or is "
             "still running): run it again"
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CorruptFileError(
-            f"{path}: unreadable ({exc}); run the command that wrote {folder} again"
-        ) from None
-    files = manifest.get("files") if isinstance(manifest, dict) else None
+    manifest = read_json_object(path)
+    files = manifest.get("files")
     if not isinstance(files, dict) or not all(
         isinstance(v, dict) and "sha256" in v for v in files.values()
     ):
@@ -374,10 +392,6 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
             "delete it and run the command that wrote the folder again"
         )
     return manifest
-
-
-#: What to do about a bad file of a folder written through a run folder.
-REMEDY = "restore it or run the command that wrote the folder again"
 
 
 def check_file(

@@ -16,19 +16,8 @@ import pytest
 from analysis.__main__ import main
 from nqm.run_folder import CorruptFileError, open_run_folder, verify_folder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # netscale_workloads
-
-NQM_TINY = [
-    "nqm-scaling", "--dim", "20", "--batch-sizes", "1,4", "--powers", "0",
-    "--targets", "0.05", "--families", "sgd", "--threshold-targets", "0.1",
-    "--bcrit-targets", "", "--ramp-budgets", "", "--fixed-momentum", "0",
-]  # fmt: skip
-NET_TINY = [
-    "net-scaling", "--model", "netscale_workloads:small_mlp",
-    "--data", "netscale_workloads:blobs", "--target", "0.6", "--optimizers", "sgd",
-    "--batch-sizes", "4,8", "--trials", "2", "--max-steps", "40",
-    "--eval-every", "5", "--n-boot", "5", "--workers", "1",
-]  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the workloads
+from cli_workloads import NET_TINY, NQM_TINY  # noqa: E402
 
 
 def _listed_files_match_disk(folder: Path) -> dict:

@@ -36,6 +36,9 @@ from analysis.__main__ import main as analysis_main
 from kfac_spectra.__main__ import main as kfac_main
 from nqm.run_folder import CorruptFileError, verify_folder
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the workloads
+from cli_workloads import NET_TINY, NQM_TINY  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,66 +50,36 @@ KILLS = 3
 #: Wall-clock bound of one command.
 PROC_TIMEOUT_S = 240
 
-NQM = [
-    "nqm-scaling", "--dim", "20", "--batch-sizes", "1,4,16", "--powers", "0",
-    "--targets", "0.05", "--families", "sgd,momentum", "--threshold-targets", "0.1",
-    "--bcrit-targets", "", "--ramp-budgets", "", "--fixed-momentum", "0",
-    "--workers", "1",
-]  # fmt: skip
-NET = [
-    "net-scaling", "--model", "netscale_workloads:small_mlp",
-    "--data", "netscale_workloads:blobs", "--target", "0.6", "--optimizers", "sgd",
-    "--batch-sizes", "4,8", "--trials", "3", "--max-steps", "40",
-    "--eval-every", "5", "--n-boot", "5", "--workers", "1",
-]  # fmt: skip
+NQM = [*NQM_TINY, "--batch-sizes", "1,4,16", "--families", "sgd,momentum"]
+NET = [*NET_TINY, "--trials", "3"]
 KFAC = [
     "run", "--model", "mlp", "--data", "digits", "--width", "0.015625",
     "--steps", "12", "--batch-size", "32", "--checkpoints", "0,4,8",
     "--measure-examples", "48", "--inverse-interval", "3",
 ]  # fmt: skip
 
-BAD_ANALYSIS = [
-    [*NQM, "--batch-sizes", "0"],
-    [*NQM, "--batch-sizes", "x"],
-    [*NQM, "--families", "nope"],
-    [*NQM, "--powers", "2"],
-    [*NQM, "--targets", "-1"],
-    [*NQM, "--dim", "0"],
-    [*NQM, "--dim", "2.5"],
-    [*NQM, "--workers", "-3"],
-    [*NQM, "--device", "nowhere"],
-    [*NQM, "--executor", "slurm"],
-    [*NQM, "--ray-address", "x:1"],
-    [*NQM, "--problem", "missing.npz"],
-    [*NQM, "--problem", "."],
-    [*NQM, "--config", "missing.toml"],
-    [*NET, "--trials", "0"],
-    [*NET, "--optimizers", "lbfgs"],
-    [*NET, "--batch-sizes", "100000"],
-    [*NET, "--model", "no.such:factory"],
-    [*NET, "--data", "nope"],
-    [*NET, "--loss", "hinge"],
-    [*NET, "--metric", "accuracy"],
-    [*NET, "--target", "-1"],
-    [*NET, "--max-steps", "0"],
-    [*NET, "--schedule", "cosine"],
-    [*NET, "--archive", "missing-dir"],
-    ["verify-derivations", "--out", "no/such/dir/a.md"],
-    ["verify-derivations", "--json", "no/such/dir/a.json"],
-]
-BAD_KFAC = [
-    [*KFAC, "--steps", "-1"],
-    [*KFAC, "--batch-size", "100000"],
-    [*KFAC, "--model", "transformer9"],
-    [*KFAC, "--data", "nope"],
-    [*KFAC, "--optimizer", "lbfgs"],
-    [*KFAC, "--lr", "abc"],
-    [*KFAC, "--checkpoints", "x"],
-    [*KFAC, "--width", "-1"],
-    [*KFAC, "--config", "missing.toml"],
-    [*KFAC, "--data-size", "10"],
-    ["report", "missing-run"],
-]
+#: Bad options, each appended to the tiny command line of its command.
+BAD_NQM = (
+    "--batch-sizes=0 --batch-sizes=x --families=nope --powers=2 --targets=-1 "
+    "--dim=0 --dim=2.5 --workers=-3 --device=nowhere --executor=slurm "
+    "--ray-address=x:1 --problem=missing.npz --problem=. --config=missing.toml"
+).split()
+BAD_NET = (
+    "--trials=0 --optimizers=lbfgs --batch-sizes=100000 --model=no.such:factory "
+    "--data=nope --loss=hinge --metric=accuracy --target=-1 --max-steps=0 "
+    "--schedule=cosine --archive=missing-dir"
+).split()
+BAD_KFAC = (
+    "--steps=-1 --batch-size=100000 --model=transformer9 --data=nope "
+    "--optimizer=lbfgs --lr=abc --checkpoints=x --width=-1 --config=missing.toml "
+    "--data-size=10"
+).split()
+#: Bad command lines as a whole.
+BAD_LINES = (
+    (analysis_main, ["verify-derivations", "--out", "no/such/dir/a.md"]),
+    (analysis_main, ["verify-derivations", "--json", "no/such/dir/a.json"]),
+    (kfac_main, ["report", "missing-run"]),
+)
 
 
 def _env() -> dict[str, str]:
@@ -175,23 +148,24 @@ def _one_line_exit_2(code: int, err: str) -> None:
 
 
 def test_bad_options_are_one_line_and_create_no_folder(tmp_path, capsys):
-    for i, argv in enumerate(BAD_ANALYSIS + BAD_KFAC):
-        out = tmp_path / f"bad{i}" / "out"
-        full = [*argv, "--out", str(out)]
-        if argv[0] in ("nqm-scaling", "net-scaling"):
-            full += ["--figures", str(tmp_path / f"bad{i}" / "figs")]
-        if argv[0] == "report":
-            full = argv
-        main = kfac_main if argv in BAD_KFAC else analysis_main
+    cases = [(analysis_main, [*NQM, bad]) for bad in BAD_NQM]
+    cases += [(analysis_main, [*NET, bad]) for bad in BAD_NET]
+    cases += [(kfac_main, [*KFAC, bad]) for bad in BAD_KFAC]
+    for i, (main, argv) in enumerate([*cases, *BAD_LINES]):
+        folder = tmp_path / f"bad{i}"
+        if argv[0] != "report":
+            argv = [*argv, "--out", str(folder / "out")]
+        if argv[0].endswith("-scaling"):
+            argv += ["--figures", str(folder / "figs")]
         try:
-            code = main(full)
+            code = main(argv)
         except SystemExit as exc:  # argparse's own usage errors
             code = exc.code
         err = capsys.readouterr().err
         assert code == 2, (argv, err)
         assert "Traceback" not in err, argv
         assert len([x for x in err.strip().splitlines() if "error" in x]) == 1, err
-        assert not (tmp_path / f"bad{i}").exists(), argv
+        assert not folder.exists(), argv
 
 
 @pytest.mark.parametrize(
