@@ -16,7 +16,9 @@ metric reaches the target or the step budget runs out. Writes into ``--out``
 * ``critical_batch.csv``: per optimizer and threshold, the fit
   S(B) = S_min (1 + B_crit / B) with a bootstrap interval;
 * ``thresholds.csv``, ``config.toml`` (a valid ``--config``), ``sweep.json``
-  and ``manifest.json`` (config, versions, timings, files);
+  and ``manifest.json`` (config, versions, timings, and the SHA-256 of every
+  file, written last; :mod:`nqm.run_folder`: one run per folder at a time, and
+  a rerun resumes only from files whose checksums agree);
 
 and into ``--figures`` (default ``figures/net-scaling``) each figure as PNG and
 PDF with its points as CSV.

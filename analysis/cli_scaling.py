@@ -19,7 +19,12 @@ size, then writes
 Defaults live in :class:`analysis.config.ScalingConfig`; ``--quick`` applies the
 small preset :data:`analysis.config.QUICK_OVERRIDES`; ``--config FILE.toml`` sets
 the same keys; explicit options override the file. Every file is written
-atomically (temporary file + rename).
+atomically (temporary file + rename). ``--out`` and ``--figures`` are each owned
+by one run at a time (:mod:`nqm.run_folder`: a second run into either gets a
+one-line error naming the first); each gets its ``manifest.json`` last, listing
+every file the run wrote with its SHA-256, and the previous manifest is removed
+before anything is written, so a manifest never vouches for another run's files.
+Both folders are created only after every option has been validated.
 
 On a terminal a progress bar shows the tuning; otherwise (output to a log or a
 pipe) one line per finished curve goes to stderr. Each tuned curve is journalled
