@@ -94,7 +94,12 @@ from kfac_spectra.train_config import (
     resolve_config,
 )
 from nqm.config import config_to_toml
-from nqm.run_folder import CorruptFileError, RunFolder, open_run_folder
+from nqm.run_folder import (
+    CorruptFileError,
+    FolderInUseError,
+    RunFolder,
+    open_run_folder,
+)
 
 __all__ = [
     "FactorSource",
@@ -416,15 +421,19 @@ def train(
     run_dir = Path(run_dir)
     run = _build_run(config)  # every check before the directory is created
     with contextlib.ExitStack() as stack:
-        folder = None
-        if rank == 0:
-            _check_same_config(config, run_dir)
-            folder = stack.enter_context(
-                open_run_folder(run_dir, command=RUN_COMMAND, resume=True)
-            )
-        _resume(config, run_dir, run, folder)
-        if world > 1:
-            dist.barrier()  # every rank has read the resume state: rank 0 writes
+        folder, error = None, None
+        try:
+            if rank == 0:
+                _check_same_config(config, run_dir)
+                folder = stack.enter_context(
+                    open_run_folder(run_dir, command=RUN_COMMAND, resume=True)
+                )
+            _resume(config, run_dir, run, folder)
+        except (ValueError, OSError, FolderInUseError) as exc:
+            error = exc
+        # every rank has read the resume state (rank 0 writes from here on), and
+        # a rank that could not open the run stops every rank
+        _agree_on_opening(error, run_dir, world, run.measure_x.device)
         if folder is not None:
             folder.write_text("config.toml", config_to_toml(config))
             folder.write_json("config.json", _config_dict(config))
@@ -481,6 +490,27 @@ def _train_loop(
             if step_callback is not None:
                 step_callback(run.step, loss_value)
     return loss_value
+
+
+def _agree_on_opening(
+    error: BaseException | None, run_dir: Path, world: int, device: torch.device
+) -> None:
+    """Raise on every rank if any rank could not open the run (a corrupt file, a
+    folder in use), instead of leaving the others waiting for it.
+
+    Raises:
+        The rank's own error; on the other ranks a ValueError naming ``run_dir``.
+    """
+    failed = error is not None
+    if world > 1:
+        flag = torch.tensor([float(failed)], device=device)
+        dist.all_reduce(flag)
+        if flag.item() > 0 and not failed:
+            raise ValueError(
+                f"run_dir: another rank could not open {run_dir} (see rank 0's error)"
+            )
+    if error is not None:
+        raise error
 
 
 def _mean_over_ranks(value: Tensor, world: int) -> float:

@@ -106,8 +106,19 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             message = ""
         except ValueError as err:
             message = str(err)
+        # rank 0 alone verifies the step files: the other rank must not wait
+        # for it when one is corrupt
+        if rank == 0:
+            params = path / "sgd-straight" / "step_000004" / "params.npz"
+            params.write_bytes(params.read_bytes()[:-10])
+        dist.barrier()
+        try:
+            train(sgd, path / "sgd-straight")
+            corrupt = ""
+        except ValueError as err:
+            corrupt = str(err)
         torch.save(
-            {"writes": writes, "first": seen[0], "bad": message},
+            {"writes": writes, "first": seen[0], "bad": message, "corrupt": corrupt},
             path / f"rank-{rank}.pt",
         )
         dist.barrier()
@@ -162,6 +173,8 @@ def test_two_ranks_train_like_one_process_and_resume_across_world_sizes(
     assert any("kfac-killed" in w for w in logs[0]["writes"])
     assert all("divisible by the world size 2" in log["bad"] for log in logs)
     assert not (tmp_path / "bad").exists()  # the error came before any work
+    assert "params.npz: its checksum differs" in logs[0]["corrupt"]
+    assert "another rank could not open" in logs[1]["corrupt"]
 
     # K-FAC killed and resumed on 2 ranks: bit for bit
     assert all(log["first"] == KILL_AT - 1 for log in logs)
