@@ -137,7 +137,6 @@ class RunFolder:
         *,
         records: Mapping[str, Mapping[str, Any]] | None = None,
         meta: Mapping[str, Any] | None = None,
-        on_disk: bool = False,
     ) -> None:
         self.path = path
         self.command = command
@@ -145,8 +144,8 @@ class RunFolder:
             k: dict(v) for k, v in (records or {}).items()
         }
         self._meta: dict[str, Any] = dict(meta or {})
-        # the files the manifest on disk lists (None: there is no manifest)
-        self._listed: set[str] | None = set(self._records) if on_disk else None
+        # the files the manifest on disk lists (None: no manifest written yet)
+        self._listed: set[str] | None = None
         self._pending: dict[str, dict[str, Any]] = {}
 
     @property
