@@ -47,6 +47,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -76,6 +77,9 @@ MANIFEST_FILE = "manifest.json"
 RESERVED_KEYS: frozenset[str] = frozenset({"complete", "files", "pending"})
 #: What to do about a bad file of a folder written through a run folder.
 REMEDY = "restore it or run the command that wrote the folder again"
+#: Reads of the lock file, HOLDER_READ_PAUSE_S apart, for the holder's name.
+HOLDER_READ_TRIES = 20
+HOLDER_READ_PAUSE_S = 0.01
 #: Bytes read at a time while hashing.
 _CHUNK = 1 << 20
 
@@ -299,15 +303,18 @@ def _holder_text(command: str) -> str:
 
 
 def _describe_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 1 << 16, 0).decode("utf-8", "replace")
-        info = json.loads(text)
-        return (
-            f"pid {info['pid']} on {info['host']} ({info['command']}, "
-            f"started {info['started_utc']})"
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (it has not yet written who it is)"
+    # the holder writes who it is just after it takes the lock: wait a moment
+    # for it rather than report an unknown holder
+    for _ in range(HOLDER_READ_TRIES):
+        try:
+            info = json.loads(os.pread(fd, 1 << 16, 0).decode("utf-8", "replace"))
+            return (
+                f"pid {info['pid']} on {info['host']} ({info['command']}, "
+                f"started {info['started_utc']})"
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(HOLDER_READ_PAUSE_S)
+    return "another process (it has not written who it is)"
 
 
 def _lock(folder: Path, command: str) -> int:
