@@ -199,13 +199,13 @@ def output_folders(
             :func:`nqm.run_folder.open_run_folder`.
     """
     # imported here: building the parser of every command stays light
-    from nqm.run_folder import open_run_folder
+    from nqm.run_folder import open_run_folder, open_run_folders
 
-    with open_run_folder(out, command=command, resume=resume) as tables:
-        if figures is None:
-            yield tables, None
-        elif Path(figures).resolve() == Path(out).resolve():
-            yield tables, tables
-        else:
-            with open_run_folder(figures, command=command) as figs:
-                yield tables, figs
+    if figures is None or Path(figures).resolve() == Path(out).resolve():
+        with open_run_folder(out, command=command, resume=resume) as tables:
+            yield tables, (None if figures is None else tables)
+        return
+    # both locks before either folder is touched: one in use leaves both as they were
+    both = open_run_folders([out, figures], command=command, resume=[resume, False])
+    with both as (tables, figs):
+        yield tables, figs

@@ -172,19 +172,20 @@ def _report_folders(
     """Own the run directory (for ``nqm_problem.npz``; every file of it verified)
     and the figures folder, inside it or a folder of its own. The run manifest
     gets its ``complete`` flag back, also when the report fails."""
-    from nqm.run_folder import open_run_folder
+    from nqm.run_folder import open_run_folders
 
-    with open_run_folder(run_dir, command=REPORT_COMMAND, resume=True) as run:
-        meta = run.meta
+    inside = figures.resolve().is_relative_to(run_dir.resolve())
+    paths = [run_dir] if inside else [run_dir, figures]
+    flags = [True, False][: len(paths)]
+    with open_run_folders(paths, command=REPORT_COMMAND, resume=flags) as folders:
+        run, meta = folders[0], folders[0].meta
         try:
-            inside = figures.resolve().is_relative_to(run_dir.resolve())
             if inside:
                 rel = figures.resolve().relative_to(run_dir.resolve()).as_posix()
                 yield run, _FigureSink(run, "" if rel == "." else rel + "/")
             else:
-                with open_run_folder(figures, command=REPORT_COMMAND) as figs:
-                    yield run, _FigureSink(figs, "")
-                    figs.finish({"command": REPORT_COMMAND, "run_dir": str(run_dir)})
+                yield run, _FigureSink(folders[1], "")
+                folders[1].finish({"command": REPORT_COMMAND, "run_dir": str(run_dir)})
         finally:
             (run.finish if complete else run.checkpoint)(meta)
 

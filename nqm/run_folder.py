@@ -63,6 +63,7 @@ __all__ = [
     "check_file",
     "file_digest",
     "open_run_folder",
+    "open_run_folders",
     "read_json_object",
     "read_verified",
     "verify_folder",
@@ -506,6 +507,64 @@ def _resume_records(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | Non
     return records, meta
 
 
+def _prepare(folder: Path, command: str, resume: bool) -> RunFolder:
+    """Clean a locked folder and open it for a run (see :func:`open_run_folder`)."""
+    _remove_stale_temporaries(folder)
+    previous = _resume_records(folder) if resume else None
+    if previous is None:
+        (folder / MANIFEST_FILE).unlink(missing_ok=True)
+        return RunFolder(folder, command)
+    records, meta = previous
+    run = RunFolder(folder, command, records=records, meta=meta)
+    run.checkpoint(meta)
+    return run
+
+
+@contextlib.contextmanager
+def open_run_folders(
+    paths: Sequence[str | os.PathLike],
+    *,
+    command: str,
+    resume: bool | Sequence[bool] = False,
+) -> Iterator[list[RunFolder]]:
+    """Own several output folders for one run (e.g. its tables and its figures).
+
+    Every folder's lock is taken before any folder is cleaned or its manifest
+    touched, so that a folder in use leaves the others as they were.
+
+    Args:
+        paths: distinct folders (each created with its parents).
+        command: what runs (written into the lock files).
+        resume: per folder (or one for all), as in :func:`open_run_folder`.
+
+    Yields:
+        One :class:`RunFolder` per path; the locks are released on exit.
+
+    Raises:
+        ValueError: if a path exists and is not a directory, or two paths are
+            one folder.
+        FolderInUseError: if another run holds one of the folders.
+        CorruptFileError: as :func:`open_run_folder`.
+    """
+    folders = [Path(p) for p in paths]
+    resumes = [resume] * len(folders) if isinstance(resume, bool) else list(resume)
+    if len(resumes) != len(folders):
+        raise ValueError("resume: one flag per folder")
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"out: {folder} exists and is not a directory")
+    if len({f.resolve() for f in folders}) != len(folders):
+        raise ValueError(f"paths: {[str(f) for f in folders]} name one folder twice")
+    with contextlib.ExitStack() as stack:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            stack.callback(_unlock, _lock(folder, command))
+        yield [
+            _prepare(folder, command, flag)
+            for folder, flag in zip(folders, resumes, strict=True)
+        ]
+
+
 @contextlib.contextmanager
 def open_run_folder(
     path: str | os.PathLike, *, command: str, resume: bool = False
@@ -529,21 +588,5 @@ def open_run_folder(
         CorruptFileError: with ``resume``, if a file of the previous manifest
             is missing or corrupted.
     """
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"out: {folder} exists and is not a directory")
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = _lock(folder, command)
-    try:
-        _remove_stale_temporaries(folder)
-        previous = _resume_records(folder) if resume else None
-        if previous is None:
-            (folder / MANIFEST_FILE).unlink(missing_ok=True)
-            run = RunFolder(folder, command)
-        else:
-            records, meta = previous
-            run = RunFolder(folder, command, records=records, meta=meta)
-            run.checkpoint(meta)
+    with open_run_folders([path], command=command, resume=resume) as (run,):
         yield run
-    finally:
-        _unlock(fd)

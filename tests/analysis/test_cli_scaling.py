@@ -29,6 +29,7 @@ from analysis.__main__ import build_parser, main
 from analysis.cli_scaling import config_from_args
 from analysis.config import QUICK_OVERRIDES, ScalingConfig, parse_batch_sizes
 from analysis.lr_range import DEGENERATE_RATIO
+from nqm.run_folder import verify_folder
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
@@ -70,6 +71,9 @@ def test_in_process_end_to_end(tmp_path):
     assert not [
         p for p in list(out.iterdir()) + list(figs.iterdir()) if p.suffix == ".tmp"
     ]
+    # each folder's manifest lists its files with their checksums
+    assert verify_folder(out)["complete"] and verify_folder(figs)["complete"]
+    assert "steps_vs_batch_by_family.png" in verify_folder(figs)["files"]
 
     rows = _read_csv(out / "records.csv")
     js = json.loads((out / "records.json").read_text())

@@ -23,6 +23,7 @@ from kfac_spectra.powerlaw import fit_power_law
 from kfac_spectra.spectra import FactorSpectrum, kfac_eigenvalues
 from kfac_spectra.train import load_checkpoint_arrays
 from nqm import NQMProblem
+from nqm.run_folder import verify_folder
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_ARGS = [
@@ -66,6 +67,11 @@ def test_run_and_report(run_dir, tmp_path, capsys):
     np.testing.assert_array_equal(problem.c, expected.c)
     np.testing.assert_array_equal(problem.init_sq, expected.init_sq)
     assert f"{problem.n_modes} modes" in printed
+    # the run keeps a complete manifest listing the problem; the figures folder
+    # has its own
+    assert "nqm_problem.npz" in verify_folder(run_dir)["files"]
+    assert verify_folder(run_dir)["complete"] is True
+    assert "e1_spectra.png" in verify_folder(figures)["files"]
 
     _, stats, _ = load_checkpoint_arrays(run_dir, 6)
     comparison = compare_variance_curvature(stats)

@@ -153,12 +153,6 @@ def test_incomplete_run_is_refused_unless_the_final_step_is_named(
     manifest = verify_folder(run)
     assert manifest["complete"] is False and "nqm_problem.npz" in manifest["files"]
     assert "figures/e1_spectra.png" in manifest["files"]
-    # resuming finishes the run; then no final step needs naming
-    assert main(["run", "--out", str(run), *RUN_ARGS]) == 0
-    assert verify_folder(run)["complete"] is True
-    np.testing.assert_array_equal(
-        estimate_nqm(run, 0).init_sq, estimate_nqm(run, 0, final_step=6).init_sq
-    )
 
 
 def test_a_second_run_into_a_folder_in_use_is_one_line(runs, tmp_path, capsys):

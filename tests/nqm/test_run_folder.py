@@ -102,6 +102,23 @@ def test_second_run_is_refused_naming_the_holder(tmp_path):
         run.finish({})
 
 
+def test_several_folders_are_locked_before_any_is_touched(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    with rf.open_run_folders([a, b], command="test", resume=[True, False]) as runs:
+        for run in runs:
+            run.write_text("x.txt", run.path.name)
+            run.finish({})
+    before = (a / "manifest.json").read_bytes()
+    with rf.open_run_folder(b, command="holder"):
+        with pytest.raises(rf.FolderInUseError, match="holder"):
+            with rf.open_run_folders([a, b], command="test"):
+                pass  # never reached
+    assert (a / "manifest.json").read_bytes() == before  # a was not touched
+    with pytest.raises(ValueError, match="twice"):
+        with rf.open_run_folders([a, tmp_path / "." / "a"], command="test"):
+            pass
+
+
 def test_an_exception_releases_the_lock_and_writes_no_manifest(tmp_path):
     out = tmp_path / "out"
     with rf.open_run_folder(out, command="test") as run:
