@@ -354,9 +354,9 @@ def _checkpoint(config: TrainConfig, folder: RunFolder | None, run: _Run) -> Non
     names = [f"{step_dir('', step).name}/{n}" for n in (*STEP_FILES, MANIFEST_FILE)]
     for name in names:  # out of the manifest before they are written again
         folder.file(name)
-    entry = _collect(config, folder.path, run)
-    for name in names:
-        folder.record(name)
+    entry, digests = _collect(config, folder.path, run)
+    for name in names:  # the data files as hashed while they were written
+        folder.record(name, digests.get(name.rsplit("/", 1)[1]))
     run.manifest["checkpoints"] = sorted(
         [c for c in run.manifest["checkpoints"] if c["step"] != step] + [entry],
         key=lambda c: c["step"],
@@ -523,8 +523,15 @@ def _mean_over_ranks(value: Tensor, world: int) -> float:
     return float(value)
 
 
-def _collect(config: TrainConfig, run_dir: Path, run: _Run) -> dict[str, Any]:
-    """Copy the parameters into the twin, evaluate, collect and log one line."""
+def _collect(
+    config: TrainConfig, run_dir: Path, run: _Run
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copy the parameters into the twin, evaluate, collect and log one line.
+
+    Returns:
+        The step's entry of the run manifest, and the checksums of its data
+        files (``name -> {"sha256", "bytes"}``, from the step manifest).
+    """
     step, twin, optimizer, data = run.step, run.twin, run.optimizer, run.data
     measure_x, measure_y = run.measure_x, run.measure_y
     twin.load_state_dict(run.model.state_dict())
@@ -568,4 +575,5 @@ def _collect(config: TrainConfig, run_dir: Path, run: _Run) -> dict[str, Any]:
         entry["num_directions"],
         entry["collect_seconds"],
     )
-    return {k: entry[k] for k in ("step", "measure_loss", "test_loss", "test_accuracy")}
+    kept = {k: entry[k] for k in ("step", "measure_loss", "test_loss", "test_accuracy")}
+    return kept, entry["files"]

@@ -221,14 +221,29 @@ class RunFolder:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def record(self, name: str) -> None:
-        """Checksum ``name``, a file written by other means, into the manifest.
+    def record(self, name: str, digest: Mapping[str, Any] | None = None) -> None:
+        """Record ``name``, a file written by other means, in the manifest.
+
+        Args:
+            name: the file, relative to the folder.
+            digest: its ``{"sha256", "bytes"}`` when the writer computed them
+                from the bytes it wrote (:func:`file_digest` of the file
+                otherwise: it is read once more).
 
         Raises:
             FileNotFoundError: if the file does not exist.
+            ValueError: if ``digest`` is not such a record, or its size is not
+                the file's.
         """
         name = _check_name(name)
-        self._records[name] = file_digest(self.path / name)
+        path = self.path / name
+        if digest is None:
+            self._records[name] = file_digest(path)
+            return
+        size = path.stat().st_size
+        if not isinstance(digest.get("sha256"), str) or digest.get("bytes") != size:
+            raise ValueError(f"digest: {dict(digest)!r} is not the record of {path}")
+        self._records[name] = {"sha256": digest["sha256"], "bytes": size}
 
     def write_bytes(self, name: str, data: bytes) -> Path:
         """Write ``data`` atomically (:func:`nqm.io.write_atomic`) and record it."""

@@ -226,6 +226,17 @@ def test_resume_refuses_a_corrupted_file_and_keeps_verified_ones(tmp_path):
             pass
 
 
+def test_record_takes_a_digest_computed_while_writing(tmp_path):
+    with rf.open_run_folder(tmp_path / "out", command="test") as run:
+        run.file("a.bin").write_bytes(b"abc")
+        good = {"sha256": hashlib.sha256(b"abc").hexdigest(), "bytes": 3}
+        run.record("a.bin", good)
+        with pytest.raises(ValueError, match="digest"):
+            run.record("a.bin", {"sha256": good["sha256"], "bytes": 4})
+        run.finish({})
+    assert rf.verify_folder(tmp_path / "out")["files"]["a.bin"] == good
+
+
 def test_bad_arguments(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
