@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -44,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kfac_spectra import KFAC
 from kfac_spectra.kfac.toy_models import cnn1d, mlp
+from kfac_spectra.launch import spawn_local
 
 KFAC_KW = {"lr": 0.01, "damping": 0.03, "kl_clip": 1e-3}  # as bench_kfac.py
 FACTOR_INTERVAL, INVERSE_INTERVAL = 10, 100
@@ -250,27 +249,13 @@ def inverse_section(rank: int, world: int, blocks: int, width: int, reps: int) -
     )
 
 
-def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+def _worker(rank: int, world: int, args: argparse.Namespace) -> None:
+    lines = [] if args.inverse_only else step_section(rank, world, args.rounds)
+    lines.append(
+        inverse_section(rank, world, args.blocks, args.width, args.inverse_reps)
     )
-    try:
-        lines = [] if args.inverse_only else step_section(rank, world, args.rounds)
-        lines.append(
-            inverse_section(rank, world, args.blocks, args.width, args.inverse_reps)
-        )
-        if rank == 0:
-            print("\n".join(lines), flush=True)
-        dist.barrier()  # nobody leaves while another rank still works
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    if rank == 0:
+        print("\n".join(lines), flush=True)
 
 
 def main() -> None:
@@ -289,13 +274,7 @@ def main() -> None:
     if args.quick:
         args.rounds, args.blocks, args.width, args.inverse_reps = 1, 4, 64, 2
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    mp.start_processes(
-        _worker,
-        args=(args.ranks, _free_port(), args),
-        nprocs=args.ranks,
-        join=True,
-        start_method="spawn",
-    )
+    spawn_local(_worker, args.ranks, args, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -116,15 +116,21 @@ logger = logging.getLogger(__name__)
 
 
 class InverseLayout(enum.StrEnum):
-    """Who decomposes which block under a process group (see the module docstring).
+    """Who decomposes and applies which block under a process group (see the
+    module docstring).
 
     Attributes:
-        SHARED: Each block by one rank (cost balanced), broadcast to all.
-        REPLICATED: Every block by every rank, nothing sent.
+        SHARED: Each block decomposed by one rank (cost balanced) and broadcast;
+            every rank preconditions every block.
+        REPLICATED: Every block decomposed and applied by every rank, nothing sent.
+        OWNER: Each block decomposed, kept and applied by its owner alone, which
+            broadcasts the block's preconditioned gradient on every step
+            (memory-optimal).
     """
 
     SHARED = "shared"
     REPLICATED = "replicated"
+    OWNER = "owner"
 
 
 def resolve_process_group(process_group: Any) -> Any | None:
@@ -286,8 +292,9 @@ class DistContext:
         rank: This process's rank in ``group``.
         world_size: Number of ranks W.
         comm_bytes: Payload bytes this rank has sent into collectives, by kind
-            (``"vote"``, ``"statistics"``, ``"inverses"``, ``"scalars"``); an
-            all-reduce counts its buffer once, a broadcast once at the source.
+            (``"vote"``, ``"statistics"``, ``"inverses"``, ``"directions"``,
+            ``"scalars"``); an all-reduce counts its buffer once, a broadcast once
+            at the source.
         mismatched_batches: Factor steps on which some block's statistics were
             missing (or shaped differently) on some rank and were dropped by all.
     """
@@ -303,7 +310,13 @@ class DistContext:
     def __post_init__(self) -> None:
         self.rank = dist.get_rank(self.group)
         self.world_size = dist.get_world_size(self.group)
-        self.comm_bytes = {"vote": 0, "statistics": 0, "inverses": 0, "scalars": 0}
+        self.comm_bytes = {
+            "vote": 0,
+            "statistics": 0,
+            "inverses": 0,
+            "directions": 0,
+            "scalars": 0,
+        }
         self._owners: dict[Hashable, int] | None = None
         self._owner_keys: tuple[Hashable, ...] = ()
         # each rank's last exchanged descriptions of its decompositions
@@ -419,7 +432,14 @@ class DistContext:
     # ------------------------------------------------------------- inverses
     def owners(self, costs: Mapping[Hashable, float]) -> dict[Hashable, int]:
         """The owner of every block (:func:`assign_owners`; every rank owns every
-        block in the ``replicated`` layout). Cached while the set of keys stays."""
+        block in the ``replicated`` layout). Cached while the set of keys stays.
+
+        Args:
+            costs: Decomposition cost per block key, in a rank-independent order.
+
+        Returns:
+            The owning rank of every key, in the order of ``costs``.
+        """
         keys = tuple(costs)
         if self._owners is None or keys != self._owner_keys:
             self._owners = assign_owners(costs, self.world_size)
@@ -539,3 +559,75 @@ class DistContext:
                     inv.adopt_damped_inverses((damped, *damped_parts))
                 out[key] = inv
         return {key: out[key] for key in owners}
+
+    def agree_built(
+        self, built: Mapping[str, bool], owners: Mapping[str, int]
+    ) -> set[str]:
+        """The blocks whose owners built a decomposition on this inverse step.
+
+        For the ``owner`` layout, where nothing else tells a rank how the other
+        ranks' decompositions went: one all-reduce of a flag per block (each
+        block's owner sets it), so that every rank knows which blocks have a new
+        decomposition and which failed (and counts the failures like one process).
+
+        Args:
+            built: For every block this rank owns, whether its decomposition
+                succeeded.
+            owners: Owner per key (the same on every rank).
+
+        Returns:
+            The keys (of every rank) whose decomposition succeeded.
+        """
+        keys = list(owners)
+        flags = torch.zeros(len(keys), dtype=torch.int64)
+        for i, key in enumerate(keys):
+            if owners[key] == self.rank and built.get(key, False):
+                flags[i] = 1
+        flags = flags.to(self._device())
+        self.comm_bytes["inverses"] += flags.numel() * flags.element_size()
+        dist.all_reduce(flags, group=self.group)
+        return {key for key, flag in zip(keys, flags.tolist(), strict=True) if flag}
+
+    def share_directions(
+        self,
+        solved: Mapping[str, Tensor],
+        targets: Sequence[tuple[str, Tensor]],
+        owners: Mapping[str, int],
+    ) -> None:
+        """Broadcast each block's preconditioned gradient from its owner, in place.
+
+        One broadcast per rank that owns any of ``targets``, per dtype: its
+        blocks' solutions, concatenated in the order of ``targets``. Every rank
+        passes the same ``targets`` (keys, shapes and dtypes): the receivers
+        know what arrives without a description.
+
+        Args:
+            solved: This rank's solutions, by key (every target key it owns).
+            targets: ``(key, tensor)`` of every block to exchange, in the same
+                order on every rank; the tensors of other ranks' blocks are
+                overwritten with their owners' solutions (the owner's own are
+                left as they are; ``solved[key]`` may be the target itself).
+            owners: Owner per key.
+
+        Raises:
+            KeyError: If this rank owns a target key missing from ``solved``.
+        """
+        for rank in range(self.world_size):
+            by_dtype: dict[torch.dtype, list[tuple[str, Tensor]]] = {}
+            for key, target in targets:
+                if owners[key] == rank:
+                    by_dtype.setdefault(target.dtype, []).append((key, target))
+            for dtype, entries in by_dtype.items():
+                sizes = [t.numel() for _, t in entries]
+                if rank == self.rank:
+                    flat = torch.cat([solved[k].reshape(-1) for k, _ in entries])
+                    flat = flat.to(self._device(flat))
+                    self.comm_bytes["directions"] += flat.numel() * flat.element_size()
+                else:
+                    flat = torch.empty(sum(sizes), dtype=dtype, device=self._device())
+                dist.broadcast(flat, src=self._global_rank(rank), group=self.group)
+                if rank == self.rank:
+                    continue
+                parts = flat.split(sizes)
+                for (_, target), part in zip(entries, parts, strict=True):
+                    target.copy_(part.view(target.shape))

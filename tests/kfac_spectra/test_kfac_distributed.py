@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -33,6 +31,7 @@ from kfac_spectra.kfac.distributed import (
     resolve_process_group,
 )
 from kfac_spectra.kfac.inverse import CholeskyInverse, Damping, EigenInverse
+from kfac_spectra.launch import spawn_local
 
 DT = torch.float64
 PARITY_RTOL = 1e-10  # W ranks vs one process on the global batch, 20 steps
@@ -129,54 +128,74 @@ def _ce(out: Tensor, y: Tensor) -> Tensor:
 # ------------------------------------------------------------- scenarios
 # every scenario is run by the ranks on their slices and by one process on the
 # whole batch; options common to both, then how the ranks run it
+def _scenario(
+    layout: str,
+    *,
+    ddp: bool,
+    model: type[nn.Module] = Mixed,
+    closure: bool = False,
+    **kfac: Any,
+) -> dict[str, Any]:
+    """A scenario: its K-FAC options, the model class, DDP or a hand all-reduce,
+    and whether ``step`` gets a closure (LM damping)."""
+    return {
+        "kfac": {"inverse_layout": layout, **kfac},
+        "ddp": ddp,
+        "model": model,
+        "closure": closure,
+    }
+
+
+QMODEL = {
+    "step_rule": "qmodel",
+    "adapt_damping": True,
+    "lm_interval": 2,
+    "stats_batch_size": 6,
+    "damping": 1e-1,
+}
 SCENARIOS: dict[str, dict[str, Any]] = {
-    "type2_shared_ddp": {
-        "kfac": {"fisher_type": "type2", "inverse_layout": "shared"},
-        "ddp": True,
-    },
-    "type2_replicated_plain": {
-        "kfac": {"fisher_type": "type2", "inverse_layout": "replicated"},
-        "ddp": False,
-    },
-    "empirical_shared_plain": {
-        "kfac": {"fisher_type": "empirical", "inverse_layout": "shared"},
-        "ddp": False,
-    },
-    "empirical_replicated_ddp": {
-        "kfac": {"fisher_type": "empirical", "inverse_layout": "replicated"},
-        "ddp": True,
-    },
-    "chain_cholesky_shared_ddp": {
-        "kfac": {
-            "fisher_type": "type2",
-            "inverse_layout": "shared",
-            "inverse_method": "cholesky",
-            "rnn_approx": "chain",
-        },
-        "ddp": True,
-    },
-    "qmodel_lm_stats_shared_ddp": {
-        "kfac": {
-            "fisher_type": "type2",
-            "inverse_layout": "shared",
-            "step_rule": "qmodel",
-            "adapt_damping": True,
-            "lm_interval": 2,
-            "stats_batch_size": 6,
-            "damping": 1e-1,
-        },
-        "ddp": True,
-        "closure": True,
-    },
-    "tridiagonal_shared_ddp": {
-        "kfac": {
-            "fisher_type": "type2",
-            "inverse_layout": "shared",
-            "structure": "block_tridiagonal",
-        },
-        "ddp": True,
-        "model": Chain,
-    },
+    "type2_shared_ddp": _scenario("shared", ddp=True, fisher_type="type2"),
+    "type2_replicated_plain": _scenario("replicated", ddp=False, fisher_type="type2"),
+    "type2_owner_ddp": _scenario("owner", ddp=True, fisher_type="type2"),
+    "empirical_shared_plain": _scenario("shared", ddp=False, fisher_type="empirical"),
+    "empirical_replicated_ddp": _scenario(
+        "replicated", ddp=True, fisher_type="empirical"
+    ),
+    "empirical_owner_plain": _scenario("owner", ddp=False, fisher_type="empirical"),
+    "chain_cholesky_shared_ddp": _scenario(
+        "shared",
+        ddp=True,
+        fisher_type="type2",
+        inverse_method="cholesky",
+        rnn_approx="chain",
+    ),
+    "chain_tikhonov_owner_plain": _scenario(
+        "owner",
+        ddp=False,
+        fisher_type="type2",
+        rnn_approx="chain",
+        damping_type="tikhonov",
+    ),
+    "qmodel_lm_stats_shared_ddp": _scenario(
+        "shared", ddp=True, closure=True, fisher_type="type2", **QMODEL
+    ),
+    "qmodel_lm_stats_owner_ddp": _scenario(
+        "owner", ddp=True, closure=True, fisher_type="type2", **QMODEL
+    ),
+    "tridiagonal_shared_ddp": _scenario(
+        "shared",
+        ddp=True,
+        model=Chain,
+        fisher_type="type2",
+        structure="block_tridiagonal",
+    ),
+    "tridiagonal_owner_ddp": _scenario(
+        "owner",
+        ddp=True,
+        model=Chain,
+        fisher_type="type2",
+        structure="block_tridiagonal",
+    ),
 }
 BASE_KFAC = {
     "loss": "ce",
@@ -243,14 +262,14 @@ def _slice(
 def single_process(name: str, steps: int = STEPS) -> Tensor:
     """The oracle: one process on the global batch."""
     spec = SCENARIOS[name]
-    model = _init(spec.get("model", Mixed)(), 1)
+    model = _init(spec["model"](), 1)
     opt = _optimizer(model, spec, process_group=False)
     _run(
         model,
         model,
         opt,
         _mixed_batches(2, GLOBAL_BATCH, steps),
-        closure=bool(spec.get("closure")),
+        closure=spec["closure"],
     )
     return _flat(model)
 
@@ -259,7 +278,7 @@ def single_process(name: str, steps: int = STEPS) -> Tensor:
 def _rank_scenarios(rank: int, world: int, out: Path, names: list[str]) -> None:
     for name in names:
         spec = SCENARIOS[name]
-        model = _init(spec.get("model", Mixed)(), 1)
+        model = _init(spec["model"](), 1)
         net = DistributedDataParallel(model) if spec["ddp"] else model
         opt = _optimizer(net, spec)
         batches = _slice(_mixed_batches(2, GLOBAL_BATCH, STEPS), rank, world)
@@ -268,7 +287,7 @@ def _rank_scenarios(rank: int, world: int, out: Path, names: list[str]) -> None:
             net,
             opt,
             batches,
-            closure=bool(spec.get("closure")),
+            closure=spec["closure"],
             allreduce=not spec["ddp"],
         )
         torch.save(_flat(model), out / f"{name}-{rank}.pt")
@@ -298,30 +317,33 @@ def _nan_batches() -> list[tuple[Tensor, Tensor]]:
     return batches
 
 
-def _rank_checkpoint(rank: int, world: int, out: Path) -> None:
-    """Save at step 10 (rank 0 writes), continue to 20; and resume from a
-    single-process checkpoint at step 10."""
-    spec = SCENARIOS["type2_shared_ddp"]
+CHECKPOINTED = ("type2_shared_ddp", "type2_owner_ddp")  # saved and resumed
+CHECKPOINTS = [f"checkpoint:{name}" for name in CHECKPOINTED]
+
+
+def _rank_checkpoint(rank: int, world: int, out: Path, name: str) -> None:
+    """Save at step 10 (every rank takes the state, rank 0 writes), continue to
+    20; and resume from a single-process checkpoint at step 10."""
+    spec = SCENARIOS[name]
     batches = _slice(_mixed_batches(2, GLOBAL_BATCH, STEPS), rank, world)
     model = _init(Mixed(), 1)
     net = DistributedDataParallel(model)
     opt = _optimizer(net, spec)
     _run(model, net, opt, batches[:10])
+    state = {"model": model.state_dict(), "opt": opt.state_dict()}
     if rank == 0:
-        torch.save(
-            {"model": model.state_dict(), "opt": opt.state_dict()}, out / "ckpt-dist.pt"
-        )
+        torch.save(state, out / f"ckpt-dist-{name}.pt")
     _run(model, net, opt, batches[10:])
-    torch.save(_flat(model), out / f"ckpt-continued-{rank}.pt")
+    torch.save(_flat(model), out / f"ckpt-continued-{name}-{rank}.pt")
     # resume the single process's checkpoint on these ranks
-    state = torch.load(out / "ckpt-single.pt", weights_only=False)
+    state = torch.load(out / f"ckpt-single-{name}.pt", weights_only=False)
     model = _init(Mixed(), 9)
     model.load_state_dict(state["model"])
     net = DistributedDataParallel(model)
     opt = _optimizer(net, spec)
     opt.load_state_dict(state["opt"])
     _run(model, net, opt, batches[10:])
-    torch.save(_flat(model), out / f"ckpt-resumed-{rank}.pt")
+    torch.save(_flat(model), out / f"ckpt-resumed-{name}-{rank}.pt")
 
 
 def _rank_mc(rank: int, world: int, out: Path) -> None:
@@ -418,45 +440,25 @@ def _rank_context(rank: int, world: int, out: Path) -> None:
     )
 
 
-def _worker(rank: int, world: int, port: int, out: str, jobs: list[str]) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        path = Path(out)
-        for job in jobs:
-            if job == "nonfinite":
-                _rank_nonfinite(rank, world, path)
-            elif job == "checkpoint":
-                _rank_checkpoint(rank, world, path)
-            elif job == "mc":
-                _rank_mc(rank, world, path)
-            elif job == "bad_batch":
-                _rank_bad_batch(rank, world, path)
-            elif job == "context":
-                _rank_context(rank, world, path)
-            else:
-                _rank_scenarios(rank, world, path, [job])
-        dist.barrier()  # nobody leaves while another rank still works
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world: int, out: str, jobs: list[str]) -> None:
+    path = Path(out)
+    for job in jobs:
+        if job == "nonfinite":
+            _rank_nonfinite(rank, world, path)
+        elif job.startswith("checkpoint:"):
+            _rank_checkpoint(rank, world, path, job.split(":")[1])
+        elif job == "mc":
+            _rank_mc(rank, world, path)
+        elif job == "bad_batch":
+            _rank_bad_batch(rank, world, path)
+        elif job == "context":
+            _rank_context(rank, world, path)
+        else:
+            _rank_scenarios(rank, world, path, [job])
 
 
 def _spawn(world: int, out: Path, jobs: list[str]) -> None:
-    mp.start_processes(
-        _worker,
-        args=(world, _free_port(), str(out), jobs),
-        nprocs=world,
-        join=True,
-        start_method="spawn",
-    )
+    spawn_local(_worker, world, str(out), jobs)
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
@@ -465,24 +467,39 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 # ------------------------------------------------------------------ tests
 def _single_checkpoint(out: Path) -> None:
-    spec = SCENARIOS["type2_shared_ddp"]
-    model = _init(Mixed(), 1)
-    opt = _optimizer(model, spec, process_group=False)
-    _run(model, model, opt, _mixed_batches(2, GLOBAL_BATCH, 10))
-    torch.save(
-        {"model": model.state_dict(), "opt": opt.state_dict()}, out / "ckpt-single.pt"
-    )
+    for name in CHECKPOINTED:
+        model = _init(Mixed(), 1)
+        opt = _optimizer(model, SCENARIOS[name], process_group=False)
+        _run(model, model, opt, _mixed_batches(2, GLOBAL_BATCH, 10))
+        torch.save(
+            {"model": model.state_dict(), "opt": opt.state_dict()},
+            out / f"ckpt-single-{name}.pt",
+        )
 
 
-def _resume_single(out: Path) -> Tensor:
-    spec = SCENARIOS["type2_shared_ddp"]
-    state = torch.load(out / "ckpt-dist.pt", weights_only=False)
+def _resume_single(out: Path, name: str) -> Tensor:
+    state = torch.load(out / f"ckpt-dist-{name}.pt", weights_only=False)
     model = _init(Mixed(), 9)
     model.load_state_dict(state["model"])
-    opt = _optimizer(model, spec, process_group=False)
+    opt = _optimizer(model, SCENARIOS[name], process_group=False)
     opt.load_state_dict(state["opt"])
     _run(model, model, opt, _mixed_batches(2, GLOBAL_BATCH, STEPS)[10:])
     return _flat(model)
+
+
+def _check_resumed(out: Path, world: int) -> None:
+    """W ranks -> 1 process, and 1 process -> W ranks, in each checkpointed
+    scenario: the trajectory of the uninterrupted run."""
+    for name in CHECKPOINTED:
+        continued = torch.load(out / f"ckpt-continued-{name}-0.pt")
+        assert _rel(_resume_single(out, name), continued) < PARITY_RTOL, name
+        uninterrupted = single_process(name)
+        for rank in range(world):
+            resumed = torch.load(out / f"ckpt-resumed-{name}-{rank}.pt")
+            assert _rel(resumed, uninterrupted) < PARITY_RTOL, (name, rank)
+            assert torch.equal(
+                torch.load(out / f"ckpt-continued-{name}-{rank}.pt"), continued
+            )
 
 
 def _check_parity(out: Path, world: int, names: list[str]) -> None:
@@ -538,7 +555,7 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
     names = list(SCENARIOS)
     _single_checkpoint(tmp_path)
     _spawn(
-        2, tmp_path, [*names, "nonfinite", "checkpoint", "mc", "bad_batch", "context"]
+        2, tmp_path, [*names, *CHECKPOINTS, "nonfinite", "mc", "bad_batch", "context"]
     )
     _check_parity(tmp_path, 2, names)
 
@@ -549,13 +566,7 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
     assert torch.equal(got[0]["params"], got[1]["params"])  # bit for bit
     assert _rel(got[0]["params"], want) < PARITY_RTOL
 
-    # 2 ranks -> 1 process, and 1 process -> 2 ranks
-    continued = torch.load(tmp_path / "ckpt-continued-0.pt")
-    assert _rel(_resume_single(tmp_path), continued) < PARITY_RTOL
-    uninterrupted = single_process("type2_shared_ddp")
-    for rank in range(2):
-        resumed = torch.load(tmp_path / f"ckpt-resumed-{rank}.pt")
-        assert _rel(resumed, uninterrupted) < PARITY_RTOL
+    _check_resumed(tmp_path, 2)
 
     # MC: the mean of the distributed estimates is the exact (type-2) factor
     samples = torch.load(tmp_path / "mc.pt")
@@ -602,10 +613,9 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
 def test_three_ranks_match_one_process(tmp_path: Path) -> None:
     names = list(SCENARIOS)
     _single_checkpoint(tmp_path)
-    _spawn(3, tmp_path, [*names, "checkpoint"])
+    _spawn(3, tmp_path, [*names, *CHECKPOINTS])
     _check_parity(tmp_path, 3, names)
-    continued = torch.load(tmp_path / "ckpt-continued-0.pt")
-    assert _rel(_resume_single(tmp_path), continued) < PARITY_RTOL
+    _check_resumed(tmp_path, 3)
 
 
 def test_requested_group_needs_initialised_distributed() -> None:
