@@ -48,34 +48,75 @@ rank (longest processing time first; within 4/3 of the best balance).
   inverses. It wins when the decompositions are cheap next to sending them (small
   blocks, slow links), ``shared`` when they are expensive (large blocks, many
   ranks).
+* ``owner`` (KAISA's memory-optimal layout): each block's owner alone decomposes
+  and keeps its decomposition, and on every step computes that block's
+  preconditioned gradient ``X = (S ⊗ A + damping)^{-1} G`` and broadcasts it;
+  nothing of the decompositions is sent. Each rank holds about 1/W of the
+  decompositions (the factors' moving averages stay on every rank) and does about 1/W of the every-step solves (in proportion to
+  its blocks' sizes), for one broadcast of the solved blocks per step. It wins
+  when memory is short or the solves dominate the step (small per-rank
+  batches, wide layers, many ranks on a fast link). ``state_dict()`` is then a
+  collective (every rank calls it; the owners broadcast the decompositions).
 
-Either way the preconditioned gradient ``v`` is computed by every rank from the
-same gradient and the same decompositions, so ``vᵀg`` (KL clipping) and the
-quadratic model's terms that involve only ``v`` and ``g`` are the same on every
-rank without communication, and so is the finiteness check of ``v`` and ``g``.
-(The ranks' decompositions of identical factors are identical when they run the
-same kernels, as they do on one kind of device; ``shared`` makes them identical
-by construction.)
+In every layout every rank ends up with the same full preconditioned gradient
+``v`` (computed by itself, or received from the owners), so ``vᵀg`` (KL
+clipping) and the quadratic model's terms that involve only ``v`` and ``g`` are
+the same on every rank without further communication, and so is the
+finiteness check of ``v`` and ``g``. (The ranks' decompositions of identical
+factors are identical when they run the same kernels, as they do on one kind of
+device; ``shared`` makes them identical by construction, and ``owner`` has one
+copy.)
 
-**Communication per step** (payload, besides DDP's all-reduce of the gradient,
-``P`` numbers; ``n`` the sides of the blocks' factors, ``K`` the number of
-blocks):
+**Communication per step.** Payload bytes, besides DDP's all-reduce of the
+gradient (``P`` numbers of ``b`` bytes: 4 for float32, 8 for float64). ``K``
+blocks; a block's factors have sides ``n`` (``n_A = in'``, ``n_S = out``), its
+gradient matrix ``out × in'`` numbers; ``f`` and ``i`` the factor and inverse
+intervals.
 
-* factor steps: one all-reduce of an integer vote vector (``2K + 2`` numbers:
-  which statistics each rank has, and its batch size) and one all-reduce of all
-  statistics (``Σ n²``, both factors of every block, about ``P`` for square-ish
-  layers, much less for wide ones);
-* inverse steps, ``shared`` only: one all-reduce of a flag per rank (an
-  all-gather of pickled descriptions of the decompositions when they change: the
-  first time, or when a block's fails), then one broadcast per rank of its
-  decompositions, received by each rank: per dense factor its eigenvectors and
-  eigenvalues and, with factored damping, its damped inverse, ``2n² + n`` numbers
-  (``n²`` for a Cholesky inverse);
-* every step with a ``loss`` passed to ``step()``: one all-reduce of one number
-  (its global mean, so that a non-finite loss on one rank skips the step on all);
-* ``step_rule="qmodel"`` and the damping adaptation: one all-reduce of the 1-3
-  output-space curvature terms ``uᵀHw`` (each rank has its own batch) and one of
-  the loss after the step.
+.. list-table::
+   :header-rows: 1
+
+   * - What
+     - When
+     - ``shared``
+     - ``replicated``
+     - ``owner``
+   * - vote (which statistics each rank has, its batch size): all-reduce
+     - factor steps
+     - ``8(2K + 2)``
+     - ``8(2K + 2)``
+     - ``8(2K + 2)``
+   * - statistics: one all-reduce of every block's ``A`` and ``S``
+     - factor steps
+     - ``b Σ (n_A² + n_S²)``
+     - same
+     - same
+   * - decompositions: one broadcast per rank, its blocks'; per dense factor
+       eigenvectors, eigenvalues and (factored damping) the damped inverse,
+       ``2n² + n`` numbers (``n²`` for a Cholesky inverse), plus a flag per rank
+     - inverse steps
+     - ``b Σ (2n² + n)`` in all, ``1/W`` of it per rank
+     - 0
+     - ``8K`` (a flag per block: which owners succeeded)
+   * - preconditioned gradients: one broadcast per rank, its blocks' ``X``
+     - every step
+     - 0
+     - 0
+     - ``b Σ out·in'`` in all (about the gradient size), ``1/W`` of it per rank
+   * - losses and curvature terms (``loss`` given to ``step()``, the
+       ``qmodel`` rule, damping adaptation): all-reduce of 1-3 numbers
+     - when used
+     - ``8`` to ``24``
+     - same
+     - same
+
+Per step on average the statistics cost ``1/f`` of their all-reduce and the
+decompositions ``1/i`` of their broadcasts, while ``owner`` sends its
+directions on every step: ``owner`` costs about one more gradient-sized
+collective per step (:attr:`DistContext.comm_bytes` counts every kind; the
+benchmark ``benchmarks/bench_kfac_distributed.py`` prints them against the
+gradient). The broadcasts of a rank's decompositions also send, the first time
+and when a block's decomposition fails, an all-gather of pickled descriptions.
 
 References:
     Pauloski et al. (2021), "KAISA: an adaptive second-order optimizer framework

@@ -297,6 +297,12 @@ class KFAC(torch.optim.Optimizer):
         return dict(self._blocks.blocks)
 
     @property
+    def held_inverses(self) -> list[str]:
+        """The blocks whose decomposition this process holds: all that have one,
+        but in the ``owner`` layout only those this rank owns."""
+        return list(self._inverses)
+
+    @property
     def distributed(self) -> DistContext | None:
         """The process group's context (rank, world size, bytes sent), or
         ``None`` when running as one process."""

@@ -1,9 +1,10 @@
 """Data-parallel K-FAC on torch.distributed (gloo, 2 and 3 local processes).
 
 The oracle is one process on the concatenated global batch: W ranks, each with
-its slice, must follow the same trajectory (to rounding), with the inverse work
-shared or replicated, with the model wrapped in DDP or plain with the gradients
-all-reduced by hand. Spawning processes is slow, so each spawn runs many
+its slice, must follow the same trajectory (to rounding), in every inverse
+layout (decompositions shared, replicated, or kept by their owners, which send
+the preconditioned gradients), with the model wrapped in DDP or plain with the
+gradients all-reduced by hand. Spawning processes is slow, so each spawn runs many
 scenarios and the parent checks them all.
 """
 
@@ -260,7 +261,13 @@ def _slice(
 
 
 def single_process(name: str, steps: int = STEPS) -> Tensor:
-    """The oracle: one process on the global batch."""
+    """The oracle: one process on the global batch; its parameters."""
+    return _single(name, steps)[0]
+
+
+def _single(name: str, steps: int = STEPS) -> tuple[Tensor, set[str]]:
+    """One process on the global batch: its parameters and the blocks whose
+    decompositions it holds."""
     spec = SCENARIOS[name]
     model = _init(spec["model"](), 1)
     opt = _optimizer(model, spec, process_group=False)
@@ -271,7 +278,7 @@ def single_process(name: str, steps: int = STEPS) -> Tensor:
         _mixed_batches(2, GLOBAL_BATCH, steps),
         closure=spec["closure"],
     )
-    return _flat(model)
+    return _flat(model), set(opt.held_inverses)
 
 
 # ------------------------------------------------------------ rank worker
@@ -291,6 +298,7 @@ def _rank_scenarios(rank: int, world: int, out: Path, names: list[str]) -> None:
             allreduce=not spec["ddp"],
         )
         torch.save(_flat(model), out / f"{name}-{rank}.pt")
+        torch.save(set(opt.held_inverses), out / f"{name}-held-{rank}.pt")
 
 
 def _rank_nonfinite(rank: int, world: int, out: Path) -> None:
@@ -428,6 +436,15 @@ def _rank_context(rank: int, world: int, out: Path) -> None:
     made["x"].two_sided(Damping(True, 0.1))  # damped inverses travel along
     local = {k: v for k, v in made.items() if owners[k] == rank}
     shared = ctx.share_inverses(local, owners, torch.device("cpu"))
+    # directions: each rank's own blocks filled in, the others' NaN until
+    # received; "y" fails on its owner
+    built = ctx.agree_built({k: k != "y" for k in owners if owners[k] == rank}, owners)
+    targets = [(k, torch.full(shape, math.nan, dtype=DT)) for k, shape in DIRECTIONS]
+    for key, target in targets:
+        if owners.get(key, 0) == rank:
+            target.copy_(_direction(key))
+    before = ctx.comm_bytes["directions"]
+    ctx.share_directions(dict(targets), targets, {**owners, "z": 0})
     torch.save(
         {
             "reduced": reduced,
@@ -435,9 +452,22 @@ def _rank_context(rank: int, world: int, out: Path) -> None:
             "made": made,
             "shared": shared,
             "damped": shared["x"].damped_inverses,
+            "built": built,
+            "directions": dict(targets),
+            "direction_bytes": ctx.comm_bytes["directions"] - before,
         },
         out / f"context-{rank}.pt",
     )
+
+
+DIRECTIONS = [("x", (2, 3)), ("y", (4,)), ("z", (1, 5))]
+
+
+def _direction(key: str) -> Tensor:
+    """Block ``key``'s preconditioned gradient in the DistContext test."""
+    shape = dict(DIRECTIONS)[key]
+    gen = torch.Generator().manual_seed(ord(key))
+    return torch.randn(shape, generator=gen, dtype=DT)
 
 
 def _worker(rank: int, world: int, out: str, jobs: list[str]) -> None:
@@ -503,14 +533,25 @@ def _check_resumed(out: Path, world: int) -> None:
 
 
 def _check_parity(out: Path, world: int, names: list[str]) -> None:
+    """Every rank's parameters equal one process's, and each other's bit for
+    bit; the decompositions are held by every rank, or in the ``owner`` layout
+    each by one (the ranks' sets partition one process's)."""
     for name in names:
-        want = single_process(name)
+        want, want_held = _single(name)
         for rank in range(world):
             got = torch.load(out / f"{name}-{rank}.pt")
             assert _rel(got, want) < PARITY_RTOL, (name, rank, _rel(got, want))
         first = torch.load(out / f"{name}-0.pt")
         for rank in range(1, world):
             assert torch.equal(torch.load(out / f"{name}-{rank}.pt"), first), name
+        held = [torch.load(out / f"{name}-held-{r}.pt") for r in range(world)]
+        if SCENARIOS[name]["kfac"]["inverse_layout"] == "owner":
+            assert sum(len(h) for h in held) == len(want_held), name
+            assert set().union(*held) == want_held, name
+            if SCENARIOS[name]["model"] is Mixed:  # more blocks than ranks
+                assert all(held), name
+        else:
+            assert all(h == want_held for h in held), name
 
 
 def _single_nonfinite() -> tuple[Tensor, int]:
@@ -548,10 +589,11 @@ def _mc_exact() -> Tensor:
 
 @pytest.mark.timeout(SPAWN_TIMEOUT_S)
 def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) -> None:
-    """2 ranks: parity (type-2 and empirical, shared and replicated, DDP and a
-    hand all-reduce, the quadratic model with LM damping and stats_batch_size),
-    a NaN input on one rank, save/resume across world sizes, the MC estimate's
-    mean, and unequal local batches."""
+    """2 ranks: parity (type-2 and empirical, the shared, replicated and owner
+    layouts, DDP and a hand all-reduce, the quadratic model with LM damping and
+    stats_batch_size, KL clipping, Tikhonov damping, chain RNN and
+    block-tridiagonal inverses), a NaN input on one rank, save/resume across
+    world sizes, the MC estimate's mean, and unequal local batches."""
     names = list(SCENARIOS)
     _single_checkpoint(tmp_path)
     _spawn(
@@ -600,6 +642,11 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
                 a, b = getattr(made, f.name), getattr(shared, f.name)
                 assert (a is None and b is None) or torch.equal(a, b), (key, f.name)
                 assert b is None or b.dtype == a.dtype
+        assert got["built"] == {"x"}  # "y" failed on rank 1, and all know it
+        for key, _ in DIRECTIONS:
+            assert torch.equal(got["directions"][key], _direction(key)), key
+        # rank 0 sends x and z (2·3 + 5 float64), rank 1 y (4)
+        assert got["direction_bytes"] == 8 * (11 if rank == 0 else 4)
         made_damped = got["made"]["x"].damped_inverses
         assert got["damped"][0] == made_damped[0]
         assert all(
