@@ -846,11 +846,15 @@ class KFAC(torch.optim.Optimizer):
             elif not self._has_inverse(key):
                 continue
             elif self._remote(key):
-                x = torch.empty_like(mat)  # the owner's, received below
+                # the owner's, received below (contiguous, like the owner's)
+                x = torch.empty(mat.shape, dtype=mat.dtype, device=mat.device)
             else:
                 x = self._inverses[key].apply(mat, damping)
             if self._owner_layout:
-                x = x.to(mat.dtype)  # the dtype every rank expects
+                # the dtype and memory layout every rank has: a later product or
+                # sum over a view of X rounds alike on all ranks only if the
+                # layout is the same
+                x = x.to(mat.dtype).contiguous()
                 targets.append((key, x))
             solved.append((key, block, ps, gs, x, mat))
         if self._owner_layout:

@@ -301,21 +301,31 @@ def _rank_scenarios(rank: int, world: int, out: Path, names: list[str]) -> None:
         torch.save(set(opt.held_inverses), out / f"{name}-held-{rank}.pt")
 
 
+NONFINITE_LAYOUTS = ("shared", "owner")
+NONFINITE_KFAC = {
+    "loss": "ce",
+    "fisher_type": "type2",
+    "lr": 0.1,
+    "damping": 1e-2,
+    "inverse_interval": 2,
+}
+
+
 def _rank_nonfinite(rank: int, world: int, out: Path) -> None:
-    """Rank 1's input is NaN on step 3: every rank skips it, in sync."""
-    model = _init(Small(), 4)
-    net = DistributedDataParallel(model)
-    opt = KFAC(
-        net, loss="ce", fisher_type="type2", lr=0.1, damping=1e-2, inverse_interval=2
-    )
-    batches = _slice(_nan_batches(), rank, world)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _run(model, net, opt, batches, pass_loss=True)
-    torch.save(
-        {"params": _flat(model), "skipped": opt.counters["skipped_steps"]},
-        out / f"nonfinite-{rank}.pt",
-    )
+    """Rank 1's input is NaN on step 3: every rank skips it, in sync (in each
+    layout that sends something)."""
+    for layout in NONFINITE_LAYOUTS:
+        model = _init(Small(), 4)
+        net = DistributedDataParallel(model)
+        opt = KFAC(net, **NONFINITE_KFAC, inverse_layout=layout)
+        batches = _slice(_nan_batches(), rank, world)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _run(model, net, opt, batches, pass_loss=True)
+        torch.save(
+            {"params": _flat(model), "skipped": opt.counters["skipped_steps"]},
+            out / f"nonfinite-{layout}-{rank}.pt",
+        )
 
 
 def _nan_batches() -> list[tuple[Tensor, Tensor]]:
@@ -556,15 +566,7 @@ def _check_parity(out: Path, world: int, names: list[str]) -> None:
 
 def _single_nonfinite() -> tuple[Tensor, int]:
     model = _init(Small(), 4)
-    opt = KFAC(
-        model,
-        loss="ce",
-        fisher_type="type2",
-        lr=0.1,
-        damping=1e-2,
-        inverse_interval=2,
-        process_group=False,
-    )
+    opt = KFAC(model, **NONFINITE_KFAC, process_group=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _run(model, model, opt, _nan_batches(), pass_loss=True)
@@ -603,10 +605,11 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
 
     want, skipped = _single_nonfinite()
     assert skipped == 1
-    got = [torch.load(tmp_path / f"nonfinite-{r}.pt") for r in range(2)]
-    assert all(g["skipped"] == 1 for g in got)
-    assert torch.equal(got[0]["params"], got[1]["params"])  # bit for bit
-    assert _rel(got[0]["params"], want) < PARITY_RTOL
+    for layout in NONFINITE_LAYOUTS:
+        got = [torch.load(tmp_path / f"nonfinite-{layout}-{r}.pt") for r in range(2)]
+        assert all(g["skipped"] == 1 for g in got)
+        assert torch.equal(got[0]["params"], got[1]["params"])  # bit for bit
+        assert _rel(got[0]["params"], want) < PARITY_RTOL
 
     _check_resumed(tmp_path, 2)
 
