@@ -17,7 +17,9 @@ Every number is measured in this one run, side by side:
    average at the start and the end.
    Next to it, the flop floor ``1 + P/F`` (P: a non-factor K-FAC step's flops
    on the slower rank, F: a forward and backward's, at the per-rank batch;
-   ``torch.utils.flop_counter``).
+   ``torch.utils.flop_counter``). Below it, where the time goes: the median
+   CPU time of each kind of K-FAC step (plain, factor, inverse) against an SGD
+   step's, and their mix over a window.
 2. Bytes each rank sends into collectives per step (averaged over those windows),
    by kind, next to the gradient that DDP all-reduces every step.
 3. A model of many similar blocks (a stack of ``--blocks`` linear layers of
@@ -54,6 +56,7 @@ WINDOW = 100  # steps: 10 factor steps and 1 inverse step wherever it starts
 GLOBAL_BATCH = 256
 NEVER = 10**9  # an interval no run reaches
 LAYOUTS = ("shared", "replicated", "owner")
+KIND_STEPS = 2 * INVERSE_INTERVAL  # two inverse steps, 18 other factor steps
 
 
 def _models() -> dict[str, Callable[[], nn.Module]]:
@@ -144,9 +147,57 @@ def flop_floor(run: Run, x: Tensor, y: Tensor) -> float:
     return 1.0 + float(ratio)
 
 
+def step_kinds(run: Run, x: Tensor, y: Tensor, steps: int) -> dict[str, float]:
+    """Median main-thread CPU ms of each kind of step, the slower rank's: ``sgd``
+    for SGD, else K-FAC's ``plain``, ``factor`` and ``inverse`` steps (an
+    inverse step is also a factor step)."""
+    kinds: dict[str, list[float]] = {}
+    for _ in range(steps):
+        kind = "sgd"
+        if isinstance(run.opt, KFAC):
+            k = run.opt.steps
+            kind = "plain"
+            if k % INVERSE_INTERVAL == 0:
+                kind = "inverse"
+            elif k % FACTOR_INTERVAL == 0:
+                kind = "factor"
+        c0 = time.thread_time()
+        run.steps(x, y, 1)
+        kinds.setdefault(kind, []).append(time.thread_time() - c0)
+    names = sorted(kinds)
+    med = torch.tensor([statistics.median(kinds[k]) for k in names])
+    dist.all_reduce(med, op=dist.ReduceOp.MAX)
+    return {k: float(v) * 1e3 for k, v in zip(names, med, strict=True)}
+
+
 def _load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min)"
+
+
+def _kinds_lines(runs: dict[str, Run], x: Tensor, y: Tensor) -> list[str]:
+    """Where K-FAC's time goes: each kind of step against an SGD step, and their
+    mix over a window (``INVERSE_INTERVAL`` steps)."""
+    sgd = step_kinds(runs["sgd"], x, y, KIND_STEPS // 2)["sgd"]
+    lines = [
+        f"    per kind of step (main-thread CPU ms, medians of {KIND_STEPS} steps, "
+        f"the slower rank): sgd {sgd:.2f}"
+    ]
+    per_window = INVERSE_INTERVAL // FACTOR_INTERVAL  # factor steps per window
+    for key in LAYOUTS:
+        t = step_kinds(runs[key], x, y, KIND_STEPS)
+        mix = (
+            (INVERSE_INTERVAL - per_window) * t["plain"]
+            + (per_window - 1) * t["factor"]
+            + t["inverse"]
+        ) / INVERSE_INTERVAL
+        lines.append(
+            f"      {key:<10} plain {t['plain']:.2f} ({t['plain'] / sgd:.2f}x), "
+            f"factor {t['factor']:.2f} ({t['factor'] / sgd:.2f}x), inverse "
+            f"{t['inverse']:.1f} ({t['inverse'] / sgd:.1f}x); their mix "
+            f"{mix:.2f} ms/step = {mix / sgd:.2f}x sgd"
+        )
+    return lines
 
 
 def step_section(rank: int, world: int, rounds: int) -> list[str]:
@@ -204,6 +255,7 @@ def step_section(rank: int, world: int, rounds: int) -> list[str]:
             )
             parts = ", ".join(f"{k} {v / 1e3:.2f}" for k, v in per_step.items() if v)
             lines.append(f"               sent by kind (kB/step): {parts or 'none'}")
+        lines += _kinds_lines(runs, x, y)
     lines.append(f"  {_load()} at the end")
     return lines
 
