@@ -134,6 +134,7 @@ import dataclasses
 import enum
 import heapq
 import logging
+import math
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -570,7 +571,7 @@ class DistContext:
             dtype = shapes[0][1]
             for _, field_dtype in shapes[1:]:
                 dtype = torch.promote_types(dtype, field_dtype)
-            sizes = [int(np.prod(shape)) for shape, _ in shapes]
+            sizes = [math.prod(shape) for shape, _ in shapes]
             if rank == self.rank:
                 flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
                 flat = flat.to(self._device(flat))
@@ -590,9 +591,11 @@ class DistContext:
                         kwargs[name] = spec[1]
                     else:
                         shape, field_dtype = spec
-                        # a tensor of its own, like the owner's (contiguous)
+                        # contiguous, like the owner's; a view of the received
+                        # buffer where the dtypes agree (no copy: state_dict
+                        # clones it, so a checkpoint holds only its own values)
                         part = next(parts).view(shape)
-                        kwargs[name] = part.to(field_dtype, copy=True)
+                        kwargs[name] = part.to(field_dtype)
                 damped = kwargs.pop(_DAMPED, None)
                 damped_parts = [kwargs.pop(f"{_DAMPED}{i}", None) for i in range(2)]
                 inv = cls(**kwargs)

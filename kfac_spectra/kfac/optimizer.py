@@ -163,6 +163,15 @@ def _inverse_dtype(inv: Inverse) -> torch.dtype:
     raise ValueError(f"{type(inv).__name__} holds no tensor")
 
 
+def _own(value: Any) -> Any:
+    """``value``, or a copy of it if it is a view of a larger tensor (a
+    decomposition received in a shared buffer): ``torch.save`` writes a view's
+    whole storage."""
+    if isinstance(value, Tensor) and value._base is not None:
+        return value.clone()
+    return value
+
+
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(KFACConfig))
 
 
@@ -1191,7 +1200,7 @@ class KFAC(torch.optim.Optimizer):
             kind = next(k for k, t in _INVERSE_TYPES.items() if isinstance(inv, t))
             inverses[key] = {
                 "kind": kind,
-                **{f: getattr(inv, f) for f in inv.__dataclass_fields__},
+                **{f: _own(getattr(inv, f)) for f in inv.__dataclass_fields__},
             }
         sd["kfac"] = {
             "steps": self.steps,

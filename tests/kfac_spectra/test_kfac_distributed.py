@@ -531,6 +531,15 @@ def _check_resumed(out: Path, world: int) -> None:
     """W ranks -> 1 process, and 1 process -> W ranks, in each checkpointed
     scenario: the trajectory of the uninterrupted run."""
     for name in CHECKPOINTED:
+        # every decomposition is in the checkpoint, each tensor with only its
+        # own values (not a view of a received buffer's whole storage)
+        saved = torch.load(out / f"ckpt-dist-{name}.pt", weights_only=False)
+        inverses = saved["opt"]["kfac"]["inverses"]
+        assert set(inverses) == _single(name, 10)[1], name
+        for fields in inverses.values():
+            for t in fields.values():
+                if isinstance(t, Tensor):
+                    assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
         continued = torch.load(out / f"ckpt-continued-{name}-0.pt")
         assert _rel(_resume_single(out, name), continued) < PARITY_RTOL, name
         uninterrupted = single_process(name)
