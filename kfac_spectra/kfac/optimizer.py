@@ -50,8 +50,10 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
 
 Under ``torch.distributed`` (``process_group``, the model plain or in
 ``DistributedDataParallel``) the factor statistics, losses and curvature terms
-are made global and the decompositions shared over the ranks, so that every rank
-follows the trajectory of one process on the global batch: see
+are made global and the inverse work shared over the ranks (decompositions
+broadcast, replicated, or kept by their owners, which broadcast the
+preconditioned gradients: ``inverse_layout``), so that every rank follows the
+trajectory of one process on the global batch: see
 :mod:`~kfac_spectra.kfac.distributed`.
 
 References:
@@ -335,7 +337,9 @@ class KFAC(torch.optim.Optimizer):
         From the last inverse update with ``inverse_method="eigh"`` (and for chain
         RNN blocks), otherwise computed now from the current factors. ``U_A`` is
         ``None`` for diagonal A (embeddings, tied weights: ``eigvals_A`` is then the
-        diagonal itself, in vocabulary order). Eigenvalues ascend.
+        diagonal itself, in vocabulary order). Eigenvalues ascend. In the
+        ``owner`` layout of a process group this rank holds only its own blocks'
+        decompositions; the others' are computed here from the current factors.
 
         Raises:
             RuntimeError: With ``inverse_method="cg"`` (no factors are formed).
