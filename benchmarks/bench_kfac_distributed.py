@@ -2,7 +2,7 @@
 and the per-rank decomposition time with the inverse work shared.
 
 Run: ``python benchmarks/bench_kfac_distributed.py`` (2 local gloo processes on
-the CPU, single-threaded each; about a minute; ``--quick`` for a smoke run).
+the CPU, single-threaded each; about two minutes; ``--quick`` for a smoke run).
 Every number is measured in this one run, side by side:
 
 1. Step time (zero_grad, forward, loss, backward -- DDP's gradient all-reduce --
