@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parser", "run", "config_from_args"]
+__all__ = ["add_parser", "add_workload_arguments", "run", "config_from_args"]
 
 logger = logging.getLogger(__name__)
 
@@ -113,17 +113,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    w = p.add_argument_group("workload (default: MNIST-1D, MLP, training loss 0.5)")
-    w.add_argument("--model", help="mlp|simple_cnn|resnet8 or package.module:factory")
-    w.add_argument(
-        "--data",
-        help="mnist1d|digits|mnist|fashion_mnist|cifar10 or package.module:factory",
-    )
-    w.add_argument("--data-dir", help="directory of mnist, fashion_mnist, cifar10")
-    w.add_argument("--loss", help="ce|mse")
-    w.add_argument("--metric", help="train_loss|test_loss|test_error")
-    w.add_argument("--target", help="threshold the metric must reach")
-    w.add_argument("--width", help="size multiplier of the built-in models")
+    add_workload_arguments(p)
     s = p.add_argument_group("sweep")
     s.add_argument(
         "--optimizers", help="comma-separated: sgd,momentum,nesterov,adam,kfac"
@@ -177,6 +167,29 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run)
     return p
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the workload options (``--model``, ``--data``, ``--data-dir``,
+    ``--loss``, ``--metric``, ``--target``, ``--width``) as one argument group;
+    :func:`config_from_args` reads them.
+
+    Args:
+        parser: the parser of a command that takes a workload.
+    """
+    w = parser.add_argument_group(
+        "workload (default: MNIST-1D, MLP, training loss 0.5)"
+    )
+    w.add_argument("--model", help="mlp|simple_cnn|resnet8 or package.module:factory")
+    w.add_argument(
+        "--data",
+        help="mnist1d|digits|mnist|fashion_mnist|cifar10 or package.module:factory",
+    )
+    w.add_argument("--data-dir", help="directory of mnist, fashion_mnist, cifar10")
+    w.add_argument("--loss", help="ce|mse")
+    w.add_argument("--metric", help="train_loss|test_loss|test_error")
+    w.add_argument("--target", help="threshold the metric must reach")
+    w.add_argument("--width", help="size multiplier of the built-in models")
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
