@@ -276,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
         problems = {int(s): e.problem for s, e in est.items()}
         estimates = {
             str(s): {"modes": e.problem.n_modes, "dropped": e.num_dropped,
-                     "final_step": e.final_step}
+                     "final_step": e.final_step,
+                     "nqm_initial_loss": e.problem.initial_loss()}
             for s, e in est.items()
         }  # fmt: skip
         if not args.no_figures:
