@@ -97,7 +97,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument(
         "--problem", metavar="FILE.npz", help="the NQM itself (no reference run)"
     )
-    s.add_argument("--replicas", type=int, default=2000, help="first-passage replicas")
+    s.add_argument(
+        "--replicas", type=int, default=500, help="first-passage replicas per setting"
+    )
     c = p.add_argument_group("comparison")
     c.add_argument("--sweep", action="append", metavar="DIR", help="net-scaling output")
     c.add_argument("--n-boot", help="bootstrap replicates (default 200)")
@@ -324,6 +326,7 @@ def run(args: argparse.Namespace) -> int:
             args.figures,
             [("steps_vs_batch", plots.plot_steps_panels(panels)),
              ("steps_vs_batch.csv", steps_rows),
+             ("steps_over_s_min", plots.plot_normalised_overlay(panels)),
              ("b_crit_predicted_vs_measured", plots.plot_b_crit_summary(crit_rows)),
              ("b_crit_predicted_vs_measured.csv", crit_rows)],
             meta={"command": "net-predict"},

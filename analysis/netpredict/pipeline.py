@@ -47,7 +47,8 @@ class PredictionInputs:
     """Everything a prediction and its check need.
 
     Attributes:
-        problems: checkpoint step -> NQM problem; the first is the primary one.
+        problems: checkpoint step (or a name, for a given problem) -> NQM
+            problem; the first is the primary one.
         labels: the optimizers to predict.
         batch_sizes: batch sizes of the prediction.
         target: the network's target on its metric.
@@ -62,7 +63,7 @@ class PredictionInputs:
         workers: NQM curves tuned in parallel.
     """
 
-    problems: Mapping[int, nqm.NQMProblem]
+    problems: Mapping[int | str, nqm.NQMProblem]
     labels: tuple[PredictedOptimizer, ...]
     batch_sizes: tuple[int, ...]
     target: float
@@ -70,7 +71,7 @@ class PredictionInputs:
     floor: float
     floor_source: str
     sweeps: Sequence[MeasuredSweep] = ()
-    replicas: int = 2000
+    replicas: int = 500
     n_boot: int = 200
     level: float = 0.9
     seed: int = 0
@@ -159,6 +160,80 @@ def _tuned_rows(inp: PredictionInputs, taus: Sequence[float]) -> dict[int, list]
     return out
 
 
+def _predicted_entry(
+    inp: PredictionInputs,
+    label: PredictedOptimizer,
+    rows: Sequence[Mapping[str, Any]],
+    taus: Sequence[float],
+) -> tuple[dict[str, Any], Mapping[str, Any], dict[float, Interval]]:
+    """One optimizer's predicted part: (entry, its main tuned row, its B_crit
+    per network threshold)."""
+    cp = COUNTERPARTS[label]
+    target0 = nqm_target(inp.target, inp.floor)
+    mine = [r for r in rows if r["optimizer"] == label.value]
+    main = next(
+        r for r in mine
+        if r["precond_power"] == cp.power and math.isclose(r["target"], target0)
+    )  # fmt: skip
+    sens = {
+        f"{r['precond_power']:g}": {"steps": r["steps"], "b_crit": r["b_crit"]}
+        for r in mine
+        if r["precond_power"] != cp.power and math.isclose(r["target"], target0)
+    }
+    by_tau = {
+        tau: Interval.point(r["b_crit"])
+        for tau in taus
+        for r in mine
+        if r["precond_power"] == cp.power
+        and math.isclose(r["target"], nqm_target(tau, inp.floor))
+    }
+    keys = ("batch_sizes", "steps", "lr", "momentum", "ema", "b_crit", "s_min", "r2",
+            "b_crit_in_range")  # fmt: skip
+    entry: dict[str, Any] = {
+        "family": cp.family.value,
+        "precond_power": cp.power,
+        "predicted": {
+            **{k: main[k] for k in keys},
+            "precond_power": cp.power,
+            "sensitivity": sens,
+            "b_crit_by_threshold": {f"{t:g}": iv.value for t, iv in by_tau.items()},
+        },
+        "measured": None,
+        "comparison": [],
+        "settings": None,
+    }
+    return entry, main, by_tau
+
+
+def _measured_entry(
+    sweep: MeasuredSweep, table: Mapping[str, Any], main: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One optimizer's measured part and its comparison with the prediction."""
+    return {
+        "measured": {
+            "sweep": str(sweep.path),
+            "name": table["name"],
+            "batch_sizes": table["batch_sizes"],
+            "steps": table["steps"],
+            "b_crit": table["b_crit"].value,
+            "b_crit_low": table["b_crit"].low,
+            "b_crit_high": table["b_crit"].high,
+            "s_min": table["s_min"],
+            "b_crit_by_threshold": {
+                f"{t:g}": iv.as_dict() for t, iv in table["b_crit_by_threshold"].items()
+            },
+        },
+        "comparison": curve_comparison(
+            main["batch_sizes"],
+            main["steps"],
+            main["s_min"],
+            table["batch_sizes"],
+            table["steps"],
+            table["s_min"],
+        ),  # fmt: skip
+    }
+
+
 def predict_and_check(inp: PredictionInputs) -> dict[str, Any]:
     """Run the prediction and, with sweeps, its check.
 
@@ -181,93 +256,38 @@ def predict_and_check(inp: PredictionInputs) -> dict[str, Any]:
     primary = next(iter(inp.problems))
     measured = _measured(inp, taus)
     optimizers: dict[str, Any] = {}
-    pred_steps: dict[str, dict[int, float]] = {}
-    meas_steps: dict[str, dict[int, float]] = {}
-    pred_crit: dict[str, Interval] = {}
-    meas_crit: dict[str, Interval] = {}
-    pred_by_tau: dict[str, dict[float, Interval]] = {}
-    meas_by_tau: dict[str, dict[float, Interval]] = {}
+    pred: dict[str, tuple] = {}
+    meas: dict[str, tuple] = {}
     for index, label in enumerate(inp.labels):
-        cp = COUNTERPARTS[label]
-        mine = [r for r in rows[primary] if r["optimizer"] == label.value]
-        main = next(
-            r for r in mine
-            if r["precond_power"] == cp.power and math.isclose(r["target"], target0)
-        )  # fmt: skip
-        sens = {
-            f"{r['precond_power']:g}": {"steps": r["steps"], "b_crit": r["b_crit"]}
-            for r in mine
-            if r["precond_power"] != cp.power and math.isclose(r["target"], target0)
-        }
-        by_tau = {
-            tau: Interval.point(r["b_crit"])
-            for tau in taus
-            for r in mine
-            if r["precond_power"] == cp.power
-            and math.isclose(r["target"], nqm_target(tau, inp.floor))
-        }
-        entry: dict[str, Any] = {
-            "family": cp.family.value,
-            "precond_power": cp.power,
-            "predicted": {
-                **{
-                    k: main[k]
-                    for k in ("batch_sizes", "steps", "lr", "momentum", "ema")
-                },
-                **{k: main[k] for k in ("b_crit", "s_min", "r2", "b_crit_in_range")},
-                "precond_power": cp.power,
-                "sensitivity": sens,
-                "b_crit_by_threshold": {f"{t:g}": iv.value for t, iv in by_tau.items()},
-            },
-            "measured": None,
-            "comparison": [],
-            "settings": None,
-        }
-        pred_steps[label.value] = dict(
-            zip(main["batch_sizes"], main["steps"], strict=True)
-        )
-        pred_crit[label.value] = Interval.point(main["b_crit"])
-        pred_by_tau[label.value] = by_tau
+        entry, main, by_tau = _predicted_entry(inp, label, rows[primary], taus)
+        steps = dict(zip(main["batch_sizes"], main["steps"], strict=True))
+        pred[label.value] = (steps, Interval.point(main["b_crit"]), by_tau)
         if label in measured:
             sweep, table = measured[label]
-            entry["measured"] = {
-                "sweep": str(sweep.path),
-                "name": table["name"],
-                "batch_sizes": table["batch_sizes"],
-                "steps": table["steps"],
-                "b_crit": table["b_crit"].value,
-                "b_crit_low": table["b_crit"].low,
-                "b_crit_high": table["b_crit"].high,
-                "s_min": table["s_min"],
-                "b_crit_by_threshold": {
-                    f"{t:g}": iv.as_dict()
-                    for t, iv in table["b_crit_by_threshold"].items()
-                },
-            }
-            entry["comparison"] = curve_comparison(
-                main["batch_sizes"], main["steps"], main["s_min"],
-                table["batch_sizes"], table["steps"], table["s_min"],
-            )  # fmt: skip
+            entry.update(_measured_entry(sweep, table, main))
             entry["settings"] = _settings(
                 inp, inp.problems[primary], label, sweep, table, index
             )
-            meas_steps[label.value] = dict(
-                zip(table["batch_sizes"], table["steps"], strict=True)
-            )
-            meas_crit[label.value] = table["b_crit"]
-            meas_by_tau[label.value] = table["b_crit_by_threshold"]
+            steps = dict(zip(table["batch_sizes"], table["steps"], strict=True))
+            meas[label.value] = (steps, table["b_crit"], table["b_crit_by_threshold"])
         optimizers[label.value] = entry
     small, large = min(inp.batch_sizes), max(inp.batch_sizes)
-    rankings = {
-        "small": {"batch_size": small, "predicted": ranking(pred_steps, small)},
-        "large": {"batch_size": large, "predicted": ranking(pred_steps, large)},
+    rankings: dict[str, dict[str, Any]] = {
+        "small": {"batch_size": small},
+        "large": {"batch_size": large},
     }
-    if meas_steps:
-        rankings["small"]["measured"] = ranking(meas_steps, small)
-        rankings["large"]["measured"] = ranking(meas_steps, large)
-    claims = {"predicted": judge_claims(pred_crit, pred_steps, pred_by_tau)}
-    if meas_steps:
-        claims["measured"] = judge_claims(meas_crit, meas_steps, meas_by_tau)
+    claims = {}
+    for kind, parts in (("predicted", pred), ("measured", meas)):
+        if not parts:
+            continue
+        steps = {k: v[0] for k, v in parts.items()}
+        rankings["small"][kind] = ranking(steps, small)
+        rankings["large"][kind] = ranking(steps, large)
+        claims[kind] = judge_claims(
+            {k: v[1] for k, v in parts.items()},
+            steps,
+            {k: v[2] for k, v in parts.items()},
+        )
     checkpoints = {
         str(step): {
             r["optimizer"]: {"b_crit": r["b_crit"], "s_min": r["s_min"]}

@@ -16,7 +16,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_steps_panels", "plot_b_crit_summary"]
+__all__ = ["plot_steps_panels", "plot_normalised_overlay", "plot_b_crit_summary"]
 
 
 def _finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[list, list]:
@@ -64,6 +64,44 @@ def plot_steps_panels(optimizers: Mapping[str, Mapping[str, Any]]) -> Figure:
         ax.set_title(name)
         ax.legend(fontsize="x-small")
     return fig
+
+
+def plot_normalised_overlay(optimizers: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Every optimizer's steps over its own S_min, predicted (lines) and measured
+    (markers, same colour), on one log-log panel: the shape without the absolute
+    step scale.
+
+    Args:
+        optimizers: as :func:`plot_steps_panels`, each part with ``s_min``.
+    """
+    fig = Figure(figsize=(5.0, 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = False
+    for name, entry in optimizers.items():
+        colour = None
+        for part, style in (("predicted", "-"), ("measured", "s")):
+            data = entry.get(part)
+            if not data or not _positive(data.get("s_min")):
+                continue
+            xs, ys = _finite(data["batch_sizes"], data["steps"])
+            ys = [y / data["s_min"] for y in ys]
+            (line,) = ax.plot(xs, ys, style, color=colour, mfc="none",
+                              label=f"{name} ({part})")  # fmt: skip
+            colour = line.get_color()
+            drawn = drawn or bool(xs)
+    if drawn:
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.legend(fontsize="x-small")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("steps / S_min")
+    ax.set_title("steps normalised by S_min")
+    return fig
+
+
+def _positive(v: Any) -> bool:
+    return v is not None and math.isfinite(v) and v > 0
 
 
 def plot_b_crit_summary(rows: Sequence[Mapping[str, Any]]) -> Figure:

@@ -92,6 +92,7 @@ def test_prediction_agrees_with_the_measurement_within_its_mc_error(sweep):
     }  # fmt: skip
     assert (fig / "steps_vs_batch.png").is_file()
     assert (fig / "b_crit_predicted_vs_measured.png").is_file()
+    assert (fig / "steps_over_s_min.png").is_file()
     assert "supported" in (out / "prediction.md").read_text()
 
 
