@@ -34,7 +34,8 @@ def plot_steps_panels(optimizers: Mapping[str, Mapping[str, Any]]) -> Figure:
 
     Args:
         optimizers: label -> ``{"predicted": {"batch_sizes", "steps",
-            "sensitivity": {power: steps}}, "measured": {...} or None}``.
+            "precond_power", "sensitivity": {power: {"steps": ...}}},
+            "measured": {"batch_sizes", "steps"} or None}``.
     """
     names = list(optimizers)
     n = max(len(names), 1)
@@ -46,8 +47,8 @@ def plot_steps_panels(optimizers: Mapping[str, Mapping[str, Any]]) -> Figure:
         pred = entry["predicted"]
         ax.plot(*_finite(pred["batch_sizes"], pred["steps"]), "-o", ms=3,
                 label=f"NQM p={pred['precond_power']:g}")  # fmt: skip
-        for p, steps in pred.get("sensitivity", {}).items():
-            ax.plot(*_finite(pred["batch_sizes"], steps), "--", lw=1,
+        for p, sens in pred.get("sensitivity", {}).items():
+            ax.plot(*_finite(pred["batch_sizes"], sens["steps"]), "--", lw=1,
                     label=f"NQM p={float(p):g}")  # fmt: skip
         meas = entry.get("measured")
         if meas:

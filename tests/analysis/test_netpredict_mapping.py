@@ -228,3 +228,39 @@ def test_first_passage_is_not_the_expected_crossing_near_a_flat_floor():
         problem, opt, b, target, 4 * int(t_mean), 400, torch.Generator().manual_seed(0)
     )
     assert np.median(tau) < 0.7 * t_mean
+
+
+def test_figures_draw_every_curve_of_a_hand_made_document():
+    from analysis.netpredict.plots import (
+        plot_b_crit_summary,
+        plot_normalised_overlay,
+        plot_steps_panels,
+    )
+
+    b = [16, 64, 256]
+    doc = {
+        "sgd": {
+            "predicted": {"batch_sizes": b, "steps": [400, 120, math.inf],
+                          "precond_power": 0.0, "s_min": 50.0, "sensitivity": {}},
+            "measured": {"batch_sizes": b, "steps": [300, 90, 60], "s_min": 40.0},
+        },
+        "adam": {
+            "predicted": {"batch_sizes": b, "steps": [200, 60, 30],
+                          "precond_power": 0.5, "s_min": 20.0,
+                          "sensitivity": {"0.25": {"steps": [250, 80, 40]},
+                                          "0.75": {"steps": [150, 50, 25]}}},
+            "measured": None,
+        },
+    }  # fmt: skip
+    fig = plot_steps_panels(doc)
+    sgd_ax, adam_ax = fig.axes
+    assert [len(line.get_xdata()) for line in sgd_ax.lines] == [2, 3]  # inf dropped
+    assert len(adam_ax.lines) == 3
+    overlay = plot_normalised_overlay(doc).axes[0]
+    assert sorted(len(line.get_ydata()) for line in overlay.lines) == [2, 3, 3]
+    assert list(overlay.lines[1].get_ydata()) == [300 / 40, 90 / 40, 60 / 40]
+    rows = [{"optimizer": "sgd", "predicted": 30.0, "measured": 20.0,
+             "measured_low": 10.0, "measured_high": 40.0},
+            {"optimizer": "adam", "predicted": 50.0, "measured": None}]  # fmt: skip
+    ax = plot_b_crit_summary(rows).axes[0]
+    assert ax.get_xscale() == "log" and len(ax.containers) == 1
