@@ -80,6 +80,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     s.add_argument("--floor", type=float, help="loss floor L_floor (default: measured)")
     s.add_argument(
+        "--target-mapping",
+        default="excess",
+        help="excess: L_target - L_floor (default); relative: the same fraction "
+        "of the way from the checkpoint's loss to the floor, on the NQM's scale",
+    )
+    s.add_argument(
         "--checkpoints",
         help=f"reference-run steps to estimate at ({DEFAULT_CHECKPOINTS})",
     )
@@ -158,7 +164,7 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
     """Every option checked, sweeps read and matched, inputs located: no work."""
     import nqm
     from analysis.netpredict import measured, reference
-    from analysis.netpredict.mapping import nqm_target
+    from analysis.netpredict.mapping import TargetMapping, nqm_target
 
     cfg = config_from_args(args)
     labels = _labels(args.predict)
@@ -186,9 +192,19 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
         sizes = tuple(sorted(set(cfg.batch_sizes)))
     if len(sizes) < 3:
         raise ValueError(f"batch_sizes: need at least 3 for B_crit, got {sizes}")
+    try:
+        mapping = TargetMapping(args.target_mapping)
+    except ValueError:
+        raise ValueError(
+            f"target_mapping: unknown {args.target_mapping!r}; choose from "
+            f"{', '.join(m.value for m in TargetMapping)}"
+        ) from None
     plan: dict[str, Any] = {"cfg": cfg, "labels": labels, "thresholds": thresholds,
-                            "sweeps": sweeps, "batch_sizes": sizes}  # fmt: skip
+                            "sweeps": sweeps, "batch_sizes": sizes,
+                            "mapping": mapping}  # fmt: skip
     if args.problem is not None:
+        if mapping is not TargetMapping.EXCESS:
+            raise ValueError("target_mapping: relative needs a reference run")
         if args.floor is None:
             raise ValueError(
                 "floor: --problem needs --floor (there is no reference run)"
@@ -258,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
     if "problem" in plan:
         problems = {"given": plan["problem"]}
         floor, floor_source = float(args.floor), "user (--floor)"
+        target_maps = None
     else:
         t = time.perf_counter()
         run_dir = plan["run_dir"]
@@ -282,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
                      "nqm_initial_loss": e.problem.initial_loss()}
             for s, e in est.items()
         }  # fmt: skip
+        target_maps = _target_maps(plan, run_dir, est, floor, cfg)
         if not args.no_figures:
             from kfac_spectra.__main__ import write_report
 
@@ -299,6 +317,7 @@ def run(args: argparse.Namespace) -> int:
         thresholds=plan["thresholds"],
         floor=floor,
         floor_source=floor_source,
+        target_maps=target_maps,
         sweeps=plan["sweeps"],
         replicas=args.replicas,
         n_boot=n_boot,
@@ -335,6 +354,28 @@ def run(args: argparse.Namespace) -> int:
     logger.info("net-predict done in %.1fs; results in %s", time.perf_counter() - t0,
                 args.out)  # fmt: skip
     return 0
+
+
+def _target_maps(
+    plan: dict[str, Any], run_dir: Path, est: dict, floor: float, cfg: Any
+) -> dict[int, Any] | None:
+    """Per checkpoint, the target mapping; the relative one starts from the
+    network's loss recorded at the checkpoint (the measurement batch's training
+    loss, or the test loss for the ``test_loss`` metric)."""
+    from analysis.netpredict.mapping import TargetMap, TargetMapping
+    from kfac_spectra.checkpoints import read_manifest
+
+    if plan["mapping"] is TargetMapping.EXCESS:
+        return None
+    key = "test_loss" if cfg.metric == "test_loss" else "measure_loss"
+    start = {
+        int(c["step"]): float(c[key]) for c in read_manifest(run_dir)["checkpoints"]
+    }
+    return {
+        int(s): TargetMap(floor, TargetMapping.RELATIVE, start[int(s)],
+                          e.problem.initial_loss())
+        for s, e in est.items()
+    }  # fmt: skip
 
 
 def _tables(doc: dict[str, Any]) -> tuple[list[dict], list[dict]]:

@@ -134,6 +134,8 @@ def setting_comparison(
     target: float,
     floor: float,
     budget: int,
+    *,
+    scale: float = 1.0,
 ) -> dict[str, Any]:
     """Mean-curve and single-run crossings of K repeats against a prediction.
 
@@ -142,8 +144,10 @@ def setting_comparison(
         predicted: :func:`.prediction.setting_prediction` at the same
             hyperparameters, batch size and NQM target.
         target: the network's target.
-        floor: the loss floor (network loss = NQM loss + floor).
+        floor: the loss floor.
         budget: the trials' step budget.
+        scale: NQM loss per unit of network loss above the floor
+            (:attr:`.mapping.TargetMap.scale`; 1 for the excess mapping).
 
     Returns:
         ``mean_crossing`` (measured), ``window`` (t_lo, t_hi), ``mean_agrees``,
@@ -158,9 +162,12 @@ def setting_comparison(
     k = curves.shape[0]
     with np.errstate(invalid="ignore"):
         sd = curves.std(axis=0, ddof=1) if k > 1 else np.full(n, np.inf)
-    se = np.where(np.isfinite(sd), sd / math.sqrt(k), np.inf)
+    se = np.where(np.isfinite(sd), scale * sd / math.sqrt(k), np.inf)
     t_lo, t_hi = crossing_window(
-        grid[:n], np.asarray(predicted["expected_curve"][:n]), se, target - floor
+        grid[:n],
+        np.asarray(predicted["expected_curve"][:n]),
+        se,
+        scale * (target - floor),
     )
     t_hat = mean_curve_steps(repeats, target)
     single = np.array([steps_at(r, target) for r in repeats], dtype=np.float64)

@@ -8,7 +8,22 @@ on the network becomes
 
 with :math:`L_{\text{floor}}` the measured loss at the end of the reference run
 (the parameters that :func:`kfac_spectra.estimate_nqm` takes for the optimum) or a
-value the user passes. A target at or below the floor has no NQM counterpart.
+value the user passes. A target at or below the floor has no NQM counterpart. This is the *excess*
+mapping (:class:`TargetMapping`), the default.
+
+The estimated NQM need not start where the network starts: its initial loss
+:math:`L_{\text{NQM}}(0) = \tfrac12\sum_i h_i E[\theta_i(0)^2]` can fall short of
+the network's excess :math:`L_{\text{start}} - L_{\text{floor}}` at the
+checkpoint (the loss is not quadratic), and a target between them is then
+"reached" at step 0. The *relative* mapping keeps the fraction of the way from
+start to floor instead:
+
+.. math::
+    L^*_{\text{NQM}} = L_{\text{NQM}}(0)\,
+    \frac{L_{\text{target}} - L_{\text{floor}}}{L_{\text{start}} - L_{\text{floor}}}.
+
+Both coincide when the NQM is exact (:math:`L_{\text{NQM}}(0) = L_{\text{start}}
+- L_{\text{floor}}`).
 
 **Optimizers** (Zhang et al. 2019, sections 3.3-3.5):
 
@@ -48,6 +63,8 @@ from analysis.netscale.optimizers import OptimizerName, Schedule
 from nqm import Family
 
 __all__ = [
+    "TargetMapping",
+    "TargetMap",
     "PredictedOptimizer",
     "Counterpart",
     "COUNTERPARTS",
@@ -122,6 +139,61 @@ def nqm_target(target: float, floor: float) -> float:
             "a lower --floor)"
         )
     return float(target) - float(floor)
+
+
+class TargetMapping(enum.StrEnum):
+    """How a network target becomes an NQM target (see the module docstring)."""
+
+    EXCESS = "excess"
+    RELATIVE = "relative"
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetMap:
+    """The target mapping of one NQM problem.
+
+    Attributes:
+        floor: :math:`L_{\text{floor}}`.
+        mapping: :class:`TargetMapping`.
+        start_loss: :math:`L_{\text{start}}`, the network's loss where the
+            problem starts (``relative`` only).
+        nqm_initial_loss: :math:`L_{\text{NQM}}(0)` (``relative`` only).
+
+    Raises:
+        ValueError: for a relative mapping without both losses, or a start at
+            or below the floor.
+    """
+
+    floor: float
+    mapping: TargetMapping = TargetMapping.EXCESS
+    start_loss: float | None = None
+    nqm_initial_loss: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mapping", TargetMapping(self.mapping))
+        if self.mapping is TargetMapping.RELATIVE:
+            if self.start_loss is None or self.nqm_initial_loss is None:
+                raise ValueError("target_mapping: relative needs the start losses")
+            if not self.start_loss > self.floor:
+                raise ValueError(
+                    f"target_mapping: the start loss {self.start_loss:g} is not "
+                    f"above the floor {self.floor:g}"
+                )
+
+    @property
+    def scale(self) -> float:
+        """NQM loss per unit of network loss (1 for ``excess``)."""
+        if self.mapping is TargetMapping.EXCESS:
+            return 1.0
+        return self.nqm_initial_loss / (self.start_loss - self.floor)
+
+    def __call__(self, target: float) -> float:
+        """The NQM target of a network target.
+
+        Raises:
+            ValueError: for a target at or below the floor.
+        """
+        return nqm_target(target, self.floor) * self.scale
 
 
 #: (measured optimizer, averaging, schedule) -> counterpart label.

@@ -35,7 +35,7 @@ from .compare import (
     seed_bootstrap,
     setting_comparison,
 )
-from .mapping import COUNTERPARTS, PredictedOptimizer, nqm_optimizer, nqm_target
+from .mapping import COUNTERPARTS, PredictedOptimizer, TargetMap, nqm_optimizer
 from .measured import MeasuredSweep, measured_tables
 from .prediction import fit_b_crit, setting_prediction, tuned_prediction
 
@@ -55,6 +55,8 @@ class PredictionInputs:
         thresholds: further network thresholds (> target) for claim 4.
         floor: the loss floor.
         floor_source: where the floor came from (``reference run`` or ``user``).
+        target_maps: per problem, its :class:`~.mapping.TargetMap` (default:
+            the excess mapping of ``floor`` for every problem).
         sweeps: measured sweeps of the same workload (may be empty).
         replicas: first-passage replicas per setting.
         n_boot: bootstrap replicates of the measured intervals.
@@ -70,12 +72,19 @@ class PredictionInputs:
     thresholds: tuple[float, ...]
     floor: float
     floor_source: str
+    target_maps: Mapping[int | str, TargetMap] | None = None
     sweeps: Sequence[MeasuredSweep] = ()
     replicas: int = 500
     n_boot: int = 200
     level: float = 0.9
     seed: int = 0
     workers: int = 1
+
+
+def _map(inp: PredictionInputs, key: int | str) -> TargetMap:
+    if inp.target_maps is None:
+        return TargetMap(inp.floor)
+    return inp.target_maps[key]
 
 
 def _measured(
@@ -107,7 +116,8 @@ def _settings(
     """The like-with-like comparison at the measured best settings (None when
     the sweep has no repeats or the optimizer has no exact NQM setting)."""
     points, groups, pred_mean, pred_median = [], [], [], []
-    target0 = nqm_target(inp.target, inp.floor)
+    tmap = _map(inp, next(iter(inp.problems)))
+    target0 = tmap(inp.target)
     for j, (b, repeats) in enumerate(sorted(table["repeats"].items())):
         opt = nqm_optimizer(label, repeats[0]["hparams"])
         if opt is None:
@@ -124,7 +134,7 @@ def _settings(
             max_steps=sweep.max_steps, replicas=inp.replicas, generator=gen,
         )  # fmt: skip
         point = setting_comparison(
-            repeats, pred, inp.target, inp.floor, sweep.max_steps
+            repeats, pred, inp.target, inp.floor, sweep.max_steps, scale=tmap.scale
         )
         points.append({"batch_size": int(b), "hparams": repeats[0]["hparams"], **point})
         groups.append(repeats)
@@ -150,9 +160,9 @@ def _settings(
 
 
 def _tuned_rows(inp: PredictionInputs, taus: Sequence[float]) -> dict[int, list]:
-    nqm_taus = [nqm_target(t, inp.floor) for t in taus]
     out = {}
     for i, (step, problem) in enumerate(inp.problems.items()):
+        nqm_taus = [_map(inp, step)(t) for t in taus]
         out[step] = tuned_prediction(
             problem, inp.labels, inp.batch_sizes, nqm_taus if i == 0 else nqm_taus[:1],
             workers=inp.workers,
@@ -169,7 +179,8 @@ def _predicted_entry(
     """One optimizer's predicted part: (entry, its main tuned row, its B_crit
     per network threshold)."""
     cp = COUNTERPARTS[label]
-    target0 = nqm_target(inp.target, inp.floor)
+    tmap = _map(inp, next(iter(inp.problems)))
+    target0 = tmap(inp.target)
     mine = [r for r in rows if r["optimizer"] == label.value]
     main = next(
         r for r in mine
@@ -184,8 +195,7 @@ def _predicted_entry(
         tau: Interval.point(r["b_crit"])
         for tau in taus
         for r in mine
-        if r["precond_power"] == cp.power
-        and math.isclose(r["target"], nqm_target(tau, inp.floor))
+        if r["precond_power"] == cp.power and math.isclose(r["target"], tmap(tau))
     }
     keys = ("batch_sizes", "steps", "lr", "momentum", "ema", "b_crit", "s_min", "r2",
             "b_crit_in_range")  # fmt: skip
@@ -249,11 +259,12 @@ def predict_and_check(inp: PredictionInputs) -> dict[str, Any]:
             measure the same optimizer.
     """
     taus = [inp.target, *sorted(set(inp.thresholds) - {inp.target})]
-    target0 = nqm_target(inp.target, inp.floor)
-    for t in taus[1:]:
-        nqm_target(t, inp.floor)
-    rows = _tuned_rows(inp, taus)
+    for key in inp.problems:
+        for t in taus:
+            _map(inp, key)(t)
     primary = next(iter(inp.problems))
+    target0 = _map(inp, primary)(inp.target)
+    rows = _tuned_rows(inp, taus)
     measured = _measured(inp, taus)
     optimizers: dict[str, Any] = {}
     pred: dict[str, tuple] = {}
@@ -290,11 +301,14 @@ def predict_and_check(inp: PredictionInputs) -> dict[str, Any]:
         )
     checkpoints = {
         str(step): {
-            r["optimizer"]: {"b_crit": r["b_crit"], "s_min": r["s_min"]}
-            for r in step_rows
-            if r["precond_power"]
-            == COUNTERPARTS[PredictedOptimizer(r["optimizer"])].power
-            and math.isclose(r["target"], target0)
+            "nqm_target": _map(inp, step)(inp.target),
+            **{
+                r["optimizer"]: {"b_crit": r["b_crit"], "s_min": r["s_min"]}
+                for r in step_rows
+                if r["precond_power"]
+                == COUNTERPARTS[PredictedOptimizer(r["optimizer"])].power
+                and math.isclose(r["target"], _map(inp, step)(inp.target))
+            },
         }
         for step, step_rows in rows.items()
     }
@@ -303,6 +317,8 @@ def predict_and_check(inp: PredictionInputs) -> dict[str, Any]:
             "network_target": inp.target,
             "floor": inp.floor,
             "floor_source": inp.floor_source,
+            "mapping": _map(inp, primary).mapping.value,
+            "scale": _map(inp, primary).scale,
             "nqm_target": target0,
             "thresholds": taus,
         },

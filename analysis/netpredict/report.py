@@ -131,7 +131,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "",
         f"Target {_num(t['network_target'])} on the network's metric; loss floor "
         f"{_num(t['floor'])} ({t['floor_source']}); NQM target "
-        f"L_target − L_floor = {_num(t['nqm_target'])}. Primary checkpoint: step "
+        f"{_num(t['nqm_target'])} ({t['mapping']} mapping, "
+        f"{_num(t['scale'])} x (L_target − L_floor)). Primary checkpoint: step "
         f"{doc['primary_checkpoint']}.",
         "",
         "## Critical batch size per optimizer",
@@ -215,13 +216,14 @@ def markdown(doc: Mapping[str, Any]) -> str:
     lines += [
         "## Sensitivity to the checkpoint (B_crit per optimizer)",
         "",
-        "| checkpoint | " + " | ".join(doc["optimizers"]) + " |",
-        "|---|" + "---|" * len(doc["optimizers"]),
+        "| checkpoint | " + " | ".join(doc["optimizers"]) + " | NQM target |",
+        "|---|" + "---|" * (len(doc["optimizers"]) + 1),
     ]
     for step, per in doc["checkpoints"].items():
         lines.append(
             f"| {step} | "
             + " | ".join(_num(per.get(n, {}).get("b_crit")) for n in doc["optimizers"])
+            + f" | {_num(per['nqm_target'])}"
             + " |"
         )
     lines += [

@@ -86,6 +86,21 @@ def test_missing_checkpoint(capsys, tmp_path):
         (["--target", "0.5", "--thresholds", "0.4"], "thresholds"),
         (["--batch-sizes", "4,8"], "at least 3"),
         ([*QUAD, "--target", "0.5"], "reference run trains the built-in"),
+        (["--target-mapping", "ratio"], "unknown 'ratio'"),
+        (
+            [
+                *QUAD,
+                "--target",
+                "0.5",
+                "--floor",
+                "0",
+                "--problem",
+                "x.npz",
+                "--target-mapping",
+                "relative",
+            ],
+            "relative needs a reference run",
+        ),
     ],
 )
 def test_bad_options(capsys, tmp_path, argv, match):
@@ -120,3 +135,15 @@ def test_reference_run_path_end_to_end_and_resumes(tmp_path):
     again = json.loads((out / "prediction.json").read_text())
     assert again["target"] == doc["target"]
     assert again["optimizers"] == doc["optimizers"]
+    # the relative mapping starts each checkpoint's NQM where the run was
+    rel_out = tmp_path / "relative"
+    run_dir = str(out / "reference")
+    assert main(["net-predict", *argv, "--run", run_dir, "--target-mapping",
+                 "relative", "--out", str(rel_out)]) == 0  # fmt: skip
+    rel = json.loads((rel_out / "prediction.json").read_text())
+    start = {c["step"]: c["measure_loss"] for c in run["checkpoints"]}
+    for step in ("0", "10"):
+        nqm0 = rel["estimates"][step]["nqm_initial_loss"]
+        expect = nqm0 * (2.0 - t["floor"]) / (start[int(step)] - t["floor"])
+        assert rel["checkpoints"][step]["nqm_target"] == pytest.approx(expect)
+    assert rel["target"]["mapping"] == "relative"

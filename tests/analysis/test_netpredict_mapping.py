@@ -264,3 +264,21 @@ def test_figures_draw_every_curve_of_a_hand_made_document():
             {"optimizer": "adam", "predicted": 50.0, "measured": None}]  # fmt: skip
     ax = plot_b_crit_summary(rows).axes[0]
     assert ax.get_xscale() == "log" and len(ax.containers) == 1
+
+
+def test_relative_target_mapping_keeps_the_fraction_of_the_way():
+    from analysis.netpredict.mapping import TargetMap, TargetMapping
+
+    rel = TargetMap(0.2, TargetMapping.RELATIVE, start_loss=2.2, nqm_initial_loss=0.5)
+    # (0.7 - 0.2) / (2.2 - 0.2) = 1/4 of the way: a quarter of the NQM's start
+    assert rel(0.7) == pytest.approx(0.125)
+    assert rel.scale == pytest.approx(0.25)
+    # an exact NQM (its start is the network's excess) maps as the excess does
+    exact = TargetMap(0.2, TargetMapping.RELATIVE, start_loss=2.2, nqm_initial_loss=2.0)
+    assert exact(0.7) == pytest.approx(TargetMap(0.2)(0.7)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="floor"):
+        rel(0.2)
+    with pytest.raises(ValueError, match="start loss"):
+        TargetMap(0.2, TargetMapping.RELATIVE, start_loss=0.1, nqm_initial_loss=1.0)
+    with pytest.raises(ValueError, match="relative needs"):
+        TargetMap(0.2, TargetMapping.RELATIVE)
