@@ -84,7 +84,8 @@ def test_prediction_agrees_with_the_measurement_within_its_mc_error(sweep):
     # what was written
     assert doc["target"] == {
         "network_target": 0.5, "floor": 0.0, "floor_source": "user (--floor)",
-        "nqm_target": 0.5, "thresholds": [0.5, 1.0],
+        "nqm_target": 0.5, "thresholds": [0.5, 1.0], "mapping": "excess",
+        "scale": 1.0,
     }  # fmt: skip
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["files"]) == {
