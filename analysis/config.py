@@ -26,7 +26,7 @@ from typing import Any
 import nqm.config
 from nqm.search import Family
 
-from .executor import ExecutorKind, require_executor
+from .executor import ExecutorKind, executor_options
 
 __all__ = [
     "ScalingConfig",
@@ -270,19 +270,8 @@ def _validate(cfg: ScalingConfig) -> None:
             "shape_batch_sizes must be a positive integer, "
             f"got {cfg.shape_batch_sizes!r}"
         )
-    if (
-        isinstance(cfg.workers, bool)
-        or int(cfg.workers) != cfg.workers
-        or cfg.workers < 0
-    ):
-        raise ValueError(f"workers must be a non-negative integer, got {cfg.workers!r}")
-    try:
-        kind = require_executor(cfg.executor)
-    except ImportError as exc:
-        raise ValueError(str(exc)) from None
+    kind = executor_options(cfg.executor, cfg.workers, cfg.ray_address)
     object.__setattr__(cfg, "executor", kind)
-    if cfg.ray_address is not None and kind is not ExecutorKind.RAY:
-        raise ValueError("ray_address needs executor = 'ray'")
     if cfg.device != "cpu":
         from nqm.runtime import torch_device
 

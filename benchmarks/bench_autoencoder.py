@@ -37,30 +37,20 @@ import torch.nn.functional as F
 from kfac_spectra.autoencoder import (
     DIGITS_ENCODER,
     AutoencoderConfig,
+    AutoencoderMethod,
     build_autoencoder,
     load_images,
+    make_optimizer,
     reach_summary,
     run_comparison,
 )
-from kfac_spectra.kfac import KFAC
 
-STRUCTURES = ("block_diagonal", "block_tridiagonal")
+#: The two K-FAC structures, by the method that trains with each.
+STRUCTURES = {
+    "block_diagonal": AutoencoderMethod.KFAC_BLOCKDIAG,
+    "block_tridiagonal": AutoencoderMethod.KFAC_TRIDIAG,
+}
 STEP_COST_TARGET = 1.5
-
-
-def _optimizer(structure: str, model: torch.nn.Module, cfg: AutoencoderConfig) -> KFAC:
-    return KFAC(
-        model,
-        loss="bce",
-        step_rule="qmodel",
-        damping=cfg.kfac_damping,
-        adapt_damping=True,
-        lm_interval=cfg.kfac_lm_interval,
-        factor_decay=cfg.kfac_factor_decay,
-        inverse_interval=cfg.kfac_inverse_interval,
-        max_damping=1e6,
-        structure=structure,
-    )
 
 
 def step_cost(cfg: AutoencoderConfig, batch: int, rounds: int) -> None:
@@ -69,7 +59,7 @@ def step_cost(cfg: AutoencoderConfig, batch: int, rounds: int) -> None:
     runs = {}
     for structure in STRUCTURES:
         model = build_autoencoder(DIGITS_ENCODER, cfg.seed)
-        runs[structure] = (model, _optimizer(structure, model, cfg))
+        runs[structure] = (model, make_optimizer(STRUCTURES[structure], model, cfg))
     cycle = cfg.kfac_inverse_interval
     times: dict[str, list[float]] = {s: [] for s in STRUCTURES}
     cycles: dict[str, list[float]] = {s: [] for s in STRUCTURES}

@@ -41,35 +41,17 @@ Usage::
 
 from __future__ import annotations
 
-import os
+from benchtools import interleaved, median_ratio, one_blas_thread
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+one_blas_thread()
 
 import argparse  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import nqm  # noqa: E402
-
-
-def interleaved(fns: dict, rounds: int) -> tuple[dict, dict]:
-    """CPU seconds of every call, methods interleaved; returns (times, values)."""
-    values = {k: f() for k, f in fns.items()}  # warm-up (fills per-problem caches)
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.process_time()
-            f()
-            times[k].append(time.process_time() - t0)
-    return times, values
-
-
-def median_ratio(num: list, den: list) -> float:
-    return statistics.median(a / b for a, b in zip(num, den, strict=True) if b > 0)
 
 
 # --------------------------------------------------- reference implementations

@@ -21,10 +21,9 @@ Usage::
 
 from __future__ import annotations
 
-import os
+from benchtools import interleaved, median_ratio, one_blas_thread
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+one_blas_thread()
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
@@ -33,22 +32,6 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import nqm  # noqa: E402
-
-
-def interleaved(fns: dict, rounds: int) -> tuple[dict, dict]:
-    """CPU seconds of every call, methods interleaved; returns (times, values)."""
-    values = {k: f() for k, f in fns.items()}  # warm-up (fills per-problem caches)
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.process_time()
-            f()
-            times[k].append(time.process_time() - t0)
-    return times, values
-
-
-def median_ratio(times: dict, num: str, den: str) -> float:
-    return statistics.median(a / b for a, b in zip(times[num], times[den], strict=True))
 
 
 def bench_batch_schedule(dim: int, steps: int, rounds: int) -> None:
@@ -90,9 +73,9 @@ def bench_batch_schedule(dim: int, steps: int, rounds: int) -> None:
         print(
             f"  {label:13s} constant B {med['constant B']:8.2f} ms | "
             f"aligned {med['aligned']:8.2f} ms "
-            f"(ratio {median_ratio(times, 'aligned', 'constant B'):.2f}) | "
+            f"(ratio {median_ratio(times['aligned'], times['constant B']):.2f}) | "
             f"between {med['between']:8.2f} ms "
-            f"(ratio {median_ratio(times, 'between', 'constant B'):.2f}) "
+            f"(ratio {median_ratio(times['between'], times['constant B']):.2f}) "
             f"[target <= 2]; losses {values['constant B']:.4g} "
             f"{values['aligned']:.4g} {values['between']:.4g}"
         )

@@ -79,6 +79,7 @@ __all__ = [
     "exponential_batch_size",
     "curve_rows",
     "load_images",
+    "make_optimizer",
     "reach_summary",
     "reconstruction_error",
     "run_comparison",
@@ -358,9 +359,12 @@ def _loss(model: nn.Module, x: Tensor) -> Tensor:
     return F.binary_cross_entropy_with_logits(model(x), x)
 
 
-def _make_optimizer(
+def make_optimizer(
     method: AutoencoderMethod, model: nn.Module, config: AutoencoderConfig
 ) -> torch.optim.Optimizer:
+    """The optimiser of one method of the comparison, with the configuration's
+    settings (Nesterov SGD, or K-FAC with the quadratic-model step rule and
+    adaptive damping, block-diagonal or block-tridiagonal)."""
     if method == AutoencoderMethod.SGD_NESTEROV:
         return torch.optim.SGD(
             model.parameters(), lr=config.sgd_lr, momentum=0.5, nesterov=True
@@ -409,7 +413,7 @@ def train_method(
     dtype = getattr(torch, config.dtype)
     data = images.to(dtype)
     model = build_autoencoder(encoder, config.seed, dtype)
-    opt = _make_optimizer(method, model, config)
+    opt = make_optimizer(method, model, config)
     gen = torch.Generator().manual_seed(config.seed + 1)
     n = len(data)
     sgd = method == AutoencoderMethod.SGD_NESTEROV

@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import optimize
 
-from .batch_schedule import BatchSchedule, RampShape
+from .batch_schedule import BatchSchedule, RampShape, ramp_pieces_and_shape
 from .dynamics import _modes
 from .optimizer import Optimizer, PiecewiseConstant
 from .problem import NQMProblem
@@ -353,39 +354,33 @@ def tune_ramp_steps(
             hi *= 2
             if hi > min(budget, MAX_STEPS):
                 return start or RampResult(math.inf, math.inf, None, None, tg)
-    lo = 0
     best_x = relaxed.solve(hi, budget, x, ramp)[1]
-    while hi - lo > max(1, int(_REL_TOL * hi)):
-        mid = (lo + hi) // 2
-        val, xm = relaxed.solve(mid, budget, best_x, ramp)
-        if val <= goal:
-            hi, best_x = mid, xm
-        else:
-            lo = mid
+    hi, best_x = _bisect(0, hi, best_x, goal, integer=True,
+                         solve=lambda n, y: relaxed.solve(n, budget, y, ramp))  # fmt: skip
     return _certify(problem, relaxed, best_x, hi, budget, tg, ramp, start,
                     by_steps=True)  # fmt: skip
 
 
 def tune_ramp_examples(
-    problem: NQMProblem,
-    target: float,
-    steps: int,
-    *,
-    ramp: bool = True,
-    pieces: int = 16,
-    shape: RampShape | str = RampShape.GEOMETRIC,
-    surrogate_bins: int = 128,
-    start: RampResult | None = None,
-    lr_decay: bool = False,
+    problem: NQMProblem, target: float, steps: int, **options: Any
 ) -> RampResult:
     """Fewest examples to ``target`` within ``steps`` updates, over SGD's lr and
-    the ramp; as :func:`tune_ramp_steps` with the roles of the budgets swapped
-    (a bisection on the examples of a run of ``steps`` updates)."""
+    the ramp; as :func:`tune_ramp_steps` (same keyword ``options``) with the
+    roles of the budgets swapped (a bisection on the examples of a run of
+    ``steps`` updates)."""
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     total = int(steps)
-    tg, _, relaxed, shape = _check(problem, target, 1.0, pieces, shape,
-                                   surrogate_bins, lr_decay)  # fmt: skip
+    unknown = set(options) - _RAMP_OPTIONS
+    if unknown:
+        raise TypeError(f"tune_ramp_examples got unknown options {sorted(unknown)}")
+    ramp = bool(options.get("ramp", True))
+    start = options.get("start")
+    tg, _, relaxed, shape = _check(
+        problem, target, 1.0, options.get("pieces", 16),
+        options.get("shape", RampShape.GEOMETRIC),
+        options.get("surrogate_bins", 128), options.get("lr_decay", False),
+    )  # fmt: skip
     goal = math.log(tg)
     x = _seed_x(relaxed, start)
     given = start is not None and math.isfinite(start.examples)
@@ -398,15 +393,28 @@ def tune_ramp_examples(
     best_x = relaxed.solve(total, hi, x, ramp)[1]
     if relaxed.solve(total, lo, x, ramp)[0] <= goal:
         hi = lo
-    while hi - lo > _REL_TOL * hi:
-        mid = 0.5 * (lo + hi)
-        val, xm = relaxed.solve(total, mid, best_x, ramp)
-        if val <= goal:
-            hi, best_x = mid, xm
-        else:
-            lo = mid
+    hi, best_x = _bisect(lo, hi, best_x, goal, integer=False,
+                         solve=lambda e, y: relaxed.solve(total, e, y, ramp))  # fmt: skip
     return _certify(problem, relaxed, best_x, total, hi, tg, ramp, start,
                     by_steps=False, max_steps=total)  # fmt: skip
+
+
+_RAMP_OPTIONS = frozenset(
+    {"ramp", "pieces", "shape", "surrogate_bins", "start", "lr_decay"}
+)
+
+
+def _bisect(lo, hi, x, goal, *, integer, solve):
+    """The smallest budget in ``(lo, hi]`` (to ``_REL_TOL``) whose relaxed
+    optimum ``solve(budget, x)`` reaches ``goal``; ``hi`` is known to."""
+    while hi - lo > (max(1, int(_REL_TOL * hi)) if integer else _REL_TOL * hi):
+        mid = (lo + hi) // 2 if integer else 0.5 * (lo + hi)
+        val, xm = solve(mid, x)
+        if val <= goal:
+            hi, x = mid, xm
+        else:
+            lo = mid
+    return hi, x
 
 
 def _check(problem, target, examples, pieces, shape, bins, decay=False):
@@ -416,16 +424,9 @@ def _check(problem, target, examples, pieces, shape, bins, decay=False):
     budget = float(examples)
     if not (math.isfinite(budget) and budget >= 1):
         raise ValueError(f"examples must be a finite number >= 1, got {examples!r}")
-    if int(pieces) != pieces or pieces < 1:
-        raise ValueError(f"pieces must be a positive integer, got {pieces!r}")
+    pieces, shape = ramp_pieces_and_shape(pieces, shape)
     if int(bins) < 8:
         raise ValueError(f"surrogate_bins must be >= 8, got {bins!r}")
-    try:
-        shape = RampShape(shape)
-    except ValueError:
-        raise ValueError(
-            f"shape must be one of {[s.value for s in RampShape]}, got {shape!r}"
-        ) from None
     relaxed = _Relaxed(problem, int(pieces), shape, int(bins), bool(decay))
     return tg, budget, relaxed, shape
 

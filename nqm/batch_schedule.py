@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BatchSchedule", "RampShape", "BatchSize", "joint_pieces"]
+__all__ = [
+    "BatchSchedule",
+    "RampShape",
+    "BatchSize",
+    "joint_pieces",
+    "ramp_pieces_and_shape",
+]
 
 
 class RampShape(enum.StrEnum):
@@ -136,15 +142,8 @@ class BatchSchedule:
             raise ValueError(
                 f"ramp_steps must be a non-negative integer, got {ramp_steps!r}"
             )
-        if int(pieces) != pieces or pieces < 1:
-            raise ValueError(f"pieces must be a positive integer, got {pieces!r}")
-        try:
-            shape = RampShape(shape)
-        except ValueError:
-            raise ValueError(
-                f"shape must be one of {[s.value for s in RampShape]}, got {shape!r}"
-            ) from None
-        r, k = int(ramp_steps), int(pieces)
+        k, shape = ramp_pieces_and_shape(pieces, shape)
+        r = int(ramp_steps)
         frac = np.arange(k) / k
         if shape is RampShape.LINEAR:
             vals = b0 + (b1 - b0) * frac
@@ -254,3 +253,20 @@ def joint_pieces(lr_schedule, batch: BatchSchedule | None, n_steps: int):
     i_lr = np.searchsorted(s_lr, starts, side="right") - 1
     i_b = np.searchsorted(s_b, starts, side="right") - 1
     return starts, np.asarray(lrs)[i_lr], 1.0 / bs[i_b].astype(np.float64)
+
+
+def ramp_pieces_and_shape(pieces: int, shape: RampShape | str) -> tuple[int, RampShape]:
+    """Validated ramp options: a positive integer count of pieces and a
+    :class:`RampShape`.
+
+    Raises:
+        ValueError: naming ``pieces`` or ``shape``.
+    """
+    if isinstance(pieces, bool) or int(pieces) != pieces or pieces < 1:
+        raise ValueError(f"pieces must be a positive integer, got {pieces!r}")
+    try:
+        return int(pieces), RampShape(shape)
+    except ValueError:
+        raise ValueError(
+            f"shape must be one of {[s.value for s in RampShape]}, got {shape!r}"
+        ) from None

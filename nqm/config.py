@@ -35,7 +35,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["resolve_config", "load_toml", "coerce_value", "config_to_toml"]
+__all__ = [
+    "resolve_config",
+    "load_toml",
+    "coerce_value",
+    "config_to_toml",
+    "from_fields",
+]
 
 C = TypeVar("C")
 
@@ -228,6 +234,24 @@ def _as_int(name: str, value: Any) -> int:
     if not math.isfinite(value) or value != int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     return int(value)
+
+
+def from_fields(cls: type[C], source: Any, **values: Any) -> C:
+    """The dataclass ``cls`` built from the same-named attributes of ``source``.
+
+    For a configuration that holds the options of a narrower one (a sweep's
+    configuration and its workload): every field of ``cls`` is read from
+    ``source`` unless given in ``values``.
+
+    Raises:
+        AttributeError: if ``source`` lacks a field of ``cls`` not in ``values``.
+    """
+    kwargs = {
+        f.name: getattr(source, f.name)
+        for f in dataclasses.fields(cls)
+        if f.init and f.name not in values
+    }
+    return cls(**kwargs, **values)
 
 
 def config_to_toml(cfg: Any, header: str | None = None) -> str:

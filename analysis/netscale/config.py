@@ -22,7 +22,7 @@ from typing import Any
 
 import nqm.config
 from analysis.config import parse_batch_sizes
-from analysis.executor import ExecutorKind, require_executor
+from analysis.executor import ExecutorKind, executor_options
 
 from .optimizers import OptimizerName, Schedule
 from .plan import SweepSpec
@@ -131,31 +131,15 @@ class NetScalingConfig:
 
     def workload(self) -> WorkloadSpec:
         """The :class:`~analysis.netscale.workload.WorkloadSpec` of this sweep."""
-        return WorkloadSpec(
-            model=self.model,
-            data=self.data,
-            loss=self.loss,
-            metric=self.metric,
-            target=self.target,
-            data_dir=self.data_dir,
-            width=self.width,
-            num_samples=self.num_samples,
-            eval_size=self.eval_size,
-        )
+        return nqm.config.from_fields(WorkloadSpec, self)
 
     def sweep(self) -> SweepSpec:
         """The :class:`~analysis.netscale.plan.SweepSpec` of this sweep."""
-        return SweepSpec(
+        return nqm.config.from_fields(
+            SweepSpec,
+            self,
             workload=self.workload(),
-            optimizers=self.optimizers,
             batch_sizes=tuple(sorted(set(self.batch_sizes))),
-            trials=self.trials,
-            max_steps=self.max_steps,
-            eval_every=self.eval_every,
-            seed=self.seed,
-            seeds=self.seeds,
-            schedule=self.schedule,
-            ema=self.ema,
         )
 
     def figure_thresholds(self) -> tuple[float, ...]:
@@ -220,7 +204,6 @@ def _validate(cfg: NetScalingConfig) -> None:
     _positive_int(cfg, "seeds", 0)
     _positive_int(cfg, "seed", 0)
     _positive_int(cfg, "n_boot", 0)
-    _positive_int(cfg, "workers", 0)
     if not 0 < cfg.level < 1:
         raise ValueError(f"level must lie in (0, 1), got {cfg.level!r}")
     for t in cfg.thresholds:
@@ -229,13 +212,8 @@ def _validate(cfg: NetScalingConfig) -> None:
                 f"thresholds must be >= the target {cfg.target} (the trials stop "
                 f"there), got {t!r}"
             )
-    try:
-        kind = require_executor(cfg.executor)
-    except ImportError as exc:
-        raise ValueError(str(exc)) from None
+    kind = executor_options(cfg.executor, cfg.workers, cfg.ray_address)
     object.__setattr__(cfg, "executor", kind)
-    if cfg.ray_address is not None and kind is not ExecutorKind.RAY:
-        raise ValueError("ray_address needs executor = 'ray'")
 
 
 def resolve_net_config(

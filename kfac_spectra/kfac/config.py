@@ -14,33 +14,23 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from . import enums
 from .distributed import InverseLayout
-from .enums import (
-    DampingType,
-    FisherType,
-    InverseMethod,
-    KFACApprox,
-    LossType,
-    Reduction,
-    RNNApprox,
-    StepRule,
-    Structure,
-    coerce_enum,
-)
+from .enums import coerce_enum
 
 __all__ = ["KFACConfig"]
 
 # option name -> its enum; the values are coerced in __post_init__
 _ENUM_FIELDS: dict[str, type] = {
-    "loss": LossType,
-    "reduction": Reduction,
-    "fisher_type": FisherType,
-    "kfac_approx": KFACApprox,
-    "rnn_approx": RNNApprox,
-    "inverse_method": InverseMethod,
-    "damping_type": DampingType,
-    "step_rule": StepRule,
-    "structure": Structure,
+    "loss": enums.LossType,
+    "reduction": enums.Reduction,
+    "fisher_type": enums.FisherType,
+    "kfac_approx": enums.KFACApprox,
+    "rnn_approx": enums.RNNApprox,
+    "inverse_method": enums.InverseMethod,
+    "damping_type": enums.DampingType,
+    "step_rule": enums.StepRule,
+    "structure": enums.Structure,
     "inverse_layout": InverseLayout,
 }
 
@@ -135,23 +125,23 @@ class KFACConfig:
         Chen (2021) (CG-FAC).
     """
 
-    loss: LossType | str = LossType.CE
+    loss: enums.LossType | str = enums.LossType.CE
     lr: float = 0.1
     momentum: float = 0.9
     damping: float = 1e-3
     weight_decay: float = 0.0
-    reduction: Reduction | str = Reduction.MEAN
-    fisher_type: FisherType | str = FisherType.MC
+    reduction: enums.Reduction | str = enums.Reduction.MEAN
+    fisher_type: enums.FisherType | str = enums.FisherType.MC
     mc_samples: int = 1
-    kfac_approx: KFACApprox | str = KFACApprox.EXPAND
-    rnn_approx: RNNApprox | str = RNNApprox.INDEPENDENT
+    kfac_approx: enums.KFACApprox | str = enums.KFACApprox.EXPAND
+    rnn_approx: enums.RNNApprox | str = enums.RNNApprox.INDEPENDENT
     factor_decay: float = 0.95
     factor_interval: int = 1
     stats_batch_size: int | None = None
     inverse_interval: int = 10
-    inverse_method: InverseMethod | str = InverseMethod.EIGH
-    damping_type: DampingType | str = DampingType.FACTORED
-    step_rule: StepRule | str = StepRule.FIXED
+    inverse_method: enums.InverseMethod | str = enums.InverseMethod.EIGH
+    damping_type: enums.DampingType | str = enums.DampingType.FACTORED
+    step_rule: enums.StepRule | str = enums.StepRule.FIXED
     kl_clip: float | None = 1e-3
     adapt_damping: bool = False
     lm_interval: int = 5
@@ -163,7 +153,7 @@ class KFACConfig:
     skip_modules: Sequence[str] = ()
     process_group: Any = None
     inverse_layout: InverseLayout | str = InverseLayout.SHARED
-    structure: Structure | str = Structure.BLOCK_DIAGONAL
+    structure: enums.Structure | str = enums.Structure.BLOCK_DIAGONAL
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -175,16 +165,16 @@ class KFACConfig:
             object.__setattr__(self, "skip_modules", (self.skip_modules,))
         object.__setattr__(self, "skip_modules", tuple(self.skip_modules))
         if (
-            self.inverse_method == InverseMethod.CHOLESKY
-            and self.damping_type == DampingType.TIKHONOV
+            self.inverse_method == enums.InverseMethod.CHOLESKY
+            and self.damping_type == enums.DampingType.TIKHONOV
         ):
             raise ValueError(
                 "damping_type='tikhonov' needs inverse_method='eigh' or 'cg', "
                 "not 'cholesky'"
             )
-        if self.structure == Structure.BLOCK_TRIDIAGONAL and (
-            self.damping_type != DampingType.FACTORED
-            or self.inverse_method == InverseMethod.CG
+        if self.structure == enums.Structure.BLOCK_TRIDIAGONAL and (
+            self.damping_type != enums.DampingType.FACTORED
+            or self.inverse_method == enums.InverseMethod.CG
         ):
             raise ValueError(
                 "structure='block_tridiagonal' needs damping_type='factored' and "

@@ -176,20 +176,17 @@ def test_factory_with_generator_initialises_itself():
 
 
 def test_mse_with_float_targets():
-    wl = WorkloadSpec(
-        model="netscale_workloads:small_mlp",
-        data="netscale_workloads:blobs_regression",
-        loss="mse",
-        target=0.1,
+    def mse_on(data):
+        return WorkloadSpec(
+            model="netscale_workloads:small_mlp", data=data, loss="mse", target=0.1
+        )
+
+    onehot_mse = run_trial(
+        _spec(OptimizerName.SGD, workload=mse_on("netscale_workloads:blobs_regression"))
     )
-    onehot_mse = run_trial(_spec(OptimizerName.SGD, workload=wl))
-    labels = WorkloadSpec(
-        model="netscale_workloads:small_mlp",
-        data="netscale_workloads:blobs",
-        loss="mse",
-        target=0.1,
+    same = run_trial(
+        _spec(OptimizerName.SGD, workload=mse_on("netscale_workloads:blobs"))
     )
-    same = run_trial(_spec(OptimizerName.SGD, workload=labels))
     assert _strip(onehot_mse) == _strip(same)  # one-hot labels == float targets
 
 

@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,25 +12,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from kfac_spectra import KFAC
 from kfac_spectra.kfac.toy_models import mlp
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_kfac.py"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_kfac", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.parametrize(("hidden", "batch"), [(24, 32), (7, 5)])
 def test_forward_backward_and_preconditioning_flops_are_counted_exactly(
-    hidden: int, batch: int
+    hidden: int, batch: int, load_benchmark
 ) -> None:
     """F (matrix products of forward and backward; no input gradient for the first
     layer) and P (the two products with the cached damped inverses per layer)
     equal the counts of the operations the code runs."""
-    bench = _bench()
+    bench = load_benchmark("bench_kfac")
     model = randomise(mlp(40, hidden, 10, depth=2), 0)
     gen = seeded(1)
     x = torch.randn(batch, 40, generator=gen)
@@ -54,9 +40,9 @@ def test_forward_backward_and_preconditioning_flops_are_counted_exactly(
     assert counter.get_total_flops() == model_flops["precond"]
 
 
-def test_preconditioning_floor_grows_like_two_h_over_three_b() -> None:
+def test_preconditioning_floor_grows_like_two_h_over_three_b(load_benchmark) -> None:
     """P/F of a wide hidden layer tends to 2h/(3B) (4h³ against 6Bh²)."""
-    bench = _bench()
+    bench = load_benchmark("bench_kfac")
     h, batch = 4096, 256
     flops = bench.mlp_flops([1, h, h], batch)  # the h-to-h layer dominates
     floor, model = bench.predicted_ratios(flops)

@@ -343,3 +343,20 @@ def mp_second_moments_stepwise(
                     [[var * n[r] * n[k] for k in range(STATE)] for r in range(STATE)],
                 )
     return out
+
+
+def mp_problem_loss(problem, lr, beta, gamma, p, batch, steps, dps=50):
+    """:func:`mp_loss` of a problem object (anything with ``h``, ``c``,
+    ``init_sq`` and ``weight``)."""
+    return mp_loss(
+        problem.h, problem.c, problem.init_sq, problem.weight,
+        lr, beta, gamma, p, batch, steps, dps=dps,
+    )  # fmt: skip
+
+
+def brute_force_problem_loss(problem, lr_of_step, beta, gamma, p, batch, steps):
+    """:func:`brute_force_loss` of a problem object."""
+    return brute_force_loss(
+        problem.h, problem.c, problem.init_sq, problem.weight,
+        lr_of_step, beta, gamma, p, batch, steps,
+    )  # fmt: skip

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from nqm_oracles import brute_force_loss
+from nqm_oracles import brute_force_problem_loss
 
 import nqm
 
@@ -54,8 +54,8 @@ STEPS = [0, 1, 4, 5, 6, 22, 23, 39, 40, 41, 77, 200]
 
 def oracle(problem, lr, beta, gamma, p, batch, steps):
     lr_of_step = (lambda s: float(lr(s))) if callable(lr) else (lambda s: lr)
-    return brute_force_loss(
-        problem.h, problem.c, problem.init_sq, problem.weight, lr_of_step,
+    return brute_force_problem_loss(
+problem, lr_of_step,
         beta, gamma, p, batch, steps,
     )  # fmt: skip
 
@@ -159,6 +159,7 @@ def test_bad_schedules_are_rejected(kwargs, param):
         ((2, 8.5, 10, 2), "end"),
         ((2, 8, -1, 2), "ramp_steps"),
         ((2, 8, 10, 0), "pieces"),
+        ((2, 8, 10, True), "pieces"),
         ((2, 8, 10, 2, "cubic"), "shape"),
     ],
 )

@@ -11,10 +11,12 @@ import dataclasses
 import enum
 import math
 import tomllib
+import types
 from pathlib import Path
 
 import pytest
 
+import nqm.config
 from nqm.config import coerce_value, config_to_toml, load_toml, resolve_config
 
 
@@ -178,3 +180,18 @@ def test_toml_round_trips(tmp_path, cfg):
     special = dataclasses.replace(cfg, special=(2,))  # its parser is not an inverse
     text = config_to_toml(special).replace("special = [2]", 'special = "1"')
     assert resolve_config(Toy, write(tmp_path, text)) == special
+
+
+def test_from_fields_copies_same_named_fields_and_takes_overrides():
+    @dataclasses.dataclass(frozen=True)
+    class Narrow:
+        a: int
+        b: str = "x"
+
+    class Wide:
+        a, b, c = 3, "y", 9.0
+
+    assert nqm.config.from_fields(Narrow, Wide()) == Narrow(3, "y")
+    assert nqm.config.from_fields(Narrow, Wide(), b="z") == Narrow(3, "z")
+    with pytest.raises(AttributeError, match="b"):
+        nqm.config.from_fields(Narrow, types.SimpleNamespace(a=1))

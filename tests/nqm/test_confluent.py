@@ -11,15 +11,16 @@ checked against the step-by-step float64 recursion and the mpmath oracle.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
-from types import ModuleType
 
 import mpmath
 import numpy as np
 import pytest
-from nqm_oracles import brute_force_loss, mp_loss, mp_mode_terms
+from nqm_oracles import (
+    brute_force_problem_loss,
+    mp_mode_terms,
+    mp_problem_loss,
+)
 
 import nqm
 from nqm._confluent import confluent_terms
@@ -111,11 +112,8 @@ def test_total_loss_at_near_coincidences_needs_no_doubling(gap):
     for beta, gamma in ((9 / 16 * (1 + gap), 0.0), (9 / 16, 3 / 4 * (1 + gap))):
         opt = nqm.Optimizer(1.0, beta, gamma)
         got = nqm.expected_loss(problem, opt, 4, steps)
-        want = mp_loss(
-            problem.h,
-            problem.c,
-            problem.init_sq,
-            problem.weight,
+        want = mp_problem_loss(
+            problem,
             1.0,
             beta,
             gamma,
@@ -190,18 +188,6 @@ def test_near_coincident_set_matches_doubling_every_mode():
             )
 
 
-# ------------------------------------------------- the benchmark's settings
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_nqm.py"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_nqm", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _small_problem(seed, d=6):
     rng = np.random.default_rng(seed)
     h = np.exp(rng.uniform(np.log(1e-4), 0.0, d))
@@ -213,10 +199,10 @@ RTOL_LOOP = 1e-9
 LOOP_STEPS = (1, 10, 300)
 
 
-def test_random_settings_against_the_step_loop():
+def test_random_settings_against_the_step_loop(load_benchmark):
     """The benchmark's random settings (same generator and seed), at d = 6,
     against the step-by-step float64 recursion for the first 300 steps."""
-    bench = _bench()
+    bench = load_benchmark("bench_nqm")
     problem = _small_problem(1)
     settings = bench.random_settings(
         problem, 40, np.random.default_rng(bench.SETTINGS_SEED)
@@ -225,11 +211,8 @@ def test_random_settings_against_the_step_loop():
         got = nqm.expected_loss(
             problem, nqm.Optimizer(lr, beta, gamma, p), 8, LOOP_STEPS
         )
-        want = brute_force_loss(
-            problem.h,
-            problem.c,
-            problem.init_sq,
-            problem.weight,
+        want = brute_force_problem_loss(
+            problem,
             lambda _, lr=lr: lr,
             beta,
             gamma,
@@ -241,21 +224,18 @@ def test_random_settings_against_the_step_loop():
 
 
 @pytest.mark.slow
-def test_random_settings_against_the_mpmath_oracle_at_their_horizon():
+def test_random_settings_against_the_mpmath_oracle_at_their_horizon(load_benchmark):
     """The same settings at their drawn horizon (10^3, 10^6 or 10^9 steps)
     against the 50-digit oracle, to 1e-10."""
-    bench = _bench()
+    bench = load_benchmark("bench_nqm")
     problem = _small_problem(2)
     settings = bench.random_settings(
         problem, 60, np.random.default_rng(bench.SETTINGS_SEED)
     )
     for lr, beta, gamma, p, t in settings:
         got = nqm.expected_loss(problem, nqm.Optimizer(lr, beta, gamma, p), 8, t)
-        want = mp_loss(
-            problem.h,
-            problem.c,
-            problem.init_sq,
-            problem.weight,
+        want = mp_problem_loss(
+            problem,
             lr,
             beta,
             gamma,

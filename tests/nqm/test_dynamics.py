@@ -13,9 +13,9 @@ import math
 import numpy as np
 import pytest
 from nqm_oracles import (
-    brute_force_loss,
-    mp_loss,
+    brute_force_problem_loss,
     mp_loss_scheduled,
+    mp_problem_loss,
     mp_second_moments_stepwise,
 )
 
@@ -54,11 +54,8 @@ def stable_lr(problem, beta, p, rng, lo=0.05, hi=0.95):
 
 
 def oracle(problem, lr_of_step, beta, gamma, p, batch, steps):
-    return brute_force_loss(
-        problem.h,
-        problem.c,
-        problem.init_sq,
-        problem.weight,
+    return brute_force_problem_loss(
+        problem,
         lr_of_step,
         beta,
         gamma,
@@ -142,11 +139,8 @@ def test_constant_lr_matches_mpmath(beta, gamma, p):
     steps = [1, 13, 500, 12345]
     opt = nqm.Optimizer(lr, momentum=beta, ema=gamma, precond_power=p)
     got = nqm.expected_loss(problem, opt, 3.0, steps)
-    want = mp_loss(
-        problem.h,
-        problem.c,
-        problem.init_sq,
-        problem.weight,
+    want = mp_problem_loss(
+        problem,
         lr,
         beta,
         gamma,

@@ -16,10 +16,10 @@ import mpmath
 import numpy as np
 import pytest
 from nqm_oracles import (
-    mp_loss,
     mp_loss_pieces,
     mp_mode_terms,
     mp_mode_terms_expanded,
+    mp_problem_loss,
     transition_matrix_numpy,
 )
 
@@ -35,11 +35,8 @@ FLOAT_MAX = np.finfo(np.float64).max
 
 
 def oracle(problem, lr, beta, gamma, p, batch, steps):
-    vals = mp_loss(
-        problem.h,
-        problem.c,
-        problem.init_sq,
-        problem.weight,
+    vals = mp_problem_loss(
+        problem,
         lr,
         beta,
         gamma,

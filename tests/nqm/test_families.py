@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from nqm_oracles import brute_force_loss
+from nqm_oracles import brute_force_problem_loss
 
 import nqm
 from nqm.families import ConstantSetting
@@ -32,9 +32,8 @@ def test_setting_certifies_like_its_optimizer_and_brute_force(values):
     assert setting.optimizer() == opt
     assert ConstantSetting.of(opt) == setting
     b, target = 256.0, 0.05
-    curve = brute_force_loss(
-        problem.h, problem.c, problem.init_sq, problem.weight,
-        lambda t: values["lr"], setting.momentum, setting.ema,
+    curve = brute_force_problem_loss(
+problem, lambda t: values["lr"], setting.momentum, setting.ema,
         setting.precond_power, b, np.arange(HORIZON + 1),
     )  # fmt: skip
     hit = np.nonzero(curve <= target)[0]

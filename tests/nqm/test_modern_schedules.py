@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from nqm_oracles import brute_force_loss
+from nqm_oracles import brute_force_problem_loss
 
 import nqm
 
@@ -85,8 +85,8 @@ def test_exact_risk_matches_step_by_step(name, beta, gamma, p):
     opt = nqm.Optimizer(sched, momentum=beta, ema=gamma, precond_power=p)
     steps = [0, 3, 11, 40, 69, 70, 89, 90, 130]
     got = nqm.expected_loss(problem, opt, 4, steps)
-    want = brute_force_loss(
-        problem.h, problem.c, problem.init_sq, problem.weight, value,
+    want = brute_force_problem_loss(
+problem, value,
         beta, gamma, p, 4, steps,
     )  # fmt: skip
     np.testing.assert_allclose(got, want, rtol=RTOL_BRUTE, atol=0)

@@ -6,7 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from nqm_oracles import brute_force_loss
+from nqm_oracles import brute_force_problem_loss
 
 import nqm
 
@@ -128,11 +128,8 @@ def test_compressed_is_lossless(lr, beta, gamma, p):
         rtol=RTOL_LOSSLESS,
     )
     # and both against the brute force on the uncompressed modes
-    want = brute_force_loss(
-        prob.h,
-        prob.c,
-        prob.init_sq,
-        prob.weight,
+    want = brute_force_problem_loss(
+        prob,
         lambda s: lr,
         beta,
         gamma,

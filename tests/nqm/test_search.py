@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from nqm_oracles import brute_force_loss
+from nqm_oracles import brute_force_problem_loss
 
 import nqm
 from nqm.search import Family, best_steps, steps_to_target
@@ -15,11 +15,8 @@ HORIZON = 6000
 def brute_curve(problem, opt, b, horizon=HORIZON):
     """Independent oracle: step-by-step second-moment recursion of the update rule."""
     lr = opt.schedule
-    return brute_force_loss(
-        problem.h,
-        problem.c,
-        problem.init_sq,
-        problem.weight,
+    return brute_force_problem_loss(
+        problem,
         lambda t: float(lr(t)),
         opt.momentum,
         opt.ema,

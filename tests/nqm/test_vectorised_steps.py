@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from nqm_oracles import mp_loss
+from nqm_oracles import mp_problem_loss
 
 import nqm
 from nqm._doubling import MomentMap
@@ -44,11 +44,8 @@ def test_step_array_matches_high_precision_oracle(lr, beta, gamma, p):
     batch = 8.0
     d, n = risk_terms(prob, lr, beta, gamma, p, np.array(STEPS))
     got = d + n / batch
-    want = mp_loss(
-        prob.h,
-        prob.c,
-        prob.init_sq,
-        prob.weight,
+    want = mp_problem_loss(
+        prob,
         lr,
         beta,
         gamma,
