@@ -248,112 +248,146 @@ def _parse_int(value: str | None, default: int, what: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Validate, then reference run, estimate, predict, compare and write.
 
+    The output folders are owned by this run (:mod:`nqm.run_folder`) from the
+    end of the validation on.
+
     Returns:
         0 on success.
 
     Raises:
-        ValueError: for a bad option, a target at or below the floor, a sweep
-            of another workload or a missing checkpoint, before any work.
+        ValueError: for a bad option, a target at or below a given floor, a
+            sweep of another workload or a missing checkpoint, before any work.
     """
-    from analysis.netpredict import plots, reference
-    from analysis.netpredict.mapping import nqm_target
-    from analysis.netpredict.measured import WORKLOAD_FIELDS
-    from analysis.netpredict.pipeline import PredictionInputs, predict_and_check
-    from analysis.netpredict.report import markdown, write_folder
+    from analysis import cli_common as common
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     plan = _validate(args)
-    n_boot = _parse_int(args.n_boot, 200, "n_boot")
-    seed = _parse_int(args.seed, 0, "seed")
-    workers = _parse_int(args.workers, 1, "workers")
-    cfg = plan["cfg"]
+    plan["n_boot"] = _parse_int(args.n_boot, 200, "n_boot")
+    plan["seed"] = _parse_int(args.seed, 0, "seed")
+    plan["workers"] = _parse_int(args.workers, 1, "workers")
     timings: dict[str, float] = {"validate": time.perf_counter() - t0}
-    recorded: list[Path] = []
-    estimates: dict[str, Any] = {}
-    if "problem" in plan:
-        problems = {"given": plan["problem"]}
-        floor, floor_source = float(args.floor), "user (--floor)"
-        target_maps = None
-    else:
-        t = time.perf_counter()
-        run_dir = plan["run_dir"]
-        if "train_config" in plan:
-            reference.run_reference(plan["train_config"], run_dir)
-        timings["reference_run"] = time.perf_counter() - t
-        if args.floor is not None:
-            floor, floor_source = float(args.floor), "user (--floor)"
-        else:
-            floor = plan.get("floor")
-            if floor is None:
-                floor = reference.final_metric(run_dir, cfg.workload())
-            floor_source = f"end of the reference run {run_dir}"
-        nqm_target(float(cfg.target), floor)
-        t = time.perf_counter()
-        est = reference.estimate_checkpoints(run_dir, plan["checkpoints"])
-        timings["estimate"] = time.perf_counter() - t
-        problems = {int(s): e.problem for s, e in est.items()}
-        estimates = {
-            str(s): {"modes": e.problem.n_modes, "dropped": e.num_dropped,
-                     "final_step": e.final_step,
-                     "nqm_initial_loss": e.problem.initial_loss()}
-            for s, e in est.items()
-        }  # fmt: skip
-        target_maps = _target_maps(plan, run_dir, est, floor, cfg)
-        if not args.no_figures:
-            from kfac_spectra.__main__ import write_report
+    figures = None if args.no_figures else args.figures
+    with common.output_folders(args.out, figures, command="net-predict") as (
+        tables,
+        figs,
+    ):
+        _execute(args, plan, tables, figs, timings)
+        meta = {"command": "net-predict", "started_utc": started}
+        if figs is not None and figs is not tables:
+            figs.finish(meta)
+        tables.finish({**meta, "timings_s": timings})
+    logger.info("net-predict done in %.1fs; results in %s", time.perf_counter() - t0,
+                args.out)  # fmt: skip
+    return 0
 
-            spectra_dir = Path(args.figures) / "spectra"
-            summary = write_report(
-                run_dir, spectra_dir, nqm_step=plan["checkpoints"][0]
-            )
-            recorded = [Path(f) for f in summary.files]
+
+def _reference_inputs(
+    args: argparse.Namespace, plan: dict[str, Any], figs: Any, timings: dict
+) -> dict[str, Any]:
+    """The reference run (trained or resumed), its floor, the NQM at each
+    checkpoint and the reference report's figures (into ``figs/spectra``)."""
+    from analysis.netpredict import reference
+    from analysis.netpredict.mapping import nqm_target
+
+    cfg = plan["cfg"]
+    t = time.perf_counter()
+    run_dir = plan["run_dir"]
+    if "train_config" in plan:
+        reference.run_reference(plan["train_config"], run_dir)
+    timings["reference_run"] = time.perf_counter() - t
+    if args.floor is not None:
+        floor, floor_source = float(args.floor), "user (--floor)"
+    else:
+        floor = plan.get("floor")
+        if floor is None:
+            floor = reference.final_metric(run_dir, cfg.workload())
+        floor_source = f"end of the reference run {run_dir}"
+    nqm_target(float(cfg.target), floor)
+    t = time.perf_counter()
+    est = reference.estimate_checkpoints(run_dir, plan["checkpoints"])
+    timings["estimate"] = time.perf_counter() - t
+    recorded: list[str] = []
+    if figs is not None:
+        from kfac_spectra.__main__ import write_report
+
+        summary = write_report(
+            run_dir, figs.path / "spectra", nqm_step=plan["checkpoints"][0]
+        )
+        recorded = [Path(f).relative_to(figs.path).as_posix() for f in summary.files]
+    return {
+        "problems": {int(s): e.problem for s, e in est.items()},
+        "floor": floor,
+        "floor_source": floor_source,
+        "target_maps": _target_maps(plan, run_dir, est, floor, cfg),
+        "estimates": {
+            str(s): {
+                "modes": e.problem.n_modes,
+                "dropped": e.num_dropped,
+                "final_step": e.final_step,
+                "nqm_initial_loss": e.problem.initial_loss(),
+            }
+            for s, e in est.items()
+        },  # fmt: skip
+        "recorded": recorded,
+    }
+
+
+def _execute(
+    args: argparse.Namespace, plan: dict[str, Any], tables: Any, figs: Any,
+    timings: dict[str, float],
+) -> None:  # fmt: skip
+    """Everything after the validation, written into the owned folders."""
+    from analysis.netpredict import plots
+    from analysis.netpredict.measured import WORKLOAD_FIELDS
+    from analysis.netpredict.pipeline import PredictionInputs, predict_and_check
+    from analysis.netpredict.report import markdown, write_folder
+
+    cfg = plan["cfg"]
+    if "problem" in plan:
+        ref = {"problems": {"given": plan["problem"]}, "floor": float(args.floor),
+               "floor_source": "user (--floor)", "target_maps": None,
+               "estimates": {}, "recorded": []}  # fmt: skip
+    else:
+        ref = _reference_inputs(args, plan, figs, timings)
     t = time.perf_counter()
     inputs = PredictionInputs(
-        problems=problems,
+        problems=ref["problems"],
         labels=plan["labels"],
         batch_sizes=plan["batch_sizes"],
         target=float(cfg.target),
         thresholds=plan["thresholds"],
-        floor=floor,
-        floor_source=floor_source,
-        target_maps=target_maps,
+        floor=ref["floor"],
+        floor_source=ref["floor_source"],
+        target_maps=ref["target_maps"],
         sweeps=plan["sweeps"],
         replicas=args.replicas,
-        n_boot=n_boot,
-        seed=seed,
-        workers=workers,
+        n_boot=plan["n_boot"],
+        seed=plan["seed"],
+        workers=plan["workers"],
     )
     doc = predict_and_check(inputs)
     timings["predict_and_check"] = time.perf_counter() - t
-    doc["estimates"] = estimates
+    doc["estimates"] = ref["estimates"]
     doc["workload"] = {k: cfg.to_dict()[k] for k in WORKLOAD_FIELDS}
     steps_rows, crit_rows = _tables(doc)
-    meta = {"command": "net-predict", "started_utc": started, "timings_s": timings}
-    write_folder(
-        args.out,
-        [("prediction.json", doc), ("prediction.md", markdown(doc)),
-         ("steps.csv", steps_rows), ("b_crit.csv", crit_rows)],
-        meta=meta,
-    )  # fmt: skip
-    if not args.no_figures:
+    outputs = [("prediction.json", doc), ("prediction.md", markdown(doc)),
+               ("steps.csv", steps_rows), ("b_crit.csv", crit_rows)]  # fmt: skip
+    if figs is not None:
         panels = {
             name: {"predicted": e["predicted"], "measured": e["measured"]}
             for name, e in doc["optimizers"].items()
         }
         write_folder(
-            args.figures,
+            figs,
             [("steps_vs_batch", plots.plot_steps_panels(panels)),
              ("steps_vs_batch.csv", steps_rows),
              ("steps_over_s_min", plots.plot_normalised_overlay(panels)),
              ("b_crit_predicted_vs_measured", plots.plot_b_crit_summary(crit_rows)),
              ("b_crit_predicted_vs_measured.csv", crit_rows)],
-            meta={"command": "net-predict"},
-            recorded=[p for p in recorded if Path(args.figures) in p.parents],
+            recorded=ref["recorded"],
         )  # fmt: skip
-    logger.info("net-predict done in %.1fs; results in %s", time.perf_counter() - t0,
-                args.out)  # fmt: skip
-    return 0
+    write_folder(tables, outputs)
 
 
 def _target_maps(

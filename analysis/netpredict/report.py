@@ -3,26 +3,22 @@ written.
 
 :func:`markdown` renders the document of
 :func:`.pipeline.predict_and_check` (the ``prediction.json`` content).
-:func:`write_folder` writes every output file of ``net-predict``: JSON, text,
-CSV tables and figures, each atomically (:mod:`nqm.io`), then a
-``manifest.json`` listing them with their SHA-256, last, so a folder with a
+:func:`write_folder` writes every output file of ``net-predict`` through an
+owned :class:`nqm.run_folder.RunFolder`: JSON, text, CSV tables and figures,
+each atomically and checksummed; the caller writes ``manifest.json`` last
+(:meth:`~nqm.run_folder.RunFolder.finish`), so a folder with a complete
 manifest is complete.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-from nqm.io import save_figure, write_csv, write_json, write_text_atomic
+from nqm.run_folder import RunFolder
 
-__all__ = ["OutputFile", "write_folder", "markdown", "MANIFEST"]
-
-#: Written last into every output folder.
-MANIFEST = "manifest.json"
+__all__ = ["OutputFile", "write_folder", "markdown"]
 
 #: ``(name, payload)``: a ``.json`` name takes any JSON-ready object, ``.md``
 #: and ``.toml`` a string, ``.csv`` a list of row mappings, and a name without
@@ -30,60 +26,41 @@ MANIFEST = "manifest.json"
 OutputFile = tuple[str, Any]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def write_folder(
-    folder: str | Path,
+    folder: RunFolder,
     files: Sequence[OutputFile],
     *,
-    meta: Mapping[str, Any] | None = None,
-    recorded: Sequence[Path] = (),
-) -> list[Path]:
-    """Write ``files`` into ``folder``, then its manifest.
+    recorded: Sequence[str] = (),
+) -> None:
+    """Write ``files`` into ``folder`` (its manifest follows with
+    :meth:`~nqm.run_folder.RunFolder.finish`, once the run is done).
 
     Args:
-        folder: the output folder (created).
+        folder: the output folder, owned by this run
+            (:func:`nqm.run_folder.open_run_folder`).
         files: the outputs (see :data:`OutputFile`).
-        meta: stored in the manifest beside the file list.
-        recorded: files already written into the folder by other means (the
-            reference run's report figures), checksummed into the manifest.
-
-    Returns:
-        Every path written, the manifest last.
+        recorded: names of files already written into the folder by other
+            means (the reference run's report figures), checksummed into the
+            manifest.
 
     Raises:
         ValueError: for a name with an unknown suffix.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).unlink(missing_ok=True)  # incomplete until rewritten
-    written: list[Path] = []
     for name, payload in files:
-        path = folder / name
-        suffix = path.suffix
-        if suffix == ".json":
-            written.append(write_json(path, payload))
-        elif suffix in (".md", ".toml"):
-            written.append(write_text_atomic(path, payload))
-        elif suffix == ".csv":
+        suffix = name.rsplit(".", 1)[1] if "." in name else ""
+        if suffix == "json":
+            folder.write_json(name, payload)
+        elif suffix in ("md", "toml"):
+            folder.write_text(name, payload)
+        elif suffix == "csv":
             columns = list(dict.fromkeys(k for row in payload for k in row))
-            written.append(write_csv(path, payload, columns))
+            folder.write_csv(name, payload, columns)
         elif suffix == "":
-            written += save_figure(payload, path)
+            folder.save_figure(payload, name)
         else:
             raise ValueError(f"output {name!r}: unknown suffix {suffix!r}")
-    listing = {
-        str(p.relative_to(folder)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-        for p in [*written, *recorded]
-    }
-    written.append(
-        write_json(
-            folder / MANIFEST, {**(meta or {}), "complete": True, "files": listing}
-        )
-    )
-    return written
+    for name in recorded:
+        folder.record(name)
 
 
 def _num(v: Any, digits: int = 3) -> str:
