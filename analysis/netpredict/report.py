@@ -100,6 +100,23 @@ def _claims_table(claims: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _start_warnings(doc: Mapping[str, Any]) -> list[str]:
+    """A line per checkpoint whose NQM starts at or below its target."""
+    lines = []
+    for step, est in doc.get("estimates", {}).items():
+        start, target = est["nqm_initial_loss"], doc["checkpoints"][step]["nqm_target"]
+        if start <= target:
+            lines += [
+                f"**Checkpoint {step}: the estimated NQM starts at loss "
+                f"{_num(start)}, at or below its target {_num(target)}, so every "
+                "predicted step count is 0** (the network's loss is far from "
+                "quadratic there; `--target-mapping relative` keeps the fraction "
+                "of the way to the floor instead).",
+                "",
+            ]
+    return lines
+
+
 def markdown(doc: Mapping[str, Any]) -> str:
     """The Markdown report of a ``prediction.json`` document."""
     t = doc["target"]
@@ -112,6 +129,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
         f"{_num(t['scale'])} x (L_target − L_floor)). Primary checkpoint: step "
         f"{doc['primary_checkpoint']}.",
         "",
+        *_start_warnings(doc),
         "## Critical batch size per optimizer",
         "",
         "| optimizer | NQM family, p | predicted B_crit | measured B_crit [interval] |",

@@ -130,7 +130,12 @@ def test_reference_run_path_end_to_end_and_resumes(tmp_path):
     t = doc["target"]
     assert t["nqm_target"] == pytest.approx(2.0 - t["floor"])
     assert 0 < t["floor"] < 2.0 and "reference run" in t["floor_source"]
-    # a rerun finds the finished reference run and predicts the same
+    md = (out / "prediction.md").read_text()
+    for step in ("0", "10"):
+        est, nqm_t = doc["estimates"][step], doc["checkpoints"][step]["nqm_target"]
+        below = est["nqm_initial_loss"] <= nqm_t
+        assert (f"Checkpoint {step}: the estimated NQM starts" in md) is below
+        # a rerun finds the finished reference run and predicts the same
     assert main(["net-predict", *argv, "--out", str(out)]) == 0
     again = json.loads((out / "prediction.json").read_text())
     assert again["target"] == doc["target"]
