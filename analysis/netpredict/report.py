@@ -135,6 +135,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
         "| optimizer | NQM family, p | predicted B_crit | measured B_crit [interval] |",
         "|---|---|---|---|",
     ]
+    # "extrapolated": the fitted B_crit lies outside the batch sizes studied
     for name, e in doc["optimizers"].items():
         m = e["measured"]
         meas = (
@@ -143,9 +144,13 @@ def markdown(doc: Mapping[str, Any]) -> str:
             else f"{_num(m['b_crit'])} [{_num(m['b_crit_low'])}, "
             f"{_num(m['b_crit_high'])}]"
         )
+        bc = e["predicted"]["b_crit"]
+        outside = bc is not None and math.isfinite(bc)
+        outside = outside and not e["predicted"]["b_crit_in_range"]
+        mark = " (extrapolated)" if outside else ""
         lines.append(
             f"| {name} | {e['family']}, {e['precond_power']:g} | "
-            f"{_num(e['predicted']['b_crit'])} | {meas} |"
+            f"{_num(e['predicted']['b_crit'])}{mark} | {meas} |"
         )
     lines += ["", "## Steps to target (predicted / measured, log-ratio)", ""]
     for name, e in doc["optimizers"].items():
