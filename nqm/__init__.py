@@ -42,7 +42,7 @@ from .dynamics import (
     risk_terms,
     steady_state_loss,
 )
-from .montecarlo import MonteCarloResult, NoiseModel, simulate
+from .montecarlo import MonteCarloResult, NoiseModel, first_passage_steps, simulate
 from .optimizer import (
     Constant,
     CosineWarmup,
@@ -97,6 +97,7 @@ __all__ = [
     "Family",
     "TuneResult",
     "simulate",
+    "first_passage_steps",
     "MonteCarloResult",
     "NoiseModel",
 ]
