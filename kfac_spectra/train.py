@@ -95,6 +95,7 @@ from kfac_spectra.train_config import (
 )
 from nqm.config import config_to_toml
 from nqm.run_folder import CorruptFileError, RunFolder, open_run_folder
+from nqm.runtime import torch_device
 
 __all__ = [
     "FactorSource",
@@ -413,6 +414,7 @@ def train(
             f"batch_size={config.batch_size} is not divisible by the world size "
             f"{world} (each rank trains on batch_size / world examples)"
         )
+    torch_device(config.device)  # an absent device is refused before any work
     run_dir = Path(run_dir)
     run = _build_run(config)  # every check before the directory is created
     with contextlib.ExitStack() as stack:

@@ -359,3 +359,20 @@ def test_a_rerun_after_a_kill_resumes_from_the_journal(tmp_path):
 
     assert SENTINEL_SECONDS in seconds(tampered)
     assert SENTINEL_SECONDS not in seconds(killed) | seconds(fresh)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["meta", "cuda:99"] + ([] if __import__("torch").cuda.is_available() else ["cuda"]),
+)
+def test_device_that_cannot_compute_is_one_line_exit_2(tmp_path, device):
+    """As a program: ``meta`` holds no data, ``cuda:99`` does not exist."""
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "analysis", "nqm-scaling", *TINY,
+           "--device", device, "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"device {device!r}" in proc.stderr
+    assert not out.exists()
