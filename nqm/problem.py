@@ -217,18 +217,14 @@ class NQMProblem:
         """Read a problem written by :meth:`save` (``init_sq``, ``weight`` optional).
 
         Raises:
-            ValueError: if the file is not a readable ``.npz`` with ``h`` and ``c``.
+            ValueError: if the file is not a readable ``.npz`` with ``h`` and ``c``
+                (:func:`nqm.io.read_npz` says which: missing, a directory, not an
+                archive, truncated).
         """
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                keys = set(data.files)
-                arrays = {
-                    k: np.array(data[k])
-                    for k in ("h", "c", "init_sq", "weight")
-                    if k in keys
-                }
-        except Exception as exc:  # OSError, zipfile.BadZipFile, pickle refusal, ...
-            raise ValueError(f"cannot read spectrum file {str(path)!r}: {exc}") from exc
+        from .io import read_npz
+
+        stored = read_npz(path, "spectrum file")
+        arrays = {k: stored[k] for k in ("h", "c", "init_sq", "weight") if k in stored}
         missing = {"h", "c"} - set(arrays)
         if missing:
             raise ValueError(

@@ -159,7 +159,8 @@ def test_subprocess_module_entry_point(tmp_path):
         ("--powers", "1.5", "precond power"),
         ("--dim", "zero", "dim"),
         ("--problem", "MISSING", "spectrum file"),
-        ("--problem", "GARBAGE", "spectrum file"),
+        ("--problem", "GARBAGE", "is not an .npz archive"),
+        ("--problem", "FOLDER", "is a directory"),
         ("--config", "MISSING", "config file"),
         ("--device", "no-such-device", "device must name a torch device"),
     ]
@@ -175,6 +176,10 @@ def test_bad_option_exits_2_with_one_line(tmp_path, capsys, option, value, needl
     elif value == "GARBAGE":
         path = tmp_path / "garbage.npz"
         path.write_bytes(b"this is not a zip archive")
+        value = str(path)
+    elif value == "FOLDER":
+        path = tmp_path / "spectra.npz"
+        path.mkdir()
         value = str(path)
     out = tmp_path / "res"
     code = main(["nqm-scaling", option, value, "--out", str(out)])
