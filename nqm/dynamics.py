@@ -39,6 +39,7 @@ from ._closed import _sgd_terms, closed_form_terms
 from ._confluent import confluent_terms
 from ._doubling import MomentMap
 from ._system import Features, system_matrices
+from .arguments import validate_batch_size, validate_steps
 from .batch_schedule import BatchSchedule, joint_pieces
 from .optimizer import Constant, Optimizer
 from .problem import NQMProblem
@@ -66,13 +67,6 @@ CONFLUENT_MIN_STEPS = 64
 
 
 # --------------------------------------------------------------------- inputs
-def validate_batch_size(batch_size) -> np.ndarray:
-    b = np.asarray(batch_size, dtype=np.float64)
-    if b.size == 0 or not np.all(np.isfinite(b)) or np.any(b < 1):
-        raise ValueError(f"batch_size must be finite and >= 1, got {batch_size!r}")
-    return b
-
-
 def split_batch(batch_size) -> tuple[object, BatchSchedule | None]:
     """``(batch_size, None)`` for a number (or a one-piece schedule, as its
     value), ``(1.0, schedule)`` for a batch schedule with several pieces: its
@@ -84,27 +78,6 @@ def split_batch(batch_size) -> tuple[object, BatchSchedule | None]:
     return batch_size, None
 
 
-def validate_steps(steps) -> np.ndarray:
-    if isinstance(steps, int | np.integer) and not isinstance(steps, bool):
-        # one integer step (the tuner's common call): no array checks needed
-        if steps < 0:
-            raise ValueError(f"steps must be non-negative, got {steps!r}")
-        return np.asarray(steps, dtype=np.int64)
-    t = np.asarray(steps)
-    if t.size == 0:
-        raise ValueError("steps must not be empty")
-    if not np.all(np.isfinite(t.astype(np.float64))):
-        raise ValueError(f"steps must be finite, got {steps!r}")
-    if np.any(
-        np.asarray(t, dtype=np.float64) != np.round(np.asarray(t, dtype=np.float64))
-    ):
-        raise ValueError(f"steps must be integers, got {steps!r}")
-    t = np.asarray(t, dtype=np.int64)
-    if np.any(t < 0):
-        raise ValueError(f"steps must be non-negative, got {steps!r}")
-    return t
-
-
 @functools.lru_cache(maxsize=64)
 def _modes(problem: NQMProblem, precond_power: float):
     """Unique preconditioned curvatures and the loss weights of each.
@@ -113,9 +86,9 @@ def _modes(problem: NQMProblem, precond_power: float):
     \\,\\text{init}` and :math:`\\omega_N = \\tfrac12 \\sum w h \\hat c` over the modes
     sharing :math:`\\hat h` (merging is exact, see :meth:`NQMProblem.compressed`).
     """
-    hh, cc = problem.preconditioned(precond_power)
+    hh, _ = problem.preconditioned(precond_power)
     wd = 0.5 * problem.weight * problem.h * problem.init_sq
-    wn = 0.5 * problem.weight * problem.h * cc
+    wn = 0.5 * problem.weight * problem.noise_weight(precond_power)
     uniq, inv = np.unique(hh, return_inverse=True)
     if uniq.size < hh.size:
         wd = np.bincount(inv, weights=wd)
@@ -579,11 +552,11 @@ def _batch_scheduled_terms(problem, lr, momentum, ema, precond_power, steps, bat
 def doubled_modes(
     problem: NQMProblem,
     lr,
+    *,
+    steps=0,
     momentum=0.0,
     ema=0.0,
     precond_power: float = 0.0,
-    steps=0,
-    *,
     rtol: float = CLOSED_FORM_RTOL,
 ) -> int:
     """How many (setting, mode, step) entries :func:`risk_terms` computes by
@@ -591,7 +564,8 @@ def doubled_modes(
     divided-difference form can certify to ``rtol`` (below
     :data:`CONFLUENT_MIN_STEPS` steps, those the Lagrange form cannot).
 
-    Arguments as for :func:`risk_terms` (distinct curvatures count once, as
+    Arguments as for :func:`risk_terms`, all but ``problem`` and ``lr`` by
+    keyword (distinct curvatures count once, as
     :func:`risk_terms` merges them). Every other entry costs :math:`O(1)`
     whatever the step; a doubled one :math:`O(\\log t)`.
     """
@@ -756,7 +730,7 @@ def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps)
         Array of shape ``(T, n)`` (``(n,)`` for scalar ``steps``).
     """
     batch_size, batch = split_batch(batch_size)
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     t = validate_steps(steps)
     flat = np.atleast_1d(t).ravel()
     hh, cc = problem.preconditioned(optimizer.precond_power)

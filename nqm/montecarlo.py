@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .arguments import validate_batch_size, validate_steps
 from .batch_schedule import BatchSchedule
-from .dynamics import validate_batch_size, validate_steps
 from .optimizer import Optimizer
 from .problem import NQMProblem
 from .runtime import torch_device
@@ -120,7 +120,9 @@ def simulate(
     if isinstance(batch_size, BatchSchedule):
         b_steps = batch_size(np.arange(max(int(t.max()), 1)))
     else:
-        b_steps = np.full(max(int(t.max()), 1), float(validate_batch_size(batch_size)))
+        b_steps = np.full(
+            max(int(t.max()), 1), float(validate_batch_size(batch_size, scalar=True))
+        )
     if int(replicas) != replicas or replicas < 2:
         raise ValueError(f"replicas must be an integer >= 2, got {replicas!r}")
     try:
