@@ -349,6 +349,10 @@ def _single_setting_terms(
 
 
 # ---------------------------------------------------------- scheduled path
+#: Elements (pieces x modes) per batch of closed-form pieces under a schedule.
+_PIECE_CHUNK = 1 << 16
+
+
 def _scheduled_modes(
     hh, optimizer: Optimizer, steps, batch: BatchSchedule | None = None
 ):
@@ -373,6 +377,7 @@ def _scheduled_modes(
     G = np.empty_like(F)
     now = 0
     piece = 0
+    pieces = _PieceMatrices(hh, lrs, inv_b, beta, gamma, feats)
     with np.errstate(all="ignore"):
         for j in np.argsort(steps):
             target = int(steps[j])
@@ -380,8 +385,7 @@ def _scheduled_modes(
                 while ends[piece] <= now:
                     piece += 1
                 length = int(min(ends[piece], target) - now)
-                im, ip, n, _ = system_matrices(hh, lrs[piece], beta, gamma, feats)
-                q = inv_b[piece] * n[..., :, None] * n[..., None, :]
+                im, ip, q = pieces[piece]
                 if length == 1:
                     e, nt = im, q
                 else:
@@ -396,6 +400,29 @@ def _scheduled_modes(
     return F, G
 
 
+class _PieceMatrices:
+    """Each piece's :math:`I - A`, :math:`I + A` and noise covariance, built a
+    chunk of pieces at a time (vectorised over pieces and modes): a schedule
+    that changes at every step needs them for every update."""
+
+    def __init__(self, hh, lrs, inv_b, beta, gamma, feats: Features):
+        self.args = hh, lrs, inv_b, beta, gamma, feats
+        self.chunk = max(1, _PIECE_CHUNK // max(1, hh.size))
+        self.lo = self.hi = 0
+
+    def __getitem__(self, piece: int):
+        if not self.lo <= piece < self.hi:
+            hh, lrs, inv_b, beta, gamma, feats = self.args
+            self.lo, self.hi = piece, min(piece + self.chunk, lrs.size)
+            cut = slice(self.lo, self.hi)
+            self.im, self.ip, n, _ = system_matrices(
+                hh, lrs[cut, None], beta, gamma, feats
+            )
+            self.q = inv_b[cut, None, None, None] * n[..., :, None] * n[..., None, :]
+        i = piece - self.lo
+        return self.im[i], self.ip[i], self.q[i]
+
+
 def _scheduled_terms(
     hh, wd, wn, optimizer: Optimizer, steps, batch: BatchSchedule | None = None
 ):
@@ -403,6 +430,26 @@ def _scheduled_terms(
     F, G = _scheduled_modes(hh, optimizer, steps, batch)
     with np.errstate(invalid="ignore"):
         return F @ wd, G @ wn
+
+
+def _affine_scan(f, g):
+    """Prefix compositions of the maps :math:`x \\mapsto f_i x + g_i` along axis 0.
+
+    Returns ``(F, G)`` with :math:`x_{i+1} = F_i x_0 + G_i` for the recurrence
+    :math:`x_{i+1} = f_i x_i + g_i`, by :math:`\\lceil \\log_2 n \rceil` vectorised
+    doubling passes (Hillis & Steele 1986). With :math:`f, g \\ge 0` (SGD's
+    moment maps) every sum has nonnegative terms, so each pass adds at most one
+    rounding to the relative error.
+    """
+    f = f.copy()
+    g = g.copy()
+    span = 1
+    while span < f.shape[0]:
+        # right-hand sides are evaluated before assignment: the old prefixes
+        g[span:] = f[span:] * g[:-span] + g[span:]
+        f[span:] = f[span:] * f[:-span]
+        span *= 2
+    return f, g
 
 
 class PieceStates:
@@ -421,8 +468,9 @@ class PieceStates:
         self.starts = np.zeros(1, dtype=np.int64)
         self.lrs = np.array([float(self.sched(0))])
         self.inv_b = np.array([1.0 if batch is None else 1.0 / batch(0)])
-        self.F = [np.ones(hh.size)]
-        self.V = [np.zeros(hh.size)]
+        # state at each piece start, one row per piece
+        self.F = np.ones((1, hh.size))
+        self.V = np.zeros((1, hh.size))
         self.known = 0  # pieces are known for steps < self.known (grows by doubling)
 
     def _extend(self, t: int):
@@ -432,13 +480,27 @@ class PieceStates:
         starts, lrs, inv_b = joint_pieces(self.sched, self.batch, horizon)
         self.starts, self.lrs, self.inv_b = starts, lrs, inv_b
         self.known = horizon
+        done = self.F.shape[0]
+        if done == starts.size:
+            return
+        F = np.empty((starts.size, self.hh.size))
+        V = np.empty_like(F)
+        F[:done], V[:done] = self.F, self.V
+        # A chunk of pieces at a time, vectorised over pieces and modes (the cost
+        # of a schedule that changes at every step): each piece maps the state
+        # (F, V) -> (f F, f V + g), and the chunk's prefix compositions follow
+        # from a scan of those maps.
+        chunk = max(1, _PIECE_CHUNK // max(1, self.hh.size))
         with np.errstate(all="ignore"):
-            while len(self.F) < starts.size:
-                k = len(self.F) - 1
-                length = float(starts[k + 1] - starts[k])
-                fl, gl, _, _ = _sgd_terms(lrs[k] * self.hh, lrs[k], length)
-                self.F.append(self.F[k] * fl)
-                self.V.append(self.V[k] * fl + inv_b[k] * gl)
+            for lo in range(done - 1, starts.size - 1, chunk):
+                k = np.arange(lo, min(lo + chunk, starts.size - 1))
+                length = (starts[k + 1] - starts[k]).astype(np.float64)[:, None]
+                a = lrs[k, None]
+                fl, gl, _, _ = _sgd_terms(a * self.hh, a, length)
+                fa, ga = _affine_scan(fl, inv_b[k, None] * gl)
+                F[k + 1] = fa * F[lo]
+                V[k + 1] = fa * V[lo] + ga
+        self.F, self.V = F, V
 
     def at(self, steps):
         """Per-mode ``(F, V)`` at each step, shape ``(T, M)`` each; the steps that
@@ -448,7 +510,7 @@ class PieceStates:
         F = np.empty((steps.size, self.hh.size))
         V = np.empty_like(F)
         piece = np.searchsorted(self.starts, steps, side="right") - 1
-        piece = np.minimum(piece, len(self.F) - 1)  # beyond: the tail piece
+        piece = np.minimum(piece, self.F.shape[0] - 1)  # beyond: the tail piece
         with np.errstate(all="ignore"):
             for k in np.unique(piece):
                 sel = piece == k
