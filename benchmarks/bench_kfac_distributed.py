@@ -2,25 +2,31 @@
 and the per-rank decomposition time with the inverse work shared.
 
 Run: ``python benchmarks/bench_kfac_distributed.py`` (2 local gloo processes on
-the CPU, single-threaded each; about a minute; ``--quick`` for a smoke run).
+the CPU, single-threaded each; about two minutes; ``--quick`` for a smoke run).
 Every number is measured in this one run, side by side:
 
 1. Step time (zero_grad, forward, loss, backward -- DDP's gradient all-reduce --
    and step) at the global batch 256 (128 per rank) for the MLP 40-256-256-10 and
    the small 1-D CNN of ``bench_kfac.py``: SGD, and K-FAC with factors every 10 and
-   inverses every 100 steps in both inverse layouts. Windows of 100 consecutive
+   inverses every 100 steps in each inverse layout. Windows of 100 consecutive
    steps (10 factor steps and 1 inverse step each), interleaved; a window's time
-   is the slower rank's; the ratio to SGD is taken within each round and the
-   median over rounds printed.
-   Next to it, the flop floor ``1 + P/F`` (P: a non-factor K-FAC step's flops,
-   F: a forward and backward's, at the per-rank batch; ``torch.utils.flop_counter``).
+   is the slower rank's, as wall time and as the main thread's CPU time (the
+   work a rank does, less sensitive to the machine's load; gloo communicates on
+   its own threads, so CPU time leaves the transfers out); the ratio to SGD is
+   taken within each round and the median over rounds printed, with the load
+   average at the start and the end.
+   Next to it, the flop floor ``1 + P/F`` (P: a non-factor K-FAC step's flops
+   on the slower rank, F: a forward and backward's, at the per-rank batch;
+   ``torch.utils.flop_counter``). Below it, where the time goes: the median
+   CPU time of each kind of K-FAC step (plain, factor, inverse) against an SGD
+   step's, and their mix over a window.
 2. Bytes each rank sends into collectives per step (averaged over those windows),
    by kind, next to the gradient that DDP all-reduces every step.
 3. A model of many similar blocks (a stack of ``--blocks`` linear layers of
    width ``--width``): the time of an inverse update per rank (a step with
    decompositions minus one without, medians), every rank decomposing every
    block (``replicated``) against each rank its share (``shared``, including the
-   broadcast). With W ranks the ratio should approach W. Printed as the main
+   broadcast; ``owner``, which sends nothing on that step but its flags). With W ranks the ratio should approach W. Printed as the main
    thread's CPU time (the work each rank does, whatever the machine's load) and
    as wall time (which also depends on the ranks getting a core each).
 """
@@ -29,14 +35,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -44,12 +48,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kfac_spectra import KFAC
 from kfac_spectra.kfac.toy_models import cnn1d, mlp
+from kfac_spectra.launch import spawn_local
 
 KFAC_KW = {"lr": 0.01, "damping": 0.03, "kl_clip": 1e-3}  # as bench_kfac.py
 FACTOR_INTERVAL, INVERSE_INTERVAL = 10, 100
 WINDOW = 100  # steps: 10 factor steps and 1 inverse step wherever it starts
 GLOBAL_BATCH = 256
 NEVER = 10**9  # an interval no run reaches
+LAYOUTS = ("shared", "replicated", "owner")
+KIND_STEPS = 2 * INVERSE_INTERVAL  # two inverse steps, 18 other factor steps
 
 
 def _models() -> dict[str, Callable[[], nn.Module]]:
@@ -107,13 +114,6 @@ def _slowest(seconds: float) -> float:
     return float(t)
 
 
-def _timed(fn: Callable[[], None]) -> float:
-    dist.barrier()
-    t0 = time.perf_counter()
-    fn()
-    return _slowest(time.perf_counter() - t0)
-
-
 def _timed_cpu(fn: Callable[[], None]) -> tuple[float, float]:
     """Wall and main-thread CPU seconds of ``fn``, each the slower rank's."""
     dist.barrier()
@@ -123,87 +123,140 @@ def _timed_cpu(fn: Callable[[], None]) -> tuple[float, float]:
     return _slowest(t1 - t0), _slowest(c1 - c0)
 
 
-def flop_floor(build: Callable[[], nn.Module], x: Tensor, y: Tensor) -> float:
-    """``1 + P/F``: a non-factor K-FAC step's flops (P, the two products per
-    block) over a forward and backward's (F) at this batch, both counted by
-    ``torch.utils.flop_counter``. What the every-step preconditioning alone costs
-    relative to SGD if every flop ran at the same speed and nothing else did."""
-    model = _seeded(build(), 1)
-    opt = KFAC(model, process_group=False, factor_interval=FACTOR_INTERVAL, **KFAC_KW)
-    for _ in range(2):  # then a non-factor step with decompositions at hand
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    opt.zero_grad()
-    with FlopCounterMode(display=False) as fwd_bwd:
-        F.cross_entropy(model(x), y).backward()
-    with FlopCounterMode(display=False) as step:
-        opt.step()
-    return 1.0 + step.get_total_flops() / fwd_bwd.get_total_flops()
+def _flops(fn: Callable[[], None]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def flop_floor(run: Run, x: Tensor, y: Tensor) -> float:
+    """``1 + P/F`` on the slower rank: a non-factor K-FAC step's flops (P, this
+    rank's solves: every block's, or its own in the ``owner`` layout) over a
+    forward and backward's (F) at this batch, both counted by
+    ``torch.utils.flop_counter`` (collective: every rank calls it). What the
+    every-step preconditioning alone costs relative to SGD if every flop ran at
+    the same speed and nothing else did."""
+    assert isinstance(run.opt, KFAC)
+    while run.opt.steps % FACTOR_INTERVAL == 0 or run.opt.steps % INVERSE_INTERVAL == 0:
+        run.steps(x, y, 1)
+    run.opt.zero_grad()
+    fwd_bwd = _flops(lambda: F.cross_entropy(run.net(x), y).backward())
+    step = _flops(run.opt.step)
+    ratio = torch.tensor([step / fwd_bwd], dtype=torch.float64)
+    dist.all_reduce(ratio, op=dist.ReduceOp.MAX)
+    return 1.0 + float(ratio)
+
+
+def step_kinds(run: Run, x: Tensor, y: Tensor, steps: int) -> dict[str, float]:
+    """Median main-thread CPU ms of each kind of step, the slower rank's: ``sgd``
+    for SGD, else K-FAC's ``plain``, ``factor`` and ``inverse`` steps (an
+    inverse step is also a factor step)."""
+    kinds: dict[str, list[float]] = {}
+    for _ in range(steps):
+        kind = "sgd"
+        if isinstance(run.opt, KFAC):
+            k = run.opt.steps
+            kind = "plain"
+            if k % INVERSE_INTERVAL == 0:
+                kind = "inverse"
+            elif k % FACTOR_INTERVAL == 0:
+                kind = "factor"
+        c0 = time.thread_time()
+        run.steps(x, y, 1)
+        kinds.setdefault(kind, []).append(time.thread_time() - c0)
+    names = sorted(kinds)
+    med = torch.tensor([statistics.median(kinds[k]) for k in names])
+    dist.all_reduce(med, op=dist.ReduceOp.MAX)
+    return {k: float(v) * 1e3 for k, v in zip(names, med, strict=True)}
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min)"
+
+
+def _kinds_lines(runs: dict[str, Run], x: Tensor, y: Tensor) -> list[str]:
+    """Where K-FAC's time goes: each kind of step against an SGD step, and their
+    mix over a window (``INVERSE_INTERVAL`` steps)."""
+    sgd = step_kinds(runs["sgd"], x, y, KIND_STEPS // 2)["sgd"]
+    lines = [
+        f"    per kind of step (main-thread CPU ms, medians of {KIND_STEPS} steps, "
+        f"the slower rank): sgd {sgd:.2f}"
+    ]
+    per_window = INVERSE_INTERVAL // FACTOR_INTERVAL  # factor steps per window
+    for key in LAYOUTS:
+        t = step_kinds(runs[key], x, y, KIND_STEPS)
+        mix = (
+            (INVERSE_INTERVAL - per_window) * t["plain"]
+            + (per_window - 1) * t["factor"]
+            + t["inverse"]
+        ) / INVERSE_INTERVAL
+        lines.append(
+            f"      {key:<10} plain {t['plain']:.2f} ({t['plain'] / sgd:.2f}x), "
+            f"factor {t['factor']:.2f} ({t['factor'] / sgd:.2f}x), inverse "
+            f"{t['inverse']:.1f} ({t['inverse'] / sgd:.1f}x); their mix "
+            f"{mix:.2f} ms/step = {mix / sgd:.2f}x sgd"
+        )
+    return lines
 
 
 def step_section(rank: int, world: int, rounds: int) -> list[str]:
     lines = [
         f"1-2. step time and bytes sent, {world} ranks, global batch {GLOBAL_BATCH}, "
         f"K-FAC({FACTOR_INTERVAL}, {INVERSE_INTERVAL}), windows of {WINDOW} steps, "
-        f"{rounds} rounds"
+        f"{rounds} rounds; {_load()} at the start"
     ]
+    kfac_kw = {"factor_interval": FACTOR_INTERVAL, "inverse_interval": INVERSE_INTERVAL}
     for name, build in _models().items():
         x, y = _batch(name, rank, world)
-        runs = {
-            "sgd": Run(build, "sgd"),
-            "shared": Run(
-                build,
-                "shared",
-                factor_interval=FACTOR_INTERVAL,
-                inverse_interval=INVERSE_INTERVAL,
-            ),
-            "replicated": Run(
-                build,
-                "replicated",
-                factor_interval=FACTOR_INTERVAL,
-                inverse_interval=INVERSE_INTERVAL,
-            ),
-        }
+        runs = {"sgd": Run(build, "sgd")}
+        runs |= {layout: Run(build, layout, **kfac_kw) for layout in LAYOUTS}
         for run in runs.values():  # warm-up: the first factors and inverses
             run.steps(x, y, WINDOW)
-        times: dict[str, list[float]] = {k: [] for k in runs}
-        ratios: dict[str, list[float]] = {k: [] for k in runs if k != "sgd"}
+        wall: dict[str, list[float]] = {k: [] for k in runs}
+        cpu: dict[str, list[float]] = {k: [] for k in runs}
         sent: dict[str, dict[str, int]] = {}
         for _ in range(rounds):
             for key, run in runs.items():
                 before = run.sent()
-                times[key].append(_timed(lambda r=run, x=x, y=y: r.steps(x, y, WINDOW)))
+                w, c = _timed_cpu(lambda r=run, x=x, y=y: r.steps(x, y, WINDOW))
+                wall[key].append(w)
+                cpu[key].append(c)
                 after = run.sent()
                 sent[key] = {k: after[k] - before.get(k, 0) for k in after}
-            for key in ratios:
-                ratios[key].append(times[key][-1] / times["sgd"][-1])
-        floor = flop_floor(build, x, y)
         grad_bytes = sum(
             p.numel() * p.element_size() for p in runs["sgd"].model.parameters()
         )
-        med = {k: statistics.median(v) / WINDOW * 1e3 for k, v in times.items()}
+
+        def ratios(times: dict[str, list[float]], key: str) -> list[float]:
+            # within each round, side by side
+            return [t / s for t, s in zip(times[key], times["sgd"], strict=True)]
+
+        med = {k: statistics.median(v) / WINDOW * 1e3 for k, v in wall.items()}
+        med_cpu = {k: statistics.median(v) / WINDOW * 1e3 for k, v in cpu.items()}
         lines.append(
-            f"  {name}: sgd {med['sgd']:.2f} ms/step | "
-            + " | ".join(
-                f"kfac {k} {med[k]:.2f} ms/step, {statistics.median(r):.2f}x sgd "
-                f"(rounds {min(r):.2f}-{max(r):.2f})"
-                for k, r in ratios.items()
-            )
+            f"  {name}: sgd {med['sgd']:.2f} ms/step wall, {med_cpu['sgd']:.2f} ms "
+            f"CPU; gradient all-reduced by DDP {grad_bytes / 1e3:.1f} kB/step"
         )
         lines.append(
-            f"    flop floor of the every-step preconditioning at the per-rank "
-            f"batch {x.shape[0]}: 1 + P/F = {floor:.2f}x sgd"
+            "    layout      wall ms  /sgd (rounds)       CPU ms  /sgd (rounds)"
+            "       flop floor  sent kB/step (/gradient)"
         )
-        lines.append(f"    gradient all-reduced by DDP: {grad_bytes / 1e3:.1f} kB/step")
-        for key in ratios:
+        for key in LAYOUTS:
+            rw, rc = ratios(wall, key), ratios(cpu, key)
+            floor = flop_floor(runs[key], x, y)
             per_step = {k: v / WINDOW for k, v in sent[key].items()}
             total = sum(per_step.values())
-            parts = ", ".join(f"{k} {v / 1e3:.1f}" for k, v in per_step.items())
             lines.append(
-                f"    {key}: sent {total / 1e3:.1f} kB/step = "
-                f"{total / grad_bytes:.3f}x the gradient ({parts} kB)"
+                f"    {key:<10} {med[key]:7.2f} {statistics.median(rw):5.2f}x "
+                f"({min(rw):.2f}-{max(rw):.2f}) {med_cpu[key]:7.2f} "
+                f"{statistics.median(rc):5.2f}x ({min(rc):.2f}-{max(rc):.2f}) "
+                f"{floor:8.2f}x  {total / 1e3:8.1f} ({total / grad_bytes:.3f}x)"
             )
+            parts = ", ".join(f"{k} {v / 1e3:.2f}" for k, v in per_step.items() if v)
+            lines.append(f"               sent by kind (kB/step): {parts or 'none'}")
+        lines += _kinds_lines(runs, x, y)
+    lines.append(f"  {_load()} at the end")
     return lines
 
 
@@ -222,7 +275,7 @@ def inverse_section(rank: int, world: int, blocks: int, width: int, reps: int) -
 
     wall: dict[str, list[float]] = {}
     cpu: dict[str, list[float]] = {}
-    for layout in ("replicated", "shared"):
+    for layout in ("replicated", "shared", "owner"):
         # factors once (step 0); inverses every step or never
         with_inv = Run(build, layout, factor_interval=NEVER, inverse_interval=1)
         without = Run(build, layout, factor_interval=NEVER, inverse_interval=NEVER)
@@ -236,41 +289,29 @@ def inverse_section(rank: int, world: int, blocks: int, width: int, reps: int) -
             cpu[layout].append(c1 - c0)
     med = {k: statistics.median(v) * 1e3 for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) * 1e3 for k, v in cpu.items()}
-    return (
+    lines = [
         f"3. inverse update per rank, {blocks} blocks {width}x{width} "
         f"({blocks * 2} factors of {width + 1} and {width}), {world} ranks, "
-        f"{reps} reps (the slower rank):\n"
-        f"   compute (main thread CPU time): replicated {med_cpu['replicated']:.1f} ms, "
-        f"shared {med_cpu['shared']:.1f} ms: "
-        f"{med_cpu['replicated'] / med_cpu['shared']:.2f}x less per rank "
-        f"(ideal {world}x)\n"
-        f"   wall (with the broadcast; ranks share this machine's cores): "
-        f"replicated {med['replicated']:.1f} ms, shared {med['shared']:.1f} ms: "
-        f"{med['replicated'] / med['shared']:.2f}x"
-    )
-
-
-def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        lines = [] if args.inverse_only else step_section(rank, world, args.rounds)
+        f"{reps} reps (the slower rank), against replicated (ideal {world}x):"
+    ]
+    for what, times in (("main-thread CPU", med_cpu), ("wall", med)):
         lines.append(
-            inverse_section(rank, world, args.blocks, args.width, args.inverse_reps)
+            f"   {what:<15}: replicated {times['replicated']:.1f} ms, "
+            + ", ".join(
+                f"{k} {times[k]:.1f} ms ({times['replicated'] / times[k]:.2f}x less)"
+                for k in ("shared", "owner")
+            )
         )
-        if rank == 0:
-            print("\n".join(lines), flush=True)
-        dist.barrier()  # nobody leaves while another rank still works
-    finally:
-        dist.destroy_process_group()
+    return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world: int, args: argparse.Namespace) -> None:
+    lines = [] if args.inverse_only else step_section(rank, world, args.rounds)
+    lines.append(
+        inverse_section(rank, world, args.blocks, args.width, args.inverse_reps)
+    )
+    if rank == 0:
+        print("\n".join(lines), flush=True)
 
 
 def main() -> None:
@@ -289,13 +330,7 @@ def main() -> None:
     if args.quick:
         args.rounds, args.blocks, args.width, args.inverse_reps = 1, 4, 64, 2
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    mp.start_processes(
-        _worker,
-        args=(args.ranks, _free_port(), args),
-        nprocs=args.ranks,
-        join=True,
-        start_method="spawn",
-    )
+    spawn_local(_worker, args.ranks, args, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -6,24 +6,35 @@ their environment; :func:`init_from_environment` joins them into the default
 process group (``gloo`` on the CPU, ``nccl`` on CUDA devices, one device per local
 rank) before any work, and :func:`finish` leaves it. A plain ``python -m
 kfac_spectra run`` (no ``WORLD_SIZE``, or 1) stays one process.
+
+:func:`spawn_local` starts a small group on this machine without a launcher (the
+tests and benchmarks of data-parallel training): W processes joined in a ``gloo``
+group over a free local port (:func:`free_port`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 __all__ = [
     "Launch",
     "finish",
+    "free_port",
     "group_position",
     "init_from_environment",
     "launch_from",
+    "spawn_local",
 ]
+
+_LOCALHOST = "127.0.0.1"
 
 _ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -134,3 +145,68 @@ def finish(launch: Launch, *, wait: bool = True) -> None:
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port on this machine that no socket holds now (the operating system's
+    pick), for a local group's rendezvous."""
+    with socket.socket() as s:
+        s.bind((_LOCALHOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _local_rank(
+    rank: int,
+    worker: Callable[..., None],
+    world_size: int,
+    port: int,
+    threads: int,
+    args: tuple[Any, ...],
+) -> None:
+    """One process of :func:`spawn_local`: join the group, run, wait, leave."""
+    torch.set_num_threads(threads)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://{_LOCALHOST}:{port}",
+        rank=rank,
+        world_size=world_size,
+    )
+    try:
+        worker(rank, world_size, *args)
+        dist.barrier()  # nobody leaves while another rank still works
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_local(
+    worker: Callable[..., None], world_size: int, *args: Any, threads: int = 1
+) -> None:
+    """Run ``worker(rank, world_size, *args)`` in ``world_size`` local processes,
+    joined in a ``gloo`` default process group.
+
+    Each process is started fresh (``spawn``), sets ``threads`` intra-op threads,
+    joins the group over :func:`free_port` on the loopback interface, runs the
+    worker, waits for the others at a barrier and leaves the group. Returns when
+    every process has; an exception in one is raised here.
+
+    Args:
+        worker: A module-level (picklable) function.
+        world_size: Number of processes W ≥ 1.
+        *args: Passed to ``worker`` after ``(rank, world_size)``; picklable.
+        threads: ``torch.set_num_threads`` in each process.
+
+    Raises:
+        ValueError: If ``world_size < 1`` or ``threads < 1``.
+        torch.multiprocessing.ProcessRaisedException: When a worker raised.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size={world_size} is invalid: must be >= 1")
+    if threads < 1:
+        raise ValueError(f"threads={threads} is invalid: must be >= 1")
+    mp.start_processes(
+        _local_rank,
+        args=(worker, world_size, free_port(), threads, args),
+        nprocs=world_size,
+        join=True,
+        start_method="spawn",
+    )

@@ -106,8 +106,12 @@ class KFACConfig:
             averaged again), and the factor statistics, the losses and the
             curvature terms are made global.
         inverse_layout: ``"shared"`` (default: each block decomposed by one rank,
-            balanced by cost, and broadcast) or ``"replicated"`` (every rank
-            decomposes every block, nothing sent).
+            balanced by cost, and broadcast), ``"replicated"`` (every rank
+            decomposes every block, nothing sent) or ``"owner"`` (each block's
+            owner alone keeps its decomposition and broadcasts the block's
+            preconditioned gradient on every step; ``state_dict()`` is then a
+            collective). The bytes each sends per step are tabled in
+            :mod:`~kfac_spectra.kfac.distributed`.
         structure: ``"block_diagonal"`` (default) or ``"block_tridiagonal"``:
             chains of ``nn.Linear`` layers in an ``nn.Sequential`` with
             element-wise maps between them get the block-tridiagonal inverse of

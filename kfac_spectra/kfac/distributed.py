@@ -48,34 +48,75 @@ rank (longest processing time first; within 4/3 of the best balance).
   inverses. It wins when the decompositions are cheap next to sending them (small
   blocks, slow links), ``shared`` when they are expensive (large blocks, many
   ranks).
+* ``owner`` (KAISA's memory-optimal layout): each block's owner alone decomposes
+  and keeps its decomposition, and on every step computes that block's
+  preconditioned gradient ``X = (S ⊗ A + damping)^{-1} G`` and broadcasts it;
+  nothing of the decompositions is sent. Each rank holds about 1/W of the
+  decompositions (the factors' moving averages stay on every rank) and does about 1/W of the every-step solves (in proportion to
+  its blocks' sizes), for one broadcast of the solved blocks per step. It wins
+  when memory is short or the solves dominate the step (small per-rank
+  batches, wide layers, many ranks on a fast link). ``state_dict()`` is then a
+  collective (every rank calls it; the owners broadcast the decompositions).
 
-Either way the preconditioned gradient ``v`` is computed by every rank from the
-same gradient and the same decompositions, so ``vᵀg`` (KL clipping) and the
-quadratic model's terms that involve only ``v`` and ``g`` are the same on every
-rank without communication, and so is the finiteness check of ``v`` and ``g``.
-(The ranks' decompositions of identical factors are identical when they run the
-same kernels, as they do on one kind of device; ``shared`` makes them identical
-by construction.)
+In every layout every rank ends up with the same full preconditioned gradient
+``v`` (computed by itself, or received from the owners), so ``vᵀg`` (KL
+clipping) and the quadratic model's terms that involve only ``v`` and ``g`` are
+the same on every rank without further communication, and so is the
+finiteness check of ``v`` and ``g``. (The ranks' decompositions of identical
+factors are identical when they run the same kernels, as they do on one kind of
+device; ``shared`` makes them identical by construction, and ``owner`` has one
+copy.)
 
-**Communication per step** (payload, besides DDP's all-reduce of the gradient,
-``P`` numbers; ``n`` the sides of the blocks' factors, ``K`` the number of
-blocks):
+**Communication per step.** Payload bytes, besides DDP's all-reduce of the
+gradient (``P`` numbers of ``b`` bytes: 4 for float32, 8 for float64). ``K``
+blocks; a block's factors have sides ``n`` (``n_A = in'``, ``n_S = out``), its
+gradient matrix ``out × in'`` numbers; ``f`` and ``i`` the factor and inverse
+intervals.
 
-* factor steps: one all-reduce of an integer vote vector (``2K + 2`` numbers:
-  which statistics each rank has, and its batch size) and one all-reduce of all
-  statistics (``Σ n²``, both factors of every block, about ``P`` for square-ish
-  layers, much less for wide ones);
-* inverse steps, ``shared`` only: one all-reduce of a flag per rank (an
-  all-gather of pickled descriptions of the decompositions when they change: the
-  first time, or when a block's fails), then one broadcast per rank of its
-  decompositions, received by each rank: per dense factor its eigenvectors and
-  eigenvalues and, with factored damping, its damped inverse, ``2n² + n`` numbers
-  (``n²`` for a Cholesky inverse);
-* every step with a ``loss`` passed to ``step()``: one all-reduce of one number
-  (its global mean, so that a non-finite loss on one rank skips the step on all);
-* ``step_rule="qmodel"`` and the damping adaptation: one all-reduce of the 1-3
-  output-space curvature terms ``uᵀHw`` (each rank has its own batch) and one of
-  the loss after the step.
+.. list-table::
+   :header-rows: 1
+
+   * - What
+     - When
+     - ``shared``
+     - ``replicated``
+     - ``owner``
+   * - vote (which statistics each rank has, its batch size): all-reduce
+     - factor steps
+     - ``8(2K + 2)``
+     - ``8(2K + 2)``
+     - ``8(2K + 2)``
+   * - statistics: one all-reduce of every block's ``A`` and ``S``
+     - factor steps
+     - ``b Σ (n_A² + n_S²)``
+     - same
+     - same
+   * - decompositions: one broadcast per rank, its blocks'; per dense factor
+       eigenvectors, eigenvalues and (factored damping) the damped inverse,
+       ``2n² + n`` numbers (``n²`` for a Cholesky inverse), plus a flag per rank
+     - inverse steps
+     - ``b Σ (2n² + n)`` in all, ``1/W`` of it per rank
+     - 0
+     - ``8K`` (a flag per block: which owners succeeded)
+   * - preconditioned gradients: one broadcast per rank, its blocks' ``X``
+     - every step
+     - 0
+     - 0
+     - ``b Σ out·in'`` in all (about the gradient size), ``1/W`` of it per rank
+   * - losses and curvature terms (``loss`` given to ``step()``, the
+       ``qmodel`` rule, damping adaptation): all-reduce of 1-3 numbers
+     - when used
+     - ``8`` to ``24``
+     - same
+     - same
+
+Per step on average the statistics cost ``1/f`` of their all-reduce and the
+decompositions ``1/i`` of their broadcasts, while ``owner`` sends its
+directions on every step: ``owner`` costs about one more gradient-sized
+collective per step (:attr:`DistContext.comm_bytes` counts every kind; the
+benchmark ``benchmarks/bench_kfac_distributed.py`` prints them against the
+gradient). The broadcasts of a rank's decompositions also send, the first time
+and when a block's decomposition fails, an all-gather of pickled descriptions.
 
 References:
     Pauloski et al. (2021), "KAISA: an adaptive second-order optimizer framework
@@ -93,6 +134,7 @@ import dataclasses
 import enum
 import heapq
 import logging
+import math
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -116,15 +158,21 @@ logger = logging.getLogger(__name__)
 
 
 class InverseLayout(enum.StrEnum):
-    """Who decomposes which block under a process group (see the module docstring).
+    """Who decomposes and applies which block under a process group (see the
+    module docstring).
 
     Attributes:
-        SHARED: Each block by one rank (cost balanced), broadcast to all.
-        REPLICATED: Every block by every rank, nothing sent.
+        SHARED: Each block decomposed by one rank (cost balanced) and broadcast;
+            every rank preconditions every block.
+        REPLICATED: Every block decomposed and applied by every rank, nothing sent.
+        OWNER: Each block decomposed, kept and applied by its owner alone, which
+            broadcasts the block's preconditioned gradient on every step
+            (memory-optimal).
     """
 
     SHARED = "shared"
     REPLICATED = "replicated"
+    OWNER = "owner"
 
 
 def resolve_process_group(process_group: Any) -> Any | None:
@@ -286,8 +334,9 @@ class DistContext:
         rank: This process's rank in ``group``.
         world_size: Number of ranks W.
         comm_bytes: Payload bytes this rank has sent into collectives, by kind
-            (``"vote"``, ``"statistics"``, ``"inverses"``, ``"scalars"``); an
-            all-reduce counts its buffer once, a broadcast once at the source.
+            (``"vote"``, ``"statistics"``, ``"inverses"``, ``"directions"``,
+            ``"scalars"``); an all-reduce counts its buffer once, a broadcast once
+            at the source.
         mismatched_batches: Factor steps on which some block's statistics were
             missing (or shaped differently) on some rank and were dropped by all.
     """
@@ -303,7 +352,13 @@ class DistContext:
     def __post_init__(self) -> None:
         self.rank = dist.get_rank(self.group)
         self.world_size = dist.get_world_size(self.group)
-        self.comm_bytes = {"vote": 0, "statistics": 0, "inverses": 0, "scalars": 0}
+        self.comm_bytes = {
+            "vote": 0,
+            "statistics": 0,
+            "inverses": 0,
+            "directions": 0,
+            "scalars": 0,
+        }
         self._owners: dict[Hashable, int] | None = None
         self._owner_keys: tuple[Hashable, ...] = ()
         # each rank's last exchanged descriptions of its decompositions
@@ -419,7 +474,14 @@ class DistContext:
     # ------------------------------------------------------------- inverses
     def owners(self, costs: Mapping[Hashable, float]) -> dict[Hashable, int]:
         """The owner of every block (:func:`assign_owners`; every rank owns every
-        block in the ``replicated`` layout). Cached while the set of keys stays."""
+        block in the ``replicated`` layout). Cached while the set of keys stays.
+
+        Args:
+            costs: Decomposition cost per block key, in a rank-independent order.
+
+        Returns:
+            The owning rank of every key, in the order of ``costs``.
+        """
         keys = tuple(costs)
         if self._owners is None or keys != self._owner_keys:
             self._owners = assign_owners(costs, self.world_size)
@@ -509,7 +571,7 @@ class DistContext:
             dtype = shapes[0][1]
             for _, field_dtype in shapes[1:]:
                 dtype = torch.promote_types(dtype, field_dtype)
-            sizes = [int(np.prod(shape)) for shape, _ in shapes]
+            sizes = [math.prod(shape) for shape, _ in shapes]
             if rank == self.rank:
                 flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
                 flat = flat.to(self._device(flat))
@@ -529,9 +591,11 @@ class DistContext:
                         kwargs[name] = spec[1]
                     else:
                         shape, field_dtype = spec
-                        # a tensor of its own, like the owner's (contiguous)
+                        # contiguous, like the owner's; a view of the received
+                        # buffer where the dtypes agree (no copy: state_dict
+                        # clones it, so a checkpoint holds only its own values)
                         part = next(parts).view(shape)
-                        kwargs[name] = part.to(field_dtype, copy=True)
+                        kwargs[name] = part.to(field_dtype)
                 damped = kwargs.pop(_DAMPED, None)
                 damped_parts = [kwargs.pop(f"{_DAMPED}{i}", None) for i in range(2)]
                 inv = cls(**kwargs)
@@ -539,3 +603,75 @@ class DistContext:
                     inv.adopt_damped_inverses((damped, *damped_parts))
                 out[key] = inv
         return {key: out[key] for key in owners}
+
+    def agree_built(
+        self, built: Mapping[str, bool], owners: Mapping[str, int]
+    ) -> set[str]:
+        """The blocks whose owners built a decomposition on this inverse step.
+
+        For the ``owner`` layout, where nothing else tells a rank how the other
+        ranks' decompositions went: one all-reduce of a flag per block (each
+        block's owner sets it), so that every rank knows which blocks have a new
+        decomposition and which failed (and counts the failures like one process).
+
+        Args:
+            built: For every block this rank owns, whether its decomposition
+                succeeded.
+            owners: Owner per key (the same on every rank).
+
+        Returns:
+            The keys (of every rank) whose decomposition succeeded.
+        """
+        keys = list(owners)
+        flags = torch.zeros(len(keys), dtype=torch.int64)
+        for i, key in enumerate(keys):
+            if owners[key] == self.rank and built.get(key, False):
+                flags[i] = 1
+        flags = flags.to(self._device())
+        self.comm_bytes["inverses"] += flags.numel() * flags.element_size()
+        dist.all_reduce(flags, group=self.group)
+        return {key for key, flag in zip(keys, flags.tolist(), strict=True) if flag}
+
+    def share_directions(
+        self,
+        solved: Mapping[str, Tensor],
+        targets: Sequence[tuple[str, Tensor]],
+        owners: Mapping[str, int],
+    ) -> None:
+        """Broadcast each block's preconditioned gradient from its owner, in place.
+
+        One broadcast per rank that owns any of ``targets``, per dtype: its
+        blocks' solutions, concatenated in the order of ``targets``. Every rank
+        passes the same ``targets`` (keys, shapes and dtypes): the receivers
+        know what arrives without a description.
+
+        Args:
+            solved: This rank's solutions, by key (every target key it owns).
+            targets: ``(key, tensor)`` of every block to exchange, in the same
+                order on every rank; the tensors of other ranks' blocks are
+                overwritten with their owners' solutions (the owner's own are
+                left as they are; ``solved[key]`` may be the target itself).
+            owners: Owner per key.
+
+        Raises:
+            KeyError: If this rank owns a target key missing from ``solved``.
+        """
+        for rank in range(self.world_size):
+            by_dtype: dict[torch.dtype, list[tuple[str, Tensor]]] = {}
+            for key, target in targets:
+                if owners[key] == rank:
+                    by_dtype.setdefault(target.dtype, []).append((key, target))
+            for dtype, entries in by_dtype.items():
+                sizes = [t.numel() for _, t in entries]
+                if rank == self.rank:
+                    flat = torch.cat([solved[k].reshape(-1) for k, _ in entries])
+                    flat = flat.to(self._device(flat))
+                    self.comm_bytes["directions"] += flat.numel() * flat.element_size()
+                else:
+                    flat = torch.empty(sum(sizes), dtype=dtype, device=self._device())
+                dist.broadcast(flat, src=self._global_rank(rank), group=self.group)
+                if rank == self.rank:
+                    continue
+                parts = flat.split(sizes)
+                for (_, target), part in zip(entries, parts, strict=True):
+                    target.copy_(part.view(target.shape))

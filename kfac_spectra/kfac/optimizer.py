@@ -50,8 +50,10 @@ Each step (λ damping, η weight decay, g the mini-batch gradient plus ηθ):
 
 Under ``torch.distributed`` (``process_group``, the model plain or in
 ``DistributedDataParallel``) the factor statistics, losses and curvature terms
-are made global and the decompositions shared over the ranks, so that every rank
-follows the trajectory of one process on the global batch: see
+are made global and the inverse work shared over the ranks (decompositions
+broadcast, replicated, or kept by their owners, which broadcast the
+preconditioned gradients: ``inverse_layout``), so that every rank follows the
+trajectory of one process on the global batch: see
 :mod:`~kfac_spectra.kfac.distributed`.
 
 References:
@@ -154,6 +156,24 @@ def _same(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
+def _inverse_dtype(inv: Inverse) -> torch.dtype:
+    """The dtype of a decomposition (of its first tensor field)."""
+    for f in dataclasses.fields(inv):
+        value = getattr(inv, f.name)
+        if isinstance(value, Tensor):
+            return value.dtype
+    raise ValueError(f"{type(inv).__name__} holds no tensor")
+
+
+def _own(value: Any) -> Any:
+    """``value``, or a copy of it if it is a view of a larger tensor (a
+    decomposition received in a shared buffer): ``torch.save`` writes a view's
+    whole storage."""
+    if isinstance(value, Tensor) and value._base is not None:
+        return value.clone()
+    return value
+
+
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(KFACConfig))
 
 
@@ -207,15 +227,7 @@ class KFAC(torch.optim.Optimizer):
             model = model.module  # hooks and re-evaluations on the plain module
         self.config = cfg
         self.loss = cfg.loss
-        self.reduction = cfg.reduction
-        self.fisher_type = cfg.fisher_type
-        self.kfac_approx = cfg.kfac_approx
-        self.rnn_approx = cfg.rnn_approx
-        self.inverse_method = cfg.inverse_method
-        self.damping_type = cfg.damping_type
-        self.step_rule = cfg.step_rule
-        self.structure = cfg.structure
-        tridiagonal = self.structure == Structure.BLOCK_TRIDIAGONAL
+        tridiagonal = self.config.structure == Structure.BLOCK_TRIDIAGONAL
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("model has no trainable parameters")
@@ -227,19 +239,7 @@ class KFAC(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.model = model
         self.damping = float(cfg.damping)
-        self.mc_samples = cfg.mc_samples
-        self.factor_decay = cfg.factor_decay
-        self.factor_interval = cfg.factor_interval
-        self.stats_batch_size = cfg.stats_batch_size
-        self.inverse_interval = cfg.inverse_interval
-        self.kl_clip = cfg.kl_clip
-        self.adapt_damping = cfg.adapt_damping
-        self.lm_interval = cfg.lm_interval
         self.lm_omega = (19.0 / 20.0) ** cfg.lm_interval
-        self.min_damping = cfg.min_damping
-        self.max_damping = cfg.max_damping
-        self.cg_max_iter = cfg.cg_max_iter
-        self.cg_rtol = cfg.cg_rtol
         self.steps = 0
         self.counters = {
             "skipped_steps": 0,
@@ -250,7 +250,7 @@ class KFAC(torch.optim.Optimizer):
         self.last_rho = float("nan")
         self._dist = self._dist_context(cfg.process_group, cfg.inverse_layout)
         self._blocks: BlockSet = build_blocks(
-            model, self.kfac_approx, self.rnn_approx, cfg.skip_modules
+            model, self.config.kfac_approx, self.config.rnn_approx, cfg.skip_modules
         )
         warn_unsupported(self._blocks)
         self._block_params = [
@@ -259,7 +259,7 @@ class KFAC(torch.optim.Optimizer):
         ]
         for block in self._blocks.blocks.values():
             block.keep_rows = (
-                self.inverse_method == InverseMethod.CG and block.supports_cg
+                self.config.inverse_method == InverseMethod.CG and block.supports_cg
             )
         self._chains: ChainStatistics | None = None
         self._chain_factors: dict[tuple[str, ...], ChainFactors] = {}
@@ -267,6 +267,15 @@ class KFAC(torch.optim.Optimizer):
             self._chains = self._find_chains(model)
         self._ema: dict[str, dict[str, Tensor]] = {}
         self._inverses: dict[str, Inverse] = {}
+        # the owner layout: each block's owner, and the blocks whose owner holds
+        # a decomposition (every rank knows both; only the owner has it)
+        self._owner_layout = (
+            self._dist is not None
+            and self._dist.layout == InverseLayout.OWNER
+            and self._dist.world_size > 1
+        )
+        self._owner_of: dict[str, int] = {}
+        self._inverse_keys: set[str] = set()
         self._cg_rows: dict[str, tuple[Tensor, Tensor]] = {}
         self._cg_solutions: dict[str, Tensor] = {}
         self._watched: list[tuple[Record, float]] = []
@@ -287,7 +296,7 @@ class KFAC(torch.optim.Optimizer):
         if cfg.stats_batch_size is not None:
             self._capture.row_sampler = self._sample_rows
         self._capture.keep_inputs = (
-            self.step_rule == StepRule.QMODEL or cfg.adapt_damping
+            self.config.step_rule == StepRule.QMODEL or cfg.adapt_damping
         )
         self._capture.attach()
         self._arm()
@@ -297,6 +306,12 @@ class KFAC(torch.optim.Optimizer):
     def blocks(self) -> dict[str, CurvatureBlock]:
         """Curvature blocks by key (module name; embedding's name for tied)."""
         return dict(self._blocks.blocks)
+
+    @property
+    def held_inverses(self) -> list[str]:
+        """The blocks whose decomposition this process holds: all that have one,
+        but in the ``owner`` layout only those this rank owns."""
+        return list(self._inverses)
 
     @property
     def distributed(self) -> DistContext | None:
@@ -322,12 +337,14 @@ class KFAC(torch.optim.Optimizer):
         From the last inverse update with ``inverse_method="eigh"`` (and for chain
         RNN blocks), otherwise computed now from the current factors. ``U_A`` is
         ``None`` for diagonal A (embeddings, tied weights: ``eigvals_A`` is then the
-        diagonal itself, in vocabulary order). Eigenvalues ascend.
+        diagonal itself, in vocabulary order). Eigenvalues ascend. In the
+        ``owner`` layout of a process group this rank holds only its own blocks'
+        decompositions; the others' are computed here from the current factors.
 
         Raises:
             RuntimeError: With ``inverse_method="cg"`` (no factors are formed).
         """
-        if self.inverse_method == InverseMethod.CG:
+        if self.config.inverse_method == InverseMethod.CG:
             raise RuntimeError("inverse_method='cg' never forms the factors")
         out = {}
         for key in self._ema:
@@ -357,12 +374,12 @@ class KFAC(torch.optim.Optimizer):
         if group is None:
             return None
         ctx = DistContext(group, layout)
-        if self.inverse_method == InverseMethod.CG:
+        if self.config.inverse_method == InverseMethod.CG:
             raise ValueError(
                 "inverse_method='cg' is single-process only (its rows stay on each "
                 "rank): use 'eigh' or 'cholesky' under a process group"
             )
-        m = self.stats_batch_size
+        m = self.config.stats_batch_size
         if m is not None and m % ctx.world_size:
             raise ValueError(
                 f"stats_batch_size={m} is invalid: must be divisible by the world "
@@ -372,7 +389,7 @@ class KFAC(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- capture
     def _arm(self) -> None:
-        armed = self.steps % self.factor_interval == 0
+        armed = self.steps % self.config.factor_interval == 0
         if self._capture.enabled != armed:  # (un)registers the layer hooks
             self._capture.enabled = armed
         if armed and self._dist is not None:
@@ -388,7 +405,7 @@ class KFAC(torch.optim.Optimizer):
 
     def _sample_rows(self, batch: int) -> Tensor | None:
         """Sorted indices of ``stats_batch_size`` of ``batch`` examples (or None)."""
-        m = self.stats_batch_size
+        m = self.config.stats_batch_size
         if m is not None and self._dist is not None:
             m //= self._dist.world_size  # this rank's share of the global count
         if m is None or batch <= m:
@@ -429,13 +446,13 @@ class KFAC(torch.optim.Optimizer):
             return
         # the statistics' rows: the probes and their back-propagation start there
         sub = output if rows is None else output.index_select(0, rows)
-        if self.fisher_type == FisherType.EMPIRICAL:
+        if self.config.fisher_type == FisherType.EMPIRICAL:
             # the user's gradient carries c per term; the statistics want √w
-            c = loss_scale(output, self.loss, self.reduction)
+            c = loss_scale(output, self.loss, self.config.reduction)
             if rows is None:
                 scale = 1.0 / math.sqrt(c)
             else:
-                w = subset_term_weight(output, sub, self.loss, self.reduction)
+                w = subset_term_weight(output, sub, self.loss, self.config.reduction)
                 scale = math.sqrt(w) / c
             Capture.watch(records)
             self._watched.extend((r, scale) for r in records)
@@ -443,14 +460,16 @@ class KFAC(torch.optim.Optimizer):
         probes = output_probes(
             sub,
             self.loss,
-            self.reduction,
-            self.fisher_type,
-            mc_samples=self.mc_samples,
+            self.config.reduction,
+            self.config.fisher_type,
+            mc_samples=self.config.mc_samples,
             generator=self._generator,
         )
-        if rows is not None and self.reduction == Reduction.SUM:
+        if rows is not None and self.config.reduction == Reduction.SUM:
             # the probes carry the subset's own c = 1; the sum's estimate is N/m·Σ
-            w = math.sqrt(subset_term_weight(output, sub, self.loss, self.reduction))
+            w = math.sqrt(
+                subset_term_weight(output, sub, self.loss, self.config.reduction)
+            )
             probes = [v * w for v in probes]
         Capture.backprop_probes(sub, records, probes)
         for r in records:
@@ -460,7 +479,7 @@ class KFAC(torch.optim.Optimizer):
         for record, scale in self._watched:
             record.block.accumulate(record, grad_scale=scale)
         self._watched.clear()
-        rho = self.factor_decay
+        rho = self.config.factor_decay
         cross = {} if self._chains is None else self._chains.batch()
         for chain in [] if self._chains is None else self._chains.broken:
             self._chain_factors.pop(chain, None)  # back to block-diagonal
@@ -507,7 +526,9 @@ class KFAC(torch.optim.Optimizer):
     # ---------------------------------------------------------------- inverse
     def _damping_spec(self) -> Damping:
         wd = self.param_groups[0]["weight_decay"]
-        return Damping(self.damping_type == DampingType.FACTORED, self.damping + wd)
+        return Damping(
+            self.config.damping_type == DampingType.FACTORED, self.damping + wd
+        )
 
     def _eigen(self, key: str) -> EigenInverse | None:
         block = self._blocks.blocks[key]
@@ -525,7 +546,7 @@ class KFAC(torch.optim.Optimizer):
         block = self._blocks.blocks[key]
         if isinstance(block, RNNBlock) and block.chain:
             return ChainInverse.build(self._ema[key], damping)
-        if self.inverse_method == InverseMethod.CHOLESKY:
+        if self.config.inverse_method == InverseMethod.CHOLESKY:
             a, s = block.kronecker(self._ema[key])
             return CholeskyInverse.build(a, s, damping)
         return self._eigen(key)
@@ -540,34 +561,69 @@ class KFAC(torch.optim.Optimizer):
                 for key in self._ema
                 if key not in chained
             }
+            failed = [key for key, inv in built.items() if inv is None]
         else:
-            costs = {
-                key: decomposition_cost(self._blocks.blocks[key].kronecker(stats))
-                for key, stats in self._ema.items()
-                if key not in chained
-            }
-            owners = ctx.owners(costs)
+            owners = ctx.owners(self._decomposition_costs(chained))
             built = {
                 key: self._build_inverse(key, damping)
                 for key, rank in owners.items()
                 if rank == ctx.rank
             }
-            if ctx.layout == InverseLayout.SHARED and ctx.world_size > 1:
+            if ctx.world_size > 1 and ctx.layout != InverseLayout.REPLICATED:
                 for key, inv in built.items():
-                    if inv is not None:  # the receivers' layout
-                        built[key] = inv = contiguous_fields(inv)
-                        inv.two_sided(damping)  # the damped inverses, sent along
-                built = ctx.share_inverses(built, owners, self._device)
-        for key, inv in built.items():
-            if inv is None:
-                self.counters["inverse_failures"] += 1
-                warnings.warn(
-                    f"K-FAC: inverse update failed for {key!r} (non-finite factor or "
-                    "failed decomposition, also in float64); keeping the previous one",
-                    stacklevel=3,
-                )
-                continue
-            self._inverses[key] = inv
+                    if inv is not None:  # the receivers' (and a checkpoint's) layout
+                        built[key] = contiguous_fields(inv)
+            if self._owner_layout:
+                failed = self._keep_owned(built, owners)
+            else:
+                if ctx.layout == InverseLayout.SHARED and ctx.world_size > 1:
+                    for inv in built.values():
+                        if inv is not None:
+                            inv.two_sided(damping)  # the damped inverses, sent along
+                    built = ctx.share_inverses(built, owners, self._device)
+                failed = [key for key, inv in built.items() if inv is None]
+        for key in failed:
+            self.counters["inverse_failures"] += 1
+            warnings.warn(
+                f"K-FAC: inverse update failed for {key!r} (non-finite factor or "
+                "failed decomposition, also in float64); keeping the previous one",
+                stacklevel=3,
+            )
+        self._inverses.update((k, v) for k, v in built.items() if v is not None)
+
+    def _decomposition_costs(self, chained: set[str]) -> dict[str, float]:
+        """The cost of decomposing each block with factors, but those in
+        block-tridiagonal ``chained`` (:func:`decomposition_cost`)."""
+        return {
+            key: decomposition_cost(self._blocks.blocks[key].kronecker(stats))
+            for key, stats in self._ema.items()
+            if key not in chained
+        }
+
+    def _keep_owned(
+        self, built: dict[str, Inverse | None], owners: dict[str, int]
+    ) -> list[str]:
+        """The ``owner`` layout's bookkeeping after an inverse update: which
+        blocks have a decomposition on their owner (every rank learns it), and
+        this rank's decompositions reduced to the blocks it owns now.
+
+        Returns:
+            The keys (of every rank) whose decomposition failed.
+        """
+        assert self._dist is not None
+        ok = self._dist.agree_built(
+            {key: inv is not None for key, inv in built.items()}, owners
+        )
+        previous = self._owner_of
+        # a failed block keeps its previous decomposition where its owner kept it
+        kept = {k for k in self._inverse_keys if previous.get(k) == owners.get(k)}
+        self._inverse_keys = ok | (kept & set(owners))
+        self._owner_of = dict(owners)
+        rank = self._dist.rank
+        self._inverses = {
+            k: v for k, v in self._inverses.items() if owners.get(k) == rank
+        }
+        return [key for key in owners if key not in ok]
 
     def _update_chain_inverses(self, damping: Damping) -> set[str]:
         """Rebuild the block-tridiagonal inverses; the keys they cover."""
@@ -645,7 +701,7 @@ class KFAC(torch.optim.Optimizer):
 
     def _build_workspace(self, keys: tuple[Tensor, ...]) -> Workspace | None:
         group = self.param_groups[0]["params"]
-        if self.inverse_method == InverseMethod.CG or not _same(keys, group):
+        if self.config.inverse_method == InverseMethod.CG or not _same(keys, group):
             return None
         dtype, device = keys[0].dtype, keys[0].device
         if dtype not in _STAT_DTYPES or any(
@@ -665,7 +721,12 @@ class KFAC(torch.optim.Optimizer):
         self, ws: Workspace, grads: dict[Tensor, Tensor], damping: Damping
     ) -> _Direction | None:
         """:meth:`_preconditioned` in the workspace; None (nothing written) when a
-        block has no inverse yet or one that is not two products."""
+        block has no inverse yet or one that is not two products.
+
+        In the ``owner`` layout a block's own solve need not be two products (its
+        owner applies it into the workspace), so that the choice of this path
+        depends only on what every rank knows.
+        """
         chains = []
         for chain, factors in self._chain_factors.items():
             inv = factors.inverse()
@@ -673,26 +734,48 @@ class KFAC(torch.optim.Optimizer):
                 return None
             chains.append((chain, inv))
         chained = {k for c in self._chain_factors for k in c}
-        sides = []
+        sides: list[tuple[Tensor, Tensor] | Inverse | None] = []
         for key, _, _, _ in ws.blocks:
             if key in chained:
                 sides.append(None)
-                continue
-            inv = self._inverses.get(key)
-            pair = None if inv is None else inv.two_sided(damping)
-            if pair is None or pair[0].dtype != ws.dtype:
-                return None
-            sides.append(pair)
+            elif self._owner_layout:
+                if not self._has_inverse(key):
+                    return None
+                sides.append(None if self._remote(key) else self._inverses[key])
+            else:
+                inv = self._inverses.get(key)
+                pair = None if inv is None else inv.two_sided(damping)
+                if pair is None or pair[0].dtype != ws.dtype:
+                    return None
+                sides.append(pair)
         ws.load(list(grads.values()))
-        for i, pair in enumerate(sides):
-            if pair is not None:
-                ws.solve(i, *pair)
+        for i, side in enumerate(sides):
+            if isinstance(side, tuple):
+                ws.solve(i, *side)
+            elif side is not None:
+                self._solve_owned(ws, i, side, damping)
         views = {key: (g, x) for key, g, _, x in ws.blocks}
+        if self._owner_layout:
+            assert self._dist is not None
+            targets = [(key, x) for key, _, _, x in ws.blocks if key not in chained]
+            self._dist.share_directions(dict(targets), targets, self._owner_of)
         for chain, inv in chains:
             solved = inv.apply([views[k][0] for k in chain])
             for key, u in zip(chain, solved, strict=True):
                 views[key][1].copy_(u)
         return _Direction(ws.per_param, [(ws.direction, ws.grad)], ws)
+
+    @staticmethod
+    def _solve_owned(ws: Workspace, index: int, inv: Inverse, damping: Damping) -> None:
+        """Block ``index``'s ``X`` in the workspace from its decomposition: two
+        products where it has them in the workspace's dtype, else its ``apply``."""
+        pair = inv.two_sided(damping)
+        if pair is not None and pair[0].dtype == ws.dtype:
+            ws.solve(index, *pair)
+            return
+        _, g, _, x = ws.blocks[index]
+        dtype = pair[0].dtype if pair is not None else _inverse_dtype(inv)
+        x.copy_(inv.apply(g.to(dtype), damping))
 
     def _preconditioned(self, grads: dict[Tensor, Tensor]) -> _Direction:
         """``P^{-1} g`` for every parameter (plain g outside blocks).
@@ -703,7 +786,8 @@ class KFAC(torch.optim.Optimizer):
         exact because ``split_update`` is the adjoint of ``to_matrix`` for every
         block (``Σ_p ⟨split(X)_p, g_p⟩ = ⟨X, to_matrix(g)⟩``; tested). In the
         workspace (when the gradients fit one) the single pair is the flat
-        ``(X, G)`` of all parameters.
+        ``(X, G)`` of all parameters. In the ``owner`` layout each rank solves
+        its own blocks and receives the others' ``X`` from their owners.
         """
         damping = self._damping_spec()
         ws = self._workspace_for(grads)
@@ -711,47 +795,11 @@ class KFAC(torch.optim.Optimizer):
             direction = self._preconditioned_in(ws, grads, damping)
             if direction is not None:
                 return direction
+        solved = self._block_solutions(grads, damping)
         out = dict(grads)
         pairs: list[tuple[Tensor, Tensor]] = []
         covered: set[Tensor] = set()
-        use_cg = self.inverse_method == InverseMethod.CG
-        chained = self._chain_solutions(grads)
-        for key, block, ps in self._block_params:
-            if any(p not in grads for p in ps):
-                continue
-            if key in chained:
-                x, mat = chained[key]
-                for p, u in zip(ps, block.split_update(x), strict=True):
-                    out[p] = u if u.dtype == p.dtype else u.to(p.dtype)
-                pairs.append((x, mat))
-                covered.update(ps)
-                continue
-            dtype = stat_dtype_for(ps[0].dtype)
-            gs = [grads[p] for p in ps]
-            if any(g.dtype != dtype for g in gs):
-                gs = [g.to(dtype) for g in gs]
-            mat = block.to_matrix(gs)
-            chain = isinstance(block, RNNBlock) and block.chain
-            if use_cg and block.supports_cg and not chain:
-                rows = self._cg_rows.get(key)
-                if rows is None:
-                    continue
-                x, iters = cg_fac_solve(
-                    mat,
-                    rows[0],
-                    rows[1],
-                    damping,
-                    x0=self._cg_solutions.get(key),
-                    max_iter=self.cg_max_iter,
-                    rtol=self.cg_rtol,
-                )
-                self.counters["cg_iterations"] += iters
-                self._cg_solutions[key] = x
-            else:
-                inv = self._inverses.get(key)
-                if inv is None:
-                    continue
-                x = inv.apply(mat, damping)
+        for key, block, ps, gs, x, mat in solved:
             ups = block.split_update(x)  # parameter-shaped
             for p, u in zip(ps, ups, strict=False):
                 out[p] = u if u.dtype == p.dtype else u.to(p.dtype)
@@ -766,6 +814,66 @@ class KFAC(torch.optim.Optimizer):
                     covered.add(b)
         pairs += [(g, g) for p, g in grads.items() if p not in covered]
         return _Direction(out, pairs)
+
+    def _block_solutions(
+        self, grads: dict[Tensor, Tensor], damping: Damping
+    ) -> list[
+        tuple[str, CurvatureBlock, tuple[Tensor, ...], list[Tensor], Tensor, Tensor]
+    ]:
+        """``(key, block, params, grads, X, G)`` of every block that has a
+        solution, in block order: ``G`` the gradient matrix, ``X`` its solve
+        (a chain's, CG-FAC's, or the block's decomposition's; in the ``owner``
+        layout the owner's, received)."""
+        solved = []
+        use_cg = self.config.inverse_method == InverseMethod.CG
+        chained = self._chain_solutions(grads)
+        targets: list[tuple[str, Tensor]] = []
+        for key, block, ps in self._block_params:
+            if any(p not in grads for p in ps):
+                continue
+            dtype = stat_dtype_for(ps[0].dtype)
+            gs = [grads[p] for p in ps]
+            if any(g.dtype != dtype for g in gs):
+                gs = [g.to(dtype) for g in gs]
+            if key in chained:
+                x, mat = chained[key]
+                solved.append((key, block, ps, gs, x, mat))
+                continue
+            mat = block.to_matrix(gs)
+            chain = isinstance(block, RNNBlock) and block.chain
+            if use_cg and block.supports_cg and not chain:
+                rows = self._cg_rows.get(key)
+                if rows is None:
+                    continue
+                x, iters = cg_fac_solve(
+                    mat,
+                    rows[0],
+                    rows[1],
+                    damping,
+                    x0=self._cg_solutions.get(key),
+                    max_iter=self.config.cg_max_iter,
+                    rtol=self.config.cg_rtol,
+                )
+                self.counters["cg_iterations"] += iters
+                self._cg_solutions[key] = x
+            elif not self._has_inverse(key):
+                continue
+            elif self._remote(key):
+                # the owner's, received below (contiguous, like the owner's)
+                x = torch.empty(mat.shape, dtype=mat.dtype, device=mat.device)
+            else:
+                x = self._inverses[key].apply(mat, damping)
+            if self._owner_layout:
+                # the dtype and memory layout every rank has: a later product or
+                # sum over a view of X rounds alike on all ranks only if the
+                # layout is the same
+                x = x.to(mat.dtype).contiguous()
+                targets.append((key, x))
+            solved.append((key, block, ps, gs, x, mat))
+        if self._owner_layout:
+            assert self._dist is not None
+            self._dist.share_directions(dict(targets), targets, self._owner_of)
+        return solved
 
     @staticmethod
     def _checked_dot(
@@ -853,7 +961,9 @@ class KFAC(torch.optim.Optimizer):
         pairs = [(i, j) for i in range(n) for j in range(i, n)]
         forms = [
             float(
-                output_hessian_form(output, jvs[i], jvs[j], self.loss, self.reduction)
+                output_hessian_form(
+                    output, jvs[i], jvs[j], self.loss, self.config.reduction
+                )
             )
             for i, j in pairs
         ]
@@ -900,9 +1010,9 @@ class KFAC(torch.optim.Optimizer):
             process group: their mean over the ranks, a float).
         """
         lm_due = (
-            self.adapt_damping
+            self.config.adapt_damping
             and closure is not None
-            and self.steps % self.lm_interval == 0
+            and self.steps % self.config.lm_interval == 0
         )
         if lm_due:
             with self._capture.suspend():
@@ -935,11 +1045,11 @@ class KFAC(torch.optim.Optimizer):
             if self._inverse_due():
                 self._update_inverses()
         direction = self._preconditioned(grads)
-        fixed = self.step_rule == StepRule.FIXED
+        fixed = self.config.step_rule == StepRule.FIXED
         finite, vg = self._checked_dot(
             direction.pairs,
             with_grads=not pending,
-            with_dot=fixed and self.kl_clip is not None,
+            with_dot=fixed and self.config.kl_clip is not None,
         )
         if not finite:
             if not pending and not all_finite(raw.values()):
@@ -948,7 +1058,7 @@ class KFAC(torch.optim.Optimizer):
                 self._skip("non-finite preconditioned gradient")
             return loss
         if fixed:
-            nu = kl_clip_factor(self.kl_clip, lr, vg)
+            nu = kl_clip_factor(self.config.kl_clip, lr, vg)
             params, bufs = self._momentum(direction, nu, beta)
             torch._foreach_add_(params, bufs, alpha=-lr)
             if lm_due:
@@ -964,16 +1074,30 @@ class KFAC(torch.optim.Optimizer):
         self._arm()
         return loss
 
+    def _has_inverse(self, key: str) -> bool:
+        """Whether block ``key`` has a decomposition (on its owner, in the
+        ``owner`` layout; every rank gives the same answer)."""
+        if self._owner_layout:
+            return key in self._inverse_keys
+        return key in self._inverses
+
+    def _remote(self, key: str) -> bool:
+        """Whether another rank owns block ``key`` (``owner`` layout only)."""
+        if not self._owner_layout:
+            return False
+        assert self._dist is not None
+        return self._owner_of[key] != self._dist.rank
+
     def _inverse_due(self) -> bool:
         """Whether this step decomposes the factors (also when one is missing)."""
         if (
-            self.inverse_method == InverseMethod.CG
-            and self.rnn_approx != RNNApprox.CHAIN
+            self.config.inverse_method == InverseMethod.CG
+            and self.config.rnn_approx != RNNApprox.CHAIN
         ):
             return False
         chained = {k for c in self._chain_factors for k in c}
-        return self.steps % self.inverse_interval == 0 or any(
-            k not in self._inverses and k not in chained for k in self._ema
+        return self.steps % self.config.inverse_interval == 0 or any(
+            not self._has_inverse(k) and k not in chained for k in self._ema
         )
 
     def _momentum(
@@ -1052,7 +1176,11 @@ class KFAC(torch.optim.Optimizer):
         )
         self.last_rho = rho
         self.damping = lm_adjust(
-            self.damping, rho, self.lm_omega, self.min_damping, self.max_damping
+            self.damping,
+            rho,
+            self.lm_omega,
+            self.config.min_damping,
+            self.config.max_damping,
         )
 
     # ------------------------------------------------------------ checkpoint
@@ -1065,14 +1193,18 @@ class KFAC(torch.optim.Optimizer):
         between steps: statistics captured by a forward pass since the last
         ``step()`` (a training-mode forward with autograd on is captured for the
         next step — evaluate under ``torch.no_grad()``) are not included.
+
+        In the ``owner`` layout the decompositions are spread over the ranks, and
+        this is a collective: every rank must call it (each gets every
+        decomposition, broadcast by its owner; rank 0 writes the file).
         """
         sd = super().state_dict()
         inverses = {}
-        for key, inv in self._inverses.items():
+        for key, inv in self._all_inverses().items():
             kind = next(k for k, t in _INVERSE_TYPES.items() if isinstance(inv, t))
             inverses[key] = {
                 "kind": kind,
-                **{f: getattr(inv, f) for f in inv.__dataclass_fields__},
+                **{f: _own(getattr(inv, f)) for f in inv.__dataclass_fields__},
             }
         sd["kfac"] = {
             "steps": self.steps,
@@ -1095,6 +1227,17 @@ class KFAC(torch.optim.Optimizer):
                 },
             }
         return sd
+
+    def _all_inverses(self) -> dict[str, Inverse]:
+        """Every block's decomposition on this rank: in the ``owner`` layout
+        gathered from the owners (a collective), else this rank's own."""
+        if not self._owner_layout:
+            return dict(self._inverses)
+        assert self._dist is not None
+        owners = {k: r for k, r in self._owner_of.items() if k in self._inverse_keys}
+        local = {k: v for k, v in self._inverses.items() if k in owners}
+        gathered = self._dist.share_inverses(local, owners, self._device)
+        return {k: v for k, v in gathered.items() if v is not None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output (tensors moved to the model's device)."""
@@ -1137,4 +1280,18 @@ class KFAC(torch.optim.Optimizer):
                 )
                 for c, (diag, cross, gamma) in tri["factors"].items()
             }
+        if self._owner_layout:
+            self._own_loaded_inverses()
         self._arm()
+
+    def _own_loaded_inverses(self) -> None:
+        """The ``owner`` layout after a load: the owners of the loaded blocks
+        (as the next inverse update assigns them), and only this rank's kept."""
+        assert self._dist is not None
+        chained = {k for c in self._chain_factors for k in c}
+        self._owner_of = dict(self._dist.owners(self._decomposition_costs(chained)))
+        self._inverse_keys = set(self._inverses) & set(self._owner_of)
+        rank = self._dist.rank
+        self._inverses = {
+            k: v for k, v in self._inverses.items() if self._owner_of.get(k) == rank
+        }

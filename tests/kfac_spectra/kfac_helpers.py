@@ -12,12 +12,30 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev
 
+from kfac_spectra.train import TrainConfig, resolve_config
+
 DT = torch.float64
+# a training run of a few seconds: a tiny MLP on the digits
+TINY_RUN = {
+    "model": "mlp",
+    "data": "digits",
+    "width": 1 / 64,
+    "steps": 10,
+    "batch_size": 32,
+    "checkpoints": "0,4,7",
+    "measure_examples": 48,
+    "inverse_interval": 3,
+}
 
 
 def seeded(seed: int = 0) -> torch.Generator:
     """A CPU generator seeded with ``seed``."""
     return torch.Generator().manual_seed(seed)
+
+
+def tiny_run(**changes: object) -> TrainConfig:
+    """The configuration :data:`TINY_RUN` with ``changes``."""
+    return resolve_config(None, {**TINY_RUN, **changes})
 
 
 def randomise(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:

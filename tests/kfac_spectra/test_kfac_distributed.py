@@ -1,9 +1,10 @@
 """Data-parallel K-FAC on torch.distributed (gloo, 2 and 3 local processes).
 
 The oracle is one process on the concatenated global batch: W ranks, each with
-its slice, must follow the same trajectory (to rounding), with the inverse work
-shared or replicated, with the model wrapped in DDP or plain with the gradients
-all-reduced by hand. Spawning processes is slow, so each spawn runs many
+its slice, must follow the same trajectory (to rounding), in every inverse
+layout (decompositions shared, replicated, or kept by their owners, which send
+the preconditioned gradients), with the model wrapped in DDP or plain with the
+gradients all-reduced by hand. Spawning processes is slow, so each spawn runs many
 scenarios and the parent checks them all.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -33,6 +32,7 @@ from kfac_spectra.kfac.distributed import (
     resolve_process_group,
 )
 from kfac_spectra.kfac.inverse import CholeskyInverse, Damping, EigenInverse
+from kfac_spectra.launch import spawn_local
 
 DT = torch.float64
 PARITY_RTOL = 1e-10  # W ranks vs one process on the global batch, 20 steps
@@ -129,54 +129,74 @@ def _ce(out: Tensor, y: Tensor) -> Tensor:
 # ------------------------------------------------------------- scenarios
 # every scenario is run by the ranks on their slices and by one process on the
 # whole batch; options common to both, then how the ranks run it
+def _scenario(
+    layout: str,
+    *,
+    ddp: bool,
+    model: type[nn.Module] = Mixed,
+    closure: bool = False,
+    **kfac: Any,
+) -> dict[str, Any]:
+    """A scenario: its K-FAC options, the model class, DDP or a hand all-reduce,
+    and whether ``step`` gets a closure (LM damping)."""
+    return {
+        "kfac": {"inverse_layout": layout, **kfac},
+        "ddp": ddp,
+        "model": model,
+        "closure": closure,
+    }
+
+
+QMODEL = {
+    "step_rule": "qmodel",
+    "adapt_damping": True,
+    "lm_interval": 2,
+    "stats_batch_size": 6,
+    "damping": 1e-1,
+}
 SCENARIOS: dict[str, dict[str, Any]] = {
-    "type2_shared_ddp": {
-        "kfac": {"fisher_type": "type2", "inverse_layout": "shared"},
-        "ddp": True,
-    },
-    "type2_replicated_plain": {
-        "kfac": {"fisher_type": "type2", "inverse_layout": "replicated"},
-        "ddp": False,
-    },
-    "empirical_shared_plain": {
-        "kfac": {"fisher_type": "empirical", "inverse_layout": "shared"},
-        "ddp": False,
-    },
-    "empirical_replicated_ddp": {
-        "kfac": {"fisher_type": "empirical", "inverse_layout": "replicated"},
-        "ddp": True,
-    },
-    "chain_cholesky_shared_ddp": {
-        "kfac": {
-            "fisher_type": "type2",
-            "inverse_layout": "shared",
-            "inverse_method": "cholesky",
-            "rnn_approx": "chain",
-        },
-        "ddp": True,
-    },
-    "qmodel_lm_stats_shared_ddp": {
-        "kfac": {
-            "fisher_type": "type2",
-            "inverse_layout": "shared",
-            "step_rule": "qmodel",
-            "adapt_damping": True,
-            "lm_interval": 2,
-            "stats_batch_size": 6,
-            "damping": 1e-1,
-        },
-        "ddp": True,
-        "closure": True,
-    },
-    "tridiagonal_shared_ddp": {
-        "kfac": {
-            "fisher_type": "type2",
-            "inverse_layout": "shared",
-            "structure": "block_tridiagonal",
-        },
-        "ddp": True,
-        "model": Chain,
-    },
+    "type2_shared_ddp": _scenario("shared", ddp=True, fisher_type="type2"),
+    "type2_replicated_plain": _scenario("replicated", ddp=False, fisher_type="type2"),
+    "type2_owner_ddp": _scenario("owner", ddp=True, fisher_type="type2"),
+    "empirical_shared_plain": _scenario("shared", ddp=False, fisher_type="empirical"),
+    "empirical_replicated_ddp": _scenario(
+        "replicated", ddp=True, fisher_type="empirical"
+    ),
+    "empirical_owner_plain": _scenario("owner", ddp=False, fisher_type="empirical"),
+    "chain_cholesky_shared_ddp": _scenario(
+        "shared",
+        ddp=True,
+        fisher_type="type2",
+        inverse_method="cholesky",
+        rnn_approx="chain",
+    ),
+    "chain_tikhonov_owner_plain": _scenario(
+        "owner",
+        ddp=False,
+        fisher_type="type2",
+        rnn_approx="chain",
+        damping_type="tikhonov",
+    ),
+    "qmodel_lm_stats_shared_ddp": _scenario(
+        "shared", ddp=True, closure=True, fisher_type="type2", **QMODEL
+    ),
+    "qmodel_lm_stats_owner_ddp": _scenario(
+        "owner", ddp=True, closure=True, fisher_type="type2", **QMODEL
+    ),
+    "tridiagonal_shared_ddp": _scenario(
+        "shared",
+        ddp=True,
+        model=Chain,
+        fisher_type="type2",
+        structure="block_tridiagonal",
+    ),
+    "tridiagonal_owner_ddp": _scenario(
+        "owner",
+        ddp=True,
+        model=Chain,
+        fisher_type="type2",
+        structure="block_tridiagonal",
+    ),
 }
 BASE_KFAC = {
     "loss": "ce",
@@ -241,25 +261,31 @@ def _slice(
 
 
 def single_process(name: str, steps: int = STEPS) -> Tensor:
-    """The oracle: one process on the global batch."""
+    """The oracle: one process on the global batch; its parameters."""
+    return _single(name, steps)[0]
+
+
+def _single(name: str, steps: int = STEPS) -> tuple[Tensor, set[str]]:
+    """One process on the global batch: its parameters and the blocks whose
+    decompositions it holds."""
     spec = SCENARIOS[name]
-    model = _init(spec.get("model", Mixed)(), 1)
+    model = _init(spec["model"](), 1)
     opt = _optimizer(model, spec, process_group=False)
     _run(
         model,
         model,
         opt,
         _mixed_batches(2, GLOBAL_BATCH, steps),
-        closure=bool(spec.get("closure")),
+        closure=spec["closure"],
     )
-    return _flat(model)
+    return _flat(model), set(opt.held_inverses)
 
 
 # ------------------------------------------------------------ rank worker
 def _rank_scenarios(rank: int, world: int, out: Path, names: list[str]) -> None:
     for name in names:
         spec = SCENARIOS[name]
-        model = _init(spec.get("model", Mixed)(), 1)
+        model = _init(spec["model"](), 1)
         net = DistributedDataParallel(model) if spec["ddp"] else model
         opt = _optimizer(net, spec)
         batches = _slice(_mixed_batches(2, GLOBAL_BATCH, STEPS), rank, world)
@@ -268,27 +294,38 @@ def _rank_scenarios(rank: int, world: int, out: Path, names: list[str]) -> None:
             net,
             opt,
             batches,
-            closure=bool(spec.get("closure")),
+            closure=spec["closure"],
             allreduce=not spec["ddp"],
         )
         torch.save(_flat(model), out / f"{name}-{rank}.pt")
+        torch.save(set(opt.held_inverses), out / f"{name}-held-{rank}.pt")
+
+
+NONFINITE_LAYOUTS = ("shared", "owner")
+NONFINITE_KFAC = {
+    "loss": "ce",
+    "fisher_type": "type2",
+    "lr": 0.1,
+    "damping": 1e-2,
+    "inverse_interval": 2,
+}
 
 
 def _rank_nonfinite(rank: int, world: int, out: Path) -> None:
-    """Rank 1's input is NaN on step 3: every rank skips it, in sync."""
-    model = _init(Small(), 4)
-    net = DistributedDataParallel(model)
-    opt = KFAC(
-        net, loss="ce", fisher_type="type2", lr=0.1, damping=1e-2, inverse_interval=2
-    )
-    batches = _slice(_nan_batches(), rank, world)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _run(model, net, opt, batches, pass_loss=True)
-    torch.save(
-        {"params": _flat(model), "skipped": opt.counters["skipped_steps"]},
-        out / f"nonfinite-{rank}.pt",
-    )
+    """Rank 1's input is NaN on step 3: every rank skips it, in sync (in each
+    layout that sends something)."""
+    for layout in NONFINITE_LAYOUTS:
+        model = _init(Small(), 4)
+        net = DistributedDataParallel(model)
+        opt = KFAC(net, **NONFINITE_KFAC, inverse_layout=layout)
+        batches = _slice(_nan_batches(), rank, world)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _run(model, net, opt, batches, pass_loss=True)
+        torch.save(
+            {"params": _flat(model), "skipped": opt.counters["skipped_steps"]},
+            out / f"nonfinite-{layout}-{rank}.pt",
+        )
 
 
 def _nan_batches() -> list[tuple[Tensor, Tensor]]:
@@ -298,30 +335,33 @@ def _nan_batches() -> list[tuple[Tensor, Tensor]]:
     return batches
 
 
-def _rank_checkpoint(rank: int, world: int, out: Path) -> None:
-    """Save at step 10 (rank 0 writes), continue to 20; and resume from a
-    single-process checkpoint at step 10."""
-    spec = SCENARIOS["type2_shared_ddp"]
+CHECKPOINTED = ("type2_shared_ddp", "type2_owner_ddp")  # saved and resumed
+CHECKPOINTS = [f"checkpoint:{name}" for name in CHECKPOINTED]
+
+
+def _rank_checkpoint(rank: int, world: int, out: Path, name: str) -> None:
+    """Save at step 10 (every rank takes the state, rank 0 writes), continue to
+    20; and resume from a single-process checkpoint at step 10."""
+    spec = SCENARIOS[name]
     batches = _slice(_mixed_batches(2, GLOBAL_BATCH, STEPS), rank, world)
     model = _init(Mixed(), 1)
     net = DistributedDataParallel(model)
     opt = _optimizer(net, spec)
     _run(model, net, opt, batches[:10])
+    state = {"model": model.state_dict(), "opt": opt.state_dict()}
     if rank == 0:
-        torch.save(
-            {"model": model.state_dict(), "opt": opt.state_dict()}, out / "ckpt-dist.pt"
-        )
+        torch.save(state, out / f"ckpt-dist-{name}.pt")
     _run(model, net, opt, batches[10:])
-    torch.save(_flat(model), out / f"ckpt-continued-{rank}.pt")
+    torch.save(_flat(model), out / f"ckpt-continued-{name}-{rank}.pt")
     # resume the single process's checkpoint on these ranks
-    state = torch.load(out / "ckpt-single.pt", weights_only=False)
+    state = torch.load(out / f"ckpt-single-{name}.pt", weights_only=False)
     model = _init(Mixed(), 9)
     model.load_state_dict(state["model"])
     net = DistributedDataParallel(model)
     opt = _optimizer(net, spec)
     opt.load_state_dict(state["opt"])
     _run(model, net, opt, batches[10:])
-    torch.save(_flat(model), out / f"ckpt-resumed-{rank}.pt")
+    torch.save(_flat(model), out / f"ckpt-resumed-{name}-{rank}.pt")
 
 
 def _rank_mc(rank: int, world: int, out: Path) -> None:
@@ -406,6 +446,15 @@ def _rank_context(rank: int, world: int, out: Path) -> None:
     made["x"].two_sided(Damping(True, 0.1))  # damped inverses travel along
     local = {k: v for k, v in made.items() if owners[k] == rank}
     shared = ctx.share_inverses(local, owners, torch.device("cpu"))
+    # directions: each rank's own blocks filled in, the others' NaN until
+    # received; "y" fails on its owner
+    built = ctx.agree_built({k: k != "y" for k in owners if owners[k] == rank}, owners)
+    targets = [(k, torch.full(shape, math.nan, dtype=DT)) for k, shape in DIRECTIONS]
+    for key, target in targets:
+        if owners.get(key, 0) == rank:
+            target.copy_(_direction(key))
+    before = ctx.comm_bytes["directions"]
+    ctx.share_directions(dict(targets), targets, {**owners, "z": 0})
     torch.save(
         {
             "reduced": reduced,
@@ -413,50 +462,43 @@ def _rank_context(rank: int, world: int, out: Path) -> None:
             "made": made,
             "shared": shared,
             "damped": shared["x"].damped_inverses,
+            "built": built,
+            "directions": dict(targets),
+            "direction_bytes": ctx.comm_bytes["directions"] - before,
         },
         out / f"context-{rank}.pt",
     )
 
 
-def _worker(rank: int, world: int, port: int, out: str, jobs: list[str]) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        path = Path(out)
-        for job in jobs:
-            if job == "nonfinite":
-                _rank_nonfinite(rank, world, path)
-            elif job == "checkpoint":
-                _rank_checkpoint(rank, world, path)
-            elif job == "mc":
-                _rank_mc(rank, world, path)
-            elif job == "bad_batch":
-                _rank_bad_batch(rank, world, path)
-            elif job == "context":
-                _rank_context(rank, world, path)
-            else:
-                _rank_scenarios(rank, world, path, [job])
-        dist.barrier()  # nobody leaves while another rank still works
-    finally:
-        dist.destroy_process_group()
+DIRECTIONS = [("x", (2, 3)), ("y", (4,)), ("z", (1, 5))]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _direction(key: str) -> Tensor:
+    """Block ``key``'s preconditioned gradient in the DistContext test."""
+    shape = dict(DIRECTIONS)[key]
+    gen = torch.Generator().manual_seed(ord(key))
+    return torch.randn(shape, generator=gen, dtype=DT)
+
+
+def _worker(rank: int, world: int, out: str, jobs: list[str]) -> None:
+    path = Path(out)
+    for job in jobs:
+        if job == "nonfinite":
+            _rank_nonfinite(rank, world, path)
+        elif job.startswith("checkpoint:"):
+            _rank_checkpoint(rank, world, path, job.split(":")[1])
+        elif job == "mc":
+            _rank_mc(rank, world, path)
+        elif job == "bad_batch":
+            _rank_bad_batch(rank, world, path)
+        elif job == "context":
+            _rank_context(rank, world, path)
+        else:
+            _rank_scenarios(rank, world, path, [job])
 
 
 def _spawn(world: int, out: Path, jobs: list[str]) -> None:
-    mp.start_processes(
-        _worker,
-        args=(world, _free_port(), str(out), jobs),
-        nprocs=world,
-        join=True,
-        start_method="spawn",
-    )
+    spawn_local(_worker, world, str(out), jobs)
 
 
 def _rel(a: Tensor, b: Tensor) -> float:
@@ -465,48 +507,75 @@ def _rel(a: Tensor, b: Tensor) -> float:
 
 # ------------------------------------------------------------------ tests
 def _single_checkpoint(out: Path) -> None:
-    spec = SCENARIOS["type2_shared_ddp"]
-    model = _init(Mixed(), 1)
-    opt = _optimizer(model, spec, process_group=False)
-    _run(model, model, opt, _mixed_batches(2, GLOBAL_BATCH, 10))
-    torch.save(
-        {"model": model.state_dict(), "opt": opt.state_dict()}, out / "ckpt-single.pt"
-    )
+    for name in CHECKPOINTED:
+        model = _init(Mixed(), 1)
+        opt = _optimizer(model, SCENARIOS[name], process_group=False)
+        _run(model, model, opt, _mixed_batches(2, GLOBAL_BATCH, 10))
+        torch.save(
+            {"model": model.state_dict(), "opt": opt.state_dict()},
+            out / f"ckpt-single-{name}.pt",
+        )
 
 
-def _resume_single(out: Path) -> Tensor:
-    spec = SCENARIOS["type2_shared_ddp"]
-    state = torch.load(out / "ckpt-dist.pt", weights_only=False)
+def _resume_single(out: Path, name: str) -> Tensor:
+    state = torch.load(out / f"ckpt-dist-{name}.pt", weights_only=False)
     model = _init(Mixed(), 9)
     model.load_state_dict(state["model"])
-    opt = _optimizer(model, spec, process_group=False)
+    opt = _optimizer(model, SCENARIOS[name], process_group=False)
     opt.load_state_dict(state["opt"])
     _run(model, model, opt, _mixed_batches(2, GLOBAL_BATCH, STEPS)[10:])
     return _flat(model)
 
 
+def _check_resumed(out: Path, world: int) -> None:
+    """W ranks -> 1 process, and 1 process -> W ranks, in each checkpointed
+    scenario: the trajectory of the uninterrupted run."""
+    for name in CHECKPOINTED:
+        # every decomposition is in the checkpoint, each tensor with only its
+        # own values (not a view of a received buffer's whole storage)
+        saved = torch.load(out / f"ckpt-dist-{name}.pt", weights_only=False)
+        inverses = saved["opt"]["kfac"]["inverses"]
+        assert set(inverses) == _single(name, 10)[1], name
+        for fields in inverses.values():
+            for t in fields.values():
+                if isinstance(t, Tensor):
+                    assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        continued = torch.load(out / f"ckpt-continued-{name}-0.pt")
+        assert _rel(_resume_single(out, name), continued) < PARITY_RTOL, name
+        uninterrupted = single_process(name)
+        for rank in range(world):
+            resumed = torch.load(out / f"ckpt-resumed-{name}-{rank}.pt")
+            assert _rel(resumed, uninterrupted) < PARITY_RTOL, (name, rank)
+            assert torch.equal(
+                torch.load(out / f"ckpt-continued-{name}-{rank}.pt"), continued
+            )
+
+
 def _check_parity(out: Path, world: int, names: list[str]) -> None:
+    """Every rank's parameters equal one process's, and each other's bit for
+    bit; the decompositions are held by every rank, or in the ``owner`` layout
+    each by one (the ranks' sets partition one process's)."""
     for name in names:
-        want = single_process(name)
+        want, want_held = _single(name)
         for rank in range(world):
             got = torch.load(out / f"{name}-{rank}.pt")
             assert _rel(got, want) < PARITY_RTOL, (name, rank, _rel(got, want))
         first = torch.load(out / f"{name}-0.pt")
         for rank in range(1, world):
             assert torch.equal(torch.load(out / f"{name}-{rank}.pt"), first), name
+        held = [torch.load(out / f"{name}-held-{r}.pt") for r in range(world)]
+        if SCENARIOS[name]["kfac"]["inverse_layout"] == "owner":
+            assert sum(len(h) for h in held) == len(want_held), name
+            assert set().union(*held) == want_held, name
+            if SCENARIOS[name]["model"] is Mixed:  # more blocks than ranks
+                assert all(held), name
+        else:
+            assert all(h == want_held for h in held), name
 
 
 def _single_nonfinite() -> tuple[Tensor, int]:
     model = _init(Small(), 4)
-    opt = KFAC(
-        model,
-        loss="ce",
-        fisher_type="type2",
-        lr=0.1,
-        damping=1e-2,
-        inverse_interval=2,
-        process_group=False,
-    )
+    opt = KFAC(model, **NONFINITE_KFAC, process_group=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _run(model, model, opt, _nan_batches(), pass_loss=True)
@@ -531,31 +600,27 @@ def _mc_exact() -> Tensor:
 
 @pytest.mark.timeout(SPAWN_TIMEOUT_S)
 def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) -> None:
-    """2 ranks: parity (type-2 and empirical, shared and replicated, DDP and a
-    hand all-reduce, the quadratic model with LM damping and stats_batch_size),
-    a NaN input on one rank, save/resume across world sizes, the MC estimate's
-    mean, and unequal local batches."""
+    """2 ranks: parity (type-2 and empirical, the shared, replicated and owner
+    layouts, DDP and a hand all-reduce, the quadratic model with LM damping and
+    stats_batch_size, KL clipping, Tikhonov damping, chain RNN and
+    block-tridiagonal inverses), a NaN input on one rank, save/resume across
+    world sizes, the MC estimate's mean, and unequal local batches."""
     names = list(SCENARIOS)
     _single_checkpoint(tmp_path)
     _spawn(
-        2, tmp_path, [*names, "nonfinite", "checkpoint", "mc", "bad_batch", "context"]
+        2, tmp_path, [*names, *CHECKPOINTS, "nonfinite", "mc", "bad_batch", "context"]
     )
     _check_parity(tmp_path, 2, names)
 
     want, skipped = _single_nonfinite()
     assert skipped == 1
-    got = [torch.load(tmp_path / f"nonfinite-{r}.pt") for r in range(2)]
-    assert all(g["skipped"] == 1 for g in got)
-    assert torch.equal(got[0]["params"], got[1]["params"])  # bit for bit
-    assert _rel(got[0]["params"], want) < PARITY_RTOL
+    for layout in NONFINITE_LAYOUTS:
+        got = [torch.load(tmp_path / f"nonfinite-{layout}-{r}.pt") for r in range(2)]
+        assert all(g["skipped"] == 1 for g in got)
+        assert torch.equal(got[0]["params"], got[1]["params"])  # bit for bit
+        assert _rel(got[0]["params"], want) < PARITY_RTOL
 
-    # 2 ranks -> 1 process, and 1 process -> 2 ranks
-    continued = torch.load(tmp_path / "ckpt-continued-0.pt")
-    assert _rel(_resume_single(tmp_path), continued) < PARITY_RTOL
-    uninterrupted = single_process("type2_shared_ddp")
-    for rank in range(2):
-        resumed = torch.load(tmp_path / f"ckpt-resumed-{rank}.pt")
-        assert _rel(resumed, uninterrupted) < PARITY_RTOL
+    _check_resumed(tmp_path, 2)
 
     # MC: the mean of the distributed estimates is the exact (type-2) factor
     samples = torch.load(tmp_path / "mc.pt")
@@ -589,6 +654,11 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
                 a, b = getattr(made, f.name), getattr(shared, f.name)
                 assert (a is None and b is None) or torch.equal(a, b), (key, f.name)
                 assert b is None or b.dtype == a.dtype
+        assert got["built"] == {"x"}  # "y" failed on rank 1, and all know it
+        for key, _ in DIRECTIONS:
+            assert torch.equal(got["directions"][key], _direction(key)), key
+        # rank 0 sends x and z (2·3 + 5 float64), rank 1 y (4)
+        assert got["direction_bytes"] == 8 * (11 if rank == 0 else 4)
         made_damped = got["made"]["x"].damped_inverses
         assert got["damped"][0] == made_damped[0]
         assert all(
@@ -602,10 +672,9 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
 def test_three_ranks_match_one_process(tmp_path: Path) -> None:
     names = list(SCENARIOS)
     _single_checkpoint(tmp_path)
-    _spawn(3, tmp_path, [*names, "checkpoint"])
+    _spawn(3, tmp_path, [*names, *CHECKPOINTS])
     _check_parity(tmp_path, 3, names)
-    continued = torch.load(tmp_path / "ckpt-continued-0.pt")
-    assert _rel(_resume_single(tmp_path), continued) < PARITY_RTOL
+    _check_resumed(tmp_path, 3)
 
 
 def test_requested_group_needs_initialised_distributed() -> None:

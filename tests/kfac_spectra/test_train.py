@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from kfac_helpers import tiny_run
 
 from kfac_spectra.train import (
     RESUME_FILE,
@@ -20,21 +21,6 @@ from kfac_spectra.train import (
     step_dir,
     train,
 )
-
-TINY = {
-    "model": "mlp",
-    "data": "digits",
-    "width": 1 / 64,
-    "steps": 10,
-    "batch_size": 32,
-    "checkpoints": "0,4,7",
-    "measure_examples": 48,
-    "inverse_interval": 3,
-}
-
-
-def _tiny(**changes) -> TrainConfig:
-    return resolve_config(None, {**TINY, **changes})
 
 
 def _all_arrays(run_dir, steps):
@@ -53,7 +39,7 @@ class _Kill(RuntimeError):
 
 @pytest.mark.parametrize("optimizer", ["kfac", "adam"])
 def test_resume_after_kill_is_bit_identical(tmp_path, optimizer):
-    config = _tiny(optimizer=optimizer, lr=0.01 if optimizer == "kfac" else 1e-3)
+    config = tiny_run(optimizer=optimizer, lr=0.01 if optimizer == "kfac" else 1e-3)
     reference = train(config, tmp_path / "straight")
 
     def kill(step: int, loss: float) -> None:
@@ -95,9 +81,9 @@ def test_resume_after_kill_is_bit_identical(tmp_path, optimizer):
 
 
 def test_resume_refuses_another_config(tmp_path):
-    train(_tiny(steps=2, checkpoints=""), tmp_path)
+    train(tiny_run(steps=2, checkpoints=""), tmp_path)
     with pytest.raises(ValueError, match="different config"):
-        train(_tiny(steps=3, checkpoints=""), tmp_path)
+        train(tiny_run(steps=3, checkpoints=""), tmp_path)
 
 
 def test_config_precedence_and_saved_copy(tmp_path):
@@ -109,7 +95,7 @@ def test_config_precedence_and_saved_copy(tmp_path):
     assert config.steps == 40 and config.lr == 0.25 and config.kl_clip is None
     assert config.checkpoints == (0, 10) and config.collect_steps == (0, 10, 40)
     assert config.model == "mlp" and config.damping == TrainConfig().damping
-    run = _tiny(steps=2, checkpoints="1")
+    run = tiny_run(steps=2, checkpoints="1")
     train(run, tmp_path / "run")
     assert resolve_config(tmp_path / "run" / "config.toml") == run
     assert read_manifest(tmp_path / "run")["config"]["steps"] == 2
@@ -117,4 +103,4 @@ def test_config_precedence_and_saved_copy(tmp_path):
 
 def test_data_size_for_fixed_size_data(tmp_path):
     with pytest.raises(ValueError, match="data_size"):
-        train(_tiny(data_size=100), tmp_path)
+        train(tiny_run(data_size=100), tmp_path)
