@@ -18,8 +18,8 @@ the same one-line message naming the parameter:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +35,6 @@ __all__ = [
 #: int64 throughout (the parity of :math:`t` decides the sign of
 #: :math:`\lambda^t` for a negative eigenvalue, so :math:`t` is never a float).
 MAX_T = 2**63 - 1
-
-_V = TypeVar("_V")
 
 
 def _too_large(name: str, value: Any) -> ValueError:
@@ -172,26 +170,25 @@ def validate_batch_size(batch_size: Any, *, scalar: bool = False) -> np.ndarray:
 
 
 def check_pieces(
-    boundaries: Sequence[Any],
-    values: Sequence[Any],
-    check_value: Callable[[Any, str], _V],
-    what: str,
-) -> tuple[tuple[int, ...], tuple[_V, ...]]:
-    """The pieces of a piecewise-constant schedule, validated.
+    schedule: Any, check_value: Callable[[Any, str], Any], what: str
+) -> None:
+    """Validate a piecewise-constant schedule's pieces and store them as tuples.
+
+    ``schedule`` is a frozen dataclass with ``boundaries`` (strictly increasing
+    positive integer steps, length ``K - 1``) and ``values`` (``K`` values, each
+    checked as ``check_value(value, "<what> value")``); both are replaced by
+    tuples of the checked Python values.
 
     Args:
-        boundaries: strictly increasing positive integer steps, length ``K - 1``.
-        values: ``K`` values, each checked as ``check_value(value, name)``
-            (the name is ``"<what> value"``).
+        schedule: the schedule being constructed (from its ``__post_init__``).
+        check_value: returns the checked value or raises ``ValueError``.
         what: the schedule's name in errors (``"lr schedule"``, ...).
-
-    Returns:
-        ``(boundaries, values)`` as tuples of Python values.
 
     Raises:
         ValueError: for boundaries that are not integers or not strictly
             increasing and positive, mismatched lengths, or a bad value.
     """
+    boundaries, values = schedule.boundaries, schedule.values
     increasing = f"{what} boundaries must be strictly increasing positive steps"
     raw = np.atleast_1d(np.asarray(boundaries, dtype=object))
     if np.size(boundaries) == 0:
@@ -211,4 +208,5 @@ def check_pieces(
         )
     if any(y <= x for x, y in zip(b, b[1:], strict=False)):
         raise ValueError(increasing)
-    return tuple(b), v
+    object.__setattr__(schedule, "boundaries", tuple(b))
+    object.__setattr__(schedule, "values", v)

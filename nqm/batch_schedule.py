@@ -73,9 +73,7 @@ class BatchSchedule:
     values: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        b, v = check_pieces(self.boundaries, self.values, _check_batch, "batch_size")
-        object.__setattr__(self, "boundaries", b)
-        object.__setattr__(self, "values", v)
+        check_pieces(self, _check_batch, "batch_size")
 
     # ------------------------------------------------------------ constructors
     @classmethod

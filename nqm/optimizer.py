@@ -92,9 +92,7 @@ class PiecewiseConstant(Schedule):
     values: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        b, v = check_pieces(self.boundaries, self.values, _check_lr, "lr schedule")
-        object.__setattr__(self, "boundaries", b)
-        object.__setattr__(self, "values", v)
+        check_pieces(self, _check_lr, "lr schedule")
 
     def __call__(self, step):
         idx = np.searchsorted(
