@@ -41,7 +41,7 @@ from ._doubling import MomentMap
 from ._system import Features, system_matrices
 from .arguments import validate_batch_size, validate_steps
 from .batch_schedule import BatchSchedule, joint_pieces
-from .optimizer import Constant, Optimizer
+from .optimizer import Constant, Optimizer, PiecewiseConstant
 from .problem import NQMProblem
 
 __all__ = [
@@ -351,6 +351,37 @@ def _single_setting_terms(
 # ---------------------------------------------------------- scheduled path
 #: Elements (pieces x modes) per batch of closed-form pieces under a schedule.
 _PIECE_CHUNK = 1 << 16
+#: Most updates a schedule that may change at every step is propagated over
+#: (each is its own piece): about 30 s for plain SGD and 5 min for momentum at
+#: d = 100 on a 2-core machine (benchmarks/bench_nqm_stepwise.py).
+MAX_STEPWISE_PIECES = 10**7
+
+
+def _check_stepwise_extent(optimizer: Optimizer, n_updates: int) -> None:
+    """Refuse a horizon over which the lr may change at too many steps.
+
+    A :class:`~nqm.Constant` or :class:`~nqm.PiecewiseConstant` lr has few
+    pieces whatever the horizon. Any other schedule is evaluated at every step
+    until its constant tail (``schedule.constant_after()``), each step its own
+    piece.
+
+    Raises:
+        ValueError: when more than :data:`MAX_STEPWISE_PIECES` updates would be
+            propagated one by one.
+    """
+    sched = optimizer.schedule
+    if isinstance(sched, Constant | PiecewiseConstant):
+        return
+    after = sched.constant_after()
+    extent = n_updates if after is None else min(n_updates, after + 1)
+    if extent > MAX_STEPWISE_PIECES:
+        raise ValueError(
+            f"steps: the lr schedule may change at each of the {extent} updates "
+            f"before step {n_updates}, each propagated on its own; at most "
+            f"{MAX_STEPWISE_PIECES} are accepted (minutes of work): ask for fewer "
+            "steps, give the schedule a constant tail (FromCallable(fn, "
+            "constant_after=...)) or use a PiecewiseConstant schedule"
+        )
 
 
 def _scheduled_modes(
@@ -366,6 +397,7 @@ def _scheduled_modes(
         return PieceStates(hh, optimizer, batch).at(np.asarray(steps, dtype=np.int64))
     beta, gamma = optimizer.momentum, optimizer.ema
     t_max = int(max(steps))
+    _check_stepwise_extent(optimizer, t_max)
     starts, lrs, inv_b = joint_pieces(optimizer.schedule, batch, t_max)
     ends = np.append(starts[1:], np.iinfo(np.int64).max)
     k = feats.size
@@ -463,6 +495,7 @@ class PieceStates:
 
     def __init__(self, hh, optimizer: Optimizer, batch: BatchSchedule | None = None):
         self.hh = hh
+        self.opt = optimizer
         self.sched = optimizer.schedule
         self.batch = batch
         self.starts = np.zeros(1, dtype=np.int64)
@@ -476,7 +509,9 @@ class PieceStates:
     def _extend(self, t: int):
         if t < self.known:
             return
-        horizon = max(2 * self.known, t + 1, 64)
+        _check_stepwise_extent(self.opt, t)
+        # grow by doubling (amortised), but never past the accepted extent
+        horizon = min(max(2 * self.known, t + 1, 64), max(t + 1, MAX_STEPWISE_PIECES))
         starts, lrs, inv_b = joint_pieces(self.sched, self.batch, horizon)
         self.starts, self.lrs, self.inv_b = starts, lrs, inv_b
         self.known = horizon

@@ -141,3 +141,22 @@ def test_max_steps_is_never_truncated():
     target = float(nqm.expected_loss(prob, opt, 4, 4))
     assert nqm.steps_to_target(prob, opt, 4, target, max_steps=4.0) == 4
     assert math.isinf(nqm.steps_to_target(prob, opt, 4, target, max_steps=3))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_stepwise_schedule_beyond_its_limit_is_refused_before_any_work(momentum):
+    """An lr that may change at every step over 10**12 updates would take hours:
+    refused at once, naming the limit; with a constant tail the same horizon is
+    exact and cheap."""
+    from nqm.dynamics import MAX_STEPWISE_PIECES
+
+    problem = nqm.NQMProblem.power_law(4)
+
+    def lr(t):
+        return 0.5 / (1.0 + np.asarray(t) / 100.0)
+
+    opt = nqm.Optimizer(lr=nqm.FromCallable(lr), momentum=momentum)
+    with pytest.raises(ValueError, match=f"at most {MAX_STEPWISE_PIECES} are accepted"):
+        nqm.expected_loss(problem, opt, 4, 10**12)
+    tail = nqm.Optimizer(lr=nqm.FromCallable(lr, constant_after=200), momentum=momentum)
+    assert math.isfinite(nqm.expected_loss(problem, tail, 4, 10**12))
