@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "nqm-scaling": "analysis.cli_scaling",
     "net-scaling": "analysis.cli_net_scaling",
+    "net-predict": "analysis.cli_net_predict",
     "verify-derivations": "analysis.cli_verify",
 }
 

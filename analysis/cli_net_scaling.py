@@ -42,7 +42,7 @@ from typing import Any
 
 from analysis import cli_common as common
 
-__all__ = ["add_parser", "run", "config_from_args"]
+__all__ = ["add_parser", "add_workload_arguments", "run", "config_from_args"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,10 +97,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return common.add_subcommand(sub, _COMMAND, _SUMMARY, __doc__, _arguments, run)
 
 
-def _arguments(p: argparse.ArgumentParser) -> None:
-    w = p.add_argument_group("workload (default: MNIST-1D, MLP, training loss 0.5)")
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the workload options (``--model``, ``--data``, ``--data-dir``,
+    ``--loss``, ``--metric``, ``--target``, ``--width``) as one argument group;
+    :func:`config_from_args` reads them.
+
+    Args:
+        parser: the parser of a command that takes a workload.
+    """
+    w = parser.add_argument_group(
+        "workload (default: MNIST-1D, MLP, training loss 0.5)"
+    )
     for flag, text in _WORKLOAD_OPTIONS:
         w.add_argument(flag, help=text)
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    add_workload_arguments(p)
     s = p.add_argument_group("sweep")
     for flag, text in _SWEEP_OPTIONS:
         s.add_argument(flag, help=text)

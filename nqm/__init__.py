@@ -43,7 +43,7 @@ from .dynamics import (
     risk_terms,
     steady_state_loss,
 )
-from .montecarlo import MonteCarloResult, NoiseModel, simulate
+from .montecarlo import MonteCarloResult, NoiseModel, first_passage_steps, simulate
 from .optimizer import (
     Constant,
     CosineWarmup,
@@ -99,6 +99,7 @@ __all__ = [
     "Family",
     "TuneResult",
     "simulate",
+    "first_passage_steps",
     "MonteCarloResult",
     "NoiseModel",
 ]
