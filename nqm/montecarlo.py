@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .arguments import validate_batch_size, validate_steps
+from .arguments import validate_batch_size, validate_step_limit, validate_steps
 from .batch_schedule import BatchSchedule
 from .optimizer import Optimizer
 from .problem import NQMProblem
@@ -271,7 +271,7 @@ def first_passage_steps(
     References:
         Zhang et al. 2019, section 3 (the NQM and its steps to target).
     """
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     if not (math.isfinite(target) and target > 0):
         raise ValueError(f"target must be positive, got {target!r}")
     for name, value, low in (
@@ -280,8 +280,7 @@ def first_passage_steps(
         ("every", every, 1),
         ("chunk", chunk, 1),
     ):
-        if isinstance(value, bool) or int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        validate_step_limit(value, name, minimum=low)
     if not isinstance(generator, torch.Generator):
         raise ValueError("generator must be a torch.Generator")
     t_max, every = int(max_steps), int(every)

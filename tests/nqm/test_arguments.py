@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from nqm_oracles import mp_loss
 
 import nqm
@@ -20,6 +21,7 @@ from nqm.adam import record_steps
 from nqm.arguments import MAX_T
 from nqm.closed_form import sgd_risk
 from nqm.dynamics import second_moments
+from nqm.montecarlo import first_passage_steps
 
 #: Relative agreement with the 80-digit oracle. The exact risk certifies 1e-11;
 #: hat h = h^(1-p) from exp/log costs |log h| ulps (about 500 at h = 1e-200).
@@ -114,6 +116,8 @@ def _calls():
         ("simulate batch", lambda: nqm.simulate(prob, opt, True, 3, replicas=2), "batch_size"),
         ("simulate steps", lambda: nqm.simulate(prob, opt, 4, True, replicas=2), "steps"),
         ("simulate list", lambda: nqm.simulate(prob, opt, [4, 8], 3, replicas=2), "batch_size"),
+        ("first passage max 3.5", lambda: first_passage_steps(prob, opt, 4, 0.1, 3.5, 2, torch.Generator()), "max_steps"),
+        ("first passage list", lambda: first_passage_steps(prob, opt, [4, 8], 0.1, 3, 2, torch.Generator()), "batch_size"),
         ("noise_scales list", lambda: nqm.noise_scale.noise_scales(prob, opt, [4, 8], 3), "batch_size"),
         ("sgd_risk list", lambda: sgd_risk(prob, 0.5, [4, 8], 3), "batch_size"),
         ("record_steps True", lambda: record_steps(True), "max_steps"),
