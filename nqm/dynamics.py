@@ -357,7 +357,14 @@ _PIECE_CHUNK = 1 << 16
 MAX_STEPWISE_PIECES = 10**7
 
 
-def _check_stepwise_extent(optimizer: Optimizer, n_updates: int) -> None:
+#: Most values (pieces x modes) plain SGD keeps under such a schedule: it caches
+#: the state at every piece start (F and V, 2 GiB each at this limit).
+MAX_PIECE_STATES = 2**28
+
+
+def _check_stepwise_extent(
+    optimizer: Optimizer, n_updates: int, modes: int | None = None
+) -> None:
     """Refuse a horizon over which the lr may change at too many steps.
 
     A :class:`~nqm.Constant` or :class:`~nqm.PiecewiseConstant` lr has few
@@ -365,9 +372,15 @@ def _check_stepwise_extent(optimizer: Optimizer, n_updates: int) -> None:
     until its constant tail (``schedule.constant_after()``), each step its own
     piece.
 
+    Args:
+        optimizer: its schedule decides.
+        n_updates: the updates the call needs.
+        modes: where each piece's state is kept (plain SGD), the modes per state.
+
     Raises:
         ValueError: when more than :data:`MAX_STEPWISE_PIECES` updates would be
-            propagated one by one.
+            propagated one by one, or (``modes``) more than
+            :data:`MAX_PIECE_STATES` values kept.
     """
     sched = optimizer.schedule
     if isinstance(sched, Constant | PiecewiseConstant):
@@ -375,13 +388,20 @@ def _check_stepwise_extent(optimizer: Optimizer, n_updates: int) -> None:
     after = sched.constant_after()
     extent = n_updates if after is None else min(n_updates, after + 1)
     if extent > MAX_STEPWISE_PIECES:
-        raise ValueError(
-            f"steps: the lr schedule may change at each of the {extent} updates "
-            f"before step {n_updates}, each propagated on its own; at most "
-            f"{MAX_STEPWISE_PIECES} are accepted (minutes of work): ask for fewer "
-            "steps, give the schedule a constant tail (FromCallable(fn, "
-            "constant_after=...)) or use a PiecewiseConstant schedule"
+        limit = f"at most {MAX_STEPWISE_PIECES} are accepted (minutes of work)"
+    elif modes is not None and extent * modes > MAX_PIECE_STATES:
+        limit = (
+            f"their states for {modes} modes would be {extent * modes} values, "
+            f"at most {MAX_PIECE_STATES} are kept"
         )
+    else:
+        return
+    raise ValueError(
+        f"steps: the lr schedule may change at each of the {extent} updates "
+        f"before step {n_updates}, each propagated on its own; {limit}: ask for "
+        "fewer steps, give the schedule a constant tail (FromCallable(fn, "
+        "constant_after=...)) or use a PiecewiseConstant schedule"
+    )
 
 
 def _scheduled_modes(
@@ -509,9 +529,10 @@ class PieceStates:
     def _extend(self, t: int):
         if t < self.known:
             return
-        _check_stepwise_extent(self.opt, t)
+        _check_stepwise_extent(self.opt, t, self.hh.size)
         # grow by doubling (amortised), but never past the accepted extent
-        horizon = min(max(2 * self.known, t + 1, 64), max(t + 1, MAX_STEPWISE_PIECES))
+        cap = min(MAX_STEPWISE_PIECES, MAX_PIECE_STATES // max(1, self.hh.size))
+        horizon = min(max(2 * self.known, t + 1, 64), max(t + 1, cap))
         starts, lrs, inv_b = joint_pieces(self.sched, self.batch, horizon)
         self.starts, self.lrs, self.inv_b = starts, lrs, inv_b
         self.known = horizon

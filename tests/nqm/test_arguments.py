@@ -164,3 +164,14 @@ def test_stepwise_schedule_beyond_its_limit_is_refused_before_any_work(momentum)
         nqm.expected_loss(problem, opt, 4, 10**12)
     tail = nqm.Optimizer(lr=nqm.FromCallable(lr, constant_after=200), momentum=momentum)
     assert math.isfinite(nqm.expected_loss(problem, tail, 4, 10**12))
+
+
+def test_stepwise_sgd_states_beyond_memory_limit_are_refused():
+    """Plain SGD keeps each piece's state: 5e6 pieces x 100 modes (8 GB) is
+    refused at once, naming the limit on kept values."""
+    from nqm.dynamics import MAX_PIECE_STATES
+
+    problem = nqm.NQMProblem.power_law(100)
+    opt = nqm.Optimizer(lr=nqm.FromCallable(lambda t: 0.5 / (1.0 + np.asarray(t))))
+    with pytest.raises(ValueError, match=f"at most {MAX_PIECE_STATES} are kept"):
+        nqm.expected_loss(problem, opt, 4, 5 * 10**6)
