@@ -209,9 +209,10 @@ def _validate(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(
                 "floor: --problem needs --floor (there is no reference run)"
             )
-        if not Path(args.problem).is_file():
-            raise ValueError(f"problem: no file {args.problem}")
-        plan["problem"] = nqm.NQMProblem.load(args.problem)
+        try:  # one line: missing, a directory, not an archive, truncated, ...
+            plan["problem"] = nqm.NQMProblem.load(args.problem)
+        except ValueError as exc:
+            raise ValueError(f"problem: {exc}") from None
         return plan
     checkpoints = _ints(args.checkpoints or DEFAULT_CHECKPOINTS, "checkpoints")
     plan["checkpoints"] = checkpoints

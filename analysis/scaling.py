@@ -154,21 +154,11 @@ def build_problem(cfg: ScalingConfig) -> nqm.NQMProblem:
     power law :math:`h_i = i^{-a}`, :math:`c_i = i^{-b}`, i = 1..dim.
 
     Raises:
-        ValueError: if the spectrum file is missing or unreadable.
+        ValueError: if the spectrum file is missing, a directory or unreadable.
     """
     if cfg.problem is not None:
-        if not Path(cfg.problem).is_file():
-            raise ValueError(f"problem spectrum file {cfg.problem!r} does not exist")
-        try:
-            return nqm.NQMProblem.load(cfg.problem)
-        except ValueError as exc:
-            # NQMProblem.load names the file for most failures but not all (a
-            # non-zip file surfaces numpy's pickle refusal); always name it.
-            if "spectrum file" in str(exc):
-                raise
-            raise ValueError(
-                f"cannot read spectrum file {cfg.problem!r}: {exc}"
-            ) from exc
+        # one line naming the file: missing, a directory, not an archive, ...
+        return nqm.NQMProblem.load(cfg.problem)
     return nqm.NQMProblem.power_law(
         dim=cfg.dim, h_power=cfg.h_power, c_power=cfg.c_power, init_sq=cfg.init_sq
     )

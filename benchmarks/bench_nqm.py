@@ -338,6 +338,7 @@ def random_table(problem, n, hand, b, rounds, t_double) -> None:
             },
             3,
         )
+        setting = dict(momentum=beta, ema=gamma, precond_power=p)
         rows.append(
             {
                 "name": "hand-picked" if k == 0 else f"random {k}",
@@ -345,8 +346,8 @@ def random_table(problem, n, hand, b, rounds, t_double) -> None:
                 "cost": median_ratio(times["ours"], times["sgd"]),
                 "speedup": median_ratio(dtimes["dbl"], dtimes["ours"]),
                 "agree": abs(dvals["ours"] / dvals["dbl"] - 1),
-                "doubled": nqm.doubled_modes(problem, lr, beta, gamma, p, t)
-                + nqm.doubled_modes(problem, lr, beta, gamma, p, t_double),
+                "doubled": nqm.doubled_modes(problem, lr, **setting, steps=t)
+                + nqm.doubled_modes(problem, lr, **setting, steps=t_double),
             }
         )
     print(

@@ -441,6 +441,7 @@ def _print_summary(summary: ReportSummary, nqm_step_label: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from kfac_spectra.launch import finish, init_from_environment
     from kfac_spectra.train import TrainConfig, resolve_config, train
+    from nqm.runtime import torch_device
 
     overrides = {
         f.name: getattr(args, f.name)
@@ -448,6 +449,7 @@ def _run(args: argparse.Namespace) -> int:
         if getattr(args, f.name) is not None
     }
     config = resolve_config(args.config, overrides)
+    torch_device(config.device)  # one line naming an absent device, before any work
     # under torchrun: join the other ranks (data-parallel training)
     launch = init_from_environment(config.device)
     try:

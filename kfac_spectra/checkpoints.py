@@ -38,7 +38,6 @@ import json
 import os
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -53,7 +52,7 @@ from kfac_spectra.gradient_stats import GradientStats, eigenbasis_gradient_stats
 from kfac_spectra.kfac import FisherType, LossType, compute_factors
 from kfac_spectra.layer_capture import find_blocks
 from kfac_spectra.train_config import FactorSource
-from nqm.io import FILE_MODE
+from nqm.io import FILE_MODE, read_npz
 from nqm.run_folder import CorruptFileError, check_file, file_digest, read_json_object
 
 __all__ = [
@@ -230,11 +229,10 @@ def verified_step_files(run_dir: str | os.PathLike[str], step: int) -> dict[str,
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        return read_npz(path, "checkpoint file")
+    except ValueError as exc:
         raise CorruptFileError(
-            f"{path}: not a readable .npz archive ({exc}); {_REMEDY}"
+            f"{exc}; {_REMEDY}"
         ) from None
 
 

@@ -100,6 +100,7 @@ from nqm.run_folder import (
     RunFolder,
     open_run_folder,
 )
+from nqm.runtime import torch_device
 
 __all__ = [
     "FactorSource",
@@ -418,6 +419,7 @@ def train(
             f"batch_size={config.batch_size} is not divisible by the world size "
             f"{world} (each rank trains on batch_size / world examples)"
         )
+    torch_device(config.device)  # an absent device is refused before any work
     run_dir = Path(run_dir)
     run = _build_run(config)  # every check before the directory is created
     with contextlib.ExitStack() as stack:

@@ -24,6 +24,7 @@ C/B`. The effective learning rate of momentum is :math:`\alpha/(1-\beta)`.
 
 from . import (
     adam,
+    arguments,
     batch_ramp,
     closed_form,
     critical_batch,
@@ -82,6 +83,7 @@ __all__ = [
     "steady_state_loss",
     "closed_form",
     "adam",
+    "arguments",
     "batch_ramp",
     "critical_batch",
     "search",

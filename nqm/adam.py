@@ -55,8 +55,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+from .arguments import validate_batch_size, validate_step_limit
 from .batch_schedule import BatchSchedule
-from .dynamics import validate_batch_size
 from .montecarlo import NoiseModel, _default_device, _rademacher_mean
 from .problem import NQMProblem
 
@@ -121,8 +121,7 @@ def record_steps(max_steps: int, resolution: float = 1.0 / 64.0) -> np.ndarray:
     Raises:
         ValueError: for ``max_steps < 1`` or a resolution outside (0, 1].
     """
-    if int(max_steps) != max_steps or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    max_steps = validate_step_limit(max_steps, "max_steps", minimum=1)
     if not 0.0 < float(resolution) <= 1.0:
         raise ValueError(f"resolution must lie in (0, 1], got {resolution!r}")
     dense = min(int(max_steps), math.ceil(1.0 / resolution))
@@ -255,7 +254,7 @@ def _estimate(curve: AdamCurve, target: float, level: float) -> AdamEstimate:
 def _batch_per_step(batch_size, n: int) -> np.ndarray:
     if isinstance(batch_size, BatchSchedule):
         return np.asarray(batch_size(np.arange(n)), dtype=np.float64)
-    return np.full(n, float(validate_batch_size(batch_size)))
+    return np.full(n, float(validate_batch_size(batch_size, scalar=True)))
 
 
 def adam_curves(

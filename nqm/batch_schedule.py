@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arguments import check_pieces, validate_step_limit
+
 __all__ = [
     "BatchSchedule",
     "RampShape",
@@ -40,6 +42,8 @@ class RampShape(enum.StrEnum):
 
 
 def _check_batch(value, where: str) -> int:
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"{where} must be an integer >= 1, not a boolean")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -69,31 +73,7 @@ class BatchSchedule:
     values: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        raw_b = np.atleast_1d(np.asarray(self.boundaries, dtype=np.float64))
-        if np.size(self.boundaries) == 0:
-            raw_b = np.zeros(0)
-        if np.any(~np.isfinite(raw_b)) or np.any(raw_b != np.round(raw_b)):
-            raise ValueError(
-                f"batch schedule boundaries must be integers, got {self.boundaries!r}"
-            )
-        b = tuple(int(x) for x in raw_b)
-        v = tuple(
-            _check_batch(x, "batch_size (schedule value)")
-            for x in np.atleast_1d(np.asarray(self.values, dtype=object))
-        )
-        if len(v) != len(b) + 1:
-            raise ValueError(
-                "batch schedule needs len(values) == len(boundaries) + 1, got "
-                f"{len(v)} values and {len(b)} boundaries"
-            )
-        if any(x <= 0 for x in b) or any(
-            y <= x for x, y in zip(b, b[1:], strict=False)
-        ):
-            raise ValueError(
-                "batch schedule boundaries must be strictly increasing positive steps"
-            )
-        object.__setattr__(self, "boundaries", b)
-        object.__setattr__(self, "values", v)
+        check_pieces(self, _check_batch, "batch_size")
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -138,10 +118,7 @@ class BatchSchedule:
         """
         b0 = _check_batch(start, "start")
         b1 = _check_batch(end, "end")
-        if int(ramp_steps) != ramp_steps or ramp_steps < 0:
-            raise ValueError(
-                f"ramp_steps must be a non-negative integer, got {ramp_steps!r}"
-            )
+        validate_step_limit(ramp_steps, "ramp_steps")
         k, shape = ramp_pieces_and_shape(pieces, shape)
         r = int(ramp_steps)
         frac = np.arange(k) / k

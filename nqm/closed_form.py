@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dynamics import _modes, validate_batch_size, validate_steps
+from .arguments import validate_batch_size, validate_steps
+from .dynamics import _modes
 from .problem import NQMProblem
 
 __all__ = [
@@ -34,9 +35,12 @@ __all__ = [
 
 
 def _parts(problem, precond_power):
-    hh, cc = problem.preconditioned(precond_power)
-    w = 0.5 * problem.weight * problem.h
-    return hh, cc, w
+    """Curvatures, and the loss weights of the initial state and of the noise
+    (the latter scaled: :meth:`NQMProblem.noise_weight`)."""
+    hh, _ = problem.preconditioned(precond_power)
+    wd = 0.5 * problem.weight * problem.h * problem.init_sq
+    wn = 0.5 * problem.weight * problem.noise_weight(precond_power)
+    return hh, wd, wn
 
 
 def _times(steps):
@@ -69,9 +73,9 @@ def sgd_risk(
     Returns:
         float or array shaped like ``steps``.
     """
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     t, tt = _times(steps)
-    hh, cc, w = _parts(problem, precond_power)
+    hh, wd, wn = _parts(problem, precond_power)
     s = lr * hh
     with np.errstate(all="ignore"):
         # t = 0 is the initial loss exactly (avoids 0 * log 0 when alpha h = 1)
@@ -79,7 +83,7 @@ def sgd_risk(
         # 1 - (1 - s)^{2t} via expm1 for accuracy at small s
         one_minus = np.where(tt == 0, 0.0, -np.expm1(tt * np.log1p(s * (s - 2.0))))
         var = np.where(s == 2.0, lr * lr * tt, lr * lr * one_minus / (s * (2.0 - s)))
-        risk = (lam2t * problem.init_sq + cc / b * var) @ w
+        risk = lam2t @ wd + (var @ wn) / b
     return _finish(t, np.where(np.isnan(risk), np.inf, risk))
 
 
@@ -108,17 +112,17 @@ def momentum_bound(
     the risk bound is :math:`\tfrac12\sum_i h_i A(\theta_i(t))`. Undefined at
     critical damping (:math:`r_1 = r_2`).
     """
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     t, tt = _times(steps)
-    hh, cc, w = _parts(problem, precond_power)
+    hh, wd, wn = _parts(problem, precond_power)
     beta = float(momentum)
     r1, r2 = _roots(1.0 - lr * hh + beta, beta)
     with np.errstate(all="ignore"):
         trans = (
             (r1 ** (tt + 1) - r2 ** (tt + 1) - beta * (r1**tt - r2**tt)) / (r1 - r2)
         ).real
-        ss = momentum_steady_state(hh, lr, beta) * cc / b
-        risk = (trans**2 * problem.init_sq + ss) @ w
+        ss = momentum_steady_state(hh, lr, beta) @ wn / b
+        risk = trans**2 @ wd + ss
     return _finish(t, risk)
 
 
@@ -141,9 +145,9 @@ def averaging_bound(
     with :math:`r_1 = 1-\alpha h`, :math:`r_2 = \gamma`. Undefined at
     :math:`\gamma = 1-\alpha h`.
     """
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     t, tt = _times(steps)
-    hh, cc, w = _parts(problem, precond_power)
+    hh, wd, wn = _parts(problem, precond_power)
     g = float(ema)
     r1 = 1.0 - lr * hh
     r2 = g
@@ -151,8 +155,8 @@ def averaging_bound(
         trans = (r1 ** (tt + 1) - r2 ** (tt + 1) - g * r1 * (r1**tt - r2**tt)) / (
             r1 - r2
         )
-        ss = averaging_steady_state(hh, lr, g) * cc / b
-        risk = (trans**2 * problem.init_sq + ss) @ w
+        ss = averaging_steady_state(hh, lr, g) @ wn / b
+        risk = trans**2 @ wd + ss
     return _finish(t, risk)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from ._closed import MeanResponse
 from ._system import Features
+from .arguments import validate_batch_size, validate_step_limit
 from .batch_schedule import BatchSchedule
 from .dynamics import (
     PieceStates,
@@ -31,7 +32,6 @@ from .dynamics import (
     _scheduled_terms,
     risk_terms,
     split_batch,
-    validate_batch_size,
 )
 from .families import MAX_STEPS, ConstantSetting
 from .optimizer import Optimizer
@@ -243,17 +243,19 @@ def steps_to_target(
     """
     tg = _check_target(target)
     batch_size, batch = split_batch(batch_size)
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     curve = _Curve(problem, optimizer, b, batch)
+    if max_steps is not None:
+        validate_step_limit(max_steps, "max_steps")
     if curve.mode == "scan":
         if max_steps is None or max_steps > 10**7:
             raise ValueError(
                 "max_steps must be given (<= 1e7) for momentum or averaging with a "
                 "changing lr schedule: their first crossing is found by scanning"
             )
-    limit = MAX_STEPS if max_steps is None else int(max_steps)
-    if limit < 0:
-        raise ValueError(f"max_steps must be non-negative, got {max_steps!r}")
+    limit = (
+        MAX_STEPS if max_steps is None else validate_step_limit(max_steps, "max_steps")
+    )
     if guess is not None:
         try:
             ok = math.isfinite(guess) and guess >= 1
@@ -348,7 +350,7 @@ def examples_to_target(
     steps = steps_to_target(problem, optimizer, batch_size, target, **kwargs)
     if isinstance(batch_size, BatchSchedule):
         return steps, batch_size.examples(steps)
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     if math.isinf(steps):
         return steps, math.inf
     ex = b * steps

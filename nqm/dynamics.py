@@ -39,8 +39,9 @@ from ._closed import _sgd_terms, closed_form_terms
 from ._confluent import confluent_terms
 from ._doubling import MomentMap
 from ._system import Features, system_matrices
+from .arguments import validate_batch_size, validate_steps
 from .batch_schedule import BatchSchedule, joint_pieces
-from .optimizer import Constant, Optimizer
+from .optimizer import Constant, Optimizer, PiecewiseConstant
 from .problem import NQMProblem
 
 __all__ = [
@@ -66,13 +67,6 @@ CONFLUENT_MIN_STEPS = 64
 
 
 # --------------------------------------------------------------------- inputs
-def validate_batch_size(batch_size) -> np.ndarray:
-    b = np.asarray(batch_size, dtype=np.float64)
-    if b.size == 0 or not np.all(np.isfinite(b)) or np.any(b < 1):
-        raise ValueError(f"batch_size must be finite and >= 1, got {batch_size!r}")
-    return b
-
-
 def split_batch(batch_size) -> tuple[object, BatchSchedule | None]:
     """``(batch_size, None)`` for a number (or a one-piece schedule, as its
     value), ``(1.0, schedule)`` for a batch schedule with several pieces: its
@@ -84,27 +78,6 @@ def split_batch(batch_size) -> tuple[object, BatchSchedule | None]:
     return batch_size, None
 
 
-def validate_steps(steps) -> np.ndarray:
-    if isinstance(steps, int | np.integer) and not isinstance(steps, bool):
-        # one integer step (the tuner's common call): no array checks needed
-        if steps < 0:
-            raise ValueError(f"steps must be non-negative, got {steps!r}")
-        return np.asarray(steps, dtype=np.int64)
-    t = np.asarray(steps)
-    if t.size == 0:
-        raise ValueError("steps must not be empty")
-    if not np.all(np.isfinite(t.astype(np.float64))):
-        raise ValueError(f"steps must be finite, got {steps!r}")
-    if np.any(
-        np.asarray(t, dtype=np.float64) != np.round(np.asarray(t, dtype=np.float64))
-    ):
-        raise ValueError(f"steps must be integers, got {steps!r}")
-    t = np.asarray(t, dtype=np.int64)
-    if np.any(t < 0):
-        raise ValueError(f"steps must be non-negative, got {steps!r}")
-    return t
-
-
 @functools.lru_cache(maxsize=64)
 def _modes(problem: NQMProblem, precond_power: float):
     """Unique preconditioned curvatures and the loss weights of each.
@@ -113,9 +86,9 @@ def _modes(problem: NQMProblem, precond_power: float):
     \\,\\text{init}` and :math:`\\omega_N = \\tfrac12 \\sum w h \\hat c` over the modes
     sharing :math:`\\hat h` (merging is exact, see :meth:`NQMProblem.compressed`).
     """
-    hh, cc = problem.preconditioned(precond_power)
+    hh, _ = problem.preconditioned(precond_power)
     wd = 0.5 * problem.weight * problem.h * problem.init_sq
-    wn = 0.5 * problem.weight * problem.h * cc
+    wn = 0.5 * problem.weight * problem.noise_weight(precond_power)
     uniq, inv = np.unique(hh, return_inverse=True)
     if uniq.size < hh.size:
         wd = np.bincount(inv, weights=wd)
@@ -376,6 +349,61 @@ def _single_setting_terms(
 
 
 # ---------------------------------------------------------- scheduled path
+#: Elements (pieces x modes) per batch of closed-form pieces under a schedule.
+_PIECE_CHUNK = 1 << 16
+#: Most updates a schedule that may change at every step is propagated over
+#: (each is its own piece): about 30 s for plain SGD and 5 min for momentum at
+#: d = 100 on a 2-core machine (benchmarks/bench_nqm_stepwise.py).
+MAX_STEPWISE_PIECES = 10**7
+
+
+#: Most values (pieces x modes) plain SGD keeps under such a schedule: it caches
+#: the state at every piece start (F and V, 2 GiB each at this limit).
+MAX_PIECE_STATES = 2**28
+
+
+def _check_stepwise_extent(
+    optimizer: Optimizer, n_updates: int, modes: int | None = None
+) -> None:
+    """Refuse a horizon over which the lr may change at too many steps.
+
+    A :class:`~nqm.Constant` or :class:`~nqm.PiecewiseConstant` lr has few
+    pieces whatever the horizon. Any other schedule is evaluated at every step
+    until its constant tail (``schedule.constant_after()``), each step its own
+    piece.
+
+    Args:
+        optimizer: its schedule decides.
+        n_updates: the updates the call needs.
+        modes: where each piece's state is kept (plain SGD), the modes per state.
+
+    Raises:
+        ValueError: when more than :data:`MAX_STEPWISE_PIECES` updates would be
+            propagated one by one, or (``modes``) more than
+            :data:`MAX_PIECE_STATES` values kept.
+    """
+    sched = optimizer.schedule
+    if isinstance(sched, Constant | PiecewiseConstant):
+        return
+    after = sched.constant_after()
+    extent = n_updates if after is None else min(n_updates, after + 1)
+    if extent > MAX_STEPWISE_PIECES:
+        limit = f"at most {MAX_STEPWISE_PIECES} are accepted (minutes of work)"
+    elif modes is not None and extent * modes > MAX_PIECE_STATES:
+        limit = (
+            f"their states for {modes} modes would be {extent * modes} values, "
+            f"at most {MAX_PIECE_STATES} are kept"
+        )
+    else:
+        return
+    raise ValueError(
+        f"steps: the lr schedule may change at each of the {extent} updates "
+        f"before step {n_updates}, each propagated on its own; {limit}: ask for "
+        "fewer steps, give the schedule a constant tail (FromCallable(fn, "
+        "constant_after=...)) or use a PiecewiseConstant schedule"
+    )
+
+
 def _scheduled_modes(
     hh, optimizer: Optimizer, steps, batch: BatchSchedule | None = None
 ):
@@ -389,6 +417,7 @@ def _scheduled_modes(
         return PieceStates(hh, optimizer, batch).at(np.asarray(steps, dtype=np.int64))
     beta, gamma = optimizer.momentum, optimizer.ema
     t_max = int(max(steps))
+    _check_stepwise_extent(optimizer, t_max)
     starts, lrs, inv_b = joint_pieces(optimizer.schedule, batch, t_max)
     ends = np.append(starts[1:], np.iinfo(np.int64).max)
     k = feats.size
@@ -400,6 +429,7 @@ def _scheduled_modes(
     G = np.empty_like(F)
     now = 0
     piece = 0
+    pieces = _PieceMatrices(hh, lrs, inv_b, beta, gamma, feats)
     with np.errstate(all="ignore"):
         for j in np.argsort(steps):
             target = int(steps[j])
@@ -407,8 +437,7 @@ def _scheduled_modes(
                 while ends[piece] <= now:
                     piece += 1
                 length = int(min(ends[piece], target) - now)
-                im, ip, n, _ = system_matrices(hh, lrs[piece], beta, gamma, feats)
-                q = inv_b[piece] * n[..., :, None] * n[..., None, :]
+                im, ip, q = pieces[piece]
                 if length == 1:
                     e, nt = im, q
                 else:
@@ -423,6 +452,29 @@ def _scheduled_modes(
     return F, G
 
 
+class _PieceMatrices:
+    """Each piece's :math:`I - A`, :math:`I + A` and noise covariance, built a
+    chunk of pieces at a time (vectorised over pieces and modes): a schedule
+    that changes at every step needs them for every update."""
+
+    def __init__(self, hh, lrs, inv_b, beta, gamma, feats: Features):
+        self.args = hh, lrs, inv_b, beta, gamma, feats
+        self.chunk = max(1, _PIECE_CHUNK // max(1, hh.size))
+        self.lo = self.hi = 0
+
+    def __getitem__(self, piece: int):
+        if not self.lo <= piece < self.hi:
+            hh, lrs, inv_b, beta, gamma, feats = self.args
+            self.lo, self.hi = piece, min(piece + self.chunk, lrs.size)
+            cut = slice(self.lo, self.hi)
+            self.im, self.ip, n, _ = system_matrices(
+                hh, lrs[cut, None], beta, gamma, feats
+            )
+            self.q = inv_b[cut, None, None, None] * n[..., :, None] * n[..., None, :]
+        i = piece - self.lo
+        return self.im[i], self.ip[i], self.q[i]
+
+
 def _scheduled_terms(
     hh, wd, wn, optimizer: Optimizer, steps, batch: BatchSchedule | None = None
 ):
@@ -430,6 +482,26 @@ def _scheduled_terms(
     F, G = _scheduled_modes(hh, optimizer, steps, batch)
     with np.errstate(invalid="ignore"):
         return F @ wd, G @ wn
+
+
+def _affine_scan(f, g):
+    """Prefix compositions of the maps :math:`x \\mapsto f_i x + g_i` along axis 0.
+
+    Returns ``(F, G)`` with :math:`x_{i+1} = F_i x_0 + G_i` for the recurrence
+    :math:`x_{i+1} = f_i x_i + g_i`, by :math:`\\lceil \\log_2 n \rceil` vectorised
+    doubling passes (Hillis & Steele 1986). With :math:`f, g \\ge 0` (SGD's
+    moment maps) every sum has nonnegative terms, so each pass adds at most one
+    rounding to the relative error.
+    """
+    f = f.copy()
+    g = g.copy()
+    span = 1
+    while span < f.shape[0]:
+        # right-hand sides are evaluated before assignment: the old prefixes
+        g[span:] = f[span:] * g[:-span] + g[span:]
+        f[span:] = f[span:] * f[:-span]
+        span *= 2
+    return f, g
 
 
 class PieceStates:
@@ -443,29 +515,48 @@ class PieceStates:
 
     def __init__(self, hh, optimizer: Optimizer, batch: BatchSchedule | None = None):
         self.hh = hh
+        self.opt = optimizer
         self.sched = optimizer.schedule
         self.batch = batch
         self.starts = np.zeros(1, dtype=np.int64)
         self.lrs = np.array([float(self.sched(0))])
         self.inv_b = np.array([1.0 if batch is None else 1.0 / batch(0)])
-        self.F = [np.ones(hh.size)]
-        self.V = [np.zeros(hh.size)]
+        # state at each piece start, one row per piece
+        self.F = np.ones((1, hh.size))
+        self.V = np.zeros((1, hh.size))
         self.known = 0  # pieces are known for steps < self.known (grows by doubling)
 
     def _extend(self, t: int):
         if t < self.known:
             return
-        horizon = max(2 * self.known, t + 1, 64)
+        _check_stepwise_extent(self.opt, t, self.hh.size)
+        # grow by doubling (amortised), but never past the accepted extent
+        cap = min(MAX_STEPWISE_PIECES, MAX_PIECE_STATES // max(1, self.hh.size))
+        horizon = min(max(2 * self.known, t + 1, 64), max(t + 1, cap))
         starts, lrs, inv_b = joint_pieces(self.sched, self.batch, horizon)
         self.starts, self.lrs, self.inv_b = starts, lrs, inv_b
         self.known = horizon
+        done = self.F.shape[0]
+        if done == starts.size:
+            return
+        F = np.empty((starts.size, self.hh.size))
+        V = np.empty_like(F)
+        F[:done], V[:done] = self.F, self.V
+        # A chunk of pieces at a time, vectorised over pieces and modes (the cost
+        # of a schedule that changes at every step): each piece maps the state
+        # (F, V) -> (f F, f V + g), and the chunk's prefix compositions follow
+        # from a scan of those maps.
+        chunk = max(1, _PIECE_CHUNK // max(1, self.hh.size))
         with np.errstate(all="ignore"):
-            while len(self.F) < starts.size:
-                k = len(self.F) - 1
-                length = float(starts[k + 1] - starts[k])
-                fl, gl, _, _ = _sgd_terms(lrs[k] * self.hh, lrs[k], length)
-                self.F.append(self.F[k] * fl)
-                self.V.append(self.V[k] * fl + inv_b[k] * gl)
+            for lo in range(done - 1, starts.size - 1, chunk):
+                k = np.arange(lo, min(lo + chunk, starts.size - 1))
+                length = (starts[k + 1] - starts[k]).astype(np.float64)[:, None]
+                a = lrs[k, None]
+                fl, gl, _, _ = _sgd_terms(a * self.hh, a, length)
+                fa, ga = _affine_scan(fl, inv_b[k, None] * gl)
+                F[k + 1] = fa * F[lo]
+                V[k + 1] = fa * V[lo] + ga
+        self.F, self.V = F, V
 
     def at(self, steps):
         """Per-mode ``(F, V)`` at each step, shape ``(T, M)`` each; the steps that
@@ -475,7 +566,7 @@ class PieceStates:
         F = np.empty((steps.size, self.hh.size))
         V = np.empty_like(F)
         piece = np.searchsorted(self.starts, steps, side="right") - 1
-        piece = np.minimum(piece, len(self.F) - 1)  # beyond: the tail piece
+        piece = np.minimum(piece, self.F.shape[0] - 1)  # beyond: the tail piece
         with np.errstate(all="ignore"):
             for k in np.unique(piece):
                 sel = piece == k
@@ -579,11 +670,11 @@ def _batch_scheduled_terms(problem, lr, momentum, ema, precond_power, steps, bat
 def doubled_modes(
     problem: NQMProblem,
     lr,
+    *,
+    steps=0,
     momentum=0.0,
     ema=0.0,
     precond_power: float = 0.0,
-    steps=0,
-    *,
     rtol: float = CLOSED_FORM_RTOL,
 ) -> int:
     """How many (setting, mode, step) entries :func:`risk_terms` computes by
@@ -591,7 +682,8 @@ def doubled_modes(
     divided-difference form can certify to ``rtol`` (below
     :data:`CONFLUENT_MIN_STEPS` steps, those the Lagrange form cannot).
 
-    Arguments as for :func:`risk_terms` (distinct curvatures count once, as
+    Arguments as for :func:`risk_terms`, all but ``problem`` and ``lr`` by
+    keyword (distinct curvatures count once, as
     :func:`risk_terms` merges them). Every other entry costs :math:`O(1)`
     whatever the step; a doubled one :math:`O(\\log t)`.
     """
@@ -756,7 +848,7 @@ def second_moments(problem: NQMProblem, optimizer: Optimizer, batch_size, steps)
         Array of shape ``(T, n)`` (``(n,)`` for scalar ``steps``).
     """
     batch_size, batch = split_batch(batch_size)
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     t = validate_steps(steps)
     flat = np.atleast_1d(t).ravel()
     hh, cc = problem.preconditioned(optimizer.precond_power)

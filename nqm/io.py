@@ -1,7 +1,7 @@
-"""Atomic file writes, shared by every package of the project.
+"""Atomic file writes and safe ``.npz`` reads, shared by every package of the project.
 
 The one I/O layer: raw bytes and text, strict JSON, tidy CSV tables and
-matplotlib figures. The bytes go to a temporary file in the destination
+matplotlib figures, and the one reader of ``.npz`` archives (:func:`read_npz`). The bytes go to a temporary file in the destination
 directory, which is then renamed over the destination with :func:`os.replace`
 (atomic on POSIX and Windows). An interrupted write leaves the old file or the
 complete new one, never a half-written file; the temporary file is removed on
@@ -16,6 +16,8 @@ import json
 import math
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -32,7 +34,12 @@ __all__ = [
     "write_csv",
     "write_table",
     "save_figure",
+    "read_npz",
 ]
+
+#: The first bytes of a zip archive: a local file header, or the end record of
+#: an empty archive.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 #: Permissions of written files (``mkstemp`` would leave them private).
 FILE_MODE = 0o644
@@ -243,3 +250,51 @@ def save_figure(
         )
         for fmt in formats
     ]
+
+
+def read_npz(path: str | os.PathLike, what: str = "file") -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` archive, or a one-line error saying what is wrong.
+
+    Object (pickled) arrays are never loaded: unpickling runs code from the file.
+
+    Args:
+        path: the archive.
+        what: how the message names the file (``"spectrum file"``, ...).
+
+    Returns:
+        ``name -> array``, read into memory (the archive is closed).
+
+    Raises:
+        ValueError: one line naming ``path``: it does not exist, is a directory,
+            is not an ``.npz`` (zip) archive at all, is a truncated or corrupted
+            one, or holds object arrays.
+    """
+    path = Path(path)
+    name = f"{what} {str(path)!r}"
+    if path.is_dir():
+        raise ValueError(f"{name} is a directory, not an .npz archive")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise ValueError(f"{name} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{name} cannot be opened ({exc.strerror})") from None
+    if head not in _ZIP_MAGIC:
+        raise ValueError(f"{name} is not an .npz archive (no zip header)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: np.array(archive[k]) for k in archive.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise ValueError(
+                f"{name} holds object (pickled) arrays, which are never loaded; "
+                "save numeric arrays only"
+            ) from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{name} is a corrupted .npz archive ({reason})") from None
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(
+            f"{name} is a truncated or corrupted .npz archive ({reason})"
+        ) from None

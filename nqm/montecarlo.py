@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .arguments import validate_batch_size, validate_step_limit, validate_steps
 from .batch_schedule import BatchSchedule
-from .dynamics import validate_batch_size, validate_steps
 from .optimizer import Optimizer
 from .problem import NQMProblem
 from .runtime import torch_device
@@ -126,7 +126,9 @@ def simulate(
     if isinstance(batch_size, BatchSchedule):
         b_steps = batch_size(np.arange(max(int(t.max()), 1)))
     else:
-        b_steps = np.full(max(int(t.max()), 1), float(validate_batch_size(batch_size)))
+        b_steps = np.full(
+            max(int(t.max()), 1), float(validate_batch_size(batch_size, scalar=True))
+        )
     if int(replicas) != replicas or replicas < 2:
         raise ValueError(f"replicas must be an integer >= 2, got {replicas!r}")
     try:
@@ -269,7 +271,7 @@ def first_passage_steps(
     References:
         Zhang et al. 2019, section 3 (the NQM and its steps to target).
     """
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     if not (math.isfinite(target) and target > 0):
         raise ValueError(f"target must be positive, got {target!r}")
     for name, value, low in (
@@ -278,8 +280,7 @@ def first_passage_steps(
         ("every", every, 1),
         ("chunk", chunk, 1),
     ):
-        if isinstance(value, bool) or int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        validate_step_limit(value, name, minimum=low)
     if not isinstance(generator, torch.Generator):
         raise ValueError("generator must be a torch.Generator")
     t_max, every = int(max_steps), int(every)

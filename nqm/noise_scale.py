@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from .dynamics import second_moments, validate_batch_size
+from .arguments import validate_batch_size
+from .dynamics import second_moments
 from .optimizer import Optimizer
 from .problem import NQMProblem
 
@@ -271,7 +272,7 @@ def noise_scales(
     Gradients are taken at the optimizer's iterate :math:`\theta` (whose dynamics do
     not depend on the averaging), not at the reported average.
     """
-    b = float(validate_batch_size(batch_size))
+    b = float(validate_batch_size(batch_size, scalar=True))
     t = np.atleast_1d(np.asarray(steps, dtype=np.int64))
     plain = Optimizer(
         optimizer.lr, momentum=optimizer.momentum, precond_power=optimizer.precond_power

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .arguments import check_pieces
+
 __all__ = [
     "Schedule",
     "Constant",
@@ -50,6 +52,8 @@ class Schedule:
 
 
 def _check_lr(value: float, where: str = "lr") -> float:
+    if isinstance(value, bool | np.bool_):
+        raise ValueError(f"{where} must be a finite positive number, not a boolean")
     v = float(value)
     if not math.isfinite(v) or v <= 0.0:
         raise ValueError(f"{where} must be a finite positive number, got {value!r}")
@@ -88,27 +92,7 @@ class PiecewiseConstant(Schedule):
     values: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        b = tuple(
-            int(x) for x in np.atleast_1d(np.asarray(self.boundaries, dtype=np.int64))
-        )
-        if np.size(self.boundaries) == 0:
-            b = ()
-        v = tuple(
-            _check_lr(x, "lr (piecewise value)") for x in np.atleast_1d(self.values)
-        )
-        if len(v) != len(b) + 1:
-            raise ValueError(
-                f"lr schedule needs len(values) == len(boundaries) + 1, got "
-                f"{len(v)} values and {len(b)} boundaries"
-            )
-        if any(x <= 0 for x in b) or any(
-            y <= x for x, y in zip(b, b[1:], strict=False)
-        ):
-            raise ValueError(
-                "lr schedule boundaries must be strictly increasing positive steps"
-            )
-        object.__setattr__(self, "boundaries", b)
-        object.__setattr__(self, "values", v)
+        check_pieces(self, _check_lr, "lr schedule")
 
     def __call__(self, step):
         idx = np.searchsorted(

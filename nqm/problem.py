@@ -101,13 +101,38 @@ class NQMProblem:
 
         The loss keeps its weight :math:`h_i`.
         """
-        p = float(precond_power)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"precond_power must lie in [0, 1], got {precond_power!r}")
+        p = _check_power(precond_power)
         if p == 0.0:
             return self.h, self.c
         log_h = np.log(self.h)
-        return np.exp((1.0 - p) * log_h), self.c * np.exp(-2.0 * p * log_h)
+        # c h^{-2p} exceeds the float range for tiny h (inf is then its value);
+        # the loss uses the scaled form of noise_weight, which does not
+        with np.errstate(over="ignore"):
+            return np.exp((1.0 - p) * log_h), self.c * np.exp(-2.0 * p * log_h)
+
+    def noise_weight(self, precond_power: float) -> np.ndarray:
+        r"""Each mode's preconditioned noise as it enters the loss, :math:`h_i \hat c_i`.
+
+        .. math:: h_i \hat c_i = c_i\, \frac{\hat h_i^2}{h_i}
+                  = c_i\, \hat h_i\, \frac{\hat h_i}{h_i},
+                  \qquad \hat h_i = h_i^{1-p}.
+
+        In this scaled form nothing overflows where the product is finite:
+        :math:`\hat c_i = c_i h_i^{-2p}` alone exceeds the float range for
+        :math:`p \ge 0.8` and :math:`h_i \le 10^{-154}`, while
+        :math:`\hat h_i/h_i = h_i^{-p}` stays below :math:`h_i^{-1}`.
+
+        Args:
+            precond_power: :math:`p \in [0, 1]`.
+
+        Returns:
+            Array of shape ``(n,)``.
+        """
+        p = _check_power(precond_power)
+        if p == 0.0:
+            return self.c * self.h
+        hh = np.exp((1.0 - p) * np.log(self.h))
+        return self.c * hh * (hh / self.h)
 
     # ---------------------------------------------------------- constructors
     @classmethod
@@ -217,18 +242,14 @@ class NQMProblem:
         """Read a problem written by :meth:`save` (``init_sq``, ``weight`` optional).
 
         Raises:
-            ValueError: if the file is not a readable ``.npz`` with ``h`` and ``c``.
+            ValueError: if the file is not a readable ``.npz`` with ``h`` and ``c``
+                (:func:`nqm.io.read_npz` says which: missing, a directory, not an
+                archive, truncated).
         """
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                keys = set(data.files)
-                arrays = {
-                    k: np.array(data[k])
-                    for k in ("h", "c", "init_sq", "weight")
-                    if k in keys
-                }
-        except Exception as exc:  # OSError, zipfile.BadZipFile, pickle refusal, ...
-            raise ValueError(f"cannot read spectrum file {str(path)!r}: {exc}") from exc
+        from .io import read_npz
+
+        stored = read_npz(path, "spectrum file")
+        arrays = {k: stored[k] for k in ("h", "c", "init_sq", "weight") if k in stored}
         missing = {"h", "c"} - set(arrays)
         if missing:
             raise ValueError(
@@ -236,3 +257,10 @@ class NQMProblem:
                 "expected keys h, c and optionally init_sq, weight"
             )
         return cls(**arrays)
+
+
+def _check_power(precond_power: float) -> float:
+    p = float(precond_power)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"precond_power must lie in [0, 1], got {precond_power!r}")
+    return p

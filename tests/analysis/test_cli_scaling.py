@@ -163,7 +163,8 @@ def test_subprocess_module_entry_point(tmp_path):
         ("--powers", "1.5", "precond power"),
         ("--dim", "zero", "dim"),
         ("--problem", "MISSING", "spectrum file"),
-        ("--problem", "GARBAGE", "spectrum file"),
+        ("--problem", "GARBAGE", "is not an .npz archive"),
+        ("--problem", "FOLDER", "is a directory"),
         ("--config", "MISSING", "config file"),
         ("--device", "no-such-device", "device must name a torch device"),
     ]
@@ -179,6 +180,10 @@ def test_bad_option_exits_2_with_one_line(tmp_path, capsys, option, value, needl
     elif value == "GARBAGE":
         path = tmp_path / "garbage.npz"
         path.write_bytes(b"this is not a zip archive")
+        value = str(path)
+    elif value == "FOLDER":
+        path = tmp_path / "spectra.npz"
+        path.mkdir()
         value = str(path)
     out = tmp_path / "res"
     code = main(["nqm-scaling", option, value, "--out", str(out)])
@@ -363,3 +368,20 @@ def test_a_rerun_after_a_kill_resumes_from_the_journal(tmp_path):
 
     assert SENTINEL_SECONDS in seconds(tampered)
     assert SENTINEL_SECONDS not in seconds(killed) | seconds(fresh)
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["meta", "cuda:99"] + ([] if __import__("torch").cuda.is_available() else ["cuda"]),
+)
+def test_device_that_cannot_compute_is_one_line_exit_2(tmp_path, device):
+    """As a program: ``meta`` holds no data, ``cuda:99`` does not exist."""
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "analysis", "nqm-scaling", *TINY,
+           "--device", device, "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"device {device!r}" in proc.stderr
+    assert not out.exists()

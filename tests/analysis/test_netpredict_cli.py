@@ -81,7 +81,14 @@ def test_missing_checkpoint(capsys, tmp_path):
     [
         (["--predict", "sgd,lamb"], "unknown optimizer 'lamb'"),
         ([*QUAD, "--target", "0.5", "--problem", "x.npz"], "needs --floor"),
-        ([*QUAD, "--target", "0.5", "--floor", "0", "--problem", "no.npz"], "no file"),
+        (
+            [*QUAD, "--target", "0.5", "--floor", "0", "--problem", "no.npz"],
+            "does not exist",
+        ),
+        (
+            [*QUAD, "--target", "0.5", "--floor", "0", "--problem", "."],
+            "'.' is a directory",
+        ),
         (["--checkpoints", "0,a"], "checkpoints"),
         (["--target", "0.5", "--thresholds", "0.4"], "thresholds"),
         (["--batch-sizes", "4,8"], "at least 3"),

@@ -195,3 +195,29 @@ def test_module_entry_point_exit_status(tmp_path):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "no manifest.json" in proc.stderr
+
+
+def _absent_devices() -> list[str]:
+    """Device names no run can use here: an index past the last CUDA device
+    (whether or not CUDA exists), plain ``cuda`` without CUDA, and ``meta``."""
+    import torch
+
+    names = ["cuda:99", "meta"]
+    if not torch.cuda.is_available():
+        names.append("cuda")
+    return names
+
+
+@pytest.mark.parametrize("device", _absent_devices())
+def test_run_on_absent_device_is_one_line_before_any_work(tmp_path, device):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kfac_spectra", "run", "--device", device,
+         "--out", str(out), *RUN_ARGS],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert repr(device) in proc.stderr
+    assert not out.exists()

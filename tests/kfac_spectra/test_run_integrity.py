@@ -173,3 +173,22 @@ def test_bad_options_create_no_folder(tmp_path, capsys):
     code = main(["run", "--out", str(out), *RUN_ARGS, "--steps", "-1"])
     _one_line_error(capsys, code)
     assert not out.exists()
+
+
+def test_a_text_file_named_npz_is_not_an_archive(runs, tmp_path):
+    """A text file under a checkpoint's name, even with a step manifest that
+    matches it: the message says what it is, never how to unpickle it."""
+    from nqm.run_folder import file_digest
+
+    run = _copy(runs, "done", tmp_path)
+    folder = step_dir(run, 3)
+    (folder / "stats.npz").write_text("step,loss\n3,0.5\n")
+    marker = folder / "manifest.json"
+    step = json.loads(marker.read_text())
+    step["files"]["stats.npz"] = file_digest(folder / "stats.npz")
+    marker.write_text(json.dumps(step))
+    with pytest.raises(CorruptFileError) as info:
+        load_checkpoint_arrays(run, 3)
+    message = str(info.value)
+    assert "stats.npz" in message and "is not an .npz archive" in message
+    assert "pickle" not in message and len(message.splitlines()) == 1

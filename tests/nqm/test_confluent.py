@@ -125,7 +125,9 @@ def test_total_loss_at_near_coincidences_needs_no_doubling(gap):
         for t, g, w in zip(steps, got, want, strict=True):
             _assert_close(g, w, RTOL, (beta, gamma, t))
         long = [t for t in steps if t >= CONFLUENT_MIN_STEPS]
-        assert nqm.doubled_modes(problem, 1.0, beta, gamma, 0.0, long) == 0
+        assert (
+            nqm.doubled_modes(problem, 1.0, momentum=beta, ema=gamma, steps=long) == 0
+        )
 
 
 def _near_coincident_settings(problem):
@@ -157,7 +159,17 @@ def test_near_coincident_set_needs_no_doubling():
     settings = _near_coincident_settings(problem)
     assert len(settings) == 40
     for lr, beta, gamma, p in settings:
-        assert nqm.doubled_modes(problem, lr, beta, gamma, p, [1000, 10**6]) == 0
+        assert (
+            nqm.doubled_modes(
+                problem,
+                lr,
+                momentum=beta,
+                ema=gamma,
+                precond_power=p,
+                steps=[1000, 10**6],
+            )
+            == 0
+        )
 
 
 @pytest.mark.slow

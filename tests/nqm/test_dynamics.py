@@ -180,6 +180,41 @@ def test_schedule_matches_mpmath(name):
     assert got == pytest.approx(float(want), rel=RTOL_MP, abs=0)
 
 
+@pytest.mark.parametrize("chunk_pieces", [1, 4, None])
+@pytest.mark.parametrize(("beta", "gamma"), [(0.0, 0.0), (0.7, 0.6)])
+def test_stepwise_schedule_in_chunks_matches_mpmath(chunk_pieces, beta, gamma):
+    """An lr that changes at every step, its pieces built in chunks of one, four
+    or (None) the default number: each step count, inside a chunk and at its
+    ends, equals the oracle's update-by-update propagation."""
+    from nqm import dynamics
+
+    sched = _schedules()["callable_array"]
+    problem, _ = random_problem(5, d=3)
+    problem = nqm.NQMProblem(
+        h=problem.h * 0.8 / problem.h.max(), c=problem.c, init_sq=problem.init_sq
+    )
+    steps = [1, 4, 9, 30]
+    opt = nqm.Optimizer(sched, momentum=beta, ema=gamma)
+    saved = dynamics._PIECE_CHUNK
+    if chunk_pieces is not None:
+        dynamics._PIECE_CHUNK = chunk_pieces * problem.n_modes
+    try:
+        got = nqm.expected_loss(problem, opt, 2, steps)
+    finally:
+        dynamics._PIECE_CHUNK = saved
+    lrs = [float(sched(s)) for s in range(max(steps))]
+    want = [
+        float(
+            mp_loss_scheduled(
+                problem.h, problem.c, problem.init_sq, problem.weight,
+                lrs[:t], beta, gamma, 0.0, 2,
+            )
+        )
+        for t in steps
+    ]  # fmt: skip
+    np.testing.assert_allclose(got, want, rtol=RTOL_MP, atol=0)
+
+
 def test_output_shapes_and_batch_grid():
     problem, rng = random_problem(5)
     opt = nqm.Optimizer(0.5, momentum=0.3, ema=0.2)

@@ -446,7 +446,10 @@ def test_coinciding_modes_need_no_doubling(monkeypatch, t):
     prob, D, N, doubled = _spied_risk_terms(monkeypatch, t)
     c = UNDEFINED_CASE
     assert sum(doubled) == 0
-    assert nqm.doubled_modes(prob, c["lr"], c["beta"], c["gamma"], 0.0, t) == 0
+    assert (
+        nqm.doubled_modes(prob, c["lr"], momentum=c["beta"], ema=c["gamma"], steps=t)
+        == 0
+    )
     # every mode is stable (alpha h < 2 (1 + beta)): both totals are finite
     assert math.isfinite(float(D)) and math.isfinite(float(N))
 
@@ -462,7 +465,10 @@ def test_coinciding_modes_need_no_doubling_and_match_mpmath(
     prob, D, N, doubled = _spied_risk_terms(monkeypatch, t)
     c = UNDEFINED_CASE
     assert sum(doubled) == 0
-    assert nqm.doubled_modes(prob, c["lr"], c["beta"], c["gamma"], 0.0, t) == 0
+    assert (
+        nqm.doubled_modes(prob, c["lr"], momentum=c["beta"], ema=c["gamma"], steps=t)
+        == 0
+    )
     want_d, want_n = undefined_case_oracle[t]
     assert float(N) == pytest.approx(want_n, rel=1e-11)
     assert float(D) == pytest.approx(want_d, rel=1e-11, abs=1e-300)

@@ -138,3 +138,45 @@ def test_numpy_scalars_are_written_as_plain_numbers(tmp_path):
         path, [{"a": np.float64(1.5), "b": np.int64(3), "c": np.float32(0.25)}]
     )
     assert path.read_text().splitlines() == ["a,b,c", "1.5,3,0.25"]
+
+
+def test_read_npz_round_trip_and_one_line_errors(tmp_path):
+    """Each kind of bad file is named for what it is; no message suggests
+    loading pickled data."""
+    import zipfile
+
+    good = tmp_path / "good.npz"
+    arrays = {"h": np.arange(3.0), "c": np.ones((2, 2))}
+    np.savez(good, **arrays)
+    back = nio.read_npz(good)
+    assert set(back) == set(arrays)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(back[k], v)
+    text = tmp_path / "text.npz"
+    text.write_text("h,c\n1,2\n")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good.read_bytes()[:60])
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, h=np.array([{"a": 1}], dtype=object))
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    folder = tmp_path / "folder.npz"
+    folder.mkdir()
+    with zipfile.ZipFile(tmp_path / "bad_member.npz", "w") as z:
+        z.writestr("h.npy", b"\x93NUMPY garbage header")
+    cases = [
+        (text, "is not an .npz archive"),
+        (empty, "is not an .npz archive"),
+        (truncated, "truncated or corrupted"),
+        (tmp_path / "bad_member.npz", "corrupted .npz archive"),
+        (pickled, "object (pickled) arrays, which are never loaded"),
+        (folder, "is a directory"),
+        (tmp_path / "none.npz", "does not exist"),
+    ]
+    for path, needle in cases:
+        with pytest.raises(ValueError) as info:
+            nio.read_npz(path, "spectrum file")
+        message = str(info.value)
+        assert message.startswith(f"spectrum file {str(path)!r}"), message
+        assert needle in message, message
+        assert "allow_pickle" not in message and "\n" not in message, message
