@@ -12,6 +12,8 @@ measured in one run on the same machine:
   optimizer's counterpart (sgd, momentum, ema, linear_decay at p = 0; momentum
   at p = 1 for K-FAC and p = 0.25, 0.5, 0.75 for Adam) at the sweep's batch
   sizes, on 2 workers;
+  The study runs at the relative mapping's target: the excess mapping's can
+  lie above the estimated NQM's initial loss, where there is nothing to tune;
 * the measured sweep (``run_sweep``) of the same workload, on 2 workers;
 * their ratio (target <= 0.1).
 
@@ -28,10 +30,16 @@ import time
 from pathlib import Path
 
 from analysis.netpredict import reference
-from analysis.netpredict.mapping import PredictedOptimizer, nqm_target
+from analysis.netpredict.mapping import (
+    PredictedOptimizer,
+    TargetMap,
+    TargetMapping,
+    nqm_target,
+)
 from analysis.netpredict.prediction import tuned_prediction
 from analysis.netscale.config import QUICK_OVERRIDES, NetScalingConfig
 from analysis.netscale.sweep import run_sweep
+from kfac_spectra.checkpoints import read_manifest
 
 WORKERS = 2
 
@@ -50,19 +58,23 @@ def prediction_side(cfg: NetScalingConfig, root: Path, steps: int) -> dict:
     floor = reference.final_metric(run_dir, cfg.workload())
     times["estimate + floor"] = time.perf_counter() - t
     problem = est[0].problem
-    # the CLI refuses a target at or below the floor; the benchmark then times
-    # the study at half the NQM's initial loss instead (printed)
-    try:
-        target = nqm_target(cfg.target, floor)
-    except ValueError:
-        target = 0.5 * problem.initial_loss()
+    # The excess mapping's target can lie at or above the estimated NQM's
+    # initial loss (every predicted step count 0: nothing to tune), so the
+    # study is timed at the relative mapping's target, which always needs
+    # steps (``net-predict --target-mapping relative``); printed with the rest.
+    start = {int(c["step"]): float(c["measure_loss"])
+             for c in read_manifest(run_dir)["checkpoints"]}  # fmt: skip
+    excess = nqm_target(cfg.target, floor)
+    mapping = TargetMap(floor, TargetMapping.RELATIVE, start[0], problem.initial_loss())
+    target = mapping(cfg.target)
     t = time.perf_counter()
     rows = tuned_prediction(
         problem, tuple(PredictedOptimizer), cfg.batch_sizes, [target], workers=WORKERS
     )
     times["NQM study"] = time.perf_counter() - t
-    return {"times": times, "floor": floor, "target": target,
-            "modes": problem.n_modes, "rows": rows}  # fmt: skip
+    return {"times": times, "floor": floor, "target": target, "excess": excess,
+            "initial": problem.initial_loss(), "modes": problem.n_modes,
+            "rows": rows}  # fmt: skip
 
 
 def measured_side(cfg: NetScalingConfig, root: Path) -> float:
@@ -87,8 +99,11 @@ def main() -> None:
         sweep_s = measured_side(cfg, root)
     pred_s = sum(pred["times"].values())
     print(f"workload: {cfg.model} on {cfg.data}, width {cfg.width}, target "
-          f"{cfg.target}; floor {pred['floor']:.4f}; NQM target "
-          f"{pred['target']:.4g}; {pred['modes']} modes")  # fmt: skip
+          f"{cfg.target}; floor {pred['floor']:.4f}; {pred['modes']} modes, NQM "
+          f"initial loss {pred['initial']:.4g}; NQM target {pred['target']:.4g} "
+          f"(relative mapping; the excess mapping's {pred['excess']:.4g})")  # fmt: skip
+    steps = [r["steps"] for r in pred["rows"]]
+    print(f"  tuned NQM records: {len(steps)}, steps {min(steps)} to {max(steps)}")
     for name, s in pred["times"].items():
         print(f"  prediction: {name:28s} {s:8.1f} s")
     print(f"  prediction side total            {pred_s:8.1f} s")

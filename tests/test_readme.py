@@ -6,8 +6,8 @@ from :data:`CONTEXT`, a small, seeded stand-in; a name that is neither defined
 by the block nor in the context fails the test, so the documentation cannot
 drift from the API. Shell blocks are not run (the CLI smoke tests cover them).
 
-Blocks that cost more than a few seconds here run under ``-m slow`` only; they
-are named in :data:`SLOW_CALLS` with what they cost.
+The blocks are kept small enough to run in seconds, so they run in the default
+suite.
 """
 
 from __future__ import annotations
@@ -20,11 +20,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
-#: Calls that make a block slow on the 2-core CI machine, with the measured cost
-#: of the README's use: ``nqm.simulate`` of d = 10^4 modes x 1000 replicas x 100
-#: steps (about 150 s), ``nqm.best_steps`` tuning three batch sizes (about 6 s).
-SLOW_CALLS = ("simulate(", "best_steps(")
-
 _BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -35,13 +30,8 @@ def _blocks() -> list:
         for match in _BLOCK.finditer(text):
             line = text.count("\n", 0, match.start()) + 1
             source = match.group(1)
-            slow = any(call in source for call in SLOW_CALLS)
             params.append(
-                pytest.param(
-                    source,
-                    id=f"{doc.relative_to(REPO).as_posix()}:{line}",
-                    marks=[pytest.mark.slow] if slow else [],
-                )
+                pytest.param(source, id=f"{doc.relative_to(REPO).as_posix()}:{line}")
             )
     return params
 
