@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from analysis import cli_common as common
 from analysis.cli_net_scaling import add_workload_arguments, config_from_args
 
 __all__ = ["add_parser", "run"]
@@ -52,20 +53,18 @@ DEFAULT_REFERENCE_STEPS = 300
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``net-predict`` subcommand.
-
-    Args:
-        sub: the subparsers object of the ``python -m analysis`` parser.
-
-    Returns:
-        The subcommand's parser (its ``func`` default is :func:`run`).
-    """
-    p = sub.add_parser(
+    """Register ``net-predict`` (:func:`analysis.cli_common.add_subcommand`)."""
+    return common.add_subcommand(
+        sub,
         "net-predict",
-        help="the NQM's predicted batch-size scaling of a network, and its check",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "the NQM's predicted batch-size scaling of a network, and its check",
+        __doc__,
+        _arguments,
+        run,
     )
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
     add_workload_arguments(p)
     s = p.add_argument_group("prediction")
     s.add_argument("--batch-sizes", help='default: the sweeps\' (else "2^4..2^10")')
@@ -118,8 +117,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--config", metavar="FILE.toml", help="net-scaling TOML of the workload keys"
     )
     r.add_argument("--no-figures", action="store_true", help="write the tables only")
-    p.set_defaults(func=run)
-    return p
 
 
 def _labels(text: str | None) -> tuple[Any, ...]:

@@ -371,8 +371,8 @@ UNDEFINED_CASE = dict(dim=10_000, lr=1.9, beta=0.9, gamma=0.99, steps=(1000, 10*
 
 
 def _spied_risk_terms(monkeypatch, t):
-    """``risk_terms`` of the coinciding-modes case at step ``t``, and the sizes of
-    the batches of modes the engine sent to exact doubling."""
+    """``risk_terms`` of the coinciding-modes case at step ``t``, asserting that
+    the engine sent no mode to exact doubling (a spy on the doubling path)."""
     import nqm.dynamics as dyn
 
     c = UNDEFINED_CASE
@@ -386,7 +386,13 @@ def _spied_risk_terms(monkeypatch, t):
 
     monkeypatch.setattr(dyn, "_doubling_terms", spy)
     D, N = dyn.risk_terms(prob, c["lr"], c["beta"], c["gamma"], 0.0, t)
-    return prob, D, N, doubled
+    # no mode went to doubling, by the spy and by the public count
+    assert sum(doubled) == 0
+    assert (
+        nqm.doubled_modes(prob, c["lr"], momentum=c["beta"], ema=c["gamma"], steps=t)
+        == 0
+    )
+    return D, N
 
 
 @pytest.fixture(scope="module")
@@ -443,13 +449,7 @@ def test_coinciding_modes_need_no_doubling(monkeypatch, t):
     form is undefined (F = inf). Their divided-difference form is certified, so
     no mode is doubled, and the others keep their Lagrange form. The totals are
     checked against mpmath in the slow test below."""
-    prob, D, N, doubled = _spied_risk_terms(monkeypatch, t)
-    c = UNDEFINED_CASE
-    assert sum(doubled) == 0
-    assert (
-        nqm.doubled_modes(prob, c["lr"], momentum=c["beta"], ema=c["gamma"], steps=t)
-        == 0
-    )
+    D, N = _spied_risk_terms(monkeypatch, t)
     # every mode is stable (alpha h < 2 (1 + beta)): both totals are finite
     assert math.isfinite(float(D)) and math.isfinite(float(N))
 
@@ -462,13 +462,7 @@ def test_coinciding_modes_need_no_doubling_and_match_mpmath(
     """The case above, with its totals: no mode doubled, and D and N equal to a
     50-digit mpmath evaluation of every mode (about 10 s of CPU for the 10⁴
     modes, shared by both steps)."""
-    prob, D, N, doubled = _spied_risk_terms(monkeypatch, t)
-    c = UNDEFINED_CASE
-    assert sum(doubled) == 0
-    assert (
-        nqm.doubled_modes(prob, c["lr"], momentum=c["beta"], ema=c["gamma"], steps=t)
-        == 0
-    )
+    D, N = _spied_risk_terms(monkeypatch, t)
     want_d, want_n = undefined_case_oracle[t]
     assert float(N) == pytest.approx(want_n, rel=1e-11)
     assert float(D) == pytest.approx(want_d, rel=1e-11, abs=1e-300)
