@@ -336,12 +336,18 @@ def _execute(
     timings: dict[str, float],
 ) -> None:  # fmt: skip
     """Everything after the validation, written into the owned folders."""
+    from analysis.journal import JOURNAL_DIR, ResultJournal
     from analysis.netpredict import plots
     from analysis.netpredict.measured import WORKLOAD_FIELDS
     from analysis.netpredict.pipeline import PredictionInputs, predict_and_check
     from analysis.netpredict.report import markdown, write_folder
 
     cfg = plan["cfg"]
+    # Tuned NQM curves are journalled as they finish: a rerun after a kill
+    # resumes there (removed with the run's last write, below).
+    journal = ResultJournal(
+        tables.path / JOURNAL_DIR, salt=common.package_versions(common.BASE_PACKAGES)
+    )
     if "problem" in plan:
         ref = {"problems": {"given": plan["problem"]}, "floor": float(args.floor),
                "floor_source": "user (--floor)", "target_maps": None,
@@ -363,6 +369,7 @@ def _execute(
         n_boot=plan["n_boot"],
         seed=plan["seed"],
         workers=plan["workers"],
+        journal=journal,
     )
     doc = predict_and_check(inputs)
     timings["predict_and_check"] = time.perf_counter() - t
@@ -386,6 +393,7 @@ def _execute(
             recorded=ref["recorded"],
         )  # fmt: skip
     write_folder(tables, outputs)
+    journal.remove()
 
 
 def _target_maps(

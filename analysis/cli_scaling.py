@@ -52,8 +52,6 @@ __all__ = ["add_parser", "run", "config_from_args"]
 
 logger = logging.getLogger(__name__)
 
-#: Inside --out: the tuned curves of an unfinished run (resumed by a rerun).
-JOURNAL_DIR = ".journal"
 #: Options that results do not depend on: a rerun that changes them resumes.
 NOT_IN_RESULTS = ("out", "figures", "workers", "executor", "ray_address")
 
@@ -212,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports only when the command runs.
     import nqm.runtime
     from analysis import plots
-    from analysis.journal import ResultJournal
+    from analysis.journal import JOURNAL_DIR, ResultJournal
     from analysis.scaling import (
         RECORD_COLUMNS,
         build_problem,

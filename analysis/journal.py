@@ -30,7 +30,7 @@ from nqm.io import write_atomic
 if TYPE_CHECKING:
     from .executor import Task
 
-__all__ = ["ResultJournal"]
+__all__ = ["JOURNAL_DIR", "ResultJournal"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 #: between Python versions that support it).
 PICKLE_PROTOCOL = 5
 SUFFIX = ".pkl"
+#: The journal's folder inside a command's output folder.
+JOURNAL_DIR = ".journal"
 
 
 class ResultJournal:

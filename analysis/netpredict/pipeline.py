@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import nqm
+from analysis.journal import ResultJournal
 
 from .claims import Interval, judge_claims
 from .compare import (
@@ -63,6 +64,8 @@ class PredictionInputs:
         level: their confidence level.
         seed: seed of the bootstrap and the replicas.
         workers: NQM curves tuned in parallel.
+        journal: where tuned curves are kept as they finish, so that a rerun
+            after a kill resumes (``None``: nowhere).
     """
 
     problems: Mapping[int | str, nqm.NQMProblem]
@@ -79,6 +82,7 @@ class PredictionInputs:
     level: float = 0.9
     seed: int = 0
     workers: int = 1
+    journal: ResultJournal | None = None
 
 
 def _map(inp: PredictionInputs, key: int | str) -> TargetMap:
@@ -165,7 +169,7 @@ def _tuned_rows(inp: PredictionInputs, taus: Sequence[float]) -> dict[int, list]
         nqm_taus = [_map(inp, step)(t) for t in taus]
         out[step] = tuned_prediction(
             problem, inp.labels, inp.batch_sizes, nqm_taus if i == 0 else nqm_taus[:1],
-            workers=inp.workers,
+            workers=inp.workers, journal=inp.journal,
         )  # fmt: skip
     return out
 

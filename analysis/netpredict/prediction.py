@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 import nqm
+from analysis.journal import ResultJournal
 from analysis.scaling import run_study
 from nqm.noise_scale import fit_critical_batch
 
@@ -95,6 +96,7 @@ def tuned_prediction(
     *,
     workers: int = 1,
     progress: bool | None = None,
+    journal: ResultJournal | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     r"""Tune every optimizer's counterpart at every batch size and NQM target.
@@ -110,6 +112,8 @@ def tuned_prediction(
         targets: NQM targets :math:`L^* > 0`.
         workers: curves tuned in parallel (see :func:`~analysis.scaling.run_study`).
         progress: progress bar (``None``: only on a terminal).
+        journal: keeps each tuned curve as it finishes, so that a rerun after
+            a kill resumes (:class:`analysis.journal.ResultJournal`).
         **options: passed to :func:`nqm.search.best_steps`.
 
     Returns:
@@ -129,7 +133,7 @@ def tuned_prediction(
     for fams, powers in groups.items():
         for rec in run_study(
             problem, fams, powers, batch_sizes, targets,
-            workers=workers, progress=progress, **options,
+            workers=workers, progress=progress, journal=journal, **options,
         ):  # fmt: skip
             key = (rec["family"], float(rec["precond_power"]), float(rec["target"]))
             records[key].append(rec)

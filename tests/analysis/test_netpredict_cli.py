@@ -153,6 +153,8 @@ def test_reference_run_path_end_to_end_and_resumes(tmp_path):
     assert main(["net-predict", *argv, "--run", run_dir, "--target-mapping",
                  "relative", "--out", str(rel_out)]) == 0  # fmt: skip
     rel = json.loads((rel_out / "prediction.json").read_text())
+    # the NQM study's journal (kept for a resume after a kill) goes at the end
+    assert not (out / ".journal").exists() and not (rel_out / ".journal").exists()
     start = {c["step"]: c["measure_loss"] for c in run["checkpoints"]}
     for step in ("0", "10"):
         nqm0 = rel["estimates"][step]["nqm_initial_loss"]
