@@ -58,6 +58,15 @@ KFAC = [
     "--measure-examples", "48", "--inverse-interval", "3",
 ]  # fmt: skip
 
+#: net-predict on the reference-run path: a tiny run of the embedded workload
+#: (its TOML written by :func:`_argv`), SGD only, no sweep.
+PREDICT = [
+    "net-predict", "--config", "WORKLOAD_TOML", "--target", "2.0", "--predict", "sgd",
+    "--batch-sizes", "16,64,256", "--checkpoints", "0,10", "--reference-steps", "20",
+    "--no-figures", "--replicas", "50",
+]  # fmt: skip
+WORKLOAD_TOML = "num_samples = 400\neval_size = 100\nwidth = 0.125\n"
+
 #: Bad options, each appended to the tiny command line of its command.
 BAD_NQM = (
     "--batch-sizes=0 --batch-sizes=x --families=nope --powers=2 --targets=-1 "
@@ -68,6 +77,11 @@ BAD_NET = (
     "--trials=0 --optimizers=lbfgs --batch-sizes=100000 --model=no.such:factory "
     "--data=nope --loss=hinge --metric=accuracy --target=-1 --max-steps=0 "
     "--schedule=cosine --archive=missing-dir"
+).split()
+BAD_PREDICT = (
+    "--floor=3 --predict=lbfgs --checkpoints=x --checkpoints=0,9999 "
+    "--batch-sizes=0 --target-mapping=odd --replicas=0 --problem=missing.npz "
+    "--sweep=missing-dir --reference-steps=-1"
 ).split()
 BAD_KFAC = (
     "--steps=-1 --batch-size=100000 --model=transformer9 --data=nope "
@@ -80,6 +94,15 @@ BAD_LINES = (
     (analysis_main, ["verify-derivations", "--json", "no/such/dir/a.json"]),
     (kfac_main, ["report", "missing-run"]),
 )
+
+
+def _argv(argv: list[str], tmp_path: Path) -> list[str]:
+    """``argv`` with the workload TOML placeholder replaced by a written file."""
+    if "WORKLOAD_TOML" not in argv:
+        return argv
+    path = tmp_path / "workload.toml"
+    path.write_text(WORKLOAD_TOML)
+    return [str(path) if a == "WORKLOAD_TOML" else a for a in argv]
 
 
 def _env() -> dict[str, str]:
@@ -150,6 +173,7 @@ def _one_line_exit_2(code: int, err: str) -> None:
 def test_bad_options_are_one_line_and_create_no_folder(tmp_path, capsys):
     cases = [(analysis_main, [*NQM, bad]) for bad in BAD_NQM]
     cases += [(analysis_main, [*NET, bad]) for bad in BAD_NET]
+    cases += [(analysis_main, [*_argv(PREDICT, tmp_path), bad]) for bad in BAD_PREDICT]
     cases += [(kfac_main, [*KFAC, bad]) for bad in BAD_KFAC]
     for i, (main, argv) in enumerate([*cases, *BAD_LINES]):
         folder = tmp_path / f"bad{i}"
@@ -173,10 +197,12 @@ def test_bad_options_are_one_line_and_create_no_folder(tmp_path, capsys):
     [
         ("analysis", NQM, ["records.csv", "records.json", "critical_batch.csv"]),
         ("analysis", NET, ["trials.jsonl", "steps.csv"]),
+        ("analysis", PREDICT, ["steps.csv", "b_crit.csv"]),
         ("kfac_spectra", KFAC, ["step_000004/params.npz", "step_000012/stats.npz"]),
     ],
 )
 def test_kills_at_random_times(tmp_path, module, argv, records):
+    argv = _argv(argv, tmp_path)
     rng = np.random.default_rng(SEED)
     straight = tmp_path / "straight"
     t0 = time.perf_counter()
@@ -209,9 +235,11 @@ def test_kills_at_random_times(tmp_path, module, argv, records):
 
 
 @pytest.mark.parametrize(
-    ("module", "argv"), [("analysis", NQM), ("kfac_spectra", KFAC)]
+    ("module", "argv"),
+    [("analysis", NQM), ("analysis", PREDICT), ("kfac_spectra", KFAC)],
 )
 def test_concurrent_writers(tmp_path, module, argv):
+    argv = _argv(argv, tmp_path)
     out = tmp_path / "out"
     procs = [_start(module, argv, out) for _ in range(2)]
     results = [_finish(p) for p in procs]
