@@ -987,8 +987,15 @@ def _certified_schedule(
         ),
         precond_power=p,
     )
-    # only an improvement on the baseline matters: stop the search below it
-    found = steps_to_target(problem, cand, b, target, max_steps=_below(base.steps))
+    # Only an improvement on the baseline matters: stop the search below it. The
+    # surrogate's run length is a guess of the answer: the search for an upper
+    # end starts there instead of at one step (every step below is certified
+    # either way, so the answer does not depend on it).
+    limit = _below(base.steps)
+    guess = max(int(steps), 1) if limit is None else min(max(int(steps), 1), limit)
+    found = steps_to_target(
+        problem, cand, b, target, max_steps=limit, guess=guess if guess >= 1 else None
+    )
     if base.steps <= found:
         return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
                           evaluations)  # fmt: skip
