@@ -31,9 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # a folder in use by another run (nqm.run_folder.FolderInUseError) is a
+    # RuntimeError; caught by name so that a bug elsewhere keeps its traceback
+    from nqm.run_folder import FolderInUseError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError) as exc:
+    except (ValueError, FileNotFoundError, OSError, FolderInUseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

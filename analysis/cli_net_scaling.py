@@ -32,7 +32,6 @@ takes about 4 minutes on 2 lightly loaded cores (several times longer when other
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import platform
@@ -41,36 +40,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from analysis import cli_common as common
+
 __all__ = ["add_parser", "run", "config_from_args"]
 
 logger = logging.getLogger(__name__)
-
-#: argparse dest -> config field (options whose unset value is None).
-_OPTION_FIELDS: tuple[str, ...] = (
-    "model",
-    "data",
-    "data_dir",
-    "loss",
-    "metric",
-    "target",
-    "width",
-    "optimizers",
-    "ema",
-    "schedule",
-    "batch_sizes",
-    "trials",
-    "max_steps",
-    "eval_every",
-    "seed",
-    "seeds",
-    "thresholds",
-    "n_boot",
-    "workers",
-    "executor",
-    "ray_address",
-    "out",
-    "figures",
-)
 
 #: Fields that do not change what a trial computes: a resumed sweep may change them.
 _RUN_FIELDS: frozenset[str] = frozenset(
@@ -87,47 +61,49 @@ _RUN_FIELDS: frozenset[str] = frozenset(
     }
 )
 
-_MANIFEST_PACKAGES: tuple[str, ...] = (
-    "batchscale",
-    "numpy",
-    "scipy",
-    "torch",
-    "matplotlib",
-    "mnist1d",
-    "ray",
+_MANIFEST_PACKAGES: tuple[str, ...] = (*common.BASE_PACKAGES, "mnist1d", "ray")
+
+
+#: (flag, help) of the options that take a value, per argument group.
+_WORKLOAD_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("--model", "mlp|simple_cnn|resnet8 or package.module:factory"),
+    ("--data", "mnist1d|digits|mnist|fashion_mnist|cifar10 or package.module:factory"),
+    ("--data-dir", "directory of mnist, fashion_mnist, cifar10"),
+    ("--loss", "ce|mse"),
+    ("--metric", "train_loss|test_loss|test_error"),
+    ("--target", "threshold the metric must reach"),
+    ("--width", "size multiplier of the built-in models"),
+)
+_SWEEP_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("--optimizers", "comma-separated: sgd,momentum,nesterov,adam,kfac"),
+    ("--schedule", "constant|linear_decay"),
+    ("--batch-sizes", 'e.g. "8,16,32" or "2^3..2^9"'),
+    ("--trials", "tuning trials per optimizer and batch size"),
+    ("--max-steps", "step budget per trial"),
+    ("--eval-every", "steps between evaluations of the metric"),
+    ("--seed", "sweep seed"),
+    ("--seeds", "repeats of each best trial with independent seeds (0: none)"),
+    ("--thresholds", "further thresholds (>= target) for the threshold figure"),
+    ("--n-boot", "bootstrap replicates of the critical batch size"),
 )
 
 
+_COMMAND = "net-scaling"
+_SUMMARY = "measured steps to target vs batch size for tuned optimizers"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``net-scaling`` subcommand.
+    """Register ``net-scaling`` (:func:`analysis.cli_common.add_subcommand`)."""
+    return common.add_subcommand(sub, _COMMAND, _SUMMARY, __doc__, _arguments, run)
 
-    Args:
-        sub: the subparsers object of the ``python -m analysis`` parser.
 
-    Returns:
-        The subcommand's parser (its ``func`` default is :func:`run`).
-    """
-    p = sub.add_parser(
-        "net-scaling",
-        help="measured steps to target vs batch size for tuned optimizers",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _arguments(p: argparse.ArgumentParser) -> None:
     w = p.add_argument_group("workload (default: MNIST-1D, MLP, training loss 0.5)")
-    w.add_argument("--model", help="mlp|simple_cnn|resnet8 or package.module:factory")
-    w.add_argument(
-        "--data",
-        help="mnist1d|digits|mnist|fashion_mnist|cifar10 or package.module:factory",
-    )
-    w.add_argument("--data-dir", help="directory of mnist, fashion_mnist, cifar10")
-    w.add_argument("--loss", help="ce|mse")
-    w.add_argument("--metric", help="train_loss|test_loss|test_error")
-    w.add_argument("--target", help="threshold the metric must reach")
-    w.add_argument("--width", help="size multiplier of the built-in models")
+    for flag, text in _WORKLOAD_OPTIONS:
+        w.add_argument(flag, help=text)
     s = p.add_argument_group("sweep")
-    s.add_argument(
-        "--optimizers", help="comma-separated: sgd,momentum,nesterov,adam,kfac"
-    )
+    for flag, text in _SWEEP_OPTIONS:
+        s.add_argument(flag, help=text)
     s.add_argument(
         "--ema",
         action="store_const",
@@ -135,19 +111,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="evaluate the EMA of the iterates (its 1-gamma tuned)",
     )
-    s.add_argument("--schedule", help="constant|linear_decay")
-    s.add_argument("--batch-sizes", help='e.g. "8,16,32" or "2^3..2^9"')
-    s.add_argument("--trials", help="tuning trials per optimizer and batch size")
-    s.add_argument("--max-steps", help="step budget per trial")
-    s.add_argument("--eval-every", help="steps between evaluations of the metric")
-    s.add_argument("--seed", help="sweep seed")
-    s.add_argument(
-        "--seeds", help="repeats of each best trial with independent seeds (0: none)"
-    )
-    s.add_argument(
-        "--thresholds", help="further thresholds (>= target) for the threshold figure"
-    )
-    s.add_argument("--n-boot", help="bootstrap replicates of the critical batch size")
     a = p.add_argument_group("archive (no training)")
     a.add_argument(
         "--archive",
@@ -160,38 +123,24 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="train/cross_entropy_error",
         help="measurements column of the archive (default train/cross_entropy_error)",
     )
-    r = p.add_argument_group("run")
-    r.add_argument("--workers", help="trials in flight (default 0: one per CPU)")
-    r.add_argument("--executor", help="local|ray")
-    r.add_argument("--ray-address", help="Ray cluster to join (with --executor ray)")
-    r.add_argument("--out", help="results directory (default results/net-scaling)")
-    r.add_argument("--figures", help="figure directory (default figures/net-scaling)")
-    r.add_argument("--config", metavar="FILE.toml", help="TOML file of the same keys")
-    r.add_argument("--quick", action="store_true", help="a one-minute preset")
-    r.add_argument("--no-figures", action="store_true", help="write the tables only")
-    r.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar over trials (default: only on a terminal)",
+    common.add_run_options(
+        p,
+        out_default="results/net-scaling",
+        figures_default="figures/net-scaling",
+        quick_help="a one-minute preset",
+        workers_help="trials in flight (default 0: one per CPU)",
     )
-    p.set_defaults(func=run)
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """Resolve defaults < ``--quick`` < ``--config`` < explicit options.
+    """The config of ``args`` (:func:`analysis.cli_common.config_from_options`).
 
     Raises:
         ValueError: naming the offending option or value.
     """
-    from analysis.netscale.config import resolve_net_config
+    from analysis.netscale.config import NetScalingConfig, resolve_net_config
 
-    return resolve_net_config(
-        quick=bool(getattr(args, "quick", False)),
-        config_file=getattr(args, "config", None),
-        overrides={k: getattr(args, k, None) for k in _OPTION_FIELDS},
-    )
+    return common.config_from_options(args, NetScalingConfig, resolve_net_config)
 
 
 def _check_workload(cfg: Any) -> None:
@@ -213,9 +162,18 @@ def _check_workload(cfg: Any) -> None:
 
 
 def _check_same_sweep(out: Path, identity: dict[str, Any]) -> None:
+    from nqm.run_folder import CorruptFileError
+
     path = out / "sweep.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise CorruptFileError(
+                f"{path}: unreadable ({exc}); restore it, or use another --out"
+            ) from None
+        if not isinstance(old, dict):
+            raise CorruptFileError(f"{path}: not a sweep; use another --out")
         changed = sorted(
             k for k in set(old) | set(identity) if old.get(k) != identity.get(k)
         )
@@ -224,16 +182,6 @@ def _check_same_sweep(out: Path, identity: dict[str, Any]) -> None:
                 f"{out} holds a sweep with other settings ({', '.join(changed)}); "
                 "use another --out"
             )
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _MANIFEST_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -248,12 +196,11 @@ def run(args: argparse.Namespace) -> int:
     """
     from analysis.netscale import plots, results
     from analysis.netscale.sweep import run_sweep
-    from nqm.io import jsonable, save_figure, write_csv, write_json, write_text_atomic
+    from nqm.io import jsonable
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     cfg = config_from_args(args)
-    out, fig_dir = Path(cfg.out), Path(cfg.figures)
     identity = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_FIELDS}
     archive = getattr(args, "archive", None)
     if archive is not None:
@@ -261,79 +208,83 @@ def run(args: argparse.Namespace) -> int:
 
         identity = {"archive": str(archive), "metric": args.archive_metric}
         identity["target"] = cfg.target
-        _check_same_sweep(out, identity)
+        _check_same_sweep(Path(cfg.out), identity)
         _, records = read_workload(
             archive, metric=args.archive_metric, target=cfg.target
         )
     else:
-        _check_same_sweep(out, identity)
+        _check_same_sweep(Path(cfg.out), identity)
         _check_workload(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", identity)
-    write_text_atomic(out / "config.toml", cfg.to_toml())
-    timings: dict[str, float] = {"validate": time.perf_counter() - t0}
+    make_figures = not getattr(args, "no_figures", False)
+    meta: dict[str, Any] = {
+        "command": "net-scaling",
+        "started_utc": started,
+        "config": cfg.to_dict(),
+        "versions": common.package_versions(_MANIFEST_PACKAGES),
+        "platform": platform.platform(),
+    }
+    # the folders are created only now, after every option has been validated;
+    # resume: the trials of a killed or finished run of this sweep are kept
+    with common.output_folders(
+        cfg.out,
+        cfg.figures if make_figures else None,
+        command="net-scaling",
+        resume=True,
+    ) as (out, figs):
+        _check_same_sweep(out.path, identity)  # again, now under the lock
+        out.write_json("sweep.json", identity)
+        out.write_text("config.toml", cfg.to_toml())
+        out.checkpoint(meta)
+        timings: dict[str, float] = {"validate": time.perf_counter() - t0}
 
-    t = time.perf_counter()
-    if archive is not None:
-        write_text_atomic(
-            out / "trials.jsonl",
-            "".join(json.dumps(jsonable(r), sort_keys=True) + "\n" for r in records),
-        )
-    else:
-        records = run_sweep(
-            cfg.sweep(),
-            out / "trials.jsonl",
-            executor=cfg.executor,
-            workers=cfg.workers,
-            ray_address=cfg.ray_address,
-            progress=getattr(args, "progress", None),
-        )
-    timings["sweep"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    steps_rows = results.steps_table(records)
-    hp_cols = sorted({k for r in steps_rows for k in r if k.startswith("hp_")})
-    written = [
-        write_csv(out / "steps.csv", steps_rows, [*results.STEPS_COLUMNS, *hp_cols])
-    ]
-    taus = cfg.figure_thresholds()
-    threshold_rows = results.threshold_table(records, taus)
-    written.append(write_csv(out / "thresholds.csv", threshold_rows))
-    critical = results.critical_batch_table(
-        records, n_boot=cfg.n_boot, level=cfg.level, seed=cfg.seed, thresholds=taus
-    )
-    written.append(
-        write_csv(out / "critical_batch.csv", critical, results.CRITICAL_COLUMNS)
-    )
-    timings["tables"] = time.perf_counter() - t
-
-    if not getattr(args, "no_figures", False):
         t = time.perf_counter()
-        fig_dir.mkdir(parents=True, exist_ok=True)
-        tables = {
-            "steps_vs_batch": steps_rows,
-            "tuned_lr": steps_rows,
-            "steps_by_threshold": threshold_rows,
-        }
-        for name, fn in plots.FIGURES.items():
-            written += save_figure(fn(tables[name]), fig_dir / name)
-            written.append(write_csv(fig_dir / f"{name}.csv", tables[name]))
-        timings["figures"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    timings["trial_seconds"] = float(sum(r.get("seconds", 0.0) for r in records))
+        if archive is not None:
+            out.write_text(
+                "trials.jsonl",
+                "".join(
+                    json.dumps(jsonable(r), sort_keys=True) + "\n" for r in records
+                ),
+            )
+        else:
+            records = run_sweep(
+                cfg.sweep(),
+                out.file("trials.jsonl"),
+                executor=cfg.executor,
+                workers=cfg.workers,
+                ray_address=cfg.ray_address,
+                progress=getattr(args, "progress", None),
+            )
+            out.record("trials.jsonl")
+        timings["sweep"] = time.perf_counter() - t
 
-    write_json(
-        out / "manifest.json",
-        {
-            "command": "net-scaling",
-            "started_utc": started,
-            "config": cfg.to_dict(),
-            "versions": _versions(),
-            "platform": platform.platform(),
-            "timings_s": timings,
-            "n_trials": len(records),
-            "files": [str(p) for p in written] + [str(out / "trials.jsonl")],
-        },
-    )
-    logger.info("net-scaling done in %.1fs; results in %s", timings["total"], out)
+        t = time.perf_counter()
+        steps_rows = results.steps_table(records)
+        hp_cols = sorted({k for r in steps_rows for k in r if k.startswith("hp_")})
+        out.write_csv("steps.csv", steps_rows, [*results.STEPS_COLUMNS, *hp_cols])
+        taus = cfg.figure_thresholds()
+        threshold_rows = results.threshold_table(records, taus)
+        out.write_csv("thresholds.csv", threshold_rows)
+        critical = results.critical_batch_table(
+            records, n_boot=cfg.n_boot, level=cfg.level, seed=cfg.seed, thresholds=taus
+        )
+        out.write_csv("critical_batch.csv", critical, results.CRITICAL_COLUMNS)
+        timings["tables"] = time.perf_counter() - t
+
+        if figs is not None:
+            t = time.perf_counter()
+            tables = {
+                "steps_vs_batch": steps_rows,
+                "tuned_lr": steps_rows,
+                "steps_by_threshold": threshold_rows,
+            }
+            for name, fn in plots.FIGURES.items():
+                figs.save_figure(fn(tables[name]), name)
+                figs.write_csv(f"{name}.csv", tables[name])
+            timings["figures"] = time.perf_counter() - t
+            if figs is not out:
+                figs.finish({"command": "net-scaling", "started_utc": started})
+        timings["total"] = time.perf_counter() - t0
+        timings["trial_seconds"] = float(sum(r.get("seconds", 0.0) for r in records))
+        out.finish({**meta, "timings_s": timings, "n_trials": len(records)})
+    logger.info("net-scaling done in %.1fs; results in %s", timings["total"], cfg.out)
     return 0

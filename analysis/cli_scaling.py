@@ -22,14 +22,15 @@ the same keys; explicit options override the file. Every file is written
 atomically (temporary file + rename).
 
 On a terminal a progress bar shows the tuning; otherwise (output to a log or a
-pipe) one line per finished curve goes to stderr.
+pipe) one line per finished curve goes to stderr. Each tuned curve is journalled
+in ``--out/.journal`` as it finishes, so a rerun of the same configuration after
+a kill resumes there; the journal is removed once the manifest is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import logging
 import platform
 import subprocess
@@ -40,61 +41,31 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from analysis import cli_common as common
+
 __all__ = ["add_parser", "run", "config_from_args"]
 
 logger = logging.getLogger(__name__)
 
-#: argparse dest -> ScalingConfig field, for options whose unset value is None.
-_OPTION_FIELDS: tuple[str, ...] = (
-    "dim",
-    "h_power",
-    "c_power",
-    "init_sq",
-    "problem",
-    "targets",
-    "threshold_targets",
-    "batch_sizes",
-    "families",
-    "powers",
-    "fixed_momentum",
-    "bcrit_targets",
-    "bcrit_families",
-    "ramp_budgets",
-    "out",
-    "figures",
-    "workers",
-    "keep_going",
-    "device",
-    "executor",
-    "ray_address",
-)
+#: Inside --out: the tuned curves of an unfinished run (resumed by a rerun).
+JOURNAL_DIR = ".journal"
+#: Options that results do not depend on: a rerun that changes them resumes.
+NOT_IN_RESULTS = ("out", "figures", "workers", "executor", "ray_address")
 
 #: Packages whose versions go into the manifest.
-_MANIFEST_PACKAGES: tuple[str, ...] = (
-    "batchscale",
-    "numpy",
-    "scipy",
-    "torch",  # the schedules' L-BFGS
-    "matplotlib",
-    "tqdm",
-)
+_MANIFEST_PACKAGES: tuple[str, ...] = (*common.BASE_PACKAGES, "tqdm")
+
+
+_COMMAND = "nqm-scaling"
+_SUMMARY = "steps-to-target vs batch size for tuned optimizers on the NQM"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``nqm-scaling`` subcommand.
+    """Register ``nqm-scaling`` (:func:`analysis.cli_common.add_subcommand`)."""
+    return common.add_subcommand(sub, _COMMAND, _SUMMARY, __doc__, _arguments, run)
 
-    Args:
-        sub: the subparsers object of the ``python -m analysis`` parser.
 
-    Returns:
-        The subcommand's parser (its ``func`` default is :func:`run`).
-    """
-    p = sub.add_parser(
-        "nqm-scaling",
-        help="steps-to-target vs batch size for tuned optimizers on the NQM",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "problem (default: d = 10^4, h_i = c_i = 1/i, E[theta^2] = 1)"
     )
@@ -141,34 +112,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="example budgets of the batch-ramp figure in units of E_min at the "
         "first target (default 1.5,3,10; empty: skip)",
     )
-    o = p.add_argument_group("run")
-    o.add_argument(
-        "--out", help="tables, config and manifest (default results/nqm-scaling)"
-    )
-    o.add_argument("--figures", help="figure directory (default figures)")
-    o.add_argument("--config", metavar="FILE.toml", help="TOML file of the same keys")
-    o.add_argument(
-        "--quick",
-        action="store_true",
-        help="small preset (d = 200, 9 batch sizes, 4 families, 3 powers) "
+    o = common.add_run_options(
+        p,
+        out_default="results/nqm-scaling",
+        figures_default="figures",
+        quick_help="small preset (d = 200, 9 batch sizes, 4 families, 3 powers) "
         "for a fast look",
-    )
-    o.add_argument(
-        "--workers", help="processes tuning curves in parallel (default 1; 0: all CPUs)"
+        workers_help="processes tuning curves in parallel (default 1; 0: all CPUs)",
     )
     o.add_argument(
         "--device",
         help="torch device of the schedules' batched L-BFGS (default cpu; e.g. cuda)",
-    )
-    o.add_argument(
-        "--executor",
-        help="where curves are tuned: local processes or ray tasks (default local)",
-    )
-    o.add_argument(
-        "--ray-address",
-        metavar="ADDRESS",
-        help="Ray cluster to join with --executor ray (default: start a local Ray "
-        "with --workers CPUs)",
     )
     o.add_argument(
         "--keep-going",
@@ -178,31 +132,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="record batch sizes whose tuning fails (steps nan, error column) "
         "instead of aborting",
     )
-    o.add_argument("--no-figures", action="store_true", help="write the tables only")
-    o.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="tqdm progress bar (default: only on a terminal)",
-    )
-    p.set_defaults(func=run)
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
-    """Resolve defaults < ``--quick`` < ``--config`` file < explicit options.
+    """The config of ``args`` (:func:`analysis.cli_common.config_from_options`).
 
     Raises:
         ValueError: naming the offending option or value.
     """
-    from analysis.config import resolve_config
+    from analysis.config import ScalingConfig, resolve_config
 
-    overrides = {k: getattr(args, k, None) for k in _OPTION_FIELDS}
-    return resolve_config(
-        quick=bool(getattr(args, "quick", False)),
-        config_file=getattr(args, "config", None),
-        overrides=overrides,
-    )
+    return common.config_from_options(args, ScalingConfig, resolve_config)
 
 
 def _git_revision() -> str | None:
@@ -229,16 +169,6 @@ def _git_revision() -> str | None:
         check=False,
     )
     return rev + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _MANIFEST_PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 @contextlib.contextmanager
@@ -277,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports only when the command runs.
     import nqm.runtime
     from analysis import plots
+    from analysis.journal import ResultJournal
     from analysis.scaling import (
         RECORD_COLUMNS,
         build_problem,
@@ -284,59 +215,72 @@ def run(args: argparse.Namespace) -> int:
         run_reference_study,
         write_study,
     )
-    from nqm.io import save_figure, write_json, write_table, write_text_atomic
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     cfg = config_from_args(args)
     build_problem(cfg)  # fail fast on an unreadable spectrum file
-    out = Path(cfg.out)
-    fig_dir = Path(cfg.figures)
-    out.mkdir(parents=True, exist_ok=True)
     make_figures = not getattr(args, "no_figures", False)
-    if make_figures:
-        fig_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", cfg.to_dict())
-    write_text_atomic(out / "config.toml", cfg.to_toml())
+    # the folders are created only now, after every option has been validated
+    with common.output_folders(
+        cfg.out, cfg.figures if make_figures else None, command="nqm-scaling"
+    ) as (out, figs):
+        out.write_json("config.json", cfg.to_dict())
+        out.write_text("config.toml", cfg.to_toml())
 
-    # NumPy temporaries otherwise page-fault on every evaluation (nqm.runtime).
-    kept = nqm.runtime.keep_freed_memory()
-    progress = getattr(args, "progress", None)
-    bar = progress if progress is not None else sys.stderr.isatty()
-    # Without a bar, the study's lines and the last one go to stderr.
-    with _progress_lines(enabled=not bar):
-        # The tuning is the expensive part: save its records before anything else.
-        result = run_reference_study(
-            cfg,
-            progress=progress,
-            checkpoint=lambda recs: write_table(out, "records", recs, RECORD_COLUMNS),
-            keep_freed_memory=kept,
-        )
-        written = [str(p) for p in write_study(result, out)]
-        timings = dict(result.timings)
-
-        if make_figures:
-            t_fig = time.perf_counter()
-            for name, rows in figure_tables(result, cfg).items():
-                fig = plots.FIGURES[name](rows)
-                written += [str(p) for p in save_figure(fig, fig_dir / name)]
-                written += [str(p) for p in write_table(fig_dir, name, rows)]
-            timings["figures"] = time.perf_counter() - t_fig
-        timings["total"] = time.perf_counter() - t0
-
-        manifest = {
-            "command": "nqm-scaling",
-            "started_utc": started,
-            "config": cfg.to_dict(),
-            "versions": _versions(),
-            "git_revision": _git_revision(),
-            "platform": platform.platform(),
-            "allocator_keeps_freed_memory": kept,
-            "timings_s": timings,
-            "n_records": len(result.records),
-            "failed_records": [r for r in result.records if r.get("error")],
-            "files": written,
+        # NumPy temporaries otherwise page-fault on every evaluation (nqm.runtime).
+        kept = nqm.runtime.keep_freed_memory()
+        # Every tuned curve is journalled as it finishes: a rerun after a kill
+        # resumes there (the journal goes once the manifest is written).
+        results_depend_on = {
+            k: v for k, v in cfg.to_dict().items() if k not in NOT_IN_RESULTS
         }
-        write_json(out / "manifest.json", manifest)
-        logger.info("nqm-scaling done in %.1fs; results in %s", timings["total"], out)
+        versions = common.package_versions(_MANIFEST_PACKAGES)
+        journal = ResultJournal(
+            out.path / JOURNAL_DIR, salt=(results_depend_on, versions)
+        )
+        progress = getattr(args, "progress", None)
+        bar = progress if progress is not None else sys.stderr.isatty()
+        # Without a bar, the study's lines and the last one go to stderr.
+        with _progress_lines(enabled=not bar):
+            # The tuning is the expensive part: save its records before anything.
+            result = run_reference_study(
+                cfg,
+                progress=progress,
+                checkpoint=lambda recs: out.write_table(
+                    "records", recs, RECORD_COLUMNS
+                ),
+                keep_freed_memory=kept,
+                journal=journal,
+            )
+            write_study(result, out)
+            timings = dict(result.timings)
+
+            if figs is not None:
+                t_fig = time.perf_counter()
+                for name, rows in figure_tables(result, cfg).items():
+                    figs.save_figure(plots.FIGURES[name](rows), name)
+                    figs.write_table(name, rows)
+                timings["figures"] = time.perf_counter() - t_fig
+            timings["total"] = time.perf_counter() - t0
+
+            manifest = {
+                "command": "nqm-scaling",
+                "started_utc": started,
+                "config": cfg.to_dict(),
+                "versions": versions,
+                "git_revision": _git_revision(),
+                "platform": platform.platform(),
+                "allocator_keeps_freed_memory": kept,
+                "timings_s": timings,
+                "n_records": len(result.records),
+                "failed_records": [r for r in result.records if r.get("error")],
+            }
+            if figs is not None and figs is not out:
+                figs.finish({"command": "nqm-scaling", "started_utc": started})
+            out.finish(manifest)
+            journal.remove()
+            logger.info(
+                "nqm-scaling done in %.1fs; results in %s", timings["total"], cfg.out
+            )
     return 0

@@ -11,23 +11,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from analysis import cli_common as common
+
 __all__ = ["add_parser", "run"]
 
 
+_COMMAND = "verify-derivations"
+_SUMMARY = "check every equation of the NQM appendix (17-49) with sympy"
+
+
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register the ``verify-derivations`` subcommand.
+    """Register ``verify-derivations`` (:func:`analysis.cli_common.add_subcommand`)."""
+    return common.add_subcommand(sub, _COMMAND, _SUMMARY, __doc__, _arguments, run)
 
-    Args:
-        sub: The subparsers object of the ``python -m analysis`` parser.
 
-    Returns:
-        The subcommand's parser (its ``func`` default is :func:`run`).
-    """
-    parser = sub.add_parser(
-        "verify-derivations",
-        help="check every equation of the NQM appendix (17-49) with sympy",
-        description=__doc__,
-    )
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
@@ -43,8 +41,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="PATH.json",
         help="also write the verdicts as a JSON list",
     )
-    parser.set_defaults(func=run)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

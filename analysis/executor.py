@@ -31,9 +31,12 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
+from .journal import ResultJournal
+
 __all__ = [
     "ExecutorKind",
     "Task",
+    "ResultJournal",
     "run_plan",
     "require_executor",
     "executor_options",
@@ -141,6 +144,7 @@ def run_plan(
     ray_address: str | None = None,
     on_result: Callable[[Task, Any], None] | None = None,
     initializer: Callable[[], None] | None = None,
+    journal: ResultJournal | None = None,
 ) -> dict[Hashable, Any]:
     """Run every task of a plan and return their results by key.
 
@@ -159,6 +163,9 @@ def run_plan(
             task as it finishes (atomic per-task writes, progress lines).
         initializer: called once in each local worker process before its first
             task (not in this process, and not on Ray).
+        journal: where finished results are kept, so that a rerun of the plan
+            after a kill resumes: journalled tasks are not run again, and
+            ``on_result`` gets them first, in plan order.
 
     Returns:
         ``{task.key: result}`` in plan order.
@@ -177,15 +184,32 @@ def run_plan(
     _check_plan(tasks)
     if not tasks:
         return {}
-    if kind is ExecutorKind.RAY:
+    done: dict[Hashable, Any] = {}
+    if journal is not None:
+        digests = journal.digests(tasks)
+        done = journal.load(digests)
+        user_callback = on_result
+
+        def on_result(task: Task, value: Any) -> None:
+            journal.save(digests[task.key], value)
+            if user_callback is not None:
+                user_callback(task, value)
+
+        for t in tasks:
+            if t.key in done and user_callback is not None:
+                user_callback(t, done[t.key])
+    todo = [t for t in tasks if t.key not in done]
+    if not todo:
+        results = done
+    elif kind is ExecutorKind.RAY:
         with _ray_session(int(workers), ray_address) as backend:
-            results = _schedule(tasks, backend, on_result)
-    elif workers == 1 or len(tasks) == 1:
-        results = _schedule(tasks, _InProcess(), on_result)
+            results = _schedule(todo, backend, on_result, done)
+    elif workers == 1 or len(todo) == 1:
+        results = _schedule(todo, _InProcess(), on_result, done)
     else:
         n = (os.cpu_count() or 1) if workers == 0 else int(workers)
-        with _process_pool(min(n, len(tasks)), initializer) as backend:
-            results = _schedule(tasks, backend, on_result)
+        with _process_pool(min(n, len(todo)), initializer) as backend:
+            results = _schedule(todo, backend, on_result, done)
     return {t.key: results[t.key] for t in tasks}
 
 
@@ -235,10 +259,12 @@ def _schedule(
     tasks: Sequence[Task],
     backend: _Backend,
     on_result: Callable[[Task, Any], None] | None,
+    done: Mapping[Hashable, Any],
 ) -> dict[Hashable, Any]:
-    """Submit ready tasks in plan order, at most ``backend.slots`` in flight."""
+    """Submit ready tasks in plan order, at most ``backend.slots`` in flight
+    (``done``: results known before the start, which ``tasks`` may need)."""
     queue = list(tasks)
-    results: dict[Hashable, Any] = {}
+    results: dict[Hashable, Any] = dict(done)
     in_flight: dict[Any, Task] = {}
     try:
         while queue or in_flight:

@@ -39,10 +39,12 @@ from tqdm.auto import tqdm
 import nqm
 from nqm.io import write_json, write_table
 from nqm.noise_scale import fit_critical_batch, steps_lower_bound
+from nqm.run_folder import RunFolder
 from nqm.search import Family, best_steps
 
 from .config import ScalingConfig
 from .executor import ExecutorKind, Task, require_executor, run_plan
+from .journal import ResultJournal
 from .lr_range import optimal_lr_ranges
 
 __all__ = [
@@ -446,6 +448,7 @@ def run_study(
     keep_going: bool = False,
     keep_freed_memory: bool = False,
     search: Callable[..., Any] = best_steps,
+    journal: ResultJournal | None = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     r"""Tune every family at every power, target and batch size.
@@ -526,6 +529,7 @@ def run_study(
             ray_address=ray_address,
             on_result=on_result,
             initializer=nqm.runtime.keep_freed_memory if keep_freed_memory else None,
+            journal=journal,
         )
     return [rec for job in plan.reported for rec in done[job]]
 
@@ -874,6 +878,7 @@ def run_reference_study(
     progress: bool | None = None,
     checkpoint: Callable[[list[dict[str, Any]]], Any] | None = None,
     keep_freed_memory: bool = False,
+    journal: ResultJournal | None = None,
     **options: Any,
 ) -> StudyResult:
     """Run everything the figures of ``nqm-scaling`` need.
@@ -890,6 +895,8 @@ def run_reference_study(
         checkpoint: called with the records as soon as the tuning is done
             (before the analyses), e.g. to save them.
         keep_freed_memory: passed to :func:`run_study` (worker processes).
+        journal: keeps every tuned curve as it finishes, so that a rerun after
+            a kill resumes (:class:`analysis.journal.ResultJournal`).
         **options: passed to :func:`nqm.search.best_steps`.
 
     Returns:
@@ -916,6 +923,7 @@ def run_reference_study(
             ray_address=cfg.ray_address,
             keep_going=cfg.keep_going,
             keep_freed_memory=keep_freed_memory,
+            journal=journal,
             **options,
             **extra,
         )
@@ -1138,21 +1146,36 @@ def figure_tables(
     }
 
 
-def write_study(result: StudyResult, directory: str | Path) -> list[Path]:
+def write_study(result: StudyResult, directory: str | Path | RunFolder) -> list[Path]:
     """Write the study's tables (CSV + JSON each), atomically.
 
-    Files: ``records``, ``critical_batch``, ``lower_bound``, and one per extra
-    table.
+    Files: ``records``, ``critical_batch``, ``lower_bound``, one per extra
+    table, and ``timings.json``.
+
+    Args:
+        result: the study.
+        directory: a folder, or the :class:`~nqm.run_folder.RunFolder` of the
+            run (which records each file's checksum for its manifest).
 
     Returns:
         The paths written.
     """
-    directory = Path(directory)
+    if isinstance(directory, RunFolder):
+        table, write_obj = directory.write_table, directory.write_json
+    else:
+        folder = Path(directory)
+
+        def table(stem, rows, columns=None):
+            return write_table(folder, stem, rows, columns)
+
+        def write_obj(name, obj):
+            return write_json(folder / name, obj)
+
     paths: list[Path] = []
-    paths += write_table(directory, "records", result.records, RECORD_COLUMNS)
-    paths += write_table(directory, "critical_batch", result.fits, FIT_COLUMNS)
-    paths += write_table(directory, "lower_bound", result.lower_bound)
+    paths += table("records", result.records, RECORD_COLUMNS)
+    paths += table("critical_batch", result.fits, FIT_COLUMNS)
+    paths += table("lower_bound", result.lower_bound)
     for name, rows in result.extras.items():
-        paths += write_table(directory, name, rows)
-    paths.append(write_json(directory / "timings.json", result.timings))
+        paths += table(name, rows)
+    paths.append(write_obj("timings.json", result.timings))
     return paths

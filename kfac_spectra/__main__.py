@@ -5,6 +5,7 @@
     python -m kfac_spectra run --model resnet8 --data mnist1d --out RUN_DIR \\
         [--steps N --checkpoints 0,50,200 --width W --config FILE.toml ...]
     python -m kfac_spectra report RUN_DIR [--figures DIR] [--step S] [--nqm-step S]
+        [--final-step S]
     python -m kfac_spectra autoencoder [--out DIR] [--mnist-dir DIR] [--threads N]
         [--iterations N --config FILE.toml ...]
     python -m kfac_spectra            # embedded default: MNIST-1D ResNet8, then report
@@ -13,8 +14,11 @@
 ``run`` accepts one ``--<field>`` flag per :class:`kfac_spectra.train_config.TrainConfig`
 field (flags override the TOML file, which overrides the defaults). ``report``
 writes the E.1, E.2 and E.4 figures (PNG + PDF) with CSV tables beside them and
-``RUN_DIR/nqm_problem.npz`` (:func:`kfac_spectra.bridge.estimate_nqm`). Bad
-arguments print one line and exit with status 2. Under ``torchrun`` the ranks
+``RUN_DIR/nqm_problem.npz`` (:func:`kfac_spectra.bridge.estimate_nqm`), after
+checking every file of the run against its checksum; it refuses an incomplete
+run (killed or still training) unless ``--final-step`` names the step that stands
+for the end of training. Bad arguments, a folder in use by another run and a
+corrupt file print one line and exit with status 2. Under ``torchrun`` the ranks
 train data-parallel (gloo on the CPU, nccl with ``--device cuda``, one GPU per
 rank); rank 0 writes the run directory and prints.
 """
@@ -22,11 +26,12 @@ rank); rank 0 writes the run directory and prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ DEFAULT_AUTOENCODER_DIR = Path("runs") / "autoencoder"
 SPECTRUM_RANGE = 1e-16
 """E.1 bins span [SPECTRUM_RANGE * largest, largest] K-FAC eigenvalue."""
 FIGURE_DPI = 120
+REPORT_COMMAND = "kfac_spectra report"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--step", type=int, help="step for E.2/E.4 (default: last)")
     report.add_argument(
         "--nqm-step", type=int, help="step for the NQM problem (default: first)"
+    )
+    report.add_argument(
+        "--final-step",
+        type=int,
+        help="step standing for the end of training in the NQM problem (default: "
+        "the last step of a complete run; required for an incomplete one)",
     )
     return parser
 
@@ -132,15 +144,49 @@ class ReportSummary:
     files: tuple[Path, ...]
 
 
-def _write_csv(
-    path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]
-) -> None:
-    """:func:`nqm.io.write_csv` of rows whose NumPy scalars become Python ones
-    (the text of a NumPy float is its ``repr``, ``np.float64(...)``)."""
-    from nqm.io import write_csv
+class _FigureSink:
+    """Where a report writes its figures and tables: a run folder, under a prefix
+    (the figures folder inside the run directory, or a folder of its own)."""
 
-    plain = [[v.item() if isinstance(v, np.generic) else v for v in r] for r in rows]
-    write_csv(path, plain, header)
+    def __init__(self, folder: Any, prefix: str) -> None:
+        self.folder, self.prefix = folder, prefix
+
+    def save_figure(self, fig: Any, stem: str) -> list[Path]:
+        return self.folder.save_figure(fig, self.prefix + stem, dpi=FIGURE_DPI)
+
+    def write_csv(
+        self, name: str, header: Sequence[str], rows: Iterable[Sequence[Any]]
+    ) -> Path:
+        """A CSV whose NumPy scalars become Python ones (the text of a NumPy
+        float is its ``repr``, ``np.float64(...)``)."""
+        plain = [
+            [v.item() if isinstance(v, np.generic) else v for v in r] for r in rows
+        ]
+        return self.folder.write_csv(self.prefix + name, plain, header)
+
+
+@contextlib.contextmanager
+def _report_folders(
+    run_dir: Path, figures: Path, *, complete: bool
+) -> Iterator[tuple[Any, _FigureSink]]:
+    """Own the run directory (for ``nqm_problem.npz``; every file of it verified)
+    and the figures folder, inside it or a folder of its own. The run manifest
+    gets its ``complete`` flag back, also when the report fails."""
+    from nqm.run_folder import open_run_folder
+
+    with open_run_folder(run_dir, command=REPORT_COMMAND, resume=True) as run:
+        meta = run.meta
+        try:
+            inside = figures.resolve().is_relative_to(run_dir.resolve())
+            if inside:
+                rel = figures.resolve().relative_to(run_dir.resolve()).as_posix()
+                yield run, _FigureSink(run, "" if rel == "." else rel + "/")
+            else:
+                with open_run_folder(figures, command=REPORT_COMMAND) as figs:
+                    yield run, _FigureSink(figs, "")
+                    figs.finish({"command": REPORT_COMMAND, "run_dir": str(run_dir)})
+        finally:
+            (run.finish if complete else run.checkpoint)(meta)
 
 
 def write_report(
@@ -149,32 +195,57 @@ def write_report(
     *,
     step: int | None = None,
     nqm_step: int | None = None,
+    final_step: int | None = None,
 ) -> ReportSummary:
     """Draw E.1, E.2, E.4 with CSV tables, and write ``RUN_DIR/nqm_problem.npz``.
 
+    Every file of the run is checked against its checksum first; the run
+    directory and the figures folder are locked while the report writes.
+
+    Args:
+        run_dir: a run directory of ``kfac_spectra run``.
+        figures: the folder of the figures and their tables.
+        step: step of E.2/E.4 (default: the last collected).
+        nqm_step: step of the NQM problem (default: the first collected).
+        final_step: collected step standing for the end of training (default:
+            the last step of a complete run; required for an incomplete one).
+
     Raises:
-        ValueError: If the run has no collected steps or a step is not collected.
+        ValueError: If the run has no collected steps, a step is not collected,
+            or the run is incomplete and ``final_step`` is not given.
+        CorruptFileError: If a file of the run is missing or corrupted.
+        FolderInUseError: If another run or report holds a folder.
     """
-    from kfac_spectra.bridge import measure_nqm
+    from kfac_spectra.bridge import default_final_step, measure_nqm
     from kfac_spectra.checkpoints import read_manifest
 
-    steps = [c["step"] for c in read_manifest(run_dir)["checkpoints"]]
+    manifest = read_manifest(run_dir)
+    steps = [c["step"] for c in manifest.get("checkpoints", [])]
     if not steps:
         raise ValueError(f"run_dir: {run_dir} has no collected steps")
     step = steps[-1] if step is None else step
     nqm_step = steps[0] if nqm_step is None else nqm_step
-    for name, value in (("step", step), ("nqm_step", nqm_step)):
+    if final_step is None:
+        final_step = default_final_step(run_dir)
+    for name, value in (
+        ("step", step),
+        ("nqm_step", nqm_step),
+        ("final_step", final_step),
+    ):
         if value not in steps:
             raise ValueError(f"{name}: {value} not collected; have {steps}")
-    spectra = _spectra(run_dir, steps)
-    files = _write_e1_spectra(run_dir, spectra, figures)
-    comparisons, e2_files = _write_e2_variance_curvature(run_dir, step, figures)
-    fit, e4_files = _write_e4_power_law(spectra[step], step, figures)
-    files += e2_files + e4_files
+    complete = manifest.get("complete") is True
+    with _report_folders(run_dir, figures, complete=complete) as (run, sink):
+        spectra = _spectra(run_dir, steps)
+        files = _write_e1_spectra(run_dir, spectra, sink)
+        comparisons, e2_files = _write_e2_variance_curvature(run_dir, step, sink)
+        fit, e4_files = _write_e4_power_law(spectra[step], step, sink)
+        files += e2_files + e4_files
 
-    estimate = measure_nqm(run_dir, nqm_step)
-    nqm_path = run_dir / "nqm_problem.npz"
-    estimate.problem.save(nqm_path)
+        estimate = measure_nqm(run_dir, nqm_step, final_step=final_step)
+        nqm_path = run.file("nqm_problem.npz")
+        estimate.problem.save(nqm_path)
+        run.record("nqm_problem.npz")
     overall = comparisons["overall"]
     return ReportSummary(
         step=step,
@@ -207,7 +278,7 @@ def _spectra(run_dir: Path, steps: Sequence[int]) -> dict[int, dict[str, Any]]:
 
 
 def _write_e1_spectra(
-    run_dir: Path, spectra: dict[int, dict[str, Any]], figures: Path
+    run_dir: Path, spectra: dict[int, dict[str, Any]], sink: _FigureSink
 ) -> list[Path]:
     """E.1: histograms of the K-FAC eigenvalues at every collected step.
 
@@ -216,7 +287,6 @@ def _write_e1_spectra(
     """
     from kfac_spectra import plots
     from kfac_spectra.spectra import eigenvalue_histogram, log_bins
-    from nqm.io import save_figure
 
     highs, lows = [], []
     for layers in spectra.values():
@@ -236,14 +306,11 @@ def _write_e1_spectra(
     edges = log_bins(low * 0.999, high * 1.001, 60)
     steps = list(spectra)
     histograms = [eigenvalue_histogram(spectra[s], edges) for s in steps]
-    figures.mkdir(parents=True, exist_ok=True)
-    files = save_figure(
-        plots.plot_spectra_evolution(steps, histograms),
-        figures / "e1_spectra",
-        dpi=FIGURE_DPI,
+    files = sink.save_figure(
+        plots.plot_spectra_evolution(steps, histograms), "e1_spectra"
     )
-    _write_csv(
-        figures / "e1_spectra.csv",
+    table = sink.write_csv(
+        "e1_spectra.csv",
         ["step", "bin_low", "bin_high", "count"],
         [
             row
@@ -258,27 +325,24 @@ def _write_e1_spectra(
             ]
         ],
     )
-    return [*files, figures / "e1_spectra.csv"]
+    return [*files, table]
 
 
 def _write_e2_variance_curvature(
-    run_dir: Path, step: int, figures: Path
+    run_dir: Path, step: int, sink: _FigureSink
 ) -> tuple[dict[str, Any], list[Path]]:
     """E.2: gradient variance against curvature per direction at ``step``."""
     from kfac_spectra import plots
     from kfac_spectra.checkpoints import load_checkpoint_arrays
     from kfac_spectra.gradient_stats import compare_variance_curvature
-    from nqm.io import save_figure
 
     _, stats, _ = load_checkpoint_arrays(run_dir, step)
     comparisons = compare_variance_curvature(stats)
-    files = save_figure(
-        plots.plot_variance_vs_curvature(comparisons),
-        figures / "e2_variance_curvature",
-        dpi=FIGURE_DPI,
+    files = sink.save_figure(
+        plots.plot_variance_vs_curvature(comparisons), "e2_variance_curvature"
     )
-    _write_csv(
-        figures / "e2_variance_curvature.csv",
+    table = sink.write_csv(
+        "e2_variance_curvature.csv",
         [
             "block",
             "directions",
@@ -301,17 +365,16 @@ def _write_e2_variance_curvature(
             for k, c in comparisons.items()
         ],
     )
-    return comparisons, [*files, figures / "e2_variance_curvature.csv"]
+    return comparisons, [*files, table]
 
 
 def _write_e4_power_law(
-    spectra: dict[str, Any], step: int, figures: Path
+    spectra: dict[str, Any], step: int, sink: _FigureSink
 ) -> tuple[Any, list[Path]]:
     """E.4: the K-FAC spectrum at ``step`` against ``1/i``; returns the fit."""
     from kfac_spectra import plots
     from kfac_spectra.powerlaw import fit_power_law, rank_overlay
     from kfac_spectra.spectra import kfac_eigenvalues
-    from nqm.io import save_figure
 
     spectrum = kfac_eigenvalues(spectra)
     d = int(np.sum(spectrum > 0))
@@ -323,11 +386,9 @@ def _write_e4_power_law(
         num_points=60 if d >= 60 else None,
     )
     overlay = rank_overlay(spectrum[spectrum > 0], fit)
-    files = save_figure(
-        plots.plot_power_law(overlay, fit), figures / "e4_power_law", dpi=FIGURE_DPI
-    )
-    _write_csv(
-        figures / "e4_power_law.csv",
+    files = sink.save_figure(plots.plot_power_law(overlay, fit), "e4_power_law")
+    table = sink.write_csv(
+        "e4_power_law.csv",
         [
             "step",
             "exponent",
@@ -355,7 +416,7 @@ def _write_e4_power_law(
             )
         ],
     )
-    return fit, [*files, figures / "e4_power_law.csv"]
+    return fit, [*files, table]
 
 
 def _print_summary(summary: ReportSummary, nqm_step_label: str) -> None:
@@ -411,7 +472,13 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     figures = Path(args.figures) if args.figures else run_dir / "figures"
-    summary = write_report(run_dir, figures, step=args.step, nqm_step=args.nqm_step)
+    summary = write_report(
+        run_dir,
+        figures,
+        step=args.step,
+        nqm_step=args.nqm_step,
+        final_step=args.final_step,
+    )
     _print_summary(
         summary, f"step {args.nqm_step if args.nqm_step is not None else 'first'}"
     )
@@ -472,6 +539,8 @@ def _default() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    from nqm.run_folder import FolderInUseError  # a RuntimeError, caught by name
+
     argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -488,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as err:
         print(f"python -m kfac_spectra: error: {err}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, FloatingPointError) as err:
+    except (ValueError, OSError, FloatingPointError, FolderInUseError) as err:
         print(f"python -m kfac_spectra: error: {err}", file=sys.stderr)
         return 2
 

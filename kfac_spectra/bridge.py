@@ -41,7 +41,13 @@ import numpy as np
 from kfac_spectra.checkpoints import load_checkpoint_arrays, read_manifest
 from nqm import NQMProblem
 
-__all__ = ["DEFAULT_RELATIVE_FLOOR", "NQMEstimate", "estimate_nqm", "measure_nqm"]
+__all__ = [
+    "DEFAULT_RELATIVE_FLOOR",
+    "NQMEstimate",
+    "default_final_step",
+    "estimate_nqm",
+    "measure_nqm",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +78,30 @@ class NQMEstimate:
     final_step: int
 
 
+def default_final_step(run_dir: str | os.PathLike[str]) -> int:
+    """The step that stands for the end of training: the last collected step of
+    a complete run.
+
+    Raises:
+        ValueError: If the run has no manifest or no collected step, or is
+            incomplete (``"complete": false``: killed or still training; its last
+            collected step is not the end of training, so the distance to it is
+            not the distance to the optimum).
+    """
+    manifest = read_manifest(run_dir)
+    steps = [c["step"] for c in manifest.get("checkpoints", [])]
+    if not steps:
+        raise ValueError(f"run_dir: {run_dir} has no collected steps")
+    if manifest.get("complete") is not True:
+        raise ValueError(
+            f"run_dir: {run_dir} is an incomplete run (complete: false: killed or "
+            f"still training), so its last collected step {max(steps)} is not the "
+            "end of training; resume the run, or name the step that stands for "
+            f"the end (final_step, --final-step; collected: {steps})"
+        )
+    return max(steps)
+
+
 def measure_nqm(
     run_dir: str | os.PathLike[str],
     step: int,
@@ -86,7 +116,8 @@ def measure_nqm(
             (or by :func:`~kfac_spectra.checkpoints.collect_checkpoint` calls).
         step: A collected step: h, c and the basis are taken there.
         final_step: Collected step standing for the end of training (default:
-            the largest collected step).
+            the largest collected step of a complete run; an incomplete run,
+            killed or still training, is refused without it).
         relative_floor: Directions with :math:`h \\le` ``relative_floor`` ·
             max h are dropped.
 
@@ -94,17 +125,17 @@ def measure_nqm(
         The estimate.
 
     Raises:
-        ValueError: If a step was not collected, ``relative_floor`` is not in
-            [0, 1), the blocks of the two steps differ, a statistic is not
-            finite, or no direction has positive curvature.
+        ValueError: If a step was not collected, the run is incomplete and
+            ``final_step`` is not given, ``relative_floor`` is not in [0, 1),
+            the blocks of the two steps differ, a statistic is not finite, or
+            no direction has positive curvature.
+        CorruptFileError: If a file of either step is missing, truncated or
+            corrupted (checked against the step manifest's checksums).
     """
     if not 0 <= relative_floor < 1:
         raise ValueError(f"relative_floor must be in [0, 1), got {relative_floor}")
     if final_step is None:
-        steps = [c["step"] for c in read_manifest(run_dir)["checkpoints"]]
-        if not steps:
-            raise ValueError(f"run_dir: {run_dir} has no collected steps")
-        final_step = max(steps)
+        final_step = default_final_step(run_dir)
     factors, stats, params = load_checkpoint_arrays(run_dir, step)
     _, _, final_params = load_checkpoint_arrays(run_dir, final_step)
     h_parts, c_parts, init_parts, names = [], [], [], []
@@ -179,7 +210,9 @@ def estimate_nqm(
         The problem.
 
     Raises:
-        ValueError: As :func:`measure_nqm`.
+        ValueError: As :func:`measure_nqm` (an incomplete run without
+            ``final_step`` included).
+        CorruptFileError: As :func:`measure_nqm`.
     """
     return measure_nqm(
         run_dir, step, final_step=final_step, relative_floor=relative_floor

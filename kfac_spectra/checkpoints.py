@@ -8,10 +8,14 @@ r"""The checkpoint store: one directory per collected step, written atomically.
     RUN/step_000050/params.npz           "param/<name>" and "block/<name>"
                                          (the (r, c) matrix [W | b])
     RUN/step_000050/manifest.json        written last: marks the step complete
+                                         and holds the SHA-256 of the three files
 
-and :func:`load_checkpoint_arrays` reads a step back; :func:`read_manifest` reads
-the run's manifest (``RUN/manifest.json``, the configuration and the steps
-collected so far, written by :func:`kfac_spectra.train.train`).
+and :func:`load_checkpoint_arrays` reads a step back, each file checked against
+its checksum in the step manifest (a truncated or changed file is a one-line
+:class:`~nqm.run_folder.CorruptFileError`); :func:`read_manifest` reads the run's
+manifest (``RUN/manifest.json``, the configuration, the steps collected so far
+and the checksum of every file of the run, written by
+:func:`kfac_spectra.train.train`).
 
 **What is measured at step s** (parameters after s updates; s = 0 is the
 initialisation). The Kronecker factors ``(A, S)`` of every block are either given
@@ -34,6 +38,7 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -49,17 +54,22 @@ from kfac_spectra.kfac import FisherType, LossType, compute_factors
 from kfac_spectra.layer_capture import find_blocks
 from kfac_spectra.train_config import FactorSource
 from nqm.io import FILE_MODE
+from nqm.run_folder import CorruptFileError, check_file, file_digest
 
 __all__ = [
     "MANIFEST_FILE",
+    "STEP_FILES",
     "StepFiles",
     "collect_checkpoint",
     "load_checkpoint_arrays",
     "read_manifest",
     "step_dir",
+    "verified_step_files",
 ]
 
 MANIFEST_FILE = "manifest.json"
+#: The data files of a step directory (its manifest lists their checksums).
+STEP_FILES: tuple[str, ...] = ("factors.npz", "stats.npz", "params.npz")
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -73,11 +83,12 @@ def _fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
-def _sync_and_close(handle: IO[bytes]) -> None:
+def _sync_close_and_digest(handle: IO[bytes], path: str) -> dict[str, Any]:
     try:
         os.fsync(handle.fileno())
     finally:
         handle.close()
+    return file_digest(path)
 
 
 class StepFiles:
@@ -86,7 +97,8 @@ class StepFiles:
     :meth:`add` writes a file under a temporary name and starts its ``fsync`` in a
     background thread at once. The thread waits for the disk, not the CPU, so a
     file added before the statistics are computed reaches the disk meanwhile, and
-    the files' ``fsync`` calls overlap instead of following one another.
+    the files' ``fsync`` calls overlap instead of following one another; the
+    same thread then reads the file back for its checksum (:meth:`digests`).
     :meth:`commit` waits for them, renames the files over their destinations
     (``os.replace``: atomic), the marker (the step's manifest, which says that
     the step is complete) last, and then fsyncs the directory once, so that the
@@ -108,7 +120,7 @@ class StepFiles:
             stale.unlink(missing_ok=True)
         self.folder = folder
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fsync")
-        self._pending: list[tuple[Path, Path, Future[None]]] = []
+        self._pending: list[tuple[Path, Path, Future[dict[str, Any]]]] = []
 
     def __enter__(self) -> StepFiles:
         return self
@@ -131,8 +143,16 @@ class StepFiles:
             handle.close()
             os.unlink(tmp)
             raise
-        future = self._pool.submit(_sync_and_close, handle)
+        future = self._pool.submit(_sync_close_and_digest, handle, tmp)
         self._pending.append((Path(tmp), self.folder / name, future))
+
+    def digests(self) -> dict[str, dict[str, Any]]:
+        """``name -> {"sha256", "bytes"}`` of every pending file (waits for them).
+
+        Raises:
+            OSError: If an ``fsync`` or the read-back failed.
+        """
+        return {dest.name: future.result() for _, dest, future in self._pending}
 
     def commit(self, marker: str) -> None:
         """Wait for every pending ``fsync``, remove an old ``marker``, rename the
@@ -161,23 +181,81 @@ def step_dir(run_dir: str | os.PathLike[str], step: int) -> Path:
     return Path(run_dir) / f"step_{step:06d}"
 
 
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptFileError(
+            f"{path}: unreadable {what} ({exc}); the run directory is damaged: "
+            "restore it or run the training again into a new --out"
+        ) from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"{path}: not a {what}; restore it or run again")
+    return value
+
+
 def read_manifest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The run manifest (config and collected checkpoints).
+    """The run manifest (config, collected checkpoints, ``complete``, checksums).
 
     Raises:
         ValueError: If ``run_dir`` holds no manifest.
+        CorruptFileError: If the manifest is unreadable.
     """
     path = Path(run_dir) / MANIFEST_FILE
     if not path.is_file():
         raise ValueError(f"run_dir: no {MANIFEST_FILE} in {run_dir}")
-    with open(path) as handle:
-        return json.load(handle)
+    return _read_json(path, "run manifest")
+
+
+def verified_step_files(run_dir: str | os.PathLike[str], step: int) -> dict[str, Path]:
+    """The data files of a collected step, each checked against its checksum in
+    the step manifest.
+
+    Returns:
+        ``name -> path`` for :data:`STEP_FILES`.
+
+    Raises:
+        ValueError: If the step was not collected (completely).
+        CorruptFileError: If a file is missing, or its checksum differs from the
+            step manifest (truncated, corrupted or changed), or the step
+            manifest is unreadable or lists no checksums.
+    """
+    folder = step_dir(run_dir, step)
+    marker = folder / MANIFEST_FILE
+    if not marker.is_file():
+        raise ValueError(f"step: {step} was not collected in {run_dir}")
+    listed = _read_json(marker, "step manifest").get("files")
+    if not isinstance(listed, dict) or not set(STEP_FILES) <= set(listed):
+        raise CorruptFileError(
+            f"{marker}: lists no checksums of {', '.join(STEP_FILES)}; collect "
+            "the run again into a new --out"
+        )
+    remedy = "restore it or run the training again into a new --out"
+    out = {}
+    for name in STEP_FILES:
+        path = check_file(
+            folder / name, listed[name], listed_in=marker.name, remedy=remedy
+        )
+        out[name] = path
+    return out
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise CorruptFileError(
+            f"{path}: not a readable .npz archive ({exc}); restore it or run the "
+            "training again into a new --out"
+        ) from None
 
 
 def load_checkpoint_arrays(
     run_dir: str | os.PathLike[str], step: int
 ) -> tuple[dict[str, dict[str, np.ndarray]], GradientStats, dict[str, np.ndarray]]:
-    """Read one collected step.
+    """Read one collected step, each file checked against its checksum first.
 
     Returns:
         ``(factors, stats, params)``: ``factors[block]`` with keys ``A``, ``S``,
@@ -186,19 +264,16 @@ def load_checkpoint_arrays(
 
     Raises:
         ValueError: If the step was not collected (completely).
+        CorruptFileError: If a file is missing, truncated or corrupted
+            (:func:`verified_step_files`).
     """
-    folder = step_dir(run_dir, step)
-    if not (folder / MANIFEST_FILE).is_file():
-        raise ValueError(f"step: {step} was not collected in {run_dir}")
+    paths = verified_step_files(run_dir, step)
     factors: dict[str, dict[str, np.ndarray]] = {}
-    with np.load(folder / "factors.npz") as archive:
-        for key in archive.files:
-            block, field = key.rsplit("/", 1)
-            factors.setdefault(block, {})[field] = archive[key]
-    with np.load(folder / "stats.npz") as archive:
-        stats = GradientStats.from_arrays({k: archive[k] for k in archive.files})
-    with np.load(folder / "params.npz") as archive:
-        params = {k: archive[k] for k in archive.files}
+    for key, value in _load_npz(paths["factors.npz"]).items():
+        block, field = key.rsplit("/", 1)
+        factors.setdefault(block, {})[field] = value
+    stats = GradientStats.from_arrays(_load_npz(paths["stats.npz"]))
+    params = _load_npz(paths["params.npz"])
     return factors, stats, params
 
 
@@ -293,6 +368,7 @@ def collect_checkpoint(
         )
         stat_arrays = stats.to_arrays()
         files.add("stats.npz", lambda h: np.savez(h, **stat_arrays))
+        digests = files.digests()
         manifest = {
             "step": int(step),
             "num_examples": int(stats.num_examples),
@@ -303,6 +379,7 @@ def collect_checkpoint(
             "num_directions": int(sum(b.shape[0] * b.shape[1] for b in bases.values())),
             "collect_seconds": time.perf_counter() - start,
             **dict(extra or {}),
+            "files": digests,
         }
         text = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
         files.add(MANIFEST_FILE, lambda h: h.write(text))

@@ -6,9 +6,15 @@ calls :func:`~kfac_spectra.checkpoints.collect_checkpoint`, which writes one ste
 directory of the checkpoint store (:mod:`kfac_spectra.checkpoints`)::
 
     RUN/config.toml, RUN/config.json     the resolved configuration
-    RUN/manifest.json                    checkpoints collected so far
+    RUN/manifest.json                    checkpoints collected so far, whether the
+                                         run is complete, the SHA-256 of every file
     RUN/resume.pt                        model + optimizer + data position
     RUN/step_000050/...                  one collected step
+
+The run directory is a :mod:`nqm.run_folder`: one run at a time holds its lock
+(a second gets a one-line error naming the holder), every file is listed in the
+run manifest with its checksum, and a file is taken out of the manifest before
+it is rewritten.
 
 The Kronecker factors saved at step s are K-FAC's own moving averages
 (``factor_source="optimizer"``, the default: the basis K-FAC preconditions in, and
@@ -25,7 +31,11 @@ the epoch and the batch index within it) is written atomically. Every epoch's
 permutation is drawn from a generator seeded by ``(seed, epoch)``, so the data
 position is two integers. A killed run restarted with the same configuration
 continues from the last checkpoint and reproduces the uninterrupted run bit for
-bit; saved step directories are never deleted.
+bit; saved step directories are never deleted. Before it resumes, every file of
+the run manifest -- the resume state and the collected steps -- is checked
+against its checksum: a truncated or corrupted file is a one-line
+:class:`~nqm.run_folder.CorruptFileError` naming it, never a traceback and never
+a run that silently reports success.
 
 **Data parallel.** Under a ``torch.distributed`` process group (e.g. launched by
 ``torchrun --nproc-per-node N -m kfac_spectra run ...``, see
@@ -45,7 +55,9 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import logging
 import os
 import sys
@@ -65,6 +77,7 @@ from tqdm.auto import tqdm
 
 from kfac_spectra.checkpoints import (
     MANIFEST_FILE,
+    STEP_FILES,
     collect_checkpoint,
     load_checkpoint_arrays,
     read_manifest,
@@ -81,7 +94,7 @@ from kfac_spectra.train_config import (
     resolve_config,
 )
 from nqm.config import config_to_toml
-from nqm.io import write_atomic, write_json, write_text_atomic
+from nqm.run_folder import CorruptFileError, RunFolder, open_run_folder
 
 __all__ = [
     "FactorSource",
@@ -101,6 +114,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 RESUME_FILE = "resume.pt"
+#: The command named in the run directory's lock and manifest.
+RUN_COMMAND = "kfac_spectra run"
 
 
 @dataclass(frozen=True)
@@ -222,14 +237,17 @@ class _Run:
     collected: list[int] = dataclasses.field(default_factory=list)
 
 
-def _open_run(config: TrainConfig, run_dir: Path) -> _Run:
-    """Build data, networks and optimizer; continue a resume state if there is one.
+def _build_run(config: TrainConfig) -> _Run:
+    """Build data, networks and optimizer (no file of the run is touched).
 
     Raises:
-        ValueError: If ``run_dir`` holds a run with a different configuration.
+        ValueError: If a configuration value does not fit the data or model.
     """
     device = torch.device(config.device)
     data = _load_data(config)
+    n = data.x_train.shape[0]
+    if n < config.batch_size:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {n} examples")
     data = dataclasses.replace(
         data, x_train=data.x_train.to(device), y_train=data.y_train.to(device)
     )
@@ -240,12 +258,17 @@ def _open_run(config: TrainConfig, run_dir: Path) -> _Run:
         ids = [torch.cuda.current_device()] if device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids)
     optimizer = make_optimizer(config, net)
-    n_measure = min(config.measure_examples, data.x_train.shape[0])
-    pick = torch.randperm(
-        data.x_train.shape[0], generator=torch.Generator().manual_seed(config.seed)
-    )[:n_measure].to(device)
-    manifest = {"config": _config_dict(config), "checkpoints": []}
-    run = _Run(
+    n_measure = min(config.measure_examples, n)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))[
+        :n_measure
+    ].to(device)
+    manifest = {
+        "command": RUN_COMMAND,
+        "config": _config_dict(config),
+        "checkpoints": [],
+        "final_step": config.steps,
+    }
+    return _Run(
         data,
         model,
         net,
@@ -255,40 +278,85 @@ def _open_run(config: TrainConfig, run_dir: Path) -> _Run:
         data.y_train[pick],
         manifest,
     )
-    resume_path = run_dir / RESUME_FILE
-    if resume_path.is_file():
-        state = torch.load(resume_path, map_location=device, weights_only=False)
-        if state["config"] != _config_dict(config):
-            raise ValueError(
-                f"run_dir: {run_dir} holds a run with a different config; "
-                "choose a new directory"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        run.step, run.epoch = state["step"], state["epoch"]
-        run.batch_index = state["batch_index"]
-        run.collected = list(state["collected"])
-        if group_position()[0] == 0:
-            run.manifest = read_manifest(run_dir)
-        logger.info("resuming %s at step %d", run_dir, run.step)
-    return run
 
 
-def _checkpoint(config: TrainConfig, run_dir: Path, run: _Run) -> None:
-    """Collect the current step, then record it in the run manifest and the
-    resume state (both written atomically, the resume state last)."""
+def _check_same_config(config: TrainConfig, run_dir: Path) -> None:
+    """Refuse a directory that holds another run, before anything is written."""
+    path = run_dir / MANIFEST_FILE
+    if path.is_file() and read_manifest(run_dir).get("config") != _config_dict(config):
+        raise ValueError(
+            f"run_dir: {run_dir} holds a run with a different config; "
+            "choose a new directory"
+        )
+
+
+def _load_resume_state(path: Path, device: torch.device) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CorruptFileError(
+            f"{path}: not a readable resume state ({first}); delete it to train "
+            "again from step 0, or use a new --out"
+        ) from None
+
+
+def _resume(
+    config: TrainConfig, run_dir: Path, run: _Run, folder: RunFolder | None
+) -> None:
+    """Continue from the resume state, if there is one; rank 0 (``folder``) takes
+    only a resume state whose checksum the run manifest vouches for.
+
+    Raises:
+        ValueError: If ``run_dir`` holds a run with a different configuration.
+        CorruptFileError: If the resume state is not in the run manifest, or is
+            unreadable.
+    """
+    path = run_dir / RESUME_FILE
+    if folder is not None:
+        if RESUME_FILE not in folder.records:
+            if path.exists():
+                raise CorruptFileError(
+                    f"{path}: not in the run manifest, so it cannot be verified; "
+                    "delete it to train again from step 0, or use a new --out"
+                )
+            return
+    elif not path.is_file():
+        return
+    state = _load_resume_state(path, torch.device(config.device))
+    if not isinstance(state, dict) or state.get("config") != _config_dict(config):
+        raise ValueError(
+            f"run_dir: {run_dir} holds a run with a different config; "
+            "choose a new directory"
+        )
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.step, run.epoch = state["step"], state["epoch"]
+    run.batch_index = state["batch_index"]
+    run.collected = list(state["collected"])
+    if folder is not None:
+        run.manifest = {**run.manifest, **folder.meta}
+    logger.info("resuming %s at step %d", run_dir, run.step)
+
+
+def _checkpoint(config: TrainConfig, folder: RunFolder | None, run: _Run) -> None:
+    """Collect the current step, then record it in the run manifest and write
+    the resume state (each file listed with its checksum once it is written)."""
     step = run.step
     run.collected.append(step)
-    if group_position()[0] != 0:
+    if folder is None:
         return  # rank 0 collects and writes
-    entry = _collect(config, run_dir, run)
+    names = [f"{step_dir('', step).name}/{n}" for n in (*STEP_FILES, MANIFEST_FILE)]
+    for name in names:  # out of the manifest before they are written again
+        folder.file(name)
+    entry = _collect(config, folder.path, run)
+    for name in names:
+        folder.record(name)
     run.manifest["checkpoints"] = sorted(
         [c for c in run.manifest["checkpoints"] if c["step"] != step] + [entry],
         key=lambda c: c["step"],
     )
-    run.manifest["final_step"] = config.steps
-    run.manifest["complete"] = step == config.steps
-    write_json(run_dir / MANIFEST_FILE, run.manifest)
+    folder.checkpoint(run.manifest)
     state = {
         "config": _config_dict(config),
         "model": run.model.state_dict(),
@@ -298,7 +366,13 @@ def _checkpoint(config: TrainConfig, run_dir: Path, run: _Run) -> None:
         "batch_index": run.batch_index,
         "collected": run.collected,
     }
-    write_atomic(run_dir / RESUME_FILE, lambda h: torch.save(state, h))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    folder.write_bytes(RESUME_FILE, buffer.getvalue())
+    if step == config.steps:
+        folder.finish(run.manifest)
+    else:
+        folder.checkpoint(run.manifest)
 
 
 def train(
@@ -328,6 +402,9 @@ def train(
             configuration value does not fit the data/model, or the world size
             does not divide ``batch_size``.
         FloatingPointError: If the training loss becomes non-finite.
+        CorruptFileError: If a file the run resumes from (the resume state, a
+            collected step) is missing, truncated or corrupted.
+        FolderInUseError: If another run holds ``run_dir``.
     """
     begin = time.perf_counter()
     rank, world = group_position()
@@ -337,15 +414,43 @@ def train(
             f"{world} (each rank trains on batch_size / world examples)"
         )
     run_dir = Path(run_dir)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    run = _open_run(config, run_dir)
+    run = _build_run(config)  # every check before the directory is created
+    with contextlib.ExitStack() as stack:
+        folder = None
+        if rank == 0:
+            _check_same_config(config, run_dir)
+            folder = stack.enter_context(
+                open_run_folder(run_dir, command=RUN_COMMAND, resume=True)
+            )
+        _resume(config, run_dir, run, folder)
+        if world > 1:
+            dist.barrier()  # every rank has read the resume state: rank 0 writes
+        if folder is not None:
+            folder.write_text("config.toml", config_to_toml(config))
+            folder.write_json("config.json", _config_dict(config))
+            folder.checkpoint(run.manifest)
+        loss_value = _train_loop(config, run, folder, step_callback)
+        if folder is not None and run.step >= config.steps:
+            folder.finish(run.manifest)
     if world > 1:
-        dist.barrier()  # every rank has read the resume state before rank 0 writes
-    if rank == 0:
-        write_text_atomic(run_dir / "config.toml", config_to_toml(config))
-        write_json(run_dir / "config.json", _config_dict(config))
+        dist.barrier()  # rank 0's last files are written when any rank returns
+    return TrainResult(
+        run_dir, tuple(sorted(run.collected)), loss_value, time.perf_counter() - begin
+    )
 
+
+def _train_loop(
+    config: TrainConfig,
+    run: _Run,
+    folder: RunFolder | None,
+    step_callback: Callable[[int, float], None] | None,
+) -> float:
+    """Train from the run's position to ``config.steps``, collecting on the way.
+
+    Returns:
+        The last training batch loss (averaged over the ranks).
+    """
+    rank, world = group_position()
     batches = _epoch_batches(run.data, config, run.epoch, run.batch_index)
     net, optimizer = run.net, run.optimizer
     share = config.batch_size // world
@@ -354,7 +459,7 @@ def train(
     with tqdm(total=config.steps, initial=run.step, disable=not interactive) as bar:
         while True:
             if run.step in config.collect_steps and run.step not in run.collected:
-                _checkpoint(config, run_dir, run)
+                _checkpoint(config, folder, run)
             if run.step >= config.steps:
                 break
             run.epoch, run.batch_index, xb, yb = next(batches)
@@ -375,11 +480,7 @@ def train(
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if step_callback is not None:
                 step_callback(run.step, loss_value)
-    if world > 1:
-        dist.barrier()  # rank 0's last files are written when any rank returns
-    return TrainResult(
-        run_dir, tuple(sorted(run.collected)), loss_value, time.perf_counter() - begin
-    )
+    return loss_value
 
 
 def _mean_over_ranks(value: Tensor, world: int) -> float:

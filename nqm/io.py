@@ -26,6 +26,8 @@ __all__ = [
     "write_atomic",
     "write_text_atomic",
     "jsonable",
+    "json_text",
+    "csv_text",
     "write_json",
     "write_csv",
     "write_table",
@@ -97,6 +99,11 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as the indented strict JSON text :func:`write_json` writes."""
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented strict JSON (see :func:`jsonable`), atomically.
 
@@ -107,8 +114,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     Returns:
         The destination path.
     """
-    text = json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return write_text_atomic(path, text)
+    return write_text_atomic(path, json_text(obj))
 
 
 def _csv_cell(value: Any) -> Any:
@@ -127,25 +133,11 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
-def write_csv(
-    path: str | os.PathLike,
+def csv_text(
     rows: Iterable[Mapping[str, Any] | Sequence[Any]],
     columns: Sequence[str] | None = None,
-) -> Path:
-    """Write a tidy CSV (one row per record, ``\\n`` line ends) atomically.
-
-    Missing cells and ``None`` are empty, infinities are ``inf``/``-inf``, floats
-    are written with :func:`repr` (round-trip exact), sequences are ``;``-joined.
-
-    Args:
-        path: destination ``.csv``; its directory must exist.
-        rows: records, each a mapping from column name to value, or each a
-            sequence of cells in the order of ``columns``.
-        columns: column order (the header); default for mappings: first-seen
-            order over all rows. Required for sequence rows.
-
-    Returns:
-        The destination path.
+) -> str:
+    """The tidy CSV text :func:`write_csv` writes (see there for the format).
 
     Raises:
         ValueError: for sequence rows without ``columns``, or a sequence row
@@ -176,7 +168,34 @@ def write_csv(
                     f"rows: a row has {len(cells)} cells for {len(columns)} columns"
                 )
         w.writerow([_csv_cell(v) for v in cells])
-    return write_text_atomic(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_csv(
+    path: str | os.PathLike,
+    rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+    columns: Sequence[str] | None = None,
+) -> Path:
+    """Write a tidy CSV (one row per record, ``\\n`` line ends) atomically.
+
+    Missing cells and ``None`` are empty, infinities are ``inf``/``-inf``, floats
+    are written with :func:`repr` (round-trip exact), sequences are ``;``-joined.
+
+    Args:
+        path: destination ``.csv``; its directory must exist.
+        rows: records, each a mapping from column name to value, or each a
+            sequence of cells in the order of ``columns``.
+        columns: column order (the header); default for mappings: first-seen
+            order over all rows. Required for sequence rows.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        ValueError: for sequence rows without ``columns``, or a sequence row
+            whose length differs from ``columns``.
+    """
+    return write_text_atomic(path, csv_text(rows, columns))
 
 
 def write_table(

@@ -125,6 +125,10 @@ class WorkloadSpec:
         object.__setattr__(self, "metric", _enum(MetricName, self.metric, "metric"))
         if not (isinstance(self.target, (int, float)) and math.isfinite(self.target)):
             raise ValueError(f"target must be a finite number, got {self.target!r}")
+        if self.target < 0:  # no loss or error rate ever reaches it
+            raise ValueError(
+                f"target must be >= 0 (a loss or error), got {self.target}"
+            )
         if self.metric is MetricName.TEST_ERROR and not 0 <= self.target <= 1:
             raise ValueError(
                 f"target of test_error must lie in [0, 1], got {self.target}"

@@ -12,9 +12,12 @@ import csv
 import json
 import math
 import os
+import pickle
 import re
+import shutil
 import subprocess
 import sys
+import time
 from itertools import pairwise
 from pathlib import Path
 
@@ -35,6 +38,8 @@ TINY = [
     "--targets", "0.05",
     "--threshold-targets", "0.1,0.05",
 ]  # fmt: skip
+#: A tuning time no curve here takes: marks records read from a journal entry.
+SENTINEL_SECONDS = 98765.5
 FIGURE_NAMES = (
     "steps_vs_batch_by_family",
     "steps_vs_batch_by_power",
@@ -307,3 +312,50 @@ def test_executor_options_reach_the_config(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "pip install .[ray]" in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_a_rerun_after_a_kill_resumes_from_the_journal(tmp_path):
+    """SIGKILL once a curve is journalled; the rerun finishes with the records
+    of an uninterrupted run and removes the journal. A tampered entry in a copy
+    of the killed run (its tuning time) shows up in that copy's records: the rerun read it rather
+    than tuning again."""
+    argv = [*TINY, "--families", "sgd,momentum", "--no-figures", "--workers", "1"]
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "analysis", "nqm-scaling", *argv, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    journal = killed / ".journal"
+    deadline = time.monotonic() + 120
+    while not list(journal.glob("*.pkl")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no curve journalled in 120 s"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    entries = sorted(journal.glob("*.pkl"))
+    if not entries:
+        pytest.skip("the run finished before it could be killed")
+    tampered = tmp_path / "tampered"
+    shutil.copytree(killed, tampered)
+    entry = tampered / ".journal" / entries[0].name
+    out = pickle.loads(entry.read_bytes())
+    for recs, _ in out:
+        for r in recs:
+            r["seconds"] = SENTINEL_SECONDS
+    entry.write_bytes(pickle.dumps(out))
+
+    fresh = tmp_path / "fresh"
+    for d in (killed, tampered, fresh):
+        assert main(["nqm-scaling", *argv, "--out", str(d)]) == 0
+        assert not (d / ".journal").exists()
+
+    def records(d):
+        return [{k: v for k, v in r.items() if k != "seconds"}
+                for r in _read_csv(d / "records.csv")]  # fmt: skip
+
+    assert records(killed) == records(fresh)
+
+    def seconds(d):
+        return {float(r["seconds"]) for r in _read_csv(d / "records.csv")}
+
+    assert SENTINEL_SECONDS in seconds(tampered)
+    assert SENTINEL_SECONDS not in seconds(killed) | seconds(fresh)

@@ -10,6 +10,7 @@ families that contain SGD never slower than SGD).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from itertools import pairwise
@@ -20,6 +21,7 @@ import pytest
 import nqm
 from analysis import scaling
 from analysis.config import ScalingConfig
+from analysis.journal import ResultJournal
 from nqm.search import Family, TuneResult, best_steps
 
 #: Tiny problem shared by the property tests (d = 30, h_i = c_i = 1/i).
@@ -574,3 +576,31 @@ def test_schedule_shapes_handle_constant_fallbacks_per_record():
     assert flat and all(v == 0.3 for v in flat)
     lin = {r["step"]: r["lr"] for r in rows if r["batch_size"] == 4}
     assert lin[0] == 1.0 and lin[10] == pytest.approx(0.75, rel=RTOL)
+
+
+def counted_best_steps(*args, log: str, **kwargs):
+    """The tuner, appending one line to ``log`` per call."""
+    with open(log, "a") as f:
+        f.write("call\n")
+    return best_steps(*args, **kwargs)
+
+
+def test_a_journalled_study_resumes_without_tuning_again(problem, tmp_path):
+    """A rerun with the journal of a finished (or killed) run tunes nothing and
+    returns the same records (oracles: the same study without a journal, and
+    the tuner's call log)."""
+    log = tmp_path / "calls.log"
+    search = functools.partial(counted_best_steps, log=str(log))
+    args = (problem, FAST_FAMILIES, [0.0, 1.0], BATCH_SIZES, [TARGET])
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
+
+    plain = scaling.run_study(*args, progress=False, search=search)
+    calls = len(log.read_text().split())
+    journal = ResultJournal(tmp_path / "journal", salt="test")
+    first = scaling.run_study(*args, progress=False, search=search, journal=journal)
+    assert len(log.read_text().split()) == 2 * calls and strip(first) == strip(plain)
+    again = scaling.run_study(*args, progress=False, search=search, journal=journal)
+    assert len(log.read_text().split()) == 2 * calls  # nothing tuned again
+    assert again == first
