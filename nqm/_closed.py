@@ -364,6 +364,10 @@ def _sgd_terms(s, alpha, t):
     """SGD: :math:`F = (1-s)^{2t}`, :math:`G = \\alpha^2 (1 - (1-s)^{2t})/(s(2-s))`."""
     log_abs, _ = _log_abs(1.0 - s, s, 2.0 - s)
     x = 2.0 * t * log_abs
+    zero_steps = np.asarray(t) == 0
+    if np.any(zero_steps):
+        # (1 - s)^0 = 1 also where s = 1 exactly (log 0 = -inf, and 0 * -inf is nan)
+        x = np.where(zero_steps, 0.0, x)
     F = np.exp(x)
     G = alpha * alpha * (-np.expm1(x)) / (s * (2.0 - s))
     G = np.where(s == 2.0, alpha * alpha * t, G)  # |1 - s| = 1 exactly

@@ -43,12 +43,14 @@ and is never worse than their results (``contained``, computed if not given).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import optimize
 
+from ._pointwise import pointwise_terms
 from .crossing import steps_to_target
 from .dynamics import CLOSED_FORM_RTOL, _modes, risk_terms
 from .families import MAX_STEPS, ConstantSetting, Family, TuneResult
@@ -181,6 +183,82 @@ class _Evaluations:
         self.count += n
 
 
+class _Request:
+    """One pending loss evaluation of a :class:`_Batcher`."""
+
+    __slots__ = ("problem", "rtol", "x", "t", "b", "value", "error", "done")
+
+    def __init__(self, problem, rtol, x, t, b) -> None:
+        self.problem, self.rtol, self.x, self.t, self.b = problem, rtol, x, t, b
+        self.value = self.error = None
+        self.done = False
+
+
+class _Batcher:
+    """Loss evaluations of concurrent local searches, made in one call.
+
+    Each batch size's stages 2 and 3 run in a thread of their own, one after
+    the other as alone (scipy's searches unchanged). A thread that needs
+    :math:`L_B(t; x)` on a surrogate files it here and waits; once every live
+    thread waits, the last one evaluates all filed points in one
+    :func:`~nqm._pointwise.pointwise_terms` call per (problem, rtol), each point
+    at its own step and batch size, and wakes the others. A point's value does
+    not depend on the points it is evaluated with (it is the one-setting value
+    of :func:`~nqm.dynamics.risk_terms`), and every live thread files exactly its
+    next point, so the results do not depend on how threads are scheduled. The
+    searches are sequential in their own evaluations; evaluated together, their
+    numpy overhead per call is shared by every batch size still searching.
+    """
+
+    def __init__(self, space: _Space, threads: int) -> None:
+        self._space = space
+        self._live = threads
+        self._pending: list[_Request] = []
+        self._cv = threading.Condition()
+
+    def loss(self, problem, x, t, b, rtol) -> float:
+        """:math:`L_b(t; x)` on ``problem`` (``inf`` where not finite)."""
+        req = _Request(problem, rtol, np.asarray(x, dtype=np.float64), int(t), b)
+        with self._cv:
+            self._pending.append(req)
+            self._flush_if_all_wait()
+            while not req.done:
+                self._cv.wait()
+        if req.error is not None:
+            raise req.error
+        return req.value
+
+    def leave(self) -> None:
+        """A thread is done: the others no longer wait for its points."""
+        with self._cv:
+            self._live -= 1
+            self._flush_if_all_wait()
+
+    def _flush_if_all_wait(self) -> None:
+        if not self._pending or len(self._pending) < self._live:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            groups: dict[tuple[int, float], list[_Request]] = {}
+            for req in batch:
+                groups.setdefault((id(req.problem), req.rtol), []).append(req)
+            for reqs in groups.values():
+                a, be, g = self._space.params(np.stack([r.x for r in reqs]))
+                t = np.array([r.t for r in reqs], dtype=np.int64)
+                d, n = pointwise_terms(
+                    reqs[0].problem, a, be, g, self._space.p, t, rtol=reqs[0].rtol
+                )
+                vals = _losses(d, n, np.array([r.b for r in reqs], dtype=np.float64))
+                for r, v in zip(reqs, vals, strict=True):
+                    r.value = float(v)
+        except Exception as err:  # every waiting search raises it
+            for req in batch:
+                req.error = err
+        for req in batch:
+            req.done = True
+        self._cv.notify_all()
+
+
 class _Bracket(NamedTuple):
     """Steps ``lo < hi`` around the first step count that reaches the target on
     the surrogate: no grid point reaches it at ``lo`` (best loss ``loss_lo``);
@@ -228,8 +306,9 @@ def _loss(problem, space, x, t, b, rtol=CLOSED_FORM_RTOL):
     return _losses(*risk_terms(problem, a, be, g, space.p, int(t), rtol=rtol), b)
 
 
-def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL):
-    """Minimise log L_B(t; x) locally from x0; returns (x, loss)."""
+def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL, batch=None):
+    """Minimise log L_B(t; x) locally from x0; returns (x, loss). With a
+    :class:`_Batcher`, every loss is evaluated through it."""
 
     seen = {}  # the end point and the start are usually evaluated already
 
@@ -237,7 +316,10 @@ def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL):
         key = np.asarray(x, dtype=np.float64).tobytes()
         if key not in seen:
             spent.add(1)
-            v = float(_loss(problem, space, x, t, b, rtol))
+            if batch is None:
+                v = float(_loss(problem, space, x, t, b, rtol))
+            else:
+                v = batch.loss(problem, x, t, b, rtol)
             seen[key] = math.log(v) if v > 0 and math.isfinite(v) else 1e300
         return seen[key]
 
@@ -377,25 +459,65 @@ def _tune_constant(
     G = space.grid(grid or space.grid_sizes())
     spent = _Evaluations()
     brackets = _brackets(surr, space, G, bs, target, spent)
+    found = _searches_together(
+        problem, surr, fine, space, G, bs, brackets, target, polish
+    )
     results = []
-    for b, bracket in zip(bs, brackets, strict=True):
-        if bracket is None:
-            results.append(
-                TuneResult(math.inf, None, fam, float(b), p, target, spent.count)
-            )
+    total = spent.count  # counted as if the batch sizes ran one after the other
+    for b, one in zip(bs, found, strict=True):
+        if one is None:
+            results.append(TuneResult(math.inf, None, fam, float(b), p, target, total))
             continue
-        # Stage 2: smallest t on the surrogate with min_x L <= target.
-        t_s, x = _first_t_guarded(surr, space, G, bracket, b, target, spent)
-        # Stage 3: exact certification and polish.
-        steps, setting = _certify(
-            problem, fine, space, x, t_s, b, target, polish, spent
-        )
+        steps, setting, own = one
+        total += own
         results.append(
-            TuneResult(
-                steps, setting.optimizer(), fam, float(b), p, target, spent.count
-            )
+            TuneResult(steps, setting.optimizer(), fam, float(b), p, target, total)
         )
     return results
+
+
+def _searches_together(problem, surr, fine, space, G, bs, brackets, target, polish):
+    """Stages 2 and 3 of every batch size with a bracket, side by side.
+
+    Each batch size searches in its own thread, its losses evaluated together
+    with the other batch sizes' through one :class:`_Batcher`; the results are
+    those of searching the batch sizes one after the other.
+
+    Returns:
+        Per batch size, ``None`` (no bracket) or ``(steps, setting,
+        evaluations)``.
+    """
+    todo = [i for i, br in enumerate(brackets) if br is not None]
+    out: list[Any] = [None] * len(brackets)
+    errors: list[BaseException] = []
+    batch = _Batcher(space, len(todo))
+
+    def search(i):
+        try:
+            own = _Evaluations()
+            b = bs[i]
+            # Stage 2: smallest t on the surrogate with min_x L <= target.
+            t_s, x = _first_t_guarded(
+                surr, space, G, brackets[i], b, target, own, batch
+            )
+            # Stage 3: exact certification and polish.
+            steps, setting = _certify(
+                problem, fine, space, x, t_s, b, target, polish, own, batch
+            )
+            out[i] = (steps, setting, own.count)
+        except BaseException as err:  # re-raised by the caller's thread
+            errors.append(err)
+        finally:
+            batch.leave()
+
+    threads = [threading.Thread(target=search, args=(i,)) for i in todo]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return out
 
 
 def _brackets(surr, space, G, bs, target, spent):
@@ -447,7 +569,7 @@ def _brackets(surr, space, G, bs, target, spent):
     return bracket
 
 
-def _certify(problem, fine, space, x, t_s, b, target, polish, spent):
+def _certify(problem, fine, space, x, t_s, b, target, polish, spent, batch=None):
     """Stage 3: the exact steps of ``x`` on the full problem (searched from the
     surrogate's ``t_s``), then up to ``polish`` rounds of a local search at one
     step fewer on the finer surrogate ``fine``, each kept only if its exact steps
@@ -461,7 +583,7 @@ def _certify(problem, fine, space, x, t_s, b, target, polish, spent):
     setting = space.setting(x)
     steps = steps_to_target(problem, setting, b, target, guess=t_s)
     for _ in range(polish if math.isfinite(steps) and steps > 1 else 0):
-        xm, val = _local_min(fine, space, x, steps - 1, b, spent, fine_rtol)
+        xm, val = _local_min(fine, space, x, steps - 1, b, spent, fine_rtol, batch)
         if val > target:
             break
         cand = space.setting(xm)
@@ -492,7 +614,7 @@ _RESTARTS = 3
 _GUARD_NEAR = 1.5
 
 
-def _first_t_guarded(surr, space, G, bracket, b, target, spent):
+def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None):
     """Stage 2 with a global check: ``(t, x)``, the first ``t`` on the surrogate
     (within 1e-3 relative) at which ``x`` reaches the target, from stage 1's
     :class:`_Bracket`.
@@ -511,7 +633,7 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent):
     starts = sorted([(l_hi, 0, x), (float(lp[0, 0]), 1, xp[0, 0])], key=lambda s: s[:2])
     (l_hi, _, x), (_, _, other) = starts
     t_hi, x = _first_t_on_surrogate(
-        surr, space, x, lo, hi, l_lo, l_hi, b, target, spent
+        surr, space, x, lo, hi, l_lo, l_hi, b, target, spent, batch
     )
     for _ in range(_RESTARTS):
         probe = t_hi - max(1, int(_T_RTOL * t_hi))
@@ -522,23 +644,29 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent):
         for x0, l0 in [(xp[0, k], lp[0, k]) for k in range(xp.shape[1])] + [
             (other, None)
         ]:
-            if l0 is None:
+            if l0 is None and batch is not None:
+                l0 = batch.loss(surr, x0, probe, b, _SURROGATE_RTOL)
+            elif l0 is None:
                 l0 = float(_loss(surr, space, x0, probe, b, _SURROGATE_RTOL))
             if l0 > _GUARD_NEAR * target:
                 continue  # a local refinement will not close that gap
-            xm, val = _local_min(surr, space, x0, probe, b, spent, _SURROGATE_RTOL)
+            xm, val = _local_min(
+                surr, space, x0, probe, b, spent, _SURROGATE_RTOL, batch
+            )
             if val <= target:
                 found = (xm, val)
                 break
         if found is None:
             break
         t_hi, x = _first_t_on_surrogate(
-            surr, space, found[0], lo, probe, l_lo, found[1], b, target, spent
+            surr, space, found[0], lo, probe, l_lo, found[1], b, target, spent, batch
         )
     return t_hi, x
 
 
-def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, spent):
+def _first_t_on_surrogate(
+    surr, space, x, lo, hi, l_lo, l_hi, b, target, spent, batch=None
+):
     """Smallest t (within 1e-3 relative) with :math:`\\min_x L_B(t; x) \\le`
     target on the surrogate, from a bracket: ``lo`` fails, ``hi`` succeeds with
     ``x`` (grid losses ``l_lo > target >= l_hi``).
@@ -559,7 +687,7 @@ def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, spent):
             frac = min(max(g_lo / (g_lo - g_hi), 0.05), 0.95)
             mid = round(math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo))))
             mid = min(max(mid, lo + 1), hi - 1)
-        xm, val = _local_min(surr, space, x, mid, b, spent, _SURROGATE_RTOL)
+        xm, val = _local_min(surr, space, x, mid, b, spent, _SURROGATE_RTOL, batch)
         g_mid = math.log(max(val, 1e-300) / target) if math.isfinite(val) else math.inf
         if val <= target:
             hi, x, g_hi = mid, xm, g_mid
@@ -859,8 +987,15 @@ def _certified_schedule(
         ),
         precond_power=p,
     )
-    # only an improvement on the baseline matters: stop the search below it
-    found = steps_to_target(problem, cand, b, target, max_steps=_below(base.steps))
+    # Only an improvement on the baseline matters: stop the search below it. The
+    # surrogate's run length is a guess of the answer: the search for an upper
+    # end starts there instead of at one step (every step below is certified
+    # either way, so the answer does not depend on it).
+    limit = _below(base.steps)
+    guess = max(int(steps), 1) if limit is None else min(max(int(steps), 1), limit)
+    found = steps_to_target(
+        problem, cand, b, target, max_steps=limit, guess=guess if guess >= 1 else None
+    )
     if base.steps <= found:
         return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
                           evaluations)  # fmt: skip

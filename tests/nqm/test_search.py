@@ -534,3 +534,21 @@ def test_saturated_schedule_logits_give_a_valid_certified_schedule(small):
 
     vals = 2.0 * _schedule_values(Family.PWC, torch.tensor(clipped[None]), 10)
     assert float(vals.min()) > 0 and float(vals.max()) <= 2.0
+
+
+def test_schedule_piece_starting_at_unit_step_size():
+    """A piece whose lr makes ``lr * h = 1`` for a mode (that mode is zeroed in
+    one step) starts at step 8, which the search for an upper end visits: the
+    loss there is finite, and the first crossing is the step-by-step oracle's."""
+    problem = nqm.NQMProblem.power_law(4)  # h = 1, 1/2, 1/3, 1/4
+    opt = nqm.Optimizer(nqm.PiecewiseConstant((8,), (0.5, 1.0)))
+    batch = 64.0
+    steps = np.arange(41)
+    want = brute_force_problem_loss(
+        problem, lambda t: 0.5 if t < 8 else 1.0, 0.0, 0.0, 0.0, batch, steps
+    )
+    got = nqm.expected_loss(problem, opt, batch, steps)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    target = float(want[20])
+    first = int(np.nonzero(want <= target)[0][0])
+    assert steps_to_target(problem, opt, batch, target) == first
