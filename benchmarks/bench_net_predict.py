@@ -102,8 +102,9 @@ def main() -> None:
           f"{cfg.target}; floor {pred['floor']:.4f}; {pred['modes']} modes, NQM "
           f"initial loss {pred['initial']:.4g}; NQM target {pred['target']:.4g} "
           f"(relative mapping; the excess mapping's {pred['excess']:.4g})")  # fmt: skip
-    steps = [r["steps"] for r in pred["rows"]]
-    print(f"  tuned NQM records: {len(steps)}, steps {min(steps)} to {max(steps)}")
+    steps = [s for r in pred["rows"] for s in r["steps"]]
+    print(f"  tuned NQM curves: {len(pred['rows'])}, {len(steps)} points, steps "
+          f"{min(steps):.0f} to {max(steps):.0f}")  # fmt: skip
     for name, s in pred["times"].items():
         print(f"  prediction: {name:28s} {s:8.1f} s")
     print(f"  prediction side total            {pred_s:8.1f} s")
