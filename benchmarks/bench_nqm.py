@@ -163,7 +163,7 @@ def random_settings(problem, n: int, rng: np.random.Generator) -> list[tuple]:
 
 
 # ----------------------------------------------------------------------- main
-def main(argv=None) -> None:
+def _parse(argv) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dim", type=int, default=10_000)
     ap.add_argument("--steps", type=int, default=1_000_000)
@@ -180,33 +180,18 @@ def main(argv=None) -> None:
         help="leave glibc's heap trimming on (see nqm.runtime); by default freed "
         "memory is kept, as the analysis CLI does",
     )
-    args = ap.parse_args(argv)
-    kept = False if args.default_allocator else nqm.runtime.keep_freed_memory()
+    return ap.parse_args(argv)
 
-    problem = nqm.NQMProblem.power_law(dim=args.dim)
-    beta, gamma, p = 0.9, 0.99, 0.5
-    lr = 0.5 * nqm.max_stable_lr(problem, momentum=beta, precond_power=p)
+
+def hand_picked_table(problem, setting, sgd_lr, b, r, horizons) -> list[tuple]:
+    """(a) and (b) at the hand-picked setting, at each horizon; returns
+    ``(t, ours / (a), (b) / ours, rel diff to (b), rel diff of (a))`` rows."""
+    lr, beta, gamma, p = setting
     opt = nqm.Optimizer(lr, momentum=beta, ema=gamma, precond_power=p)
-    sgd_lr = 0.5 * nqm.max_stable_lr(problem)
-    b, r = args.batch, args.rounds
-
-    print(
-        f"d = {args.dim} power-law modes (h = c = 1/i), B = {b:g}; CPU time per "
-        f"call, one thread, methods interleaved over {r} rounds (doubling: "
-        f"{max(3, r // 10)}), medians"
-    )
-    print(
-        f"setting: lr = {lr:.4g}, momentum = {beta}, ema = {gamma}, precond_power = {p}"
-    )
-    print(
-        "allocator: "
-        + ("freed memory kept (nqm.runtime)" if kept else "glibc defaults (trimming)")
-    )
-    print()
     print("| t | ours | (a) sgd_risk | ours / (a) | (b) doubling | (b) / ours |")
     print("|---|---|---|---|---|---|")
     verdicts = []
-    for t in (args.steps, args.short_steps):
+    for t in horizons:
         times, vals = interleaved(
             {
                 "ours": lambda t=t: nqm.expected_loss(problem, opt, b, t),
@@ -217,9 +202,7 @@ def main(argv=None) -> None:
         dtimes, dvals = interleaved(
             {
                 "ours": lambda t=t: nqm.expected_loss(problem, opt, b, t),
-                "dbl": lambda t=t: doubling_reference(
-                    problem, lr, beta, gamma, p, b, t
-                ),
+                "dbl": lambda t=t: doubling_reference(problem, *setting, b, t),
             },
             max(3, r // 10),
         )
@@ -234,25 +217,29 @@ def main(argv=None) -> None:
         rel = abs(vals["ours"] / dvals["dbl"] - 1)
         sgd_exact = nqm.expected_loss(problem, nqm.Optimizer(sgd_lr), b, t)
         verdicts.append((t, ratio_a, ratio_b, rel, abs(vals["sgd"] / sgd_exact - 1)))
+    return verdicts
 
-    n_loop = args.loop_steps
+
+def loop_and_agreement(problem, setting, b, steps, n_loop, verdicts) -> None:
+    """(c) the step loop (extrapolated), page faults per evaluation, and how
+    the methods agree; then the targets of the hand-picked rows."""
+    lr, beta, gamma, p = setting
+    opt = nqm.Optimizer(lr, momentum=beta, ema=gamma, precond_power=p)
     ltimes, lvals = interleaved(
         {
-            "loop": lambda: step_loop(problem, lr, beta, gamma, p, b, n_loop),
+            "loop": lambda: step_loop(problem, *setting, b, n_loop),
             "ours": lambda: nqm.expected_loss(problem, opt, b, n_loop),
         },
         3,
     )
-    t_loop = statistics.median(ltimes["loop"]) * args.steps / n_loop
+    t_loop = statistics.median(ltimes["loop"]) * steps / n_loop
     t_ours = statistics.median(ltimes["ours"])
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(20):
-        nqm.expected_loss(problem, opt, b, args.steps)
+        nqm.expected_loss(problem, opt, b, steps)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / 20
     print()
-    print(
-        f"minor page faults per evaluation of ours (t={args.steps:.0e}): {faults:.1f}"
-    )
+    print(f"minor page faults per evaluation of ours (t={steps:.0e}): {faults:.1f}")
     print()
     print("agreement:")
     for t, _, _, rel, rel_sgd in verdicts:
@@ -267,7 +254,7 @@ def main(argv=None) -> None:
     print(
         f"(c) step loop: {n_loop} steps took "
         f"{statistics.median(ltimes['loop']) * 1e3:.3g} ms; linear extrapolation to "
-        f"{args.steps:.0e} steps gives {t_loop:.3g} s, {t_loop / t_ours:.3g}x ours"
+        f"{steps:.0e} steps gives {t_loop:.3g} s, {t_loop / t_ours:.3g}x ours"
     )
     print()
     for t, ratio_a, ratio_b, _, _ in verdicts:
@@ -278,30 +265,65 @@ def main(argv=None) -> None:
         )
     print()
 
-    families = {
-        "sgd": nqm.Optimizer(sgd_lr),
-        "momentum": nqm.Optimizer(lr, momentum=beta),
-        "ema": nqm.Optimizer(sgd_lr, ema=gamma),
-        "momentum+ema": nqm.Optimizer(lr, momentum=beta, ema=gamma),
-        "momentum+ema+precond": opt,
-    }
-    for t in (args.steps, args.short_steps):
+
+def family_table(problem, families, b, rounds, horizons) -> None:
+    """``expected_loss`` per family at each horizon."""
+    for t in horizons:
         times, vals = interleaved(
             {
                 name: (lambda o=o, t=t: nqm.expected_loss(problem, o, b, t))
                 for name, o in families.items()
             },
-            max(3, r // 4),
+            rounds,
         )
-        print(f"| family (d = {args.dim}, t = {t:.0e}) | expected_loss | value |")
+        print(
+            f"| family (d = {problem.n_modes}, t = {t:.0e}) | expected_loss | value |"
+        )
         print("|---|---|---|")
         for name in families:
             ms = statistics.median(times[name]) * 1e3
             print(f"| {name} | {ms:.3g} ms | {vals[name]:.12g} |")
         print()
 
+
+def main(argv=None) -> None:
+    args = _parse(argv)
+    kept = False if args.default_allocator else nqm.runtime.keep_freed_memory()
+    problem = nqm.NQMProblem.power_law(dim=args.dim)
+    beta, gamma, p = 0.9, 0.99, 0.5
+    lr = 0.5 * nqm.max_stable_lr(problem, momentum=beta, precond_power=p)
+    setting = (lr, beta, gamma, p)
+    sgd_lr = 0.5 * nqm.max_stable_lr(problem)
+    b, r = args.batch, args.rounds
+    horizons = (args.steps, args.short_steps)
+
+    print(
+        f"d = {args.dim} power-law modes (h = c = 1/i), B = {b:g}; CPU time per "
+        f"call, one thread, methods interleaved over {r} rounds (doubling: "
+        f"{max(3, r // 10)}), medians"
+    )
+    print(
+        f"setting: lr = {lr:.4g}, momentum = {beta}, ema = {gamma}, precond_power = {p}"
+    )
+    print(
+        "allocator: "
+        + ("freed memory kept (nqm.runtime)" if kept else "glibc defaults (trimming)")
+    )
+    print()
+    verdicts = hand_picked_table(problem, setting, sgd_lr, b, r, horizons)
+    loop_and_agreement(problem, setting, b, args.steps, args.loop_steps, verdicts)
+    families = {
+        "sgd": nqm.Optimizer(sgd_lr),
+        "momentum": nqm.Optimizer(lr, momentum=beta),
+        "ema": nqm.Optimizer(sgd_lr, ema=gamma),
+        "momentum+ema": nqm.Optimizer(lr, momentum=beta, ema=gamma),
+        "momentum+ema+precond": nqm.Optimizer(
+            lr, momentum=beta, ema=gamma, precond_power=p
+        ),
+    }
+    family_table(problem, families, b, max(3, r // 4), horizons)
     if args.settings:
-        hand = (lr, beta, gamma, p, args.steps)
+        hand = (*setting, args.steps)
         random_table(problem, args.settings, hand, b, max(3, r // 10), args.steps)
 
 
