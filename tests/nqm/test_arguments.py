@@ -140,7 +140,8 @@ def test_bad_argument_is_one_line_naming_it(case):
 
 
 def test_max_steps_is_never_truncated():
-    """max_steps = 3.5 used to act as 3; an integral float is the integer."""
+    """max_steps = 3.5 is refused, never truncated to 3; an integral float is the
+    integer."""
     prob, opt = _problem_and_opt()
     target = float(nqm.expected_loss(prob, opt, 4, 4))
     assert nqm.steps_to_target(prob, opt, 4, target, max_steps=4.0) == 4
