@@ -307,7 +307,7 @@ def _reference_inputs(
     timings["estimate"] = time.perf_counter() - t
     recorded: list[str] = []
     if figs is not None:
-        from kfac_spectra.__main__ import write_report
+        from kfac_spectra.report import write_report
 
         summary = write_report(
             run_dir, figs.path / "spectra", nqm_step=plan["checkpoints"][0]

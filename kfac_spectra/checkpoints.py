@@ -231,9 +231,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         return read_npz(path, "checkpoint file")
     except ValueError as exc:
-        raise CorruptFileError(
-            f"{exc}; {_REMEDY}"
-        ) from None
+        raise CorruptFileError(f"{exc}; {_REMEDY}") from None
 
 
 def load_checkpoint_arrays(

@@ -4,7 +4,7 @@ Each function takes the rows of ``prediction.json`` (also written beside each
 figure as CSV) and returns a matplotlib :class:`~matplotlib.figure.Figure` on
 an explicit Agg canvas; they compute nothing but grouping and drawing. The
 spectrum and the H-vs-C scatter the prediction used are the reference run's
-own report figures (:func:`kfac_spectra.__main__.write_report`).
+own report figures (:func:`kfac_spectra.report.write_report`).
 """
 
 from __future__ import annotations
