@@ -91,6 +91,9 @@ _SWEEP_OPTIONS: tuple[tuple[str, str], ...] = (
 
 
 _COMMAND = "net-scaling"
+#: The archive's measurements column read by default (Shallue et al.'s
+#: training cross-entropy).
+ARCHIVE_METRIC = "train/cross_entropy_error"
 _SUMMARY = "measured steps to target vs batch size for tuned optimizers"
 
 
@@ -135,8 +138,7 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     )
     a.add_argument(
         "--archive-metric",
-        default="train/cross_entropy_error",
-        help="measurements column of the archive (default train/cross_entropy_error)",
+        help=f"measurements column of the archive (default {ARCHIVE_METRIC})",
     )
     common.add_run_options(
         p,
@@ -211,15 +213,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     identity = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_FIELDS}
     archive = getattr(args, "archive", None)
+    metric = getattr(args, "archive_metric", None)
+    if archive is None and metric is not None:
+        raise ValueError("archive_metric: it applies to --archive DIR only")
     if archive is not None:
         from analysis.netscale.archive import read_workload
 
-        identity = {"archive": str(archive), "metric": args.archive_metric}
+        metric = metric or ARCHIVE_METRIC
+        identity = {"archive": str(archive), "metric": metric}
         identity["target"] = cfg.target
         _check_same_sweep(Path(cfg.out), identity)
-        _, records = read_workload(
-            archive, metric=args.archive_metric, target=cfg.target
-        )
+        _, records = read_workload(archive, metric=metric, target=cfg.target)
     else:
         _check_same_sweep(Path(cfg.out), identity)
         _check_workload(cfg)

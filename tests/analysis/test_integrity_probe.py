@@ -71,22 +71,54 @@ WORKLOAD_TOML = "num_samples = 400\neval_size = 100\nwidth = 0.125\n"
 BAD_NQM = (
     "--batch-sizes=0 --batch-sizes=x --families=nope --powers=2 --targets=-1 "
     "--dim=0 --dim=2.5 --workers=-3 --device=nowhere --executor=slurm "
-    "--ray-address=x:1 --problem=missing.npz --problem=. --config=missing.toml"
+    "--ray-address=x:1 --problem=missing.npz --problem=. --config=missing.toml "
+    "--dim=x --dim=-5 --dim=nan --h-power=x --h-power=nan --c-power=inf "
+    "--init-sq=-1 --init-sq=0 --init-sq=x --targets= --targets=nan --targets=inf "
+    "--threshold-targets=x --batch-sizes=2^x --batch-sizes=-4 --batch-sizes=1..0 "
+    "--families= --families=sgd,sgd,nope --powers=-0.5 --powers=nan --powers=x "
+    "--fixed-momentum=1 --fixed-momentum=-0.1 --bcrit-targets=x "
+    "--bcrit-targets=-1 --bcrit-families=nope --ramp-budgets=x --ramp-budgets=0 "
+    "--workers=x --workers=1.5 --device=cuda:x"
 ).split()
 BAD_NET = (
     "--trials=0 --optimizers=lbfgs --batch-sizes=100000 --model=no.such:factory "
     "--data=nope --loss=hinge --metric=accuracy --target=-1 --max-steps=0 "
-    "--schedule=cosine --archive=missing-dir"
+    "--schedule=cosine --archive=missing-dir --width=0 --width=x --target=nan "
+    "--target=inf --batch-sizes=0 --batch-sizes=x --trials=x --trials=-1 "
+    "--max-steps=x --eval-every=0 --eval-every=x --seed=-1 --seed=x --seeds=-1 "
+    "--thresholds=0.1 --thresholds=x --n-boot=-1 --n-boot=x --archive-metric=nope "
+    "--workers=x --optimizers= --loss= --metric="
 ).split()
 BAD_PREDICT = (
     "--floor=3 --predict=lbfgs --checkpoints=x --checkpoints=0,9999 "
     "--batch-sizes=0 --target-mapping=odd --replicas=0 --problem=missing.npz "
-    "--sweep=missing-dir --reference-steps=-1"
+    "--sweep=missing-dir --reference-steps=-1 --target=x --target=nan --floor=x "
+    "--floor=nan --floor=inf --thresholds=x --thresholds=0.1 --replicas=x "
+    "--n-boot=-1 --seed=x --workers=-1 --run=missing-dir "
+    "--reference-config=missing.toml --width=0 --predict= --batch-sizes=x "
+    "--target-mapping= --model=nope --data=nope --loss=hinge --metric=test_error"
 ).split()
 BAD_KFAC = (
     "--steps=-1 --batch-size=100000 --model=transformer9 --data=nope "
     "--optimizer=lbfgs --lr=abc --checkpoints=x --width=-1 --config=missing.toml "
-    "--data-size=10"
+    "--data-size=10 --steps=x --steps=1.5 --batch-size=0 --batch-size=x --lr=-1 "
+    "--lr=nan --momentum=1.5 --momentum=x --weight-decay=-1 --damping=0 "
+    "--damping=-1 --kl-clip=-1 --factor-interval=0 --inverse-interval=0 "
+    "--checkpoints=-1 --checkpoints=100 --factor-source=nope --measure-examples=0 "
+    "--measure-fisher=nope --mc-samples=0 --seed=x --data-size=-1 --data-seed=x "
+    "--width=nan --device=nowhere"
+).split()
+#: The deep-autoencoder benchmark, in a few iterations, and its bad options.
+AUTOENCODER = [
+    "autoencoder", "--iterations", "3", "--sgd-iterations", "3", "--train-size", "64",
+]  # fmt: skip
+BAD_AUTOENCODER = (
+    "--threads=0 --threads=x --train-size=0 --iterations=-1 --sgd-iterations=x "
+    "--methods=nope --seed=x --eval-interval=0 --target-error=-1 --sgd-lr=-1 "
+    "--sgd-batch-size=0 --sgd-max-momentum=1.5 --kfac-initial-batch=0 "
+    "--kfac-full-batch-at=-1 --kfac-damping=-1 --kfac-factor-decay=1.5 "
+    "--kfac-inverse-interval=0 --kfac-lm-interval=0 --dtype=float16 "
+    "--mnist-dir=missing"
 ).split()
 #: Bad command lines as a whole.
 BAD_LINES = (
@@ -175,6 +207,7 @@ def test_bad_options_are_one_line_and_create_no_folder(tmp_path, capsys):
     cases += [(analysis_main, [*NET, bad]) for bad in BAD_NET]
     cases += [(analysis_main, [*_argv(PREDICT, tmp_path), bad]) for bad in BAD_PREDICT]
     cases += [(kfac_main, [*KFAC, bad]) for bad in BAD_KFAC]
+    cases += [(kfac_main, [*AUTOENCODER, bad]) for bad in BAD_AUTOENCODER]
     for i, (main, argv) in enumerate([*cases, *BAD_LINES]):
         folder = tmp_path / f"bad{i}"
         if argv[0] != "report":
@@ -271,6 +304,15 @@ def test_truncations_of_every_file_kind(tmp_path, capsys):
         "config.toml",
         "manifest.json",
     ]
+    # report's own options on a sound run
+    for bad in (["--step", "x"], ["--step", "9999"], ["--nqm-step", "9999"],
+                ["--final-step", "9999"], ["--final-step", "x"]):  # fmt: skip
+        try:
+            code = kfac_main(["report", str(base), *bad])
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code
+        _one_line_exit_2(code, capsys.readouterr().err)
+    verify_folder(base)
     for i, name in enumerate(kinds):
         run = Path(shutil.copytree(base, tmp_path / f"t{i}"))
         _truncate(run / name)
@@ -303,3 +345,26 @@ def test_truncations_of_every_file_kind(tmp_path, capsys):
         _one_line_exit_2(code, err)
         assert name in err
         (net / name).write_bytes(saved)
+
+
+def test_truncations_of_net_predict_outputs_and_its_reference_run(tmp_path, capsys):
+    argv = [*_argv(PREDICT, tmp_path), "--out", str(tmp_path / "pred")]
+    out = tmp_path / "pred"
+    assert analysis_main(argv) == 0
+    capsys.readouterr()
+    for name in ("prediction.json", "prediction.md", "steps.csv", "b_crit.csv"):
+        saved = (out / name).read_bytes()
+        _truncate(out / name)
+        with pytest.raises(CorruptFileError, match=name):
+            verify_folder(out)
+        (out / name).write_bytes(saved)
+    verify_folder(out)
+    # a corrupt file of the reference run stops the rerun, naming it
+    for name in ("step_000010/stats.npz", "step_000000/params.npz", "resume.pt"):
+        copy = tmp_path / f"copy-{name.replace('/', '-')}"
+        shutil.copytree(out, copy)
+        _truncate(copy / "reference" / name)
+        code = analysis_main([*argv[:-1], str(copy)])
+        err = capsys.readouterr().err
+        _one_line_exit_2(code, err)
+        assert name.split("/")[-1] in err, err
