@@ -299,26 +299,29 @@ def first_passage_steps(
         theta = torch.randn(r, int(h.numel()), generator=generator, **f64) * init_sd
         mom = torch.zeros_like(theta)
         avg = theta.clone()
+        # The step's temporaries live in buffers allocated once: a fresh
+        # (replicas x modes) tensor per step costs page faults on every step.
+        eps, g, sq = (torch.empty_like(theta) for _ in range(3))
         passage = torch.full((r,), math.inf, **f64)
         for s in range(t_max + 1):
             if s % every == 0 or s == t_max:
                 shown = avg if gamma > 0 else theta
-                loss = (shown * shown) @ loss_w
+                loss = torch.mul(shown, shown, out=sq) @ loss_w
                 hit = (loss <= target) & torch.isinf(passage)
                 passage[hit] = float(s)
                 if not torch.isinf(passage).any():
                     break
             if s == t_max:
                 break
-            eps = torch.randn(theta.shape, generator=generator, **f64) * noise_sd
-            g = hh * theta + pinv * eps
+            torch.randn(theta.shape, generator=generator, out=eps).mul_(noise_sd)
+            torch.mul(hh, theta, out=g).addcmul_(pinv, eps)
             if beta > 0:
                 mom.mul_(beta).add_(g)
-                theta.sub_(float(lrs[s]) * mom)
+                theta.add_(mom, alpha=-float(lrs[s]))
             else:
-                theta.sub_(float(lrs[s]) * g)
+                theta.add_(g, alpha=-float(lrs[s]))
             if gamma > 0:
-                avg.mul_(gamma).add_((1.0 - gamma) * theta)
+                avg.mul_(gamma).add_(theta, alpha=1.0 - gamma)
         out[start : start + r] = passage.cpu().numpy()
     return out
 
