@@ -312,12 +312,7 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
                     out = _real_case(pm[0], a_, b_, g_, *pm[1:], feats=feats, t=t_flat)
                 for dst, src in zip((f, f_abs, G, g_abs), out, strict=True):
                     dst[..., mask] = src
-        F = f * f
-        err_F = 4.0 * EPS * f_abs * (np.abs(f) + f_abs)
-        err_G = 8.0 * EPS * g_abs
-        err_F = np.where(np.isfinite(err_F), err_F, np.inf)
-        err_G = np.where(np.isfinite(err_G), err_G, np.inf)
-        return _finite_or_inf(F), _finite_or_inf(G), err_F, err_G
+        return squared_terms(f, f_abs, G, g_abs)
 
 
 def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
@@ -490,3 +485,15 @@ class MeanResponse:
             lower = np.maximum(np.abs(f) - slack, 0.0)
             lower = np.where(self.stable & np.isfinite(lower), lower, 0.0)
         return lower * lower, f
+
+
+def squared_terms(f, f_abs, G, g_abs):
+    """``(F, G, err_F, err_G)`` from the mean response ``f`` (``F = f²``) and
+    the noise term ``G``, with their rounding bounds (``f_abs``, ``g_abs``: the
+    sums of absolute values behind them); non-finite values become ``inf``."""
+    F = f * f
+    err_F = 4.0 * EPS * f_abs * (np.abs(f) + f_abs)
+    err_G = 8.0 * EPS * g_abs
+    err_F = np.where(np.isfinite(err_F), err_F, np.inf)
+    err_G = np.where(np.isfinite(err_G), err_G, np.inf)
+    return _finite_or_inf(F), _finite_or_inf(G), err_F, err_G

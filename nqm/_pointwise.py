@@ -27,12 +27,11 @@ import math
 import numpy as np
 
 from ._closed import (
-    EPS,
     _complex_pair_terms,
-    _finite_or_inf,
     _momentum_roots,
     _real_case,
     _sgd_terms,
+    squared_terms,
 )
 from ._system import Features
 from .dynamics import _modes, risk_terms
@@ -81,12 +80,7 @@ def _closed_form_at(hh, alpha, beta, gamma, feats: Features, t):
             for dst, src in zip(outs, out, strict=True):
                 dst[mask] = src
         f, f_abs, G, g_abs = outs
-        F = f * f
-        err_F = 4.0 * EPS * f_abs * (np.abs(f) + f_abs)
-        err_G = 8.0 * EPS * g_abs
-        err_F = np.where(np.isfinite(err_F), err_F, np.inf)
-        err_G = np.where(np.isfinite(err_G), err_G, np.inf)
-        return _finite_or_inf(F), _finite_or_inf(G), err_F, err_G
+        return squared_terms(f, f_abs, G, g_abs)
 
 
 def pointwise_terms(

@@ -290,6 +290,18 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _each_truncation_refused(folder: Path, names) -> None:
+    """Each file, truncated alone, is named by the folder's verification; the
+    folder verifies again once it is restored."""
+    for name in names:
+        saved = (folder / name).read_bytes()
+        _truncate(folder / name)
+        with pytest.raises(CorruptFileError, match=name):
+            verify_folder(folder)
+        (folder / name).write_bytes(saved)
+    verify_folder(folder)
+
+
 def test_truncations_of_every_file_kind(tmp_path, capsys):
     base = tmp_path / "base"
     assert kfac_main([*KFAC, "--out", str(base)]) == 0
@@ -325,13 +337,9 @@ def test_truncations_of_every_file_kind(tmp_path, capsys):
     out = tmp_path / "nqm"
     figs = tmp_path / "nqm-figs"
     assert analysis_main([*NQM, "--out", str(out), "--figures", str(figs)]) == 0
-    for name in ("records.csv", "records.json", "config.toml", "timings.json"):
-        saved = (out / name).read_bytes()
-        _truncate(out / name)
-        with pytest.raises(CorruptFileError, match=name):
-            verify_folder(out)
-        (out / name).write_bytes(saved)
-    verify_folder(out)
+    _each_truncation_refused(
+        out, ("records.csv", "records.json", "config.toml", "timings.json")
+    )
 
     net = tmp_path / "net"
     argv = [*NET, "--out", str(net), "--figures", str(tmp_path / "net-figs")]
@@ -352,13 +360,9 @@ def test_truncations_of_net_predict_outputs_and_its_reference_run(tmp_path, caps
     out = tmp_path / "pred"
     assert analysis_main(argv) == 0
     capsys.readouterr()
-    for name in ("prediction.json", "prediction.md", "steps.csv", "b_crit.csv"):
-        saved = (out / name).read_bytes()
-        _truncate(out / name)
-        with pytest.raises(CorruptFileError, match=name):
-            verify_folder(out)
-        (out / name).write_bytes(saved)
-    verify_folder(out)
+    _each_truncation_refused(
+        out, ("prediction.json", "prediction.md", "steps.csv", "b_crit.csv")
+    )
     # a corrupt file of the reference run stops the rerun, naming it
     for name in ("step_000010/stats.npz", "step_000000/params.npz", "resume.pt"):
         copy = tmp_path / f"copy-{name.replace('/', '-')}"
