@@ -15,6 +15,8 @@ group over a free local port (:func:`free_port`).
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
+import gc
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -163,7 +165,10 @@ def _local_rank(
     threads: int,
     args: tuple[Any, ...],
 ) -> None:
-    """One process of :func:`spawn_local`: join the group, run, wait, leave."""
+    """One process of :func:`spawn_local`: join the group, run, wait, leave.
+    A fatal signal (a native abort in a communication thread) prints every
+    thread's Python stack on stderr before the process dies."""
+    faulthandler.enable(all_threads=True)
     torch.set_num_threads(threads)
     dist.init_process_group(
         "gloo",
@@ -175,6 +180,10 @@ def _local_rank(
         worker(rank, world_size, *args)
         dist.barrier()  # nobody leaves while another rank still works
     finally:
+        # Optimizers hold the group in reference cycles (their hooks): collect
+        # them now, while the interpreter is whole, rather than during its
+        # finalization, where freeing communication state can abort.
+        gc.collect()
         dist.destroy_process_group()
 
 
