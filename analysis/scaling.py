@@ -60,6 +60,8 @@ __all__ = [
     "plan_study",
     "run_study",
     "critical_batch_fits",
+    "fit_curve",
+    "MIN_FIT_POINTS",
     "lower_bound_curve",
     "schedule_shapes",
     "momentum_transient",
@@ -665,18 +667,37 @@ def critical_batch_fits(records: Iterable[Mapping[str, Any]]) -> list[dict[str, 
     """
     rows = []
     for (fam, p, t), recs in _curves(records).items():
-        # the fit is in log steps: only finite, positive counts enter it
-        pts = sorted(
-            (r["batch_size"], r["steps"]) for r in recs if 0 < r["steps"] < math.inf
-        )
+        n, fit = fit_curve([r["batch_size"] for r in recs], [r["steps"] for r in recs])
         row: dict[str, Any] = dict.fromkeys(FIT_COLUMNS)
-        row.update(family=fam, precond_power=p, target=t, n_points=len(pts))
-        if len(pts) >= MIN_FIT_POINTS:
-            b, s = zip(*pts, strict=True)
-            fit = _fit_as_dict(fit_critical_batch(np.asarray(b), np.asarray(s)))
+        row.update(family=fam, precond_power=p, target=t, n_points=n)
+        if fit is not None:
             row.update({k: _scalar(fit.get(k)) for k in FIT_COLUMNS[4:]})
         rows.append(row)
     return rows
+
+
+def fit_curve(
+    batch_sizes: Sequence[float], steps: Sequence[float]
+) -> tuple[int, dict[str, Any] | None]:
+    r"""The :math:`S(B)` fit of one curve on its finite, positive step counts.
+
+    The fit is in log steps, so only finite, positive counts enter it, in
+    increasing batch size.
+
+    Returns:
+        The number of such points, and the fields of
+        :func:`nqm.noise_scale.fit_critical_batch`'s result (``None`` with
+        fewer than :data:`MIN_FIT_POINTS` points).
+    """
+    pts = sorted(
+        (float(b), float(s))
+        for b, s in zip(batch_sizes, steps, strict=True)
+        if 0 < s < math.inf
+    )
+    if len(pts) < MIN_FIT_POINTS:
+        return len(pts), None
+    b, s = zip(*pts, strict=True)
+    return len(pts), _fit_as_dict(fit_critical_batch(np.asarray(b), np.asarray(s)))
 
 
 def _scalar(v: Any) -> Any:

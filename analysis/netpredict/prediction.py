@@ -35,8 +35,7 @@ import torch
 
 import nqm
 from analysis.journal import ResultJournal
-from analysis.scaling import run_study
-from nqm.noise_scale import fit_critical_batch
+from analysis.scaling import MIN_FIT_POINTS, fit_curve, run_study
 
 from .mapping import PredictedOptimizer, study_curves
 
@@ -47,9 +46,6 @@ __all__ = [
     "fit_b_crit",
     "setting_prediction",
 ]
-
-#: Fewest finite step counts a critical-batch fit is made from.
-MIN_FIT_POINTS = 3
 
 
 def on_grid(step: float, every: int, budget: int) -> float:
@@ -67,25 +63,12 @@ def fit_b_crit(batch_sizes: Sequence[float], steps: Sequence[float]) -> dict[str
     Returns:
         ``b_crit, s_min, r2, n_points, b_crit_in_range``.
     """
-    b = np.asarray(batch_sizes, dtype=np.float64)
-    s = np.asarray(steps, dtype=np.float64)
-    ok = np.isfinite(s) & (s > 0)
-    out: dict[str, Any] = dict(
-        b_crit=math.nan,
-        s_min=math.nan,
-        r2=math.nan,
-        n_points=int(ok.sum()),
-        b_crit_in_range=False,
-    )
-    if ok.sum() >= MIN_FIT_POINTS:
-        fit = fit_critical_batch(b[ok], s[ok])
-        out.update(
-            b_crit=fit.b_crit,
-            s_min=fit.s_min,
-            r2=fit.r2,
-            b_crit_in_range=fit.b_crit_in_range,
-        )
-    return out
+    n, fit = fit_curve(batch_sizes, steps)
+    if fit is None:
+        return dict(b_crit=math.nan, s_min=math.nan, r2=math.nan, n_points=n,
+                    b_crit_in_range=False)  # fmt: skip
+    keys = ("b_crit", "s_min", "r2", "b_crit_in_range")
+    return {**{k: fit[k] for k in keys}, "n_points": n}
 
 
 def tuned_prediction(
