@@ -256,8 +256,6 @@ def run(args: argparse.Namespace) -> int:
         ValueError: for a bad option, a target at or below a given floor, a
             sweep of another workload or a missing checkpoint, before any work.
     """
-    from analysis import cli_common as common
-
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     plan = _validate(args)
@@ -286,7 +284,7 @@ def _reference_inputs(
     """The reference run (trained or resumed), its floor, the NQM at each
     checkpoint and the reference report's figures (into ``figs/spectra``)."""
     from analysis.netpredict import reference
-    from analysis.netpredict.mapping import nqm_target
+    from analysis.netpredict.mapping import TargetMapping, nqm_target
 
     cfg = plan["cfg"]
     t = time.perf_counter()
@@ -317,7 +315,11 @@ def _reference_inputs(
         "problems": {int(s): e.problem for s, e in est.items()},
         "floor": floor,
         "floor_source": floor_source,
-        "target_maps": _target_maps(plan, run_dir, est, floor, cfg),
+        "target_maps": (
+            None
+            if plan["mapping"] is TargetMapping.EXCESS
+            else reference.relative_target_maps(run_dir, est, floor, cfg.metric)
+        ),
         "estimates": {
             str(s): {
                 "modes": e.problem.n_modes,
@@ -394,28 +396,6 @@ def _execute(
         )  # fmt: skip
     write_folder(tables, outputs)
     journal.remove()
-
-
-def _target_maps(
-    plan: dict[str, Any], run_dir: Path, est: dict, floor: float, cfg: Any
-) -> dict[int, Any] | None:
-    """Per checkpoint, the target mapping; the relative one starts from the
-    network's loss recorded at the checkpoint (the measurement batch's training
-    loss, or the test loss for the ``test_loss`` metric)."""
-    from analysis.netpredict.mapping import TargetMap, TargetMapping
-    from kfac_spectra.checkpoints import read_manifest
-
-    if plan["mapping"] is TargetMapping.EXCESS:
-        return None
-    key = "test_loss" if cfg.metric == "test_loss" else "measure_loss"
-    start = {
-        int(c["step"]): float(c[key]) for c in read_manifest(run_dir)["checkpoints"]
-    }
-    return {
-        int(s): TargetMap(floor, TargetMapping.RELATIVE, start[int(s)],
-                          e.problem.initial_loss())
-        for s, e in est.items()
-    }  # fmt: skip
 
 
 def _tables(doc: dict[str, Any]) -> tuple[list[dict], list[dict]]:

@@ -32,14 +32,11 @@ from pathlib import Path
 from analysis.netpredict import reference
 from analysis.netpredict.mapping import (
     PredictedOptimizer,
-    TargetMap,
-    TargetMapping,
     nqm_target,
 )
 from analysis.netpredict.prediction import tuned_prediction
 from analysis.netscale.config import QUICK_OVERRIDES, NetScalingConfig
 from analysis.netscale.sweep import run_sweep
-from kfac_spectra.checkpoints import read_manifest
 
 WORKERS = 2
 
@@ -62,11 +59,9 @@ def prediction_side(cfg: NetScalingConfig, root: Path, steps: int) -> dict:
     # initial loss (every predicted step count 0: nothing to tune), so the
     # study is timed at the relative mapping's target, which always needs
     # steps (``net-predict --target-mapping relative``); printed with the rest.
-    start = {int(c["step"]): float(c["measure_loss"])
-             for c in read_manifest(run_dir)["checkpoints"]}  # fmt: skip
     excess = nqm_target(cfg.target, floor)
-    mapping = TargetMap(floor, TargetMapping.RELATIVE, start[0], problem.initial_loss())
-    target = mapping(cfg.target)
+    maps = reference.relative_target_maps(run_dir, est, floor, cfg.metric)
+    target = maps[checkpoints[0]](cfg.target)
     t = time.perf_counter()
     rows = tuned_prediction(
         problem, tuple(PredictedOptimizer), cfg.batch_sizes, [target], workers=WORKERS

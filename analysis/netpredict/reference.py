@@ -36,6 +36,8 @@ from kfac_spectra.bridge import NQMEstimate, measure_nqm
 from kfac_spectra.checkpoints import read_manifest
 from kfac_spectra.train import TrainConfig, resolve_config, train
 
+from .mapping import TargetMap, TargetMapping
+
 __all__ = [
     "RESUME_FILE",
     "reference_config",
@@ -43,6 +45,7 @@ __all__ = [
     "run_reference",
     "estimate_checkpoints",
     "final_metric",
+    "relative_target_maps",
 ]
 
 #: The resume state of a run directory (holds the final parameters at the end).
@@ -147,3 +150,24 @@ def final_metric(run_dir: str | Path, workload: WorkloadSpec) -> float:
     if not math.isfinite(value):
         raise ValueError(f"run: the final {workload.metric.value} is {value}")
     return float(value)
+
+
+def relative_target_maps(
+    run_dir: str | Path,
+    estimates: Mapping[int, NQMEstimate],
+    floor: float,
+    metric: str,
+) -> dict[int, TargetMap]:
+    """Per checkpoint, the relative target mapping: it starts from the
+    network's loss recorded at the checkpoint (the test loss for the
+    ``test_loss`` metric, else the measurement batch's training loss) and from
+    the estimated NQM's initial loss."""
+    key = "test_loss" if metric == "test_loss" else "measure_loss"
+    start = {
+        int(c["step"]): float(c[key]) for c in read_manifest(run_dir)["checkpoints"]
+    }
+    return {
+        int(s): TargetMap(floor, TargetMapping.RELATIVE, start[int(s)],
+                          e.problem.initial_loss())
+        for s, e in estimates.items()
+    }  # fmt: skip
