@@ -16,8 +16,10 @@ Paths:
 
 * constant lr: closed form (:mod:`nqm._closed`), :math:`O(d)` per evaluation
   independent of :math:`t`; modes whose Lagrange form would lose digits to
-  near-coinciding eigenvalues are recomputed from divided differences
-  (:mod:`nqm._confluent`), also :math:`O(1)` each and exact at coincidence;
+  near-coinciding eigenvalues are recomputed in extended precision
+  (:func:`nqm._closed.extended_terms`), and those that this cannot certify
+  from divided differences (:mod:`nqm._confluent`), also :math:`O(1)` each
+  and exact at coincidence;
   only modes that even these cannot certify (overflowing, diverging modes),
   and flagged modes below :data:`CONFLUENT_MIN_STEPS` steps, are recomputed
   by exact doubling (:mod:`nqm._doubling`), :math:`O(\\log t)` each
@@ -35,7 +37,7 @@ import math
 
 import numpy as np
 
-from ._closed import _sgd_terms, closed_form_terms
+from ._closed import _sgd_terms, closed_form_terms, extended_terms
 from ._confluent import confluent_terms
 from ._doubling import MomentMap
 from ._system import Features, system_matrices
@@ -239,10 +241,12 @@ def _constant_terms(
 def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
     """D and N from closed-form terms (shape ``P + (M,)``), certified to ``rtol``.
 
-    Entries whose Lagrange form cannot be certified are recomputed by divided
-    differences (:func:`nqm._confluent.confluent_terms`, exact where
-    eigenvalues nearly coincide) when ``t >= CONFLUENT_MIN_STEPS``; those that
-    still cannot be certified (and the shorter ones) are replaced by
+    Entries whose Lagrange form cannot be certified are recomputed from the
+    same formulas in extended precision (:func:`nqm._closed.extended_terms`,
+    which certifies moderate near-coincidences at a fraction of the cost),
+    then by divided differences (:func:`nqm._confluent.confluent_terms`, exact
+    where eigenvalues nearly coincide) when ``t >= CONFLUENT_MIN_STEPS``;
+    those that still cannot be certified (and the shorter ones) are replaced by
     ``redo(bad)``, which returns their exact values by doubling
     (``F[bad]``, ``G[bad]`` order). ``entries(bad)`` returns the flagged
     entries' ``(hh, alpha, beta, gamma, t)``. Only flagged entries are replaced:
@@ -259,22 +263,37 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
     F, G, eF, eG = (np.array(x) for x in (F, G, eF, eG))
     if feats.momentum or feats.ema:
         # Replacing a flagged value changes the total the budget is relative to,
-        # so flag again until only re-evaluated entries remain.
-        done = np.zeros_like(bad)
-        new = bad
-        while np.any(new):
-            pos = np.nonzero(new)
-            hb, ab, bb, gb, tb = entries(new)
-            keep = tb >= CONFLUENT_MIN_STEPS  # shorter: doubling is cheaper
-            if np.any(keep):
-                sub = np.zeros_like(new)
-                sub[tuple(x[keep] for x in pos)] = True
-                F[sub], G[sub], eF[sub], eG[sub] = confluent_terms(
-                    ab[keep] * hb[keep], ab[keep], bb[keep], gb[keep], feats, tb[keep]
+        # so flag again until only re-evaluated entries remain. Each entry is
+        # tried in extended precision first, then by divided differences.
+        stage = np.zeros(bad.shape, dtype=np.int8)  # 1: extended, 2: confluent
+        while True:
+            ext = bad & (stage == 0)
+            conf = bad & (stage == 1)
+            if not (np.any(ext) or np.any(conf)):
+                break
+            if np.any(ext):
+                hb, ab, bb, gb, tb = entries(ext)
+                F[ext], G[ext], eF[ext], eG[ext] = extended_terms(
+                    ab * hb, ab, bb, gb, feats, tb
                 )
-            done |= new
+                stage[ext] = 1
+            if np.any(conf):
+                pos = np.nonzero(conf)
+                hb, ab, bb, gb, tb = entries(conf)
+                keep = tb >= CONFLUENT_MIN_STEPS  # shorter: doubling is cheaper
+                if np.any(keep):
+                    sub = np.zeros_like(conf)
+                    sub[tuple(x[keep] for x in pos)] = True
+                    F[sub], G[sub], eF[sub], eG[sub] = confluent_terms(
+                        ab[keep] * hb[keep],
+                        ab[keep],
+                        bb[keep],
+                        gb[keep],
+                        feats,
+                        tb[keep],
+                    )
+                stage[conf] = 2
             bad = _flag(F, G, eF, eG, wd, wn, rtol)
-            new = bad & ~done
     n_doubled = int(np.count_nonzero(bad))
     if n_doubled:
         F[bad], G[bad] = redo(bad)
@@ -822,7 +841,14 @@ def _mode_terms(hh, lr, beta, gamma, feats, step):
     f, g, ef, eg = (np.array(x) for x in (f, g, ef, eg))
     n = int(bad.sum())
     a, b, c = np.full(n, lr), np.full(n, beta), np.full(n, gamma)
-    if (feats.momentum or feats.ema) and step >= CONFLUENT_MIN_STEPS:
+    if feats.momentum or feats.ema:
+        f[bad], g[bad], ef[bad], eg[bad] = extended_terms(
+            a * hh[bad], a, b, c, feats, np.full(n, step)
+        )
+        bad = bad_of(f, g, ef, eg)
+        n = int(bad.sum())
+        a, b, c = np.full(n, lr), np.full(n, beta), np.full(n, gamma)
+    if n and (feats.momentum or feats.ema) and step >= CONFLUENT_MIN_STEPS:
         f[bad], g[bad], ef[bad], eg[bad] = confluent_terms(
             a * hh[bad], a, b, c, feats, np.full(n, step)
         )
