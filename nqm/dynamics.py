@@ -367,6 +367,36 @@ def _single_setting_terms(
     return D, N, doubled
 
 
+def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
+    """D and N (0-d arrays) of one setting at one step ``t >= 1``, and the
+    number of modes computed by doubling: :func:`_constant_terms` without its
+    loops over settings and steps (the same values)."""
+    feats = Features(bool(beta > 0), bool(gamma > 0))
+    F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, t)
+    with np.errstate(all="ignore"):
+        d, n = F @ wd, G @ wn
+        if eF @ wd <= rtol * d and eG @ wn <= rtol * n and math.isfinite(d + n):
+            return np.asarray(d), np.asarray(n), 0
+
+    def entries(bad):
+        m = int(np.count_nonzero(bad))
+        return (
+            hh[bad],
+            np.full(m, float(alpha)),
+            np.full(m, float(beta)),
+            np.full(m, float(gamma)),
+            np.full(m, t),
+        )
+
+    def redo(bad):
+        hb, ab, bb, gb, _ = entries(bad)
+        Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
+        return Fd[0], Gd[0]
+
+    d, n, doubled = _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo)
+    return np.asarray(d), np.asarray(n), doubled
+
+
 # ---------------------------------------------------------- scheduled path
 #: Elements (pieces x modes) per batch of closed-form pieces under a schedule.
 _PIECE_CHUNK = 1 << 16
@@ -741,14 +771,9 @@ def _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol):
     scalar_t = t.ndim == 0
     hh, wd, wn = _modes(problem, float(precond_power))
     if scalar_t and alpha.ndim == 0 and t > 0:
-        # one setting at one step (the tuner's local searches): the closed form
-        # and its certification directly, when that certifies everything
-        feats = Features(bool(beta > 0), bool(gamma > 0))
-        F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, int(t))
-        with np.errstate(all="ignore"):
-            d, n = F @ wd, G @ wn
-            if eF @ wd <= rtol * d and eG @ wn <= rtol * n and math.isfinite(d + n):
-                return np.asarray(d), np.asarray(n), 0
+        # one setting at one step (one evaluation, the tuner's local searches):
+        # the closed form and its certification directly
+        return _one_setting_terms(hh, wd, wn, alpha, beta, gamma, int(t), rtol)
     t = np.atleast_1d(t)
     D = np.empty(alpha.shape + t.shape)
     N = np.empty_like(D)
@@ -809,7 +834,7 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
             optimizer.momentum,
             optimizer.ema,
             optimizer.precond_power,
-            flat,
+            int(t) if t.ndim == 0 else flat,
         )
     else:
         hh, wd, wn = _modes(problem, optimizer.precond_power)
