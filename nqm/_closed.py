@@ -189,7 +189,8 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     qp = _cmul((0.5 * big, -b), (0.5 * (3.0 - s + beta), b))  # (1 - r)(1 + r)
     log_abs = 0.5 * np.log(beta)  # log|r|
     mod_t = np.exp(t * log_abs)  # |r|^t, directly: expm1 + 1 would lose it when tiny
-    if not np.any(mod_t):
+    decayed = not np.any(mod_t)
+    if decayed:
         e = (-1.0, 0.0)  # r^t - 1
         pw = (0.0, 0.0)  # r^t
         phi_rr = _cdiv((1.0, 0.0), qp)  # (1 - r^{2t}) / (1 - r^2)
@@ -233,21 +234,25 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     inv_den1 = (-b * k, -d1g_re * k)  # 1 / ((r - conj r)(r - gamma))
     lin = beta + gamma * (1.0 - s)
     lam2 = _csq((a, b))
-    w1 = _cmul((lam2[0] - lin * a + beta * gamma, lam2[1] - lin * b), inv_den1)
     wg = (gamma * gamma - lin * gamma + beta * gamma) / deng
     c = -alpha * (1.0 - gamma)
     v1 = _cmul((c * lam2[0], c * lam2[1]), inv_den1)
     vg = c * gamma * gamma / deng
-    f1 = _cmul(w1, pw)
     fg = wg * g.pow
+    if decayed:  # r^t = 0: the pair's mean terms vanish
+        f = fg
+        f_abs = np.abs(fg)
+    else:
+        w1 = _cmul((lam2[0] - lin * a + beta * gamma, lam2[1] - lin * b), inv_den1)
+        f1 = _cmul(w1, pw)
+        f = 2.0 * f1[0] + fg
+        f_abs = 2.0 * _abs_bound(f1) + np.abs(fg)
     t_rr = _cmul(_csq(v1), phi_rr)
     t_rc = (v1[0] * v1[0] + v1[1] * v1[1]) * (one_minus_beta_t / (1.0 - beta))
     one_minus_mu = ((1.0 - gamma) + gamma * 0.5 * big, -gamma * b)  # 1 - r gamma
     one_minus_mut = (-(e[0] + g.e + e[0] * g.e), -(e[1] + e[1] * g.e))
     t_rg = _cmul((v1[0] * vg, v1[1] * vg), _cdiv(one_minus_mut, one_minus_mu))
     t_gg = vg * vg * (g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma)))
-    f = 2.0 * f1[0] + fg
-    f_abs = 2.0 * _abs_bound(f1) + np.abs(fg)
     G = 2.0 * t_rr[0] + 2.0 * t_rc + 4.0 * t_rg[0] + t_gg
     g_abs = (
         2.0 * _abs_bound(t_rr)
@@ -304,7 +309,7 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
         # Per-setting values of size one stay scalars: masking would copy them to
         # every mode, and their logs and powers would be computed once per mode.
         per_setting = [
-            x.reshape(()) if x.size == 1 else x for x in (alpha, beta, gamma)
+            x.reshape(())[()] if x.size == 1 else x for x in (alpha, beta, gamma)
         ]
         per_mode = [s] + ([big, disc] if feats.momentum else [])
         if not np.any(cplx) or not np.any(real):
@@ -472,7 +477,16 @@ def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
 
 
 def _finite_or_inf(x):
+    if np.isfinite(x).all():  # the common case: no selection
+        return np.maximum(x, 0.0)
     return np.where(np.isfinite(x), np.maximum(x, 0.0), np.inf)
+
+
+def _inf_unless_finite(x):
+    """``x`` with every non-finite entry replaced by ``inf``."""
+    if np.isfinite(x).all():
+        return x
+    return np.where(np.isfinite(x), x, np.inf)
 
 
 def _sgd_terms(s, alpha, t):
@@ -615,6 +629,10 @@ def squared_terms(f, f_abs, G, g_abs, eps=EPS):
     F = f * f
     err_F = 4.0 * eps * f_abs * (np.abs(f) + f_abs)
     err_G = 8.0 * eps * g_abs
-    err_F = np.where(np.isfinite(err_F), err_F, np.inf)
-    err_G = np.where(np.isfinite(err_G), err_G, np.inf)
-    return _finite_or_inf(F), _finite_or_inf(G), err_F, err_G
+    # F = f^2 >= 0 already: only non-finite entries change
+    return (
+        _inf_unless_finite(F),
+        _finite_or_inf(G),
+        _inf_unless_finite(err_F),
+        _inf_unless_finite(err_G),
+    )
