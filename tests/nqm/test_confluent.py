@@ -319,3 +319,33 @@ def test_without_an_extended_format_nothing_is_certified(monkeypatch):
         np.array([0.25]), 1.0, 0.0, 0.75 * (1 + 1e-4), Features(False, True), [100]
     )
     assert np.isinf(eF).all() and np.isinf(eG).all()
+
+
+def test_benchmark_compare_with_loads_another_checkout(load_benchmark, tmp_path):
+    """``bench_nqm.py --compare-with DIR`` imports DIR's nqm as a separate
+    package (here this checkout's own, so the values must agree exactly), and
+    refuses a directory without one (exit 2)."""
+    import sys
+    from pathlib import Path
+
+    bench = load_benchmark("bench_nqm")
+    root = Path(nqm.__file__).resolve().parents[1]
+    try:
+        other = bench.load_other_nqm(root)
+        assert other is not nqm and other.__name__ == "nqm_other"
+        problem = _small_problem(3)
+        opt = (0.05, 0.9, 0.99, 0.5)
+        mine = nqm.expected_loss(problem, nqm.Optimizer(*opt), 8, 1000)
+        theirs = other.expected_loss(
+            other.NQMProblem(problem.h, problem.c, problem.init_sq),
+            other.Optimizer(*opt),
+            8,
+            1000,
+        )
+        assert mine == theirs
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] == "nqm_other"]:
+            del sys.modules[name]
+    with pytest.raises(SystemExit) as err:
+        bench.load_other_nqm(tmp_path)
+    assert err.value.code == 2
