@@ -32,7 +32,13 @@ Accuracy. Every eigenvalue carries :math:`q = 1 - \\lambda`, :math:`p = 1 + \\la
 and :math:`\\log|\\lambda|`, computed from the parameters without cancellation, and
 :math:`\\lambda^t - 1` is evaluated with ``expm1``, so eigenvalues within
 :math:`10^{-12}` of :math:`\\pm 1` and :math:`t = 10^{12}` keep full relative
-accuracy. The one loss of accuracy is cancellation between Lagrange terms when
+accuracy. The numerators are evaluated in factored form wherever the expanded
+polynomial cancels: :math:`F(\\gamma) = \\gamma^2 s` (both) or
+:math:`\\gamma s` (averaging alone), :math:`F(1-s) = (1-s)(1-\\gamma)`, and at
+a momentum root :math:`F(r) = (1-\\gamma)(r(1-s) - \\beta)`, whose two values
+are the roots of a quadratic with known sum and product (real roots) or have
+the real part :math:`(1-\\gamma)((1-s)^2 - \\beta(1+s))/2` (complex roots).
+The one loss of accuracy is cancellation between Lagrange terms when
 two eigenvalues nearly coincide (critical damping, :math:`\\gamma \\approx \\lambda`).
 It is measured a posteriori (the sum of the terms' absolute values) and returned,
 so the caller can recompute those modes by doubling.
@@ -193,7 +199,8 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     if decayed:
         e = (-1.0, 0.0)  # r^t - 1
         pw = (0.0, 0.0)  # r^t
-        phi_rr = _cdiv((1.0, 0.0), qp)  # (1 - r^{2t}) / (1 - r^2)
+        inv_qp = 1.0 / (qp[0] * qp[0] + qp[1] * qp[1])
+        phi_rr = (qp[0] * inv_qp, -qp[1] * inv_qp)  # (1 - r^{2t}) / (1 - r^2)
     else:
         em1 = np.expm1(t * log_abs)
         half = (0.5 * t) * np.arctan2(sq, tau)  # half the phase of r^t
@@ -224,17 +231,18 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
         t_rc = (v[0] * v[0] + v[1] * v[1]) * (one_minus_beta_t / (1.0 - beta))
         f = 2.0 * f1[0]
         f_abs = 2.0 * _abs_bound(f1)
-        G = 2.0 * t_rr[0] + 2.0 * t_rc
-        g_abs = 2.0 * _abs_bound(t_rr) + 2.0 * np.abs(t_rc)
+        # t_rc >= 0 (a squared modulus times 1 - beta^t over 1 - beta)
+        G = 2.0 * (t_rr[0] + t_rc)
+        g_abs = 2.0 * (_abs_bound(t_rr) + t_rc)
         return f, f_abs, G, g_abs
     g = _Real(gamma, 1.0 - gamma, 1.0 + gamma, t)
     d1g_re = (1.0 - gamma) - 0.5 * big  # r - gamma = (1 - gamma) - (1 - r)
     deng = d1g_re * d1g_re + b * b  # (r - gamma)(conj r - gamma)
-    k = 1.0 / (sq * deng)
-    inv_den1 = (-b * k, -d1g_re * k)  # 1 / ((r - conj r)(r - gamma))
-    lin = beta + gamma * (1.0 - s)
+    nk = -1.0 / (sq * deng)
+    inv_den1 = (b * nk, d1g_re * nk)  # 1 / ((r - conj r)(r - gamma))
     lam2 = _csq((a, b))
-    wg = (gamma * gamma - lin * gamma + beta * gamma) / deng
+    # F(gamma) = gamma^2 - (beta + gamma (1 - s)) gamma + beta gamma = gamma^2 s
+    wg = gamma * gamma * s / deng
     c = -alpha * (1.0 - gamma)
     v1 = _cmul((c * lam2[0], c * lam2[1]), inv_den1)
     vg = c * gamma * gamma / deng
@@ -243,7 +251,16 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
         f = fg
         f_abs = np.abs(fg)
     else:
-        w1 = _cmul((lam2[0] - lin * a + beta * gamma, lam2[1] - lin * b), inv_den1)
+        # F(r) = (1 - gamma)(r (1 - s) - beta), its real part from
+        # Re(r (1 - s) - beta) = ((1 - s)^2 - beta (1 + s)) / 2 (no cancellation
+        # against terms of order one, unlike the expanded quadratic)
+        one_s = 1.0 - s
+        g1 = 1.0 - gamma
+        fr = (
+            (0.5 * g1) * (one_s * one_s - beta * (1.0 + s)),
+            g1 * (b * one_s),
+        )
+        w1 = _cmul(fr, inv_den1)
         f1 = _cmul(w1, pw)
         f = 2.0 * f1[0] + fg
         f_abs = 2.0 * _abs_bound(f1) + np.abs(fg)
@@ -253,13 +270,9 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     one_minus_mut = (-(e[0] + g.e + e[0] * g.e), -(e[1] + e[1] * g.e))
     t_rg = _cmul((v1[0] * vg, v1[1] * vg), _cdiv(one_minus_mut, one_minus_mu))
     t_gg = vg * vg * (g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma)))
-    G = 2.0 * t_rr[0] + 2.0 * t_rc + 4.0 * t_rg[0] + t_gg
-    g_abs = (
-        2.0 * _abs_bound(t_rr)
-        + 2.0 * np.abs(t_rc)
-        + 4.0 * _abs_bound(t_rg)
-        + np.abs(t_gg)
-    )
+    # t_rc, t_gg >= 0 (squared moduli times ratios of positive factors)
+    G = 2.0 * (t_rr[0] + t_rc) + 4.0 * t_rg[0] + t_gg
+    g_abs = 2.0 * (_abs_bound(t_rr) + t_rc) + 4.0 * _abs_bound(t_rg) + t_gg
     return f, f_abs, G, g_abs
 
 
@@ -451,6 +464,25 @@ def _put(dst, mask, src):
             row[mask] = values
 
 
+def _f_over_one_minus_gamma(s, beta, sq):
+    r""":math:`X_j = r_j (1 - s) - \beta` at the real momentum roots, where
+    :math:`F(r_j) = (1 - \gamma) X_j` (momentum and averaging).
+
+    Expanded, :math:`F(r) = r^2 - (\beta + \gamma(1-s)) r + \beta\gamma`
+    cancels to a small multiple of :math:`1 - \gamma` or of :math:`s`. The
+    :math:`X_j` are the roots of :math:`Y^2 - S Y + \beta^2 s` with
+    :math:`S = X_1 + X_2 = (1-s)^2 - \beta(1+s)` and :math:`X_1 - X_2 = \sqrt{D}
+    (1-s)`: the larger from their sum and difference, the smaller from the
+    product, as for the roots of a quadratic.
+    """
+    S = (1.0 - s) * (1.0 - s) - beta * (1.0 + s)
+    w = sq * (1.0 - s)  # X_1 - X_2
+    big = 0.5 * (S + np.copysign(w, S))
+    small = (beta * beta) * s / big
+    first = (S >= 0) == (w >= 0)  # X_1 is the larger
+    return np.where(first, big, small), np.where(first, small, big)
+
+
 def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
     if feats.momentum:
         sq = np.sqrt(disc)
@@ -472,14 +504,15 @@ def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
         a = _Real(1.0 - s, s, 2.0 - s, t)
         eigs = [a, g]
         diffs = {(0, 1): (1.0 - gamma) - s}
-        fz = [e.lam - gamma * (1.0 - s) for e in eigs]
+        # F(z) = z - gamma (1 - s) at both nodes, factored (no cancellation)
+        fz = [(1.0 - s) * (1.0 - gamma), gamma * s]
         gz = [-alpha * (1.0 - gamma) * e.lam for e in eigs]
         special = {(0, 1): ((1.0 - gamma) + gamma * s, -(a.e + g.e + a.e * g.e))}
         return _real_terms(eigs, diffs, fz, gz, special, t)
     eigs = [r1, r2, g]
     diffs = {(0, 1): sq, (0, 2): (1.0 - gamma) - q_small, (1, 2): (1.0 - gamma) - q_big}
-    lin = beta + gamma * (1.0 - s)
-    fz = [e.lam * e.lam - lin * e.lam + beta * gamma for e in eigs]
+    x1, x2 = _f_over_one_minus_gamma(s, beta, sq)
+    fz = [(1.0 - gamma) * x1, (1.0 - gamma) * x2, gamma * gamma * s]
     gz = [-alpha * (1.0 - gamma) * e.lam * e.lam for e in eigs]
     special = {(0, 1): pair}
     for j, e in ((0, r1), (1, r2)):
