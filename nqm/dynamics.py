@@ -173,18 +173,39 @@ def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL):
         over &= np.where(alone, 0.0, finite).sum(axis=-1) > budget
     if np.any(over):
         rows = finite[over]
-        order = np.argsort(rows, axis=-1)[..., ::-1]
+        order = _largest_first(rows, budget[over])
         sorted_err = np.take_along_axis(rows, order, axis=-1)
-        remaining = sorted_err.sum(axis=-1, keepdims=True) - np.cumsum(
-            sorted_err, axis=-1
-        )
+        # the whole row's sum (order may hold only its largest entries)
+        whole = sorted_err if order.shape == rows.shape else rows
+        remaining = whole.sum(axis=-1, keepdims=True) - np.cumsum(sorted_err, axis=-1)
         # flag position k if the rest after removing positions <= k-1 is too big
         prev_remaining = remaining + sorted_err
         take_sorted = prev_remaining > budget[over][..., None]
-        take = np.zeros_like(take_sorted)
+        take = np.zeros(rows.shape, dtype=bool)
         np.put_along_axis(take, order, take_sorted, axis=-1)
         flagged[over] |= take
     return flagged
+
+
+#: Largest errors ordered first by :func:`_largest_first` before it falls
+#: back to a full sort.
+_TOP_ERRORS = 64
+
+
+def _largest_first(rows, budget):
+    """Per row, the indices of the largest entries in decreasing order, as
+    many as flagging needs: the ``_TOP_ERRORS`` largest (a partition and a
+    short sort) when removing them brings the row's sum within ``budget``,
+    otherwise all (a full sort)."""
+    m = rows.shape[-1]
+    if m > 2 * _TOP_ERRORS:
+        top = np.argpartition(rows, m - _TOP_ERRORS, axis=-1)[..., m - _TOP_ERRORS :]
+        vals = np.take_along_axis(rows, top, axis=-1)
+        top = np.take_along_axis(top, np.argsort(vals, axis=-1)[..., ::-1], axis=-1)
+        rest = rows.sum(axis=-1) - np.take_along_axis(rows, top, axis=-1).sum(axis=-1)
+        if np.all(rest <= budget):
+            return top
+    return np.argsort(rows, axis=-1)[..., ::-1]
 
 
 def _constant_terms(
