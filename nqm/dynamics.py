@@ -37,7 +37,7 @@ import math
 
 import numpy as np
 
-from ._closed import _sgd_terms, closed_form_terms, extended_terms
+from ._closed import EXTENDED_EPS, _sgd_terms, closed_form_terms, extended_terms
 from ._confluent import confluent_terms
 from ._doubling import MomentMap
 from ._system import Features, system_matrices
@@ -293,6 +293,13 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
         while True:
             ext = bad & (stage == 0)
             conf = bad & (stage == 1)
+            if np.any(ext):
+                # entries whose bound, shrunk by the extended format's unit
+                # roundoff, would still exceed the whole budget alone go to
+                # divided differences in the same round
+                hopeless = ext & _beyond_extended(eF, eG, wd, wn, totals, rtol)
+                ext &= ~hopeless
+                conf |= hopeless
             if not (np.any(ext) or np.any(conf)):
                 break
             idx = np.nonzero(ext | conf)
@@ -328,6 +335,22 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
         F[bad], G[bad] = redo(bad)
     with np.errstate(all="ignore"):
         return F @ wd, G @ wn, n_doubled
+
+
+#: Factor by which :func:`nqm._closed.extended_terms` is assumed to shrink a
+#: double-precision bound when deciding to skip it (twice the ratio of the
+#: unit roundoffs: a decision only, the value is certified either way).
+_EXTENDED_GAIN = 2.0 * EXTENDED_EPS / np.finfo(np.float64).eps
+
+
+def _beyond_extended(eF, eG, wd, wn, totals, rtol):
+    """Entries whose weighted bounds would exceed the budgets of D or N alone
+    even after the extended re-evaluation."""
+    d, nn = (np.asarray(x)[..., None] for x in totals[:2])
+    with np.errstate(all="ignore"):
+        return (eF * wd * _EXTENDED_GAIN > rtol * d) | (
+            eG * wn * _EXTENDED_GAIN > rtol * nn
+        )
 
 
 def _fits_after_update(arrays, weights, totals, idx, before, rtol):
