@@ -63,8 +63,9 @@ __all__ = [
 #: cannot are recomputed by divided differences, and those that even these
 #: cannot certify by doubling.
 CLOSED_FORM_RTOL = 1e-11
-#: Below this many steps a flagged mode goes straight to doubling: its at most
-#: log2(64) = 6 levels cost less than the divided-difference tables.
+#: Below this many steps a flagged mode that extended precision cannot certify
+#: goes to doubling: its at most log2(64) = 6 levels cost less than the
+#: divided-difference tables.
 CONFLUENT_MIN_STEPS = 64
 
 
@@ -802,9 +803,10 @@ def doubled_modes(
     rtol: float = CLOSED_FORM_RTOL,
 ) -> int:
     """How many (setting, mode, step) entries :func:`risk_terms` computes by
-    doubling: those that neither the Lagrange closed form nor its
-    divided-difference form can certify to ``rtol`` (below
-    :data:`CONFLUENT_MIN_STEPS` steps, those the Lagrange form cannot).
+    doubling: those that neither the Lagrange closed form (in double, then
+    extended precision) nor its divided-difference form can certify to
+    ``rtol`` (below :data:`CONFLUENT_MIN_STEPS` steps, those the Lagrange form
+    cannot).
 
     Arguments as for :func:`risk_terms`, all but ``problem`` and ``lr`` by
     keyword (distinct curvatures count once, as
