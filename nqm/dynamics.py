@@ -151,37 +151,41 @@ def _doubling_terms(hh, alpha, beta, gamma, feats: Features, steps):
     return F, G
 
 
-def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL):
+def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL, fill=1.0):
     """Modes whose closed-form error must be removed to certify ``total``.
 
     ``err`` (shape ``S + (M,)``) bounds each mode's absolute error in its weighted
     contribution to ``total`` (shape ``S``). Nothing is flagged while the summed
     bound is within ``CLOSED_FORM_RTOL`` of the total (the common case, one
-    reduction). Otherwise the largest errors are flagged until the rest fits,
-    plus every mode whose closed form is undefined or overflowed (``err = inf``):
-    doubling returns its value, finite or not (an eigenvalue exactly -1 has a
-    finite, polynomially growing loss that the closed form cannot express).
+    reduction). Otherwise the largest errors are flagged until the rest fits
+    within ``fill`` times that budget (``fill <= 1``: a margin that the
+    re-evaluated modes' own, smaller, errors can use, so that one flagging
+    pass suffices), plus every mode whose closed form is undefined or
+    overflowed (``err = inf``): doubling returns its value, finite or not (an
+    eigenvalue exactly -1 has a finite, polynomially growing loss that the
+    closed form cannot express).
     """
     budget = rtol * np.abs(np.where(np.isfinite(total), total, 0.0))
     finite = np.where(np.isfinite(err), err, 0.0)
     flagged = ~np.isfinite(err)
     over = finite.sum(axis=-1) > budget
+    goal = fill * budget
     if np.any(over):
-        # A mode whose error alone exceeds the budget is flagged in any solution;
+        # A mode whose error alone exceeds the goal is flagged in any solution;
         # usually flagging those leaves a remainder that fits (no sort needed).
-        alone = finite > budget[..., None]
+        alone = finite > goal[..., None]
         flagged |= alone & over[..., None]
-        over &= np.where(alone, 0.0, finite).sum(axis=-1) > budget
+        over &= np.where(alone, 0.0, finite).sum(axis=-1) > goal
     if np.any(over):
         rows = finite[over]
-        order = _largest_first(rows, budget[over])
+        order = _largest_first(rows, goal[over])
         sorted_err = np.take_along_axis(rows, order, axis=-1)
         # the whole row's sum (order may hold only its largest entries)
         whole = sorted_err if order.shape == rows.shape else rows
         remaining = whole.sum(axis=-1, keepdims=True) - np.cumsum(sorted_err, axis=-1)
         # flag position k if the rest after removing positions <= k-1 is too big
         prev_remaining = remaining + sorted_err
-        take_sorted = prev_remaining > budget[over][..., None]
+        take_sorted = prev_remaining > goal[over][..., None]
         take = np.zeros(rows.shape, dtype=bool)
         np.put_along_axis(take, order, take_sorted, axis=-1)
         flagged[over] |= take
@@ -278,7 +282,12 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
     Returns:
         ``(D, N, n_doubled)``.
     """
-    bad = _flag(F, G, eF, eG, wd, wn, rtol)
+    # The first pass flags enough for the rest to fit in half the budget, which
+    # leaves the other half to the re-evaluated entries (whose bounds are far
+    # smaller): then :func:`_fits_after_update` holds after one round and the
+    # second full pass is skipped. Later passes flag only what the budget
+    # itself requires (they decide what goes to doubling).
+    bad = _flag(F, G, eF, eG, wd, wn, rtol, fill=_FIRST_FILL)
     if not np.any(bad):
         with np.errstate(all="ignore"):
             return F @ wd, G @ wn, 0
@@ -338,6 +347,10 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
         return F @ wd, G @ wn, n_doubled
 
 
+#: Fraction of the budget the first flagging pass of :func:`_certified` leaves
+#: to the entries it does not flag.
+_FIRST_FILL = 0.5
+
 #: Factor by which :func:`nqm._closed.extended_terms` is assumed to shrink a
 #: double-precision bound when deciding to skip it (twice the ratio of the
 #: unit roundoffs: a decision only, the value is certified either way).
@@ -377,8 +390,10 @@ def _fits_after_update(arrays, weights, totals, idx, before, rtol):
         )
 
 
-def _flag(F, G, eF, eG, wd, wn, rtol):
-    """Entries whose rounding bounds keep D or N from being certified to rtol."""
+def _flag(F, G, eF, eG, wd, wn, rtol, fill=1.0):
+    """Entries whose rounding bounds keep D or N from being certified to rtol
+    (when they do, enough to bring the rest within ``fill`` times the budget:
+    see :func:`_needs_doubling`)."""
     with np.errstate(all="ignore"):
         d = F @ wd
         nn = G @ wn
@@ -399,7 +414,9 @@ def _flag(F, G, eF, eG, wd, wn, rtol):
             ok = np.isfinite(eF) & np.isfinite(eG) & np.isfinite(F) & np.isfinite(G)
             d = np.where(ok, F, 0.0) @ wd
             nn = np.where(ok, G, 0.0) @ wn
-        return _needs_doubling(eF * wd, d, rtol) | _needs_doubling(eG * wn, nn, rtol)
+        return _needs_doubling(eF * wd, d, rtol, fill) | _needs_doubling(
+            eG * wn, nn, rtol, fill
+        )
 
 
 def _single_setting_terms(

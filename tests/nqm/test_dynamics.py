@@ -496,3 +496,30 @@ def test_flagging_takes_the_fewest_largest_errors():
             want[i] = True
             rest -= err[i]
         assert np.array_equal(got, want)
+
+
+def test_flagging_with_a_margin_leaves_the_rest_within_that_fraction():
+    """With ``fill < 1``, a row over its budget gets the shortest run of
+    largest errors flagged whose removal leaves the rest within ``fill`` times
+    the budget (a row within the budget still gets nothing): against a plain
+    Python sort."""
+    from nqm.dynamics import _needs_doubling
+
+    rng = np.random.default_rng(5)
+    fill = 0.5
+    for _ in range(200):
+        m = int(rng.choice([50, 1000]))
+        err = rng.lognormal(0.0, rng.uniform(0.5, 8.0), m)
+        err *= rng.random(m) < rng.uniform(0.05, 1.0)
+        budget = err.sum() * rng.choice([1e-3, 0.1, 0.7, 2.0])
+        total = budget / 1e-11
+        got = _needs_doubling(err[None, :], np.array([total]), 1e-11, fill)[0]
+        want = np.zeros(m, dtype=bool)
+        rest = err.sum()
+        if rest > budget * (1 + 1e-12):
+            for i in sorted(range(m), key=lambda i: -err[i]):
+                if rest <= fill * budget * (1 + 1e-12):
+                    break
+                want[i] = True
+                rest -= err[i]
+        assert np.array_equal(got, want)
