@@ -151,11 +151,13 @@ def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
                 one_minus_mut = -(ej.e + em.e + ej.e * em.e)
             vv = v[j] * v[m] if j == m else (2.0 * v[j]) * v[m]
             term = vv * (one_minus_mut / one_minus_mu)
+            # a diagonal term is >= 0 (or NaN): v^2 times (1 - lam^2t) / (1 - lam^2)
+            term_abs = term if j == m else np.abs(term)
             if G is None:
-                G, g_abs = term, np.abs(term)
+                G, g_abs = term, term_abs
             else:
                 G = G + term
-                g_abs = g_abs + np.abs(term)
+                g_abs = g_abs + term_abs
     return f, f_abs, G, g_abs
 
 
@@ -318,16 +320,17 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
             cplx = disc < 0
         else:
             cplx = np.zeros(shape, dtype=bool)
-        real = ~cplx
+        any_c = bool(np.any(cplx))
+        one_path = not any_c or bool(np.all(cplx))
         # Per-setting values of size one stay scalars: masking would copy them to
         # every mode, and their logs and powers would be computed once per mode.
         per_setting = [
             x.reshape(())[()] if x.size == 1 else x for x in (alpha, beta, gamma)
         ]
         per_mode = [s] + ([big, disc] if feats.momentum else [])
-        if not np.any(cplx) or not np.any(real):
+        if one_path:
             a_, b_, g_ = per_setting
-            if np.any(cplx):
+            if any_c:
                 out = _complex_pair_terms(
                     s, a_, b_, g_, big, disc, ema=feats.ema, t=t_full
                 )
@@ -343,7 +346,7 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
             def take(x, mask):
                 return x if x.ndim == 0 else np.broadcast_to(x, shape)[mask]
 
-            for mask, complex_path in ((real, False), (cplx, True)):
+            for mask, complex_path in ((~cplx, False), (cplx, True)):
                 a_, b_, g_ = (take(x, mask) for x in per_setting)
                 pm = [take(x, mask) for x in per_mode]
                 if complex_path:
@@ -425,20 +428,29 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
         else:
             cplx = np.zeros(shape, dtype=bool)
             critical = cplx
-        parts = [np.empty(shape, dtype=EXTENDED) for _ in range(4)]
-        for mask, complex_path in ((~cplx, False), (cplx, True)):
-            if not np.any(mask):
-                continue
-            a_, b_, g_, s_, t_ = (x[mask] for x in (alpha, beta, gamma, s, t))
-            if complex_path:
+        any_c = bool(np.any(cplx))
+        if not any_c or bool(np.all(cplx)):  # one path: no selection
+            if any_c:
                 out = _complex_pair_terms(
-                    s_, a_, b_, g_, big[mask], disc[mask], ema=feats.ema, t=t_
+                    s, alpha, beta, gamma, big, disc, ema=feats.ema, t=t
                 )
             else:
-                extra = [big[mask], disc[mask]] if feats.momentum else []
-                out = _real_case(s_, a_, b_, g_, *extra, feats=feats, t=t_)
-            for dst, src in zip(parts, out, strict=True):
-                dst[mask] = src
+                extra = [big, disc] if feats.momentum else []
+                out = _real_case(s, alpha, beta, gamma, *extra, feats=feats, t=t)
+            parts = [np.broadcast_to(x, shape) for x in out]
+        else:
+            parts = [np.empty(shape, dtype=EXTENDED) for _ in range(4)]
+            for mask, complex_path in ((~cplx, False), (cplx, True)):
+                a_, b_, g_, s_, t_ = (x[mask] for x in (alpha, beta, gamma, s, t))
+                if complex_path:
+                    out = _complex_pair_terms(
+                        s_, a_, b_, g_, big[mask], disc[mask], ema=feats.ema, t=t_
+                    )
+                else:
+                    extra = [big[mask], disc[mask]] if feats.momentum else []
+                    out = _real_case(s_, a_, b_, g_, *extra, feats=feats, t=t_)
+                for dst, src in zip(parts, out, strict=True):
+                    dst[mask] = src
         f, f_abs, G, g_abs = parts
         F, G, err_F, err_G = squared_terms(f, f_abs, G, g_abs, eps=EXTENDED_EPS)
         err_F = err_F + 4.0 * kappa * f_abs * (np.abs(f) + f_abs)
@@ -456,10 +468,12 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
 def _put(dst, mask, src):
     """``dst[..., mask] = src`` (``dst`` has at most one leading axis more than
     ``mask``), one row at a time: NumPy's boolean assignment under a leading
-    axis is several times slower than row by row."""
+    axis is several times slower than row by row. ``src`` may lack the
+    leading axis (values the same at every step, e.g. decayed transients)."""
     if dst.ndim == mask.ndim:
         dst[mask] = src
     else:
+        src = np.broadcast_to(src, dst.shape[:1] + np.shape(src)[-1:])
         for row, values in zip(dst, src, strict=True):
             row[mask] = values
 
@@ -475,11 +489,14 @@ def _f_over_one_minus_gamma(s, beta, sq):
     (1-s)`: the larger from their sum and difference, the smaller from the
     product, as for the roots of a quadratic.
     """
-    S = (1.0 - s) * (1.0 - s) - beta * (1.0 + s)
-    w = sq * (1.0 - s)  # X_1 - X_2
+    one_s = 1.0 - s
+    S = one_s * one_s - beta * (1.0 + s)
+    w = sq * one_s  # X_1 - X_2
     big = 0.5 * (S + np.copysign(w, S))
     small = (beta * beta) * s / big
     first = (S >= 0) == (w >= 0)  # X_1 is the larger
+    if first.all():  # the common case: no selection
+        return big, small
     return np.where(first, big, small), np.where(first, small, big)
 
 
@@ -673,6 +690,10 @@ def squared_terms(f, f_abs, G, g_abs, eps=EPS):
     F = f * f
     err_F = 4.0 * eps * f_abs * (np.abs(f) + f_abs)
     err_G = 8.0 * eps * g_abs
+    if np.isfinite(f_abs + g_abs).all():
+        # |f| <= f_abs and |G| <= g_abs: f and G are finite, so F and both
+        # bounds are finite or +inf (overflow), never NaN: nothing to replace
+        return F, np.maximum(G, 0.0), err_F, err_G
     # F = f^2 >= 0 already: only non-finite entries change
     return (
         _inf_unless_finite(F),

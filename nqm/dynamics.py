@@ -59,6 +59,8 @@ __all__ = [
     "split_batch",
 ]
 
+EPS = np.finfo(np.float64).eps
+
 #: Relative accuracy the closed form must certify for D(t) and N(t); modes that
 #: cannot are recomputed by divided differences, and those that even these
 #: cannot certify by doubling.
@@ -284,14 +286,14 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
     """
     # The first pass flags enough for the rest to fit in half the budget, which
     # leaves the other half to the re-evaluated entries (whose bounds are far
-    # smaller): then :func:`_fits_after_update` holds after one round and the
-    # second full pass is skipped. Later passes flag only what the budget
+    # smaller): then :func:`_fits_after_update` usually holds after one round
+    # and the second full pass is skipped. Later passes flag only what the budget
     # itself requires (they decide what goes to doubling).
     bad = _flag(F, G, eF, eG, wd, wn, rtol, fill=_FIRST_FILL)
     if not np.any(bad):
         with np.errstate(all="ignore"):
             return F @ wd, G @ wn, 0
-    F, G, eF, eG = (np.array(x) for x in (F, G, eF, eG))
+    F, G, eF, eG = _writable(F, G, eF, eG)
     if feats.momentum or feats.ema:
         # Replacing a flagged value changes the total the budget is relative to,
         # so flag again until only re-evaluated entries remain. Each entry is
@@ -307,7 +309,7 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
                 # entries whose bound, shrunk by the extended format's unit
                 # roundoff, would still exceed the whole budget alone go to
                 # divided differences in the same round
-                hopeless = ext & _beyond_extended(eF, eG, wd, wn, totals, rtol)
+                hopeless = _beyond_extended(eF, eG, wd, wn, totals, rtol, ext)
                 ext &= ~hopeless
                 conf |= hopeless
             if not (np.any(ext) or np.any(conf)):
@@ -357,37 +359,67 @@ _FIRST_FILL = 0.5
 _EXTENDED_GAIN = 2.0 * EXTENDED_EPS / np.finfo(np.float64).eps
 
 
-def _beyond_extended(eF, eG, wd, wn, totals, rtol):
-    """Entries whose weighted bounds would exceed the budgets of D or N alone
-    even after the extended re-evaluation."""
-    d, nn = (np.asarray(x)[..., None] for x in totals[:2])
+def _beyond_extended(eF, eG, wd, wn, totals, rtol, where):
+    """Which of the entries ``where`` have weighted bounds that would exceed
+    the budgets of D or N alone even after the extended re-evaluation (the
+    others are ``False``)."""
+    pos = np.nonzero(where)
+    cols, rows = pos[-1], pos[:-1]
+    d, nn = (np.asarray(x)[rows] for x in totals[:2])
+    out = np.zeros(where.shape, dtype=bool)
     with np.errstate(all="ignore"):
-        return (eF * wd * _EXTENDED_GAIN > rtol * d) | (
-            eG * wn * _EXTENDED_GAIN > rtol * nn
+        out[pos] = (eF[pos] * wd[cols] * _EXTENDED_GAIN > rtol * d) | (
+            eG[pos] * wn[cols] * _EXTENDED_GAIN > rtol * nn
         )
+    return out
+
+
+def _writable(*arrays):
+    """The arrays themselves where each owns its writable data (fresh results),
+    else copies, so that entries can be replaced in place."""
+    out, seen = [], set()
+    for x in arrays:
+        x = np.asarray(x)
+        if not (x.flags.owndata and x.flags.writeable) or id(x) in seen:
+            x = np.array(x)
+        seen.add(id(x))
+        out.append(x)
+    return out
 
 
 def _fits_after_update(arrays, weights, totals, idx, before, rtol):
     """Whether, after the entries ``idx`` of ``(F, G, eF, eG)`` changed from
-    ``before``, both summed bounds are within half their budgets.
+    ``before``, both summed bounds are within :data:`_UPDATE_FILL` of their
+    budgets.
 
     One setting at one step (1-D arrays) only: the totals ``totals`` are updated
     by the few changed entries instead of recomputed (and updated in place).
-    Within half the budget, :func:`_flag` would flag nothing (the update's own
-    rounding is far below a factor two), so this only saves its full pass.
+    The rounding of that update (the old entries may have been large, so
+    their removal may cancel) is bounded and charged against the bounds and
+    totals; then :func:`_flag` would flag nothing, so this only saves its
+    full pass.
     """
     if arrays[0].ndim != 1:
         return False
     cols = idx[0]
+    slack = []
     with np.errstate(all="ignore"):
         for k, (x, w, old) in enumerate(zip(arrays, weights, before, strict=True)):
-            totals[k] = totals[k] + (x[cols] - old) @ w[cols]
+            new, wk = x[cols], w[cols]
+            scale = abs(totals[k]) + np.abs(old) @ wk + np.abs(new) @ wk
+            totals[k] = totals[k] + (new - old) @ wk
+            slack.append(4.0 * EPS * (cols.size + 2) * scale)
         d, nn, ed, en = totals
         return bool(
-            np.isfinite(d + nn + ed + en)
-            and ed <= 0.5 * rtol * d
-            and en <= 0.5 * rtol * nn
+            np.isfinite(d + nn + ed + en + sum(slack))
+            and ed + slack[2] <= _UPDATE_FILL * rtol * (d - slack[0])
+            and en + slack[3] <= _UPDATE_FILL * rtol * (nn - slack[1])
         )
+
+
+#: Fraction of the budgets within which :func:`_fits_after_update` accepts
+#: the updated bounds (the rest of the budget is margin, not needed).
+_UPDATE_FILL = 0.9
 
 
 def _flag(F, G, eF, eG, wd, wn, rtol, fill=1.0):
