@@ -266,7 +266,7 @@ def _constant_terms(
     return D, N, doubled
 
 
-def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
+def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
     """D and N from closed-form terms (shape ``P + (M,)``), certified to ``rtol``.
 
     Entries whose Lagrange form cannot be certified are recomputed from the
@@ -279,20 +279,26 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
     (``F[bad]``, ``G[bad]`` order). ``entries(bad)`` returns the flagged
     entries' ``(hh, alpha, beta, gamma, t)``. Only flagged entries are replaced:
     where the closed form is certified it is the more accurate (doubling
-    accumulates rounding over its log t levels).
+    accumulates rounding over its log t levels). ``totals``: the sums
+    ``F @ wd, G @ wn, eF @ wd, eG @ wn`` where the caller has them.
 
     Returns:
         ``(D, N, n_doubled)``.
     """
+    if totals is None:
+        with np.errstate(all="ignore"):
+            totals = [
+                x @ w for x, w in zip((F, G, eF, eG), (wd, wn, wd, wn), strict=True)
+            ]
+    totals = list(totals)
     # The first pass flags enough for the rest to fit in half the budget, which
     # leaves the other half to the re-evaluated entries (whose bounds are far
     # smaller): then :func:`_fits_after_update` usually holds after one round
     # and the second full pass is skipped. Later passes flag only what the budget
     # itself requires (they decide what goes to doubling).
-    bad = _flag(F, G, eF, eG, wd, wn, rtol, fill=_FIRST_FILL)
+    bad = _flag(F, G, eF, eG, wd, wn, rtol, fill=_FIRST_FILL, totals=totals)
     if not np.any(bad):
-        with np.errstate(all="ignore"):
-            return F @ wd, G @ wn, 0
+        return totals[0], totals[1], 0
     F, G, eF, eG = _writable(F, G, eF, eG)
     if feats.momentum or feats.ema:
         # Replacing a flagged value changes the total the budget is relative to,
@@ -300,8 +306,6 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
         # tried in extended precision first, then by divided differences.
         stage = np.zeros(bad.shape, dtype=np.int8)  # 1: extended, 2: confluent
         arrays, weights = (F, G, eF, eG), (wd, wn, wd, wn)
-        with np.errstate(all="ignore"):
-            totals = [x @ w for x, w in zip(arrays, weights, strict=True)]
         while True:
             ext = bad & (stage == 0)
             conf = bad & (stage == 1)
@@ -422,22 +426,32 @@ def _fits_after_update(arrays, weights, totals, idx, before, rtol):
 _UPDATE_FILL = 0.9
 
 
-def _flag(F, G, eF, eG, wd, wn, rtol, fill=1.0):
+def _flag(F, G, eF, eG, wd, wn, rtol, fill=1.0, totals=None):
     """Entries whose rounding bounds keep D or N from being certified to rtol
     (when they do, enough to bring the rest within ``fill`` times the budget:
-    see :func:`_needs_doubling`)."""
+    see :func:`_needs_doubling`); ``totals``: the four sums, if known."""
     with np.errstate(all="ignore"):
-        d = F @ wd
-        nn = G @ wn
+        if totals is None:
+            totals = [
+                x @ w for x, w in zip((F, G, eF, eG), (wd, wn, wd, wn), strict=True)
+            ]
+        d, nn, ed, en = totals
         # Common case first: every total finite and both summed bounds within
         # budget (four dot products); then nothing is flagged. (An undefined mode
         # makes a total and its bound inf, and inf <= rtol * inf holds: finiteness
         # must be tested on its own.)
-        ed = eF @ wd
-        en = eG @ wn
-        finite = np.isfinite(d) & np.isfinite(nn)
-        if np.all(finite & (ed <= rtol * d) & (en <= rtol * nn)):
-            return np.zeros(F.shape, dtype=bool)
+        fine_d = ed <= rtol * d
+        fine_n = en <= rtol * nn
+        if np.isfinite(d).all() and np.isfinite(nn).all():
+            # Where one of the two sums is certified in every row, every one of
+            # its weighted bounds is finite and its row fits: it flags nothing.
+            fine_d, fine_n = bool(np.all(fine_d)), bool(np.all(fine_n))
+            if fine_d and fine_n:
+                return np.zeros(F.shape, dtype=bool)
+            if fine_d:
+                return _needs_doubling(eG * wn, nn, rtol, fill)
+            if fine_n:
+                return _needs_doubling(eF * wd, d, rtol, fill)
         # The budget is relative to the total of the modes the closed form does
         # express (every term is >= 0, so this under-estimates the final total:
         # conservative), so that one undefined mode (F = inf) does not make the
@@ -499,8 +513,8 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
     feats = Features(bool(beta > 0), bool(gamma > 0))
     F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, t)
     with np.errstate(all="ignore"):
-        d, n = F @ wd, G @ wn
-        if eF @ wd <= rtol * d and eG @ wn <= rtol * n and math.isfinite(d + n):
+        d, n, ed, en = F @ wd, G @ wn, eF @ wd, eG @ wn
+        if ed <= rtol * d and en <= rtol * n and math.isfinite(d + n):
             return np.asarray(d), np.asarray(n), 0
 
     def entries(bad):
@@ -518,7 +532,9 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
         Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
         return Fd[0], Gd[0]
 
-    d, n, doubled = _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo)
+    d, n, doubled = _certified(
+        F, G, eF, eG, wd, wn, rtol, feats, entries, redo, (d, n, ed, en)
+    )
     return np.asarray(d), np.asarray(n), doubled
 
 
