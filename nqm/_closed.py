@@ -346,7 +346,10 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
             def take(x, mask):
                 return x if x.ndim == 0 else np.broadcast_to(x, shape)[mask]
 
-            for mask, complex_path in ((~cplx, False), (cplx, True)):
+            parts = _contiguous_parts(cplx) if len(shape) == 1 else None
+            if parts is None:
+                parts = (~cplx, cplx)
+            for mask, complex_path in zip(parts, (False, True), strict=True):
                 a_, b_, g_ = (take(x, mask) for x in per_setting)
                 pm = [take(x, mask) for x in per_mode]
                 if complex_path:
@@ -465,12 +468,34 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
     return _finite_or_inf(F64), _finite_or_inf(G64), err_F, err_G
 
 
+def _contiguous_parts(cplx):
+    r"""``(real, complex)`` as two slices where each kind of root occupies one
+    contiguous run of the (1-D) modes, else ``None``.
+
+    The modes come sorted by curvature, and the complex roots are those with
+    :math:`(1-\sqrt\beta)^2 < s < (1+\sqrt\beta)^2`: usually one run, the
+    real roots below it (and rarely above). Slices select views, and results
+    are written back without boolean indexing.
+    """
+    idx = np.flatnonzero(cplx)
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    if hi - lo != idx.size:
+        return None
+    if lo == 0:
+        return slice(hi, None), slice(0, hi)
+    if hi == cplx.size:
+        return slice(0, lo), slice(lo, None)
+    return None
+
+
 def _put(dst, mask, src):
     """``dst[..., mask] = src`` (``dst`` has at most one leading axis more than
-    ``mask``), one row at a time: NumPy's boolean assignment under a leading
+    ``mask``, or ``mask`` is a slice of the last axis), one row at a time: NumPy's boolean assignment under a leading
     axis is several times slower than row by row. ``src`` may lack the
     leading axis (values the same at every step, e.g. decayed transients)."""
-    if dst.ndim == mask.ndim:
+    if isinstance(mask, slice):
+        dst[..., mask] = src
+    elif dst.ndim == mask.ndim:
         dst[mask] = src
     else:
         src = np.broadcast_to(src, dst.shape[:1] + np.shape(src)[-1:])
