@@ -418,6 +418,11 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
         for x in (s, alpha, beta, gamma)
     )
     t = np.broadcast_to(np.asarray(t, dtype=np.int64), shape)
+    one = shape == (1,)
+    if one:
+        # one entry (the usual case): NumPy scalars, several times cheaper per
+        # operation than one-element arrays; the same formulas and roundings
+        s, alpha, beta, gamma, t = (x[0] for x in (s, alpha, beta, gamma, t))
     with np.errstate(all="ignore"):
         kappa = np.zeros(shape, dtype=EXTENDED)
         if feats.momentum:
@@ -440,7 +445,7 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
             else:
                 extra = [big, disc] if feats.momentum else []
                 out = _real_case(s, alpha, beta, gamma, *extra, feats=feats, t=t)
-            parts = [np.broadcast_to(x, shape) for x in out]
+            parts = list(out) if one else [np.broadcast_to(x, shape) for x in out]
         else:
             parts = [np.empty(shape, dtype=EXTENDED) for _ in range(4)]
             for mask, complex_path in ((~cplx, False), (cplx, True)):
@@ -462,6 +467,9 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
         # rounding the results to double
         err_F = err_F.astype(np.float64) + EPS * F64
         err_G = err_G.astype(np.float64) + EPS * G64
+        F64, G64, err_F, err_G = (
+            np.reshape(x, shape) for x in (F64, G64, err_F, err_G)
+        )
         bad = critical | ~np.isfinite(err_F) | ~np.isfinite(err_G)
         err_F[bad] = np.inf
         err_G[bad] = np.inf
