@@ -201,10 +201,17 @@ _TOP_ERRORS = 64
 
 def _largest_first(rows, budget):
     """Per row, the indices of the largest entries in decreasing order, as
-    many as flagging needs: the ``_TOP_ERRORS`` largest (a partition and a
-    short sort) when removing them brings the row's sum within ``budget``,
-    otherwise all (a full sort)."""
+    many as flagging needs: for one row those above ``budget / m``; else the
+    ``_TOP_ERRORS`` largest (a partition and a short sort) when removing them
+    brings the row's sum within ``budget``, otherwise all (a full sort)."""
     m = rows.shape[-1]
+    if rows.shape[0] == 1:
+        # One row: every entry that flagging can need exceeds budget / m (the
+        # entries at or below it sum to at most the budget), usually a few.
+        r = rows[0]
+        idx = np.flatnonzero(r > budget[0] / m)
+        if r.sum() - r[idx].sum() <= budget[0]:
+            return idx[np.argsort(r[idx])[::-1]][None, :]
     if m > 2 * _TOP_ERRORS:
         top = np.argpartition(rows, m - _TOP_ERRORS, axis=-1)[..., m - _TOP_ERRORS :]
         vals = np.take_along_axis(rows, top, axis=-1)
@@ -322,10 +329,11 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
             before = [x[idx] for x in arrays]
             if np.any(ext):
                 hb, ab, bb, gb, tb = entries(ext)
-                F[ext], G[ext], eF[ext], eG[ext] = extended_terms(
+                pos = np.nonzero(ext)  # the same order as entries(ext)
+                F[pos], G[pos], eF[pos], eG[pos] = extended_terms(
                     ab * hb, ab, bb, gb, feats, tb
                 )
-                stage[ext] = 1
+                stage[pos] = 1
             if np.any(conf):
                 pos = np.nonzero(conf)
                 hb, ab, bb, gb, tb = entries(conf)
