@@ -302,7 +302,7 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
     )
     s = alpha * hh
     shape = np.broadcast_shapes(s.shape, beta.shape, gamma.shape)
-    s = np.broadcast_to(s, shape)
+    s = _fit(s, shape)
     if np.ndim(t) == 0:
         t = int(t)
         t_full = t_flat = t
@@ -316,12 +316,12 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
         if not feats.momentum and not feats.ema:
             return _sgd_terms(s, alpha, t_full)
         if feats.momentum:
-            big, disc = (np.broadcast_to(x, shape) for x in _momentum_roots(s, beta))
+            big, disc = (_fit(x, shape) for x in _momentum_roots(s, beta))
             cplx = disc < 0
         else:
             cplx = np.zeros(shape, dtype=bool)
-        any_c = bool(np.any(cplx))
-        one_path = not any_c or bool(np.all(cplx))
+        any_c = bool(cplx.any())
+        one_path = not any_c or bool(cplx.all())
         # Per-setting values of size one stay scalars: masking would copy them to
         # every mode, and their logs and powers would be computed once per mode.
         per_setting = [
@@ -336,7 +336,7 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
                 )
             else:
                 out = _real_case(s, a_, b_, g_, *per_mode[1:], feats=feats, t=t_full)
-            f, f_abs, G, g_abs = (np.broadcast_to(x, out_shape) for x in out)
+            f, f_abs, G, g_abs = (_fit(x, out_shape) for x in out)
         else:
             f = np.empty(out_shape)
             f_abs = np.empty(out_shape)
@@ -474,6 +474,12 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
         err_F[bad] = np.inf
         err_G[bad] = np.inf
     return _finite_or_inf(F64), _finite_or_inf(G64), err_F, err_G
+
+
+def _fit(x, shape):
+    """``x`` broadcast to ``shape`` (itself where it has that shape already:
+    ``np.broadcast_to`` costs microseconds even then)."""
+    return x if np.shape(x) == shape else np.broadcast_to(x, shape)
 
 
 def _contiguous_parts(cplx):
