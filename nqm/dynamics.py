@@ -167,6 +167,8 @@ def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL, fill=1.0):
     eigenvalue exactly -1 has a finite, polynomially growing loss that the
     closed form cannot express).
     """
+    if err.ndim == 1:
+        return _needs_doubling_row(err, float(total), rtol, fill)
     budget = rtol * np.abs(np.where(np.isfinite(total), total, 0.0))
     finite = np.where(np.isfinite(err), err, 0.0)
     flagged = ~np.isfinite(err)
@@ -191,6 +193,33 @@ def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL, fill=1.0):
         take = np.zeros(rows.shape, dtype=bool)
         np.put_along_axis(take, order, take_sorted, axis=-1)
         flagged[over] |= take
+    return flagged
+
+
+def _needs_doubling_row(err, total, rtol, fill):
+    """:func:`_needs_doubling` for one setting (``err`` of shape ``(M,)``): the
+    same flags from a few passes over the row. Only errors above
+    ``goal / M`` can be needed (those at or below it sum to at most the goal),
+    so only those are ordered."""
+    budget = rtol * abs(total) if math.isfinite(total) else 0.0
+    fin = np.isfinite(err)
+    if fin.all():
+        finite, flagged = err, np.zeros(err.shape, dtype=bool)
+    else:
+        finite, flagged = np.where(fin, err, 0.0), ~fin
+    whole = finite.sum()
+    if not whole > budget:
+        return flagged
+    goal = fill * budget
+    idx = np.flatnonzero(finite > goal / err.size)
+    order = idx[np.argsort(finite[idx])[::-1]]
+    sorted_err = finite[order]
+    if whole - sorted_err.sum() > goal:  # rounding: order every entry
+        order = np.argsort(finite)[::-1]
+        sorted_err = finite[order]
+    # flag position k if the rest after removing positions <= k-1 is too big
+    prev_remaining = whole - np.cumsum(sorted_err) + sorted_err
+    flagged[order[prev_remaining > goal]] = True
     return flagged
 
 
