@@ -456,9 +456,12 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
 def _put(dst, mask, src):
     """``dst[..., mask] = src`` (``dst`` has at most one leading axis more than
     ``mask``), one row at a time: NumPy's boolean assignment under a leading
-    axis is several times slower than row by row."""
+    axis is several times slower than row by row. A ``src`` without that leading
+    axis, or with one row, is broadcast over the rows."""
     if dst.ndim == mask.ndim:
         dst[mask] = src
+    elif np.ndim(src) < dst.ndim or len(src) != len(dst):
+        dst[..., mask] = src
     else:
         for row, values in zip(dst, src, strict=True):
             row[mask] = values
