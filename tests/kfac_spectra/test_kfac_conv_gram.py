@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from kfac_helpers import seeded
 from torch import Tensor, nn
 
-from kfac_spectra.kfac.blocks.conv import LAGGED_SLOWDOWN, ConvBlock, prefer_lagged
+from kfac_spectra.kfac.blocks.conv import (
+    LAGGED_MIN_FLOPS,
+    LAGGED_SLOWDOWN,
+    ConvBlock,
+    prefer_lagged,
+    unfolded_patch_gram,
+)
 from kfac_spectra.kfac.blocks.conv_gram import (
     correlation_flops,
     lagged_patch_gram,
@@ -117,9 +123,22 @@ def test_flop_counts_and_bad_shapes() -> None:
 
 
 def test_the_block_prefers_the_correlations_where_they_save_flops() -> None:
-    # stride 1, 3x3 over 8x8 (10x10 padded): 2·64·81 against 2·100·13 per
-    # channel pair and example, about 4x fewer; stride 2 and 5 taps in 1-D:
-    # 2·20·25 against 2·44·5, about 2.3x fewer, below LAGGED_SLOWDOWN
     assert 4.0 > LAGGED_SLOWDOWN > 2.3  # the cases below straddle it
-    assert prefer_lagged(torch.zeros(4, 8, 8, 8), nn.Conv2d(8, 8, 3, padding=1))
-    assert not prefer_lagged(torch.zeros(4, 8, 40), nn.Conv1d(8, 8, 5, 2, 2))
+    # stride 1, 3x3 over 16x16 (18x18 padded), 16 channels, 64 examples: 0.68
+    # against 0.14 GFLOP, 4.9x fewer
+    conv2d = nn.Conv2d(16, 16, 3, padding=1)
+    assert prefer_lagged(torch.zeros(64, 16, 16, 16), conv2d)
+    # stride 2, 5 taps in 1-D: 25·20 against 5·44 per channel pair and
+    # example, 2.3x fewer
+    assert not prefer_lagged(torch.zeros(2048, 32, 40), nn.Conv1d(32, 32, 5, 2, 2))
+    # 5x fewer, but a product too small for the correlations' fixed cost
+    conv1d = nn.Conv1d(1, 32, 5, padding=2)
+    assert LAGGED_MIN_FLOPS > 2 * 128 * 40 * 25
+    assert not prefer_lagged(torch.zeros(128, 1, 40), conv1d)
+    # where it prefers them, the block's factor is the patches' Gram matrix
+    conv2d = conv2d.double()
+    x = torch.randn(64, 16, 16, 16, generator=seeded(12), dtype=DT)
+    got, rows = ConvBlock("c", conv2d, KFACApprox.EXPAND).input_gram(x)
+    want, want_rows = unfolded_patch_gram(x, conv2d, True)
+    assert rows == want_rows == 64 * 256
+    assert _rel(got, want) < GRAM_RTOL

@@ -48,8 +48,11 @@ __all__ = [
 # The lagged correlations run as one small product per input position, a few
 # times slower per flop than the patches' one large product on the CPU
 # (``benchmarks/bench_conv_factor.py``): they are chosen where their flops,
-# weighted by this, are fewer.
+# weighted by this, are fewer, and the patches' product is large enough for the
+# correlations' fixed cost (a few dozen small operations, about half a
+# millisecond) to matter less than the flops they save.
 LAGGED_SLOWDOWN = 3.0
+LAGGED_MIN_FLOPS = 1e8
 
 
 def conv_supported(module: nn.Module) -> bool:
@@ -180,7 +183,8 @@ def unfolded_patch_gram(
 def prefer_lagged(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> bool:
     """Whether :func:`~kfac_spectra.kfac.blocks.conv_gram.lagged_patch_gram`
     forms the expand input factor of ``x`` faster than the patches' Gram matrix:
-    where its flops, weighted by ``LAGGED_SLOWDOWN``, are fewer.
+    where its flops, weighted by ``LAGGED_SLOWDOWN``, are fewer, and the Gram
+    matrix takes at least ``LAGGED_MIN_FLOPS``.
 
     Args:
         x: Input, shape ``(N, C_in, *spatial)`` or without the batch dim.
@@ -197,6 +201,8 @@ def prefer_lagged(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> bool:
     ]
     args = (batch, x.shape[-nd - 1], padded, module.kernel_size)
     unfolded = unfolded_gram_flops(*args, module.stride, module.dilation)
+    if unfolded < LAGGED_MIN_FLOPS:
+        return False
     return LAGGED_SLOWDOWN * correlation_flops(*args) < unfolded
 
 
