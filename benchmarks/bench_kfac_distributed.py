@@ -197,12 +197,44 @@ def flop_floor(run: Run, x: Tensor, y: Tensor) -> float:
 
 
 def _decomposition_flops(opt: KFAC, world: int) -> float:
-    """Estimated flops of this rank's decompositions on an inverse step (the
-    shared layout: its share of the blocks, :func:`assign_owners`)."""
+    """Estimated flops of this rank's decompositions on an inverse step: its
+    share of the blocks (:func:`assign_owners`), or every block in the
+    ``replicated`` layout."""
     costs = {k: decomposition_cost(f) for k, f in opt.factors().items()}
     owners = assign_owners(costs, world)
     rank = dist.get_rank()
-    return EIGH_FLOPS_PER_N3 * sum(c for k, c in costs.items() if owners[k] == rank)
+    every = opt.config.inverse_layout == "replicated"
+    return EIGH_FLOPS_PER_N3 * sum(
+        c for k, c in costs.items() if every or owners[k] == rank
+    )
+
+
+def _kind(step: int) -> str:
+    """What K-FAC does on optimizer step ``step``."""
+    if step % INVERSE_INTERVAL == 0:
+        return "inverse"
+    return "factor" if step % FACTOR_INTERVAL == 0 else "plain"
+
+
+def kind_flops(run: Run, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Flops of the next step of each kind (forward, backward and step; the
+    decompositions at ``EIGH_FLOPS_PER_N3``), the slower rank's; advances the
+    run to the next inverse step and past it."""
+    assert isinstance(run.opt, KFAC)
+    world = dist.get_world_size()
+    counted: dict[str, float] = {}
+    while len(counted) < 3:
+        kind = _kind(run.opt.steps)
+        if kind in counted:
+            run.steps(x, y, 1)
+            continue
+        counted[kind] = _flops(lambda: run.steps(x, y, 1))
+        if kind == "inverse":
+            counted[kind] += _decomposition_flops(run.opt, world)
+    names = sorted(counted)
+    flops = torch.tensor([counted[k] for k in names], dtype=torch.float64)
+    dist.all_reduce(flops, op=dist.ReduceOp.MAX)
+    return dict(zip(names, flops.tolist(), strict=True))
 
 
 def window_floors(
@@ -240,14 +272,7 @@ def step_kinds(run: Run, x: Tensor, y: Tensor, steps: int) -> dict[str, float]:
     inverse step is also a factor step)."""
     kinds: dict[str, list[float]] = {}
     for _ in range(steps):
-        kind = "sgd"
-        if isinstance(run.opt, KFAC):
-            k = run.opt.steps
-            kind = "plain"
-            if k % INVERSE_INTERVAL == 0:
-                kind = "inverse"
-            elif k % FACTOR_INTERVAL == 0:
-                kind = "factor"
+        kind = _kind(run.opt.steps) if isinstance(run.opt, KFAC) else "sgd"
         c0 = time.thread_time()
         run.steps(x, y, 1)
         kinds.setdefault(kind, []).append(time.thread_time() - c0)
@@ -264,25 +289,34 @@ def _load() -> str:
 
 def _kinds_lines(runs: dict[str, Run], x: Tensor, y: Tensor) -> list[str]:
     """Where K-FAC's time goes: each kind of step against an SGD step, and their
-    mix over a window (``INVERSE_INTERVAL`` steps)."""
+    mix over a window (``INVERSE_INTERVAL`` steps); next to each, its flops
+    against an SGD step's (what it would cost if every flop ran at the same
+    speed; the time above that is the overhead: Python, memory, collectives)."""
     sgd = step_kinds(runs["sgd"], x, y, KIND_STEPS // 2)["sgd"]
+    sgd_flops = _flops(lambda: runs["sgd"].steps(x, y, 1))
     lines = [
         f"    per kind of step (main-thread CPU ms, medians of {KIND_STEPS} steps, "
-        f"the slower rank): sgd {sgd:.2f}"
+        f"the slower rank; in brackets the ratio to sgd, time / flops): sgd {sgd:.2f}"
     ]
     per_window = INVERSE_INTERVAL // FACTOR_INTERVAL  # factor steps per window
-    for key in LAYOUTS:
-        t = step_kinds(runs[key], x, y, KIND_STEPS)
-        mix = (
+
+    def mix(t: dict[str, float]) -> float:
+        return (
             (INVERSE_INTERVAL - per_window) * t["plain"]
             + (per_window - 1) * t["factor"]
             + t["inverse"]
         ) / INVERSE_INTERVAL
+
+    for key in LAYOUTS:
+        t = step_kinds(runs[key], x, y, KIND_STEPS)
+        f = {k: v / sgd_flops for k, v in kind_flops(runs[key], x, y).items()}
+        parts = ", ".join(
+            f"{k} {t[k]:.2f} ({t[k] / sgd:.2f}x / {f[k]:.2f}x)"
+            for k in ("plain", "factor", "inverse")
+        )
         lines.append(
-            f"      {key:<10} plain {t['plain']:.2f} ({t['plain'] / sgd:.2f}x), "
-            f"factor {t['factor']:.2f} ({t['factor'] / sgd:.2f}x), inverse "
-            f"{t['inverse']:.1f} ({t['inverse'] / sgd:.1f}x); their mix "
-            f"{mix:.2f} ms/step = {mix / sgd:.2f}x sgd"
+            f"      {key:<10} {parts}; their mix {mix(t):.2f} ms/step = "
+            f"{mix(t) / sgd:.2f}x / {mix(f):.2f}x"
         )
     return lines
 
