@@ -89,7 +89,7 @@ EIGH_FLOPS_PER_N3 = 9.0
 # independent of the batch
 STATS_ROWS = 256
 _EMPIRICAL = {"fisher_type": FisherType.EMPIRICAL}
-_REDUCE = {"kfac_approx": KFACApprox.REDUCE}  # MC reduce: between the two
+_REDUCE = {"kfac_approx": KFACApprox.REDUCE}
 _SAMPLED = {"stats_batch_size": STATS_ROWS}
 VARIANTS: dict[str, tuple[tuple[str, dict[str, object]], ...]] = {
     "mlp": (
