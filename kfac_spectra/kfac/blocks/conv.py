@@ -13,6 +13,10 @@ spatial homogeneity and spatially uncorrelated derivatives and gets
 al. 2019, appendix A, eqn 15, whose product is the same). K-FAC-reduce averages the patches and sums the
 output gradients over locations per example.
 
+The expand input factor is the Gram matrix of the patch rows or, where that is
+cheaper (:func:`prefer_lagged`), the same matrix from the input's lagged channel
+correlations (:mod:`~kfac_spectra.kfac.blocks.conv_gram`).
+
 Only ``groups == 1`` and ``padding_mode == 'zeros'`` are supported; other
 convolutions are left to the plain gradient.
 
