@@ -188,7 +188,8 @@ def prefer_lagged(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> bool:
     """Whether :func:`~kfac_spectra.kfac.blocks.conv_gram.lagged_patch_gram`
     forms the expand input factor of ``x`` faster than the patches' Gram matrix:
     where its flops, weighted by ``LAGGED_SLOWDOWN``, are fewer, and the Gram
-    matrix takes at least ``LAGGED_MIN_FLOPS``.
+    matrix takes at least ``LAGGED_MIN_FLOPS``; on the CPU only (where the
+    weights were measured).
 
     Args:
         x: Input, shape ``(N, C_in, *spatial)`` or without the batch dim.
@@ -205,8 +206,8 @@ def prefer_lagged(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> bool:
     ]
     args = (batch, x.shape[-nd - 1], padded, module.kernel_size)
     unfolded = unfolded_gram_flops(*args, module.stride, module.dilation)
-    if unfolded < LAGGED_MIN_FLOPS:
-        return False
+    if unfolded < LAGGED_MIN_FLOPS or x.device.type != "cpu":
+        return False  # too small, or on a device where it is not measured
     return LAGGED_SLOWDOWN * correlation_flops(*args) < unfolded
 
 
