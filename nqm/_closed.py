@@ -504,15 +504,18 @@ def _contiguous_parts(cplx):
 
 def _put(dst, mask, src):
     """``dst[..., mask] = src`` (``dst`` has at most one leading axis more than
-    ``mask``, or ``mask`` is a slice of the last axis), one row at a time: NumPy's boolean assignment under a leading
-    axis is several times slower than row by row. ``src`` may lack the
-    leading axis (values the same at every step, e.g. decayed transients)."""
+    ``mask``, or ``mask`` is a slice of the last axis), one row at a time:
+    NumPy's boolean assignment under a leading axis is several times slower
+    than row by row. A ``src`` without that leading axis, or with one row, is
+    broadcast over the rows (values the same at every step, e.g. decayed
+    transients)."""
     if isinstance(mask, slice):
         dst[..., mask] = src
     elif dst.ndim == mask.ndim:
         dst[mask] = src
+    elif np.ndim(src) < dst.ndim or len(src) != len(dst):
+        dst[..., mask] = src
     else:
-        src = np.broadcast_to(src, dst.shape[:1] + np.shape(src)[-1:])
         for row, values in zip(dst, src, strict=True):
             row[mask] = values
 
