@@ -151,11 +151,13 @@ def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
                 one_minus_mut = -(ej.e + em.e + ej.e * em.e)
             vv = v[j] * v[m] if j == m else (2.0 * v[j]) * v[m]
             term = vv * (one_minus_mut / one_minus_mu)
+            # a diagonal term is >= 0 (or NaN): v^2 times (1 - lam^2t) / (1 - lam^2)
+            term_abs = term if j == m else np.abs(term)
             if G is None:
-                G, g_abs = term, np.abs(term)
+                G, g_abs = term, term_abs
             else:
                 G = G + term
-                g_abs = g_abs + np.abs(term)
+                g_abs = g_abs + term_abs
     return f, f_abs, G, g_abs
 
 
@@ -300,7 +302,7 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
     )
     s = alpha * hh
     shape = np.broadcast_shapes(s.shape, beta.shape, gamma.shape)
-    s = np.broadcast_to(s, shape)
+    s = _fit(s, shape)
     if np.ndim(t) == 0:
         t = int(t)
         t_full = t_flat = t
@@ -314,26 +316,27 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
         if not feats.momentum and not feats.ema:
             return _sgd_terms(s, alpha, t_full)
         if feats.momentum:
-            big, disc = (np.broadcast_to(x, shape) for x in _momentum_roots(s, beta))
+            big, disc = (_fit(x, shape) for x in _momentum_roots(s, beta))
             cplx = disc < 0
         else:
             cplx = np.zeros(shape, dtype=bool)
-        real = ~cplx
+        any_c = bool(cplx.any())
+        one_path = not any_c or bool(cplx.all())
         # Per-setting values of size one stay scalars: masking would copy them to
         # every mode, and their logs and powers would be computed once per mode.
         per_setting = [
             x.reshape(())[()] if x.size == 1 else x for x in (alpha, beta, gamma)
         ]
         per_mode = [s] + ([big, disc] if feats.momentum else [])
-        if not np.any(cplx) or not np.any(real):
+        if one_path:
             a_, b_, g_ = per_setting
-            if np.any(cplx):
+            if any_c:
                 out = _complex_pair_terms(
                     s, a_, b_, g_, big, disc, ema=feats.ema, t=t_full
                 )
             else:
                 out = _real_case(s, a_, b_, g_, *per_mode[1:], feats=feats, t=t_full)
-            f, f_abs, G, g_abs = (np.broadcast_to(x, out_shape) for x in out)
+            f, f_abs, G, g_abs = (_fit(x, out_shape) for x in out)
         else:
             f = np.empty(out_shape)
             f_abs = np.empty(out_shape)
@@ -343,7 +346,10 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
             def take(x, mask):
                 return x if x.ndim == 0 else np.broadcast_to(x, shape)[mask]
 
-            for mask, complex_path in ((real, False), (cplx, True)):
+            parts = _contiguous_parts(cplx) if len(shape) == 1 else None
+            if parts is None:
+                parts = (~cplx, cplx)
+            for mask, complex_path in zip(parts, (False, True), strict=True):
                 a_, b_, g_ = (take(x, mask) for x in per_setting)
                 pm = [take(x, mask) for x in per_mode]
                 if complex_path:
@@ -412,6 +418,11 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
         for x in (s, alpha, beta, gamma)
     )
     t = np.broadcast_to(np.asarray(t, dtype=np.int64), shape)
+    one = shape == (1,)
+    if one:
+        # one entry (the usual case): NumPy scalars, several times cheaper per
+        # operation than one-element arrays; the same formulas and roundings
+        s, alpha, beta, gamma, t = (x[0] for x in (s, alpha, beta, gamma, t))
     with np.errstate(all="ignore"):
         kappa = np.zeros(shape, dtype=EXTENDED)
         if feats.momentum:
@@ -425,20 +436,29 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
         else:
             cplx = np.zeros(shape, dtype=bool)
             critical = cplx
-        parts = [np.empty(shape, dtype=EXTENDED) for _ in range(4)]
-        for mask, complex_path in ((~cplx, False), (cplx, True)):
-            if not np.any(mask):
-                continue
-            a_, b_, g_, s_, t_ = (x[mask] for x in (alpha, beta, gamma, s, t))
-            if complex_path:
+        any_c = bool(np.any(cplx))
+        if not any_c or bool(np.all(cplx)):  # one path: no selection
+            if any_c:
                 out = _complex_pair_terms(
-                    s_, a_, b_, g_, big[mask], disc[mask], ema=feats.ema, t=t_
+                    s, alpha, beta, gamma, big, disc, ema=feats.ema, t=t
                 )
             else:
-                extra = [big[mask], disc[mask]] if feats.momentum else []
-                out = _real_case(s_, a_, b_, g_, *extra, feats=feats, t=t_)
-            for dst, src in zip(parts, out, strict=True):
-                dst[mask] = src
+                extra = [big, disc] if feats.momentum else []
+                out = _real_case(s, alpha, beta, gamma, *extra, feats=feats, t=t)
+            parts = list(out) if one else [np.broadcast_to(x, shape) for x in out]
+        else:
+            parts = [np.empty(shape, dtype=EXTENDED) for _ in range(4)]
+            for mask, complex_path in ((~cplx, False), (cplx, True)):
+                a_, b_, g_, s_, t_ = (x[mask] for x in (alpha, beta, gamma, s, t))
+                if complex_path:
+                    out = _complex_pair_terms(
+                        s_, a_, b_, g_, big[mask], disc[mask], ema=feats.ema, t=t_
+                    )
+                else:
+                    extra = [big[mask], disc[mask]] if feats.momentum else []
+                    out = _real_case(s_, a_, b_, g_, *extra, feats=feats, t=t_)
+                for dst, src in zip(parts, out, strict=True):
+                    dst[mask] = src
         f, f_abs, G, g_abs = parts
         F, G, err_F, err_G = squared_terms(f, f_abs, G, g_abs, eps=EXTENDED_EPS)
         err_F = err_F + 4.0 * kappa * f_abs * (np.abs(f) + f_abs)
@@ -447,18 +467,51 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
         # rounding the results to double
         err_F = err_F.astype(np.float64) + EPS * F64
         err_G = err_G.astype(np.float64) + EPS * G64
+        F64, G64, err_F, err_G = (
+            np.reshape(x, shape) for x in (F64, G64, err_F, err_G)
+        )
         bad = critical | ~np.isfinite(err_F) | ~np.isfinite(err_G)
         err_F[bad] = np.inf
         err_G[bad] = np.inf
     return _finite_or_inf(F64), _finite_or_inf(G64), err_F, err_G
 
 
+def _fit(x, shape):
+    """``x`` broadcast to ``shape`` (itself where it has that shape already:
+    ``np.broadcast_to`` costs microseconds even then)."""
+    return x if np.shape(x) == shape else np.broadcast_to(x, shape)
+
+
+def _contiguous_parts(cplx):
+    r"""``(real, complex)`` as two slices where each kind of root occupies one
+    contiguous run of the (1-D) modes, else ``None``.
+
+    The modes come sorted by curvature, and the complex roots are those with
+    :math:`(1-\sqrt\beta)^2 < s < (1+\sqrt\beta)^2`: usually one run, the
+    real roots below it (and rarely above). Slices select views, and results
+    are written back without boolean indexing.
+    """
+    idx = np.flatnonzero(cplx)
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    if hi - lo != idx.size:
+        return None
+    if lo == 0:
+        return slice(hi, None), slice(0, hi)
+    if hi == cplx.size:
+        return slice(0, lo), slice(lo, None)
+    return None
+
+
 def _put(dst, mask, src):
     """``dst[..., mask] = src`` (``dst`` has at most one leading axis more than
-    ``mask``), one row at a time: NumPy's boolean assignment under a leading
-    axis is several times slower than row by row. A ``src`` without that leading
-    axis, or with one row, is broadcast over the rows."""
-    if dst.ndim == mask.ndim:
+    ``mask``, or ``mask`` is a slice of the last axis), one row at a time:
+    NumPy's boolean assignment under a leading axis is several times slower
+    than row by row. A ``src`` without that leading axis, or with one row, is
+    broadcast over the rows (values the same at every step, e.g. decayed
+    transients)."""
+    if isinstance(mask, slice):
+        dst[..., mask] = src
+    elif dst.ndim == mask.ndim:
         dst[mask] = src
     elif np.ndim(src) < dst.ndim or len(src) != len(dst):
         dst[..., mask] = src
@@ -478,11 +531,14 @@ def _f_over_one_minus_gamma(s, beta, sq):
     (1-s)`: the larger from their sum and difference, the smaller from the
     product, as for the roots of a quadratic.
     """
-    S = (1.0 - s) * (1.0 - s) - beta * (1.0 + s)
-    w = sq * (1.0 - s)  # X_1 - X_2
+    one_s = 1.0 - s
+    S = one_s * one_s - beta * (1.0 + s)
+    w = sq * one_s  # X_1 - X_2
     big = 0.5 * (S + np.copysign(w, S))
     small = (beta * beta) * s / big
     first = (S >= 0) == (w >= 0)  # X_1 is the larger
+    if first.all():  # the common case: no selection
+        return big, small
     return np.where(first, big, small), np.where(first, small, big)
 
 
@@ -676,6 +732,10 @@ def squared_terms(f, f_abs, G, g_abs, eps=EPS):
     F = f * f
     err_F = 4.0 * eps * f_abs * (np.abs(f) + f_abs)
     err_G = 8.0 * eps * g_abs
+    if np.isfinite(f_abs + g_abs).all():
+        # |f| <= f_abs and |G| <= g_abs: f and G are finite, so F and both
+        # bounds are finite or +inf (overflow), never NaN: nothing to replace
+        return F, np.maximum(G, 0.0), err_F, err_G
     # F = f^2 >= 0 already: only non-finite entries change
     return (
         _inf_unless_finite(F),

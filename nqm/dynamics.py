@@ -59,6 +59,8 @@ __all__ = [
     "split_batch",
 ]
 
+EPS = np.finfo(np.float64).eps
+
 #: Relative accuracy the closed form must certify for D(t) and N(t); modes that
 #: cannot are recomputed by divided differences, and those that even these
 #: cannot certify by doubling.
@@ -151,40 +153,73 @@ def _doubling_terms(hh, alpha, beta, gamma, feats: Features, steps):
     return F, G
 
 
-def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL):
+def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL, fill=1.0):
     """Modes whose closed-form error must be removed to certify ``total``.
 
     ``err`` (shape ``S + (M,)``) bounds each mode's absolute error in its weighted
     contribution to ``total`` (shape ``S``). Nothing is flagged while the summed
     bound is within ``CLOSED_FORM_RTOL`` of the total (the common case, one
-    reduction). Otherwise the largest errors are flagged until the rest fits,
-    plus every mode whose closed form is undefined or overflowed (``err = inf``):
-    doubling returns its value, finite or not (an eigenvalue exactly -1 has a
-    finite, polynomially growing loss that the closed form cannot express).
+    reduction). Otherwise the largest errors are flagged until the rest fits
+    within ``fill`` times that budget (``fill <= 1``: a margin that the
+    re-evaluated modes' own, smaller, errors can use, so that one flagging
+    pass suffices), plus every mode whose closed form is undefined or
+    overflowed (``err = inf``): doubling returns its value, finite or not (an
+    eigenvalue exactly -1 has a finite, polynomially growing loss that the
+    closed form cannot express).
     """
+    if err.ndim == 1:
+        return _needs_doubling_row(err, float(total), rtol, fill)
     budget = rtol * np.abs(np.where(np.isfinite(total), total, 0.0))
     finite = np.where(np.isfinite(err), err, 0.0)
     flagged = ~np.isfinite(err)
     over = finite.sum(axis=-1) > budget
+    goal = fill * budget
     if np.any(over):
-        # A mode whose error alone exceeds the budget is flagged in any solution;
+        # A mode whose error alone exceeds the goal is flagged in any solution;
         # usually flagging those leaves a remainder that fits (no sort needed).
-        alone = finite > budget[..., None]
+        alone = finite > goal[..., None]
         flagged |= alone & over[..., None]
-        over &= np.where(alone, 0.0, finite).sum(axis=-1) > budget
+        over &= np.where(alone, 0.0, finite).sum(axis=-1) > goal
     if np.any(over):
         rows = finite[over]
-        order = _largest_first(rows, budget[over])
+        order = _largest_first(rows, goal[over])
         sorted_err = np.take_along_axis(rows, order, axis=-1)
         # the whole row's sum (order may hold only its largest entries)
         whole = sorted_err if order.shape == rows.shape else rows
         remaining = whole.sum(axis=-1, keepdims=True) - np.cumsum(sorted_err, axis=-1)
         # flag position k if the rest after removing positions <= k-1 is too big
         prev_remaining = remaining + sorted_err
-        take_sorted = prev_remaining > budget[over][..., None]
+        take_sorted = prev_remaining > goal[over][..., None]
         take = np.zeros(rows.shape, dtype=bool)
         np.put_along_axis(take, order, take_sorted, axis=-1)
         flagged[over] |= take
+    return flagged
+
+
+def _needs_doubling_row(err, total, rtol, fill):
+    """:func:`_needs_doubling` for one setting (``err`` of shape ``(M,)``): the
+    same flags from a few passes over the row. Only errors above
+    ``goal / M`` can be needed (those at or below it sum to at most the goal),
+    so only those are ordered."""
+    budget = rtol * abs(total) if math.isfinite(total) else 0.0
+    fin = np.isfinite(err)
+    if fin.all():
+        finite, flagged = err, np.zeros(err.shape, dtype=bool)
+    else:
+        finite, flagged = np.where(fin, err, 0.0), ~fin
+    whole = finite.sum()
+    if not whole > budget:
+        return flagged
+    goal = fill * budget
+    idx = np.flatnonzero(finite > goal / err.size)
+    order = idx[np.argsort(finite[idx])[::-1]]
+    sorted_err = finite[order]
+    if whole - sorted_err.sum() > goal:  # rounding: order every entry
+        order = np.argsort(finite)[::-1]
+        sorted_err = finite[order]
+    # flag position k if the rest after removing positions <= k-1 is too big
+    prev_remaining = whole - np.cumsum(sorted_err) + sorted_err
+    flagged[order[prev_remaining > goal]] = True
     return flagged
 
 
@@ -195,10 +230,17 @@ _TOP_ERRORS = 64
 
 def _largest_first(rows, budget):
     """Per row, the indices of the largest entries in decreasing order, as
-    many as flagging needs: the ``_TOP_ERRORS`` largest (a partition and a
-    short sort) when removing them brings the row's sum within ``budget``,
-    otherwise all (a full sort)."""
+    many as flagging needs: for one row those above ``budget / m``; else the
+    ``_TOP_ERRORS`` largest (a partition and a short sort) when removing them
+    brings the row's sum within ``budget``, otherwise all (a full sort)."""
     m = rows.shape[-1]
+    if rows.shape[0] == 1:
+        # One row: every entry that flagging can need exceeds budget / m (the
+        # entries at or below it sum to at most the budget), usually a few.
+        r = rows[0]
+        idx = np.flatnonzero(r > budget[0] / m)
+        if r.sum() - r[idx].sum() <= budget[0]:
+            return idx[np.argsort(r[idx])[::-1]][None, :]
     if m > 2 * _TOP_ERRORS:
         top = np.argpartition(rows, m - _TOP_ERRORS, axis=-1)[..., m - _TOP_ERRORS :]
         vals = np.take_along_axis(rows, top, axis=-1)
@@ -260,7 +302,7 @@ def _constant_terms(
     return D, N, doubled
 
 
-def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
+def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
     """D and N from closed-form terms (shape ``P + (M,)``), certified to ``rtol``.
 
     Entries whose Lagrange form cannot be certified are recomputed from the
@@ -273,24 +315,33 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
     (``F[bad]``, ``G[bad]`` order). ``entries(bad)`` returns the flagged
     entries' ``(hh, alpha, beta, gamma, t)``. Only flagged entries are replaced:
     where the closed form is certified it is the more accurate (doubling
-    accumulates rounding over its log t levels).
+    accumulates rounding over its log t levels). ``totals``: the sums
+    ``F @ wd, G @ wn, eF @ wd, eG @ wn`` where the caller has them.
 
     Returns:
         ``(D, N, n_doubled)``.
     """
-    bad = _flag(F, G, eF, eG, wd, wn, rtol)
-    if not np.any(bad):
+    if totals is None:
         with np.errstate(all="ignore"):
-            return F @ wd, G @ wn, 0
-    F, G, eF, eG = (np.array(x) for x in (F, G, eF, eG))
+            totals = [
+                x @ w for x, w in zip((F, G, eF, eG), (wd, wn, wd, wn), strict=True)
+            ]
+    totals = list(totals)
+    # The first pass flags enough for the rest to fit in half the budget, which
+    # leaves the other half to the re-evaluated entries (whose bounds are far
+    # smaller): then :func:`_fits_after_update` usually holds after one round
+    # and the second full pass is skipped. Later passes flag only what the budget
+    # itself requires (they decide what goes to doubling).
+    bad = _flag(F, G, eF, eG, wd, wn, rtol, fill=_FIRST_FILL, totals=totals)
+    if not np.any(bad):
+        return totals[0], totals[1], 0
+    F, G, eF, eG = _writable(F, G, eF, eG)
     if feats.momentum or feats.ema:
         # Replacing a flagged value changes the total the budget is relative to,
         # so flag again until only re-evaluated entries remain. Each entry is
         # tried in extended precision first, then by divided differences.
         stage = np.zeros(bad.shape, dtype=np.int8)  # 1: extended, 2: confluent
         arrays, weights = (F, G, eF, eG), (wd, wn, wd, wn)
-        with np.errstate(all="ignore"):
-            totals = [x @ w for x, w in zip(arrays, weights, strict=True)]
         while True:
             ext = bad & (stage == 0)
             conf = bad & (stage == 1)
@@ -298,7 +349,7 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
                 # entries whose bound, shrunk by the extended format's unit
                 # roundoff, would still exceed the whole budget alone go to
                 # divided differences in the same round
-                hopeless = ext & _beyond_extended(eF, eG, wd, wn, totals, rtol)
+                hopeless = _beyond_extended(eF, eG, wd, wn, totals, rtol, ext)
                 ext &= ~hopeless
                 conf |= hopeless
             if not (np.any(ext) or np.any(conf)):
@@ -307,10 +358,11 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
             before = [x[idx] for x in arrays]
             if np.any(ext):
                 hb, ab, bb, gb, tb = entries(ext)
-                F[ext], G[ext], eF[ext], eG[ext] = extended_terms(
+                pos = np.nonzero(ext)  # the same order as entries(ext)
+                F[pos], G[pos], eF[pos], eG[pos] = extended_terms(
                     ab * hb, ab, bb, gb, feats, tb
                 )
-                stage[ext] = 1
+                stage[pos] = 1
             if np.any(conf):
                 pos = np.nonzero(conf)
                 hb, ab, bb, gb, tb = entries(conf)
@@ -338,59 +390,105 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
         return F @ wd, G @ wn, n_doubled
 
 
+#: Fraction of the budget the first flagging pass of :func:`_certified` leaves
+#: to the entries it does not flag.
+_FIRST_FILL = 0.5
+
 #: Factor by which :func:`nqm._closed.extended_terms` is assumed to shrink a
 #: double-precision bound when deciding to skip it (twice the ratio of the
 #: unit roundoffs: a decision only, the value is certified either way).
 _EXTENDED_GAIN = 2.0 * EXTENDED_EPS / np.finfo(np.float64).eps
 
 
-def _beyond_extended(eF, eG, wd, wn, totals, rtol):
-    """Entries whose weighted bounds would exceed the budgets of D or N alone
-    even after the extended re-evaluation."""
-    d, nn = (np.asarray(x)[..., None] for x in totals[:2])
+def _beyond_extended(eF, eG, wd, wn, totals, rtol, where):
+    """Which of the entries ``where`` have weighted bounds that would exceed
+    the budgets of D or N alone even after the extended re-evaluation (the
+    others are ``False``)."""
+    pos = np.nonzero(where)
+    cols, rows = pos[-1], pos[:-1]
+    d, nn = (np.asarray(x)[rows] for x in totals[:2])
+    out = np.zeros(where.shape, dtype=bool)
     with np.errstate(all="ignore"):
-        return (eF * wd * _EXTENDED_GAIN > rtol * d) | (
-            eG * wn * _EXTENDED_GAIN > rtol * nn
+        out[pos] = (eF[pos] * wd[cols] * _EXTENDED_GAIN > rtol * d) | (
+            eG[pos] * wn[cols] * _EXTENDED_GAIN > rtol * nn
         )
+    return out
+
+
+def _writable(*arrays):
+    """The arrays themselves where each owns its writable data (fresh results),
+    else copies, so that entries can be replaced in place."""
+    out, seen = [], set()
+    for x in arrays:
+        x = np.asarray(x)
+        if not (x.flags.owndata and x.flags.writeable) or id(x) in seen:
+            x = np.array(x)
+        seen.add(id(x))
+        out.append(x)
+    return out
 
 
 def _fits_after_update(arrays, weights, totals, idx, before, rtol):
     """Whether, after the entries ``idx`` of ``(F, G, eF, eG)`` changed from
-    ``before``, both summed bounds are within half their budgets.
+    ``before``, both summed bounds are within :data:`_UPDATE_FILL` of their
+    budgets.
 
     One setting at one step (1-D arrays) only: the totals ``totals`` are updated
     by the few changed entries instead of recomputed (and updated in place).
-    Within half the budget, :func:`_flag` would flag nothing (the update's own
-    rounding is far below a factor two), so this only saves its full pass.
+    The rounding of that update (the old entries may have been large, so
+    their removal may cancel) is bounded and charged against the bounds and
+    totals; then :func:`_flag` would flag nothing, so this only saves its
+    full pass.
     """
     if arrays[0].ndim != 1:
         return False
     cols = idx[0]
+    slack = []
     with np.errstate(all="ignore"):
         for k, (x, w, old) in enumerate(zip(arrays, weights, before, strict=True)):
-            totals[k] = totals[k] + (x[cols] - old) @ w[cols]
+            new, wk = x[cols], w[cols]
+            scale = abs(totals[k]) + np.abs(old) @ wk + np.abs(new) @ wk
+            totals[k] = totals[k] + (new - old) @ wk
+            slack.append(4.0 * EPS * (cols.size + 2) * scale)
         d, nn, ed, en = totals
         return bool(
-            np.isfinite(d + nn + ed + en)
-            and ed <= 0.5 * rtol * d
-            and en <= 0.5 * rtol * nn
+            np.isfinite(d + nn + ed + en + sum(slack))
+            and ed + slack[2] <= _UPDATE_FILL * rtol * (d - slack[0])
+            and en + slack[3] <= _UPDATE_FILL * rtol * (nn - slack[1])
         )
 
 
-def _flag(F, G, eF, eG, wd, wn, rtol):
-    """Entries whose rounding bounds keep D or N from being certified to rtol."""
+#: Fraction of the budgets within which :func:`_fits_after_update` accepts
+#: the updated bounds (the rest of the budget is margin, not needed).
+_UPDATE_FILL = 0.9
+
+
+def _flag(F, G, eF, eG, wd, wn, rtol, fill=1.0, totals=None):
+    """Entries whose rounding bounds keep D or N from being certified to rtol
+    (when they do, enough to bring the rest within ``fill`` times the budget:
+    see :func:`_needs_doubling`); ``totals``: the four sums, if known."""
     with np.errstate(all="ignore"):
-        d = F @ wd
-        nn = G @ wn
+        if totals is None:
+            totals = [
+                x @ w for x, w in zip((F, G, eF, eG), (wd, wn, wd, wn), strict=True)
+            ]
+        d, nn, ed, en = totals
         # Common case first: every total finite and both summed bounds within
         # budget (four dot products); then nothing is flagged. (An undefined mode
         # makes a total and its bound inf, and inf <= rtol * inf holds: finiteness
         # must be tested on its own.)
-        ed = eF @ wd
-        en = eG @ wn
-        finite = np.isfinite(d) & np.isfinite(nn)
-        if np.all(finite & (ed <= rtol * d) & (en <= rtol * nn)):
-            return np.zeros(F.shape, dtype=bool)
+        fine_d = ed <= rtol * d
+        fine_n = en <= rtol * nn
+        if np.isfinite(d).all() and np.isfinite(nn).all():
+            # Where one of the two sums is certified in every row, every one of
+            # its weighted bounds is finite and its row fits: it flags nothing.
+            fine_d, fine_n = bool(np.all(fine_d)), bool(np.all(fine_n))
+            if fine_d and fine_n:
+                return np.zeros(F.shape, dtype=bool)
+            if fine_d:
+                return _needs_doubling(eG * wn, nn, rtol, fill)
+            if fine_n:
+                return _needs_doubling(eF * wd, d, rtol, fill)
         # The budget is relative to the total of the modes the closed form does
         # express (every term is >= 0, so this under-estimates the final total:
         # conservative), so that one undefined mode (F = inf) does not make the
@@ -399,7 +497,9 @@ def _flag(F, G, eF, eG, wd, wn, rtol):
             ok = np.isfinite(eF) & np.isfinite(eG) & np.isfinite(F) & np.isfinite(G)
             d = np.where(ok, F, 0.0) @ wd
             nn = np.where(ok, G, 0.0) @ wn
-        return _needs_doubling(eF * wd, d, rtol) | _needs_doubling(eG * wn, nn, rtol)
+        return _needs_doubling(eF * wd, d, rtol, fill) | _needs_doubling(
+            eG * wn, nn, rtol, fill
+        )
 
 
 def _single_setting_terms(
@@ -450,8 +550,8 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
     feats = Features(bool(beta > 0), bool(gamma > 0))
     F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, t)
     with np.errstate(all="ignore"):
-        d, n = F @ wd, G @ wn
-        if eF @ wd <= rtol * d and eG @ wn <= rtol * n and math.isfinite(d + n):
+        d, n, ed, en = F @ wd, G @ wn, eF @ wd, eG @ wn
+        if ed <= rtol * d and en <= rtol * n and math.isfinite(d + n):
             return np.asarray(d), np.asarray(n), 0
 
     def entries(bad):
@@ -469,7 +569,9 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
         Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
         return Fd[0], Gd[0]
 
-    d, n, doubled = _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo)
+    d, n, doubled = _certified(
+        F, G, eF, eG, wd, wn, rtol, feats, entries, redo, (d, n, ed, en)
+    )
     return np.asarray(d), np.asarray(n), doubled
 
 

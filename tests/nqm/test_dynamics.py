@@ -477,7 +477,8 @@ def test_flagging_takes_the_fewest_largest_errors():
     """``_needs_doubling`` flags, per row whose summed error exceeds the budget,
     the shortest run of largest errors whose removal leaves the rest within it
     (plus infinite ones): against a plain Python sort, on rows where a few
-    errors dominate (the partial sort) and where many do (the full sort)."""
+    errors dominate (the partial sort) and where many do (the full sort), as
+    a batch of one row and as one setting's row."""
     from nqm.dynamics import _needs_doubling
 
     rng = np.random.default_rng(4)
@@ -488,6 +489,7 @@ def test_flagging_takes_the_fewest_largest_errors():
         budget = err.sum() * rng.choice([1e-3, 0.1, 0.5, 2.0])
         total = budget / 1e-11
         got = _needs_doubling(err[None, :], np.array([total]), rtol=1e-11)[0]
+        got_row = _needs_doubling(err, np.float64(total), rtol=1e-11)
         want = np.zeros(m, dtype=bool)
         rest = err.sum()
         for i in sorted(range(m), key=lambda i: -err[i]):
@@ -496,3 +498,40 @@ def test_flagging_takes_the_fewest_largest_errors():
             want[i] = True
             rest -= err[i]
         assert np.array_equal(got, want)
+        assert np.array_equal(got_row, want)
+
+
+def test_flagging_with_a_margin_leaves_the_rest_within_that_fraction():
+    """With ``fill < 1``, a row over its budget gets the shortest run of
+    largest errors flagged whose removal leaves the rest within ``fill`` times
+    the budget (a row within the budget still gets nothing, but an infinite
+    error is always flagged): against a plain Python sort."""
+    from nqm.dynamics import _needs_doubling
+
+    rng = np.random.default_rng(5)
+    fill = 0.5
+    for _ in range(200):
+        m = int(rng.choice([50, 1000]))
+        err = rng.lognormal(0.0, rng.uniform(0.5, 8.0), m)
+        err *= rng.random(m) < rng.uniform(0.05, 1.0)
+        budget = err.sum() * rng.choice([1e-3, 0.1, 0.7, 2.0])
+        total = budget / 1e-11
+        want = np.zeros(m, dtype=bool)
+        rest = err.sum()
+        if rng.random() < 0.2:  # an undefined mode: always flagged
+            j = int(rng.integers(m))
+            rest -= err[j]
+            err[j] = np.inf
+            want[j] = True
+        got = _needs_doubling(err[None, :], np.array([total]), 1e-11, fill)[0]
+        got_row = _needs_doubling(err, np.float64(total), 1e-11, fill)
+        if rest > budget * (1 + 1e-12):
+            for i in sorted(range(m), key=lambda i: -err[i]):
+                if want[i]:
+                    continue
+                if rest <= fill * budget * (1 + 1e-12):
+                    break
+                want[i] = True
+                rest -= err[i]
+        assert np.array_equal(got, want)
+        assert np.array_equal(got_row, want)

@@ -117,3 +117,20 @@ def test_rtol_is_validated_and_loose_rtol_stays_close():
     exact = np.array(risk_terms(prob, 0.5, 0.0, 0.99, 0.0, np.array(STEPS)))
     loose = np.array(risk_terms(prob, 0.5, 0.0, 0.99, 0.0, np.array(STEPS), rtol=1e-6))
     np.testing.assert_allclose(loose, exact, rtol=1e-6, atol=0)
+
+
+#: Relative agreement of the converged risk with its stationary limit.
+STATIONARY_RTOL = 1e-12
+
+
+def test_step_array_of_decayed_horizons_with_mixed_roots():
+    """Several step counts at which every transient has decayed, with momentum
+    whose modes have both complex roots (large curvature) and real roots
+    (small): the mean term vanishes and the noise term equals its stationary
+    limit (the discrete Lyapunov equation, solved independently)."""
+    problem = nqm.NQMProblem.power_law(dim=100)
+    opt = nqm.Optimizer(0.1, momentum=0.9)
+    D, N = risk_terms(problem, 0.1, momentum=0.9, steps=[10**6, 10**9])
+    want = nqm.steady_state_loss(problem, opt, 1.0)
+    assert np.all(D == 0.0)
+    np.testing.assert_allclose(N, want, rtol=STATIONARY_RTOL)
