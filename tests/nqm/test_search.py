@@ -552,3 +552,52 @@ def test_schedule_piece_starting_at_unit_step_size():
     target = float(want[20])
     first = int(np.nonzero(want <= target)[0][0])
     assert steps_to_target(problem, opt, batch, target) == first
+
+
+#: Schedules whose loss is not monotone: a warm-up, an lr raised after a decay,
+#: and a staircase of many pieces (so intervals span several pieces).
+FLOOR_SCHEDULES = [
+    nqm.PiecewiseConstant((30, 90, 400), (0.05, 0.6, 1.9, 0.2)),
+    nqm.PiecewiseConstant((200, 260), (1.0, 0.02, 1.5)),
+    nqm.PiecewiseConstant(
+        tuple(range(50, 3000, 50)), tuple(np.geomspace(1.9, 0.01, 60))
+    ),
+]
+
+
+@pytest.mark.parametrize("sched", FLOOR_SCHEDULES, ids=lambda s: repr(s)[:40])
+def test_piecewise_floor_bounds_the_loss_on_every_interval(small, sched):
+    """The floor of plain SGD under a schedule never exceeds the exact loss at
+    any step of the interval (brute-force recursion), on random intervals, and
+    equals the loss on a one-step interval."""
+    from nqm.crossing import _Curve
+
+    opt = nqm.Optimizer(sched)
+    curve = brute_curve(small, opt, 4, horizon=3500)
+    c = _Curve(small, opt, 4.0)
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        a = int(rng.integers(0, 3400))
+        b = a + int(rng.integers(1, 100 if rng.random() < 0.5 else 3500 - a))
+        F, V = c._sgd_modes([a, b])
+        low = c._piecewise_floor(a, b, F, V)
+        assert low <= curve[a : b + 1].min() * (1 + 1e-12), (a, b)
+    F, V = c._sgd_modes([700, 700])
+    assert c._piecewise_floor(700, 700, F, V) == pytest.approx(curve[700], rel=1e-8)
+
+
+@pytest.mark.parametrize("sched", FLOOR_SCHEDULES, ids=lambda s: repr(s)[:40])
+def test_schedule_first_crossing_at_near_tangent_targets(small, sched):
+    """Targets a hair above and below the loss at local minima of the curve,
+    and at quantiles: the certified search equals the brute-force first
+    crossing."""
+    opt = nqm.Optimizer(sched)
+    curve = brute_curve(small, opt, 1, horizon=3500)
+    inner = np.nonzero((curve[1:-1] <= curve[:-2]) & (curve[1:-1] <= curve[2:]))[0] + 1
+    picks = list(curve[inner[:: max(1, inner.size // 8)]])
+    picks += list(np.quantile(curve, [0.05, 0.3, 0.6, 0.9]))
+    for level in picks:
+        for target in (level * (1 + 1e-7), level * (1 - 1e-7)):
+            want = first_below(curve, target)
+            got = steps_to_target(small, opt, 1, target, max_steps=3500)
+            assert got == want, (target, got, want)
