@@ -428,17 +428,24 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
     return x, best_l
 
 
-def _profile(surr, space, X, t, bs_sel, spent, keep=1):
+def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None):
     """Best points of the grid at step ``t`` after refining every row in ``u``.
+
+    ``known`` maps steps to the grid's terms ``(d, n)`` already evaluated there
+    (stage 1's, :func:`_brackets`): at such a step they are not evaluated again.
 
     Returns:
         ``(x, loss)``: the ``keep`` best rows' points for each of the ``k`` batch
         sizes, best first, ``(k, keep, dim)`` and ``(k, keep)``.
     """
     bs_sel = np.atleast_1d(np.asarray(bs_sel, dtype=np.float64))
-    a, be, g = space.params(X.reshape(-1, space.dim))
-    d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-    spent.add(d.size)
+    hit = None if known is None else known.get(int(t))
+    if hit is None:
+        a, be, g = space.params(X.reshape(-1, space.dim))
+        d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
+        spent.add(d.size)
+    else:
+        d, n = hit
     L = _losses(d[None, :], n[None, :], bs_sel[:, None])
     L = L.reshape((bs_sel.size,) + X.shape[:2])
     xr, lr = _row_minima(surr, space, X, L, bs_sel, t, spent)
@@ -458,9 +465,9 @@ def _tune_constant(
     fine = _surrogate(problem, _POLISH_BINS * surrogate_bins)
     G = space.grid(grid or space.grid_sizes())
     spent = _Evaluations()
-    brackets = _brackets(surr, space, G, bs, target, spent)
+    brackets, known = _brackets(surr, space, G, bs, target, spent)
     found = _searches_together(
-        problem, surr, fine, space, G, bs, brackets, target, polish
+        problem, surr, fine, space, G, bs, brackets, target, polish, known
     )
     results = []
     total = spent.count  # counted as if the batch sizes ran one after the other
@@ -476,7 +483,9 @@ def _tune_constant(
     return results
 
 
-def _searches_together(problem, surr, fine, space, G, bs, brackets, target, polish):
+def _searches_together(
+    problem, surr, fine, space, G, bs, brackets, target, polish, known=None
+):
     """Stages 2 and 3 of every batch size with a bracket, side by side.
 
     Each batch size searches in its own thread, its losses evaluated together
@@ -498,7 +507,7 @@ def _searches_together(problem, surr, fine, space, G, bs, brackets, target, poli
             b = bs[i]
             # Stage 2: smallest t on the surrogate with min_x L <= target.
             t_s, x = _first_t_guarded(
-                surr, space, G, brackets[i], b, target, own, batch
+                surr, space, G, brackets[i], b, target, own, batch, known
             )
             # Stage 3: exact certification and polish.
             steps, setting = _certify(
@@ -528,6 +537,10 @@ def _brackets(surr, space, G, bs, target, spent):
     Args:
         G: the grid, ``(R, n_u, dim)``.
         bs: batch sizes ``(n_B,)``.
+
+    Returns:
+        ``(brackets, known)``: the brackets, and the grid's terms ``(d, n)`` at
+        each step evaluated, by step (stage 2 starts at a bracket's ``hi``).
     """
     X = G.reshape(-1, space.dim)
     a, be, g = space.params(X)
@@ -535,11 +548,13 @@ def _brackets(surr, space, G, bs, target, spent):
     bracket = [None] * n_b
     prev_t = 0
     prev_L = None
+    known = {}
     for t in _t_grid():
         if all(br is not None for br in bracket) or t > MAX_STEPS:
             break
         d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
         spent.add(X.shape[0])
+        known[int(t)] = (d, n)
         L = _losses(d[None, :], n[None, :], bs[:, None])
         # the previous grid step's best loss (a failure) closes each bracket below
         lo_min = np.full(n_b, math.inf) if prev_L is None else prev_L.min(axis=1)
@@ -566,7 +581,7 @@ def _brackets(surr, space, G, bs, target, spent):
                     )
         prev_t = int(t)
         prev_L = L
-    return bracket
+    return bracket, known
 
 
 def _certify(problem, fine, space, x, t_s, b, target, polish, spent, batch=None):
@@ -614,7 +629,7 @@ _RESTARTS = 3
 _GUARD_NEAR = 1.5
 
 
-def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None):
+def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None, known=None):
     """Stage 2 with a global check: ``(t, x)``, the first ``t`` on the surrogate
     (within 1e-3 relative) at which ``x`` reaches the target, from stage 1's
     :class:`_Bracket`.
@@ -629,7 +644,7 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None):
     one reaches the target, the search restarts below from it.
     """
     lo, hi, x, l_lo, l_hi = bracket
-    xp, lp = _profile(surr, space, G, hi, b, spent, keep=1)
+    xp, lp = _profile(surr, space, G, hi, b, spent, keep=1, known=known)
     starts = sorted([(l_hi, 0, x), (float(lp[0, 0]), 1, xp[0, 0])], key=lambda s: s[:2])
     (l_hi, _, x), (_, _, other) = starts
     t_hi, x = _first_t_on_surrogate(
