@@ -7,6 +7,7 @@ import pytest
 from nqm_oracles import brute_force_problem_loss
 
 import nqm
+from nqm.optimizer import DecayShape
 from nqm.search import Family, best_steps, steps_to_target
 
 HORIZON = 6000
@@ -601,3 +602,68 @@ def test_schedule_first_crossing_at_near_tangent_targets(small, sched):
             want = first_below(curve, target)
             got = steps_to_target(small, opt, 1, target, max_steps=3500)
             assert got == want, (target, got, want)
+
+
+@pytest.mark.parametrize("family", [Family.PWC, Family.LINEAR_DECAY])
+def test_shortest_run_is_the_first_run_length_that_reaches_the_target(family):
+    """The run length the tuned parameters need, resolved to a step: the first
+    length in (lo, hi] whose schedule (pieces stretched over it) reaches the
+    target, against a scan of ``nqm.expected_loss`` of those optimizers."""
+    import torch
+
+    from nqm._tuning import _row_modes, _schedule_candidate, _shortest_runs
+
+    prob = nqm.NQMProblem.power_law(30)
+    f64 = {"dtype": torch.float64, "device": "cpu"}
+    bs = np.array([1.0, 64.0])
+    k = 10 if family is Family.PWC else 64
+    modes = _row_modes(prob, [0.0], bs.size, f64)
+    a_max = 2.0 / float(prob.h.max())
+    rng = np.random.default_rng(3)
+    n_par = k if family is Family.PWC else 2
+    best = rng.normal(0.5, 0.5, size=(bs.size, n_par))
+    if family is Family.PWC:
+        best = np.sort(best, axis=1)[:, ::-1].copy()  # decaying pieces
+    lo, hi = np.array([150, 150]), np.array([400, 400])
+
+    def loss(r, t):
+        opt = _schedule_candidate(
+            family, best[r], t, a_max, k, 0.0, f64, DecayShape.ONE_MINUS_SQRT
+        )
+        return nqm.expected_loss(prob, opt, bs[r], t)
+
+    # a target between the losses at lo and hi, per row: equal for both rows
+    target = float(np.sqrt(loss(0, 150) * loss(0, 400)))
+    got = _shortest_runs(
+        family, best, lo, hi, np.array([True, False]), modes,
+        torch.full((bs.size,), a_max, **f64), torch.tensor(bs, **f64), k, target,
+        DecayShape.ONE_MINUS_SQRT, np.zeros(bs.size, dtype=np.int64),
+    )  # fmt: skip
+    scan = [t for t in range(151, 401) if loss(0, t) <= target]
+    assert got[0] == scan[0]
+    assert got[1] == hi[1]  # a row not asked for keeps its run length
+
+
+def test_a_shorter_run_is_kept_only_when_it_needs_fewer_steps(small):
+    """Certification with a shorter run length: never more steps than without
+    it, and the steps are those of the schedule returned."""
+    import torch
+
+    from nqm._tuning import _certified_schedule
+
+    f64 = {"dtype": torch.float64, "device": "cpu"}
+    (base,) = best_steps(small, "sgd", [4], 0.05)
+    params = np.linspace(1.0, -2.0, 10)
+    run = int(0.9 * base.steps)
+    a_max = 2.0 / float(small.h.max())
+    kw = dict(active=True, evaluations=0, f64=f64)
+    plain = _certified_schedule(
+        small, Family.PWC, 4.0, 0.05, 0.0, base, params, run, a_max, 10, **kw
+    )
+    for shorter in (run // 2, int(0.97 * run), run - 1):
+        res = _certified_schedule(
+            small, Family.PWC, 4.0, 0.05, 0.0, base, params, run, a_max, 10,
+            shorter=shorter, **kw,
+        )  # fmt: skip
+        assert res.steps <= plain.steps <= base.steps
+        assert steps_to_target(small, res.optimizer, 4, 0.05) == res.steps
