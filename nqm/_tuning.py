@@ -641,7 +641,8 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None, know
     and the best point of the row profile (:func:`_profile`). Once it converges,
     one probe below its answer is tried again from other starts: the two best
     rows of the profile there and the start not taken, each refined locally. If
-    one reaches the target, the search restarts below from it.
+    one reaches the target, the search restarts below from it. ``known``: the
+    grid's terms by step from stage 1 (see :func:`_profile`).
     """
     lo, hi, x, l_lo, l_hi = bracket
     xp, lp = _profile(surr, space, G, hi, b, spent, keep=1, known=known)

@@ -667,3 +667,26 @@ def test_a_shorter_run_is_kept_only_when_it_needs_fewer_steps(small):
         )  # fmt: skip
         assert res.steps <= plain.steps <= base.steps
         assert steps_to_target(small, res.optimizer, 4, 0.05) == res.steps
+
+
+def test_stage_two_reuses_stage_one_grid_terms_exactly(small):
+    """The grid's terms kept by stage 1 at a bracket's step give stage 2 the
+    same profile as evaluating the grid again, and stage 1's brackets are
+    unchanged by keeping them."""
+    from nqm._tuning import _brackets, _Evaluations, _profile, _Space
+    from nqm.dynamics import _modes
+
+    hh, _, _ = _modes(small, 0.0)
+    space = _Space(Family.MOMENTUM, float(hh.max()), 0.0)
+    G = space.grid((8, 5))
+    bs = np.array([1.0, 64.0])
+    brackets, known = _brackets(small, space, G, bs, 0.05, _Evaluations())
+    for i, br in enumerate(brackets):
+        assert br is not None and br.hi in known
+        fresh, reused = _Evaluations(), _Evaluations()
+        again = _profile(small, space, G, br.hi, bs[i], fresh, keep=2)
+        kept = _profile(small, space, G, br.hi, bs[i], reused, keep=2, known=known)
+        np.testing.assert_array_equal(again[0], kept[0])
+        np.testing.assert_array_equal(again[1], kept[1])
+        # the grid itself is not evaluated a second time
+        assert reused.count == fresh.count - G.shape[0] * G.shape[1]
