@@ -1,34 +1,48 @@
-"""Data-parallel K-FAC: step time against data-parallel SGD, bytes sent per step,
-and the per-rank decomposition time with the inverse work shared.
+"""Data-parallel K-FAC: step time against data-parallel SGD over global batch
+sizes, bytes sent per step, and the per-rank decomposition time with the
+inverse work shared.
 
 Run: ``python benchmarks/bench_kfac_distributed.py`` (2 local gloo processes on
-the CPU, single-threaded each; about two minutes; ``--quick`` for a smoke run).
-Every number is measured in this one run, side by side:
+the CPU, single-threaded each; about five minutes; ``--global-batch 256 1024
+4096`` the batches of section 1; ``--quick`` for a smoke run). Every number is
+measured in this one run, side by side. A step is zero_grad, forward, loss,
+backward (with DDP's gradient all-reduce) and step; K-FAC updates its factors
+every 10 and its inverses every 100 steps. Times are those of windows of 100
+consecutive steps (10 factor steps and 1 inverse step each), the runs
+interleaved within each round; a window's time is the slower rank's, as wall
+time and as the main thread's CPU time (the work a rank does, less sensitive to
+the machine's load; gloo communicates on its own threads, so CPU time leaves the
+transfers out). Ratios to SGD are taken within each round; medians over rounds
+are printed with their range, and the load average at the start and the end.
 
-1. Step time (zero_grad, forward, loss, backward -- DDP's gradient all-reduce --
-   and step) at the global batch 256 (128 per rank) for the MLP 40-256-256-10 and
-   the small 1-D CNN of ``bench_kfac.py``: SGD, and K-FAC with factors every 10 and
-   inverses every 100 steps in each inverse layout. Windows of 100 consecutive
-   steps (10 factor steps and 1 inverse step each), interleaved; a window's time
-   is the slower rank's, as wall time and as the main thread's CPU time (the
-   work a rank does, less sensitive to the machine's load; gloo communicates on
-   its own threads, so CPU time leaves the transfers out); the ratio to SGD is
-   taken within each round and the median over rounds printed, with the load
-   average at the start and the end.
-   Next to it, the flop floor ``1 + P/F`` (P: a non-factor K-FAC step's flops
-   on the slower rank, F: a forward and backward's, at the per-rank batch;
-   ``torch.utils.flop_counter``). Below it, where the time goes: the median
-   CPU time of each kind of K-FAC step (plain, factor, inverse) against an SGD
-   step's, and their mix over a window.
-2. Bytes each rank sends into collectives per step (averaged over those windows),
-   by kind, next to the gradient that DDP all-reduces every step.
+1. K-FAC (shared layout) over SGD at each global batch for the MLP 40-256-256-10
+   and the small 1-D CNN of ``bench_kfac.py``, per variant: the Fisher type (MC,
+   the default; empirical, KAISA's, without the second backward pass), for the
+   CNN the convolution approximation (expand, reduce), and the statistics from
+   256 rows of the global batch (``stats_batch_size``). Next to each, two flop
+   floors over SGD's step (``torch.utils.flop_counter``, the slower rank):
+   ``plain``, a step without factors or inverses (the every-step products with
+   the cached inverses), and ``window``, the mean step of a window (with the
+   factor statistics, the MC backward pass, and the decompositions at ``9n^3``).
+   The preconditioning costs the same at any batch, so ``plain`` falls towards 1
+   as the batch grows; the factor statistics grow with the batch like the
+   forward pass, so ``window`` stays at least ``1 + (statistics flops) / (10 ·
+   SGD flops)`` at every batch, unless they come from a fixed number of rows.
+   Then, from these measurements, where ``<= 1.15x`` is met and where not, and
+   why: the window floor above 1.15x, or time above a floor that allows it.
+2. The inverse layouts (shared, replicated, owner) at the global batch 256: the
+   step time, the flop floor ``plain``, the bytes each rank sends into
+   collectives per step, by kind, next to the gradient that DDP all-reduces
+   every step; and where the time goes: the median CPU time of each kind of
+   K-FAC step (plain, factor, inverse) against an SGD step's, and their mix.
 3. A model of many similar blocks (a stack of ``--blocks`` linear layers of
    width ``--width``): the time of an inverse update per rank (a step with
    decompositions minus one without, medians), every rank decomposing every
-   block (``replicated``) against each rank its share (``shared``, including the
-   broadcast; ``owner``, which sends nothing on that step but its flags). With W ranks the ratio should approach W. Printed as the main
-   thread's CPU time (the work each rank does, whatever the machine's load) and
-   as wall time (which also depends on the ranks getting a core each).
+   block (``replicated``) against each rank its share (``shared``, including
+   the broadcast; ``owner``, which sends nothing on that step but its flags).
+   With W ranks the ratio should approach W. Printed as the main thread's CPU
+   time (the work each rank does, whatever the machine's load) and as wall time
+   (which also depends on the ranks getting a core each).
 """
 
 from __future__ import annotations
@@ -47,6 +61,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from kfac_spectra import KFAC
+from kfac_spectra.kfac import FisherType, KFACApprox
+from kfac_spectra.kfac.distributed import assign_owners, decomposition_cost
 from kfac_spectra.kfac.toy_models import cnn1d, mlp
 from kfac_spectra.launch import spawn_local
 
@@ -56,7 +72,38 @@ WINDOW = 100  # steps: 10 factor steps and 1 inverse step wherever it starts
 GLOBAL_BATCH = 256
 NEVER = 10**9  # an interval no run reaches
 LAYOUTS = ("shared", "replicated", "owner")
-KIND_STEPS = 2 * INVERSE_INTERVAL  # two inverse steps, 18 other factor steps
+KIND_STEPS = INVERSE_INTERVAL  # one inverse step, 9 other factor steps
+TARGET = 1.15  # the issue's bound on K-FAC's step time over SGD's
+GLOBAL_BATCHES = (256, 1024, 4096)
+# a symmetric eigendecomposition with eigenvectors, about 9 n^3 flops (Golub &
+# Van Loan, "Matrix Computations", 4th ed., Sec. 8.3: symmetric QR algorithm);
+# torch.utils.flop_counter counts no decompositions
+EIGH_FLOPS_PER_N3 = 9.0
+# K-FAC variants of section 1, all in the default (shared) layout: the Fisher
+# type (MC, the default, samples targets and runs a second backward pass on
+# factor steps; empirical, KAISA's default, reuses the loss gradient's backward
+# pass), for the CNN the convolution approximation (Eschenhagen et al., 2023,
+# Sec. 3: expand, a row per output location; reduce, a row per example), and
+# statistics from a fixed-size sample of the global batch (``stats_batch_size``;
+# shown only where the batch is larger), which makes the factor steps' cost
+# independent of the batch
+STATS_ROWS = 256
+_EMPIRICAL = {"fisher_type": FisherType.EMPIRICAL}
+_REDUCE = {"kfac_approx": KFACApprox.REDUCE}
+_SAMPLED = {"stats_batch_size": STATS_ROWS}
+VARIANTS: dict[str, tuple[tuple[str, dict[str, object]], ...]] = {
+    "mlp": (
+        ("mc", {}),
+        ("empirical", _EMPIRICAL),
+        (f"empirical {STATS_ROWS} rows", _EMPIRICAL | _SAMPLED),
+    ),
+    "cnn": (
+        ("mc expand", {}),
+        ("empirical expand", _EMPIRICAL),
+        ("empirical reduce", _EMPIRICAL | _REDUCE),
+        (f"emp. reduce {STATS_ROWS} rows", _EMPIRICAL | _REDUCE | _SAMPLED),
+    ),
+}
 
 
 def _models() -> dict[str, Callable[[], nn.Module]]:
@@ -75,12 +122,14 @@ def _seeded(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-def _batch(name: str, rank: int, world: int) -> tuple[Tensor, Tensor]:
+def _batch(
+    name: str, rank: int, world: int, global_batch: int = GLOBAL_BATCH
+) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(0)
-    shape = (GLOBAL_BATCH, 40) if name == "mlp" else (GLOBAL_BATCH, 1, 40)
+    shape = (global_batch, 40) if name == "mlp" else (global_batch, 1, 40)
     x = torch.randn(shape, generator=gen)
-    y = torch.randint(0, 10, (GLOBAL_BATCH,), generator=gen)
-    n = GLOBAL_BATCH // world
+    y = torch.randint(0, 10, (global_batch,), generator=gen)
+    n = global_batch // world
     return x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n]
 
 
@@ -147,20 +196,83 @@ def flop_floor(run: Run, x: Tensor, y: Tensor) -> float:
     return 1.0 + float(ratio)
 
 
+def _decomposition_flops(opt: KFAC, world: int) -> float:
+    """Estimated flops of this rank's decompositions on an inverse step: its
+    share of the blocks (:func:`assign_owners`), or every block in the
+    ``replicated`` layout."""
+    costs = {k: decomposition_cost(f) for k, f in opt.factors().items()}
+    owners = assign_owners(costs, world)
+    rank = dist.get_rank()
+    every = opt.config.inverse_layout == "replicated"
+    return EIGH_FLOPS_PER_N3 * sum(
+        c for k, c in costs.items() if every or owners[k] == rank
+    )
+
+
+def _kind(step: int) -> str:
+    """What K-FAC does on optimizer step ``step``."""
+    if step % INVERSE_INTERVAL == 0:
+        return "inverse"
+    return "factor" if step % FACTOR_INTERVAL == 0 else "plain"
+
+
+def kind_flops(run: Run, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Flops of the next step of each kind (forward, backward and step; the
+    decompositions at ``EIGH_FLOPS_PER_N3``), the slower rank's; advances the
+    run to the next inverse step and past it."""
+    assert isinstance(run.opt, KFAC)
+    world = dist.get_world_size()
+    counted: dict[str, float] = {}
+    while len(counted) < 3:
+        kind = _kind(run.opt.steps)
+        if kind in counted:
+            run.steps(x, y, 1)
+            continue
+        counted[kind] = _flops(lambda: run.steps(x, y, 1))
+        if kind == "inverse":
+            counted[kind] += _decomposition_flops(run.opt, world)
+    names = sorted(counted)
+    flops = torch.tensor([counted[k] for k in names], dtype=torch.float64)
+    dist.all_reduce(flops, op=dist.ReduceOp.MAX)
+    return dict(zip(names, flops.tolist(), strict=True))
+
+
+def window_floors(
+    run: Run, sgd_flops: int, x: Tensor, y: Tensor
+) -> tuple[float, float]:
+    """The flop floors of a fresh K-FAC run, the slower rank's, over an SGD
+    step's flops (``sgd_flops``; forward, backward and update): ``plain``, a
+    step without factors or inverses (forward, backward, the two products per
+    block); ``window``, the mean over a window of ``INVERSE_INTERVAL`` steps
+    (plain steps, factor steps with their statistics -- and for MC the second
+    backward pass --, one inverse step with the decompositions at
+    ``EIGH_FLOPS_PER_N3``). Counts steps 0 (inverse), 1 (plain) and
+    ``FACTOR_INTERVAL`` (factor) with ``torch.utils.flop_counter``, so the run
+    is left at step ``FACTOR_INTERVAL + 1``. What K-FAC costs relative to SGD
+    if every flop ran at the same speed and nothing else took time.
+    """
+    assert isinstance(run.opt, KFAC) and run.opt.steps == 0
+    inverse = _flops(lambda: run.steps(x, y, 1))
+    inverse += _decomposition_flops(run.opt, dist.get_world_size())
+    plain = _flops(lambda: run.steps(x, y, 1))
+    run.steps(x, y, FACTOR_INTERVAL - 2)
+    factor = _flops(lambda: run.steps(x, y, 1))
+    per_window = INVERSE_INTERVAL // FACTOR_INTERVAL  # factor steps per window
+    mix = (
+        (INVERSE_INTERVAL - per_window) * plain + (per_window - 1) * factor + inverse
+    ) / INVERSE_INTERVAL
+    floors = torch.tensor([plain / sgd_flops, mix / sgd_flops], dtype=torch.float64)
+    dist.all_reduce(floors, op=dist.ReduceOp.MAX)
+    return float(floors[0]), float(floors[1])
+
+
 def step_kinds(run: Run, x: Tensor, y: Tensor, steps: int) -> dict[str, float]:
     """Median main-thread CPU ms of each kind of step, the slower rank's: ``sgd``
     for SGD, else K-FAC's ``plain``, ``factor`` and ``inverse`` steps (an
     inverse step is also a factor step)."""
     kinds: dict[str, list[float]] = {}
     for _ in range(steps):
-        kind = "sgd"
-        if isinstance(run.opt, KFAC):
-            k = run.opt.steps
-            kind = "plain"
-            if k % INVERSE_INTERVAL == 0:
-                kind = "inverse"
-            elif k % FACTOR_INTERVAL == 0:
-                kind = "factor"
+        kind = _kind(run.opt.steps) if isinstance(run.opt, KFAC) else "sgd"
         c0 = time.thread_time()
         run.steps(x, y, 1)
         kinds.setdefault(kind, []).append(time.thread_time() - c0)
@@ -177,32 +289,136 @@ def _load() -> str:
 
 def _kinds_lines(runs: dict[str, Run], x: Tensor, y: Tensor) -> list[str]:
     """Where K-FAC's time goes: each kind of step against an SGD step, and their
-    mix over a window (``INVERSE_INTERVAL`` steps)."""
+    mix over a window (``INVERSE_INTERVAL`` steps); next to each, its flops
+    against an SGD step's (what it would cost if every flop ran at the same
+    speed; the time above that is the overhead: Python, memory, collectives)."""
     sgd = step_kinds(runs["sgd"], x, y, KIND_STEPS // 2)["sgd"]
+    sgd_flops = _flops(lambda: runs["sgd"].steps(x, y, 1))
     lines = [
         f"    per kind of step (main-thread CPU ms, medians of {KIND_STEPS} steps, "
-        f"the slower rank): sgd {sgd:.2f}"
+        f"the slower rank; in brackets the ratio to sgd, time / flops): sgd {sgd:.2f}"
     ]
     per_window = INVERSE_INTERVAL // FACTOR_INTERVAL  # factor steps per window
-    for key in LAYOUTS:
-        t = step_kinds(runs[key], x, y, KIND_STEPS)
-        mix = (
+
+    def mix(t: dict[str, float]) -> float:
+        return (
             (INVERSE_INTERVAL - per_window) * t["plain"]
             + (per_window - 1) * t["factor"]
             + t["inverse"]
         ) / INVERSE_INTERVAL
-        lines.append(
-            f"      {key:<10} plain {t['plain']:.2f} ({t['plain'] / sgd:.2f}x), "
-            f"factor {t['factor']:.2f} ({t['factor'] / sgd:.2f}x), inverse "
-            f"{t['inverse']:.1f} ({t['inverse'] / sgd:.1f}x); their mix "
-            f"{mix:.2f} ms/step = {mix / sgd:.2f}x sgd"
+
+    for key in LAYOUTS:
+        t = step_kinds(runs[key], x, y, KIND_STEPS)
+        f = {k: v / sgd_flops for k, v in kind_flops(runs[key], x, y).items()}
+        parts = ", ".join(
+            f"{k} {t[k]:.2f} ({t[k] / sgd:.2f}x / {f[k]:.2f}x)"
+            for k in ("plain", "factor", "inverse")
         )
+        lines.append(
+            f"      {key:<10} {parts}; their mix {mix(t):.2f} ms/step = "
+            f"{mix(t) / sgd:.2f}x / {mix(f):.2f}x"
+        )
+    return lines
+
+
+def _rounds(
+    runs: dict[str, Run], x: Tensor, y: Tensor, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, dict[str, int]]]:
+    """Per run, the wall and main-thread CPU seconds (the slower rank's) of
+    ``rounds`` windows of ``WINDOW`` steps, the runs interleaved within each
+    round; and the bytes each K-FAC run sent in its last window, by kind."""
+    wall: dict[str, list[float]] = {k: [] for k in runs}
+    cpu: dict[str, list[float]] = {k: [] for k in runs}
+    sent: dict[str, dict[str, int]] = {}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            before = run.sent()
+            w, c = _timed_cpu(lambda r=run: r.steps(x, y, WINDOW))
+            wall[key].append(w)
+            cpu[key].append(c)
+            after = run.sent()
+            sent[key] = {k: after[k] - before.get(k, 0) for k in after}
+    return wall, cpu, sent
+
+
+def _ratios(times: dict[str, list[float]], key: str) -> list[float]:
+    """``key``'s time over SGD's within each round (side by side)."""
+    return [t / s for t, s in zip(times[key], times["sgd"], strict=True)]
+
+
+def _verdict(cpu: float, wall: float, floor: float) -> tuple[str, str]:
+    """Whether the medians meet ``TARGET`` and, where not, why: ``met``,
+    ``cpu`` (in CPU time only), ``floor`` (the window flop floor alone exceeds
+    it) or ``rest`` (time above a floor that allows it)."""
+    if cpu <= TARGET and wall <= TARGET:
+        return "met", "met (CPU and wall)"
+    if floor > TARGET:
+        return "floor", f"no: flop floor {floor:.2f}x > {TARGET}x"
+    if cpu <= TARGET:
+        return "cpu", f"CPU only (wall {wall:.2f}x)"
+    return "rest", f"no: {cpu - floor:+.2f}x above the floor"
+
+
+def batch_section(rank: int, world: int, batches: list[int], rounds: int) -> list[str]:
+    """Section 1: K-FAC (shared layout) over SGD at each global batch, per
+    variant, with the flop floors; and where ``TARGET`` is met."""
+    lines = [
+        f"1. K-FAC({FACTOR_INTERVAL}, {INVERSE_INTERVAL}), shared layout, over DDP "
+        f"SGD at the same global batch, {world} ranks, windows of {WINDOW} steps, "
+        f"{rounds} rounds (medians, range); {_load()} at the start",
+        "   model global variant                 K-FAC ms  wall/sgd (rounds)     "
+        "CPU/sgd (rounds)     floor plain window  <= "
+        f"{TARGET}x",
+    ]
+    kfac_kw = {"factor_interval": FACTOR_INTERVAL, "inverse_interval": INVERSE_INTERVAL}
+    outcome: dict[str, list[str]] = {"met": [], "cpu": [], "floor": [], "rest": []}
+    for name, build in _models().items():
+        for gb in batches:
+            x, y = _batch(name, rank, world, gb)
+            runs = {"sgd": Run(build, "sgd")}
+            sgd_flops = _flops(lambda r=runs["sgd"], x=x, y=y: r.steps(x, y, 1))
+            runs["sgd"].steps(x, y, FACTOR_INTERVAL)  # the same warm-up
+            floors = {}
+            variants = [
+                (label, kw)
+                for label, kw in VARIANTS[name]
+                if "stats_batch_size" not in kw or kw["stats_batch_size"] < gb
+            ]
+            for label, kw in variants:
+                runs[label] = Run(build, "shared", **kfac_kw, **kw)
+                floors[label] = window_floors(runs[label], sgd_flops, x, y)
+            wall, cpu, _ = _rounds(runs, x, y, rounds)
+            for label, _ in variants:
+                rw, rc = _ratios(wall, label), _ratios(cpu, label)
+                mw, mc = statistics.median(rw), statistics.median(rc)
+                plain, window = floors[label]
+                kind, text = _verdict(mc, mw, window)
+                outcome[kind].append(
+                    f"{name} {gb} {label} (CPU {mc:.2f}x, wall {mw:.2f}x, "
+                    f"floor {window:.2f}x)"
+                )
+                ms = statistics.median(wall[label]) / WINDOW * 1e3
+                lines.append(
+                    f"   {name:<5} {gb:6d} {label:<22} {ms:8.2f}  {mw:5.2f}x "
+                    f"({min(rw):.2f}-{max(rw):.2f})  {mc:5.2f}x "
+                    f"({min(rc):.2f}-{max(rc):.2f})  {plain:5.2f}x {window:5.2f}x  "
+                    f"{text}"
+                )
+    lines.append(f"   {_load()} at the end")
+    titles = {
+        "met": f"<= {TARGET}x met",
+        "cpu": "met in main-thread CPU time, not in wall time (communication, load)",
+        "floor": f"not met, the window flop floor above {TARGET}x",
+        "rest": f"not met above a floor below {TARGET}x",
+    }
+    for kind, title in titles.items():
+        lines.append(f"   {title}: " + ("; ".join(outcome[kind]) or "none"))
     return lines
 
 
 def step_section(rank: int, world: int, rounds: int) -> list[str]:
     lines = [
-        f"1-2. step time and bytes sent, {world} ranks, global batch {GLOBAL_BATCH}, "
+        f"2. layouts: step time and bytes sent, {world} ranks, global batch {GLOBAL_BATCH}, "
         f"K-FAC({FACTOR_INTERVAL}, {INVERSE_INTERVAL}), windows of {WINDOW} steps, "
         f"{rounds} rounds; {_load()} at the start"
     ]
@@ -213,24 +429,10 @@ def step_section(rank: int, world: int, rounds: int) -> list[str]:
         runs |= {layout: Run(build, layout, **kfac_kw) for layout in LAYOUTS}
         for run in runs.values():  # warm-up: the first factors and inverses
             run.steps(x, y, WINDOW)
-        wall: dict[str, list[float]] = {k: [] for k in runs}
-        cpu: dict[str, list[float]] = {k: [] for k in runs}
-        sent: dict[str, dict[str, int]] = {}
-        for _ in range(rounds):
-            for key, run in runs.items():
-                before = run.sent()
-                w, c = _timed_cpu(lambda r=run, x=x, y=y: r.steps(x, y, WINDOW))
-                wall[key].append(w)
-                cpu[key].append(c)
-                after = run.sent()
-                sent[key] = {k: after[k] - before.get(k, 0) for k in after}
+        wall, cpu, sent = _rounds(runs, x, y, rounds)
         grad_bytes = sum(
             p.numel() * p.element_size() for p in runs["sgd"].model.parameters()
         )
-
-        def ratios(times: dict[str, list[float]], key: str) -> list[float]:
-            # within each round, side by side
-            return [t / s for t, s in zip(times[key], times["sgd"], strict=True)]
 
         med = {k: statistics.median(v) / WINDOW * 1e3 for k, v in wall.items()}
         med_cpu = {k: statistics.median(v) / WINDOW * 1e3 for k, v in cpu.items()}
@@ -243,7 +445,7 @@ def step_section(rank: int, world: int, rounds: int) -> list[str]:
             "       flop floor  sent kB/step (/gradient)"
         )
         for key in LAYOUTS:
-            rw, rc = ratios(wall, key), ratios(cpu, key)
+            rw, rc = _ratios(wall, key), _ratios(cpu, key)
             floor = flop_floor(runs[key], x, y)
             per_step = {k: v / WINDOW for k, v in sent[key].items()}
             total = sum(per_step.values())
@@ -306,7 +508,10 @@ def inverse_section(rank: int, world: int, blocks: int, width: int, reps: int) -
 
 
 def _worker(rank: int, world: int, args: argparse.Namespace) -> None:
-    lines = [] if args.inverse_only else step_section(rank, world, args.rounds)
+    lines = []
+    if not args.inverse_only:
+        lines += batch_section(rank, world, args.global_batch, args.rounds)
+        lines += step_section(rank, world, args.rounds)
     lines.append(
         inverse_section(rank, world, args.blocks, args.width, args.inverse_reps)
     )
@@ -318,7 +523,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--global-batch",
+        type=int,
+        nargs="+",
+        default=list(GLOBAL_BATCHES),
+        help="global batch sizes of section 1 (each divisible by --ranks)",
+    )
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--inverse-reps", type=int, default=5)
@@ -329,6 +541,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.blocks, args.width, args.inverse_reps = 1, 4, 64, 2
+        args.global_batch = [GLOBAL_BATCH]
+    bad = [b for b in args.global_batch if b < args.ranks or b % args.ranks]
+    if args.ranks < 1 or bad:
+        parser.error(
+            f"--global-batch {bad} must be positive multiples of --ranks {args.ranks}"
+        )
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     spawn_local(_worker, args.ranks, args, threads=args.threads)
 

@@ -33,19 +33,33 @@ hand-picked setting above as one row, and how many modes each setting sends to
 doubling (``nqm.doubled_modes``: those that neither the Lagrange closed form
 nor its divided-difference form can certify).
 
+The random table times the cost ratio over ``--rounds`` rounds per setting
+(every call is below a few milliseconds) and the doubling speed-up over 3.
+``--compare-with DIR`` adds the ``nqm`` package of another checkout (imported
+under another name, so that its calls interleave with these in the same
+rounds) as one more method of that table: its cost / ``sgd_risk`` per setting
+and in distribution, side by side with this checkout's.
+
 Usage::
 
     python benchmarks/bench_nqm.py [--dim 10000] [--steps 1000000] [--rounds 101]
-        [--settings 40] [--default-allocator]
+        [--settings 40] [--default-allocator] [--compare-with DIR]
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from benchtools import interleaved, median_ratio, one_blas_thread
 
 one_blas_thread()
+# this checkout's nqm, not whichever one is installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 
@@ -175,6 +189,13 @@ def _parse(argv) -> argparse.Namespace:
         "--settings", type=int, default=40, help="random settings (0: skip)"
     )
     ap.add_argument(
+        "--compare-with",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="another checkout whose nqm joins the random table, interleaved",
+    )
+    ap.add_argument(
         "--default-allocator",
         action="store_true",
         help="leave glibc's heap trimming on (see nqm.runtime); by default freed "
@@ -286,8 +307,25 @@ def family_table(problem, families, b, rounds, horizons) -> None:
         print()
 
 
+def load_other_nqm(root: Path):
+    """The ``nqm`` package of the checkout ``root``, imported as ``nqm_other``
+    (its relative imports stay inside it), or exit 2 if it has none."""
+    init = root / "nqm" / "__init__.py"
+    if not init.is_file():
+        print(f"--compare-with: no nqm/__init__.py under {root}", file=sys.stderr)
+        raise SystemExit(2)
+    spec = importlib.util.spec_from_file_location(
+        "nqm_other", init, submodule_search_locations=[str(root / "nqm")]
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["nqm_other"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main(argv=None) -> None:
     args = _parse(argv)
+    other = load_other_nqm(args.compare_with) if args.compare_with else None
     kept = False if args.default_allocator else nqm.runtime.keep_freed_memory()
     problem = nqm.NQMProblem.power_law(dim=args.dim)
     beta, gamma, p = 0.9, 0.99, 0.5
@@ -324,7 +362,7 @@ def main(argv=None) -> None:
     family_table(problem, families, b, max(3, r // 4), horizons)
     if args.settings:
         hand = (*setting, args.steps)
-        random_table(problem, args.settings, hand, b, max(3, r // 10), args.steps)
+        random_table(problem, args.settings, hand, b, r, args.steps, other)
 
 
 def _quantiles(x, worst_is_max: bool):
@@ -334,23 +372,32 @@ def _quantiles(x, worst_is_max: bool):
     return (*np.quantile(x, q), worst)
 
 
-def random_table(problem, n, hand, b, rounds, t_double) -> None:
+def random_table(problem, n, hand, b, rounds, t_double, other=None) -> None:
     """Cost / sgd_risk at each setting's horizon, speed-up over (b) at
-    ``t_double``, and doubled modes, over ``n`` random settings (and ``hand``)."""
+    ``t_double``, and doubled modes, over ``n`` random settings (and ``hand``);
+    with ``other`` (another checkout's nqm) its cost / sgd_risk alongside."""
     settings = random_settings(problem, n, np.random.default_rng(SETTINGS_SEED))
+    if other is not None:
+        problem_o = other.NQMProblem(
+            problem.h, problem.c, problem.init_sq, weight=problem.weight
+        )
     rows = []
+    load0 = os.getloadavg()
     for k, (lr, beta, gamma, p, t) in enumerate([hand] + settings):
         opt = nqm.Optimizer(lr, momentum=beta, ema=gamma, precond_power=p)
         sgd_lr = min(lr, 0.5 * nqm.max_stable_lr(problem, precond_power=p))
-        times, vals = interleaved(
-            {
-                "ours": lambda o=opt, t=t: nqm.expected_loss(problem, o, b, t),
-                "sgd": lambda p=p, t=t, a=sgd_lr: nqm.closed_form.sgd_risk(
-                    problem, a, b, t, precond_power=p
-                ),
-            },
-            rounds,
-        )
+        methods = {
+            "ours": lambda o=opt, t=t: nqm.expected_loss(problem, o, b, t),
+            "sgd": lambda p=p, t=t, a=sgd_lr: nqm.closed_form.sgd_risk(
+                problem, a, b, t, precond_power=p
+            ),
+        }
+        if other is not None:
+            opt_o = other.Optimizer(lr, momentum=beta, ema=gamma, precond_power=p)
+            methods["other"] = lambda o=opt_o, t=t: other.expected_loss(
+                problem_o, o, b, t
+            )
+        times, vals = interleaved(methods, rounds)
         dtimes, dvals = interleaved(
             {
                 "ours": lambda o=opt: nqm.expected_loss(problem, o, b, t_double),
@@ -361,35 +408,54 @@ def random_table(problem, n, hand, b, rounds, t_double) -> None:
             3,
         )
         setting = dict(momentum=beta, ema=gamma, precond_power=p)
-        rows.append(
-            {
-                "name": "hand-picked" if k == 0 else f"random {k}",
-                "setting": (lr, beta, gamma, p, t),
-                "cost": median_ratio(times["ours"], times["sgd"]),
-                "speedup": median_ratio(dtimes["dbl"], dtimes["ours"]),
-                "agree": abs(dvals["ours"] / dvals["dbl"] - 1),
-                "doubled": nqm.doubled_modes(problem, lr, **setting, steps=t)
-                + nqm.doubled_modes(problem, lr, **setting, steps=t_double),
-            }
-        )
+        hh = problem.h ** (1.0 - p)
+        row = {
+            "name": "hand-picked" if k == 0 else f"random {k}",
+            "setting": (lr, beta, gamma, p, t),
+            "s_range": (lr * float(hh.min()), lr * float(hh.max())),
+            "cost": median_ratio(times["ours"], times["sgd"]),
+            "ms": statistics.median(times["ours"]) * 1e3,
+            "sgd_ms": statistics.median(times["sgd"]) * 1e3,
+            "speedup": median_ratio(dtimes["dbl"], dtimes["ours"]),
+            "agree": abs(dvals["ours"] / dvals["dbl"] - 1),
+            "doubled": nqm.doubled_modes(problem, lr, **setting, steps=t)
+            + nqm.doubled_modes(problem, lr, **setting, steps=t_double),
+        }
+        if other is not None:
+            row["other_cost"] = median_ratio(times["other"], times["sgd"])
+            row["other_diff"] = abs(vals["other"] / vals["ours"] - 1)
+        rows.append(row)
+    load1 = os.getloadavg()
     print(
         f"random settings (seed {SETTINGS_SEED}, d = {problem.n_modes}): lr "
         f"log-uniform over {LR_DECADES:g} decades below the stability edge; beta, "
         f"gamma 0 w.p. {P_ZERO:.2g}, else 1 - x, x log-uniform in "
         f"[{ONE_MINUS_MIN:g}, {ONE_MINUS_MAX:g}]; p in {SETTING_POWERS}; t in "
-        f"{tuple(f'{x:.0e}' for x in SETTING_STEPS)}; speed-up over (b) at "
-        f"t = {t_double:.0e}"
+        f"{tuple(f'{x:.0e}' for x in SETTING_STEPS)}; cost over {rounds} rounds; "
+        f"speed-up over (b) at t = {t_double:.0e}; load average (1, 5, 15 min) "
+        f"{', '.join(f'{x:.1f}' for x in load0)} -> "
+        f"{', '.join(f'{x:.1f}' for x in load1)}"
     )
     print()
-    print("| setting | lr | beta | gamma | p | t | ours / (a) | (b) / ours | doubled |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    head = "| setting | lr | lr h range | beta | gamma | p | t | ours ms | sgd ms "
+    head += "| ours / (a) |"
+    if other is not None:
+        head += " other / (a) |"
+    head += " (b) / ours | doubled |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
     for row in rows:
         lr, beta, gamma, p, t = row["setting"]
-        print(
-            f"| {row['name']} | {lr:.3g} | {beta:.6g} | {gamma:.6g} | {p:g} | "
-            f"{t:.0e} | {row['cost']:.2f}x | {row['speedup']:.1f}x | "
-            f"{row['doubled']} |"
+        lo, hi = row["s_range"]
+        line = (
+            f"| {row['name']} | {lr:.3g} | {lo:.2g}..{hi:.2g} | {beta:.6g} | "
+            f"{gamma:.6g} | {p:g} | {t:.0e} | {row['ms']:.3f} | "
+            f"{row['sgd_ms']:.3f} | {row['cost']:.2f}x |"
         )
+        if other is not None:
+            line += f" {row['other_cost']:.2f}x |"
+        line += f" {row['speedup']:.1f}x | {row['doubled']} |"
+        print(line)
     rand = rows[1:]
     cost = _quantiles([r["cost"] for r in rand], worst_is_max=True)
     speed = _quantiles([r["speedup"] for r in rand], worst_is_max=False)
@@ -398,6 +464,12 @@ def random_table(problem, n, hand, b, rounds, t_double) -> None:
     print("| quantity | median | 90th percentile | worst |")
     print("|---|---|---|---|")
     print(f"| ours / sgd_risk | {cost[0]:.2f}x | {cost[1]:.2f}x | {cost[2]:.2f}x |")
+    if other is not None:
+        oc = _quantiles([r["other_cost"] for r in rand], worst_is_max=True)
+        print(
+            f"| other / sgd_risk (same rounds) | {oc[0]:.2f}x | {oc[1]:.2f}x | "
+            f"{oc[2]:.2f}x |"
+        )
     print(
         f"| (b) doubling / ours at t = {t_double:.0e} | {speed[0]:.1f}x | "
         f"{speed[1]:.1f}x | {speed[2]:.1f}x |"
@@ -407,6 +479,8 @@ def random_table(problem, n, hand, b, rounds, t_double) -> None:
         f"doubled modes: {sum(doubled)} in total, at most {max(doubled)} in one "
         f"setting; worst rel diff ours vs (b): {max(r['agree'] for r in rand):.2e}"
     )
+    if other is not None:
+        print(f"worst rel diff ours vs other: {max(r['other_diff'] for r in rows):.2e}")
     print(
         f"targets: median <= 2x sgd_risk ({'met' if cost[0] <= 2 else 'NOT met'}), "
         f"90th percentile <= 3x ({'met' if cost[1] <= 3 else 'NOT met'}); "

@@ -32,7 +32,13 @@ Accuracy. Every eigenvalue carries :math:`q = 1 - \\lambda`, :math:`p = 1 + \\la
 and :math:`\\log|\\lambda|`, computed from the parameters without cancellation, and
 :math:`\\lambda^t - 1` is evaluated with ``expm1``, so eigenvalues within
 :math:`10^{-12}` of :math:`\\pm 1` and :math:`t = 10^{12}` keep full relative
-accuracy. The one loss of accuracy is cancellation between Lagrange terms when
+accuracy. The numerators are evaluated in factored form wherever the expanded
+polynomial cancels: :math:`F(\\gamma) = \\gamma^2 s` (both) or
+:math:`\\gamma s` (averaging alone), :math:`F(1-s) = (1-s)(1-\\gamma)`, and at
+a momentum root :math:`F(r) = (1-\\gamma)(r(1-s) - \\beta)`, whose two values
+are the roots of a quadratic with known sum and product (real roots) or have
+the real part :math:`(1-\\gamma)((1-s)^2 - \\beta(1+s))/2` (complex roots).
+The one loss of accuracy is cancellation between Lagrange terms when
 two eigenvalues nearly coincide (critical damping, :math:`\\gamma \\approx \\lambda`).
 It is measured a posteriori (the sum of the terms' absolute values) and returned,
 so the caller can recompute those modes by doubling.
@@ -74,16 +80,30 @@ class _Real:
     def __init__(self, lam, q, p, t):
         self.lam, self.q, self.p = lam, q, p
         self.log_abs, self.pos = _log_abs(lam, q, p)
-        self.e = _power_minus_one(self.log_abs, self.pos, t)  # lam^t - 1
+        self.all_pos = bool(np.all(self.pos))
+        x = t * self.log_abs  # log|lam^t|
+        if self.all_pos:
+            self.e = np.expm1(x)  # lam^t - 1
+        else:
+            self.e = _power_minus_one(self.log_abs, self.pos, t)
         # lam^t itself, directly: forming it as e + 1 would lose its relative
         # accuracy once the transient has decayed far below one.
-        self.pow = np.exp(t * self.log_abs)
-        if not self.pos.all():
+        self.pow = np.exp(x)
+        if not self.all_pos:
             self.pow = np.where(self.pos | (t % 2 == 0), self.pow, -self.pow)
 
     def one_minus_square_t(self, t):
-        """:math:`1 - \\lambda^{2t}`."""
-        return -np.expm1(2.0 * t * self.log_abs)
+        """:math:`1 - \\lambda^{2t}`.
+
+        For positive lambda from :math:`e = \\lambda^t - 1` as :math:`-e(2 + e)`
+        (both factors keep their relative accuracy: :math:`2 + e \\in (1, 2]`),
+        which saves an exponential; otherwise by ``expm1``.
+        """
+        by_e = -self.e * (2.0 + self.e)
+        if self.all_pos:
+            return by_e
+        # per entry, so that a mode's value does not depend on its batch
+        return np.where(self.pos, by_e, -np.expm1(2.0 * t * self.log_abs))
 
 
 def _momentum_roots(s, beta):
@@ -96,28 +116,28 @@ def _momentum_roots(s, beta):
 
 # -------------------------------------------------------------- real path
 def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
-    """Lagrange sums with all-real eigenvalues.
+    """Lagrange sums with all-real eigenvalues (two or three).
 
     ``diffs[(j, l)]`` is :math:`\\lambda_j - \\lambda_l` for ``j < l``;
     ``special_pairs[(j, l)]`` overrides ``(1 - mu, 1 - mu^t)`` for a pair.
     """
     k = len(eigs)
-    denom = []
-    for j in range(k):
-        d = 1.0
-        for m in range(k):
-            if m != j:
-                d = d * (diffs[(j, m)] if j < m else -diffs[(m, j)])
-        denom.append(d)
-    f = 0.0
-    f_abs = 0.0
+    d01 = diffs[(0, 1)]
+    if k == 2:
+        denom = [d01, -d01]
+    else:
+        d02, d12 = diffs[(0, 2)], diffs[(1, 2)]
+        denom = [d01 * d02, -(d01 * d12), d02 * d12]
+    f = f_abs = None
     for j in range(k):
         term = fz[j] / denom[j] * eigs[j].pow
-        f = f + term
-        f_abs = f_abs + np.abs(term)
+        if f is None:
+            f, f_abs = term, np.abs(term)
+        else:
+            f = f + term
+            f_abs = f_abs + np.abs(term)
     v = [gz[j] / denom[j] for j in range(k)]
-    G = 0.0
-    g_abs = 0.0
+    G = g_abs = None
     for j in range(k):
         for m in range(j, k):
             ej, em = eigs[j], eigs[m]
@@ -129,11 +149,13 @@ def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
             else:
                 one_minus_mu = ej.q + ej.lam * em.q
                 one_minus_mut = -(ej.e + em.e + ej.e * em.e)
-            term = v[j] * v[m] * (one_minus_mut / one_minus_mu)
-            if j != m:
-                term = 2.0 * term
-            G = G + term
-            g_abs = g_abs + np.abs(term)
+            vv = v[j] * v[m] if j == m else (2.0 * v[j]) * v[m]
+            term = vv * (one_minus_mut / one_minus_mu)
+            if G is None:
+                G, g_abs = term, np.abs(term)
+            else:
+                G = G + term
+                g_abs = g_abs + np.abs(term)
     return f, f_abs, G, g_abs
 
 
@@ -173,17 +195,27 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     qp = _cmul((0.5 * big, -b), (0.5 * (3.0 - s + beta), b))  # (1 - r)(1 + r)
     log_abs = 0.5 * np.log(beta)  # log|r|
     mod_t = np.exp(t * log_abs)  # |r|^t, directly: expm1 + 1 would lose it when tiny
-    if not np.any(mod_t):
+    decayed = not np.any(mod_t)
+    if decayed:
         e = (-1.0, 0.0)  # r^t - 1
         pw = (0.0, 0.0)  # r^t
-        phi_rr = _cdiv((1.0, 0.0), qp)  # (1 - r^{2t}) / (1 - r^2)
+        inv_qp = 1.0 / (qp[0] * qp[0] + qp[1] * qp[1])
+        phi_rr = (qp[0] * inv_qp, -qp[1] * inv_qp)  # (1 - r^{2t}) / (1 - r^2)
     else:
         em1 = np.expm1(t * log_abs)
         half = (0.5 * t) * np.arctan2(sq, tau)  # half the phase of r^t
-        sh = np.sin(half)
-        two_sh2 = 2.0 * sh * sh
+        # The phase through u = tan(half) (NumPy's tangent is several times
+        # cheaper than its sine and cosine): 1 - cos and sin of the full angle
+        # are quotients that keep their relative accuracy, and |u| <= 2e16 for
+        # any double argument (no overflow). cos = 1 - (1 - cos) as before, so
+        # that a decayed |r|^t = 0 gives r^t - 1 = -1 exactly, as the branch
+        # above (a mode's value does not depend on its batch).
+        u = np.tan(half)
+        u2 = u * u
+        inv = 1.0 / (1.0 + u2)
+        two_sh2 = 2.0 * u2 * inv  # 1 - cos(2 half) = 2 sin(half)^2
         cos_t = 1.0 - two_sh2
-        sin_t = 2.0 * sh * np.cos(half)
+        sin_t = 2.0 * u * inv
         e = (em1 * cos_t - two_sh2, mod_t * sin_t)
         pw = (mod_t * cos_t, e[1])
         e2 = _cmul(e, (2.0 + e[0], e[1]))
@@ -199,38 +231,48 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
         t_rc = (v[0] * v[0] + v[1] * v[1]) * (one_minus_beta_t / (1.0 - beta))
         f = 2.0 * f1[0]
         f_abs = 2.0 * _abs_bound(f1)
-        G = 2.0 * t_rr[0] + 2.0 * t_rc
-        g_abs = 2.0 * _abs_bound(t_rr) + 2.0 * np.abs(t_rc)
+        # t_rc >= 0 (a squared modulus times 1 - beta^t over 1 - beta)
+        G = 2.0 * (t_rr[0] + t_rc)
+        g_abs = 2.0 * (_abs_bound(t_rr) + t_rc)
         return f, f_abs, G, g_abs
     g = _Real(gamma, 1.0 - gamma, 1.0 + gamma, t)
     d1g_re = (1.0 - gamma) - 0.5 * big  # r - gamma = (1 - gamma) - (1 - r)
     deng = d1g_re * d1g_re + b * b  # (r - gamma)(conj r - gamma)
-    k = 1.0 / (sq * deng)
-    inv_den1 = (-b * k, -d1g_re * k)  # 1 / ((r - conj r)(r - gamma))
-    lin = beta + gamma * (1.0 - s)
+    nk = -1.0 / (sq * deng)
+    inv_den1 = (b * nk, d1g_re * nk)  # 1 / ((r - conj r)(r - gamma))
     lam2 = _csq((a, b))
-    w1 = _cmul((lam2[0] - lin * a + beta * gamma, lam2[1] - lin * b), inv_den1)
-    wg = (gamma * gamma - lin * gamma + beta * gamma) / deng
+    # F(gamma) = gamma^2 - (beta + gamma (1 - s)) gamma + beta gamma = gamma^2 s
+    wg = gamma * gamma * s / deng
     c = -alpha * (1.0 - gamma)
     v1 = _cmul((c * lam2[0], c * lam2[1]), inv_den1)
     vg = c * gamma * gamma / deng
-    f1 = _cmul(w1, pw)
     fg = wg * g.pow
+    if decayed:  # r^t = 0: the pair's mean terms vanish
+        f = fg
+        f_abs = np.abs(fg)
+    else:
+        # F(r) = (1 - gamma)(r (1 - s) - beta), its real part from
+        # Re(r (1 - s) - beta) = ((1 - s)^2 - beta (1 + s)) / 2 (no cancellation
+        # against terms of order one, unlike the expanded quadratic)
+        one_s = 1.0 - s
+        g1 = 1.0 - gamma
+        fr = (
+            (0.5 * g1) * (one_s * one_s - beta * (1.0 + s)),
+            g1 * (b * one_s),
+        )
+        w1 = _cmul(fr, inv_den1)
+        f1 = _cmul(w1, pw)
+        f = 2.0 * f1[0] + fg
+        f_abs = 2.0 * _abs_bound(f1) + np.abs(fg)
     t_rr = _cmul(_csq(v1), phi_rr)
     t_rc = (v1[0] * v1[0] + v1[1] * v1[1]) * (one_minus_beta_t / (1.0 - beta))
     one_minus_mu = ((1.0 - gamma) + gamma * 0.5 * big, -gamma * b)  # 1 - r gamma
     one_minus_mut = (-(e[0] + g.e + e[0] * g.e), -(e[1] + e[1] * g.e))
     t_rg = _cmul((v1[0] * vg, v1[1] * vg), _cdiv(one_minus_mut, one_minus_mu))
     t_gg = vg * vg * (g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma)))
-    f = 2.0 * f1[0] + fg
-    f_abs = 2.0 * _abs_bound(f1) + np.abs(fg)
-    G = 2.0 * t_rr[0] + 2.0 * t_rc + 4.0 * t_rg[0] + t_gg
-    g_abs = (
-        2.0 * _abs_bound(t_rr)
-        + 2.0 * np.abs(t_rc)
-        + 4.0 * _abs_bound(t_rg)
-        + np.abs(t_gg)
-    )
+    # t_rc, t_gg >= 0 (squared moduli times ratios of positive factors)
+    G = 2.0 * (t_rr[0] + t_rc) + 4.0 * t_rg[0] + t_gg
+    g_abs = 2.0 * (_abs_bound(t_rr) + t_rc) + 4.0 * _abs_bound(t_rg) + t_gg
     return f, f_abs, G, g_abs
 
 
@@ -280,7 +322,7 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
         # Per-setting values of size one stay scalars: masking would copy them to
         # every mode, and their logs and powers would be computed once per mode.
         per_setting = [
-            x.reshape(()) if x.size == 1 else x for x in (alpha, beta, gamma)
+            x.reshape(())[()] if x.size == 1 else x for x in (alpha, beta, gamma)
         ]
         per_mode = [s] + ([big, disc] if feats.momentum else [])
         if not np.any(cplx) or not np.any(real):
@@ -311,8 +353,137 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
                 else:
                     out = _real_case(pm[0], a_, b_, g_, *pm[1:], feats=feats, t=t_flat)
                 for dst, src in zip((f, f_abs, G, g_abs), out, strict=True):
-                    dst[..., mask] = src
+                    _put(dst, mask, src)
         return squared_terms(f, f_abs, G, g_abs)
+
+
+#: The format the Lagrange sums are re-evaluated in where double precision
+#: cannot certify them (x87 extended on x86-64: 11 more bits than double).
+EXTENDED = np.longdouble
+#: Unit roundoff of :data:`EXTENDED`.
+EXTENDED_EPS = float(np.finfo(EXTENDED).eps)
+#: Whether :data:`EXTENDED` is wider than double (on some platforms it is the
+#: double format itself, and re-evaluating cannot certify anything more).
+HAS_EXTENDED = EXTENDED_EPS < EPS
+#: Modes whose momentum discriminant factor :math:`(1-\sqrt s)^2 - \beta`
+#: is below this fraction of :math:`\beta` (next to critical damping) are not
+#: certified in extended precision: the rounding of that cancelling factor
+#: shifts :math:`\sqrt{D}`, the gap every Lagrange weight divides by.
+CRITICAL_MARGIN = 2.0**-20
+
+
+def extended_terms(s, alpha, beta, gamma, feats: Features, t):
+    r"""Per-entry ``(F, G, err_F, err_G)`` of the Lagrange sums in extended precision.
+
+    The same formulas as :func:`closed_form_terms`, evaluated in
+    :data:`EXTENDED` from the same double parameters (``s`` is the double
+    product :math:`\alpha \hat h` the double path used), so the bound
+    :math:`4\epsilon f_{abs}(|f| + f_{abs})`, :math:`8\epsilon g_{abs}` holds
+    with the extended unit roundoff, to which the rounding of the result to
+    double is added. Where two eigenvalues nearly coincide the double sums lose
+    :math:`\log_{10}` (sum of absolute values / result) digits; the extended
+    sums have :math:`\log_{10} 2^{11} \approx 3.3` more to lose, which
+    certifies most such modes at a fraction of the cost of divided
+    differences. Entries next to critical damping (:data:`CRITICAL_MARGIN`)
+    get an infinite bound. The computed roots are the exact roots of
+    :math:`\beta` perturbed by a few units of the extended format (far below
+    the rounding of the double parameters themselves); the bound also carries
+    the rounding :math:`\kappa` of the cancelling discriminant factor relative
+    to itself, by which :math:`\sqrt{D}` (the gap every momentum weight
+    divides by) may be inconsistent with the roots: :math:`4\kappa` times the
+    sums' absolute values.
+
+    Args:
+        s, alpha, beta, gamma: arrays of shape ``(M,)`` (``s = alpha h`` in
+            double); momentum and/or averaging (not plain SGD).
+        feats: state layout.
+        t: step counts, shape ``(M,)``, ``t >= 1``.
+
+    Returns:
+        Double arrays of shape ``(M,)``; ``err_*`` ``inf`` where not certified
+        (no extended format, next to critical damping, overflow).
+    """
+    shape = np.broadcast_shapes(*(np.shape(x) for x in (s, alpha, beta, gamma, t)))
+    if not HAS_EXTENDED:
+        inf = np.full(shape, np.inf)
+        return inf, inf.copy(), inf.copy(), inf.copy()
+    s, alpha, beta, gamma = (
+        np.broadcast_to(np.asarray(x, dtype=np.float64).astype(EXTENDED), shape)
+        for x in (s, alpha, beta, gamma)
+    )
+    t = np.broadcast_to(np.asarray(t, dtype=np.int64), shape)
+    with np.errstate(all="ignore"):
+        kappa = np.zeros(shape, dtype=EXTENDED)
+        if feats.momentum:
+            big, disc = _momentum_roots(s, beta)
+            cplx = disc < 0
+            rs = np.sqrt(s)
+            near = (1.0 - rs) ** 2 - beta  # the factor that cancels
+            # its rounding, relative to itself, shifts sqrt(D) by half that
+            kappa = 4.0 * EXTENDED_EPS * ((1.0 - rs) ** 2 + beta) / np.abs(near)
+            critical = np.abs(near) < CRITICAL_MARGIN * beta
+        else:
+            cplx = np.zeros(shape, dtype=bool)
+            critical = cplx
+        parts = [np.empty(shape, dtype=EXTENDED) for _ in range(4)]
+        for mask, complex_path in ((~cplx, False), (cplx, True)):
+            if not np.any(mask):
+                continue
+            a_, b_, g_, s_, t_ = (x[mask] for x in (alpha, beta, gamma, s, t))
+            if complex_path:
+                out = _complex_pair_terms(
+                    s_, a_, b_, g_, big[mask], disc[mask], ema=feats.ema, t=t_
+                )
+            else:
+                extra = [big[mask], disc[mask]] if feats.momentum else []
+                out = _real_case(s_, a_, b_, g_, *extra, feats=feats, t=t_)
+            for dst, src in zip(parts, out, strict=True):
+                dst[mask] = src
+        f, f_abs, G, g_abs = parts
+        F, G, err_F, err_G = squared_terms(f, f_abs, G, g_abs, eps=EXTENDED_EPS)
+        err_F = err_F + 4.0 * kappa * f_abs * (np.abs(f) + f_abs)
+        err_G = err_G + 4.0 * kappa * g_abs
+        F64, G64 = F.astype(np.float64), G.astype(np.float64)
+        # rounding the results to double
+        err_F = err_F.astype(np.float64) + EPS * F64
+        err_G = err_G.astype(np.float64) + EPS * G64
+        bad = critical | ~np.isfinite(err_F) | ~np.isfinite(err_G)
+        err_F[bad] = np.inf
+        err_G[bad] = np.inf
+    return _finite_or_inf(F64), _finite_or_inf(G64), err_F, err_G
+
+
+def _put(dst, mask, src):
+    """``dst[..., mask] = src`` (``dst`` has at most one leading axis more than
+    ``mask``), one row at a time: NumPy's boolean assignment under a leading
+    axis is several times slower than row by row. A ``src`` without that leading
+    axis, or with one row, is broadcast over the rows."""
+    if dst.ndim == mask.ndim:
+        dst[mask] = src
+    elif np.ndim(src) < dst.ndim or len(src) != len(dst):
+        dst[..., mask] = src
+    else:
+        for row, values in zip(dst, src, strict=True):
+            row[mask] = values
+
+
+def _f_over_one_minus_gamma(s, beta, sq):
+    r""":math:`X_j = r_j (1 - s) - \beta` at the real momentum roots, where
+    :math:`F(r_j) = (1 - \gamma) X_j` (momentum and averaging).
+
+    Expanded, :math:`F(r) = r^2 - (\beta + \gamma(1-s)) r + \beta\gamma`
+    cancels to a small multiple of :math:`1 - \gamma` or of :math:`s`. The
+    :math:`X_j` are the roots of :math:`Y^2 - S Y + \beta^2 s` with
+    :math:`S = X_1 + X_2 = (1-s)^2 - \beta(1+s)` and :math:`X_1 - X_2 = \sqrt{D}
+    (1-s)`: the larger from their sum and difference, the smaller from the
+    product, as for the roots of a quadratic.
+    """
+    S = (1.0 - s) * (1.0 - s) - beta * (1.0 + s)
+    w = sq * (1.0 - s)  # X_1 - X_2
+    big = 0.5 * (S + np.copysign(w, S))
+    small = (beta * beta) * s / big
+    first = (S >= 0) == (w >= 0)  # X_1 is the larger
+    return np.where(first, big, small), np.where(first, small, big)
 
 
 def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
@@ -336,14 +507,15 @@ def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
         a = _Real(1.0 - s, s, 2.0 - s, t)
         eigs = [a, g]
         diffs = {(0, 1): (1.0 - gamma) - s}
-        fz = [e.lam - gamma * (1.0 - s) for e in eigs]
+        # F(z) = z - gamma (1 - s) at both nodes, factored (no cancellation)
+        fz = [(1.0 - s) * (1.0 - gamma), gamma * s]
         gz = [-alpha * (1.0 - gamma) * e.lam for e in eigs]
         special = {(0, 1): ((1.0 - gamma) + gamma * s, -(a.e + g.e + a.e * g.e))}
         return _real_terms(eigs, diffs, fz, gz, special, t)
     eigs = [r1, r2, g]
     diffs = {(0, 1): sq, (0, 2): (1.0 - gamma) - q_small, (1, 2): (1.0 - gamma) - q_big}
-    lin = beta + gamma * (1.0 - s)
-    fz = [e.lam * e.lam - lin * e.lam + beta * gamma for e in eigs]
+    x1, x2 = _f_over_one_minus_gamma(s, beta, sq)
+    fz = [(1.0 - gamma) * x1, (1.0 - gamma) * x2, gamma * gamma * s]
     gz = [-alpha * (1.0 - gamma) * e.lam * e.lam for e in eigs]
     special = {(0, 1): pair}
     for j, e in ((0, r1), (1, r2)):
@@ -352,7 +524,16 @@ def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
 
 
 def _finite_or_inf(x):
+    if np.isfinite(x).all():  # the common case: no selection
+        return np.maximum(x, 0.0)
     return np.where(np.isfinite(x), np.maximum(x, 0.0), np.inf)
+
+
+def _inf_unless_finite(x):
+    """``x`` with every non-finite entry replaced by ``inf``."""
+    if np.isfinite(x).all():
+        return x
+    return np.where(np.isfinite(x), x, np.inf)
 
 
 def _sgd_terms(s, alpha, t):
@@ -487,13 +668,18 @@ class MeanResponse:
         return lower * lower, f
 
 
-def squared_terms(f, f_abs, G, g_abs):
+def squared_terms(f, f_abs, G, g_abs, eps=EPS):
     """``(F, G, err_F, err_G)`` from the mean response ``f`` (``F = f²``) and
     the noise term ``G``, with their rounding bounds (``f_abs``, ``g_abs``: the
-    sums of absolute values behind them); non-finite values become ``inf``."""
+    sums of absolute values behind them, computed with unit roundoff ``eps``);
+    non-finite values become ``inf``."""
     F = f * f
-    err_F = 4.0 * EPS * f_abs * (np.abs(f) + f_abs)
-    err_G = 8.0 * EPS * g_abs
-    err_F = np.where(np.isfinite(err_F), err_F, np.inf)
-    err_G = np.where(np.isfinite(err_G), err_G, np.inf)
-    return _finite_or_inf(F), _finite_or_inf(G), err_F, err_G
+    err_F = 4.0 * eps * f_abs * (np.abs(f) + f_abs)
+    err_G = 8.0 * eps * g_abs
+    # F = f^2 >= 0 already: only non-finite entries change
+    return (
+        _inf_unless_finite(F),
+        _finite_or_inf(G),
+        _inf_unless_finite(err_F),
+        _inf_unless_finite(err_G),
+    )

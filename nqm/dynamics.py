@@ -16,8 +16,10 @@ Paths:
 
 * constant lr: closed form (:mod:`nqm._closed`), :math:`O(d)` per evaluation
   independent of :math:`t`; modes whose Lagrange form would lose digits to
-  near-coinciding eigenvalues are recomputed from divided differences
-  (:mod:`nqm._confluent`), also :math:`O(1)` each and exact at coincidence;
+  near-coinciding eigenvalues are recomputed in extended precision
+  (:func:`nqm._closed.extended_terms`), and those that this cannot certify
+  from divided differences (:mod:`nqm._confluent`), also :math:`O(1)` each
+  and exact at coincidence;
   only modes that even these cannot certify (overflowing, diverging modes),
   and flagged modes below :data:`CONFLUENT_MIN_STEPS` steps, are recomputed
   by exact doubling (:mod:`nqm._doubling`), :math:`O(\\log t)` each
@@ -35,7 +37,7 @@ import math
 
 import numpy as np
 
-from ._closed import _sgd_terms, closed_form_terms
+from ._closed import EXTENDED_EPS, _sgd_terms, closed_form_terms, extended_terms
 from ._confluent import confluent_terms
 from ._doubling import MomentMap
 from ._system import Features, system_matrices
@@ -61,8 +63,9 @@ __all__ = [
 #: cannot are recomputed by divided differences, and those that even these
 #: cannot certify by doubling.
 CLOSED_FORM_RTOL = 1e-11
-#: Below this many steps a flagged mode goes straight to doubling: its at most
-#: log2(64) = 6 levels cost less than the divided-difference tables.
+#: Below this many steps a flagged mode that extended precision cannot certify
+#: goes to doubling: its at most log2(64) = 6 levels cost less than the
+#: divided-difference tables.
 CONFLUENT_MIN_STEPS = 64
 
 
@@ -171,18 +174,39 @@ def _needs_doubling(err, total, rtol=CLOSED_FORM_RTOL):
         over &= np.where(alone, 0.0, finite).sum(axis=-1) > budget
     if np.any(over):
         rows = finite[over]
-        order = np.argsort(rows, axis=-1)[..., ::-1]
+        order = _largest_first(rows, budget[over])
         sorted_err = np.take_along_axis(rows, order, axis=-1)
-        remaining = sorted_err.sum(axis=-1, keepdims=True) - np.cumsum(
-            sorted_err, axis=-1
-        )
+        # the whole row's sum (order may hold only its largest entries)
+        whole = sorted_err if order.shape == rows.shape else rows
+        remaining = whole.sum(axis=-1, keepdims=True) - np.cumsum(sorted_err, axis=-1)
         # flag position k if the rest after removing positions <= k-1 is too big
         prev_remaining = remaining + sorted_err
         take_sorted = prev_remaining > budget[over][..., None]
-        take = np.zeros_like(take_sorted)
+        take = np.zeros(rows.shape, dtype=bool)
         np.put_along_axis(take, order, take_sorted, axis=-1)
         flagged[over] |= take
     return flagged
+
+
+#: Largest errors ordered first by :func:`_largest_first` before it falls
+#: back to a full sort.
+_TOP_ERRORS = 64
+
+
+def _largest_first(rows, budget):
+    """Per row, the indices of the largest entries in decreasing order, as
+    many as flagging needs: the ``_TOP_ERRORS`` largest (a partition and a
+    short sort) when removing them brings the row's sum within ``budget``,
+    otherwise all (a full sort)."""
+    m = rows.shape[-1]
+    if m > 2 * _TOP_ERRORS:
+        top = np.argpartition(rows, m - _TOP_ERRORS, axis=-1)[..., m - _TOP_ERRORS :]
+        vals = np.take_along_axis(rows, top, axis=-1)
+        top = np.take_along_axis(top, np.argsort(vals, axis=-1)[..., ::-1], axis=-1)
+        rest = rows.sum(axis=-1) - np.take_along_axis(rows, top, axis=-1).sum(axis=-1)
+        if np.all(rest <= budget):
+            return top
+    return np.argsort(rows, axis=-1)[..., ::-1]
 
 
 def _constant_terms(
@@ -239,10 +263,12 @@ def _constant_terms(
 def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
     """D and N from closed-form terms (shape ``P + (M,)``), certified to ``rtol``.
 
-    Entries whose Lagrange form cannot be certified are recomputed by divided
-    differences (:func:`nqm._confluent.confluent_terms`, exact where
-    eigenvalues nearly coincide) when ``t >= CONFLUENT_MIN_STEPS``; those that
-    still cannot be certified (and the shorter ones) are replaced by
+    Entries whose Lagrange form cannot be certified are recomputed from the
+    same formulas in extended precision (:func:`nqm._closed.extended_terms`,
+    which certifies moderate near-coincidences at a fraction of the cost),
+    then by divided differences (:func:`nqm._confluent.confluent_terms`, exact
+    where eigenvalues nearly coincide) when ``t >= CONFLUENT_MIN_STEPS``;
+    those that still cannot be certified (and the shorter ones) are replaced by
     ``redo(bad)``, which returns their exact values by doubling
     (``F[bad]``, ``G[bad]`` order). ``entries(bad)`` returns the flagged
     entries' ``(hh, alpha, beta, gamma, t)``. Only flagged entries are replaced:
@@ -259,27 +285,96 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo):
     F, G, eF, eG = (np.array(x) for x in (F, G, eF, eG))
     if feats.momentum or feats.ema:
         # Replacing a flagged value changes the total the budget is relative to,
-        # so flag again until only re-evaluated entries remain.
-        done = np.zeros_like(bad)
-        new = bad
-        while np.any(new):
-            pos = np.nonzero(new)
-            hb, ab, bb, gb, tb = entries(new)
-            keep = tb >= CONFLUENT_MIN_STEPS  # shorter: doubling is cheaper
-            if np.any(keep):
-                sub = np.zeros_like(new)
-                sub[tuple(x[keep] for x in pos)] = True
-                F[sub], G[sub], eF[sub], eG[sub] = confluent_terms(
-                    ab[keep] * hb[keep], ab[keep], bb[keep], gb[keep], feats, tb[keep]
+        # so flag again until only re-evaluated entries remain. Each entry is
+        # tried in extended precision first, then by divided differences.
+        stage = np.zeros(bad.shape, dtype=np.int8)  # 1: extended, 2: confluent
+        arrays, weights = (F, G, eF, eG), (wd, wn, wd, wn)
+        with np.errstate(all="ignore"):
+            totals = [x @ w for x, w in zip(arrays, weights, strict=True)]
+        while True:
+            ext = bad & (stage == 0)
+            conf = bad & (stage == 1)
+            if np.any(ext):
+                # entries whose bound, shrunk by the extended format's unit
+                # roundoff, would still exceed the whole budget alone go to
+                # divided differences in the same round
+                hopeless = ext & _beyond_extended(eF, eG, wd, wn, totals, rtol)
+                ext &= ~hopeless
+                conf |= hopeless
+            if not (np.any(ext) or np.any(conf)):
+                break
+            idx = np.nonzero(ext | conf)
+            before = [x[idx] for x in arrays]
+            if np.any(ext):
+                hb, ab, bb, gb, tb = entries(ext)
+                F[ext], G[ext], eF[ext], eG[ext] = extended_terms(
+                    ab * hb, ab, bb, gb, feats, tb
                 )
-            done |= new
+                stage[ext] = 1
+            if np.any(conf):
+                pos = np.nonzero(conf)
+                hb, ab, bb, gb, tb = entries(conf)
+                keep = tb >= CONFLUENT_MIN_STEPS  # shorter: doubling is cheaper
+                if np.any(keep):
+                    sub = np.zeros_like(conf)
+                    sub[tuple(x[keep] for x in pos)] = True
+                    F[sub], G[sub], eF[sub], eG[sub] = confluent_terms(
+                        ab[keep] * hb[keep],
+                        ab[keep],
+                        bb[keep],
+                        gb[keep],
+                        feats,
+                        tb[keep],
+                    )
+                stage[conf] = 2
+            if _fits_after_update(arrays, weights, totals, idx, before, rtol):
+                bad = np.zeros_like(bad)
+                break
             bad = _flag(F, G, eF, eG, wd, wn, rtol)
-            new = bad & ~done
     n_doubled = int(np.count_nonzero(bad))
     if n_doubled:
         F[bad], G[bad] = redo(bad)
     with np.errstate(all="ignore"):
         return F @ wd, G @ wn, n_doubled
+
+
+#: Factor by which :func:`nqm._closed.extended_terms` is assumed to shrink a
+#: double-precision bound when deciding to skip it (twice the ratio of the
+#: unit roundoffs: a decision only, the value is certified either way).
+_EXTENDED_GAIN = 2.0 * EXTENDED_EPS / np.finfo(np.float64).eps
+
+
+def _beyond_extended(eF, eG, wd, wn, totals, rtol):
+    """Entries whose weighted bounds would exceed the budgets of D or N alone
+    even after the extended re-evaluation."""
+    d, nn = (np.asarray(x)[..., None] for x in totals[:2])
+    with np.errstate(all="ignore"):
+        return (eF * wd * _EXTENDED_GAIN > rtol * d) | (
+            eG * wn * _EXTENDED_GAIN > rtol * nn
+        )
+
+
+def _fits_after_update(arrays, weights, totals, idx, before, rtol):
+    """Whether, after the entries ``idx`` of ``(F, G, eF, eG)`` changed from
+    ``before``, both summed bounds are within half their budgets.
+
+    One setting at one step (1-D arrays) only: the totals ``totals`` are updated
+    by the few changed entries instead of recomputed (and updated in place).
+    Within half the budget, :func:`_flag` would flag nothing (the update's own
+    rounding is far below a factor two), so this only saves its full pass.
+    """
+    if arrays[0].ndim != 1:
+        return False
+    cols = idx[0]
+    with np.errstate(all="ignore"):
+        for k, (x, w, old) in enumerate(zip(arrays, weights, before, strict=True)):
+            totals[k] = totals[k] + (x[cols] - old) @ w[cols]
+        d, nn, ed, en = totals
+        return bool(
+            np.isfinite(d + nn + ed + en)
+            and ed <= 0.5 * rtol * d
+            and en <= 0.5 * rtol * nn
+        )
 
 
 def _flag(F, G, eF, eG, wd, wn, rtol):
@@ -346,6 +441,36 @@ def _single_setting_terms(
     D[live] = d
     N[live] = nn
     return D, N, doubled
+
+
+def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
+    """D and N (0-d arrays) of one setting at one step ``t >= 1``, and the
+    number of modes computed by doubling: :func:`_constant_terms` without its
+    loops over settings and steps (the same values)."""
+    feats = Features(bool(beta > 0), bool(gamma > 0))
+    F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, t)
+    with np.errstate(all="ignore"):
+        d, n = F @ wd, G @ wn
+        if eF @ wd <= rtol * d and eG @ wn <= rtol * n and math.isfinite(d + n):
+            return np.asarray(d), np.asarray(n), 0
+
+    def entries(bad):
+        m = int(np.count_nonzero(bad))
+        return (
+            hh[bad],
+            np.full(m, float(alpha)),
+            np.full(m, float(beta)),
+            np.full(m, float(gamma)),
+            np.full(m, t),
+        )
+
+    def redo(bad):
+        hb, ab, bb, gb, _ = entries(bad)
+        Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
+        return Fd[0], Gd[0]
+
+    d, n, doubled = _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo)
+    return np.asarray(d), np.asarray(n), doubled
 
 
 # ---------------------------------------------------------- scheduled path
@@ -678,9 +803,10 @@ def doubled_modes(
     rtol: float = CLOSED_FORM_RTOL,
 ) -> int:
     """How many (setting, mode, step) entries :func:`risk_terms` computes by
-    doubling: those that neither the Lagrange closed form nor its
-    divided-difference form can certify to ``rtol`` (below
-    :data:`CONFLUENT_MIN_STEPS` steps, those the Lagrange form cannot).
+    doubling: those that neither the Lagrange closed form (in double, then
+    extended precision) nor its divided-difference form can certify to
+    ``rtol`` (below :data:`CONFLUENT_MIN_STEPS` steps, those the Lagrange form
+    cannot).
 
     Arguments as for :func:`risk_terms`, all but ``problem`` and ``lr`` by
     keyword (distinct curvatures count once, as
@@ -722,14 +848,9 @@ def _risk_terms(problem, lr, momentum, ema, precond_power, steps, rtol):
     scalar_t = t.ndim == 0
     hh, wd, wn = _modes(problem, float(precond_power))
     if scalar_t and alpha.ndim == 0 and t > 0:
-        # one setting at one step (the tuner's local searches): the closed form
-        # and its certification directly, when that certifies everything
-        feats = Features(bool(beta > 0), bool(gamma > 0))
-        F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, int(t))
-        with np.errstate(all="ignore"):
-            d, n = F @ wd, G @ wn
-            if eF @ wd <= rtol * d and eG @ wn <= rtol * n and math.isfinite(d + n):
-                return np.asarray(d), np.asarray(n), 0
+        # one setting at one step (one evaluation, the tuner's local searches):
+        # the closed form and its certification directly
+        return _one_setting_terms(hh, wd, wn, alpha, beta, gamma, int(t), rtol)
     t = np.atleast_1d(t)
     D = np.empty(alpha.shape + t.shape)
     N = np.empty_like(D)
@@ -790,7 +911,7 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
             optimizer.momentum,
             optimizer.ema,
             optimizer.precond_power,
-            flat,
+            int(t) if t.ndim == 0 else flat,
         )
     else:
         hh, wd, wn = _modes(problem, optimizer.precond_power)
@@ -822,7 +943,14 @@ def _mode_terms(hh, lr, beta, gamma, feats, step):
     f, g, ef, eg = (np.array(x) for x in (f, g, ef, eg))
     n = int(bad.sum())
     a, b, c = np.full(n, lr), np.full(n, beta), np.full(n, gamma)
-    if (feats.momentum or feats.ema) and step >= CONFLUENT_MIN_STEPS:
+    if feats.momentum or feats.ema:
+        f[bad], g[bad], ef[bad], eg[bad] = extended_terms(
+            a * hh[bad], a, b, c, feats, np.full(n, step)
+        )
+        bad = bad_of(f, g, ef, eg)
+        n = int(bad.sum())
+        a, b, c = np.full(n, lr), np.full(n, beta), np.full(n, gamma)
+    if n and (feats.momentum or feats.ema) and step >= CONFLUENT_MIN_STEPS:
         f[bad], g[bad], ef[bad], eg[bad] = confluent_terms(
             a * hh[bad], a, b, c, feats, np.full(n, step)
         )

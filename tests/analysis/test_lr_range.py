@@ -72,9 +72,9 @@ def test_lr_interval_matches_a_brute_force_scan(
     _check_interval(
         lambda a: _steps(problem, opt, batch_size, lr=a), rng.lr_min, rng.lr_max, s
     )
-    scale = 1.0 / (1.0 - opt.momentum)
+    gap = 1.0 - opt.momentum  # effective lr = lr / (1 - beta), as documented
     assert (rng.effective_lr_min, rng.effective_lr_max) == (
-        rng.lr_min * scale, rng.lr_max * scale
+        rng.lr_min / gap, rng.lr_max / gap
     )  # fmt: skip
     assert rng.momentum_min is None and rng.momentum_max is None
     assert rng.degenerate is degenerate

@@ -23,6 +23,7 @@ from nqm_oracles import (
 )
 
 import nqm
+from nqm._closed import CRITICAL_MARGIN, HAS_EXTENDED, extended_terms
 from nqm._confluent import confluent_terms
 from nqm._system import Features
 from nqm.dynamics import CLOSED_FORM_RTOL, CONFLUENT_MIN_STEPS
@@ -51,6 +52,11 @@ CASES = [
     ("triple", 1 / 16, 9 / 16, 3 / 4, "gamma"),
     ("triple_split", 1 / 16, 9 / 16, 3 / 4, "beta"),
 ]
+
+
+def extended_available() -> bool:
+    """Whether this platform's long double is wider than double."""
+    return HAS_EXTENDED
 
 
 def _perturbed(s, beta, gamma, which, gap):
@@ -257,3 +263,89 @@ def test_random_settings_against_the_mpmath_oracle_at_their_horizon(load_benchma
             dps=ORACLE_DPS,
         )[0]
         _assert_close(got, want, RTOL, (lr, beta, gamma, p, t))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_extended_lagrange_form_is_accurate_where_it_certifies(case):
+    """The Lagrange sums re-evaluated in extended precision: wherever their
+    bound certifies F_t and G_t to CLOSED_FORM_RTOL, they match the oracle to
+    1e-10, on both sides of each coincidence; next to critical damping they
+    certify nothing; where averaging meets an SGD or momentum root they
+    certify some horizons at the gap 1e-2."""
+    name, s, beta, gamma, which = case
+    steps = np.array(STEPS)
+    n = steps.size
+    for gap in GAPS:
+        for sign in (1.0, -1.0):
+            ss, bb, gg = _perturbed(s, beta, gamma, which, sign * gap)
+            feats = Features(bb > 0, gg > 0)
+            F, G, eF, eG = extended_terms(
+                np.full(n, ss), np.ones(n), np.full(n, bb), np.full(n, gg), feats, steps
+            )
+            ok = (
+                np.isfinite(F)
+                & np.isfinite(G)
+                & (eF <= CLOSED_FORM_RTOL * np.maximum(F, TINY))
+                & (eG <= CLOSED_FORM_RTOL * G)
+            )
+            what = (name, gap, sign)
+            if not extended_available():
+                assert not np.any(ok), what
+                continue
+            critical = bb > 0 and abs((1 - math.sqrt(ss)) ** 2 - bb) < (
+                CRITICAL_MARGIN * bb
+            )
+            if critical:
+                assert not np.any(ok), what
+            elif gap >= 1e-2 and name.startswith("ema_at"):
+                assert np.any(ok), what
+            if not np.any(ok):
+                continue
+            with mpmath.workdps(ORACLE_DPS):
+                want = mp_mode_terms(1.0, ss, 0.0, bb, gg, STEPS)
+            for i in np.nonzero(ok)[0]:
+                at = (*what, int(steps[i]))
+                _assert_close(F[i], want[i][0], RTOL, ("F", *at))
+                _assert_close(G[i], want[i][1], RTOL, ("G", *at))
+
+
+def test_without_an_extended_format_nothing_is_certified(monkeypatch):
+    """Where long double is the double format, the re-evaluation certifies
+    nothing, so every flagged mode goes on to the divided differences."""
+    import nqm._closed as closed
+
+    monkeypatch.setattr(closed, "HAS_EXTENDED", False)
+    F, G, eF, eG = closed.extended_terms(
+        np.array([0.25]), 1.0, 0.0, 0.75 * (1 + 1e-4), Features(False, True), [100]
+    )
+    assert np.isinf(eF).all() and np.isinf(eG).all()
+
+
+def test_benchmark_compare_with_loads_another_checkout(load_benchmark, tmp_path):
+    """``bench_nqm.py --compare-with DIR`` imports DIR's nqm as a separate
+    package (here this checkout's own, so the values must agree exactly), and
+    refuses a directory without one (exit 2)."""
+    import sys
+    from pathlib import Path
+
+    bench = load_benchmark("bench_nqm")
+    root = Path(nqm.__file__).resolve().parents[1]
+    try:
+        other = bench.load_other_nqm(root)
+        assert other is not nqm and other.__name__ == "nqm_other"
+        problem = _small_problem(3)
+        opt = (0.05, 0.9, 0.99, 0.5)
+        mine = nqm.expected_loss(problem, nqm.Optimizer(*opt), 8, 1000)
+        theirs = other.expected_loss(
+            other.NQMProblem(problem.h, problem.c, problem.init_sq),
+            other.Optimizer(*opt),
+            8,
+            1000,
+        )
+        assert mine == theirs
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] == "nqm_other"]:
+            del sys.modules[name]
+    with pytest.raises(SystemExit) as err:
+        bench.load_other_nqm(tmp_path)
+    assert err.value.code == 2

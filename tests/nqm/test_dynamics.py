@@ -471,3 +471,28 @@ def test_steady_state_loss_shape_follows_the_batch_size():
     assert nqm.steady_state_loss(problem, unstable, 4) == math.inf
     with pytest.raises(ValueError, match="batch_size"):
         nqm.steady_state_loss(problem, unstable, 0.5)
+
+
+def test_flagging_takes_the_fewest_largest_errors():
+    """``_needs_doubling`` flags, per row whose summed error exceeds the budget,
+    the shortest run of largest errors whose removal leaves the rest within it
+    (plus infinite ones): against a plain Python sort, on rows where a few
+    errors dominate (the partial sort) and where many do (the full sort)."""
+    from nqm.dynamics import _needs_doubling
+
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        m = int(rng.choice([50, 1000]))
+        err = rng.lognormal(0.0, rng.uniform(0.5, 8.0), m)
+        err *= rng.random(m) < rng.uniform(0.05, 1.0)
+        budget = err.sum() * rng.choice([1e-3, 0.1, 0.5, 2.0])
+        total = budget / 1e-11
+        got = _needs_doubling(err[None, :], np.array([total]), rtol=1e-11)[0]
+        want = np.zeros(m, dtype=bool)
+        rest = err.sum()
+        for i in sorted(range(m), key=lambda i: -err[i]):
+            if rest <= budget * (1 + 1e-12):
+                break
+            want[i] = True
+            rest -= err[i]
+        assert np.array_equal(got, want)

@@ -13,6 +13,10 @@ spatial homogeneity and spatially uncorrelated derivatives and gets
 al. 2019, appendix A, eqn 15, whose product is the same). K-FAC-reduce averages the patches and sums the
 output gradients over locations per example.
 
+The expand input factor is the Gram matrix of the patch rows or, where that is
+cheaper (:func:`prefer_lagged`), the same matrix from the input's lagged channel
+correlations (:mod:`~kfac_spectra.kfac.blocks.conv_gram`).
+
 Only ``groups == 1`` and ``padding_mode == 'zeros'`` are supported; other
 convolutions are left to the plain gradient.
 
@@ -31,6 +35,7 @@ from torch import Tensor, nn
 
 from ..enums import KFACApprox
 from .base import gram, homogeneous_gram
+from .conv_gram import correlation_flops, lagged_patch_gram, unfolded_gram_flops
 from .linear import DenseBlock
 
 __all__ = [
@@ -40,7 +45,18 @@ __all__ = [
     "conv_supported",
     "extract_patches",
     "patch_view",
+    "prefer_lagged",
+    "unfolded_patch_gram",
 ]
+
+# The lagged correlations run as one small product per input position, a few
+# times slower per flop than the patches' one large product on the CPU
+# (``benchmarks/bench_conv_factor.py``): they are chosen where their flops,
+# weighted by this, are fewer, and the patches' product is large enough for the
+# correlations' fixed cost (a few dozen small operations, about half a
+# millisecond) to matter less than the flops they save.
+LAGGED_SLOWDOWN = 3.0
+LAGGED_MIN_FLOPS = 1e8
 
 
 def conv_supported(module: nn.Module) -> bool:
@@ -144,6 +160,57 @@ def channels_last_order(module: nn.Conv1d | nn.Conv2d) -> Tensor:
     return torch.arange(taps * channels).reshape(taps, channels).T.reshape(-1)
 
 
+def unfolded_patch_gram(
+    x: Tensor, module: nn.Conv1d | nn.Conv2d, bias: bool
+) -> tuple[Tensor, int]:
+    """``(Σ ā ā ᵀ, R)`` of the input patches as the Gram matrix of their rows:
+    from the channels-last patches (:func:`channels_last_patch_view`), then
+    reordered to the weight's order.
+
+    Args:
+        x: Input, shape ``(N, C_in, *spatial)`` or without the batch dim.
+        module: The convolution.
+        bias: Whether to append the homogeneous coordinate.
+
+    Returns:
+        ``A`` of shape ``(C_in K + bias,) * 2`` and the number of patches R.
+    """
+    view = channels_last_patch_view(x, module)
+    rows = view.reshape(-1, module.weight[0].numel())
+    perm = channels_last_order(module).to(rows.device)
+    if bias:
+        perm = torch.cat([perm, perm.new_tensor([perm.numel()])])
+    a = homogeneous_gram(rows, bias)
+    return a[perm][:, perm], rows.shape[0]
+
+
+def prefer_lagged(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> bool:
+    """Whether :func:`~kfac_spectra.kfac.blocks.conv_gram.lagged_patch_gram`
+    forms the expand input factor of ``x`` faster than the patches' Gram matrix:
+    where its flops, weighted by ``LAGGED_SLOWDOWN``, are fewer, and the Gram
+    matrix takes at least ``LAGGED_MIN_FLOPS``; on the CPU only (where the
+    weights were measured).
+
+    Args:
+        x: Input, shape ``(N, C_in, *spatial)`` or without the batch dim.
+        module: The convolution.
+
+    Returns:
+        The choice (the same for every input of one shape).
+    """
+    nd = len(module.kernel_size)
+    batch = 1 if x.ndim == nd + 1 else x.shape[0]
+    padded = [
+        size + lo + hi
+        for size, (lo, hi) in zip(x.shape[-nd:], conv_padding(module), strict=True)
+    ]
+    args = (batch, x.shape[-nd - 1], padded, module.kernel_size)
+    unfolded = unfolded_gram_flops(*args, module.stride, module.dilation)
+    if unfolded < LAGGED_MIN_FLOPS or x.device.type != "cpu":
+        return False  # too small, or on a device where it is not measured
+    return LAGGED_SLOWDOWN * correlation_flops(*args) < unfolded
+
+
 def extract_patches(x: Tensor, module: nn.Conv1d | nn.Conv2d) -> Tensor:
     """Input patches of a convolution.
 
@@ -185,16 +252,19 @@ class ConvBlock(DenseBlock):
         return view.reshape(-1, width)
 
     def input_gram(self, x: Tensor) -> tuple[Tensor, int]:
-        """``(Σ ā ā ᵀ, R)``; expand: from channels-last patches, then reordered."""
+        """``(Σ ā ā ᵀ, R)``; expand: from the lagged channel correlations where
+        they are cheaper (:func:`prefer_lagged`), else from channels-last
+        patches, then reordered."""
         if self.approx == KFACApprox.REDUCE:
             return super().input_gram(x)
-        view = channels_last_patch_view(x.to(self.stat_dtype), self.module)
-        rows = view.reshape(-1, self.module.weight[0].numel())
-        perm = channels_last_order(self.module).to(rows.device)
-        if self.has_bias:
-            perm = torch.cat([perm, perm.new_tensor([perm.numel()])])
-        a = homogeneous_gram(rows, self.has_bias)
-        return a[perm][:, perm], rows.shape[0]
+        m = self.module
+        x = x.to(self.stat_dtype)
+        if prefer_lagged(x, m):
+            xp = _padded_batch(x, m)
+            return lagged_patch_gram(
+                xp, m.kernel_size, m.stride, m.dilation, self.has_bias
+            )
+        return unfolded_patch_gram(x, m, self.has_bias)
 
     def grad_gram(self, g: Tensor) -> Tensor:
         """``Σ ĝ ĝᵀ``; expand: ``M Mᵀ`` with ``M = ĝ`` as ``(C_out, N·T)``."""
