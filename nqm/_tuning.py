@@ -428,17 +428,24 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
     return x, best_l
 
 
-def _profile(surr, space, X, t, bs_sel, spent, keep=1):
+def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None):
     """Best points of the grid at step ``t`` after refining every row in ``u``.
+
+    ``known`` maps steps to the grid's terms ``(d, n)`` already evaluated there
+    (stage 1's, :func:`_brackets`): at such a step they are not evaluated again.
 
     Returns:
         ``(x, loss)``: the ``keep`` best rows' points for each of the ``k`` batch
         sizes, best first, ``(k, keep, dim)`` and ``(k, keep)``.
     """
     bs_sel = np.atleast_1d(np.asarray(bs_sel, dtype=np.float64))
-    a, be, g = space.params(X.reshape(-1, space.dim))
-    d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-    spent.add(d.size)
+    hit = None if known is None else known.get(int(t))
+    if hit is None:
+        a, be, g = space.params(X.reshape(-1, space.dim))
+        d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
+        spent.add(d.size)
+    else:
+        d, n = hit
     L = _losses(d[None, :], n[None, :], bs_sel[:, None])
     L = L.reshape((bs_sel.size,) + X.shape[:2])
     xr, lr = _row_minima(surr, space, X, L, bs_sel, t, spent)
@@ -458,9 +465,9 @@ def _tune_constant(
     fine = _surrogate(problem, _POLISH_BINS * surrogate_bins)
     G = space.grid(grid or space.grid_sizes())
     spent = _Evaluations()
-    brackets = _brackets(surr, space, G, bs, target, spent)
+    brackets, known = _brackets(surr, space, G, bs, target, spent)
     found = _searches_together(
-        problem, surr, fine, space, G, bs, brackets, target, polish
+        problem, surr, fine, space, G, bs, brackets, target, polish, known
     )
     results = []
     total = spent.count  # counted as if the batch sizes ran one after the other
@@ -476,7 +483,9 @@ def _tune_constant(
     return results
 
 
-def _searches_together(problem, surr, fine, space, G, bs, brackets, target, polish):
+def _searches_together(
+    problem, surr, fine, space, G, bs, brackets, target, polish, known=None
+):
     """Stages 2 and 3 of every batch size with a bracket, side by side.
 
     Each batch size searches in its own thread, its losses evaluated together
@@ -498,7 +507,7 @@ def _searches_together(problem, surr, fine, space, G, bs, brackets, target, poli
             b = bs[i]
             # Stage 2: smallest t on the surrogate with min_x L <= target.
             t_s, x = _first_t_guarded(
-                surr, space, G, brackets[i], b, target, own, batch
+                surr, space, G, brackets[i], b, target, own, batch, known
             )
             # Stage 3: exact certification and polish.
             steps, setting = _certify(
@@ -528,6 +537,10 @@ def _brackets(surr, space, G, bs, target, spent):
     Args:
         G: the grid, ``(R, n_u, dim)``.
         bs: batch sizes ``(n_B,)``.
+
+    Returns:
+        ``(brackets, known)``: the brackets, and the grid's terms ``(d, n)`` at
+        each step evaluated, by step (stage 2 starts at a bracket's ``hi``).
     """
     X = G.reshape(-1, space.dim)
     a, be, g = space.params(X)
@@ -535,11 +548,13 @@ def _brackets(surr, space, G, bs, target, spent):
     bracket = [None] * n_b
     prev_t = 0
     prev_L = None
+    known = {}
     for t in _t_grid():
         if all(br is not None for br in bracket) or t > MAX_STEPS:
             break
         d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
         spent.add(X.shape[0])
+        known[int(t)] = (d, n)
         L = _losses(d[None, :], n[None, :], bs[:, None])
         # the previous grid step's best loss (a failure) closes each bracket below
         lo_min = np.full(n_b, math.inf) if prev_L is None else prev_L.min(axis=1)
@@ -566,7 +581,7 @@ def _brackets(surr, space, G, bs, target, spent):
                     )
         prev_t = int(t)
         prev_L = L
-    return bracket
+    return bracket, known
 
 
 def _certify(problem, fine, space, x, t_s, b, target, polish, spent, batch=None):
@@ -614,7 +629,7 @@ _RESTARTS = 3
 _GUARD_NEAR = 1.5
 
 
-def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None):
+def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None, known=None):
     """Stage 2 with a global check: ``(t, x)``, the first ``t`` on the surrogate
     (within 1e-3 relative) at which ``x`` reaches the target, from stage 1's
     :class:`_Bracket`.
@@ -626,10 +641,11 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None):
     and the best point of the row profile (:func:`_profile`). Once it converges,
     one probe below its answer is tried again from other starts: the two best
     rows of the profile there and the start not taken, each refined locally. If
-    one reaches the target, the search restarts below from it.
+    one reaches the target, the search restarts below from it. ``known``: the
+    grid's terms by step from stage 1 (see :func:`_profile`).
     """
     lo, hi, x, l_lo, l_hi = bracket
-    xp, lp = _profile(surr, space, G, hi, b, spent, keep=1)
+    xp, lp = _profile(surr, space, G, hi, b, spent, keep=1, known=known)
     starts = sorted([(l_hi, 0, x), (float(lp[0, 0]), 1, xp[0, 0])], key=lambda s: s[:2])
     (l_hi, _, x), (_, _, other) = starts
     t_hi, x = _first_t_on_surrogate(
@@ -910,12 +926,13 @@ def _tune_schedules_lbfgs(
         best = np.concatenate([logit[:, None], rest], axis=1)
     lo = np.zeros(n_rows, dtype=np.int64)
     hi = hi.astype(np.int64)
+    hi0 = hi.copy()
     active = hi > 1
     evaluations = np.zeros(n_rows, dtype=np.int64)  # per row
     # Bisection on each row's run length; every probe minimises log L of the
     # rows still searching at their own midpoints, all in one batched L-BFGS.
     while True:
-        todo = active & (hi - lo > np.maximum(1, (1e-3 * hi).astype(np.int64)))
+        todo = active & (hi - lo > np.maximum(1, (_RUN_RTOL * hi).astype(np.int64)))
         if not np.any(todo):
             break
         rows = np.flatnonzero(todo)
@@ -943,6 +960,10 @@ def _tune_schedules_lbfgs(
         best[rows[ok]] = res.x.cpu().numpy()[ok]
         hi[rows[ok]] = mid[ok]
         lo[rows[~ok]] = mid[~ok]
+    shorter = _shortest_runs(
+        fam, best, lo, hi, active & (hi < hi0), (hh_s, wd_s, wn_s), a_max_t, bs_t,
+        k, target, decay_shape, evaluations,
+    )  # fmt: skip
     out = []
     for j, p in enumerate(powers):
         results = []
@@ -953,25 +974,73 @@ def _tune_schedules_lbfgs(
                 _certified_schedule(
                     problem, fam, b, target, p, base[r], best[r], hi[r], a_max[r], k,
                     active=active[r], evaluations=spent, f64=f64, decay_shape=decay_shape,
+                    shorter=shorter[r],
                 )
             )  # fmt: skip
         out.append(results)
     return out
 
 
-def _certified_schedule(
-    problem, fam, b, target, p, base, params, steps, a_max, k, *, active,
-    evaluations, f64, decay_shape=DecayShape.ONE_MINUS_SQRT,
+#: The bisection on each row's run length stops once its bracket is narrower
+#: than this fraction of its upper end (then :func:`_shortest_runs` resolves the
+#: run length of the tuned parameters to a step).
+_RUN_RTOL = 1e-3
+
+
+def _shortest_runs(
+    fam, best, lo, hi, rows, modes, a_max_t, bs_t, k, target, decay_shape, evaluations
 ):  # fmt: skip
-    """The exact steps of a row's schedule, or its baseline when not better."""
+    """Per row, the shortest run length in ``(lo, hi]`` at which the row's tuned
+    schedule (its parameters ``best``, its pieces stretched over that length)
+    reaches the target on the surrogate, by bisection from ``hi`` (where it
+    does); ``hi`` itself for rows not in ``rows``.
+
+    The bisection on run length stops within 0.1% of the answer, each probe
+    re-optimising the schedule; this one keeps the parameters and costs one
+    loss per row and probe, so it resolves the last 0.1% to a step. The
+    certification tries the schedule at this length as well and keeps the one
+    with fewer exact steps.
+    """
     import torch
 
-    if not active:
-        return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
-                          evaluations)  # fmt: skip
+    f64 = {"dtype": a_max_t.dtype, "device": a_max_t.device}
+    out = hi.copy()
+    idx = np.flatnonzero(rows)
+    a, b = lo[idx].copy(), hi[idx].copy()
+    params = torch.tensor(best[idx], **f64)
+    sel = [m[torch.as_tensor(idx, device=a_max_t.device)] for m in modes]
+    scale = a_max_t[torch.as_tensor(idx, device=a_max_t.device)]
+    sizes = bs_t[torch.as_tensor(idx, device=a_max_t.device)]
+    with torch.no_grad():
+        lrs = scale[:, None] * _schedule_values(fam, params, k, decay_shape)
+    while True:
+        go = np.flatnonzero(b - a > 1)
+        if go.size == 0:
+            break
+        mid = (a[go] + b[go]) // 2
+        lengths = torch.tensor(
+            np.stack([np.diff(_piece_bounds_fixed(int(m), k)) for m in mid]), **f64
+        )
+        g = torch.as_tensor(go, device=a_max_t.device)
+        with torch.no_grad():
+            loss = _torch_piecewise_loss(
+                sel[0][g], sel[1][g], sel[2][g], lrs[g], lengths, sizes[g]
+            )
+        evaluations[idx[go]] += 1
+        ok = (loss <= target).cpu().numpy()
+        b[go[ok]] = mid[ok]
+        a[go[~ok]] = mid[~ok]
+    out[idx] = b
+    return out
+
+
+def _schedule_candidate(fam, params, steps, a_max, k, p, f64, decay_shape):
+    """The optimizer of a row's schedule parameters over a run of ``steps``."""
+    import torch
+
     # L-BFGS may push a logit far into the sigmoid's flat tails, where it rounds
     # to exactly 0 or 1 (an lr of 0 is not an optimizer); within ±40 it is off by
-    # at most 4e-18, the same dynamics to rounding, and certified as such below.
+    # at most 4e-18, the same dynamics to rounding, and certified as such.
     params = np.clip(params, -_LOGIT_MAX, _LOGIT_MAX)
     with torch.no_grad():
         vals = a_max * _schedule_values(
@@ -981,12 +1050,28 @@ def _certified_schedule(
     edges = _piece_bounds_fixed(int(steps), k)
     keep = np.diff(edges) > 0  # runs shorter than k steps leave empty pieces
     starts = edges[:-1][keep]  # starts[0] == 0: empty pieces all start at 0
-    cand = Optimizer(
+    return Optimizer(
         PiecewiseConstant(
             tuple(int(x) for x in starts[1:]), tuple(float(v) for v in vals[keep])
         ),
         precond_power=p,
     )
+
+
+def _certified_schedule(
+    problem, fam, b, target, p, base, params, steps, a_max, k, *, active,
+    evaluations, f64, decay_shape=DecayShape.ONE_MINUS_SQRT, shorter=None,
+):  # fmt: skip
+    """The exact steps of a row's schedule, or its baseline when not better.
+
+    With ``shorter`` (a run length below ``steps``, :func:`_shortest_runs`),
+    the same parameters over that run are certified too, below the better of
+    the two others, and kept if they need fewer steps.
+    """
+    if not active:
+        return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
+                          evaluations)  # fmt: skip
+    cand = _schedule_candidate(fam, params, steps, a_max, k, p, f64, decay_shape)
     # Only an improvement on the baseline matters: stop the search below it. The
     # surrogate's run length is a guess of the answer: the search for an upper
     # end starts there instead of at one step (every step below is certified
@@ -996,6 +1081,16 @@ def _certified_schedule(
     found = steps_to_target(
         problem, cand, b, target, max_steps=limit, guess=guess if guess >= 1 else None
     )
+    if shorter is not None and 1 <= shorter < steps:
+        limit = _below(min(found, base.steps))
+        if limit is None or limit >= 1:
+            alt = _schedule_candidate(
+                fam, params, shorter, a_max, k, p, f64, decay_shape
+            )
+            guess = int(shorter) if limit is None else min(int(shorter), limit)
+            got = steps_to_target(problem, alt, b, target, max_steps=limit, guess=guess)
+            if got < found:
+                found, cand = got, alt
     if base.steps <= found:
         return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
                           evaluations)  # fmt: skip

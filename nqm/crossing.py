@@ -45,6 +45,9 @@ _SCAN = 4
 #: instead of splitting them into many tiny intervals.
 _SCAN_ELEMENTS = 1 << 15
 _SCAN_MAX = 4096
+#: Relative margin by which the piecewise floor of a plain-SGD schedule
+#: (:meth:`_Curve._piecewise_floor`) is lowered for rounding.
+_FLOOR_RTOL = 1e-9
 
 
 def _check_target(target) -> float:
@@ -172,12 +175,42 @@ class _Curve:
     def _noise_at(self, t):
         return self.terms([t])[1][0]
 
+    def _piecewise_floor(self, a: int, b: int, F, V) -> float:
+        r"""Plain SGD: a lower bound of the loss on ``[a, b]`` from the states
+        at ``a``, ``b`` (``F``, ``V``, shape ``(2, M)``) and at the pieces'
+        starts in between.
+
+        Within one piece (constant lr and batch size) each mode's share of the
+        loss, :math:`\ell = w^D F + w^N V / B`, is a constant plus a multiple of
+        :math:`(1 - \alpha h)^{2n}` after :math:`n` steps of the piece, so it
+        is monotone in the step: on a segment it is at least the smaller of its
+        two end values. The loss on ``[a, b]`` is at least the least, over the
+        segments the pieces cut it into, of the sum over modes of those minima.
+        Shrinks to the loss itself as the interval does (unlike the bound from
+        ``a`` alone), which prunes the intervals next to the crossing.
+        """
+        st = self._states
+        k0 = int(np.searchsorted(st.starts, a, side="right"))
+        k1 = int(np.searchsorted(st.starts, b, side="left"))
+        k1 = min(k1, st.F.shape[0])  # beyond the known pieces: the tail piece
+        inner = slice(k0, max(k0, k1))  # pieces starting strictly inside (a, b)
+        Fs = np.concatenate([F[:1], st.F[inner], F[1:]])
+        Vs = np.concatenate([V[:1], st.V[inner], V[1:]])
+        with np.errstate(invalid="ignore", over="ignore"):
+            ell = Fs * self.wd + Vs * (self.wn / self.b)
+            seg = np.minimum(ell[:-1], ell[1:]).sum(axis=1)
+        low = float(np.min(seg))
+        # rounding: the loss itself is a sum over modes, accurate to a few ulps
+        # of M terms; the bound is lowered by far more
+        return low * (1.0 - _FLOOR_RTOL) if math.isfinite(low) else -math.inf
+
     def lower_bound(self, a: int, b: int) -> float:
         """A certified lower bound of the loss on steps ``[a, b]`` (or -inf)."""
         if self.mode == "scan" or (self.mode == "sgd_schedule" and not self.stable):
             return -math.inf
         if self.mode == "sgd_schedule":
             F, V = self._sgd_modes([a, b])
+            within = self._piecewise_floor(a, b, F, V)
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio = np.where(F[0] > 0, F[1] / F[0], 0.0)
                 # Within a piece each mode's noise response moves monotonically
@@ -189,7 +222,7 @@ class _Curve:
                 s = lr_min * self.hh
                 ss = np.where(s < 2.0, inv_b * lr_min / (self.hh * (2.0 - s)), np.inf)
                 v_low = np.maximum(V[0] * ratio, np.minimum(V[0], ss))
-            return float(F[1] @ self.wd + v_low @ self.wn / self.b)
+            return max(float(F[1] @ self.wd + v_low @ self.wn / self.b), within)
         noise = self._noise_at(a) / self.b
         if noise > self.target:
             return float(noise)  # the accumulated noise alone rules [a, b] out

@@ -7,6 +7,7 @@ import pytest
 from nqm_oracles import brute_force_problem_loss
 
 import nqm
+from nqm.optimizer import DecayShape
 from nqm.search import Family, best_steps, steps_to_target
 
 HORIZON = 6000
@@ -552,3 +553,140 @@ def test_schedule_piece_starting_at_unit_step_size():
     target = float(want[20])
     first = int(np.nonzero(want <= target)[0][0])
     assert steps_to_target(problem, opt, batch, target) == first
+
+
+#: Schedules whose loss is not monotone: a warm-up, an lr raised after a decay,
+#: and a staircase of many pieces (so intervals span several pieces).
+FLOOR_SCHEDULES = [
+    nqm.PiecewiseConstant((30, 90, 400), (0.05, 0.6, 1.9, 0.2)),
+    nqm.PiecewiseConstant((200, 260), (1.0, 0.02, 1.5)),
+    nqm.PiecewiseConstant(
+        tuple(range(50, 3000, 50)), tuple(np.geomspace(1.9, 0.01, 60))
+    ),
+]
+
+
+@pytest.mark.parametrize("sched", FLOOR_SCHEDULES, ids=lambda s: repr(s)[:40])
+def test_piecewise_floor_bounds_the_loss_on_every_interval(small, sched):
+    """The floor of plain SGD under a schedule never exceeds the exact loss at
+    any step of the interval (brute-force recursion), on random intervals, and
+    equals the loss on a one-step interval."""
+    from nqm.crossing import _Curve
+
+    opt = nqm.Optimizer(sched)
+    curve = brute_curve(small, opt, 4, horizon=3500)
+    c = _Curve(small, opt, 4.0)
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        a = int(rng.integers(0, 3400))
+        b = a + int(rng.integers(1, 100 if rng.random() < 0.5 else 3500 - a))
+        F, V = c._sgd_modes([a, b])
+        low = c._piecewise_floor(a, b, F, V)
+        assert low <= curve[a : b + 1].min() * (1 + 1e-12), (a, b)
+    F, V = c._sgd_modes([700, 700])
+    assert c._piecewise_floor(700, 700, F, V) == pytest.approx(curve[700], rel=1e-8)
+
+
+@pytest.mark.parametrize("sched", FLOOR_SCHEDULES, ids=lambda s: repr(s)[:40])
+def test_schedule_first_crossing_at_near_tangent_targets(small, sched):
+    """Targets a hair above and below the loss at local minima of the curve,
+    and at quantiles: the certified search equals the brute-force first
+    crossing."""
+    opt = nqm.Optimizer(sched)
+    curve = brute_curve(small, opt, 1, horizon=3500)
+    inner = np.nonzero((curve[1:-1] <= curve[:-2]) & (curve[1:-1] <= curve[2:]))[0] + 1
+    picks = list(curve[inner[:: max(1, inner.size // 8)]])
+    picks += list(np.quantile(curve, [0.05, 0.3, 0.6, 0.9]))
+    for level in picks:
+        for target in (level * (1 + 1e-7), level * (1 - 1e-7)):
+            want = first_below(curve, target)
+            got = steps_to_target(small, opt, 1, target, max_steps=3500)
+            assert got == want, (target, got, want)
+
+
+@pytest.mark.parametrize("family", [Family.PWC, Family.LINEAR_DECAY])
+def test_shortest_run_is_the_first_run_length_that_reaches_the_target(family):
+    """The run length the tuned parameters need, resolved to a step: the first
+    length in (lo, hi] whose schedule (pieces stretched over it) reaches the
+    target, against a scan of ``nqm.expected_loss`` of those optimizers."""
+    import torch
+
+    from nqm._tuning import _row_modes, _schedule_candidate, _shortest_runs
+
+    prob = nqm.NQMProblem.power_law(30)
+    f64 = {"dtype": torch.float64, "device": "cpu"}
+    bs = np.array([1.0, 64.0])
+    k = 10 if family is Family.PWC else 64
+    modes = _row_modes(prob, [0.0], bs.size, f64)
+    a_max = 2.0 / float(prob.h.max())
+    rng = np.random.default_rng(3)
+    n_par = k if family is Family.PWC else 2
+    best = rng.normal(0.5, 0.5, size=(bs.size, n_par))
+    if family is Family.PWC:
+        best = np.sort(best, axis=1)[:, ::-1].copy()  # decaying pieces
+    lo, hi = np.array([150, 150]), np.array([400, 400])
+
+    def loss(r, t):
+        opt = _schedule_candidate(
+            family, best[r], t, a_max, k, 0.0, f64, DecayShape.ONE_MINUS_SQRT
+        )
+        return nqm.expected_loss(prob, opt, bs[r], t)
+
+    # a target between the losses at lo and hi, per row: equal for both rows
+    target = float(np.sqrt(loss(0, 150) * loss(0, 400)))
+    got = _shortest_runs(
+        family, best, lo, hi, np.array([True, False]), modes,
+        torch.full((bs.size,), a_max, **f64), torch.tensor(bs, **f64), k, target,
+        DecayShape.ONE_MINUS_SQRT, np.zeros(bs.size, dtype=np.int64),
+    )  # fmt: skip
+    scan = [t for t in range(151, 401) if loss(0, t) <= target]
+    assert got[0] == scan[0]
+    assert got[1] == hi[1]  # a row not asked for keeps its run length
+
+
+def test_a_shorter_run_is_kept_only_when_it_needs_fewer_steps(small):
+    """Certification with a shorter run length: never more steps than without
+    it, and the steps are those of the schedule returned."""
+    import torch
+
+    from nqm._tuning import _certified_schedule
+
+    f64 = {"dtype": torch.float64, "device": "cpu"}
+    (base,) = best_steps(small, "sgd", [4], 0.05)
+    params = np.linspace(1.0, -2.0, 10)
+    run = int(0.9 * base.steps)
+    a_max = 2.0 / float(small.h.max())
+    kw = dict(active=True, evaluations=0, f64=f64)
+    plain = _certified_schedule(
+        small, Family.PWC, 4.0, 0.05, 0.0, base, params, run, a_max, 10, **kw
+    )
+    for shorter in (run // 2, int(0.97 * run), run - 1):
+        res = _certified_schedule(
+            small, Family.PWC, 4.0, 0.05, 0.0, base, params, run, a_max, 10,
+            shorter=shorter, **kw,
+        )  # fmt: skip
+        assert res.steps <= plain.steps <= base.steps
+        assert steps_to_target(small, res.optimizer, 4, 0.05) == res.steps
+
+
+def test_stage_two_reuses_stage_one_grid_terms_exactly(small):
+    """The grid's terms kept by stage 1 at a bracket's step give stage 2 the
+    same profile as evaluating the grid again, and stage 1's brackets are
+    unchanged by keeping them."""
+    from nqm._tuning import _brackets, _Evaluations, _profile, _Space
+    from nqm.dynamics import _modes
+
+    hh, _, _ = _modes(small, 0.0)
+    space = _Space(Family.MOMENTUM, float(hh.max()), 0.0)
+    G = space.grid((8, 5))
+    bs = np.array([1.0, 64.0])
+    brackets, known = _brackets(small, space, G, bs, 0.05, _Evaluations())
+    for i, br in enumerate(brackets):
+        assert br is not None and br.hi in known
+        fresh, reused = _Evaluations(), _Evaluations()
+        again = _profile(small, space, G, br.hi, bs[i], fresh, keep=2)
+        kept = _profile(small, space, G, br.hi, bs[i], reused, keep=2, known=known)
+        np.testing.assert_array_equal(again[0], kept[0])
+        np.testing.assert_array_equal(again[1], kept[1])
+        # the grid itself is not evaluated a second time
+        assert reused.count == fresh.count - G.shape[0] * G.shape[1]
