@@ -532,9 +532,9 @@ _SCHEDULE_FAMILIES = (Family.PWC, Family.LINEAR_DECAY, Family.WSD, Family.COSINE
 #: Submission order of curves: the most expensive first (a curve that needs
 #: others waits for them in any case), so that no worker is left alone with a
 #: long curve at the end. Measured on the reference problem (d = 10^4, 21 batch
-#: sizes, one process): ``wsd`` about 80 s and ``cosine`` 45 s for all five
-#: powers in one task, ``linear_decay`` 17 s, ``pwc`` under 10 s; per power
-#: ``momentum_ema`` about 15 s, ``momentum`` 2-7 s, ``ema`` 4 s.
+#: sizes, one process), as fractions of ``wsd``'s time for all five powers in one
+#: task: ``cosine`` about 0.55, ``linear_decay`` 0.2, ``pwc`` under 0.12; per
+#: power ``momentum_ema`` about 0.2, ``momentum`` 0.03-0.09, ``ema`` 0.05.
 #: ``linear_decay`` goes before ``momentum_ema``, which waits for ``momentum``
 #: and ``ema``.
 _COST_RANK = {
