@@ -209,7 +209,7 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
         # The phase through u = tan(half) (NumPy's tangent is several times
         # cheaper than its sine and cosine): 1 - cos and sin of the full angle
         # are quotients that keep their relative accuracy, and |u| <= 2e16 for
-        # any double argument (no overflow). cos = 1 - (1 - cos) as before, so
+        # any double argument (no overflow). cos is formed as 1 - (1 - cos), so
         # that a decayed |r|^t = 0 gives r^t - 1 = -1 exactly, as the branch
         # above (a mode's value does not depend on its batch).
         u = np.tan(half)
