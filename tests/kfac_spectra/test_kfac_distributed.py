@@ -599,6 +599,8 @@ def _mc_exact() -> Tensor:
 
 
 @pytest.mark.timeout(SPAWN_TIMEOUT_S)
+# the tridiagonal scenario's embedding stays block-diagonal, as K-FAC warns
+@pytest.mark.filterwarnings("ignore:K-FAC. structure='block_tridiagonal' keeps")
 def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) -> None:
     """2 ranks: parity (type-2 and empirical, the shared, replicated and owner
     layouts, DDP and a hand all-reduce, the quadratic model with LM damping and
