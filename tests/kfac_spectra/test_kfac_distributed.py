@@ -208,6 +208,11 @@ BASE_KFAC = {
     "seed": 3,
 }
 GLOBAL_BATCH = 6  # divisible by 2 and 3
+#: The tridiagonal scenario's embedding stays block-diagonal, as K-FAC warns
+#: (that warning is asserted in test_kfac_tridiagonal).
+TRIDIAGONAL_WARNS = pytest.mark.filterwarnings(
+    "ignore:K-FAC. structure='block_tridiagonal' keeps"
+)
 
 
 def _optimizer(model: nn.Module, spec: dict[str, Any], **extra: Any) -> KFAC:
@@ -599,8 +604,7 @@ def _mc_exact() -> Tensor:
 
 
 @pytest.mark.timeout(SPAWN_TIMEOUT_S)
-# the tridiagonal scenario's embedding stays block-diagonal, as K-FAC warns
-@pytest.mark.filterwarnings("ignore:K-FAC. structure='block_tridiagonal' keeps")
+@TRIDIAGONAL_WARNS
 def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) -> None:
     """2 ranks: parity (type-2 and empirical, the shared, replicated and owner
     layouts, DDP and a hand all-reduce, the quadratic model with LM damping and
@@ -671,6 +675,7 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
 
 @pytest.mark.slow
 @pytest.mark.timeout(SPAWN_TIMEOUT_S)
+@TRIDIAGONAL_WARNS
 def test_three_ranks_match_one_process(tmp_path: Path) -> None:
     names = list(SCENARIOS)
     _single_checkpoint(tmp_path)
