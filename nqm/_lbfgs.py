@@ -3,10 +3,10 @@
 Row ``r`` of the parameter matrix ``x`` (shape ``(R, n)``) is its own problem:
 ``fun(x, rows)`` returns one value per selected row, and row ``r``'s value may
 depend on ``x[r]`` only. Each row keeps its own curvature pairs, its own step
-length and its own stopping test, so a row's iterates do not depend on which other
-rows share the call: stacking problems (batch sizes, preconditioning powers) into
-one call is only a way to run them as a few large tensor operations, on any torch
-device. (A single ``torch.optim.LBFGS`` over the concatenated parameters would
+length and its own stopping test, so a row's iterates depend on which other rows
+share the call only through rounding (a batched reduction may sum in another
+order): stacking problems (batch sizes, preconditioning powers) into one call is a
+way to run them as a few large tensor operations, on any torch device. (A single ``torch.optim.LBFGS`` over the concatenated parameters would
 couple them through one shared line search and one shared curvature model.)
 
 Each iteration: the two-loop recursion of Nocedal & Wright (2006, Algorithm 7.4)

@@ -855,7 +855,8 @@ def tune_schedules(
 
     Every (power, batch size) is one row of a single tensor program (on
     ``device``); rows are independent problems with their own L-BFGS state and
-    line search, so a row's result does not depend on what it is stacked with.
+    line search, so a row's result depends on what it is stacked with only through
+    rounding.
     Runs torch on one intra-op thread (restored after): the tensors are small, and
     with several threads every operation pays synchronisation, and on a loaded
     machine waits for a descheduled thread (measured: 7x slower overall).

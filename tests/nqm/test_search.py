@@ -461,8 +461,8 @@ def test_a_sequence_of_powers_equals_one_call_per_power(small, family):
 @pytest.mark.parametrize("family", ["pwc", "linear_decay"])
 def test_schedule_result_does_not_depend_on_the_other_batch_sizes(small, family):
     """Each (power, batch size) row has its own L-BFGS: tuned alone or among
-    others, the same steps (a joint L-BFGS over all batch sizes shared one line
-    search, so a row's result depended on the rest)."""
+    others, the same steps (one joint L-BFGS over all batch sizes would couple
+    the rows through its shared line search)."""
     from nqm._tuning import tune_schedules
 
     fam = Family(family)
