@@ -230,17 +230,11 @@ _TOP_ERRORS = 64
 
 def _largest_first(rows, budget):
     """Per row, the indices of the largest entries in decreasing order, as
-    many as flagging needs: for one row those above ``budget / m``; else the
-    ``_TOP_ERRORS`` largest (a partition and a short sort) when removing them
-    brings the row's sum within ``budget``, otherwise all (a full sort)."""
+    many as flagging needs: the ``_TOP_ERRORS`` largest (a partition and a
+    short sort) when removing them brings the row's sum within ``budget``,
+    otherwise all (a full sort). (One setting's single row goes through
+    :func:`_needs_doubling_row`.)"""
     m = rows.shape[-1]
-    if rows.shape[0] == 1:
-        # One row: every entry that flagging can need exceeds budget / m (the
-        # entries at or below it sum to at most the budget), usually a few.
-        r = rows[0]
-        idx = np.flatnonzero(r > budget[0] / m)
-        if r.sum() - r[idx].sum() <= budget[0]:
-            return idx[np.argsort(r[idx])[::-1]][None, :]
     if m > 2 * _TOP_ERRORS:
         top = np.argpartition(rows, m - _TOP_ERRORS, axis=-1)[..., m - _TOP_ERRORS :]
         vals = np.take_along_axis(rows, top, axis=-1)
@@ -321,12 +315,7 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
     Returns:
         ``(D, N, n_doubled)``.
     """
-    if totals is None:
-        with np.errstate(all="ignore"):
-            totals = [
-                x @ w for x, w in zip((F, G, eF, eG), (wd, wn, wd, wn), strict=True)
-            ]
-    totals = list(totals)
+    totals = list(_totals(F, G, eF, eG, wd, wn) if totals is None else totals)
     # The first pass flags enough for the rest to fit in half the budget, which
     # leaves the other half to the re-evaluated entries (whose bounds are far
     # smaller): then :func:`_fits_after_update` usually holds after one round
@@ -388,6 +377,12 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
         F[bad], G[bad] = redo(bad)
     with np.errstate(all="ignore"):
         return F @ wd, G @ wn, n_doubled
+
+
+def _totals(F, G, eF, eG, wd, wn):
+    """The four weighted sums ``D, N`` and their bounds ``err_D, err_N``."""
+    with np.errstate(all="ignore"):
+        return F @ wd, G @ wn, eF @ wd, eG @ wn
 
 
 #: Fraction of the budget the first flagging pass of :func:`_certified` leaves
@@ -468,11 +463,7 @@ def _flag(F, G, eF, eG, wd, wn, rtol, fill=1.0, totals=None):
     (when they do, enough to bring the rest within ``fill`` times the budget:
     see :func:`_needs_doubling`); ``totals``: the four sums, if known."""
     with np.errstate(all="ignore"):
-        if totals is None:
-            totals = [
-                x @ w for x, w in zip((F, G, eF, eG), (wd, wn, wd, wn), strict=True)
-            ]
-        d, nn, ed, en = totals
+        d, nn, ed, en = _totals(F, G, eF, eG, wd, wn) if totals is None else totals
         # Common case first: every total finite and both summed bounds within
         # budget (four dot products); then nothing is flagged. (An undefined mode
         # makes a total and its bound inf, and inf <= rtol * inf holds: finiteness
@@ -549,10 +540,9 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
     loops over settings and steps (the same values)."""
     feats = Features(bool(beta > 0), bool(gamma > 0))
     F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, t)
-    with np.errstate(all="ignore"):
-        d, n, ed, en = F @ wd, G @ wn, eF @ wd, eG @ wn
-        if ed <= rtol * d and en <= rtol * n and math.isfinite(d + n):
-            return np.asarray(d), np.asarray(n), 0
+    d, n, ed, en = _totals(F, G, eF, eG, wd, wn)
+    if ed <= rtol * d and en <= rtol * n and math.isfinite(d + n):
+        return np.asarray(d), np.asarray(n), 0
 
     def entries(bad):
         m = int(np.count_nonzero(bad))
