@@ -55,8 +55,32 @@ from ._system import Features
 
 EPS = np.finfo(np.float64).eps
 
+#: Double arguments at or below which :math:`e^x` rounds to exactly 0 (it is
+#: below half the smallest subnormal, :math:`e^{-745.14}`).
+EXP_ZERO = -746.0
+
 
 # ------------------------------------------------------------------ helpers
+def _exp(x):
+    """``np.exp(x)``, the same values, without NumPy's slow path for arguments
+    whose result underflows.
+
+    NumPy's vectorised exponential hands a whole array to a scalar loop when
+    any entry underflows (several times slower; long horizons make most
+    transients underflow). Entries at or below :data:`EXP_ZERO` are exactly 0
+    and skipped; NaN stays NaN. Extended-precision arrays (whose range is
+    wider) and scalars go to ``np.exp`` directly.
+    """
+    if np.ndim(x) == 0 or x.dtype != np.float64:
+        return np.exp(x)
+    dead = x <= EXP_ZERO
+    if not dead.any():
+        return np.exp(x)
+    out = np.zeros(x.shape)
+    np.exp(x, out=out, where=~dead)
+    return out
+
+
 def _log_abs(lam, q, p):
     """:math:`\\log|\\lambda|` from whichever of q = 1-lam, p = 1+lam is accurate."""
     pos = lam > 0
@@ -74,11 +98,35 @@ def _power_minus_one(log_abs, pos, t):
     return np.where(odd_negative, -np.exp(t * log_abs) - 1.0, np.expm1(t * log_abs))
 
 
+#: A transient :math:`\lambda^t` with :math:`t \log\lambda` below this is
+#: taken as decayed: :data:`EXP_ZERO` with a relative margin far above the
+#: rounding of :math:`\log\lambda` (the bound is tested on the smallest
+#: :math:`q = 1 - \lambda`, the array's entries are rounded independently).
+DECAYED_EXPONENT = 1.01 * EXP_ZERO
+
+
+def _decayed(lam, q, t):
+    """Whether ``lam`` (a double array, ``q = 1 - lam``) is positive and
+    :math:`\lambda^t` underflows to 0 in every entry and at every step ``t``:
+    one reduction instead of three transcendental passes."""
+    if not (isinstance(q, np.ndarray) and q.dtype == np.float64 and q.size > 1):
+        return False
+    if not lam.min() > 0.0:  # NaN compares False
+        return False
+    return bool(np.min(t) * np.log1p(-q.min()) < DECAYED_EXPONENT)
+
+
 class _Real:
     """A real eigenvalue with accurate companions."""
 
     def __init__(self, lam, q, p, t):
         self.lam, self.q, self.p = lam, q, p
+        if _decayed(lam, q, t):
+            # every lam^t underflows: the exponentials below would return
+            # exactly these values (e^x = 0 and e^x - 1 = -1 for x <= EXP_ZERO)
+            self.pos, self.all_pos, self.log_abs = True, True, None
+            self.e, self.pow = -1.0, 0.0
+            return
         self.log_abs, self.pos = _log_abs(lam, q, p)
         self.all_pos = bool(np.all(self.pos))
         x = t * self.log_abs  # log|lam^t|
@@ -88,7 +136,7 @@ class _Real:
             self.e = _power_minus_one(self.log_abs, self.pos, t)
         # lam^t itself, directly: forming it as e + 1 would lose its relative
         # accuracy once the transient has decayed far below one.
-        self.pow = np.exp(x)
+        self.pow = _exp(x)
         if not self.all_pos:
             self.pow = np.where(self.pos | (t % 2 == 0), self.pow, -self.pow)
 
@@ -600,7 +648,7 @@ def _sgd_terms(s, alpha, t):
     if np.any(zero_steps):
         # (1 - s)^0 = 1 also where s = 1 exactly (log 0 = -inf, and 0 * -inf is nan)
         x = np.where(zero_steps, 0.0, x)
-    F = np.exp(x)
+    F = _exp(x)
     G = alpha * alpha * (-np.expm1(x)) / (s * (2.0 - s))
     G = np.where(s == 2.0, alpha * alpha * t, G)  # |1 - s| = 1 exactly
     zero = np.zeros_like(F)
