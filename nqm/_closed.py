@@ -392,7 +392,9 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
             g_abs = np.empty(out_shape)
 
             def take(x, mask):
-                return x if x.ndim == 0 else np.broadcast_to(x, shape)[mask]
+                if x.ndim == 0:
+                    return x
+                return (x if x.shape == shape else np.broadcast_to(x, shape))[mask]
 
             parts = _contiguous_parts(cplx) if len(shape) == 1 else None
             if parts is None:

@@ -277,14 +277,14 @@ def _constant_terms(
             N[..., i] = 0.0
             continue
 
-        def entries(bad, t=int(t)):  # every flagged (setting, mode) at this step
-            idx = np.nonzero(bad)
-            ab, bb, gb = (np.broadcast_to(x, bad.shape)[idx] for x in (a, b, g))
-            hb = np.broadcast_to(hh, bad.shape)[idx]
+        def entries(pos, shape=a.shape[:-1] + hh.shape, t=int(t)):
+            # the flagged (setting, mode) entries pos at this step
+            ab, bb, gb = (np.broadcast_to(x, shape)[pos] for x in (a, b, g))
+            hb = np.broadcast_to(hh, shape)[pos]
             return hb, ab, bb, gb, np.full(hb.shape, t)
 
         def redo(bad, t=int(t)):
-            hb, ab, bb, gb, _ = entries(bad)
+            hb, ab, bb, gb, _ = entries(np.nonzero(bad))
             Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
             return Fd[0], Gd[0]
 
@@ -306,8 +306,9 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
     where eigenvalues nearly coincide) when ``t >= CONFLUENT_MIN_STEPS``;
     those that still cannot be certified (and the shorter ones) are replaced by
     ``redo(bad)``, which returns their exact values by doubling
-    (``F[bad]``, ``G[bad]`` order). ``entries(bad)`` returns the flagged
-    entries' ``(hh, alpha, beta, gamma, t)``. Only flagged entries are replaced:
+    (``F[bad]``, ``G[bad]`` order, ``bad`` a mask). ``entries(pos)`` returns
+    the ``(hh, alpha, beta, gamma, t)`` of the entries ``pos`` (an index tuple,
+    as from ``np.nonzero``, in its order). Only flagged entries are replaced:
     where the closed form is certified it is the more accurate (doubling
     accumulates rounding over its log t levels). ``totals``: the sums
     ``F @ wd, G @ wn, eF @ wd, eG @ wn`` where the caller has them.
@@ -322,43 +323,45 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
     # and the second full pass is skipped. Later passes flag only what the budget
     # itself requires (they decide what goes to doubling).
     bad = _flag(F, G, eF, eG, wd, wn, rtol, fill=_FIRST_FILL, totals=totals)
-    if not np.any(bad):
+    pos = np.nonzero(bad)
+    if not pos[0].size:
         return totals[0], totals[1], 0
     F, G, eF, eG = _writable(F, G, eF, eG)
     if feats.momentum or feats.ema:
         # Replacing a flagged value changes the total the budget is relative to,
         # so flag again until only re-evaluated entries remain. Each entry is
-        # tried in extended precision first, then by divided differences.
+        # tried in extended precision first, then by divided differences. The
+        # flagged entries are few: they are handled as index tuples (a pass
+        # over the whole mask costs more than the entries themselves).
         stage = np.zeros(bad.shape, dtype=np.int8)  # 1: extended, 2: confluent
         arrays, weights = (F, G, eF, eG), (wd, wn, wd, wn)
         while True:
-            ext = bad & (stage == 0)
-            conf = bad & (stage == 1)
-            if np.any(ext):
+            st = stage[pos]
+            ext = _select(pos, st == 0)
+            conf = _select(pos, st == 1)
+            if ext[0].size:
                 # entries whose bound, shrunk by the extended format's unit
                 # roundoff, would still exceed the whole budget alone go to
                 # divided differences in the same round
                 hopeless = _beyond_extended(eF, eG, wd, wn, totals, rtol, ext)
-                ext &= ~hopeless
-                conf |= hopeless
-            if not (np.any(ext) or np.any(conf)):
+                if np.any(hopeless):
+                    conf = _union(conf, _select(ext, hopeless), bad.shape)
+                    ext = _select(ext, ~hopeless)
+            if not (ext[0].size or conf[0].size):
                 break
-            idx = np.nonzero(ext | conf)
+            idx = _union(ext, conf, bad.shape)
             before = [x[idx] for x in arrays]
-            if np.any(ext):
+            if ext[0].size:
                 hb, ab, bb, gb, tb = entries(ext)
-                pos = np.nonzero(ext)  # the same order as entries(ext)
-                F[pos], G[pos], eF[pos], eG[pos] = extended_terms(
+                F[ext], G[ext], eF[ext], eG[ext] = extended_terms(
                     ab * hb, ab, bb, gb, feats, tb
                 )
-                stage[pos] = 1
-            if np.any(conf):
-                pos = np.nonzero(conf)
+                stage[ext] = 1
+            if conf[0].size:
                 hb, ab, bb, gb, tb = entries(conf)
                 keep = tb >= CONFLUENT_MIN_STEPS  # shorter: doubling is cheaper
                 if np.any(keep):
-                    sub = np.zeros_like(conf)
-                    sub[tuple(x[keep] for x in pos)] = True
+                    sub = _select(conf, keep)
                     F[sub], G[sub], eF[sub], eG[sub] = confluent_terms(
                         ab[keep] * hb[keep],
                         ab[keep],
@@ -369,14 +372,33 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
                     )
                 stage[conf] = 2
             if _fits_after_update(arrays, weights, totals, idx, before, rtol):
-                bad = np.zeros_like(bad)
+                pos = (np.zeros(0, dtype=np.intp),) * bad.ndim
                 break
-            bad = _flag(F, G, eF, eG, wd, wn, rtol)
-    n_doubled = int(np.count_nonzero(bad))
+            pos = np.nonzero(_flag(F, G, eF, eG, wd, wn, rtol))
+    n_doubled = int(pos[0].size)
     if n_doubled:
+        bad = np.zeros(bad.shape, dtype=bool)
+        bad[pos] = True
         F[bad], G[bad] = redo(bad)
     with np.errstate(all="ignore"):
         return F @ wd, G @ wn, n_doubled
+
+
+def _select(pos, keep):
+    """The entries of the index tuple ``pos`` where ``keep`` (a mask over them)."""
+    return tuple(x[keep] for x in pos)
+
+
+def _union(a, b, shape):
+    """The entries of two disjoint index tuples, in ``np.nonzero`` (C) order."""
+    if not b[0].size:
+        return a
+    if not a[0].size:
+        return b
+    flat = np.sort(
+        np.concatenate([np.ravel_multi_index(a, shape), np.ravel_multi_index(b, shape)])
+    )
+    return np.unravel_index(flat, shape)
 
 
 def _totals(F, G, eF, eG, wd, wn):
@@ -395,19 +417,16 @@ _FIRST_FILL = 0.5
 _EXTENDED_GAIN = 2.0 * EXTENDED_EPS / np.finfo(np.float64).eps
 
 
-def _beyond_extended(eF, eG, wd, wn, totals, rtol, where):
-    """Which of the entries ``where`` have weighted bounds that would exceed
-    the budgets of D or N alone even after the extended re-evaluation (the
-    others are ``False``)."""
-    pos = np.nonzero(where)
+def _beyond_extended(eF, eG, wd, wn, totals, rtol, pos):
+    """Which of the entries ``pos`` (an index tuple) have weighted bounds that
+    would exceed the budgets of D or N alone even after the extended
+    re-evaluation: a mask over them."""
     cols, rows = pos[-1], pos[:-1]
     d, nn = (np.asarray(x)[rows] for x in totals[:2])
-    out = np.zeros(where.shape, dtype=bool)
     with np.errstate(all="ignore"):
-        out[pos] = (eF[pos] * wd[cols] * _EXTENDED_GAIN > rtol * d) | (
+        return (eF[pos] * wd[cols] * _EXTENDED_GAIN > rtol * d) | (
             eG[pos] * wn[cols] * _EXTENDED_GAIN > rtol * nn
         )
-    return out
 
 
 def _writable(*arrays):
@@ -511,8 +530,8 @@ def _single_setting_terms(
         return D, N, 0
     ts = steps[live]
 
-    def entries(bad):
-        rows, cols = np.nonzero(bad)
+    def entries(pos):
+        rows, cols = pos
         n = rows.size
         return (
             hh[cols],
@@ -544,10 +563,10 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
     if ed <= rtol * d and en <= rtol * n and math.isfinite(d + n):
         return np.asarray(d), np.asarray(n), 0
 
-    def entries(bad):
-        m = int(np.count_nonzero(bad))
+    def entries(pos):
+        m = pos[0].size
         return (
-            hh[bad],
+            hh[pos],
             np.full(m, float(alpha)),
             np.full(m, float(beta)),
             np.full(m, float(gamma)),
@@ -555,7 +574,7 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
         )
 
     def redo(bad):
-        hb, ab, bb, gb, _ = entries(bad)
+        hb, ab, bb, gb, _ = entries(np.nonzero(bad))
         Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
         return Fd[0], Gd[0]
 
