@@ -147,7 +147,7 @@ class _Real:
         (both factors keep their relative accuracy: :math:`2 + e \\in (1, 2]`),
         which saves an exponential; otherwise by ``expm1``.
         """
-        by_e = -self.e * (2.0 + self.e)
+        by_e = self.e * (-2.0 - self.e)  # -e (2 + e), with one pass fewer
         if self.all_pos:
             return by_e
         # per entry, so that a mode's value does not depend on its batch
@@ -163,48 +163,77 @@ def _momentum_roots(s, beta):
 
 
 # -------------------------------------------------------------- real path
+def _vanishes(power) -> bool:
+    """Whether a power :math:`\lambda^t` is the scalar 0 (decayed in every
+    mode and setting: see :func:`_decayed`)."""
+    return isinstance(power, float) and power == 0.0
+
+
 def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
     """Lagrange sums with all-real eigenvalues (two or three).
 
     ``diffs[(j, l)]`` is :math:`\\lambda_j - \\lambda_l` for ``j < l``;
-    ``special_pairs[(j, l)]`` overrides ``(1 - mu, 1 - mu^t)`` for a pair.
+    ``special_pairs[(j, l)] = (1 - mu, x, sign)`` overrides the pair's
+    :math:`1 - \\mu` and gives :math:`1 - \\mu^t = \\pm x`.
+
+    The second Lagrange denominator is negative (``-d01`` or ``-d01 d12``):
+    its sign, and those of the factors :math:`1 - \\mu^t = -(e_j + e_m + e_j
+    e_m)`, are carried to the additions rather than applied on their own
+    (negation is exact, so every term keeps its value). Mean terms of a root
+    decayed in every mode (:math:`\\lambda^t = 0`) are skipped; a mode where
+    such a term would be undefined has an undefined noise term as well.
     """
     k = len(eigs)
     d01 = diffs[(0, 1)]
     if k == 2:
-        denom = [d01, -d01]
+        denom = [d01, d01]
     else:
         d02, d12 = diffs[(0, 2)], diffs[(1, 2)]
-        denom = [d01 * d02, -(d01 * d12), d02 * d12]
+        denom = [d01 * d02, d01 * d12, d02 * d12]
+    neg = [False, True, False]  # denominator j is -denom[j]
     f = f_abs = None
     for j in range(k):
-        term = fz[j] / denom[j] * eigs[j].pow
+        pw = eigs[j].pow
+        if _vanishes(pw):
+            continue
+        term = fz[j] / denom[j] * pw
         if f is None:
-            f, f_abs = term, np.abs(term)
+            f, f_abs = (-term if neg[j] else term), np.abs(term)
         else:
-            f = f + term
+            f = f - term if neg[j] else f + term
             f_abs = f_abs + np.abs(term)
-    v = [gz[j] / denom[j] for j in range(k)]
+    if f is None:
+        f = f_abs = np.zeros(np.shape(denom[0]))
+    v = [gz[j] / denom[j] for j in range(k)]  # up to the signs neg
+    twice = {}
     G = g_abs = None
     for j in range(k):
         for m in range(j, k):
             ej, em = eigs[j], eigs[m]
+            sign = neg[j] != neg[m]  # the term is -(vv x / (1 - mu))
             if (j, m) in special_pairs:
-                one_minus_mu, one_minus_mut = special_pairs[(j, m)]
+                one_minus_mu, x, pair_sign = special_pairs[(j, m)]
+                sign ^= pair_sign < 0
             elif j == m:
                 one_minus_mu = ej.q * ej.p
-                one_minus_mut = ej.one_minus_square_t(t)
+                x = ej.one_minus_square_t(t)
             else:
                 one_minus_mu = ej.q + ej.lam * em.q
-                one_minus_mut = -(ej.e + em.e + ej.e * em.e)
-            vv = v[j] * v[m] if j == m else (2.0 * v[j]) * v[m]
-            term = vv * (one_minus_mut / one_minus_mu)
+                x = (ej.e + em.e) + ej.e * em.e  # -(1 - mu^t)
+                sign = not sign
+            if j == m:
+                vv = v[j] * v[m]
+            else:
+                if j not in twice:
+                    twice[j] = 2.0 * v[j]
+                vv = twice[j] * v[m]
+            term = vv * (x / one_minus_mu)
             # a diagonal term is >= 0 (or NaN): v^2 times (1 - lam^2t) / (1 - lam^2)
             term_abs = term if j == m else np.abs(term)
             if G is None:
-                G, g_abs = term, term_abs
+                G, g_abs = (-term if sign else term), term_abs
             else:
-                G = G + term
+                G = G - term if sign else G + term
                 g_abs = g_abs + term_abs
     return f, f_abs, G, g_abs
 
@@ -621,7 +650,7 @@ def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
         p_big = (2.0 - s + 2.0 * beta) / p_small  # (1 + r1)(1 + r2)
         r1 = _Real(1.0 - q_small, q_small, p_small, t)
         r2 = _Real(1.0 - q_big, q_big, p_big, t)
-        pair = ((1.0 - beta), -np.expm1(t * np.log(beta)))  # r1 r2 = beta
+        pair = ((1.0 - beta), -np.expm1(t * np.log(beta)), 1.0)  # r1 r2 = beta
     if feats.momentum and not feats.ema:
         eigs = [r1, r2]
         diffs = {(0, 1): sq}
@@ -636,16 +665,19 @@ def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
         # F(z) = z - gamma (1 - s) at both nodes, factored (no cancellation)
         fz = [(1.0 - s) * (1.0 - gamma), gamma * s]
         gz = [-alpha * (1.0 - gamma) * e.lam for e in eigs]
-        special = {(0, 1): ((1.0 - gamma) + gamma * s, -(a.e + g.e + a.e * g.e))}
+        special = {(0, 1): ((1.0 - gamma) + gamma * s, (a.e + g.e) + a.e * g.e, -1.0)}
         return _real_terms(eigs, diffs, fz, gz, special, t)
     eigs = [r1, r2, g]
     diffs = {(0, 1): sq, (0, 2): (1.0 - gamma) - q_small, (1, 2): (1.0 - gamma) - q_big}
-    x1, x2 = _f_over_one_minus_gamma(s, beta, sq)
-    fz = [(1.0 - gamma) * x1, (1.0 - gamma) * x2, gamma * gamma * s]
+    if _vanishes(r1.pow) and _vanishes(r2.pow):
+        fz = [None, None, gamma * gamma * s]  # the roots' mean terms are skipped
+    else:
+        x1, x2 = _f_over_one_minus_gamma(s, beta, sq)
+        fz = [(1.0 - gamma) * x1, (1.0 - gamma) * x2, gamma * gamma * s]
     gz = [-alpha * (1.0 - gamma) * e.lam * e.lam for e in eigs]
     special = {(0, 1): pair}
     for j, e in ((0, r1), (1, r2)):
-        special[(j, 2)] = ((1.0 - gamma) + gamma * e.q, -(e.e + g.e + e.e * g.e))
+        special[(j, 2)] = ((1.0 - gamma) + gamma * e.q, (e.e + g.e) + e.e * g.e, -1.0)
     return _real_terms(eigs, diffs, fz, gz, special, t)
 
 
