@@ -512,16 +512,20 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
     if not HAS_EXTENDED:
         inf = np.full(shape, np.inf)
         return inf, inf.copy(), inf.copy(), inf.copy()
-    s, alpha, beta, gamma = (
-        np.broadcast_to(np.asarray(x, dtype=np.float64).astype(EXTENDED), shape)
-        for x in (s, alpha, beta, gamma)
-    )
-    t = np.broadcast_to(np.asarray(t, dtype=np.int64), shape)
     one = shape == (1,)
     if one:
         # one entry (the usual case): NumPy scalars, several times cheaper per
         # operation than one-element arrays; the same formulas and roundings
-        s, alpha, beta, gamma, t = (x[0] for x in (s, alpha, beta, gamma, t))
+        s, alpha, beta, gamma = (
+            EXTENDED(np.ravel(x)[0]) for x in (s, alpha, beta, gamma)
+        )
+        t = np.int64(np.ravel(t)[0])
+    else:
+        s, alpha, beta, gamma = (
+            np.broadcast_to(np.asarray(x, dtype=np.float64).astype(EXTENDED), shape)
+            for x in (s, alpha, beta, gamma)
+        )
+        t = np.broadcast_to(np.asarray(t, dtype=np.int64), shape)
     with np.errstate(all="ignore"):
         kappa = np.zeros(shape, dtype=EXTENDED)
         if feats.momentum:
