@@ -398,8 +398,11 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
         np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma)
     )
     s = alpha * hh
-    shape = np.broadcast_shapes(s.shape, beta.shape, gamma.shape)
-    s = _fit(s, shape)
+    if beta.ndim == 0 and gamma.ndim == 0:  # one setting: no broadcasting
+        shape = s.shape
+    else:
+        shape = np.broadcast_shapes(s.shape, beta.shape, gamma.shape)
+        s = _fit(s, shape)
     if np.ndim(t) == 0:
         t = int(t)
         t_full = t_flat = t
