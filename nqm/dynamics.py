@@ -202,12 +202,13 @@ def _needs_doubling_row(err, total, rtol, fill):
     ``goal / M`` can be needed (those at or below it sum to at most the goal),
     so only those are ordered."""
     budget = rtol * abs(total) if math.isfinite(total) else 0.0
-    fin = np.isfinite(err)
-    if fin.all():
+    whole = err.sum()
+    if math.isfinite(whole):  # every entry finite (they are >= 0 or NaN)
         finite, flagged = err, np.zeros(err.shape, dtype=bool)
     else:
+        fin = np.isfinite(err)
         finite, flagged = np.where(fin, err, 0.0), ~fin
-    whole = finite.sum()
+        whole = finite.sum()
     if not whole > budget:
         return flagged
     goal = fill * budget
@@ -460,9 +461,16 @@ def _fits_after_update(arrays, weights, totals, idx, before, rtol):
     slack = []
     with np.errstate(all="ignore"):
         for k, (x, w, old) in enumerate(zip(arrays, weights, before, strict=True)):
-            new, wk = x[cols], w[cols]
-            scale = abs(totals[k]) + np.abs(old) @ wk + np.abs(new) @ wk
-            totals[k] = totals[k] + (new - old) @ wk
+            if cols.size == 1:
+                # one entry (the usual case): the same roundings in Python floats
+                c = int(cols[0])
+                new, wk, old = float(x[c]), float(w[c]), float(old[0])
+                scale = abs(totals[k]) + abs(old) * wk + abs(new) * wk
+                totals[k] = totals[k] + (new - old) * wk
+            else:
+                new, wk = x[cols], w[cols]
+                scale = abs(totals[k]) + np.abs(old) @ wk + np.abs(new) @ wk
+                totals[k] = totals[k] + (new - old) @ wk
             slack.append(4.0 * EPS * (cols.size + 2) * scale)
         d, nn, ed, en = totals
         return bool(
