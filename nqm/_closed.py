@@ -247,6 +247,10 @@ def _cmul(x, y):
 
 def _cdiv(x, y):
     inv = 1.0 / (y[0] * y[0] + y[1] * y[1])
+    if np.ndim(x[0]) == 0 and np.ndim(x[1]) == 0 and x[1] == 0.0:
+        # a real scalar numerator (decayed transients): the same values, with
+        # the products by zero left out (y is finite)
+        return ((x[0] * y[0]) * inv, ((-x[0]) * y[1]) * inv)
     return ((x[0] * y[0] + x[1] * y[1]) * inv, (x[1] * y[0] - x[0] * y[1]) * inv)
 
 
@@ -338,14 +342,15 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     inv_den1 = (b * nk, d1g_re * nk)  # 1 / ((r - conj r)(r - gamma))
     lam2 = (a * a - bb, (2.0 * a) * b)  # r^2
     # F(gamma) = gamma^2 - (beta + gamma (1 - s)) gamma + beta gamma = gamma^2 s
-    wg = gamma * gamma * s / deng
     c = -alpha * (1.0 - gamma)
     v1 = _cmul((c * lam2[0], c * lam2[1]), inv_den1)
     vg = c * gamma * gamma / deng
-    fg = wg * g.pow
-    if decayed:  # r^t = 0: the pair's mean terms vanish
-        f = fg
-        f_abs = np.abs(fg)
+    if decayed and np.ndim(g.pow) == 0 and g.pow == 0.0:  # every transient is 0
+        f = f_abs = np.zeros(np.shape(deng))
+    elif decayed:  # r^t = 0: the pair's mean terms vanish
+        wg = gamma * gamma * s / deng
+        f = wg * g.pow
+        f_abs = np.abs(f)
     else:
         # F(r) = (1 - gamma)(r (1 - s) - beta), its real part from
         # Re(r (1 - s) - beta) = ((1 - s)^2 - beta (1 + s)) / 2 (no cancellation
@@ -357,6 +362,7 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
             (2.0 * g1) * (b * one_s),
         )
         f1 = _cmul(_cmul(fr2, inv_den1), pw)  # 2 w1 r^t
+        fg = gamma * gamma * s / deng * g.pow
         f = f1[0] + fg
         f_abs = np.abs(f1[0]) + np.abs(f1[1]) + np.abs(fg)
     # t_rr = v1^2 phi_rr = -t_rrn
