@@ -1017,20 +1017,26 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
             f"optimizer must be an nqm.Optimizer, got {type(optimizer).__name__}"
         )
     batch_size, batch = split_batch(batch_size)
-    b = validate_batch_size(batch_size)
+    if (type(batch_size) is float and 1.0 <= batch_size < math.inf) or (
+        type(batch_size) is int and 1 <= batch_size <= 2**53
+    ):
+        b = np.asarray(float(batch_size))  # one plain valid number, as it is
+    else:
+        b = validate_batch_size(batch_size)
     t = validate_steps(steps)
     flat = np.atleast_1d(t).ravel()
     if batch is not None:
         hh, wd, wn = _modes(problem, optimizer.precond_power)
         D, N = _scheduled_terms(hh, wd, wn, optimizer, flat, batch)
     elif isinstance(optimizer.schedule, Constant):
-        D, N = risk_terms(
+        D, N, _ = _risk_terms(
             problem,
             optimizer.schedule.lr,
             optimizer.momentum,
             optimizer.ema,
             optimizer.precond_power,
             int(t) if t.ndim == 0 else flat,
+            CLOSED_FORM_RTOL,
         )
     else:
         hh, wd, wn = _modes(problem, optimizer.precond_power)
