@@ -106,14 +106,19 @@ DECAYED_EXPONENT = 1.01 * EXP_ZERO
 
 
 def _decayed(lam, q, t):
-    """Whether ``lam`` (a double array, ``q = 1 - lam``) is positive and
-    :math:`\lambda^t` underflows to 0 in every entry and at every step ``t``:
-    one reduction instead of three transcendental passes."""
-    if not (isinstance(q, np.ndarray) and q.dtype == np.float64 and q.size > 1):
-        return False
-    if not lam.min() > 0.0:  # NaN compares False
-        return False
-    return bool(np.min(t) * np.log1p(-q.min()) < DECAYED_EXPONENT)
+    """Whether ``lam`` (``q = 1 - lam``) is positive and :math:`\lambda^t`
+    underflows to 0 in every entry and at every step ``t``: for a double
+    array, one reduction instead of three transcendental passes; for an
+    extended-precision scalar (:func:`extended_terms`), its own range."""
+    if isinstance(q, np.ndarray):
+        if not (q.dtype == np.float64 and q.size > 1):
+            return False
+        if not lam.min() > 0.0:  # NaN compares False
+            return False
+        return bool(np.min(t) * np.log1p(-q.min()) < DECAYED_EXPONENT)
+    if isinstance(q, EXTENDED) and np.ndim(t) == 0:
+        return bool(lam > 0.0 and t * np.log1p(-q) < EXTENDED_DECAYED_EXPONENT)
+    return False
 
 
 class _Real:
@@ -479,6 +484,11 @@ EXTENDED_EPS = float(np.finfo(EXTENDED).eps)
 #: Whether :data:`EXTENDED` is wider than double (on some platforms it is the
 #: double format itself, and re-evaluating cannot certify anything more).
 HAS_EXTENDED = EXTENDED_EPS < EPS
+#: :data:`DECAYED_EXPONENT` for :data:`EXTENDED`: below the logarithm of its
+#: smallest subnormal, with the same relative margin.
+EXTENDED_DECAYED_EXPONENT = 1.01 * (
+    float(np.log(np.finfo(EXTENDED).smallest_subnormal)) - 1.0
+)
 #: Modes whose momentum discriminant factor :math:`(1-\sqrt s)^2 - \beta`
 #: is below this fraction of :math:`\beta` (next to critical damping) are not
 #: certified in extended precision: the rounding of that cancelling factor
