@@ -106,7 +106,7 @@ DECAYED_EXPONENT = 1.01 * EXP_ZERO
 
 
 def _decayed(lam, q, t):
-    """Whether ``lam`` (``q = 1 - lam``) is positive and :math:`\lambda^t`
+    r"""Whether ``lam`` (``q = 1 - lam``) is positive and :math:`\lambda^t`
     underflows to 0 in every entry and at every step ``t``: for a double
     array, one reduction instead of three transcendental passes; for an
     extended-precision scalar (:func:`extended_terms`), its own range."""
@@ -169,7 +169,7 @@ def _momentum_roots(s, beta):
 
 # -------------------------------------------------------------- real path
 def _vanishes(power) -> bool:
-    """Whether a power :math:`\lambda^t` is the scalar 0 (decayed in every
+    r"""Whether a power :math:`\lambda^t` is the scalar 0 (decayed in every
     mode and setting: see :func:`_decayed`)."""
     return isinstance(power, float) and power == 0.0
 
@@ -387,7 +387,7 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
 
 
 # ----------------------------------------------------------------- public
-def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
+def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t, sums=False):
     """Per-mode :math:`F_t = f_t^2` and :math:`G_t = \\sum_{k<t} g_k^2` (unit noise).
 
     Args:
@@ -395,6 +395,9 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
         feats: state layout.
         t: number of updates, ``t >= 1``: an int, or an integer array of shape
             ``(T,)`` to evaluate several step counts at once.
+        sums: with momentum or averaging, return the Lagrange sums
+            ``(f, f_abs, G, g_abs)`` that :func:`squared_terms` turns into the
+            result (for a caller that needs only their weighted totals).
 
     Returns:
         ``(F, G, err_F, err_G)``: arrays of shape ``S`` (``(T,) + S`` for an array
@@ -473,6 +476,8 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
                     out = _real_case(pm[0], a_, b_, g_, *pm[1:], feats=feats, t=t_flat)
                 for dst, src in zip((f, f_abs, G, g_abs), out, strict=True):
                     _put(dst, mask, src)
+        if sums:
+            return f, f_abs, G, g_abs
         return squared_terms(f, f_abs, G, g_abs)
 
 
@@ -847,6 +852,26 @@ class MeanResponse:
             lower = np.maximum(np.abs(f) - slack, 0.0)
             lower = np.where(self.stable & np.isfinite(lower), lower, 0.0)
         return lower * lower, f
+
+
+def weighted_totals(f, f_abs, G, g_abs, wd, wn):
+    r"""``F @ wd, G @ wn, err_F @ wd, err_G @ wn`` of :func:`squared_terms`'s
+    result, without its per-mode bound arrays, or ``None`` where any of them is
+    not finite (then :func:`squared_terms` decides what each entry becomes).
+
+    The bounds' factors :math:`4\epsilon` and :math:`8\epsilon` are powers of
+    two, so applying them to the weighted sums gives the same values. All four
+    totals finite (the weights are ``>= 0``) means that every entry is finite,
+    where :func:`squared_terms` replaces nothing.
+    """
+    with np.errstate(all="ignore"):
+        d = (f * f) @ wd
+        n = np.maximum(G, 0.0) @ wn
+        ed = (4.0 * EPS) * ((f_abs * (np.abs(f) + f_abs)) @ wd)
+        en = (8.0 * EPS) * (g_abs @ wn)
+    if not np.isfinite(d + n + ed + en):
+        return None
+    return d, n, ed, en
 
 
 def squared_terms(f, f_abs, G, g_abs, eps=EPS):
