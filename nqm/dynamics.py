@@ -584,8 +584,10 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
                 return np.asarray(d), np.asarray(n), 0
         F, G, eF, eG = squared_terms(*sums)
     else:
+        totals = None
         F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, t)
-    d, n, ed, en = _totals(F, G, eF, eG, wd, wn)
+    # finite totals from the sums are those of the terms (weighted_totals)
+    d, n, ed, en = _totals(F, G, eF, eG, wd, wn) if totals is None else totals
     if ed <= rtol * d and en <= rtol * n and math.isfinite(d + n):
         return np.asarray(d), np.asarray(n), 0
 
