@@ -250,8 +250,10 @@ def _cmul(x, y):
     return (x[0] * y[0] - x[1] * y[1], x[0] * y[1] + x[1] * y[0])
 
 
-def _cdiv(x, y):
-    inv = 1.0 / (y[0] * y[0] + y[1] * y[1])
+def _cdiv(x, y, scale=1.0):
+    """``scale * x / y``; with ``scale`` a power of two, exactly ``scale``
+    times the quotient (the factor rides on the one reciprocal)."""
+    inv = scale / (y[0] * y[0] + y[1] * y[1])
     if np.ndim(x[0]) == 0 and np.ndim(x[1]) == 0 and x[1] == 0.0:
         # a real scalar numerator (decayed transients): the same values, with
         # the products by zero left out (y is finite)
@@ -296,8 +298,8 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     if decayed:
         e = (-1.0, 0.0)  # r^t - 1
         pw = (0.0, 0.0)  # r^t
-        ninv = -1.0 / (qp[0] * qp[0] + qp[1] * qp[1])
-        phi_n = (qp[0] * ninv, (-qp[1]) * ninv)  # (r^{2t} - 1) / (1 - r^2)
+        ninv = -2.0 / (qp[0] * qp[0] + qp[1] * qp[1])
+        phi_n = (qp[0] * ninv, (-qp[1]) * ninv)  # 2 (r^{2t} - 1) / (1 - r^2)
     else:
         em1 = np.expm1(t * log_abs)
         half = (0.5 * t) * np.arctan2(sq, tau)  # half the phase of r^t
@@ -316,9 +318,11 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
         e = (em1 * cos_t - two_sh2, mod_t * sin_t)
         pw = (mod_t * cos_t, e[1])
         e2 = _cmul(e, (2.0 + e[0], e[1]))  # r^{2t} - 1
-        phi_n = _cdiv(e2, qp)
+        phi_n = _cdiv(e2, qp, 2.0)
     one_minus_beta_t = -np.expm1(t * np.log(beta))  # 1 - (r conj r)^t
-    ratio_rc = one_minus_beta_t / (1.0 - beta)
+    # the pair's terms enter G twice (conjugates): phi_n and ratio_rc carry
+    # that factor 2, exactly
+    ratio_rc = 2.0 * (one_minus_beta_t / (1.0 - beta))
     if not ema:
         # F(z) = z - beta, G(z) = -alpha z; denominator r - conj(r) = i sq:
         # w = (r - beta) / (i sq) = 1/2 + i w2/2, v = -alpha r / (i sq) = v0 - i v1n
@@ -333,19 +337,19 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
         v1sq = v1n * v1n
         A = v0 * v0 - v1sq
         Bn = (2.0 * v0) * v1n
-        m0 = A * phi_n[0] + Bn * phi_n[1]  # -Re t_rr
-        m1 = Bn * phi_n[0] - A * phi_n[1]  # Im t_rr
+        m0 = A * phi_n[0] + Bn * phi_n[1]  # -2 Re t_rr
+        m1 = Bn * phi_n[0] - A * phi_n[1]  # 2 Im t_rr
         # t_rc = |v|^2 (1 - beta^t) / (1 - beta) >= 0
-        t_rc = (v0 * v0 + v1sq) * ratio_rc
-        G = 2.0 * (t_rc - m0)  # 2 (Re t_rr + t_rc)
-        g_abs = 2.0 * (np.abs(m0) + np.abs(m1) + t_rc)
+        t_rc = (v0 * v0 + v1sq) * ratio_rc  # 2 t_rc
+        G = t_rc - m0  # 2 (Re t_rr + t_rc)
+        g_abs = np.abs(m0) + np.abs(m1) + t_rc
         return f, f_abs, G, g_abs
     g = _Real(gamma, 1.0 - gamma, 1.0 + gamma, t)
     d1g_re = (1.0 - gamma) - hb  # r - gamma = (1 - gamma) - (1 - r)
     deng = d1g_re * d1g_re + bb  # (r - gamma)(conj r - gamma)
     nk = -1.0 / (sq * deng)
     inv_den1 = (b * nk, d1g_re * nk)  # 1 / ((r - conj r)(r - gamma))
-    lam2 = (a * a - bb, (2.0 * a) * b)  # r^2
+    lam2 = (a * a - bb, tau * b)  # r^2 (tau = 2 a exactly)
     # F(gamma) = gamma^2 - (beta + gamma (1 - s)) gamma + beta gamma = gamma^2 s
     c = -alpha * (1.0 - gamma)
     v1 = _cmul((c * lam2[0], c * lam2[1]), inv_den1)
@@ -370,19 +374,20 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
         fg = gamma * gamma * s / deng * g.pow
         f = f1[0] + fg
         f_abs = np.abs(f1[0]) + np.abs(f1[1]) + np.abs(fg)
-    # t_rr = v1^2 phi_rr = -t_rrn
+    # t_rr = v1^2 phi_rr = -t_rrn / 2
     v1r2 = v1[0] * v1[0]
     v1i2 = v1[1] * v1[1]
     t_rrn = _cmul((v1r2 - v1i2, (2.0 * v1[0]) * v1[1]), phi_n)
-    t_rc = (v1r2 + v1i2) * ratio_rc
+    t_rc = (v1r2 + v1i2) * ratio_rc  # 2 t_rc
     one_minus_mu = ((1.0 - gamma) + gamma * hb, (-gamma) * b)  # 1 - r gamma
     # (r gamma)^t - 1 = -(1 - (r gamma)^t)
     mut_m1 = (e[0] + g.e + e[0] * g.e, e[1] + e[1] * g.e)
-    t_rgn = _cmul((v1[0] * vg, v1[1] * vg), _cdiv(mut_m1, one_minus_mu))  # -t_rg
+    q4 = _cdiv(mut_m1, one_minus_mu, 4.0)
+    t_rgn = _cmul((v1[0] * vg, v1[1] * vg), q4)  # -4 t_rg
     t_gg = vg * vg * (g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma)))
     # t_rc, t_gg >= 0 (squared moduli times ratios of positive factors)
-    G = 2.0 * (t_rc - t_rrn[0]) - 4.0 * t_rgn[0] + t_gg
-    g_abs = 2.0 * (_abs_bound(t_rrn) + t_rc) + 4.0 * _abs_bound(t_rgn) + t_gg
+    G = (t_rc - t_rrn[0]) - t_rgn[0] + t_gg  # 2 Re(t_rr) + 2 t_rc + 4 Re(t_rg) + t_gg
+    g_abs = (_abs_bound(t_rrn) + t_rc) + _abs_bound(t_rgn) + t_gg
     return f, f_abs, G, g_abs
 
 
