@@ -251,8 +251,9 @@ def _cmul(x, y):
 
 
 def _cdiv(x, y, scale=1.0):
-    """``scale * x / y``; with ``scale`` a power of two, exactly ``scale``
-    times the quotient (the factor rides on the one reciprocal)."""
+    """``scale * x / y`` (``scale`` real, a number or an array), the factor
+    riding on the one reciprocal; a power of two gives exactly ``scale`` times
+    the quotient."""
     inv = scale / (y[0] * y[0] + y[1] * y[1])
     if np.ndim(x[0]) == 0 and np.ndim(x[1]) == 0 and x[1] == 0.0:
         # a real scalar numerator (decayed transients): the same values, with
@@ -280,17 +281,19 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
 
     Every pass over the modes counts (a few microseconds each at d = 10^4), so
     signs and factors of two are carried into the products that need them
-    rather than applied on their own: negating an operand and scaling by a power
-    of two are exact, so each term keeps the value of the plain expression
-    written in the comments.
+    rather than applied on their own (negating an operand and scaling by a
+    power of two are exact), and per-setting factors ride on the per-mode
+    quantities that need them (the cross term's weight on the reciprocal of
+    its quotient).
     """
-    tau = 1.0 - s + beta
     sq = np.sqrt(-disc)
     b = 0.5 * sq
+    hb = 0.5 * big  # 1 - Re r, big = 1 - beta + s
+    # 2 Re r, as the phase's argument: its rounding, times t, is the phase's
+    tau = 1.0 - s + beta
     a = 0.5 * tau  # r = a + i b
-    hb = 0.5 * big  # 1 - Re r
     bb = b * b
-    x = 0.5 * (3.0 - s + beta)  # 1 + Re r
+    x = 2.0 - hb  # 1 + Re r
     qp = (hb * x + bb, hb * b - b * x)  # (1 - r)(1 + r)
     log_abs = 0.5 * np.log(beta)  # log|r|
     mod_t = np.exp(t * log_abs)  # |r|^t, directly: expm1 + 1 would lose it when tiny
@@ -353,7 +356,7 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     # F(gamma) = gamma^2 - (beta + gamma (1 - s)) gamma + beta gamma = gamma^2 s
     c = -alpha * (1.0 - gamma)
     v1 = _cmul((c * lam2[0], c * lam2[1]), inv_den1)
-    vg = c * gamma * gamma / deng
+    vg4 = (4.0 * c) * gamma * gamma / deng  # 4 vg, vg = c gamma^2 / |r - gamma|^2
     if decayed and np.ndim(g.pow) == 0 and g.pow == 0.0:  # every transient is 0
         f = f_abs = np.zeros(np.shape(deng))
     elif decayed:  # r^t = 0: the pair's mean terms vanish
@@ -380,11 +383,13 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     t_rrn = _cmul((v1r2 - v1i2, (2.0 * v1[0]) * v1[1]), phi_n)
     t_rc = (v1r2 + v1i2) * ratio_rc  # 2 t_rc
     one_minus_mu = ((1.0 - gamma) + gamma * hb, (-gamma) * b)  # 1 - r gamma
-    # (r gamma)^t - 1 = -(1 - (r gamma)^t)
-    mut_m1 = (e[0] + g.e + e[0] * g.e, e[1] + e[1] * g.e)
-    q4 = _cdiv(mut_m1, one_minus_mu, 4.0)
-    t_rgn = _cmul((v1[0] * vg, v1[1] * vg), q4)  # -4 t_rg
-    t_gg = vg * vg * (g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma)))
+    # (r gamma)^t - 1 = (r^t - 1) gamma^t + (gamma^t - 1) = -(1 - (r gamma)^t)
+    gt = 1.0 + g.e  # gamma^t, per setting
+    mut_m1 = (e[0] * gt + g.e, e[1] * gt)
+    q = _cdiv(mut_m1, one_minus_mu, vg4)
+    t_rgn = _cmul(v1, q)  # -4 t_rg, t_rg = v1 vg (1 - (r gamma)^t) / (1 - r gamma)
+    ratio_gg = g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma))
+    t_gg = vg4 * vg4 * (ratio_gg / 16.0)
     # t_rc, t_gg >= 0 (squared moduli times ratios of positive factors)
     G = (t_rc - t_rrn[0]) - t_rgn[0] + t_gg  # 2 Re(t_rr) + 2 t_rc + 4 Re(t_rg) + t_gg
     g_abs = (_abs_bound(t_rrn) + t_rc) + _abs_bound(t_rgn) + t_gg
