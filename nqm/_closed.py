@@ -73,19 +73,18 @@ def _exp(x):
     """
     if np.ndim(x) == 0 or x.dtype != np.float64:
         return np.exp(x)
-    dead = x <= EXP_ZERO
-    if not dead.any():
+    if not x.size or not x.min() <= EXP_ZERO:  # no underflow (NaN: np.exp)
         return np.exp(x)
     out = np.zeros(x.shape)
-    np.exp(x, out=out, where=~dead)
+    np.exp(x, out=out, where=~(x <= EXP_ZERO))
     return out
 
 
 def _log_abs(lam, q, p):
     """:math:`\\log|\\lambda|` from whichever of q = 1-lam, p = 1+lam is accurate."""
+    if lam.size == 0 or lam.min() > 0:  # the common case: one reduction
+        return np.log1p(-q), True
     pos = lam > 0
-    if pos.all():
-        return np.log1p(-q), pos
     return np.log1p(-np.where(pos, q, p)), pos
 
 
