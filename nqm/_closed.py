@@ -627,9 +627,9 @@ def _contiguous_parts(cplx):
     real roots below it (and rarely above). Slices select views, and results
     are written back without boolean indexing.
     """
-    idx = np.flatnonzero(cplx)
-    lo, hi = int(idx[0]), int(idx[-1]) + 1
-    if hi - lo != idx.size:
+    lo = int(cplx.argmax())  # the first complex mode (there is one)
+    hi = cplx.size - int(cplx[::-1].argmax())  # after the last
+    if not cplx[lo:hi].all():
         return None
     if lo == 0:
         return slice(hi, None), slice(0, hi)
