@@ -44,7 +44,12 @@ It is measured a posteriori (the sum of the terms' absolute values) and returned
 so the caller can recompute those modes by doubling.
 
 Speed. Modes with real eigenvalues use real arithmetic only; underdamped modes
-(complex momentum roots) compute one root of each conjugate pair.
+(complex momentum roots) compute one root of each conjugate pair. Each pass
+over the modes costs microseconds, so the count of passes is what is kept
+small: a real root whose power underflows in every mode (long horizons) costs
+one reduction instead of its three transcendental passes, exponentials skip
+NumPy's slow path for underflowing arguments, and signs and powers of two are
+carried into the products that need them.
 """
 
 from __future__ import annotations
@@ -288,7 +293,9 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     sq = np.sqrt(-disc)
     b = 0.5 * sq
     hb = 0.5 * big  # 1 - Re r, big = 1 - beta + s
-    # 2 Re r, as the phase's argument: its rounding, times t, is the phase's
+    # 2 Re r, the argument of the phase t arg(r): t times its rounding moves
+    # a transient that survives t = 10^6 by up to 1e-8 (conditioning, outside
+    # the certified bound), so this one expression serves every evaluation
     tau = 1.0 - s + beta
     a = 0.5 * tau  # r = a + i b
     bb = b * b
