@@ -217,7 +217,7 @@ def _stack_broadcast(xs):
     """``np.stack(np.broadcast_arrays(*xs))``: the same array, built by
     assignment (several times less call overhead)."""
     xs = [np.asarray(x) for x in xs]
-    shape = np.broadcast_shapes(*(x.shape for x in xs))
+    shape = np.broadcast(*xs).shape
     out = np.empty((len(xs),) + shape, dtype=np.result_type(*xs))
     for i, x in enumerate(xs):
         out[i] = x
