@@ -690,3 +690,49 @@ def test_stage_two_reuses_stage_one_grid_terms_exactly(small):
         np.testing.assert_array_equal(again[1], kept[1])
         # the grid itself is not evaluated a second time
         assert reused.count == fresh.count - G.shape[0] * G.shape[1]
+
+
+@pytest.mark.parametrize("family", [Family.WSD, Family.COSINE])
+def test_certified_schedule_restretched_over_its_steps_is_never_worse(small, family):
+    """A decaying schedule stretched over a run longer than it needs reaches the
+    target mid-decay; certification re-stretches the same parameters over the
+    steps found. Against the step-by-step recursion: the returned optimizer
+    reaches the target at exactly the reported step, no later than the schedule
+    as given (and here strictly earlier), and the result is that of the same
+    parameters stretched over some run length."""
+    import torch
+
+    from nqm._tuning import _certified_schedule, _schedule_candidate
+
+    f64 = {"dtype": torch.float64, "device": "cpu"}
+    b, target, k = 4.0, 0.05, 64
+    (base,) = best_steps(small, "sgd", [b], target)
+    a_max = 2.0 / float(small.h.max())
+    # peak above the tuned constant lr (logit + 1), no warm-up, decay to 1%
+    frac = base.optimizer.schedule.lr / a_max
+    peak = math.log(frac) - math.log1p(-frac) + 1.0
+    params = np.array(
+        [peak, -6.0, 0.0, -4.6] if family is Family.WSD else [peak, -6.0, -4.6]
+    )
+    run = int(1.2 * base.steps)  # longer than the schedule needs
+    horizon = run + 10
+
+    def brute_steps(opt):
+        return first_below(brute_curve(small, opt, b, horizon=horizon), target)
+
+    plain = brute_steps(_schedule_candidate(
+        family, params, run, a_max, k, 0.0, f64, DecayShape.ONE_MINUS_SQRT
+    ))  # fmt: skip
+    res = _certified_schedule(
+        small, family, b, target, 0.0, base, params, run, a_max, k, active=True,
+        evaluations=0, f64=f64,
+    )  # fmt: skip
+    assert brute_steps(res.optimizer) == res.steps
+    assert res.steps < min(plain, base.steps)  # the re-stretch found a shorter run
+    stretched = [
+        _schedule_candidate(
+            family, params, n, a_max, k, 0.0, f64, DecayShape.ONE_MINUS_SQRT
+        ).schedule
+        for n in range(1, run + 1)
+    ]
+    assert res.optimizer.schedule in stretched or res.optimizer == base.optimizer
