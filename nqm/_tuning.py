@@ -944,7 +944,7 @@ def _tune_schedules_lbfgs(
                     shorter=shorter[r],
                 )
             )  # fmt: skip
-        out.append(results)
+        out.append(_batch_transfer(problem, bs, target, results, a_max[j * n_b]))
     return out
 
 
@@ -1153,6 +1153,62 @@ def _certified_schedule(
         return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
                           evaluations)  # fmt: skip
     return TuneResult(found, cand, fam, float(b), p, target, evaluations)
+
+
+def _batch_transfer(problem, bs, target, results, a_max):
+    r"""Each batch size also tries its neighbours' schedules rescaled to it.
+
+    Where the noise term dominates, the loss of a schedule at batch size
+    :math:`B'` equals that at :math:`B` with every lr divided by :math:`c =
+    B'/B` and every piece :math:`c` times longer (SGD's mean response depends on
+    :math:`\alpha t`, the noise on :math:`\alpha^2 t / B`, both kept to first
+    order in :math:`\alpha h`), so a neighbour tuned into a better local optimum
+    predicts :math:`c\,S(B')` steps here. A neighbour's schedule is certified
+    at this batch size (exactly, below its own steps) when that prediction is
+    fewer steps and its rescaled lrs stay below the stability edge ``a_max``,
+    and kept if it needs fewer steps. Batch sizes are visited in increasing
+    order, each trying the already visited smaller one and the next larger one.
+
+    Args:
+        problem: the NQM.
+        bs: batch sizes ``(n_B,)``, in the order of ``results``.
+        target: the target loss.
+        results: one :class:`TuneResult` per batch size.
+        a_max: plain SGD's stability limit :math:`2/\max\hat h` at this power.
+
+    Returns:
+        The results, each never more steps than given.
+    """
+    out = list(results)
+    order = [int(i) for i in np.argsort(bs, kind="stable")]
+    for pos, i in enumerate(order):
+        for n in order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]:
+            own, nb = out[i], out[n]
+            sched = None if nb.optimizer is None else nb.optimizer.schedule
+            if not isinstance(sched, PiecewiseConstant) or own.steps < 2:
+                continue
+            c = float(bs[n]) / float(bs[i])
+            if not math.isfinite(nb.steps) or c * nb.steps >= own.steps:
+                continue
+            values = tuple(v / c for v in sched.values)
+            bounds = [int(round(x * c)) for x in sched.boundaries]
+            if max(values) >= a_max or any(
+                b1 >= b2 for b1, b2 in zip([0] + bounds, bounds, strict=False)
+            ):
+                continue
+            opt = Optimizer(
+                PiecewiseConstant(tuple(bounds), values),
+                precond_power=nb.optimizer.precond_power,
+            )
+            limit = _below(own.steps)
+            guess = min(max(int(round(c * nb.steps)), 1), limit)
+            got = steps_to_target(
+                problem, opt, bs[i], target, max_steps=limit, guess=guess
+            )
+            if got < own.steps:
+                out[i] = TuneResult(got, opt, own.family, own.batch_size,
+                                    own.precond_power, target, own.evaluations)  # fmt: skip
+    return out
 
 
 #: Rounds of re-stretching a certified schedule over the steps it needs
