@@ -736,3 +736,34 @@ def test_certified_schedule_restretched_over_its_steps_is_never_worse(small, fam
         for n in range(1, run + 1)
     ]
     assert res.optimizer.schedule in stretched or res.optimizer == base.optimizer
+
+
+def test_batch_transfer_rescales_a_neighbours_schedule_and_never_adds_steps(small):
+    """A batch size whose own schedule is poor takes its neighbour's schedule
+    with the lrs divided and the pieces stretched by the batch-size ratio; the
+    result reaches the target at exactly its reported step (step-by-step
+    recursion), which is fewer than before; a result that is already better
+    than the prediction is left as it is."""
+    from nqm._tuning import _batch_transfer
+    from nqm.families import TuneResult
+
+    target, b_small, b_large = 0.05, 1.0, 2.0
+    a_max = 2.0 / float(small.h.max())
+    good = nqm.Optimizer(nqm.PiecewiseConstant((300, 500), (0.3, 0.12, 0.04)))
+    poor = nqm.Optimizer(0.02)  # a slow constant lr at the smaller batch size
+    s_good = steps_to_target(small, good, b_large, target)
+    s_poor = steps_to_target(small, poor, b_small, target)
+    assert 2 * s_good < s_poor  # the neighbour predicts fewer steps
+    res = [
+        TuneResult(s_poor, poor, Family.WSD, b_small, 0.0, target, 0),
+        TuneResult(s_good, good, Family.WSD, b_large, 0.0, target, 0),
+    ]
+    out = _batch_transfer(small, np.array([b_small, b_large]), target, res, a_max)
+    moved = out[0]
+    assert moved.optimizer.schedule == nqm.PiecewiseConstant(
+        (600, 1000), (0.15, 0.06, 0.02)
+    )
+    horizon = 2 * s_good + 200
+    brute = first_below(brute_curve(small, moved.optimizer, b_small, horizon), target)
+    assert moved.steps == brute < s_poor
+    assert out[1] is res[1]  # the larger batch size's own schedule is better
