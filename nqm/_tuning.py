@@ -897,8 +897,6 @@ def _tune_schedules_lbfgs(
 ):  # fmt: skip
     import torch
 
-    from ._lbfgs import batched_lbfgs
-
     f64 = {"dtype": torch.float64, "device": device}
     powers = [float(p) for p in powers]
     n_b = bs.size
@@ -925,45 +923,13 @@ def _tune_schedules_lbfgs(
     else:
         rest = np.broadcast_to(_SCHEDULE_INIT[fam], (n_rows, len(_SCHEDULE_INIT[fam])))
         best = np.concatenate([logit[:, None], rest], axis=1)
-    lo = np.zeros(n_rows, dtype=np.int64)
     hi = hi.astype(np.int64)
-    hi0 = hi.copy()
     active = hi > 1
     evaluations = np.zeros(n_rows, dtype=np.int64)  # per row
-    # Bisection on each row's run length; every probe minimises log L of the
-    # rows still searching at their own midpoints, all in one batched L-BFGS.
-    while True:
-        todo = active & (hi - lo > np.maximum(1, (_RUN_RTOL * hi).astype(np.int64)))
-        if not np.any(todo):
-            break
-        rows = np.flatnonzero(todo)
-        mid = (lo[rows] + hi[rows]) // 2
-        lengths = torch.tensor(
-            np.stack([np.diff(_piece_bounds_fixed(int(m), k)) for m in mid]), **f64
-        )
-        rows_t = torch.as_tensor(rows, device=device)
-        sel = (hh_s[rows_t], wd_s[rows_t], wn_s[rows_t])
-        scale, sizes = a_max_t[rows_t], bs_t[rows_t]
-
-        def objective(params, idx, sel=sel, scale=scale, sizes=sizes, lengths=lengths):
-            lrs = scale[idx, None] * _schedule_values(fam, params, k, decay_shape)
-            hh, wd, wn = (m[idx] for m in sel)
-            loss = _torch_piecewise_loss(hh, wd, wn, lrs, lengths[idx], sizes[idx])
-            return torch.log(loss)
-
-        res = batched_lbfgs(
-            objective, torch.tensor(best[rows], **f64), max_iter=_LBFGS_ITERS[fam],
-            tol_grad=1e-10,
-            tol_change=1e-12,
-        )  # fmt: skip
-        evaluations[rows] += res.evaluations.cpu().numpy()
-        ok = (torch.exp(res.f) <= target).cpu().numpy()
-        best[rows[ok]] = res.x.cpu().numpy()[ok]
-        hi[rows[ok]] = mid[ok]
-        lo[rows[~ok]] = mid[~ok]
-    shorter = _shortest_runs(
-        fam, best, lo, hi, active & (hi < hi0), (hh_s, wd_s, wn_s), a_max_t, bs_t,
-        k, target, decay_shape, evaluations,
+    modes = (hh_s, wd_s, wn_s)
+    hi, shorter = _bisect_runs(
+        fam, best, hi, active, modes, a_max_t, bs_t, k, target, decay_shape,
+        evaluations,
     )  # fmt: skip
     out = []
     for j, p in enumerate(powers):
@@ -978,8 +944,84 @@ def _tune_schedules_lbfgs(
                     shorter=shorter[r],
                 )
             )  # fmt: skip
-        out.append(results)
+        out.append(_batch_transfer(problem, bs, target, results, a_max[j * n_b]))
     return out
+
+
+def _lengths(steps, k, f64):
+    """Per row, the ``k`` piece lengths of runs of ``steps`` (``(R,)`` integers)
+    as a float tensor ``(R, k)`` (:func:`_piece_bounds_fixed`)."""
+    import torch
+
+    return torch.tensor(
+        np.stack([np.diff(_piece_bounds_fixed(int(m), k)) for m in steps]), **f64
+    )
+
+
+def _minimise_rows(fam, x0, rows, steps, modes, a_max_t, bs_t, k, decay_shape, iters):
+    """One batched L-BFGS over rows ``rows``: each row minimises the log loss
+    of its schedule (parameters from ``x0``, pieces stretched over its run of
+    ``steps``) on the surrogate ``modes``."""
+    import torch
+
+    from ._lbfgs import batched_lbfgs
+
+    f64 = {"dtype": a_max_t.dtype, "device": a_max_t.device}
+    lengths = _lengths(steps, k, f64)
+    rows_t = torch.as_tensor(rows, device=a_max_t.device)
+    sel = tuple(m[rows_t] for m in modes)
+    scale, sizes = a_max_t[rows_t], bs_t[rows_t]
+
+    def objective(params, idx):
+        lrs = scale[idx, None] * _schedule_values(fam, params, k, decay_shape)
+        hh, wd, wn = (m[idx] for m in sel)
+        return torch.log(
+            _torch_piecewise_loss(hh, wd, wn, lrs, lengths[idx], sizes[idx])
+        )
+
+    return batched_lbfgs(
+        objective, torch.tensor(x0, **f64), max_iter=iters, tol_grad=1e-10,
+        tol_change=1e-12,
+    )  # fmt: skip
+
+
+def _bisect_runs(
+    fam, best, hi, active, modes, a_max_t, bs_t, k, target, decay_shape, evaluations
+):  # fmt: skip
+    """Bisection on each row's run length in ``(0, hi]``; every probe minimises
+    the log loss of the rows still searching at their own midpoints, all in one
+    batched L-BFGS (:data:`_LBFGS_ITERS`), warm-started from the row's last
+    feasible parameters. Updates ``best`` in place.
+
+    Returns:
+        ``(hi, shorter)``: per row the shortest run length found feasible and
+        the run length its parameters need (:func:`_shortest_runs`).
+    """
+    import torch
+
+    hi0 = hi.copy()
+    hi = hi.copy()
+    lo = np.zeros_like(hi)
+    while True:
+        todo = active & (hi - lo > np.maximum(1, (_RUN_RTOL * hi).astype(np.int64)))
+        if not np.any(todo):
+            break
+        rows = np.flatnonzero(todo)
+        mid = (lo[rows] + hi[rows]) // 2
+        res = _minimise_rows(
+            fam, best[rows], rows, mid, modes, a_max_t, bs_t, k, decay_shape,
+            _LBFGS_ITERS[fam],
+        )  # fmt: skip
+        evaluations[rows] += res.evaluations.cpu().numpy()
+        ok = (torch.exp(res.f) <= target).cpu().numpy()
+        best[rows[ok]] = res.x.cpu().numpy()[ok]
+        hi[rows[ok]] = mid[ok]
+        lo[rows[~ok]] = mid[~ok]
+    shorter = _shortest_runs(
+        fam, best, lo, hi, active & (hi < hi0), modes, a_max_t, bs_t, k, target,
+        decay_shape, evaluations,
+    )  # fmt: skip
+    return hi, shorter
 
 
 #: The bisection on each row's run length stops once its bracket is narrower
@@ -1078,6 +1120,7 @@ def _certified_schedule(
     # end starts there instead of at one step (every step below is certified
     # either way, so the answer does not depend on it).
     limit = _below(base.steps)
+    run = int(steps)
     guess = max(int(steps), 1) if limit is None else min(max(int(steps), 1), limit)
     found = steps_to_target(
         problem, cand, b, target, max_steps=limit, guess=guess if guess >= 1 else None
@@ -1091,11 +1134,86 @@ def _certified_schedule(
             guess = int(shorter) if limit is None else min(int(shorter), limit)
             got = steps_to_target(problem, alt, b, target, max_steps=limit, guess=guess)
             if got < found:
-                found, cand = got, alt
+                found, cand, run = got, alt, int(shorter)
+    for _ in range(_EXACT_STRETCH_ROUNDS):
+        # the schedule reaches the target before its run ends: the same
+        # parameters stretched over those steps finish their decay by then
+        if not (math.isfinite(found) and 1 <= found < run):
+            break
+        limit = _below(min(found, base.steps))
+        if limit is not None and limit < 1:
+            break
+        alt = _schedule_candidate(fam, params, int(found), a_max, k, p, f64,
+                                  decay_shape)  # fmt: skip
+        got = steps_to_target(problem, alt, b, target, max_steps=limit, guess=limit)
+        if got >= found:
+            break
+        found, cand, run = got, alt, int(found)
     if base.steps <= found:
         return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
                           evaluations)  # fmt: skip
     return TuneResult(found, cand, fam, float(b), p, target, evaluations)
+
+
+def _batch_transfer(problem, bs, target, results, a_max):
+    r"""Each batch size also tries its neighbours' schedules rescaled to it.
+
+    Where the noise term dominates, the loss of a schedule at batch size
+    :math:`B'` equals that at :math:`B` with every lr divided by :math:`c =
+    B'/B` and every piece :math:`c` times longer (SGD's mean response depends on
+    :math:`\alpha t`, the noise on :math:`\alpha^2 t / B`, both kept to first
+    order in :math:`\alpha h`), so a neighbour tuned into a better local optimum
+    predicts :math:`c\,S(B')` steps here. A neighbour's schedule is certified
+    at this batch size (exactly, below its own steps) when that prediction is
+    fewer steps and its rescaled lrs stay below the stability edge ``a_max``,
+    and kept if it needs fewer steps. Batch sizes are visited in increasing
+    order, each trying the already visited smaller one and the next larger one.
+
+    Args:
+        problem: the NQM.
+        bs: batch sizes ``(n_B,)``, in the order of ``results``.
+        target: the target loss.
+        results: one :class:`TuneResult` per batch size.
+        a_max: plain SGD's stability limit :math:`2/\max\hat h` at this power.
+
+    Returns:
+        The results, each never more steps than given.
+    """
+    out = list(results)
+    order = [int(i) for i in np.argsort(bs, kind="stable")]
+    for pos, i in enumerate(order):
+        for n in order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]:
+            own, nb = out[i], out[n]
+            sched = None if nb.optimizer is None else nb.optimizer.schedule
+            if not isinstance(sched, PiecewiseConstant) or own.steps < 2:
+                continue
+            c = float(bs[n]) / float(bs[i])
+            if not math.isfinite(nb.steps) or c * nb.steps >= own.steps:
+                continue
+            values = tuple(v / c for v in sched.values)
+            bounds = [int(round(x * c)) for x in sched.boundaries]
+            if max(values) >= a_max or any(
+                b1 >= b2 for b1, b2 in zip([0] + bounds, bounds, strict=False)
+            ):
+                continue
+            opt = Optimizer(
+                PiecewiseConstant(tuple(bounds), values),
+                precond_power=nb.optimizer.precond_power,
+            )
+            limit = _below(own.steps)
+            guess = min(max(int(round(c * nb.steps)), 1), limit)
+            got = steps_to_target(
+                problem, opt, bs[i], target, max_steps=limit, guess=guess
+            )
+            if got < own.steps:
+                out[i] = TuneResult(got, opt, own.family, own.batch_size,
+                                    own.precond_power, target, own.evaluations)  # fmt: skip
+    return out
+
+
+#: Rounds of re-stretching a certified schedule over the steps it needs
+#: (:func:`_certified_schedule`).
+_EXACT_STRETCH_ROUNDS = 4
 
 
 def _below(steps):

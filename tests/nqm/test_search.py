@@ -690,3 +690,80 @@ def test_stage_two_reuses_stage_one_grid_terms_exactly(small):
         np.testing.assert_array_equal(again[1], kept[1])
         # the grid itself is not evaluated a second time
         assert reused.count == fresh.count - G.shape[0] * G.shape[1]
+
+
+@pytest.mark.parametrize("family", [Family.WSD, Family.COSINE])
+def test_certified_schedule_restretched_over_its_steps_is_never_worse(small, family):
+    """A decaying schedule stretched over a run longer than it needs reaches the
+    target mid-decay; certification re-stretches the same parameters over the
+    steps found. Against the step-by-step recursion: the returned optimizer
+    reaches the target at exactly the reported step, no later than the schedule
+    as given (and here strictly earlier), and the result is that of the same
+    parameters stretched over some run length."""
+    import torch
+
+    from nqm._tuning import _certified_schedule, _schedule_candidate
+
+    f64 = {"dtype": torch.float64, "device": "cpu"}
+    b, target, k = 4.0, 0.05, 64
+    (base,) = best_steps(small, "sgd", [b], target)
+    a_max = 2.0 / float(small.h.max())
+    # peak above the tuned constant lr (logit + 1), no warm-up, decay to 1%
+    frac = base.optimizer.schedule.lr / a_max
+    peak = math.log(frac) - math.log1p(-frac) + 1.0
+    params = np.array(
+        [peak, -6.0, 0.0, -4.6] if family is Family.WSD else [peak, -6.0, -4.6]
+    )
+    run = int(1.2 * base.steps)  # longer than the schedule needs
+    horizon = run + 10
+
+    def brute_steps(opt):
+        return first_below(brute_curve(small, opt, b, horizon=horizon), target)
+
+    plain = brute_steps(_schedule_candidate(
+        family, params, run, a_max, k, 0.0, f64, DecayShape.ONE_MINUS_SQRT
+    ))  # fmt: skip
+    res = _certified_schedule(
+        small, family, b, target, 0.0, base, params, run, a_max, k, active=True,
+        evaluations=0, f64=f64,
+    )  # fmt: skip
+    assert brute_steps(res.optimizer) == res.steps
+    assert res.steps < min(plain, base.steps)  # the re-stretch found a shorter run
+    stretched = [
+        _schedule_candidate(
+            family, params, n, a_max, k, 0.0, f64, DecayShape.ONE_MINUS_SQRT
+        ).schedule
+        for n in range(1, run + 1)
+    ]
+    assert res.optimizer.schedule in stretched or res.optimizer == base.optimizer
+
+
+def test_batch_transfer_rescales_a_neighbours_schedule_and_never_adds_steps(small):
+    """A batch size whose own schedule is poor takes its neighbour's schedule
+    with the lrs divided and the pieces stretched by the batch-size ratio; the
+    result reaches the target at exactly its reported step (step-by-step
+    recursion), which is fewer than before; a result that is already better
+    than the prediction is left as it is."""
+    from nqm._tuning import _batch_transfer
+    from nqm.families import TuneResult
+
+    target, b_small, b_large = 0.05, 1.0, 2.0
+    a_max = 2.0 / float(small.h.max())
+    good = nqm.Optimizer(nqm.PiecewiseConstant((300, 500), (0.3, 0.12, 0.04)))
+    poor = nqm.Optimizer(0.02)  # a slow constant lr at the smaller batch size
+    s_good = steps_to_target(small, good, b_large, target)
+    s_poor = steps_to_target(small, poor, b_small, target)
+    assert 2 * s_good < s_poor  # the neighbour predicts fewer steps
+    res = [
+        TuneResult(s_poor, poor, Family.WSD, b_small, 0.0, target, 0),
+        TuneResult(s_good, good, Family.WSD, b_large, 0.0, target, 0),
+    ]
+    out = _batch_transfer(small, np.array([b_small, b_large]), target, res, a_max)
+    moved = out[0]
+    assert moved.optimizer.schedule == nqm.PiecewiseConstant(
+        (600, 1000), (0.15, 0.06, 0.02)
+    )
+    horizon = 2 * s_good + 200
+    brute = first_below(brute_curve(small, moved.optimizer, b_small, horizon), target)
+    assert moved.steps == brute < s_poor
+    assert out[1] is res[1]  # the larger batch size's own schedule is better
