@@ -591,26 +591,120 @@ def _certify(problem, fine, space, x, t_s, b, target, polish, spent, batch=None)
     are fewer. Candidates are certified from their floats
     (:class:`~nqm.families.ConstantSetting`).
 
+    On runs of at least :data:`_EARLY_POLISH_MIN_STEPS` surrogate steps the
+    first round runs before ``x`` is certified: it searches at one step
+    below :func:`_exact_crossing`'s estimate of ``x``'s crossing (exact losses at
+    single steps, far cheaper than a certification), and a candidate that then
+    certifies below the estimate is kept without certifying ``x`` (its steps
+    are the certified ones; ``x`` reaches the target at the estimate, so it
+    needs no fewer unless its loss dips below the target earlier and rises
+    again). Otherwise ``x`` is certified and the rounds run as described, unless
+    its steps are the estimate (the first round, from them, found nothing).
+
     Returns:
         ``(steps, setting)``.
     """
     fine_rtol = CLOSED_FORM_RTOL if fine is problem else _SURROGATE_RTOL
     setting = space.setting(x)
-    steps = steps_to_target(problem, setting, b, target, guess=t_s)
-    for _ in range(polish if math.isfinite(steps) and steps > 1 else 0):
-        xm, val = _local_min(fine, space, x, steps - 1, b, spent, fine_rtol, batch)
-        if val > target:
-            break
-        cand = space.setting(xm)
-        # only an improvement matters: the search may stop below ``steps``
-        s2 = steps_to_target(
-            problem, cand, b, target, max_steps=steps - 1, guess=steps - 1
+    rounds = polish
+    steps = None
+    t_x = None
+    if polish and t_s >= _EARLY_POLISH_MIN_STEPS:
+        t_x = _exact_crossing(problem, space, x, t_s, b, target, spent)
+    tried = t_x is not None and t_x > 1
+    if tried:
+        found = _polish_round(
+            problem, fine, space, x, t_x, b, target, spent, fine_rtol, batch
         )
-        if s2 < steps:
-            steps, setting, x = s2, cand, xm
-        else:
+        if found is not None:
+            steps, setting, x = found
+            rounds -= 1
+    if steps is None:
+        steps = steps_to_target(problem, setting, b, target, guess=t_x or t_s)
+        if tried and steps == t_x:
+            rounds = 0  # the first round, from these steps, found nothing
+    for _ in range(rounds if math.isfinite(steps) and steps > 1 else 0):
+        found = _polish_round(
+            problem, fine, space, x, steps, b, target, spent, fine_rtol, batch
+        )
+        if found is None:
             break
+        steps, setting, x = found
     return steps, setting
+
+
+def _polish_round(problem, fine, space, x, steps, b, target, spent, rtol, batch):
+    """One polish round: the local minimum of the loss at ``steps - 1`` on
+    ``fine`` from ``x``, certified exactly below ``steps``.
+
+    Returns:
+        ``(steps, setting, x)`` of the candidate when it needs fewer than
+        ``steps`` exact steps, else ``None``.
+    """
+    xm, val = _local_min(fine, space, x, steps - 1, b, spent, rtol, batch)
+    if val > target:
+        return None
+    cand = space.setting(xm)
+    # only an improvement matters: the search may stop below ``steps``
+    s2 = steps_to_target(problem, cand, b, target, max_steps=steps - 1, guess=steps - 1)
+    return (s2, cand, xm) if s2 < steps else None
+
+
+#: The first polish round runs before certification (see :func:`_certify`) only
+#: from this many surrogate steps: on shorter runs the loss of a tuned momentum
+#: can ripple across the target near its crossing (reference problem, p = 0,
+#: B = 2^17: below the target at 167 steps, above it at 175), and a certification
+#: there costs less.
+_EARLY_POLISH_MIN_STEPS = 1024
+#: :func:`_exact_crossing` first steps this fraction of the surrogate's estimate
+#: away from it (then twice as far each time) to bracket the exact crossing.
+_CROSSING_STEP = 1.0 / 1024.0
+
+
+def _exact_crossing(problem, space, x, t_s, b, target, spent):
+    """A step at which ``x``'s exact loss reaches ``target`` one step after
+    exceeding it, searched near the surrogate's ``t_s``: a bracket grown
+    geometrically from ``t_s``, then bisection, each probe one exact loss.
+
+    Not certified (a loss that dips below the target earlier is not seen):
+    :func:`_certify` uses it only as the step to polish at, and every reported
+    step count is certified.
+
+    Returns:
+        The step, or ``None`` when no bracket is found within
+        :data:`MAX_STEPS` (or the loss reaches the target at step 0).
+    """
+
+    def reached(t):
+        spent.add(1)
+        return float(_loss(problem, space, x, t, b)) <= target
+
+    width = max(1, math.ceil(_CROSSING_STEP * t_s))
+    if reached(t_s):
+        hi = t_s
+        while True:
+            lo = max(hi - width, 0)
+            if not reached(lo):
+                break
+            if lo == 0:
+                return None
+            hi, width = lo, 2 * width
+    else:
+        lo = t_s
+        while True:
+            hi = min(lo + width, MAX_STEPS)
+            if reached(hi):
+                break
+            if hi == MAX_STEPS:
+                return None
+            lo, width = hi, 2 * width
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if reached(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 #: Stage 2 locates the first step count on the surrogate to this relative
