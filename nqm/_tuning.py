@@ -52,7 +52,7 @@ from scipy import optimize
 
 from ._pointwise import pointwise_terms
 from .crossing import steps_to_target
-from .dynamics import CLOSED_FORM_RTOL, _modes, risk_terms
+from .dynamics import CLOSED_FORM_RTOL, _modes, expected_loss, risk_terms
 from .families import MAX_STEPS, ConstantSetting, Family, TuneResult
 from .optimizer import DecayShape, Optimizer, PiecewiseConstant
 from .problem import NQMProblem
@@ -184,12 +184,13 @@ class _Evaluations:
 
 
 class _Request:
-    """One pending loss evaluation of a :class:`_Batcher`."""
+    """Pending evaluations of a :class:`_Batcher`: the terms ``(D, N)`` of the
+    points ``x`` (``(n, dim)``) at one step."""
 
-    __slots__ = ("problem", "rtol", "x", "t", "b", "value", "error", "done")
+    __slots__ = ("problem", "rtol", "x", "t", "value", "error", "done")
 
-    def __init__(self, problem, rtol, x, t, b) -> None:
-        self.problem, self.rtol, self.x, self.t, self.b = problem, rtol, x, t, b
+    def __init__(self, problem, rtol, x, t) -> None:
+        self.problem, self.rtol, self.x, self.t = problem, rtol, x, t
         self.value = self.error = None
         self.done = False
 
@@ -199,13 +200,14 @@ class _Batcher:
 
     Each batch size's stages 2 and 3 run in a thread of their own, one after
     the other as alone (scipy's searches unchanged). A thread that needs
-    :math:`L_B(t; x)` on a surrogate files it here and waits; once every live
-    thread waits, the last one evaluates all filed points in one
+    :math:`L_B(t; x)` on a surrogate, or the terms of several points at one step
+    (a row profile, :func:`_profile`), files them here and waits; once every
+    live thread waits, the last one evaluates all filed points in one
     :func:`~nqm._pointwise.pointwise_terms` call per (problem, rtol), each point
-    at its own step and batch size, and wakes the others. A point's value does
-    not depend on the points it is evaluated with (it is the one-setting value
-    of :func:`~nqm.dynamics.risk_terms`), and every live thread files exactly its
-    next point, so the results do not depend on how threads are scheduled. The
+    at its own step, and wakes the others. A point's value does not depend on
+    the points it is evaluated with (it is the one-setting value of
+    :func:`~nqm.dynamics.risk_terms`), and every live thread files exactly its
+    next points, so the results do not depend on how threads are scheduled. The
     searches are sequential in their own evaluations; evaluated together, their
     numpy overhead per call is shared by every batch size still searching.
     """
@@ -218,7 +220,13 @@ class _Batcher:
 
     def loss(self, problem, x, t, b, rtol) -> float:
         """:math:`L_b(t; x)` on ``problem`` (``inf`` where not finite)."""
-        req = _Request(problem, rtol, np.asarray(x, dtype=np.float64), int(t), b)
+        d, n = self.terms(problem, np.asarray(x, dtype=np.float64)[None, :], t, rtol)
+        return float(_losses(d[0], n[0], b))
+
+    def terms(self, problem, x, t, rtol):
+        """``(D, N)`` of the points ``x`` (``(n, dim)``) at step ``t``, each
+        ``(n,)``."""
+        req = _Request(problem, rtol, np.asarray(x, dtype=np.float64), int(t))
         with self._cv:
             self._pending.append(req)
             self._flush_if_all_wait()
@@ -243,14 +251,16 @@ class _Batcher:
             for req in batch:
                 groups.setdefault((id(req.problem), req.rtol), []).append(req)
             for reqs in groups.values():
-                a, be, g = self._space.params(np.stack([r.x for r in reqs]))
-                t = np.array([r.t for r in reqs], dtype=np.int64)
+                a, be, g = self._space.params(np.concatenate([r.x for r in reqs]))
+                t = np.concatenate([np.full(len(r.x), r.t, np.int64) for r in reqs])
                 d, n = pointwise_terms(
                     reqs[0].problem, a, be, g, self._space.p, t, rtol=reqs[0].rtol
                 )
-                vals = _losses(d, n, np.array([r.b for r in reqs], dtype=np.float64))
-                for r, v in zip(reqs, vals, strict=True):
-                    r.value = float(v)
+                ends = np.cumsum([len(r.x) for r in reqs])
+                for r, dr, nr in zip(
+                    reqs, np.split(d, ends[:-1]), np.split(n, ends[:-1]), strict=True
+                ):
+                    r.value = (dr, nr)
         except Exception as err:  # every waiting search raises it
             for req in batch:
                 req.error = err
@@ -372,12 +382,23 @@ _NEAR = 4.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
-def _row_minima(surr, space, X, L, bs_sel, t, spent):
+def _grid_terms(surr, space, X, t, spent, batch=None):
+    """``(D, N)`` of the points ``X`` (``(n, dim)``) at step ``t`` on the
+    surrogate: one :func:`risk_terms` call, or filed with the other searches'
+    points through ``batch`` (a :class:`_Batcher`)."""
+    spent.add(len(X))
+    if batch is not None:
+        return batch.terms(surr, X, t, _SURROGATE_RTOL)
+    a, be, g = space.params(X)
+    return risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
+
+
+def _row_minima(surr, space, X, L, bs_sel, t, spent, batch=None):
     """Minimise the loss along ``u`` in every grid row, for several batch sizes.
 
     Each row (fixed ``v``/``w``) is bracketed by the neighbours of its best grid
     point and refined by a golden-section search, vectorised over rows and batch
-    sizes (one :func:`risk_terms` call per iteration).
+    sizes (one evaluation of :func:`_grid_terms` per iteration).
 
     Args:
         X: Grid, ``(R, n_u, dim)``.
@@ -400,9 +421,7 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
 
     def f(uu):
         x = np.concatenate([uu[..., None], slow], axis=-1).reshape(-1, space.dim)
-        a, be, g = space.params(x)
-        d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-        spent.add(d.size)
+        d, n = _grid_terms(surr, space, x, t, spent, batch)
         return _losses(d.reshape(k, n_rows), n.reshape(k, n_rows), b_col)
 
     def keep(uu, val):
@@ -428,11 +447,12 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
     return x, best_l
 
 
-def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None):
+def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None, batch=None):
     """Best points of the grid at step ``t`` after refining every row in ``u``.
 
     ``known`` maps steps to the grid's terms ``(d, n)`` already evaluated there
     (stage 1's, :func:`_brackets`): at such a step they are not evaluated again.
+    With a :class:`_Batcher` ``batch``, every evaluation is filed through it.
 
     Returns:
         ``(x, loss)``: the ``keep`` best rows' points for each of the ``k`` batch
@@ -441,14 +461,12 @@ def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None):
     bs_sel = np.atleast_1d(np.asarray(bs_sel, dtype=np.float64))
     hit = None if known is None else known.get(int(t))
     if hit is None:
-        a, be, g = space.params(X.reshape(-1, space.dim))
-        d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-        spent.add(d.size)
+        d, n = _grid_terms(surr, space, X.reshape(-1, space.dim), t, spent, batch)
     else:
         d, n = hit
     L = _losses(d[None, :], n[None, :], bs_sel[:, None])
     L = L.reshape((bs_sel.size,) + X.shape[:2])
-    xr, lr = _row_minima(surr, space, X, L, bs_sel, t, spent)
+    xr, lr = _row_minima(surr, space, X, L, bs_sel, t, spent, batch)
     r = np.argsort(lr, axis=1, kind="stable")[:, :keep]
     k = np.arange(bs_sel.size)[:, None]
     return xr[k, r], lr[k, r]
@@ -739,7 +757,7 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None, know
     grid's terms by step from stage 1 (see :func:`_profile`).
     """
     lo, hi, x, l_lo, l_hi = bracket
-    xp, lp = _profile(surr, space, G, hi, b, spent, keep=1, known=known)
+    xp, lp = _profile(surr, space, G, hi, b, spent, keep=1, known=known, batch=batch)
     starts = sorted([(l_hi, 0, x), (float(lp[0, 0]), 1, xp[0, 0])], key=lambda s: s[:2])
     (l_hi, _, x), (_, _, other) = starts
     t_hi, x = _first_t_on_surrogate(
@@ -749,7 +767,7 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None, know
         probe = t_hi - max(1, int(_T_RTOL * t_hi))
         if probe <= lo:
             break
-        xp, lp = _profile(surr, space, G, probe, b, spent, keep=2)
+        xp, lp = _profile(surr, space, G, probe, b, spent, keep=2, batch=batch)
         found = None
         for x0, l0 in [(xp[0, k], lp[0, k]) for k in range(xp.shape[1])] + [
             (other, None)
@@ -1407,6 +1425,16 @@ def _monotone(problem, bs, target, results):
     For a fixed optimizer the loss :math:`D(t) + N(t)/B` falls with ``B`` at every
     step, so that optimizer's steps at a larger batch are never more: the tuned
     curve becomes non-increasing in ``B``, and only improves.
+
+    The try is certified (:func:`~nqm.search.steps_to_target` below the current
+    steps) only when the optimizer's exact loss at the current batch size reaches
+    the target at one probe step: the smaller of one step below the current
+    steps and the steps the optimizer needs at its own batch size (where it
+    reaches the target for certain, so a curve that the try would make
+    non-increasing is always certified). A loss that exceeds the target there by
+    more than the closed form's accuracy skips the try: it could only have
+    succeeded through a loss that dips below the target before the probe and
+    rises above it again.
     """
     order = np.argsort(bs)
     out = list(results)
@@ -1417,6 +1445,11 @@ def _monotone(problem, bs, target, results):
         if out[cur].steps == 0:
             continue
         limit = _below(out[cur].steps)
+        probe = min(limit if limit is not None else math.inf, out[prev].steps)
+        if math.isfinite(probe) and probe > 0:
+            at = expected_loss(problem, cand, bs[cur], int(probe))
+            if at > target * (1.0 + CLOSED_FORM_RTOL):
+                continue
         steps = steps_to_target(
             problem, cand, bs[cur], target, max_steps=limit, guess=limit or None
         )
