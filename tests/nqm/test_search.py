@@ -690,3 +690,107 @@ def test_stage_two_reuses_stage_one_grid_terms_exactly(small):
         np.testing.assert_array_equal(again[1], kept[1])
         # the grid itself is not evaluated a second time
         assert reused.count == fresh.count - G.shape[0] * G.shape[1]
+
+
+#: Relative margin kept between the brute-force curve and the target where a
+#: test needs the closed form and the step-by-step recursion to agree on a side.
+SIDE_RTOL = 1e-9
+
+
+@pytest.mark.parametrize(
+    "family,x",
+    [
+        (Family.SGD, [-4.0]),
+        (Family.MOMENTUM, [-4.0, -2.0]),
+        (Family.MOMENTUM, [-5.0, -4.0]),
+    ],
+)
+@pytest.mark.parametrize("batch", [1.0, 8.0])
+def test_exact_crossing_is_a_crossing_of_the_brute_force_curve(small, family, x, batch):
+    """From guesses on either side of the crossing, near and far, the estimate
+    is a step where the step-by-step loss reaches the target one step after
+    exceeding it (on these smooth curves: the first crossing)."""
+    from nqm._tuning import _Evaluations, _exact_crossing, _Space
+
+    hh = small.preconditioned(0.0)[0]
+    space = _Space(family, float(hh.max()), 0.0)
+    opt = space.setting(np.array(x)).optimizer()
+    curve = brute_curve(small, opt, batch)
+    for target in (0.08, 0.05):
+        want = first_below(curve, target)
+        assert 20 < want < HORIZON // 2
+        for guess in (1, want // 2, want - 1, want, want + 1, 2 * want):
+            t = _exact_crossing(
+                small, space, np.array(x), guess, batch, target, _Evaluations()
+            )
+            assert curve[t] <= target * (1 + SIDE_RTOL), (guess, t)
+            assert curve[t - 1] > target * (1 - SIDE_RTOL), (guess, t)
+            assert t == want
+
+
+def test_monotone_tries_the_smaller_batch_optimizer_exactly(small):
+    """The optimizer of the smaller batch size replaces a worse one exactly when
+    the step-by-step curve says it needs fewer steps, and the result's steps are
+    its first crossing."""
+    from nqm._tuning import _monotone, _Space
+    from nqm.families import TuneResult
+
+    target = 0.05
+    h_max = float(small.preconditioned(0.0)[0].max())
+    good = _Space(Family.MOMENTUM, h_max, 0.0).setting([-3.5, -3.0]).optimizer()
+    slow = _Space(Family.SGD, h_max, 0.0).setting([-5.0]).optimizer()
+    bs = np.array([4.0, 8.0, 16.0])
+    first = {b: first_below(brute_curve(small, good, b), target) for b in bs}
+    slow_steps = first_below(brute_curve(small, slow, 16.0), target)
+    assert first[4.0] < HORIZON and first[8.0] < slow_steps < HORIZON
+    res = [
+        TuneResult(first[4.0], good, Family.MOMENTUM, 4.0, 0.0, target, 0),
+        # the slow optimizer at 8: the good one needs fewer steps (probe passes)
+        TuneResult(slow_steps, slow, Family.MOMENTUM, 8.0, 0.0, target, 0),
+        # already better than the good one at 16: probe fails, nothing changes
+        TuneResult(first[16.0] - 1, slow, Family.MOMENTUM, 16.0, 0.0, target, 0),
+    ]
+    out = _monotone(small, bs, target, res)
+    assert out[0] == res[0]
+    assert out[1].steps == first[8.0] and out[1].optimizer == good
+    assert out[2] == res[2]
+
+
+def test_batcher_terms_are_the_one_setting_values(small):
+    """Points filed by several threads at their own steps, singly and as arrays,
+    get the terms that risk_terms gives each setting alone."""
+    import threading
+
+    from nqm._tuning import _SURROGATE_RTOL, _Batcher, _Space
+    from nqm.dynamics import risk_terms
+
+    hh = small.preconditioned(0.0)[0]
+    space = _Space(Family.MOMENTUM, float(hh.max()), 0.0)
+    rng = np.random.default_rng(7)
+    pts = space.clip(
+        np.stack([rng.uniform(-4.0, 0.0, 12), rng.uniform(-6.0, 0.0, 12)], -1)
+    )
+    steps = [3, 70, 900, 25_000]
+    batch = _Batcher(space, len(steps))
+    got = {}
+
+    def work(k, t):
+        try:
+            got[k] = (batch.terms(small, pts[3 * k : 3 * k + 3], t, _SURROGATE_RTOL),
+                      batch.loss(small, pts[3 * k], t, 2.0, _SURROGATE_RTOL))  # fmt: skip
+        finally:
+            batch.leave()
+
+    threads = [threading.Thread(target=work, args=kt) for kt in enumerate(steps)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for k, t in enumerate(steps):
+        (d, n), loss = got[k]
+        for j in range(3):
+            a, be, g = (float(v) for v in space.params(pts[3 * k + j]))
+            d1, n1 = risk_terms(small, a, be, g, 0.0, t, rtol=_SURROGATE_RTOL)
+            np.testing.assert_allclose([d[j], n[j]], [d1, n1], rtol=1e-14)
+            if j == 0:
+                np.testing.assert_allclose(loss, d1 + n1 / 2.0, rtol=1e-14)
