@@ -25,7 +25,10 @@ Stages (constant-lr families):
    problem (searched from the surrogate's step count); then the loss at one step
    fewer is minimised locally on a finer surrogate (16 times the bins; the
    problem itself when small) and, while the exact steps of the result are
-   fewer, the optimizer is replaced (``polish`` rounds).
+   fewer, the optimizer is replaced (``polish`` rounds). On long runs the first
+   round starts from the exact crossing located by bisection on exact losses
+   (cheap single evaluations), so that a successful round needs one
+   certification, not two.
 
 Schedules (``pwc``, ``linear_decay``) are SGD with piecewise-constant lrs: a
 bisection on each run length, each probe optimising the schedules of every
