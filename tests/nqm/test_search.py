@@ -673,7 +673,7 @@ def test_stage_two_reuses_stage_one_grid_terms_exactly(small):
     """The grid's terms kept by stage 1 at a bracket's step give stage 2 the
     same profile as evaluating the grid again, and stage 1's brackets are
     unchanged by keeping them."""
-    from nqm._tuning import _brackets, _Evaluations, _profile, _Space
+    from nqm._tuning import _brackets, _Evaluations, _profile, _run_alone, _Space
     from nqm.dynamics import _modes
 
     hh, _, _ = _modes(small, 0.0)
@@ -684,8 +684,12 @@ def test_stage_two_reuses_stage_one_grid_terms_exactly(small):
     for i, br in enumerate(brackets):
         assert br is not None and br.hi in known
         fresh, reused = _Evaluations(), _Evaluations()
-        again = _profile(small, space, G, br.hi, bs[i], fresh, keep=2)
-        kept = _profile(small, space, G, br.hi, bs[i], reused, keep=2, known=known)
+        again = _run_alone(
+            space, _profile(small, space, G, br.hi, bs[i], fresh, keep=2)
+        )
+        kept = _run_alone(
+            space, _profile(small, space, G, br.hi, bs[i], reused, keep=2, known=known)
+        )
         np.testing.assert_array_equal(again[0], kept[0])
         np.testing.assert_array_equal(again[1], kept[1])
         # the grid itself is not evaluated a second time
@@ -756,12 +760,10 @@ def test_monotone_tries_the_smaller_batch_optimizer_exactly(small):
     assert out[2] == res[2]
 
 
-def test_batcher_terms_are_the_one_setting_values(small):
-    """Points filed by several threads at their own steps, singly and as arrays,
-    get the terms that risk_terms gives each setting alone."""
-    import threading
-
-    from nqm._tuning import _SURROGATE_RTOL, _Batcher, _Space
+def test_searches_together_get_the_one_setting_values(small):
+    """Requests of searches run side by side, single points and arrays at their
+    own steps, get the terms that risk_terms gives each setting alone."""
+    from nqm._tuning import _SURROGATE_RTOL, _Ask, _run_together, _Space
     from nqm.dynamics import risk_terms
 
     hh = small.preconditioned(0.0)[0]
@@ -771,26 +773,18 @@ def test_batcher_terms_are_the_one_setting_values(small):
         np.stack([rng.uniform(-4.0, 0.0, 12), rng.uniform(-6.0, 0.0, 12)], -1)
     )
     steps = [3, 70, 900, 25_000]
-    batch = _Batcher(space, len(steps))
-    got = {}
 
-    def work(k, t):
-        try:
-            got[k] = (batch.terms(small, pts[3 * k : 3 * k + 3], t, _SURROGATE_RTOL),
-                      batch.loss(small, pts[3 * k], t, 2.0, _SURROGATE_RTOL))  # fmt: skip
-        finally:
-            batch.leave()
+    def search(k, t):
+        many = yield _Ask(small, pts[3 * k : 3 * k + 3], t, _SURROGATE_RTOL)
+        one = yield _Ask(small, pts[3 * k], t, _SURROGATE_RTOL)
+        return many, one
 
-    threads = [threading.Thread(target=work, args=kt) for kt in enumerate(steps)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    got = _run_together(space, [search(k, t) for k, t in enumerate(steps)])
     for k, t in enumerate(steps):
-        (d, n), loss = got[k]
+        (d, n), (d0, n0) = got[k]
         for j in range(3):
             a, be, g = (float(v) for v in space.params(pts[3 * k + j]))
             d1, n1 = risk_terms(small, a, be, g, 0.0, t, rtol=_SURROGATE_RTOL)
             np.testing.assert_allclose([d[j], n[j]], [d1, n1], rtol=1e-14)
             if j == 0:
-                np.testing.assert_allclose(loss, d1 + n1 / 2.0, rtol=1e-14)
+                np.testing.assert_allclose([d0[0], n0[0]], [d1, n1], rtol=1e-14)
