@@ -475,6 +475,14 @@ def _losses(d, n, b):
     return np.where(np.isfinite(val), val, np.inf)
 
 
+def _point_loss(d, n, b) -> float:
+    """:func:`_losses` of one point (``d``, ``n`` of size one), as a float: the
+    same IEEE operations without numpy's per-call overhead (local searches make
+    tens of thousands of these)."""
+    v = float(np.ravel(d)[0]) + float(np.ravel(n)[0]) / float(b)
+    return v if math.isfinite(v) else math.inf
+
+
 def _loss(problem, space, x, t, b, rtol=CLOSED_FORM_RTOL):
     a, be, g = space.params(x)
     return _losses(*risk_terms(problem, a, be, g, space.p, int(t), rtol=rtol), b)
@@ -491,7 +499,7 @@ def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL):
         if key not in seen:
             spent.add(1)
             d, n = yield _Ask(problem, np.asarray(x, dtype=np.float64), int(t), rtol)
-            v = float(np.ravel(_losses(d, n, b))[0])
+            v = _point_loss(d, n, b)
             seen[key] = math.log(v) if v > 0 and math.isfinite(v) else 1e300
         return seen[key]
 
@@ -909,7 +917,7 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, known=None):
         ]:
             if l0 is None:
                 d, n = yield _Ask(surr, x0, int(probe), _SURROGATE_RTOL)
-                l0 = float(np.ravel(_losses(d, n, b))[0])
+                l0 = _point_loss(d, n, b)
             if l0 > _GUARD_NEAR * target:
                 continue  # a local refinement will not close that gap
             xm, val = yield from _local_min(
