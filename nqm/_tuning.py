@@ -796,7 +796,8 @@ def _certify(problem, fine, space, x, t_s, b, target, polish, spent):
 
 def _polish_round(problem, fine, space, x, steps, b, target, spent, rtol):
     """One polish round: the local minimum of the loss at ``steps - 1`` on
-    ``fine`` from ``x``, certified exactly below ``steps``.
+    ``fine`` from ``x``, certified exactly below ``steps`` (a search
+    generator, see :class:`_Ask`).
 
     Returns:
         ``(steps, setting, x)`` of the candidate when it needs fewer than
@@ -897,7 +898,8 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, known=None):
     one probe below its answer is tried again from other starts: the two best
     rows of the profile there and the start not taken, each refined locally. If
     one reaches the target, the search restarts below from it. ``known``: the
-    grid's terms by step from stage 1 (see :func:`_profile`).
+    grid's terms by step from stage 1 (see :func:`_profile`). A search
+    generator (see :class:`_Ask`).
     """
     lo, hi, x, l_lo, l_hi = bracket
     xp, lp = yield from _profile(surr, space, G, hi, b, spent, keep=1, known=known)
@@ -943,7 +945,8 @@ def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, spent):
     :math:`\\log t`, which is close to linear across a bracket of ratio
     :math:`\\sqrt2`; a bisection step whenever the same end was kept twice in a
     row guarantees the bracket halves at least every other probe. Each probe is a
-    warm-started local minimisation. Returns ``(hi, x)``.
+    warm-started local minimisation. A search generator (see :class:`_Ask`);
+    returns ``(hi, x)``.
     """
     g_lo = math.log(l_lo / target) if math.isfinite(l_lo) else math.inf
     g_hi = math.log(max(l_hi, 1e-300) / target)
