@@ -209,6 +209,12 @@ def _run_alone(space: _Space, search):
         return stop.value
 
 
+#: A request of at least this many points (a grid at a new step) is evaluated in
+#: a call of its own, vectorised over its points at its one step: faster than
+#: adding it to the round's call, which sums each point's modes separately.
+_OWN_CALL_POINTS = 64
+
+
 def _run_together(space: _Space, searches) -> list:
     """Run search generators side by side; returns their values.
 
@@ -216,11 +222,12 @@ def _run_together(space: _Space, searches) -> list:
     round, each live search is resumed until it yields its next request; the
     requests of the round are evaluated in one
     :func:`~nqm._pointwise.pointwise_terms` call per (problem, rtol), each point
-    at its own step. A point's value does not depend on the points it is
-    evaluated with (it is the one-setting value of
-    :func:`~nqm.dynamics.risk_terms`), so neither do the results; evaluated
-    together, the numpy overhead of a call is shared by every batch size still
-    searching.
+    at its own step (a request of :data:`_OWN_CALL_POINTS` or more points: in a
+    :func:`~nqm.dynamics.risk_terms` call of its own, as :func:`_run_alone`
+    evaluates it). A value does not depend on the other searches' requests (a
+    point's is the one-setting value of :func:`~nqm.dynamics.risk_terms`), so
+    neither do the results; evaluated together, the numpy overhead of a call is
+    shared by every batch size still searching.
     """
     out: list[Any] = [None] * len(searches)
     asks: dict[int, _Ask] = {}
@@ -236,9 +243,15 @@ def _run_together(space: _Space, searches) -> list:
         resume(i, None)
     while asks:
         groups: dict[tuple[int, float], list[int]] = {}
-        for i, ask in asks.items():
-            groups.setdefault((id(ask.problem), ask.rtol), []).append(i)
         values = {}
+        for i, ask in asks.items():
+            if np.ndim(ask.x) == 2 and len(ask.x) >= _OWN_CALL_POINTS:
+                a, be, g = space.params(ask.x)
+                values[i] = risk_terms(
+                    ask.problem, a, be, g, space.p, ask.t, rtol=ask.rtol
+                )
+            else:
+                groups.setdefault((id(ask.problem), ask.rtol), []).append(i)
         for idx in groups.values():
             xs = [np.atleast_2d(asks[i].x) for i in idx]
             a, be, g = space.params(np.concatenate(xs))
