@@ -198,13 +198,16 @@ class _Ask(NamedTuple):
 
 def _run_alone(space: _Space, search):
     """Run one search generator to its end, each request evaluated on its own
-    (:func:`~nqm.dynamics.risk_terms` of its points); returns its value."""
+    (:func:`~nqm.dynamics.risk_terms` of its points); returns its value. A
+    request of one point ``(dim,)`` gets two floats, one of ``(n, dim)``
+    points two arrays ``(n,)``."""
     value = None
     try:
         while True:
             ask = search.send(value)
             a, be, g = space.params(ask.x)
-            value = risk_terms(ask.problem, a, be, g, space.p, ask.t, rtol=ask.rtol)
+            d, n = risk_terms(ask.problem, a, be, g, space.p, ask.t, rtol=ask.rtol)
+            value = (float(d), float(n)) if np.ndim(ask.x) == 1 else (d, n)
     except StopIteration as stop:
         return stop.value
 
@@ -227,7 +230,8 @@ def _run_together(space: _Space, searches) -> list:
     evaluates it). A value does not depend on the other searches' requests (a
     point's is the one-setting value of :func:`~nqm.dynamics.risk_terms`), so
     neither do the results; evaluated together, the numpy overhead of a call is
-    shared by every batch size still searching.
+    shared by every batch size still searching. Values are sent as
+    :func:`_run_alone` sends them.
     """
     out: list[Any] = [None] * len(searches)
     asks: dict[int, _Ask] = {}
@@ -263,11 +267,13 @@ def _run_together(space: _Space, searches) -> list:
             )
             first = asks[idx[0]]
             d, n = pointwise_terms(first.problem, a, be, g, space.p, t, rtol=first.rtol)
-            ends = np.cumsum([len(x) for x in xs])[:-1]
-            for i, dr, nr in zip(
-                idx, np.split(d, ends), np.split(n, ends), strict=True
-            ):
-                values[i] = (dr, nr)
+            start = 0
+            for i, x in zip(idx, xs, strict=True):
+                if np.ndim(asks[i].x) == 1:
+                    values[i] = (float(d[start]), float(n[start]))
+                else:
+                    values[i] = (d[start : start + len(x)], n[start : start + len(x)])
+                start += len(x)
         for i in sorted(values):
             resume(i, values[i])
     return out
@@ -488,11 +494,11 @@ def _losses(d, n, b):
     return np.where(np.isfinite(val), val, np.inf)
 
 
-def _point_loss(d, n, b) -> float:
-    """:func:`_losses` of one point (``d``, ``n`` of size one), as a float: the
-    same IEEE operations without numpy's per-call overhead (local searches make
-    tens of thousands of these)."""
-    v = float(np.ravel(d)[0]) + float(np.ravel(n)[0]) / float(b)
+def _point_loss(d: float, n: float, b) -> float:
+    """:func:`_losses` of one point, in floats: the same IEEE operations without
+    numpy's per-call overhead (local searches make tens of thousands of
+    these)."""
+    v = d + n / float(b)
     return v if math.isfinite(v) else math.inf
 
 

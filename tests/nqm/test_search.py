@@ -787,4 +787,5 @@ def test_searches_together_get_the_one_setting_values(small):
             d1, n1 = risk_terms(small, a, be, g, 0.0, t, rtol=_SURROGATE_RTOL)
             np.testing.assert_allclose([d[j], n[j]], [d1, n1], rtol=1e-14)
             if j == 0:
-                np.testing.assert_allclose([d0[0], n0[0]], [d1, n1], rtol=1e-14)
+                assert isinstance(d0, float) and isinstance(n0, float)
+                np.testing.assert_allclose([d0, n0], [d1, n1], rtol=1e-14)
