@@ -44,7 +44,12 @@ It is measured a posteriori (the sum of the terms' absolute values) and returned
 so the caller can recompute those modes by doubling.
 
 Speed. Modes with real eigenvalues use real arithmetic only; underdamped modes
-(complex momentum roots) compute one root of each conjugate pair.
+(complex momentum roots) compute one root of each conjugate pair. Each pass
+over the modes costs microseconds, so the count of passes is what is kept
+small: a real root whose power underflows in every mode (long horizons) costs
+one reduction instead of its three transcendental passes, exponentials skip
+NumPy's slow path for underflowing arguments, and signs and powers of two are
+carried into the products that need them.
 """
 
 from __future__ import annotations
@@ -55,13 +60,36 @@ from ._system import Features
 
 EPS = np.finfo(np.float64).eps
 
+#: Double arguments at or below which :math:`e^x` rounds to exactly 0 (it is
+#: below half the smallest subnormal, :math:`e^{-745.14}`).
+EXP_ZERO = -746.0
+
 
 # ------------------------------------------------------------------ helpers
+def _exp(x):
+    """``np.exp(x)``, the same values, without NumPy's slow path for arguments
+    whose result underflows.
+
+    NumPy's vectorised exponential hands a whole array to a scalar loop when
+    any entry underflows (several times slower; long horizons make most
+    transients underflow). Entries at or below :data:`EXP_ZERO` are exactly 0
+    and skipped; NaN stays NaN. Extended-precision arrays (whose range is
+    wider) and scalars go to ``np.exp`` directly.
+    """
+    if np.ndim(x) == 0 or x.dtype != np.float64:
+        return np.exp(x)
+    if not x.size or not x.min() <= EXP_ZERO:  # no underflow (NaN: np.exp)
+        return np.exp(x)
+    out = np.zeros(x.shape)
+    np.exp(x, out=out, where=~(x <= EXP_ZERO))
+    return out
+
+
 def _log_abs(lam, q, p):
     """:math:`\\log|\\lambda|` from whichever of q = 1-lam, p = 1+lam is accurate."""
+    if lam.size == 0 or lam.min() > 0:  # the common case: one reduction
+        return np.log1p(-q), True
     pos = lam > 0
-    if pos.all():
-        return np.log1p(-q), pos
     return np.log1p(-np.where(pos, q, p)), pos
 
 
@@ -74,11 +102,40 @@ def _power_minus_one(log_abs, pos, t):
     return np.where(odd_negative, -np.exp(t * log_abs) - 1.0, np.expm1(t * log_abs))
 
 
+#: A transient :math:`\lambda^t` with :math:`t \log\lambda` below this is
+#: taken as decayed: :data:`EXP_ZERO` with a relative margin far above the
+#: rounding of :math:`\log\lambda` (the bound is tested on the smallest
+#: :math:`q = 1 - \lambda`, the array's entries are rounded independently).
+DECAYED_EXPONENT = 1.01 * EXP_ZERO
+
+
+def _decayed(lam, q, t):
+    r"""Whether ``lam`` (``q = 1 - lam``) is positive and :math:`\lambda^t`
+    underflows to 0 in every entry and at every step ``t``: for a double
+    array, one reduction instead of three transcendental passes; for an
+    extended-precision scalar (:func:`extended_terms`), its own range."""
+    if isinstance(q, np.ndarray):
+        if not (q.dtype == np.float64 and q.size > 1):
+            return False
+        if not lam.min() > 0.0:  # NaN compares False
+            return False
+        return bool(np.min(t) * np.log1p(-q.min()) < DECAYED_EXPONENT)
+    if isinstance(q, EXTENDED) and np.ndim(t) == 0:
+        return bool(lam > 0.0 and t * np.log1p(-q) < EXTENDED_DECAYED_EXPONENT)
+    return False
+
+
 class _Real:
     """A real eigenvalue with accurate companions."""
 
     def __init__(self, lam, q, p, t):
         self.lam, self.q, self.p = lam, q, p
+        if _decayed(lam, q, t):
+            # every lam^t underflows: the exponentials below would return
+            # exactly these values (e^x = 0 and e^x - 1 = -1 for x <= EXP_ZERO)
+            self.pos, self.all_pos, self.log_abs = True, True, None
+            self.e, self.pow = -1.0, 0.0
+            return
         self.log_abs, self.pos = _log_abs(lam, q, p)
         self.all_pos = bool(np.all(self.pos))
         x = t * self.log_abs  # log|lam^t|
@@ -88,7 +145,7 @@ class _Real:
             self.e = _power_minus_one(self.log_abs, self.pos, t)
         # lam^t itself, directly: forming it as e + 1 would lose its relative
         # accuracy once the transient has decayed far below one.
-        self.pow = np.exp(x)
+        self.pow = _exp(x)
         if not self.all_pos:
             self.pow = np.where(self.pos | (t % 2 == 0), self.pow, -self.pow)
 
@@ -99,7 +156,7 @@ class _Real:
         (both factors keep their relative accuracy: :math:`2 + e \\in (1, 2]`),
         which saves an exponential; otherwise by ``expm1``.
         """
-        by_e = -self.e * (2.0 + self.e)
+        by_e = self.e * (-2.0 - self.e)  # -e (2 + e), with one pass fewer
         if self.all_pos:
             return by_e
         # per entry, so that a mode's value does not depend on its batch
@@ -115,48 +172,77 @@ def _momentum_roots(s, beta):
 
 
 # -------------------------------------------------------------- real path
+def _vanishes(power) -> bool:
+    r"""Whether a power :math:`\lambda^t` is the scalar 0 (decayed in every
+    mode and setting: see :func:`_decayed`)."""
+    return isinstance(power, float) and power == 0.0
+
+
 def _real_terms(eigs, diffs, fz, gz, special_pairs, t):
     """Lagrange sums with all-real eigenvalues (two or three).
 
     ``diffs[(j, l)]`` is :math:`\\lambda_j - \\lambda_l` for ``j < l``;
-    ``special_pairs[(j, l)]`` overrides ``(1 - mu, 1 - mu^t)`` for a pair.
+    ``special_pairs[(j, l)] = (1 - mu, x, sign)`` overrides the pair's
+    :math:`1 - \\mu` and gives :math:`1 - \\mu^t = \\pm x`.
+
+    The second Lagrange denominator is negative (``-d01`` or ``-d01 d12``):
+    its sign, and those of the factors :math:`1 - \\mu^t = -(e_j + e_m + e_j
+    e_m)`, are carried to the additions rather than applied on their own
+    (negation is exact, so every term keeps its value). Mean terms of a root
+    decayed in every mode (:math:`\\lambda^t = 0`) are skipped; a mode where
+    such a term would be undefined has an undefined noise term as well.
     """
     k = len(eigs)
     d01 = diffs[(0, 1)]
     if k == 2:
-        denom = [d01, -d01]
+        denom = [d01, d01]
     else:
         d02, d12 = diffs[(0, 2)], diffs[(1, 2)]
-        denom = [d01 * d02, -(d01 * d12), d02 * d12]
+        denom = [d01 * d02, d01 * d12, d02 * d12]
+    neg = [False, True, False]  # denominator j is -denom[j]
     f = f_abs = None
     for j in range(k):
-        term = fz[j] / denom[j] * eigs[j].pow
+        pw = eigs[j].pow
+        if _vanishes(pw):
+            continue
+        term = fz[j] / denom[j] * pw
         if f is None:
-            f, f_abs = term, np.abs(term)
+            f, f_abs = (-term if neg[j] else term), np.abs(term)
         else:
-            f = f + term
+            f = f - term if neg[j] else f + term
             f_abs = f_abs + np.abs(term)
-    v = [gz[j] / denom[j] for j in range(k)]
+    if f is None:
+        f = f_abs = np.zeros(np.shape(denom[0]))
+    v = [gz[j] / denom[j] for j in range(k)]  # up to the signs neg
+    twice = {}
     G = g_abs = None
     for j in range(k):
         for m in range(j, k):
             ej, em = eigs[j], eigs[m]
+            sign = neg[j] != neg[m]  # the term is -(vv x / (1 - mu))
             if (j, m) in special_pairs:
-                one_minus_mu, one_minus_mut = special_pairs[(j, m)]
+                one_minus_mu, x, pair_sign = special_pairs[(j, m)]
+                sign ^= pair_sign < 0
             elif j == m:
                 one_minus_mu = ej.q * ej.p
-                one_minus_mut = ej.one_minus_square_t(t)
+                x = ej.one_minus_square_t(t)
             else:
                 one_minus_mu = ej.q + ej.lam * em.q
-                one_minus_mut = -(ej.e + em.e + ej.e * em.e)
-            vv = v[j] * v[m] if j == m else (2.0 * v[j]) * v[m]
-            term = vv * (one_minus_mut / one_minus_mu)
+                x = (ej.e + em.e) + ej.e * em.e  # -(1 - mu^t)
+                sign = not sign
+            if j == m:
+                vv = v[j] * v[m]
+            else:
+                if j not in twice:
+                    twice[j] = 2.0 * v[j]
+                vv = twice[j] * v[m]
+            term = vv * (x / one_minus_mu)
             # a diagonal term is >= 0 (or NaN): v^2 times (1 - lam^2t) / (1 - lam^2)
             term_abs = term if j == m else np.abs(term)
             if G is None:
-                G, g_abs = term, term_abs
+                G, g_abs = (-term if sign else term), term_abs
             else:
-                G = G + term
+                G = G - term if sign else G + term
                 g_abs = g_abs + term_abs
     return f, f_abs, G, g_abs
 
@@ -168,8 +254,15 @@ def _cmul(x, y):
     return (x[0] * y[0] - x[1] * y[1], x[0] * y[1] + x[1] * y[0])
 
 
-def _cdiv(x, y):
-    inv = 1.0 / (y[0] * y[0] + y[1] * y[1])
+def _cdiv(x, y, scale=1.0):
+    """``scale * x / y`` (``scale`` real, a number or an array), the factor
+    riding on the one reciprocal; a power of two gives exactly ``scale`` times
+    the quotient."""
+    inv = scale / (y[0] * y[0] + y[1] * y[1])
+    if np.ndim(x[0]) == 0 and np.ndim(x[1]) == 0 and x[1] == 0.0:
+        # a real scalar numerator (decayed transients): the same values, with
+        # the products by zero left out (y is finite)
+        return ((x[0] * y[0]) * inv, ((-x[0]) * y[1]) * inv)
     return ((x[0] * y[0] + x[1] * y[1]) * inv, (x[1] * y[0] - x[0] * y[1]) * inv)
 
 
@@ -189,20 +282,33 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
     complex conjugates, so sums over the pair are twice the real part. Every root
     has :math:`|r|^2 = \beta`, so :math:`|r|^t` is per setting; where it underflows
     to zero in every setting, :math:`r^t = 0` exactly and no phase is needed.
+
+    Every pass over the modes counts (a few microseconds each at d = 10^4), so
+    signs and factors of two are carried into the products that need them
+    rather than applied on their own (negating an operand and scaling by a
+    power of two are exact), and per-setting factors ride on the per-mode
+    quantities that need them (the cross term's weight on the reciprocal of
+    its quotient).
     """
-    tau = 1.0 - s + beta
     sq = np.sqrt(-disc)
     b = 0.5 * sq
+    hb = 0.5 * big  # 1 - Re r, big = 1 - beta + s
+    # 2 Re r, the argument of the phase t arg(r): t times its rounding moves
+    # a transient that survives t = 10^6 by up to 1e-8 (conditioning, outside
+    # the certified bound), so this one expression serves every evaluation
+    tau = 1.0 - s + beta
     a = 0.5 * tau  # r = a + i b
-    qp = _cmul((0.5 * big, -b), (0.5 * (3.0 - s + beta), b))  # (1 - r)(1 + r)
+    bb = b * b
+    x = 2.0 - hb  # 1 + Re r
+    qp = (hb * x + bb, hb * b - b * x)  # (1 - r)(1 + r)
     log_abs = 0.5 * np.log(beta)  # log|r|
     mod_t = np.exp(t * log_abs)  # |r|^t, directly: expm1 + 1 would lose it when tiny
     decayed = not np.any(mod_t)
     if decayed:
         e = (-1.0, 0.0)  # r^t - 1
         pw = (0.0, 0.0)  # r^t
-        inv_qp = 1.0 / (qp[0] * qp[0] + qp[1] * qp[1])
-        phi_rr = (qp[0] * inv_qp, -qp[1] * inv_qp)  # (1 - r^{2t}) / (1 - r^2)
+        ninv = -2.0 / (qp[0] * qp[0] + qp[1] * qp[1])
+        phi_n = (qp[0] * ninv, (-qp[1]) * ninv)  # 2 (r^{2t} - 1) / (1 - r^2)
     else:
         em1 = np.expm1(t * log_abs)
         half = (0.5 * t) * np.arctan2(sq, tau)  # half the phase of r^t
@@ -214,72 +320,90 @@ def _complex_pair_terms(s, alpha, beta, gamma, big, disc, ema: bool, t):
         # above (a mode's value does not depend on its batch).
         u = np.tan(half)
         u2 = u * u
-        inv = 1.0 / (1.0 + u2)
-        two_sh2 = 2.0 * u2 * inv  # 1 - cos(2 half) = 2 sin(half)^2
+        inv2 = 2.0 / (1.0 + u2)
+        two_sh2 = u2 * inv2  # 1 - cos(2 half) = 2 sin(half)^2
         cos_t = 1.0 - two_sh2
-        sin_t = 2.0 * u * inv
+        sin_t = u * inv2
         e = (em1 * cos_t - two_sh2, mod_t * sin_t)
         pw = (mod_t * cos_t, e[1])
-        e2 = _cmul(e, (2.0 + e[0], e[1]))
-        phi_rr = _cdiv((-e2[0], -e2[1]), qp)
+        e2 = _cmul(e, (2.0 + e[0], e[1]))  # r^{2t} - 1
+        phi_n = _cdiv(e2, qp, 2.0)
     one_minus_beta_t = -np.expm1(t * np.log(beta))  # 1 - (r conj r)^t
+    # the pair's terms enter G twice (conjugates): phi_n and ratio_rc carry
+    # that factor 2, exactly
+    ratio_rc = 2.0 * (one_minus_beta_t / (1.0 - beta))
     if not ema:
-        # F(z) = z - beta, G(z) = -alpha z; denominator r - conj(r) = i sq
-        inv_sq = 1.0 / sq
-        w = (0.5, (beta - a) * inv_sq)  # (r - beta) / (i sq)
-        v = (0.5 * alpha, -(alpha * a) * inv_sq)  # the same pair term, up to sign
-        f1 = _cmul(w, pw)
-        t_rr = _cmul(_csq(v), phi_rr)
-        t_rc = (v[0] * v[0] + v[1] * v[1]) * (one_minus_beta_t / (1.0 - beta))
-        f = 2.0 * f1[0]
-        f_abs = 2.0 * _abs_bound(f1)
-        # t_rc >= 0 (a squared modulus times 1 - beta^t over 1 - beta)
-        G = 2.0 * (t_rr[0] + t_rc)
-        g_abs = 2.0 * (_abs_bound(t_rr) + t_rc)
+        # F(z) = z - beta, G(z) = -alpha z; denominator r - conj(r) = i sq:
+        # w = (r - beta) / (i sq) = 1/2 + i w2/2, v = -alpha r / (i sq) = v0 - i v1n
+        inv_sq2 = 2.0 / sq
+        w2 = (beta - a) * inv_sq2
+        v0 = 0.5 * alpha
+        v1n = (v0 * a) * inv_sq2
+        # f = 2 Re(w r^t), f_abs = 2 (|Re| + |Im|)
+        f = pw[0] - w2 * pw[1]
+        f_abs = np.abs(f) + np.abs(pw[1] + w2 * pw[0])
+        # t_rr = v^2 phi_rr = -(m0 + i m1'), with v^2 = (A, -Bn)
+        v1sq = v1n * v1n
+        A = v0 * v0 - v1sq
+        Bn = (2.0 * v0) * v1n
+        m0 = A * phi_n[0] + Bn * phi_n[1]  # -2 Re t_rr
+        m1 = Bn * phi_n[0] - A * phi_n[1]  # 2 Im t_rr
+        # t_rc = |v|^2 (1 - beta^t) / (1 - beta) >= 0
+        t_rc = (v0 * v0 + v1sq) * ratio_rc  # 2 t_rc
+        G = t_rc - m0  # 2 (Re t_rr + t_rc)
+        g_abs = np.abs(m0) + np.abs(m1) + t_rc
         return f, f_abs, G, g_abs
     g = _Real(gamma, 1.0 - gamma, 1.0 + gamma, t)
-    d1g_re = (1.0 - gamma) - 0.5 * big  # r - gamma = (1 - gamma) - (1 - r)
-    deng = d1g_re * d1g_re + b * b  # (r - gamma)(conj r - gamma)
+    d1g_re = (1.0 - gamma) - hb  # r - gamma = (1 - gamma) - (1 - r)
+    deng = d1g_re * d1g_re + bb  # (r - gamma)(conj r - gamma)
     nk = -1.0 / (sq * deng)
     inv_den1 = (b * nk, d1g_re * nk)  # 1 / ((r - conj r)(r - gamma))
-    lam2 = _csq((a, b))
+    lam2 = (a * a - bb, tau * b)  # r^2 (tau = 2 a exactly)
     # F(gamma) = gamma^2 - (beta + gamma (1 - s)) gamma + beta gamma = gamma^2 s
-    wg = gamma * gamma * s / deng
     c = -alpha * (1.0 - gamma)
     v1 = _cmul((c * lam2[0], c * lam2[1]), inv_den1)
-    vg = c * gamma * gamma / deng
-    fg = wg * g.pow
-    if decayed:  # r^t = 0: the pair's mean terms vanish
-        f = fg
-        f_abs = np.abs(fg)
+    vg4 = (4.0 * c) * gamma * gamma / deng  # 4 vg, vg = c gamma^2 / |r - gamma|^2
+    if decayed and np.ndim(g.pow) == 0 and g.pow == 0.0:  # every transient is 0
+        f = f_abs = np.zeros(np.shape(deng))
+    elif decayed:  # r^t = 0: the pair's mean terms vanish
+        wg = gamma * gamma * s / deng
+        f = wg * g.pow
+        f_abs = np.abs(f)
     else:
         # F(r) = (1 - gamma)(r (1 - s) - beta), its real part from
         # Re(r (1 - s) - beta) = ((1 - s)^2 - beta (1 + s)) / 2 (no cancellation
-        # against terms of order one, unlike the expanded quadratic)
+        # against terms of order one, unlike the expanded quadratic); fr2 = 2 F(r)
         one_s = 1.0 - s
         g1 = 1.0 - gamma
-        fr = (
-            (0.5 * g1) * (one_s * one_s - beta * (1.0 + s)),
-            g1 * (b * one_s),
+        fr2 = (
+            g1 * (one_s * one_s - beta * (1.0 + s)),
+            (2.0 * g1) * (b * one_s),
         )
-        w1 = _cmul(fr, inv_den1)
-        f1 = _cmul(w1, pw)
-        f = 2.0 * f1[0] + fg
-        f_abs = 2.0 * _abs_bound(f1) + np.abs(fg)
-    t_rr = _cmul(_csq(v1), phi_rr)
-    t_rc = (v1[0] * v1[0] + v1[1] * v1[1]) * (one_minus_beta_t / (1.0 - beta))
-    one_minus_mu = ((1.0 - gamma) + gamma * 0.5 * big, -gamma * b)  # 1 - r gamma
-    one_minus_mut = (-(e[0] + g.e + e[0] * g.e), -(e[1] + e[1] * g.e))
-    t_rg = _cmul((v1[0] * vg, v1[1] * vg), _cdiv(one_minus_mut, one_minus_mu))
-    t_gg = vg * vg * (g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma)))
+        f1 = _cmul(_cmul(fr2, inv_den1), pw)  # 2 w1 r^t
+        fg = gamma * gamma * s / deng * g.pow
+        f = f1[0] + fg
+        f_abs = np.abs(f1[0]) + np.abs(f1[1]) + np.abs(fg)
+    # t_rr = v1^2 phi_rr = -t_rrn / 2
+    v1r2 = v1[0] * v1[0]
+    v1i2 = v1[1] * v1[1]
+    t_rrn = _cmul((v1r2 - v1i2, (2.0 * v1[0]) * v1[1]), phi_n)
+    t_rc = (v1r2 + v1i2) * ratio_rc  # 2 t_rc
+    one_minus_mu = ((1.0 - gamma) + gamma * hb, (-gamma) * b)  # 1 - r gamma
+    # (r gamma)^t - 1 = (r^t - 1) gamma^t + (gamma^t - 1) = -(1 - (r gamma)^t)
+    gt = 1.0 + g.e  # gamma^t, per setting
+    mut_m1 = (e[0] * gt + g.e, e[1] * gt)
+    q = _cdiv(mut_m1, one_minus_mu, vg4)
+    t_rgn = _cmul(v1, q)  # -4 t_rg, t_rg = v1 vg (1 - (r gamma)^t) / (1 - r gamma)
+    ratio_gg = g.one_minus_square_t(t) / ((1.0 - gamma) * (1.0 + gamma))
+    t_gg = vg4 * vg4 * (ratio_gg / 16.0)
     # t_rc, t_gg >= 0 (squared moduli times ratios of positive factors)
-    G = 2.0 * (t_rr[0] + t_rc) + 4.0 * t_rg[0] + t_gg
-    g_abs = 2.0 * (_abs_bound(t_rr) + t_rc) + 4.0 * _abs_bound(t_rg) + t_gg
+    G = (t_rc - t_rrn[0]) - t_rgn[0] + t_gg  # 2 Re(t_rr) + 2 t_rc + 4 Re(t_rg) + t_gg
+    g_abs = (_abs_bound(t_rrn) + t_rc) + _abs_bound(t_rgn) + t_gg
     return f, f_abs, G, g_abs
 
 
 # ----------------------------------------------------------------- public
-def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
+def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t, sums=False):
     """Per-mode :math:`F_t = f_t^2` and :math:`G_t = \\sum_{k<t} g_k^2` (unit noise).
 
     Args:
@@ -287,6 +411,9 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
         feats: state layout.
         t: number of updates, ``t >= 1``: an int, or an integer array of shape
             ``(T,)`` to evaluate several step counts at once.
+        sums: with momentum or averaging, return the Lagrange sums
+            ``(f, f_abs, G, g_abs)`` that :func:`squared_terms` turns into the
+            result (for a caller that needs only their weighted totals).
 
     Returns:
         ``(F, G, err_F, err_G)``: arrays of shape ``S`` (``(T,) + S`` for an array
@@ -301,8 +428,11 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
         np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma)
     )
     s = alpha * hh
-    shape = np.broadcast_shapes(s.shape, beta.shape, gamma.shape)
-    s = _fit(s, shape)
+    if beta.ndim == 0 and gamma.ndim == 0:  # one setting: no broadcasting
+        shape = s.shape
+    else:
+        shape = np.broadcast_shapes(s.shape, beta.shape, gamma.shape)
+        s = _fit(s, shape)
     if np.ndim(t) == 0:
         t = int(t)
         t_full = t_flat = t
@@ -344,7 +474,9 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
             g_abs = np.empty(out_shape)
 
             def take(x, mask):
-                return x if x.ndim == 0 else np.broadcast_to(x, shape)[mask]
+                if x.ndim == 0:
+                    return x
+                return (x if x.shape == shape else np.broadcast_to(x, shape))[mask]
 
             parts = _contiguous_parts(cplx) if len(shape) == 1 else None
             if parts is None:
@@ -360,6 +492,8 @@ def closed_form_terms(hh, alpha, beta, gamma, feats: Features, t):
                     out = _real_case(pm[0], a_, b_, g_, *pm[1:], feats=feats, t=t_flat)
                 for dst, src in zip((f, f_abs, G, g_abs), out, strict=True):
                     _put(dst, mask, src)
+        if sums:
+            return f, f_abs, G, g_abs
         return squared_terms(f, f_abs, G, g_abs)
 
 
@@ -371,6 +505,11 @@ EXTENDED_EPS = float(np.finfo(EXTENDED).eps)
 #: Whether :data:`EXTENDED` is wider than double (on some platforms it is the
 #: double format itself, and re-evaluating cannot certify anything more).
 HAS_EXTENDED = EXTENDED_EPS < EPS
+#: :data:`DECAYED_EXPONENT` for :data:`EXTENDED`: below the logarithm of its
+#: smallest subnormal, with the same relative margin.
+EXTENDED_DECAYED_EXPONENT = 1.01 * (
+    float(np.log(np.finfo(EXTENDED).smallest_subnormal)) - 1.0
+)
 #: Modes whose momentum discriminant factor :math:`(1-\sqrt s)^2 - \beta`
 #: is below this fraction of :math:`\beta` (next to critical damping) are not
 #: certified in extended precision: the rounding of that cancelling factor
@@ -413,16 +552,20 @@ def extended_terms(s, alpha, beta, gamma, feats: Features, t):
     if not HAS_EXTENDED:
         inf = np.full(shape, np.inf)
         return inf, inf.copy(), inf.copy(), inf.copy()
-    s, alpha, beta, gamma = (
-        np.broadcast_to(np.asarray(x, dtype=np.float64).astype(EXTENDED), shape)
-        for x in (s, alpha, beta, gamma)
-    )
-    t = np.broadcast_to(np.asarray(t, dtype=np.int64), shape)
     one = shape == (1,)
     if one:
         # one entry (the usual case): NumPy scalars, several times cheaper per
         # operation than one-element arrays; the same formulas and roundings
-        s, alpha, beta, gamma, t = (x[0] for x in (s, alpha, beta, gamma, t))
+        s, alpha, beta, gamma = (
+            EXTENDED(np.ravel(x)[0]) for x in (s, alpha, beta, gamma)
+        )
+        t = np.int64(np.ravel(t)[0])
+    else:
+        s, alpha, beta, gamma = (
+            np.broadcast_to(np.asarray(x, dtype=np.float64).astype(EXTENDED), shape)
+            for x in (s, alpha, beta, gamma)
+        )
+        t = np.broadcast_to(np.asarray(t, dtype=np.int64), shape)
     with np.errstate(all="ignore"):
         kappa = np.zeros(shape, dtype=EXTENDED)
         if feats.momentum:
@@ -491,9 +634,9 @@ def _contiguous_parts(cplx):
     real roots below it (and rarely above). Slices select views, and results
     are written back without boolean indexing.
     """
-    idx = np.flatnonzero(cplx)
-    lo, hi = int(idx[0]), int(idx[-1]) + 1
-    if hi - lo != idx.size:
+    lo = int(cplx.argmax())  # the first complex mode (there is one)
+    hi = cplx.size - int(cplx[::-1].argmax())  # after the last
+    if not cplx[lo:hi].all():
         return None
     if lo == 0:
         return slice(hi, None), slice(0, hi)
@@ -551,7 +694,7 @@ def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
         p_big = (2.0 - s + 2.0 * beta) / p_small  # (1 + r1)(1 + r2)
         r1 = _Real(1.0 - q_small, q_small, p_small, t)
         r2 = _Real(1.0 - q_big, q_big, p_big, t)
-        pair = ((1.0 - beta), -np.expm1(t * np.log(beta)))  # r1 r2 = beta
+        pair = ((1.0 - beta), -np.expm1(t * np.log(beta)), 1.0)  # r1 r2 = beta
     if feats.momentum and not feats.ema:
         eigs = [r1, r2]
         diffs = {(0, 1): sq}
@@ -566,16 +709,19 @@ def _real_case(s, alpha, beta, gamma, big=None, disc=None, *, feats, t):
         # F(z) = z - gamma (1 - s) at both nodes, factored (no cancellation)
         fz = [(1.0 - s) * (1.0 - gamma), gamma * s]
         gz = [-alpha * (1.0 - gamma) * e.lam for e in eigs]
-        special = {(0, 1): ((1.0 - gamma) + gamma * s, -(a.e + g.e + a.e * g.e))}
+        special = {(0, 1): ((1.0 - gamma) + gamma * s, (a.e + g.e) + a.e * g.e, -1.0)}
         return _real_terms(eigs, diffs, fz, gz, special, t)
     eigs = [r1, r2, g]
     diffs = {(0, 1): sq, (0, 2): (1.0 - gamma) - q_small, (1, 2): (1.0 - gamma) - q_big}
-    x1, x2 = _f_over_one_minus_gamma(s, beta, sq)
-    fz = [(1.0 - gamma) * x1, (1.0 - gamma) * x2, gamma * gamma * s]
+    if _vanishes(r1.pow) and _vanishes(r2.pow):
+        fz = [None, None, gamma * gamma * s]  # the roots' mean terms are skipped
+    else:
+        x1, x2 = _f_over_one_minus_gamma(s, beta, sq)
+        fz = [(1.0 - gamma) * x1, (1.0 - gamma) * x2, gamma * gamma * s]
     gz = [-alpha * (1.0 - gamma) * e.lam * e.lam for e in eigs]
     special = {(0, 1): pair}
     for j, e in ((0, r1), (1, r2)):
-        special[(j, 2)] = ((1.0 - gamma) + gamma * e.q, -(e.e + g.e + e.e * g.e))
+        special[(j, 2)] = ((1.0 - gamma) + gamma * e.q, (e.e + g.e) + e.e * g.e, -1.0)
     return _real_terms(eigs, diffs, fz, gz, special, t)
 
 
@@ -600,7 +746,7 @@ def _sgd_terms(s, alpha, t):
     if np.any(zero_steps):
         # (1 - s)^0 = 1 also where s = 1 exactly (log 0 = -inf, and 0 * -inf is nan)
         x = np.where(zero_steps, 0.0, x)
-    F = np.exp(x)
+    F = _exp(x)
     G = alpha * alpha * (-np.expm1(x)) / (s * (2.0 - s))
     G = np.where(s == 2.0, alpha * alpha * t, G)  # |1 - s| = 1 exactly
     zero = np.zeros_like(F)
@@ -722,6 +868,26 @@ class MeanResponse:
             lower = np.maximum(np.abs(f) - slack, 0.0)
             lower = np.where(self.stable & np.isfinite(lower), lower, 0.0)
         return lower * lower, f
+
+
+def weighted_totals(f, f_abs, G, g_abs, wd, wn):
+    r"""``F @ wd, G @ wn, err_F @ wd, err_G @ wn`` of :func:`squared_terms`'s
+    result, without its per-mode bound arrays, or ``None`` where any of them is
+    not finite (then :func:`squared_terms` decides what each entry becomes).
+
+    The bounds' factors :math:`4\epsilon` and :math:`8\epsilon` are powers of
+    two, so applying them to the weighted sums gives the same values. All four
+    totals finite (the weights are ``>= 0``) means that every entry is finite,
+    where :func:`squared_terms` replaces nothing.
+    """
+    with np.errstate(all="ignore"):
+        d = (f * f) @ wd
+        n = np.maximum(G, 0.0) @ wn
+        ed = (4.0 * EPS) * ((f_abs * (np.abs(f) + f_abs)) @ wd)
+        en = (8.0 * EPS) * (g_abs @ wn)
+    if not np.isfinite(d + n + ed + en):
+        return None
+    return d, n, ed, en
 
 
 def squared_terms(f, f_abs, G, g_abs, eps=EPS):

@@ -108,17 +108,23 @@ class _Nodes:
 
     def permuted(self, perm):
         """The nodes reordered per mode (``perm``: shape ``(n, M)``)."""
+        modes = np.arange(perm.shape[1])
 
         def take(x):
-            return np.take_along_axis(x, perm, axis=0)
+            return _take_nodes(x, perm, modes)
 
-        n = len(self)
-        shape = (n, n) + perm.shape[1:]
-        rows = np.take_along_axis(self.gap, np.broadcast_to(perm[:, None], shape), 0)
-        gap = np.take_along_axis(rows, np.broadcast_to(perm[None, :], shape), 1)
+        gap = self.gap[perm[:, None, :], perm[None, :, :], modes]
         return _Nodes(
             *map(take, (self.val, self.q, self.logabs, self.kpi, self.phi)), gap
         )
+
+
+def _take_nodes(x, perm, modes=None):
+    """``np.take_along_axis(x, perm, axis=0)`` for ``(n, M)`` arrays, by plain
+    indexing (the same entries; several times less call overhead)."""
+    if modes is None:
+        modes = np.arange(perm.shape[1])
+    return x[perm, modes]
 
 
 def _gap_matrix(pairs, n, like):
@@ -203,10 +209,19 @@ def _momentum_roots(s, beta, cplx):
 
 def _stacked(data, gaps):
     """_Nodes from a list of per-node tuples and ``{(i, j): gap}``."""
-    val, q, la, kpi, phi = (
-        np.stack(np.broadcast_arrays(*x)) for x in zip(*data, strict=True)
-    )
+    val, q, la, kpi, phi = (_stack_broadcast(x) for x in zip(*data, strict=True))
     return _Nodes(val, q, la, kpi, phi, _gap_matrix(gaps, len(data), val[0]))
+
+
+def _stack_broadcast(xs):
+    """``np.stack(np.broadcast_arrays(*xs))``: the same array, built by
+    assignment (several times less call overhead)."""
+    xs = [np.asarray(x) for x in xs]
+    shape = np.broadcast(*xs).shape
+    out = np.empty((len(xs),) + shape, dtype=np.result_type(*xs))
+    for i, x in enumerate(xs):
+        out[i] = x
+    return out
 
 
 def _family_nodes(s, alpha, beta, gamma, feats: Features, cplx: bool):
@@ -477,7 +492,7 @@ def _terms(s, alpha, beta, gamma, feats, t, cplx):
     # ---- mean: f = sum_r [lam_{r+1..k}]F [lam_1..lam_{r+1}] z^t
     lam, perm = _sorted(nodes)
     if perm is not None:
-        fval = np.take_along_axis(fval, perm, axis=0)
+        fval = _take_nodes(fval, perm)
     D, E = _dd_top_row(lam, t)
     f = D[0] + 0.0
     f_mag = E[0] + 0.0

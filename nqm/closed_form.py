@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._closed import _exp
 from .arguments import validate_batch_size, validate_steps
 from .dynamics import _modes
 from .problem import NQMProblem
@@ -79,7 +80,7 @@ def sgd_risk(
     s = lr * hh
     with np.errstate(all="ignore"):
         # t = 0 is the initial loss exactly (avoids 0 * log 0 when alpha h = 1)
-        lam2t = np.where(tt == 0, 1.0, np.exp(tt * np.log((1.0 - s) ** 2)))
+        lam2t = np.where(tt == 0, 1.0, _exp(tt * np.log((1.0 - s) ** 2)))
         # 1 - (1 - s)^{2t} via expm1 for accuracy at small s
         one_minus = np.where(tt == 0, 0.0, -np.expm1(tt * np.log1p(s * (s - 2.0))))
         var = np.where(s == 2.0, lr * lr * tt, lr * lr * one_minus / (s * (2.0 - s)))

@@ -37,7 +37,14 @@ import math
 
 import numpy as np
 
-from ._closed import EXTENDED_EPS, _sgd_terms, closed_form_terms, extended_terms
+from ._closed import (
+    EXTENDED_EPS,
+    _sgd_terms,
+    closed_form_terms,
+    extended_terms,
+    squared_terms,
+    weighted_totals,
+)
 from ._confluent import confluent_terms
 from ._doubling import MomentMap
 from ._system import Features, system_matrices
@@ -202,12 +209,13 @@ def _needs_doubling_row(err, total, rtol, fill):
     ``goal / M`` can be needed (those at or below it sum to at most the goal),
     so only those are ordered."""
     budget = rtol * abs(total) if math.isfinite(total) else 0.0
-    fin = np.isfinite(err)
-    if fin.all():
+    whole = err.sum()
+    if math.isfinite(whole):  # every entry finite (they are >= 0 or NaN)
         finite, flagged = err, np.zeros(err.shape, dtype=bool)
     else:
+        fin = np.isfinite(err)
         finite, flagged = np.where(fin, err, 0.0), ~fin
-    whole = finite.sum()
+        whole = finite.sum()
     if not whole > budget:
         return flagged
     goal = fill * budget
@@ -277,14 +285,14 @@ def _constant_terms(
             N[..., i] = 0.0
             continue
 
-        def entries(bad, t=int(t)):  # every flagged (setting, mode) at this step
-            idx = np.nonzero(bad)
-            ab, bb, gb = (np.broadcast_to(x, bad.shape)[idx] for x in (a, b, g))
-            hb = np.broadcast_to(hh, bad.shape)[idx]
+        def entries(pos, shape=a.shape[:-1] + hh.shape, t=int(t)):
+            # the flagged (setting, mode) entries pos at this step
+            ab, bb, gb = (np.broadcast_to(x, shape)[pos] for x in (a, b, g))
+            hb = np.broadcast_to(hh, shape)[pos]
             return hb, ab, bb, gb, np.full(hb.shape, t)
 
         def redo(bad, t=int(t)):
-            hb, ab, bb, gb, _ = entries(bad)
+            hb, ab, bb, gb, _ = entries(np.nonzero(bad))
             Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
             return Fd[0], Gd[0]
 
@@ -306,8 +314,9 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
     where eigenvalues nearly coincide) when ``t >= CONFLUENT_MIN_STEPS``;
     those that still cannot be certified (and the shorter ones) are replaced by
     ``redo(bad)``, which returns their exact values by doubling
-    (``F[bad]``, ``G[bad]`` order). ``entries(bad)`` returns the flagged
-    entries' ``(hh, alpha, beta, gamma, t)``. Only flagged entries are replaced:
+    (``F[bad]``, ``G[bad]`` order, ``bad`` a mask). ``entries(pos)`` returns
+    the ``(hh, alpha, beta, gamma, t)`` of the entries ``pos`` (an index tuple,
+    as from ``np.nonzero``, in its order). Only flagged entries are replaced:
     where the closed form is certified it is the more accurate (doubling
     accumulates rounding over its log t levels). ``totals``: the sums
     ``F @ wd, G @ wn, eF @ wd, eG @ wn`` where the caller has them.
@@ -322,43 +331,45 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
     # and the second full pass is skipped. Later passes flag only what the budget
     # itself requires (they decide what goes to doubling).
     bad = _flag(F, G, eF, eG, wd, wn, rtol, fill=_FIRST_FILL, totals=totals)
-    if not np.any(bad):
+    pos = np.nonzero(bad)
+    if not pos[0].size:
         return totals[0], totals[1], 0
     F, G, eF, eG = _writable(F, G, eF, eG)
     if feats.momentum or feats.ema:
         # Replacing a flagged value changes the total the budget is relative to,
         # so flag again until only re-evaluated entries remain. Each entry is
-        # tried in extended precision first, then by divided differences.
+        # tried in extended precision first, then by divided differences. The
+        # flagged entries are few: they are handled as index tuples (a pass
+        # over the whole mask costs more than the entries themselves).
         stage = np.zeros(bad.shape, dtype=np.int8)  # 1: extended, 2: confluent
         arrays, weights = (F, G, eF, eG), (wd, wn, wd, wn)
         while True:
-            ext = bad & (stage == 0)
-            conf = bad & (stage == 1)
-            if np.any(ext):
+            st = stage[pos]
+            ext = _select(pos, st == 0)
+            conf = _select(pos, st == 1)
+            if ext[0].size:
                 # entries whose bound, shrunk by the extended format's unit
                 # roundoff, would still exceed the whole budget alone go to
                 # divided differences in the same round
                 hopeless = _beyond_extended(eF, eG, wd, wn, totals, rtol, ext)
-                ext &= ~hopeless
-                conf |= hopeless
-            if not (np.any(ext) or np.any(conf)):
+                if np.any(hopeless):
+                    conf = _union(conf, _select(ext, hopeless), bad.shape)
+                    ext = _select(ext, ~hopeless)
+            if not (ext[0].size or conf[0].size):
                 break
-            idx = np.nonzero(ext | conf)
+            idx = _union(ext, conf, bad.shape)
             before = [x[idx] for x in arrays]
-            if np.any(ext):
+            if ext[0].size:
                 hb, ab, bb, gb, tb = entries(ext)
-                pos = np.nonzero(ext)  # the same order as entries(ext)
-                F[pos], G[pos], eF[pos], eG[pos] = extended_terms(
+                F[ext], G[ext], eF[ext], eG[ext] = extended_terms(
                     ab * hb, ab, bb, gb, feats, tb
                 )
-                stage[pos] = 1
-            if np.any(conf):
-                pos = np.nonzero(conf)
+                stage[ext] = 1
+            if conf[0].size:
                 hb, ab, bb, gb, tb = entries(conf)
                 keep = tb >= CONFLUENT_MIN_STEPS  # shorter: doubling is cheaper
                 if np.any(keep):
-                    sub = np.zeros_like(conf)
-                    sub[tuple(x[keep] for x in pos)] = True
+                    sub = _select(conf, keep)
                     F[sub], G[sub], eF[sub], eG[sub] = confluent_terms(
                         ab[keep] * hb[keep],
                         ab[keep],
@@ -369,14 +380,33 @@ def _certified(F, G, eF, eG, wd, wn, rtol, feats, entries, redo, totals=None):
                     )
                 stage[conf] = 2
             if _fits_after_update(arrays, weights, totals, idx, before, rtol):
-                bad = np.zeros_like(bad)
+                pos = (np.zeros(0, dtype=np.intp),) * bad.ndim
                 break
-            bad = _flag(F, G, eF, eG, wd, wn, rtol)
-    n_doubled = int(np.count_nonzero(bad))
+            pos = np.nonzero(_flag(F, G, eF, eG, wd, wn, rtol))
+    n_doubled = int(pos[0].size)
     if n_doubled:
+        bad = np.zeros(bad.shape, dtype=bool)
+        bad[pos] = True
         F[bad], G[bad] = redo(bad)
     with np.errstate(all="ignore"):
         return F @ wd, G @ wn, n_doubled
+
+
+def _select(pos, keep):
+    """The entries of the index tuple ``pos`` where ``keep`` (a mask over them)."""
+    return tuple(x[keep] for x in pos)
+
+
+def _union(a, b, shape):
+    """The entries of two disjoint index tuples, in ``np.nonzero`` (C) order."""
+    if not b[0].size:
+        return a
+    if not a[0].size:
+        return b
+    flat = np.sort(
+        np.concatenate([np.ravel_multi_index(a, shape), np.ravel_multi_index(b, shape)])
+    )
+    return np.unravel_index(flat, shape)
 
 
 def _totals(F, G, eF, eG, wd, wn):
@@ -395,19 +425,16 @@ _FIRST_FILL = 0.5
 _EXTENDED_GAIN = 2.0 * EXTENDED_EPS / np.finfo(np.float64).eps
 
 
-def _beyond_extended(eF, eG, wd, wn, totals, rtol, where):
-    """Which of the entries ``where`` have weighted bounds that would exceed
-    the budgets of D or N alone even after the extended re-evaluation (the
-    others are ``False``)."""
-    pos = np.nonzero(where)
+def _beyond_extended(eF, eG, wd, wn, totals, rtol, pos):
+    """Which of the entries ``pos`` (an index tuple) have weighted bounds that
+    would exceed the budgets of D or N alone even after the extended
+    re-evaluation: a mask over them."""
     cols, rows = pos[-1], pos[:-1]
     d, nn = (np.asarray(x)[rows] for x in totals[:2])
-    out = np.zeros(where.shape, dtype=bool)
     with np.errstate(all="ignore"):
-        out[pos] = (eF[pos] * wd[cols] * _EXTENDED_GAIN > rtol * d) | (
+        return (eF[pos] * wd[cols] * _EXTENDED_GAIN > rtol * d) | (
             eG[pos] * wn[cols] * _EXTENDED_GAIN > rtol * nn
         )
-    return out
 
 
 def _writable(*arrays):
@@ -441,9 +468,16 @@ def _fits_after_update(arrays, weights, totals, idx, before, rtol):
     slack = []
     with np.errstate(all="ignore"):
         for k, (x, w, old) in enumerate(zip(arrays, weights, before, strict=True)):
-            new, wk = x[cols], w[cols]
-            scale = abs(totals[k]) + np.abs(old) @ wk + np.abs(new) @ wk
-            totals[k] = totals[k] + (new - old) @ wk
+            if cols.size == 1:
+                # one entry (the usual case): the same roundings in Python floats
+                c = int(cols[0])
+                new, wk, old = float(x[c]), float(w[c]), float(old[0])
+                scale = abs(totals[k]) + abs(old) * wk + abs(new) * wk
+                totals[k] = totals[k] + (new - old) * wk
+            else:
+                new, wk = x[cols], w[cols]
+                scale = abs(totals[k]) + np.abs(old) @ wk + np.abs(new) @ wk
+                totals[k] = totals[k] + (new - old) @ wk
             slack.append(4.0 * EPS * (cols.size + 2) * scale)
         d, nn, ed, en = totals
         return bool(
@@ -511,8 +545,8 @@ def _single_setting_terms(
         return D, N, 0
     ts = steps[live]
 
-    def entries(bad):
-        rows, cols = np.nonzero(bad)
+    def entries(pos):
+        rows, cols = pos
         n = rows.size
         return (
             hh[cols],
@@ -539,15 +573,28 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
     number of modes computed by doubling: :func:`_constant_terms` without its
     loops over settings and steps (the same values)."""
     feats = Features(bool(beta > 0), bool(gamma > 0))
-    F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, t)
-    d, n, ed, en = _totals(F, G, eF, eG, wd, wn)
+    if feats.momentum or feats.ema:
+        # the totals from the Lagrange sums first: the per-mode bounds are
+        # formed only where the summed ones do not certify
+        sums = closed_form_terms(hh, alpha, beta, gamma, feats, t, sums=True)
+        totals = weighted_totals(*sums, wd, wn)
+        if totals is not None:
+            d, n, ed, en = totals
+            if ed <= rtol * d and en <= rtol * n:
+                return np.asarray(d), np.asarray(n), 0
+        F, G, eF, eG = squared_terms(*sums)
+    else:
+        totals = None
+        F, G, eF, eG = closed_form_terms(hh, alpha, beta, gamma, feats, t)
+    # finite totals from the sums are those of the terms (weighted_totals)
+    d, n, ed, en = _totals(F, G, eF, eG, wd, wn) if totals is None else totals
     if ed <= rtol * d and en <= rtol * n and math.isfinite(d + n):
         return np.asarray(d), np.asarray(n), 0
 
-    def entries(bad):
-        m = int(np.count_nonzero(bad))
+    def entries(pos):
+        m = pos[0].size
         return (
-            hh[bad],
+            hh[pos],
             np.full(m, float(alpha)),
             np.full(m, float(beta)),
             np.full(m, float(gamma)),
@@ -555,7 +602,7 @@ def _one_setting_terms(hh, wd, wn, alpha, beta, gamma, t: int, rtol):
         )
 
     def redo(bad):
-        hb, ab, bb, gb, _ = entries(bad)
+        hb, ab, bb, gb, _ = entries(np.nonzero(bad))
         Fd, Gd = _doubling_terms(hb, ab, bb, gb, feats, [t])
         return Fd[0], Gd[0]
 
@@ -990,26 +1037,37 @@ def expected_loss(problem: NQMProblem, optimizer: Optimizer, batch_size, steps):
             f"optimizer must be an nqm.Optimizer, got {type(optimizer).__name__}"
         )
     batch_size, batch = split_batch(batch_size)
-    b = validate_batch_size(batch_size)
+    if (type(batch_size) is float and 1.0 <= batch_size < math.inf) or (
+        type(batch_size) is int and 1 <= batch_size <= 2**53
+    ):
+        b = np.asarray(float(batch_size))  # one plain valid number, as it is
+    else:
+        b = validate_batch_size(batch_size)
     t = validate_steps(steps)
     flat = np.atleast_1d(t).ravel()
     if batch is not None:
         hh, wd, wn = _modes(problem, optimizer.precond_power)
         D, N = _scheduled_terms(hh, wd, wn, optimizer, flat, batch)
     elif isinstance(optimizer.schedule, Constant):
-        D, N = risk_terms(
+        D, N, _ = _risk_terms(
             problem,
             optimizer.schedule.lr,
             optimizer.momentum,
             optimizer.ema,
             optimizer.precond_power,
             int(t) if t.ndim == 0 else flat,
+            CLOSED_FORM_RTOL,
         )
     else:
         hh, wd, wn = _modes(problem, optimizer.precond_power)
         D, N = _scheduled_terms(hh, wd, wn, optimizer, flat)
     D = D.reshape(t.shape)
     N = N.reshape(t.shape)
+    if b.ndim == 0 and t.ndim == 0:
+        # one loss (local searches, benchmarks): Python floats round as the
+        # arrays below do
+        out = float(D) + float(N) / float(b)
+        return math.inf if math.isnan(out) else out
     with np.errstate(invalid="ignore", over="ignore"):
         out = D[(None,) * b.ndim] + N[(None,) * b.ndim] / b.reshape(
             b.shape + (1,) * t.ndim

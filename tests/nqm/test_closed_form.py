@@ -318,3 +318,168 @@ def test_certified_modes_at_random_match_the_oracle():
         if s < 2 * (1 + beta):
             cases.append((s, beta, gamma, t))
     assert _certified_modes_match_the_oracle(cases) >= 100
+
+
+#: Step counts at which the decayed-transient shortcuts of nqm._closed apply.
+LONG_STEPS = (10**6, 10**9)
+
+
+def _long_horizon_settings(seed, n, modes=5):
+    """``n`` random (s array, beta, gamma, t), t in LONG_STEPS, every s >= 4000/t
+    so that each real root has t (1 - r) >= 2000 (its power underflows in every
+    mode); complex roots and gamma decay or not."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        beta = 0.0 if rng.random() < 0.3 else float(-np.expm1(rng.uniform(-9.2, -0.4)))
+        gamma = 0.0 if rng.random() < 0.3 else float(-np.expm1(rng.uniform(-9.2, -0.4)))
+        if beta == 0.0 and gamma == 0.0:
+            continue
+        t = int(rng.choice(LONG_STEPS))
+        lo, hi = np.log(4000.0 / t), np.log(min(1.0, 1.9 * (1.0 + beta)))
+        s = np.sort(np.exp(rng.uniform(lo, hi, modes)))
+        out.append((s, beta, gamma, t))
+    return out
+
+
+def test_long_horizon_modes_match_the_oracle_and_their_single_evaluation():
+    """Several modes at once at t = 1e6 and 1e9 (the real roots decayed in
+    every mode, where the closed form skips their powers): every certified
+    F and G matches the 40-digit oracle to RTOL_CLOSED, and each mode's
+    values are those of the same mode evaluated alone (one-mode arrays never
+    take that shortcut)."""
+    import mpmath
+
+    from nqm._closed import closed_form_terms
+    from nqm._system import Features
+    from nqm.dynamics import CLOSED_FORM_RTOL
+
+    certified = 0
+    for s, beta, gamma, t in _long_horizon_settings(29, 14):
+        feats = Features(beta > 0, gamma > 0)
+        together = closed_form_terms(s, 1.0, beta, gamma, feats, t)
+        for i, si in enumerate(s):
+            alone = closed_form_terms(s[i : i + 1], 1.0, beta, gamma, feats, t)
+            for x, y in zip(together, alone, strict=True):
+                assert x[i] == y[0] or (np.isnan(x[i]) and np.isnan(y[0]))
+            with mpmath.workdps(40):
+                wF, wG = (
+                    float(x) for x in mp_mode_terms(1.0, si, 0.0, beta, gamma, [t])[0]
+                )
+            F, G, eF, eG = (float(x[i]) for x in together)
+            # an underdamped transient that survives t = 1e6 has the phase
+            # t arg(r), whose rounding (relative t eps: conditioning, not the
+            # cancellation the bound certifies) can reach 1e-10 of F; real
+            # roots' powers carry t eps |log r| <= 750 eps
+            disc = ((1 - np.sqrt(si)) ** 2 - beta) * ((1 + np.sqrt(si)) ** 2 - beta)
+            pairs = (
+                [(G, eG, wG)] if beta > 0 and disc < 0 else [(F, eF, wF), (G, eG, wG)]
+            )
+            for v, e, w in pairs:
+                if np.isfinite(v) and e <= CLOSED_FORM_RTOL * v and w > 1e-250:
+                    certified += 1
+                    assert abs(v / w - 1) <= RTOL_CLOSED, (si, beta, gamma, t)
+    assert certified >= 60
+
+
+def test_extended_terms_of_decayed_modes_match_the_oracle():
+    """One entry in extended precision at t = 1e9, its real roots decayed
+    below that format's range (their powers skipped): certified values match
+    the 40-digit oracle."""
+    import mpmath
+
+    from nqm._closed import HAS_EXTENDED, extended_terms
+    from nqm._system import Features
+    from nqm.dynamics import CLOSED_FORM_RTOL
+
+    if not HAS_EXTENDED:
+        pytest.skip("no extended format on this platform")
+    certified = 0
+    for s, beta, gamma, _ in _long_horizon_settings(31, 8, modes=2):
+        t = 10**9
+        feats = Features(beta > 0, gamma > 0)
+        for si in s:
+            one = [np.array([x]) for x in (si, 1.0, beta, gamma)]
+            F, G, eF, eG = (
+                float(x[0]) for x in extended_terms(*one, feats, np.array([t]))
+            )
+            with mpmath.workdps(40):
+                wF, wG = (
+                    float(x) for x in mp_mode_terms(1.0, si, 0.0, beta, gamma, [t])[0]
+                )
+            for v, e, w in ((F, eF, wF), (G, eG, wG)):
+                if np.isfinite(v) and e <= CLOSED_FORM_RTOL * v and w > 1e-250:
+                    certified += 1
+                    assert abs(v / w - 1) <= RTOL_CLOSED, (si, beta, gamma)
+    assert certified >= 8
+
+
+def test_exp_without_the_underflow_path_has_numpys_values():
+    """nqm._closed._exp returns np.exp's values bit for bit, underflowing,
+    subnormal, infinite and NaN arguments included."""
+    from nqm._closed import _exp
+
+    rng = np.random.default_rng(3)
+    x = np.concatenate(
+        [
+            -np.exp(rng.uniform(np.log(1e-3), np.log(1e9), 4000)),
+            rng.uniform(-760.0, -700.0, 2000),
+            [-np.inf, np.inf, np.nan, 0.0, -746.0, -745.13, 5.0],
+        ]
+    )
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(_exp(x), np.exp(x))
+        np.testing.assert_array_equal(_exp(x[:10]), np.exp(x[:10]))
+
+
+def test_weighted_totals_are_the_totals_of_the_squared_terms():
+    """The four weighted totals from the Lagrange sums equal those of
+    squared_terms' per-mode arrays exactly, and are None when one is not finite."""
+    from nqm._closed import squared_terms, weighted_totals
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        m = int(rng.integers(1, 300))
+        f = rng.normal(size=m) * 10.0 ** rng.uniform(-8, 2, m)
+        f_abs = np.abs(f) * (1.0 + 10.0 ** rng.uniform(-3, 6, m))
+        G = rng.normal(size=m) * 10.0 ** rng.uniform(-8, 2, m)
+        g_abs = np.abs(G) * (1.0 + 10.0 ** rng.uniform(-3, 6, m))
+        wd, wn = rng.uniform(0.0, 2.0, m), rng.uniform(0.0, 2.0, m)
+        F, Gs, eF, eG = squared_terms(f, f_abs, G, g_abs)
+        want = (F @ wd, Gs @ wn, eF @ wd, eG @ wn)
+        assert weighted_totals(f, f_abs, G, g_abs, wd, wn) == want
+        g_abs[0] = np.inf
+        assert weighted_totals(f, f_abs, G, g_abs, wd, wn) is None
+
+
+def test_underdamped_momentum_with_averaging_matches_the_oracle():
+    """Complex momentum roots with averaging (the pair's weights carried on
+    the reciprocals of its quotients), several modes per call, t <= 10^4:
+    every certified F and G matches the 40-digit oracle to RTOL_CLOSED."""
+    import mpmath
+
+    from nqm._closed import closed_form_terms
+    from nqm._system import Features
+    from nqm.dynamics import CLOSED_FORM_RTOL
+
+    rng = np.random.default_rng(37)
+    certified = 0
+    for _ in range(24):
+        beta = float(-np.expm1(rng.uniform(-9.2, -0.4)))
+        gamma = float(-np.expm1(rng.uniform(-9.2, -0.1)))
+        t = int(rng.choice([1, 2, 10, 1000, 10**4]))
+        # s strictly inside ((1 - sqrt beta)^2, (1 + sqrt beta)^2): complex roots
+        lo, hi = (1 - np.sqrt(beta)) ** 2, (1 + np.sqrt(beta)) ** 2
+        s = np.sort(lo + (hi - lo) * rng.uniform(0.01, 0.99, 4))
+        together = closed_form_terms(s, 1.0, beta, gamma, Features(True, True), t)
+        for i, si in enumerate(s):
+            with mpmath.workdps(40):
+                wF, wG = (
+                    float(x) for x in mp_mode_terms(1.0, si, 0.0, beta, gamma, [t])[0]
+                )
+            F, G, eF, eG = (float(x[i]) for x in together)
+            for v, e, w in ((F, eF, wF), (G, eG, wG)):
+                if np.isfinite(v) and e <= CLOSED_FORM_RTOL * v and w > 1e-250:
+                    certified += 1
+                    assert abs(v / w - 1) <= RTOL_CLOSED, (si, beta, gamma, t)
+    assert certified >= 120
