@@ -14,7 +14,9 @@
     is slow, so by default it runs on a subset of batch sizes (``--subset``)
     and its time for all 21 batch sizes is extrapolated linearly in the number
     of batch sizes (each batch size is an independent grid search). Steps found
-    by both procedures are reported per batch size.
+    by both procedures are reported per batch size. Both sides run in this
+    process, so the speed-up is printed in wall time and in CPU time; on a
+    shared machine the CPU ratio varies less with the load.
 
 Usage::
 
@@ -126,12 +128,14 @@ def baseline_best(problem, family, batch_size, target, precond_power=0.0):
 
 # ------------------------------------------------------------------ timing
 def _timed(fn, repeats):
-    times, out = [], None
+    """Median wall and CPU seconds of ``repeats`` calls, and the last result."""
+    walls, cpus, out = [], [], None
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus), out
 
 
 def _fmt_steps(s):
@@ -206,25 +210,29 @@ def full_study(problem, target, batch_sizes, repeats, workers, families=tuple(Fa
 
 
 def side_by_side(problem, target, batch_sizes, subset, families, repeats):
-    """(b): best_steps vs the published grid search."""
+    """(b): best_steps vs the published grid search, in wall time and in this
+    process's CPU time (both sides run in this process, one after the other;
+    on a shared machine the CPU ratio is the steadier one)."""
     out = []
     for fam in families:
         # ours on all batch sizes (vectorised), and on the subset for per-B steps
-        ours_all_s, ours_all = _timed(
+        ours_all_s, ours_all_cpu, ours_all = _timed(
             lambda fam=fam: best_steps(problem, fam, batch_sizes, target), repeats
         )
         ours_by_b = {int(r.batch_size): r for r in ours_all}
         base_rows = []
-        base_total = 0.0
+        base_total = base_cpu = 0.0
         for b in subset:
-            sec, (steps, lr, beta, evals) = _timed(
+            sec, cpu, (steps, lr, beta, evals) = _timed(
                 lambda b=b, fam=fam: baseline_best(problem, fam, b, target), repeats
             )
             base_total += sec
+            base_cpu += cpu
             base_rows.append((b, steps, lr, beta, evals, sec))
         per_b = base_total / len(subset)
         base_all = per_b * len(batch_sizes)
         ratio = base_all / ours_all_s
+        cpu_ratio = base_cpu / len(subset) * len(batch_sizes) / ours_all_cpu
         print(
             f"\nfamily {fam.value}: grid {len(baseline_grid(problem, fam, 0.0))} points"
         )
@@ -246,10 +254,15 @@ def side_by_side(problem, target, batch_sizes, subset, families, repeats):
             f"{base_all:.0f} s extrapolated to {len(batch_sizes)} B; "
             f"speed-up x{ratio:.0f}"
         )
+        print(
+            f"CPU time: best_steps {ours_all_cpu:.1f} s; grid search "
+            f"{base_cpu / len(subset):.1f} s per B; speed-up x{cpu_ratio:.0f}"
+        )
         out.append(
             {
                 "family": fam.value,
                 "ours_seconds_all_B": ours_all_s,
+                "ours_cpu_seconds_all_B": ours_all_cpu,
                 "ours_steps": {int(r.batch_size): r.steps for r in ours_all},
                 "baseline_subset": [
                     {
@@ -265,6 +278,8 @@ def side_by_side(problem, target, batch_sizes, subset, families, repeats):
                 "baseline_seconds_per_B": per_b,
                 "baseline_seconds_extrapolated": base_all,
                 "speedup": ratio,
+                "baseline_cpu_seconds_per_B": base_cpu / len(subset),
+                "cpu_speedup": cpu_ratio,
             }
         )
     return out

@@ -25,7 +25,10 @@ Stages (constant-lr families):
    problem (searched from the surrogate's step count); then the loss at one step
    fewer is minimised locally on a finer surrogate (16 times the bins; the
    problem itself when small) and, while the exact steps of the result are
-   fewer, the optimizer is replaced (``polish`` rounds).
+   fewer, the optimizer is replaced (``polish`` rounds). On long runs the first
+   round starts from the exact crossing located by bisection on exact losses
+   (cheap single evaluations), so that a successful round needs one
+   certification, not two.
 
 Schedules (``pwc``, ``linear_decay``) are SGD with piecewise-constant lrs: a
 bisection on each run length, each probe optimising the schedules of every
@@ -43,16 +46,14 @@ and is never worse than their results (``contained``, computed if not given).
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy import optimize
 
 from ._pointwise import pointwise_terms
 from .crossing import steps_to_target
-from .dynamics import CLOSED_FORM_RTOL, _modes, risk_terms
+from .dynamics import CLOSED_FORM_RTOL, _modes, expected_loss, risk_terms
 from .families import MAX_STEPS, ConstantSetting, Family, TuneResult
 from .optimizer import DecayShape, Optimizer, PiecewiseConstant
 from .problem import NQMProblem
@@ -183,80 +184,272 @@ class _Evaluations:
         self.count += n
 
 
-class _Request:
-    """One pending loss evaluation of a :class:`_Batcher`."""
+class _Ask(NamedTuple):
+    """A search's request: the terms ``(D, N)`` of the point(s) ``x`` (one
+    point ``(dim,)``, or ``(n, dim)``) at step ``t`` on ``problem``, certified
+    to ``rtol``. The search is a generator that yields its requests and is
+    resumed with their terms (:func:`_run_alone`, :func:`_run_together`)."""
 
-    __slots__ = ("problem", "rtol", "x", "t", "b", "value", "error", "done")
-
-    def __init__(self, problem, rtol, x, t, b) -> None:
-        self.problem, self.rtol, self.x, self.t, self.b = problem, rtol, x, t, b
-        self.value = self.error = None
-        self.done = False
+    problem: NQMProblem
+    x: np.ndarray
+    t: int
+    rtol: float
 
 
-class _Batcher:
-    """Loss evaluations of concurrent local searches, made in one call.
+def _run_alone(space: _Space, search):
+    """Run one search generator to its end, each request evaluated on its own
+    (:func:`~nqm.dynamics.risk_terms` of its points); returns its value. A
+    request of one point ``(dim,)`` gets two floats, one of ``(n, dim)``
+    points two arrays ``(n,)``."""
+    value = None
+    try:
+        while True:
+            ask = search.send(value)
+            a, be, g = space.params(ask.x)
+            d, n = risk_terms(ask.problem, a, be, g, space.p, ask.t, rtol=ask.rtol)
+            value = (float(d), float(n)) if np.ndim(ask.x) == 1 else (d, n)
+    except StopIteration as stop:
+        return stop.value
 
-    Each batch size's stages 2 and 3 run in a thread of their own, one after
-    the other as alone (scipy's searches unchanged). A thread that needs
-    :math:`L_B(t; x)` on a surrogate files it here and waits; once every live
-    thread waits, the last one evaluates all filed points in one
+
+#: A request of at least this many points (a grid at a new step) is evaluated in
+#: a call of its own, vectorised over its points at its one step: faster than
+#: adding it to the round's call, which sums each point's modes separately.
+_OWN_CALL_POINTS = 64
+
+
+def _run_together(space: _Space, searches) -> list:
+    """Run search generators side by side; returns their values.
+
+    Each search (a batch size's stages 2 and 3) runs as it would alone. Every
+    round, each live search is resumed until it yields its next request; the
+    requests of the round are evaluated in one
     :func:`~nqm._pointwise.pointwise_terms` call per (problem, rtol), each point
-    at its own step and batch size, and wakes the others. A point's value does
-    not depend on the points it is evaluated with (it is the one-setting value
-    of :func:`~nqm.dynamics.risk_terms`), and every live thread files exactly its
-    next point, so the results do not depend on how threads are scheduled. The
-    searches are sequential in their own evaluations; evaluated together, their
-    numpy overhead per call is shared by every batch size still searching.
+    at its own step (a request of :data:`_OWN_CALL_POINTS` or more points: in a
+    :func:`~nqm.dynamics.risk_terms` call of its own, as :func:`_run_alone`
+    evaluates it). A value does not depend on the other searches' requests (a
+    point's is the one-setting value of :func:`~nqm.dynamics.risk_terms`), so
+    neither do the results; evaluated together, the numpy overhead of a call is
+    shared by every batch size still searching. Values are sent as
+    :func:`_run_alone` sends them.
     """
+    out: list[Any] = [None] * len(searches)
+    asks: dict[int, _Ask] = {}
 
-    def __init__(self, space: _Space, threads: int) -> None:
-        self._space = space
-        self._live = threads
-        self._pending: list[_Request] = []
-        self._cv = threading.Condition()
-
-    def loss(self, problem, x, t, b, rtol) -> float:
-        """:math:`L_b(t; x)` on ``problem`` (``inf`` where not finite)."""
-        req = _Request(problem, rtol, np.asarray(x, dtype=np.float64), int(t), b)
-        with self._cv:
-            self._pending.append(req)
-            self._flush_if_all_wait()
-            while not req.done:
-                self._cv.wait()
-        if req.error is not None:
-            raise req.error
-        return req.value
-
-    def leave(self) -> None:
-        """A thread is done: the others no longer wait for its points."""
-        with self._cv:
-            self._live -= 1
-            self._flush_if_all_wait()
-
-    def _flush_if_all_wait(self) -> None:
-        if not self._pending or len(self._pending) < self._live:
-            return
-        batch, self._pending = self._pending, []
+    def resume(i, value):
         try:
-            groups: dict[tuple[int, float], list[_Request]] = {}
-            for req in batch:
-                groups.setdefault((id(req.problem), req.rtol), []).append(req)
-            for reqs in groups.values():
-                a, be, g = self._space.params(np.stack([r.x for r in reqs]))
-                t = np.array([r.t for r in reqs], dtype=np.int64)
-                d, n = pointwise_terms(
-                    reqs[0].problem, a, be, g, self._space.p, t, rtol=reqs[0].rtol
+            asks[i] = searches[i].send(value)
+        except StopIteration as stop:
+            out[i] = stop.value
+            asks.pop(i, None)
+
+    for i in range(len(searches)):
+        resume(i, None)
+    while asks:
+        groups: dict[tuple[int, float], list[int]] = {}
+        values = {}
+        for i, ask in asks.items():
+            if np.ndim(ask.x) == 2 and len(ask.x) >= _OWN_CALL_POINTS:
+                a, be, g = space.params(ask.x)
+                values[i] = risk_terms(
+                    ask.problem, a, be, g, space.p, ask.t, rtol=ask.rtol
                 )
-                vals = _losses(d, n, np.array([r.b for r in reqs], dtype=np.float64))
-                for r, v in zip(reqs, vals, strict=True):
-                    r.value = float(v)
-        except Exception as err:  # every waiting search raises it
-            for req in batch:
-                req.error = err
-        for req in batch:
-            req.done = True
-        self._cv.notify_all()
+            else:
+                groups.setdefault((id(ask.problem), ask.rtol), []).append(i)
+        for idx in groups.values():
+            xs = [np.atleast_2d(asks[i].x) for i in idx]
+            a, be, g = space.params(np.concatenate(xs))
+            t = np.concatenate(
+                [
+                    np.full(len(x), asks[i].t, np.int64)
+                    for i, x in zip(idx, xs, strict=True)
+                ]
+            )
+            first = asks[idx[0]]
+            d, n = pointwise_terms(first.problem, a, be, g, space.p, t, rtol=first.rtol)
+            start = 0
+            for i, x in zip(idx, xs, strict=True):
+                if np.ndim(asks[i].x) == 1:
+                    values[i] = (float(d[start]), float(n[start]))
+                else:
+                    values[i] = (d[start : start + len(x)], n[start : start + len(x)])
+                start += len(x)
+        for i in sorted(values):
+            resume(i, values[i])
+    return out
+
+
+class _Exhausted(Exception):
+    """:func:`_nelder_mead` ran out of evaluations."""
+
+
+def _nelder_mead(f, initial_simplex, xatol, fatol, maxfev):
+    """scipy's Nelder-Mead (``scipy.optimize.minimize(method="Nelder-Mead")``,
+    non-adaptive, unbounded, with these options), as a generator: ``f(x)`` is a
+    generator returning the objective, and the same vertices are visited in the
+    same order. Returns the best vertex.
+
+    References:
+        Gao & Han 2012, "Implementing the Nelder-Mead simplex algorithm with
+        adaptive parameters" (the coefficients), as implemented in SciPy.
+    """
+    rho, chi, psi, sigma = 1, 2, 0.5, 0.5
+    sim = np.array(initial_simplex, dtype=np.float64)
+    n = sim.shape[1]
+    one2np1 = list(range(1, n + 1))
+    fsim = np.full((n + 1,), np.inf, dtype=float)
+    calls = 0
+
+    def func(x):
+        nonlocal calls
+        if calls >= maxfev:
+            raise _Exhausted
+        calls += 1
+        return (yield from f(np.copy(x)))
+
+    try:
+        for k in range(n + 1):
+            fsim[k] = yield from func(sim[k])
+    except _Exhausted:
+        pass
+    finally:
+        ind = np.argsort(fsim)
+        sim = np.take(sim, ind, 0)
+        fsim = np.take(fsim, ind, 0)
+    ind = np.argsort(fsim)
+    fsim = np.take(fsim, ind, 0)
+    sim = np.take(sim, ind, 0)
+    while calls < maxfev:
+        try:
+            if (
+                np.max(np.ravel(np.abs(sim[1:] - sim[0]))) <= xatol
+                and np.max(np.abs(fsim[0] - fsim[1:])) <= fatol
+            ):
+                break
+            xbar = np.add.reduce(sim[:-1], 0) / n
+            xr = (1 + rho) * xbar - rho * sim[-1]
+            fxr = yield from func(xr)
+            doshrink = 0
+            if fxr < fsim[0]:
+                xe = (1 + rho * chi) * xbar - rho * chi * sim[-1]
+                fxe = yield from func(xe)
+                if fxe < fxr:
+                    sim[-1] = xe
+                    fsim[-1] = fxe
+                else:
+                    sim[-1] = xr
+                    fsim[-1] = fxr
+            elif fxr < fsim[-2]:
+                sim[-1] = xr
+                fsim[-1] = fxr
+            else:
+                if fxr < fsim[-1]:  # outside contraction
+                    xc = (1 + psi * rho) * xbar - psi * rho * sim[-1]
+                    fxc = yield from func(xc)
+                    if fxc <= fxr:
+                        sim[-1] = xc
+                        fsim[-1] = fxc
+                    else:
+                        doshrink = 1
+                else:  # inside contraction
+                    xcc = (1 - psi) * xbar + psi * sim[-1]
+                    fxcc = yield from func(xcc)
+                    if fxcc < fsim[-1]:
+                        sim[-1] = xcc
+                        fsim[-1] = fxcc
+                    else:
+                        doshrink = 1
+                if doshrink:
+                    for j in one2np1:
+                        sim[j] = sim[0] + sigma * (sim[j] - sim[0])
+                        fsim[j] = yield from func(sim[j])
+        except _Exhausted:
+            pass
+        ind = np.argsort(fsim)
+        sim = np.take(sim, ind, 0)
+        fsim = np.take(fsim, ind, 0)
+    return sim[0]
+
+
+def _bounded_min(f, lo, hi, xatol, maxfun=500):
+    """scipy's bounded Brent minimiser (``scipy.optimize.minimize_scalar(method=
+    "bounded")``) as a generator: ``f(x)`` is a generator returning the
+    objective, and the same points are visited in the same order. Returns the
+    minimiser.
+
+    References:
+        Brent 1973, "Algorithms for Minimization without Derivatives", ch. 5
+        (``fminbound``), as implemented in SciPy.
+    """
+    sqrt_eps = math.sqrt(2.2e-16)
+    golden_mean = 0.5 * (3.0 - math.sqrt(5.0))
+    a, b = lo, hi
+    fulc = a + golden_mean * (b - a)
+    nfc, xf = fulc, fulc
+    rat = e = 0.0
+    x = xf
+    fx = yield from f(x)
+    num = 1
+    ffulc = fnfc = fx
+    xm = 0.5 * (a + b)
+    tol1 = sqrt_eps * np.abs(xf) + xatol / 3.0
+    tol2 = 2.0 * tol1
+    while np.abs(xf - xm) > (tol2 - 0.5 * (b - a)):
+        golden = 1
+        if np.abs(e) > tol1:  # a parabolic fit
+            golden = 0
+            r = (xf - nfc) * (fx - ffulc)
+            q = (xf - fulc) * (fx - fnfc)
+            p = (xf - fulc) * q - (xf - nfc) * r
+            q = 2.0 * (q - r)
+            if q > 0.0:
+                p = -p
+            q = np.abs(q)
+            r = e
+            e = rat
+            if (
+                (np.abs(p) < np.abs(0.5 * q * r))
+                and (p > q * (a - xf))
+                and (p < q * (b - xf))
+            ):
+                rat = (p + 0.0) / q
+                x = xf + rat
+                if ((x - a) < tol2) or ((b - x) < tol2):
+                    si = np.sign(xm - xf) + ((xm - xf) == 0)
+                    rat = tol1 * si
+            else:
+                golden = 1
+        if golden:  # a golden-section step
+            e = a - xf if xf >= xm else b - xf
+            rat = golden_mean * e
+        si = np.sign(rat) + (rat == 0)
+        x = xf + si * np.maximum(np.abs(rat), tol1)
+        fu = yield from f(x)
+        num += 1
+        if fu <= fx:
+            if x >= xf:
+                a = xf
+            else:
+                b = xf
+            fulc, ffulc = nfc, fnfc
+            nfc, fnfc = xf, fx
+            xf, fx = x, fu
+        else:
+            if x < xf:
+                a = x
+            else:
+                b = x
+            if (fu <= fnfc) or (nfc == xf):
+                fulc, ffulc = nfc, fnfc
+                nfc, fnfc = x, fu
+            elif (fu <= ffulc) or (fulc == xf) or (fulc == nfc):
+                fulc, ffulc = x, fu
+        xm = 0.5 * (a + b)
+        tol1 = sqrt_eps * np.abs(xf) + xatol / 3.0
+        tol2 = 2.0 * tol1
+        if num >= maxfun:
+            break
+    return xf
 
 
 class _Bracket(NamedTuple):
@@ -301,14 +494,22 @@ def _losses(d, n, b):
     return np.where(np.isfinite(val), val, np.inf)
 
 
+def _point_loss(d: float, n: float, b) -> float:
+    """:func:`_losses` of one point, in floats: the same IEEE operations without
+    numpy's per-call overhead (local searches make tens of thousands of
+    these)."""
+    v = d + n / float(b)
+    return v if math.isfinite(v) else math.inf
+
+
 def _loss(problem, space, x, t, b, rtol=CLOSED_FORM_RTOL):
     a, be, g = space.params(x)
     return _losses(*risk_terms(problem, a, be, g, space.p, int(t), rtol=rtol), b)
 
 
-def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL, batch=None):
-    """Minimise log L_B(t; x) locally from x0; returns (x, loss). With a
-    :class:`_Batcher`, every loss is evaluated through it."""
+def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL):
+    """Minimise log L_B(t; x) locally from x0 (a search generator, see
+    :class:`_Ask`); returns (x, loss)."""
 
     seen = {}  # the end point and the start are usually evaluated already
 
@@ -316,10 +517,8 @@ def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL, batch=Non
         key = np.asarray(x, dtype=np.float64).tobytes()
         if key not in seen:
             spent.add(1)
-            if batch is None:
-                v = float(_loss(problem, space, x, t, b, rtol))
-            else:
-                v = batch.loss(problem, x, t, b, rtol)
+            d, n = yield _Ask(problem, np.asarray(x, dtype=np.float64), int(t), rtol)
+            v = _point_loss(d, n, b)
             seen[key] = math.log(v) if v > 0 and math.isfinite(v) else 1e300
         return seen[key]
 
@@ -328,14 +527,8 @@ def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL, batch=Non
     if space.dim == 1:
         lo = max(space.lo[0], x0[0] - 1.5)
         hi = min(u_cap, x0[0] + 1.5)
-        r = optimize.minimize_scalar(
-            lambda u: f(np.array([u])),
-            bounds=(lo, hi),
-            method="bounded",
-            options={"xatol": 1e-4},
-        )
-        x = np.array([r.x])
-        cands = [(f(x), x), (f(x0), x0)]
+        xu = yield from _bounded_min(lambda u: f(np.array([u])), lo, hi, xatol=1e-4)
+        x = np.array([xu])
     else:
         upper = [u_cap] + list(space.hi[1:])
         simplex = [x0] + [
@@ -345,19 +538,11 @@ def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL, batch=Non
             )
             for i in range(space.dim)
         ]
-        r = optimize.minimize(
-            f,
-            x0,
-            method="Nelder-Mead",
-            options={
-                "initial_simplex": np.array(simplex),
-                "xatol": 1e-3,
-                "fatol": 1e-7,
-                "maxfev": 40 * space.dim,
-            },
+        xn = yield from _nelder_mead(
+            f, np.array(simplex), xatol=1e-3, fatol=1e-7, maxfev=40 * space.dim
         )
-        x = space.clip(r.x)
-        cands = [(f(x), x), (f(x0), x0)]
+        x = space.clip(xn)
+    cands = [((yield from f(x)), x), ((yield from f(x0)), x0)]
     val, x = min(cands, key=lambda c: c[0])
     return x, math.exp(val) if val < 700 else math.inf
 
@@ -372,12 +557,19 @@ _NEAR = 4.0
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
+def _grid_terms(surr, X, t, spent):
+    """``(D, N)`` of the points ``X`` (``(n, dim)``) at step ``t`` on the
+    surrogate, one request (:class:`_Ask`)."""
+    spent.add(len(X))
+    return (yield _Ask(surr, X, int(t), _SURROGATE_RTOL))
+
+
 def _row_minima(surr, space, X, L, bs_sel, t, spent):
     """Minimise the loss along ``u`` in every grid row, for several batch sizes.
 
     Each row (fixed ``v``/``w``) is bracketed by the neighbours of its best grid
     point and refined by a golden-section search, vectorised over rows and batch
-    sizes (one :func:`risk_terms` call per iteration).
+    sizes (one request per iteration: a search generator, see :class:`_Ask`).
 
     Args:
         X: Grid, ``(R, n_u, dim)``.
@@ -400,9 +592,7 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
 
     def f(uu):
         x = np.concatenate([uu[..., None], slow], axis=-1).reshape(-1, space.dim)
-        a, be, g = space.params(x)
-        d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-        spent.add(d.size)
+        d, n = yield from _grid_terms(surr, x, t, spent)
         return _losses(d.reshape(k, n_rows), n.reshape(k, n_rows), b_col)
 
     def keep(uu, val):
@@ -412,7 +602,8 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
 
     x1 = hi - _GOLDEN * (hi - lo)
     x2 = lo + _GOLDEN * (hi - lo)
-    f1, f2 = f(x1), f(x2)
+    f1 = yield from f(x1)
+    f2 = yield from f(x2)
     keep(x1, f1)
     keep(x2, f2)
     for _ in range(_ROW_ITERS):
@@ -420,7 +611,7 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
         hi = np.where(left, x2, hi)
         lo = np.where(left, lo, x1)
         new = np.where(left, hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo))
-        fn = f(new)
+        fn = yield from f(new)
         keep(new, fn)
         x1, x2 = np.where(left, new, x2), np.where(left, x1, new)
         f1, f2 = np.where(left, fn, f2), np.where(left, f1, fn)
@@ -429,7 +620,8 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
 
 
 def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None):
-    """Best points of the grid at step ``t`` after refining every row in ``u``.
+    """Best points of the grid at step ``t`` after refining every row in ``u``
+    (a search generator, see :class:`_Ask`).
 
     ``known`` maps steps to the grid's terms ``(d, n)`` already evaluated there
     (stage 1's, :func:`_brackets`): at such a step they are not evaluated again.
@@ -441,14 +633,12 @@ def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None):
     bs_sel = np.atleast_1d(np.asarray(bs_sel, dtype=np.float64))
     hit = None if known is None else known.get(int(t))
     if hit is None:
-        a, be, g = space.params(X.reshape(-1, space.dim))
-        d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
-        spent.add(d.size)
+        d, n = yield from _grid_terms(surr, X.reshape(-1, space.dim), t, spent)
     else:
         d, n = hit
     L = _losses(d[None, :], n[None, :], bs_sel[:, None])
     L = L.reshape((bs_sel.size,) + X.shape[:2])
-    xr, lr = _row_minima(surr, space, X, L, bs_sel, t, spent)
+    xr, lr = yield from _row_minima(surr, space, X, L, bs_sel, t, spent)
     r = np.argsort(lr, axis=1, kind="stable")[:, :keep]
     k = np.arange(bs_sel.size)[:, None]
     return xr[k, r], lr[k, r]
@@ -488,44 +678,33 @@ def _searches_together(
 ):
     """Stages 2 and 3 of every batch size with a bracket, side by side.
 
-    Each batch size searches in its own thread, its losses evaluated together
-    with the other batch sizes' through one :class:`_Batcher`; the results are
-    those of searching the batch sizes one after the other.
+    Each batch size's search is a generator (see :class:`_Ask`) run with the
+    others' by :func:`_run_together`; the results are those of searching the
+    batch sizes one after the other.
 
     Returns:
         Per batch size, ``None`` (no bracket) or ``(steps, setting,
         evaluations)``.
     """
     todo = [i for i, br in enumerate(brackets) if br is not None]
-    out: list[Any] = [None] * len(brackets)
-    errors: list[BaseException] = []
-    batch = _Batcher(space, len(todo))
 
     def search(i):
-        try:
-            own = _Evaluations()
-            b = bs[i]
-            # Stage 2: smallest t on the surrogate with min_x L <= target.
-            t_s, x = _first_t_guarded(
-                surr, space, G, brackets[i], b, target, own, batch, known
-            )
-            # Stage 3: exact certification and polish.
-            steps, setting = _certify(
-                problem, fine, space, x, t_s, b, target, polish, own, batch
-            )
-            out[i] = (steps, setting, own.count)
-        except BaseException as err:  # re-raised by the caller's thread
-            errors.append(err)
-        finally:
-            batch.leave()
+        own = _Evaluations()
+        b = bs[i]
+        # Stage 2: smallest t on the surrogate with min_x L <= target.
+        t_s, x = yield from _first_t_guarded(
+            surr, space, G, brackets[i], b, target, own, known
+        )
+        # Stage 3: exact certification and polish.
+        steps, setting = yield from _certify(
+            problem, fine, space, x, t_s, b, target, polish, own
+        )
+        return steps, setting, own.count
 
-    threads = [threading.Thread(target=search, args=(i,)) for i in todo]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    out: list[Any] = [None] * len(brackets)
+    found = _run_together(space, [search(i) for i in todo])
+    for i, one in zip(todo, found, strict=True):
+        out[i] = one
     return out
 
 
@@ -569,10 +748,10 @@ def _brackets(surr, space, G, bs, target, spent):
                 elif L[i, j] <= _NEAR * target:
                     near.append(i)
         if near:  # a minimum narrower than the grid may already reach the target
-            xr, lr = _row_minima(
+            xr, lr = _run_alone(space, _row_minima(
                 surr, space, G, L[near].reshape((len(near),) + G.shape[:2]),
                 bs[near], t, spent,
-            )  # fmt: skip
+            ))  # fmt: skip
             for k, i in enumerate(near):
                 r = int(np.argmin(lr[k]))
                 if lr[k, r] <= target:
@@ -584,33 +763,129 @@ def _brackets(surr, space, G, bs, target, spent):
     return bracket, known
 
 
-def _certify(problem, fine, space, x, t_s, b, target, polish, spent, batch=None):
+def _certify(problem, fine, space, x, t_s, b, target, polish, spent):
     """Stage 3: the exact steps of ``x`` on the full problem (searched from the
     surrogate's ``t_s``), then up to ``polish`` rounds of a local search at one
     step fewer on the finer surrogate ``fine``, each kept only if its exact steps
     are fewer. Candidates are certified from their floats
     (:class:`~nqm.families.ConstantSetting`).
 
+    On runs of at least :data:`_EARLY_POLISH_MIN_STEPS` surrogate steps the
+    first round runs before ``x`` is certified: it searches at one step
+    below :func:`_exact_crossing`'s estimate of ``x``'s crossing (exact losses at
+    single steps, far cheaper than a certification), and a candidate that then
+    certifies below the estimate is kept without certifying ``x`` (its steps
+    are the certified ones; ``x`` reaches the target at the estimate, so it
+    needs no fewer unless its loss dips below the target earlier and rises
+    again). Otherwise ``x`` is certified and the rounds run as described, unless
+    its steps are the estimate (the first round, from them, found nothing).
+    A search generator (see :class:`_Ask`).
+
     Returns:
         ``(steps, setting)``.
     """
     fine_rtol = CLOSED_FORM_RTOL if fine is problem else _SURROGATE_RTOL
     setting = space.setting(x)
-    steps = steps_to_target(problem, setting, b, target, guess=t_s)
-    for _ in range(polish if math.isfinite(steps) and steps > 1 else 0):
-        xm, val = _local_min(fine, space, x, steps - 1, b, spent, fine_rtol, batch)
-        if val > target:
-            break
-        cand = space.setting(xm)
-        # only an improvement matters: the search may stop below ``steps``
-        s2 = steps_to_target(
-            problem, cand, b, target, max_steps=steps - 1, guess=steps - 1
+    rounds = polish
+    steps = None
+    t_x = None
+    if polish and t_s >= _EARLY_POLISH_MIN_STEPS:
+        t_x = _exact_crossing(problem, space, x, t_s, b, target, spent)
+    tried = t_x is not None and t_x > 1
+    if tried:
+        found = yield from _polish_round(
+            problem, fine, space, x, t_x, b, target, spent, fine_rtol
         )
-        if s2 < steps:
-            steps, setting, x = s2, cand, xm
-        else:
+        if found is not None:
+            steps, setting, x = found
+            rounds -= 1
+    if steps is None:
+        steps = steps_to_target(problem, setting, b, target, guess=t_x or t_s)
+        if tried and steps == t_x:
+            rounds = 0  # the first round, from these steps, found nothing
+    for _ in range(rounds if math.isfinite(steps) and steps > 1 else 0):
+        found = yield from _polish_round(
+            problem, fine, space, x, steps, b, target, spent, fine_rtol
+        )
+        if found is None:
             break
+        steps, setting, x = found
     return steps, setting
+
+
+def _polish_round(problem, fine, space, x, steps, b, target, spent, rtol):
+    """One polish round: the local minimum of the loss at ``steps - 1`` on
+    ``fine`` from ``x``, certified exactly below ``steps`` (a search
+    generator, see :class:`_Ask`).
+
+    Returns:
+        ``(steps, setting, x)`` of the candidate when it needs fewer than
+        ``steps`` exact steps, else ``None``.
+    """
+    xm, val = yield from _local_min(fine, space, x, steps - 1, b, spent, rtol)
+    if val > target:
+        return None
+    cand = space.setting(xm)
+    # only an improvement matters: the search may stop below ``steps``
+    s2 = steps_to_target(problem, cand, b, target, max_steps=steps - 1, guess=steps - 1)
+    return (s2, cand, xm) if s2 < steps else None
+
+
+#: The first polish round runs before certification (see :func:`_certify`) only
+#: from this many surrogate steps: on shorter runs the loss of a tuned momentum
+#: can ripple across the target near its crossing (reference problem, p = 0,
+#: B = 2^17: below the target at 167 steps, above it at 175), and a certification
+#: there costs less.
+_EARLY_POLISH_MIN_STEPS = 1024
+#: :func:`_exact_crossing` first steps this fraction of the surrogate's estimate
+#: away from it (then twice as far each time) to bracket the exact crossing.
+_CROSSING_STEP = 1.0 / 1024.0
+
+
+def _exact_crossing(problem, space, x, t_s, b, target, spent):
+    """A step at which ``x``'s exact loss reaches ``target`` one step after
+    exceeding it, searched near the surrogate's ``t_s``: a bracket grown
+    geometrically from ``t_s``, then bisection, each probe one exact loss.
+
+    Not certified (a loss that dips below the target earlier is not seen):
+    :func:`_certify` uses it only as the step to polish at, and every reported
+    step count is certified.
+
+    Returns:
+        The step, or ``None`` when no bracket is found within
+        :data:`MAX_STEPS` (or the loss reaches the target at step 0).
+    """
+
+    def reached(t):
+        spent.add(1)
+        return float(_loss(problem, space, x, t, b)) <= target
+
+    width = max(1, math.ceil(_CROSSING_STEP * t_s))
+    if reached(t_s):
+        hi = t_s
+        while True:
+            lo = max(hi - width, 0)
+            if not reached(lo):
+                break
+            if lo == 0:
+                return None
+            hi, width = lo, 2 * width
+    else:
+        lo = t_s
+        while True:
+            hi = min(lo + width, MAX_STEPS)
+            if reached(hi):
+                break
+            if hi == MAX_STEPS:
+                return None
+            lo, width = hi, 2 * width
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if reached(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 #: Stage 2 locates the first step count on the surrogate to this relative
@@ -629,7 +904,7 @@ _RESTARTS = 3
 _GUARD_NEAR = 1.5
 
 
-def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None, known=None):
+def _first_t_guarded(surr, space, G, bracket, b, target, spent, known=None):
     """Stage 2 with a global check: ``(t, x)``, the first ``t`` on the surrogate
     (within 1e-3 relative) at which ``x`` reaches the target, from stage 1's
     :class:`_Bracket`.
@@ -642,47 +917,45 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, batch=None, know
     one probe below its answer is tried again from other starts: the two best
     rows of the profile there and the start not taken, each refined locally. If
     one reaches the target, the search restarts below from it. ``known``: the
-    grid's terms by step from stage 1 (see :func:`_profile`).
+    grid's terms by step from stage 1 (see :func:`_profile`). A search
+    generator (see :class:`_Ask`).
     """
     lo, hi, x, l_lo, l_hi = bracket
-    xp, lp = _profile(surr, space, G, hi, b, spent, keep=1, known=known)
+    xp, lp = yield from _profile(surr, space, G, hi, b, spent, keep=1, known=known)
     starts = sorted([(l_hi, 0, x), (float(lp[0, 0]), 1, xp[0, 0])], key=lambda s: s[:2])
     (l_hi, _, x), (_, _, other) = starts
-    t_hi, x = _first_t_on_surrogate(
-        surr, space, x, lo, hi, l_lo, l_hi, b, target, spent, batch
+    t_hi, x = yield from _first_t_on_surrogate(
+        surr, space, x, lo, hi, l_lo, l_hi, b, target, spent
     )
     for _ in range(_RESTARTS):
         probe = t_hi - max(1, int(_T_RTOL * t_hi))
         if probe <= lo:
             break
-        xp, lp = _profile(surr, space, G, probe, b, spent, keep=2)
+        xp, lp = yield from _profile(surr, space, G, probe, b, spent, keep=2)
         found = None
         for x0, l0 in [(xp[0, k], lp[0, k]) for k in range(xp.shape[1])] + [
             (other, None)
         ]:
-            if l0 is None and batch is not None:
-                l0 = batch.loss(surr, x0, probe, b, _SURROGATE_RTOL)
-            elif l0 is None:
-                l0 = float(_loss(surr, space, x0, probe, b, _SURROGATE_RTOL))
+            if l0 is None:
+                d, n = yield _Ask(surr, x0, int(probe), _SURROGATE_RTOL)
+                l0 = _point_loss(d, n, b)
             if l0 > _GUARD_NEAR * target:
                 continue  # a local refinement will not close that gap
-            xm, val = _local_min(
-                surr, space, x0, probe, b, spent, _SURROGATE_RTOL, batch
+            xm, val = yield from _local_min(
+                surr, space, x0, probe, b, spent, _SURROGATE_RTOL
             )
             if val <= target:
                 found = (xm, val)
                 break
         if found is None:
             break
-        t_hi, x = _first_t_on_surrogate(
-            surr, space, found[0], lo, probe, l_lo, found[1], b, target, spent, batch
+        t_hi, x = yield from _first_t_on_surrogate(
+            surr, space, found[0], lo, probe, l_lo, found[1], b, target, spent
         )
     return t_hi, x
 
 
-def _first_t_on_surrogate(
-    surr, space, x, lo, hi, l_lo, l_hi, b, target, spent, batch=None
-):
+def _first_t_on_surrogate(surr, space, x, lo, hi, l_lo, l_hi, b, target, spent):
     """Smallest t (within 1e-3 relative) with :math:`\\min_x L_B(t; x) \\le`
     target on the surrogate, from a bracket: ``lo`` fails, ``hi`` succeeds with
     ``x`` (grid losses ``l_lo > target >= l_hi``).
@@ -691,7 +964,8 @@ def _first_t_on_surrogate(
     :math:`\\log t`, which is close to linear across a bracket of ratio
     :math:`\\sqrt2`; a bisection step whenever the same end was kept twice in a
     row guarantees the bracket halves at least every other probe. Each probe is a
-    warm-started local minimisation. Returns ``(hi, x)``.
+    warm-started local minimisation. A search generator (see :class:`_Ask`);
+    returns ``(hi, x)``.
     """
     g_lo = math.log(l_lo / target) if math.isfinite(l_lo) else math.inf
     g_hi = math.log(max(l_hi, 1e-300) / target)
@@ -703,7 +977,7 @@ def _first_t_on_surrogate(
             frac = min(max(g_lo / (g_lo - g_hi), 0.05), 0.95)
             mid = round(math.exp(math.log(lo) + frac * (math.log(hi) - math.log(lo))))
             mid = min(max(mid, lo + 1), hi - 1)
-        xm, val = _local_min(surr, space, x, mid, b, spent, _SURROGATE_RTOL, batch)
+        xm, val = yield from _local_min(surr, space, x, mid, b, spent, _SURROGATE_RTOL)
         g_mid = math.log(max(val, 1e-300) / target) if math.isfinite(val) else math.inf
         if val <= target:
             hi, x, g_hi = mid, xm, g_mid
@@ -1431,6 +1705,16 @@ def _monotone(problem, bs, target, results):
     For a fixed optimizer the loss :math:`D(t) + N(t)/B` falls with ``B`` at every
     step, so that optimizer's steps at a larger batch are never more: the tuned
     curve becomes non-increasing in ``B``, and only improves.
+
+    The try is certified (:func:`~nqm.search.steps_to_target` below the current
+    steps) only when the optimizer's exact loss at the current batch size reaches
+    the target at one probe step: the smaller of one step below the current
+    steps and the steps the optimizer needs at its own batch size (where it
+    reaches the target for certain, so a curve that the try would make
+    non-increasing is always certified). A loss that exceeds the target there by
+    more than the closed form's accuracy skips the try: it could only have
+    succeeded through a loss that dips below the target before the probe and
+    rises above it again.
     """
     order = np.argsort(bs)
     out = list(results)
@@ -1441,6 +1725,11 @@ def _monotone(problem, bs, target, results):
         if out[cur].steps == 0:
             continue
         limit = _below(out[cur].steps)
+        probe = min(limit if limit is not None else math.inf, out[prev].steps)
+        if math.isfinite(probe) and probe > 0:
+            at = expected_loss(problem, cand, bs[cur], int(probe))
+            if at > target * (1.0 + CLOSED_FORM_RTOL):
+                continue
         steps = steps_to_target(
             problem, cand, bs[cur], target, max_steps=limit, guess=limit or None
         )

@@ -2,8 +2,6 @@
 together equal the losses evaluated one at a time, and the searches they serve
 find no more steps than a brute-force grid."""
 
-import threading
-
 import numpy as np
 import pytest
 from nqm_oracles import brute_force_problem_loss
@@ -97,8 +95,8 @@ def test_bad_points_are_rejected():
 
 
 def test_local_searches_side_by_side_equal_searches_alone():
-    """Nelder-Mead searches in threads, their losses evaluated together through
-    one batcher, end where each ends alone (exact equality)."""
+    """Nelder-Mead searches run side by side, their losses evaluated together
+    in one call per round, end where each ends alone (exact equality)."""
     problem = nqm.NQMProblem.power_law(1000).binned(32)
     hh_max = float(problem.h.max())
     space = _tuning._Space(Family.MOMENTUM_EMA, hh_max, 0.5)
@@ -107,30 +105,71 @@ def test_local_searches_side_by_side_equal_searches_alone():
         (np.array([-3.0, -0.5, -1.0]), 20000, 64.0),
         (np.array([-0.2, -6.0, -0.1]), 300, 4096.0),
     ]
-    alone = [
-        _tuning._local_min(problem, space, x0, t, b, _tuning._Evaluations(), 1e-8)
-        for x0, t, b in starts
-    ]
-    batch = _tuning._Batcher(space, len(starts))
-    together = [None] * len(starts)
 
-    def run(i):
-        try:
-            x0, t, b = starts[i]
-            together[i] = _tuning._local_min(
-                problem, space, x0, t, b, _tuning._Evaluations(), 1e-8, batch
-            )
-        finally:
-            batch.leave()
+    def search(x0, t, b):
+        return _tuning._local_min(
+            problem, space, x0, t, b, _tuning._Evaluations(), 1e-8
+        )
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(starts))]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    alone = [_tuning._run_alone(space, search(*s)) for s in starts]
+    together = _tuning._run_together(space, [search(*s) for s in starts])
     for (xa, va), (xt, vt) in zip(alone, together, strict=True):
         np.testing.assert_array_equal(xa, xt)
         assert va == vt
+
+
+def test_local_search_is_scipys_nelder_mead():
+    """The generator form of the local search visits scipy's Nelder-Mead points
+    and ends at its answer (exact equality), with and without running out of
+    evaluations, and the bounded scalar search ends at scipy's."""
+    from scipy import optimize
+
+    def rosen(x):
+        return float((1.0 - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2)
+
+    def as_generator(fun, seen):
+        def f(x):
+            seen.append(np.array(x, dtype=np.float64))
+            return fun(x)
+            yield  # a generator that never asks
+
+        return f
+
+    def terraced(x):  # plateaus: failed contractions, so shrink steps
+        return float(np.floor(4.0 * abs(x[0] - 0.3)) + np.floor(3.0 * abs(x[1] + 0.2)))
+
+    cases = [(rosen, maxfev) for maxfev in (7, 40, 400)] + [(terraced, 60)]
+    for fun, maxfev in cases:
+        simplex = np.array([[-1.2, 1.0], [-0.95, 1.0], [-1.2, 1.25]])
+        ref_seen, got_seen = [], []
+        ref = optimize.minimize(
+            lambda x, seen=ref_seen, fun=fun: seen.append(np.array(x)) or fun(x),
+            simplex[0],
+            method="Nelder-Mead",
+            options={
+                "initial_simplex": simplex,
+                "xatol": 1e-3,
+                "fatol": 1e-7,
+                "maxfev": maxfev,
+            },
+        )
+        gen = _tuning._nelder_mead(
+            as_generator(fun, got_seen), simplex, 1e-3, 1e-7, maxfev
+        )
+        got = _tuning._run_alone(None, gen)
+        np.testing.assert_array_equal(got, ref.x)
+        np.testing.assert_array_equal(np.array(got_seen), np.array(ref_seen))
+
+    def bumpy(u):
+        return float(np.sin(3.0 * u) + 0.1 * u * u)
+
+    ref = optimize.minimize_scalar(
+        bumpy, bounds=(-2.0, 1.5), method="bounded", options={"xatol": 1e-4}
+    )
+    got = _tuning._run_alone(
+        None, _tuning._bounded_min(as_generator(bumpy, []), -2.0, 1.5, 1e-4)
+    )
+    assert got == ref.x
 
 
 def test_tuned_steps_at_most_a_brute_force_grid():

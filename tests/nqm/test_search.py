@@ -673,7 +673,7 @@ def test_stage_two_reuses_stage_one_grid_terms_exactly(small):
     """The grid's terms kept by stage 1 at a bracket's step give stage 2 the
     same profile as evaluating the grid again, and stage 1's brackets are
     unchanged by keeping them."""
-    from nqm._tuning import _brackets, _Evaluations, _profile, _Space
+    from nqm._tuning import _brackets, _Evaluations, _profile, _run_alone, _Space
     from nqm.dynamics import _modes
 
     hh, _, _ = _modes(small, 0.0)
@@ -684,8 +684,12 @@ def test_stage_two_reuses_stage_one_grid_terms_exactly(small):
     for i, br in enumerate(brackets):
         assert br is not None and br.hi in known
         fresh, reused = _Evaluations(), _Evaluations()
-        again = _profile(small, space, G, br.hi, bs[i], fresh, keep=2)
-        kept = _profile(small, space, G, br.hi, bs[i], reused, keep=2, known=known)
+        again = _run_alone(
+            space, _profile(small, space, G, br.hi, bs[i], fresh, keep=2)
+        )
+        kept = _run_alone(
+            space, _profile(small, space, G, br.hi, bs[i], reused, keep=2, known=known)
+        )
         np.testing.assert_array_equal(again[0], kept[0])
         np.testing.assert_array_equal(again[1], kept[1])
         # the grid itself is not evaluated a second time
@@ -767,3 +771,98 @@ def test_batch_transfer_rescales_a_neighbours_schedule_and_never_adds_steps(smal
     brute = first_below(brute_curve(small, moved.optimizer, b_small, horizon), target)
     assert moved.steps == brute < s_poor
     assert out[1] is res[1]  # the larger batch size's own schedule is better
+
+
+#: Relative margin kept between the brute-force curve and the target where a
+#: test needs the closed form and the step-by-step recursion to agree on a side.
+SIDE_RTOL = 1e-9
+
+
+@pytest.mark.parametrize(
+    "family,x",
+    [
+        (Family.SGD, [-4.0]),
+        (Family.MOMENTUM, [-4.0, -2.0]),
+        (Family.MOMENTUM, [-5.0, -4.0]),
+    ],
+)
+@pytest.mark.parametrize("batch", [1.0, 8.0])
+def test_exact_crossing_is_a_crossing_of_the_brute_force_curve(small, family, x, batch):
+    """From guesses on either side of the crossing, near and far, the estimate
+    is a step where the step-by-step loss reaches the target one step after
+    exceeding it (on these smooth curves: the first crossing)."""
+    from nqm._tuning import _Evaluations, _exact_crossing, _Space
+
+    hh = small.preconditioned(0.0)[0]
+    space = _Space(family, float(hh.max()), 0.0)
+    opt = space.setting(np.array(x)).optimizer()
+    curve = brute_curve(small, opt, batch)
+    for target in (0.08, 0.05):
+        want = first_below(curve, target)
+        assert 20 < want < HORIZON // 2
+        for guess in (1, want // 2, want - 1, want, want + 1, 2 * want):
+            t = _exact_crossing(
+                small, space, np.array(x), guess, batch, target, _Evaluations()
+            )
+            assert curve[t] <= target * (1 + SIDE_RTOL), (guess, t)
+            assert curve[t - 1] > target * (1 - SIDE_RTOL), (guess, t)
+            assert t == want
+
+
+def test_monotone_tries_the_smaller_batch_optimizer_exactly(small):
+    """The optimizer of the smaller batch size replaces a worse one exactly when
+    the step-by-step curve says it needs fewer steps, and the result's steps are
+    its first crossing."""
+    from nqm._tuning import _monotone, _Space
+    from nqm.families import TuneResult
+
+    target = 0.05
+    h_max = float(small.preconditioned(0.0)[0].max())
+    good = _Space(Family.MOMENTUM, h_max, 0.0).setting([-3.5, -3.0]).optimizer()
+    slow = _Space(Family.SGD, h_max, 0.0).setting([-5.0]).optimizer()
+    bs = np.array([4.0, 8.0, 16.0])
+    first = {b: first_below(brute_curve(small, good, b), target) for b in bs}
+    slow_steps = first_below(brute_curve(small, slow, 16.0), target)
+    assert first[4.0] < HORIZON and first[8.0] < slow_steps < HORIZON
+    res = [
+        TuneResult(first[4.0], good, Family.MOMENTUM, 4.0, 0.0, target, 0),
+        # the slow optimizer at 8: the good one needs fewer steps (probe passes)
+        TuneResult(slow_steps, slow, Family.MOMENTUM, 8.0, 0.0, target, 0),
+        # already better than the good one at 16: probe fails, nothing changes
+        TuneResult(first[16.0] - 1, slow, Family.MOMENTUM, 16.0, 0.0, target, 0),
+    ]
+    out = _monotone(small, bs, target, res)
+    assert out[0] == res[0]
+    assert out[1].steps == first[8.0] and out[1].optimizer == good
+    assert out[2] == res[2]
+
+
+def test_searches_together_get_the_one_setting_values(small):
+    """Requests of searches run side by side, single points and arrays at their
+    own steps, get the terms that risk_terms gives each setting alone."""
+    from nqm._tuning import _SURROGATE_RTOL, _Ask, _run_together, _Space
+    from nqm.dynamics import risk_terms
+
+    hh = small.preconditioned(0.0)[0]
+    space = _Space(Family.MOMENTUM, float(hh.max()), 0.0)
+    rng = np.random.default_rng(7)
+    pts = space.clip(
+        np.stack([rng.uniform(-4.0, 0.0, 12), rng.uniform(-6.0, 0.0, 12)], -1)
+    )
+    steps = [3, 70, 900, 25_000]
+
+    def search(k, t):
+        many = yield _Ask(small, pts[3 * k : 3 * k + 3], t, _SURROGATE_RTOL)
+        one = yield _Ask(small, pts[3 * k], t, _SURROGATE_RTOL)
+        return many, one
+
+    got = _run_together(space, [search(k, t) for k, t in enumerate(steps)])
+    for k, t in enumerate(steps):
+        (d, n), (d0, n0) = got[k]
+        for j in range(3):
+            a, be, g = (float(v) for v in space.params(pts[3 * k + j]))
+            d1, n1 = risk_terms(small, a, be, g, 0.0, t, rtol=_SURROGATE_RTOL)
+            np.testing.assert_allclose([d[j], n[j]], [d1, n1], rtol=1e-14)
+            if j == 0:
+                assert isinstance(d0, float) and isinstance(n0, float)
+                np.testing.assert_allclose([d0, n0], [d1, n1], rtol=1e-14)
