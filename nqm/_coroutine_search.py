@@ -286,7 +286,7 @@ def nelder_mead(
         except _BudgetSpent:
             pass
         simplex, values = _sorted(simplex, values)
-    return simplex[0]
+    return simplex[0].copy()
 
 
 def _finite(name: str, value: float) -> float:

@@ -13,6 +13,9 @@ from scipy import optimize
 
 from nqm._coroutine_search import ask, bounded_minimum, nelder_mead, run
 
+#: A search that ignores its budget would never end: fail instead of hanging.
+pytestmark = pytest.mark.timeout(60)
+
 #: Problems per search; each is run under several budgets.
 N_PROBLEMS = 50
 #: Tolerances and the simplex step the tuner uses.
@@ -83,9 +86,11 @@ def _brent_problem(seed):
     lo = float(rng.uniform(-2.0, 1.0))
     hi = lo + float(rng.uniform(0.05, 3.0))
     centre = float(rng.uniform(-2.5, 2.5))
-    kind = seed % 4
+    kind = seed % 5
     if kind == 0:
         return (lambda u: (u - centre) ** 2), lo, hi
+    if kind == 4:  # wide flat steps: ties between the new point and the best
+        return (lambda u: float(np.floor(3.0 * abs(u - centre)))), lo, hi
     if kind == 1:
         return (
             (lambda u: PLATEAU if abs(u - centre) > 0.5 else (u - centre) ** 2),
