@@ -100,7 +100,7 @@ def run(search: Generator[Any, float, T], objective: Callable[[Any], float]) -> 
     yields it) and is answered with ``objective(request)``.
 
     Args:
-        search: A started-or-not search generator, e.g.
+        search: A search generator not yet started, e.g.
             ``nelder_mead(ask, simplex, 1e-3, 1e-7, 80)``.
         objective: The objective of one point.
 
