@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._coroutine_search import bounded_minimum, nelder_mead
 from ._pointwise import pointwise_terms
 from .crossing import steps_to_target
 from .dynamics import CLOSED_FORM_RTOL, _modes, expected_loss, risk_terms
@@ -279,179 +280,6 @@ def _run_together(space: _Space, searches) -> list:
     return out
 
 
-class _Exhausted(Exception):
-    """:func:`_nelder_mead` ran out of evaluations."""
-
-
-def _nelder_mead(f, initial_simplex, xatol, fatol, maxfev):
-    """scipy's Nelder-Mead (``scipy.optimize.minimize(method="Nelder-Mead")``,
-    non-adaptive, unbounded, with these options), as a generator: ``f(x)`` is a
-    generator returning the objective, and the same vertices are visited in the
-    same order. Returns the best vertex.
-
-    References:
-        Gao & Han 2012, "Implementing the Nelder-Mead simplex algorithm with
-        adaptive parameters" (the coefficients), as implemented in SciPy.
-    """
-    rho, chi, psi, sigma = 1, 2, 0.5, 0.5
-    sim = np.array(initial_simplex, dtype=np.float64)
-    n = sim.shape[1]
-    one2np1 = list(range(1, n + 1))
-    fsim = np.full((n + 1,), np.inf, dtype=float)
-    calls = 0
-
-    def func(x):
-        nonlocal calls
-        if calls >= maxfev:
-            raise _Exhausted
-        calls += 1
-        return (yield from f(np.copy(x)))
-
-    try:
-        for k in range(n + 1):
-            fsim[k] = yield from func(sim[k])
-    except _Exhausted:
-        pass
-    finally:
-        ind = np.argsort(fsim)
-        sim = np.take(sim, ind, 0)
-        fsim = np.take(fsim, ind, 0)
-    ind = np.argsort(fsim)
-    fsim = np.take(fsim, ind, 0)
-    sim = np.take(sim, ind, 0)
-    while calls < maxfev:
-        try:
-            if (
-                np.max(np.ravel(np.abs(sim[1:] - sim[0]))) <= xatol
-                and np.max(np.abs(fsim[0] - fsim[1:])) <= fatol
-            ):
-                break
-            xbar = np.add.reduce(sim[:-1], 0) / n
-            xr = (1 + rho) * xbar - rho * sim[-1]
-            fxr = yield from func(xr)
-            doshrink = 0
-            if fxr < fsim[0]:
-                xe = (1 + rho * chi) * xbar - rho * chi * sim[-1]
-                fxe = yield from func(xe)
-                if fxe < fxr:
-                    sim[-1] = xe
-                    fsim[-1] = fxe
-                else:
-                    sim[-1] = xr
-                    fsim[-1] = fxr
-            elif fxr < fsim[-2]:
-                sim[-1] = xr
-                fsim[-1] = fxr
-            else:
-                if fxr < fsim[-1]:  # outside contraction
-                    xc = (1 + psi * rho) * xbar - psi * rho * sim[-1]
-                    fxc = yield from func(xc)
-                    if fxc <= fxr:
-                        sim[-1] = xc
-                        fsim[-1] = fxc
-                    else:
-                        doshrink = 1
-                else:  # inside contraction
-                    xcc = (1 - psi) * xbar + psi * sim[-1]
-                    fxcc = yield from func(xcc)
-                    if fxcc < fsim[-1]:
-                        sim[-1] = xcc
-                        fsim[-1] = fxcc
-                    else:
-                        doshrink = 1
-                if doshrink:
-                    for j in one2np1:
-                        sim[j] = sim[0] + sigma * (sim[j] - sim[0])
-                        fsim[j] = yield from func(sim[j])
-        except _Exhausted:
-            pass
-        ind = np.argsort(fsim)
-        sim = np.take(sim, ind, 0)
-        fsim = np.take(fsim, ind, 0)
-    return sim[0]
-
-
-def _bounded_min(f, lo, hi, xatol, maxfun=500):
-    """scipy's bounded Brent minimiser (``scipy.optimize.minimize_scalar(method=
-    "bounded")``) as a generator: ``f(x)`` is a generator returning the
-    objective, and the same points are visited in the same order. Returns the
-    minimiser.
-
-    References:
-        Brent 1973, "Algorithms for Minimization without Derivatives", ch. 5
-        (``fminbound``), as implemented in SciPy.
-    """
-    sqrt_eps = math.sqrt(2.2e-16)
-    golden_mean = 0.5 * (3.0 - math.sqrt(5.0))
-    a, b = lo, hi
-    fulc = a + golden_mean * (b - a)
-    nfc, xf = fulc, fulc
-    rat = e = 0.0
-    x = xf
-    fx = yield from f(x)
-    num = 1
-    ffulc = fnfc = fx
-    xm = 0.5 * (a + b)
-    tol1 = sqrt_eps * np.abs(xf) + xatol / 3.0
-    tol2 = 2.0 * tol1
-    while np.abs(xf - xm) > (tol2 - 0.5 * (b - a)):
-        golden = 1
-        if np.abs(e) > tol1:  # a parabolic fit
-            golden = 0
-            r = (xf - nfc) * (fx - ffulc)
-            q = (xf - fulc) * (fx - fnfc)
-            p = (xf - fulc) * q - (xf - nfc) * r
-            q = 2.0 * (q - r)
-            if q > 0.0:
-                p = -p
-            q = np.abs(q)
-            r = e
-            e = rat
-            if (
-                (np.abs(p) < np.abs(0.5 * q * r))
-                and (p > q * (a - xf))
-                and (p < q * (b - xf))
-            ):
-                rat = (p + 0.0) / q
-                x = xf + rat
-                if ((x - a) < tol2) or ((b - x) < tol2):
-                    si = np.sign(xm - xf) + ((xm - xf) == 0)
-                    rat = tol1 * si
-            else:
-                golden = 1
-        if golden:  # a golden-section step
-            e = a - xf if xf >= xm else b - xf
-            rat = golden_mean * e
-        si = np.sign(rat) + (rat == 0)
-        x = xf + si * np.maximum(np.abs(rat), tol1)
-        fu = yield from f(x)
-        num += 1
-        if fu <= fx:
-            if x >= xf:
-                a = xf
-            else:
-                b = xf
-            fulc, ffulc = nfc, fnfc
-            nfc, fnfc = xf, fx
-            xf, fx = x, fu
-        else:
-            if x < xf:
-                a = x
-            else:
-                b = x
-            if (fu <= fnfc) or (nfc == xf):
-                fulc, ffulc = nfc, fnfc
-                nfc, fnfc = x, fu
-            elif (fu <= ffulc) or (fulc == xf) or (fulc == nfc):
-                fulc, ffulc = x, fu
-        xm = 0.5 * (a + b)
-        tol1 = sqrt_eps * np.abs(xf) + xatol / 3.0
-        tol2 = 2.0 * tol1
-        if num >= maxfun:
-            break
-    return xf
-
-
 class _Bracket(NamedTuple):
     """Steps ``lo < hi`` around the first step count that reaches the target on
     the surrogate: no grid point reaches it at ``lo`` (best loss ``loss_lo``);
@@ -527,7 +355,7 @@ def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL):
     if space.dim == 1:
         lo = max(space.lo[0], x0[0] - 1.5)
         hi = min(u_cap, x0[0] + 1.5)
-        xu = yield from _bounded_min(lambda u: f(np.array([u])), lo, hi, xatol=1e-4)
+        xu = yield from bounded_minimum(lambda u: f(np.array([u])), lo, hi, xatol=1e-4)
         x = np.array([xu])
     else:
         upper = [u_cap] + list(space.hi[1:])
@@ -538,7 +366,7 @@ def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL):
             )
             for i in range(space.dim)
         ]
-        xn = yield from _nelder_mead(
+        xn = yield from nelder_mead(
             f, np.array(simplex), xatol=1e-3, fatol=1e-7, maxfev=40 * space.dim
         )
         x = space.clip(xn)

@@ -118,60 +118,6 @@ def test_local_searches_side_by_side_equal_searches_alone():
         assert va == vt
 
 
-def test_local_search_is_scipys_nelder_mead():
-    """The generator form of the local search visits scipy's Nelder-Mead points
-    and ends at its answer (exact equality), with and without running out of
-    evaluations, and the bounded scalar search ends at scipy's."""
-    from scipy import optimize
-
-    def rosen(x):
-        return float((1.0 - x[0]) ** 2 + 100.0 * (x[1] - x[0] ** 2) ** 2)
-
-    def as_generator(fun, seen):
-        def f(x):
-            seen.append(np.array(x, dtype=np.float64))
-            return fun(x)
-            yield  # a generator that never asks
-
-        return f
-
-    def terraced(x):  # plateaus: failed contractions, so shrink steps
-        return float(np.floor(4.0 * abs(x[0] - 0.3)) + np.floor(3.0 * abs(x[1] + 0.2)))
-
-    cases = [(rosen, maxfev) for maxfev in (7, 40, 400)] + [(terraced, 60)]
-    for fun, maxfev in cases:
-        simplex = np.array([[-1.2, 1.0], [-0.95, 1.0], [-1.2, 1.25]])
-        ref_seen, got_seen = [], []
-        ref = optimize.minimize(
-            lambda x, seen=ref_seen, fun=fun: seen.append(np.array(x)) or fun(x),
-            simplex[0],
-            method="Nelder-Mead",
-            options={
-                "initial_simplex": simplex,
-                "xatol": 1e-3,
-                "fatol": 1e-7,
-                "maxfev": maxfev,
-            },
-        )
-        gen = _tuning._nelder_mead(
-            as_generator(fun, got_seen), simplex, 1e-3, 1e-7, maxfev
-        )
-        got = _tuning._run_alone(None, gen)
-        np.testing.assert_array_equal(got, ref.x)
-        np.testing.assert_array_equal(np.array(got_seen), np.array(ref_seen))
-
-    def bumpy(u):
-        return float(np.sin(3.0 * u) + 0.1 * u * u)
-
-    ref = optimize.minimize_scalar(
-        bumpy, bounds=(-2.0, 1.5), method="bounded", options={"xatol": 1e-4}
-    )
-    got = _tuning._run_alone(
-        None, _tuning._bounded_min(as_generator(bumpy, []), -2.0, 1.5, 1e-4)
-    )
-    assert got == ref.x
-
-
 def test_tuned_steps_at_most_a_brute_force_grid():
     """Momentum tuned at several batch sizes at once (side-by-side searches)
     needs no more steps than the best point of a (lr, beta) grid whose steps
