@@ -61,7 +61,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 
 from kfac_spectra import KFAC
-from kfac_spectra.kfac import FisherType, KFACApprox
+from kfac_spectra.kfac import FactorSync, FisherType, KFACApprox
+from kfac_spectra.kfac.blocks.conv import prefer_lagged
 from kfac_spectra.kfac.distributed import assign_owners, decomposition_cost
 from kfac_spectra.kfac.toy_models import cnn1d, mlp
 from kfac_spectra.launch import spawn_local
@@ -72,6 +73,9 @@ WINDOW = 100  # steps: 10 factor steps and 1 inverse step wherever it starts
 GLOBAL_BATCH = 256
 NEVER = 10**9  # an interval no run reaches
 LAYOUTS = ("shared", "replicated", "owner")
+# section 2's extra row: the shared layout with the statistics averaged on every
+# factor update (the default averages each rank's moving averages when read)
+EVERY_UPDATE = "shared/every_update"
 KIND_STEPS = INVERSE_INTERVAL  # one inverse step, 9 other factor steps
 TARGET = 1.15  # the issue's bound on K-FAC's step time over SGD's
 GLOBAL_BATCHES = (256, 1024, 4096)
@@ -325,25 +329,64 @@ def _rounds(
     runs: dict[str, Run], x: Tensor, y: Tensor, rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, dict[str, int]]]:
     """Per run, the wall and main-thread CPU seconds (the slower rank's) of
-    ``rounds`` windows of ``WINDOW`` steps, the runs interleaved within each
-    round; and the bytes each K-FAC run sent in its last window, by kind."""
+    ``rounds`` windows of ``WINDOW`` steps, and the bytes each K-FAC run sent in
+    its last window, by kind. Within a round the runs are interleaved step by
+    step (each step timed between barriers, a window's time the sum of its
+    steps'), so that every run sees the same load of the shared machine."""
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     sent: dict[str, dict[str, int]] = {}
+    keys = list(runs)
     for _ in range(rounds):
-        for key, run in runs.items():
-            before = run.sent()
-            w, c = _timed_cpu(lambda r=run: r.steps(x, y, WINDOW))
-            wall[key].append(w)
-            cpu[key].append(c)
-            after = run.sent()
-            sent[key] = {k: after[k] - before.get(k, 0) for k in after}
+        before = {key: run.sent() for key, run in runs.items()}
+        w = dict.fromkeys(keys, 0.0)
+        c = dict.fromkeys(keys, 0.0)
+        for _ in range(WINDOW):
+            for key, run in runs.items():
+                dist.barrier()
+                t0, c0 = time.perf_counter(), time.thread_time()
+                run.steps(x, y, 1)
+                c[key] += time.thread_time() - c0
+                w[key] += time.perf_counter() - t0
+        totals = torch.tensor(
+            [w[k] for k in keys] + [c[k] for k in keys], dtype=torch.float64
+        )
+        dist.all_reduce(totals, op=dist.ReduceOp.MAX)
+        for i, key in enumerate(keys):
+            wall[key].append(float(totals[i]))
+            cpu[key].append(float(totals[len(keys) + i]))
+            after = runs[key].sent()
+            sent[key] = {k: after[k] - before[key].get(k, 0) for k in after}
     return wall, cpu, sent
 
 
 def _ratios(times: dict[str, list[float]], key: str) -> list[float]:
     """``key``'s time over SGD's within each round (side by side)."""
     return [t / s for t, s in zip(times[key], times["sgd"], strict=True)]
+
+
+def conv_factor_paths(model: nn.Module, x: Tensor) -> str:
+    """Which expand input factor each convolution forms on this rank's batch
+    (:func:`~kfac_spectra.kfac.blocks.conv.prefer_lagged`: the lagged channel
+    correlations, or the Gram matrix of the unfolded patches)."""
+    paths: dict[str, bool] = {}
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda m, args, name=name: paths.__setitem__(
+                name, prefer_lagged(args[0], m)
+            )
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv1d, nn.Conv2d))
+    ]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return ", ".join(
+        f"{name} {'lagged correlations' if lagged else 'unfolded patches'}"
+        for name, lagged in paths.items()
+    )
 
 
 def _verdict(cpu: float, wall: float, floor: float) -> tuple[str, str]:
@@ -388,6 +431,11 @@ def batch_section(rank: int, world: int, batches: list[int], rounds: int) -> lis
                 runs[label] = Run(build, "shared", **kfac_kw, **kw)
                 floors[label] = window_floors(runs[label], sgd_flops, x, y)
             wall, cpu, _ = _rounds(runs, x, y, rounds)
+            if name == "cnn":
+                lines.append(
+                    f"   cnn   {gb:6d} expand input factors ({x.shape[0]} examples "
+                    f"per rank): {conv_factor_paths(runs['sgd'].model, x)}"
+                )
             for label, _ in variants:
                 rw, rc = _ratios(wall, label), _ratios(cpu, label)
                 mw, mc = statistics.median(rw), statistics.median(rc)
@@ -427,6 +475,9 @@ def step_section(rank: int, world: int, rounds: int) -> list[str]:
         x, y = _batch(name, rank, world)
         runs = {"sgd": Run(build, "sgd")}
         runs |= {layout: Run(build, layout, **kfac_kw) for layout in LAYOUTS}
+        runs[EVERY_UPDATE] = Run(
+            build, "shared", factor_sync=FactorSync.EVERY_UPDATE, **kfac_kw
+        )
         for run in runs.values():  # warm-up: the first factors and inverses
             run.steps(x, y, WINDOW)
         wall, cpu, sent = _rounds(runs, x, y, rounds)
@@ -441,22 +492,22 @@ def step_section(rank: int, world: int, rounds: int) -> list[str]:
             f"CPU; gradient all-reduced by DDP {grad_bytes / 1e3:.1f} kB/step"
         )
         lines.append(
-            "    layout      wall ms  /sgd (rounds)       CPU ms  /sgd (rounds)"
-            "       flop floor  sent kB/step (/gradient)"
+            "    layout               wall ms  /sgd (rounds)       CPU ms  /sgd "
+            "(rounds)       flop floor  sent kB/step (/gradient)"
         )
-        for key in LAYOUTS:
+        for key in (*LAYOUTS, EVERY_UPDATE):
             rw, rc = _ratios(wall, key), _ratios(cpu, key)
             floor = flop_floor(runs[key], x, y)
             per_step = {k: v / WINDOW for k, v in sent[key].items()}
             total = sum(per_step.values())
             lines.append(
-                f"    {key:<10} {med[key]:7.2f} {statistics.median(rw):5.2f}x "
+                f"    {key:<19} {med[key]:7.2f} {statistics.median(rw):5.2f}x "
                 f"({min(rw):.2f}-{max(rw):.2f}) {med_cpu[key]:7.2f} "
                 f"{statistics.median(rc):5.2f}x ({min(rc):.2f}-{max(rc):.2f}) "
                 f"{floor:8.2f}x  {total / 1e3:8.1f} ({total / grad_bytes:.3f}x)"
             )
             parts = ", ".join(f"{k} {v / 1e3:.2f}" for k, v in per_step.items() if v)
-            lines.append(f"               sent by kind (kB/step): {parts or 'none'}")
+            lines.append(f"        sent by kind (kB/step): {parts or 'none'}")
         lines += _kinds_lines(runs, x, y)
     lines.append(f"  {_load()} at the end")
     return lines
