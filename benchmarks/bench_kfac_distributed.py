@@ -8,9 +8,10 @@ the CPU, single-threaded each; about five minutes; ``--global-batch 256 1024
 measured in this one run, side by side. A step is zero_grad, forward, loss,
 backward (with DDP's gradient all-reduce) and step; K-FAC updates its factors
 every 10 and its inverses every 100 steps. Times are those of windows of 100
-consecutive steps (10 factor steps and 1 inverse step each), the runs
-interleaved within each round; a window's time is the slower rank's, as wall
-time and as the main thread's CPU time (the work a rank does, less sensitive to
+steps (10 factor steps and 1 inverse step each), the runs interleaved within
+each round in chunks of 10 consecutive steps (so that all runs see the same load
+of the shared machine); a window's time is the slower rank's sum over its
+chunks, as wall time and as the main thread's CPU time (the work a rank does, less sensitive to
 the machine's load; gloo communicates on its own threads, so CPU time leaves the
 transfers out). Ratios to SGD are taken within each round; medians over rounds
 are printed with their range, and the load average at the start and the end.
@@ -70,6 +71,7 @@ from kfac_spectra.launch import spawn_local
 KFAC_KW = {"lr": 0.01, "damping": 0.03, "kl_clip": 1e-3}  # as bench_kfac.py
 FACTOR_INTERVAL, INVERSE_INTERVAL = 10, 100
 WINDOW = 100  # steps: 10 factor steps and 1 inverse step wherever it starts
+CHUNK = 10  # steps of one run timed back to back, the runs interleaved by chunk
 GLOBAL_BATCH = 256
 NEVER = 10**9  # an interval no run reaches
 LAYOUTS = ("shared", "replicated", "owner")
@@ -330,9 +332,11 @@ def _rounds(
 ) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, dict[str, int]]]:
     """Per run, the wall and main-thread CPU seconds (the slower rank's) of
     ``rounds`` windows of ``WINDOW`` steps, and the bytes each K-FAC run sent in
-    its last window, by kind. Within a round the runs are interleaved step by
-    step (each step timed between barriers, a window's time the sum of its
-    steps'), so that every run sees the same load of the shared machine."""
+    its last window, by kind. Within a round the runs are interleaved in chunks
+    of ``CHUNK`` consecutive steps (each chunk timed between barriers, a
+    window's time the sum of its chunks'), so that every run sees the same load
+    of the shared machine, while the steps within a chunk run back to back as
+    in training."""
     wall: dict[str, list[float]] = {k: [] for k in runs}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
     sent: dict[str, dict[str, int]] = {}
@@ -341,11 +345,11 @@ def _rounds(
         before = {key: run.sent() for key, run in runs.items()}
         w = dict.fromkeys(keys, 0.0)
         c = dict.fromkeys(keys, 0.0)
-        for _ in range(WINDOW):
+        for _ in range(WINDOW // CHUNK):
             for key, run in runs.items():
                 dist.barrier()
                 t0, c0 = time.perf_counter(), time.thread_time()
-                run.steps(x, y, 1)
+                run.steps(x, y, CHUNK)
                 c[key] += time.thread_time() - c0
                 w[key] += time.perf_counter() - t0
         totals = torch.tensor(
