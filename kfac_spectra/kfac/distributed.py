@@ -96,12 +96,12 @@ intervals.
      - ``shared``
      - ``replicated``
      - ``owner``
-   * - vote (which statistics each rank has, non-finite flags, its batch
-       size): all-reduce
+   * - vote (which statistics each rank has, its batch size; with
+       ``on_read`` a non-finite flag per block): all-reduce
      - factor steps
-     - ``8(3K + 2)``
-     - ``8(3K + 2)``
-     - ``8(3K + 2)``
+     - ``8(3K + 2)`` (``every_update``: ``8(2K + 2)``)
+     - same
+     - same
    * - statistics: one all-reduce of every block's ``A`` and ``S`` (their
        moving averages with ``factor_sync="on_read"``)
      - inverse steps (``on_read``) or factor steps (``every_update``)
