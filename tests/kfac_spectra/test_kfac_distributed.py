@@ -624,8 +624,10 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
     """2 ranks: parity (type-2 and empirical, the shared, replicated and owner
     layouts, DDP and a hand all-reduce, the quadratic model with LM damping and
     stats_batch_size, KL clipping, Tikhonov damping, chain RNN and
-    block-tridiagonal inverses), a NaN input on one rank, save/resume across
-    world sizes, the MC estimate's mean, and unequal local batches."""
+    block-tridiagonal inverses, the statistics averaged when read or on every
+    update), a NaN input on one rank, save/resume across world sizes (also
+    with factors not yet averaged), the MC estimate's mean, and unequal local
+    batches."""
     names = list(SCENARIOS)
     _single_checkpoint(tmp_path)
     _spawn(
