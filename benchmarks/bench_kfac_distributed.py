@@ -4,8 +4,7 @@ inverse work shared.
 
 Run: ``python benchmarks/bench_kfac_distributed.py`` (2 local gloo processes on
 the CPU, single-threaded each; 7-9 minutes on a shared 2-core machine at
-load 2-5; ``--global-batch 256 1024
-4096`` the batches of section 1; ``--quick`` for a smoke run). Every number is
+load 2-5; ``--global-batch 256 1024 4096`` the batches of section 1; ``--quick`` for a smoke run). Every number is
 measured in this one run, side by side. A step is zero_grad, forward, loss,
 backward (with DDP's gradient all-reduce) and step; K-FAC updates its factors
 every 10 and its inverses every 100 steps. Times are those of windows of 100
