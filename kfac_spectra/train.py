@@ -350,6 +350,9 @@ def _checkpoint(config: TrainConfig, folder: RunFolder | None, run: _Run) -> Non
     the resume state (each file listed with its checksum once it is written)."""
     step = run.step
     run.collected.append(step)
+    if isinstance(run.optimizer, KFAC):
+        # every rank: the factors rank 0 reads and saves are the global ones
+        run.optimizer.sync_factors()
     if folder is None:
         return  # rank 0 collects and writes
     names = [f"{step_dir('', step).name}/{n}" for n in (*STEP_FILES, MANIFEST_FILE)]

@@ -6,7 +6,7 @@ mean/sum reduction scaling.
 """
 
 from .config import KFACConfig
-from .distributed import InverseLayout
+from .distributed import FactorSync, InverseLayout
 from .enums import (
     DampingType,
     FisherType,
@@ -23,6 +23,7 @@ from .optimizer import KFAC
 
 __all__ = [
     "DampingType",
+    "FactorSync",
     "FisherType",
     "InverseLayout",
     "InverseMethod",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import enums
-from .distributed import InverseLayout
+from .distributed import FactorSync, InverseLayout
 from .enums import coerce_enum
 
 __all__ = ["KFACConfig"]
@@ -32,6 +32,7 @@ _ENUM_FIELDS: dict[str, type] = {
     "step_rule": enums.StepRule,
     "structure": enums.Structure,
     "inverse_layout": InverseLayout,
+    "factor_sync": FactorSync,
 }
 
 
@@ -112,6 +113,14 @@ class KFACConfig:
             preconditioned gradient on every step; ``state_dict()`` is then a
             collective). The bytes each sends per step are tabled in
             :mod:`~kfac_spectra.kfac.distributed`.
+        factor_sync: ``"on_read"`` (default: each rank keeps the moving average
+            of its own statistics, and the ranks average them only when they
+            are read, e.g. before each inverse update: ``factor_interval /
+            inverse_interval`` of the bytes; ``factors()``, ``eigenbases()`` and
+            ``state_dict()`` are then collectives, or call ``sync_factors()`` on
+            every rank first) or ``"every_update"`` (the statistics are
+            averaged on every factor update). Block-tridiagonal chains always
+            average on every update.
         structure: ``"block_diagonal"`` (default) or ``"block_tridiagonal"``:
             chains of ``nn.Linear`` layers in an ``nn.Sequential`` with
             element-wise maps between them get the block-tridiagonal inverse of
@@ -157,6 +166,7 @@ class KFACConfig:
     skip_modules: Sequence[str] = ()
     process_group: Any = None
     inverse_layout: InverseLayout | str = InverseLayout.SHARED
+    factor_sync: FactorSync | str = FactorSync.ON_READ
     structure: enums.Structure | str = enums.Structure.BLOCK_DIAGONAL
 
     def __post_init__(self) -> None:

@@ -22,8 +22,23 @@ step) and ``reduction="mean"`` this is exactly the single-process statistic of
 the global batch, ``A = (1/R) Σ_rows ā āᵀ`` over all ``R = Σ_r R_r`` rows and
 ``S = c Σ ĝ ĝᵀ`` with the global ``c = 1/M``. (With ``reduction="sum"`` DDP's
 gradient is the global sum divided by W, and the statistics are those of the same
-objective.) A non-finite statistic on one rank makes the reduced one non-finite
-on all ranks, so every rank drops that block's batch together.
+objective.)
+
+**When the statistics are averaged** (:class:`FactorSync`). The moving average
+is linear, ``Ā ← ρĀ + (1−ρ)A``, and the global statistic is the mean over ranks,
+so the mean of the ranks' moving averages of their own statistics is the moving
+average of the global ones (to rounding), when every rank applies the same
+coefficients to the same blocks on the same steps. With ``on_read`` (the
+default) each rank therefore keeps the moving average of its own statistics, and
+the ranks average them (one all-reduce) only when something reads them: before
+each inverse update, and in ``factors()``, ``eigenbases()``, ``state_dict()``
+and ``sync_factors()``; statistics read on every step (a tied weight's head
+``Sh``) are averaged on each factor update. With factors every ``f`` steps and
+inverses every ``i``, that sends ``f/i`` of the bytes of ``every_update``, which
+averages each factor update's batch statistics. On each factor update one
+integer vote keeps the ranks in step: which blocks every rank captured alike,
+and a flag per block for a NaN or infinity on any rank, so that every rank
+drops that block's batch together.
 
 **Monte-Carlo Fisher.** Each rank samples its own targets: under a process group
 the sampling generators (MC targets and the ``stats_batch_size`` rows) are
@@ -81,13 +96,15 @@ intervals.
      - ``shared``
      - ``replicated``
      - ``owner``
-   * - vote (which statistics each rank has, its batch size): all-reduce
+   * - vote (which statistics each rank has, its batch size; with
+       ``on_read`` a non-finite flag per block): all-reduce
      - factor steps
-     - ``8(2K + 2)``
-     - ``8(2K + 2)``
-     - ``8(2K + 2)``
-   * - statistics: one all-reduce of every block's ``A`` and ``S``
-     - factor steps
+     - ``8(3K + 2)`` (``every_update``: ``8(2K + 2)``)
+     - same
+     - same
+   * - statistics: one all-reduce of every block's ``A`` and ``S`` (their
+       moving averages with ``factor_sync="on_read"``)
+     - inverse steps (``on_read``) or factor steps (``every_update``)
      - ``b Σ (n_A² + n_S²)``
      - same
      - same
@@ -110,8 +127,8 @@ intervals.
      - same
      - same
 
-Per step on average the statistics cost ``1/f`` of their all-reduce and the
-decompositions ``1/i`` of their broadcasts, while ``owner`` sends its
+Per step on average the statistics cost ``1/i`` of their all-reduce (``1/f``
+with ``every_update``) and the decompositions ``1/i`` of their broadcasts, while ``owner`` sends its
 directions on every step: ``owner`` costs about one more gradient-sized
 collective per step (:attr:`DistContext.comm_bytes` counts every kind; the
 benchmark ``benchmarks/bench_kfac_distributed.py`` prints them against the
@@ -146,6 +163,7 @@ from torch import Tensor
 
 __all__ = [
     "DistContext",
+    "FactorSync",
     "contiguous_fields",
     "InverseLayout",
     "assign_owners",
@@ -173,6 +191,25 @@ class InverseLayout(enum.StrEnum):
     SHARED = "shared"
     REPLICATED = "replicated"
     OWNER = "owner"
+
+
+class FactorSync(enum.StrEnum):
+    """When the ranks' factor statistics are averaged into the global ones (see
+    the module docstring).
+
+    Attributes:
+        ON_READ: Each rank keeps the moving average of its own statistics; they
+            are averaged over the ranks only when something reads them (an
+            inverse update, ``factors()``, ``eigenbases()``, ``state_dict()``,
+            :meth:`~kfac_spectra.kfac.optimizer.KFAC.sync_factors`), and
+            statistics read on every step (a tied weight's head ``Sh``) on
+            every factor update. Reading is then a collective.
+        EVERY_UPDATE: The batch statistics are averaged on every factor update;
+            every rank always holds the global moving averages.
+    """
+
+    ON_READ = "on_read"
+    EVERY_UPDATE = "every_update"
 
 
 def resolve_process_group(process_group: Any) -> Any | None:
@@ -393,22 +430,27 @@ class DistContext:
         return (buf / self.world_size).tolist()
 
     # --------------------------------------------------------- statistics
-    def reduce_statistics(
-        self, batch: Sequence[tuple[str, Mapping[str, Tensor] | None]]
-    ) -> dict[str, dict[str, Tensor]]:
-        """The global statistics of every block that all ranks captured.
+    def agree(
+        self,
+        batch: Sequence[tuple[str, Mapping[str, Tensor] | None]],
+        nonfinite: Sequence[bool] | None = None,
+    ) -> tuple[list[str], set[str]]:
+        """Which blocks' statistics every rank captured alike, and which of them
+        are non-finite on some rank: one all-reduce (MAX) of integers.
 
-        Two collectives: an integer vote (which statistics each rank has, by a
-        fingerprint of their names and shapes, and how many examples it ran),
-        then one all-reduce of all agreed statistics, flattened per dtype.
+        The vote holds, per block, a fingerprint of its statistic names and
+        shapes (and its negative, for the minimum), this rank's example count
+        since the last factor update, and per block a non-finite flag.
 
         Args:
             batch: ``(key, stats)`` for every block, in the same key order on
                 every rank; ``stats`` is ``None`` for a block with nothing captured.
+            nonfinite: Per entry of ``batch``, whether this rank's statistics hold
+                a NaN or infinity (``None``: all finite, or not checked).
 
         Returns:
-            ``{key: mean-over-ranks stats}`` for the blocks whose statistics every
-            rank has, in the order of ``batch``.
+            The keys whose statistics every rank has, alike, in the order of
+            ``batch``; and those of them non-finite on at least one rank.
 
         Raises:
             ValueError: On every rank, if the ranks ran different numbers of
@@ -417,55 +459,94 @@ class DistContext:
         """
         rows, self.pending_rows = self.pending_rows, 0
         sigs = [_signature(stats) for _, stats in batch] + [rows]
-        vote = torch.tensor(sigs + [-s for s in sigs], dtype=torch.int64)
+        flags = [int(b) for b in nonfinite] if nonfinite is not None else []
+        vote = torch.tensor(sigs + flags + [-s for s in sigs], dtype=torch.int64)
         vote = vote.to(self._device())
         self.comm_bytes["vote"] += vote.numel() * vote.element_size()
         dist.all_reduce(vote, op=dist.ReduceOp.MAX, group=self.group)
-        high, low = vote[: len(sigs)].tolist(), (-vote[len(sigs) :]).tolist()
+        values = vote.tolist()
+        n = len(sigs)
+        high, bad, low = values[:n], values[n : n + len(flags)], values[-n:]
+        low = [-v for v in low]
         if high[-1] != low[-1]:
             raise ValueError(
                 f"the ranks ran between {low[-1]} and {high[-1]} examples since the "
                 "last factor update: every rank must run the same number (the "
                 "global batch size must be divisible by the world size)"
             )
-        agreed = [
-            (key, stats)
-            for (key, stats), hi, lo in zip(batch, high, low, strict=False)
-            if hi == lo and hi != 0 and stats is not None
-        ]
-        if any(hi != lo for hi, lo in zip(high[:-1], low[:-1], strict=True)):
+        mismatched = sum(hi != lo for hi, lo in zip(high[:-1], low[:-1], strict=True))
+        if mismatched:
             self.mismatched_batches += 1
             logger.warning(
                 "K-FAC: some ranks captured no (or differently shaped) statistics "
                 "for %d block(s); their batch is dropped on every rank",
-                sum(hi != lo for hi, lo in zip(high[:-1], low[:-1], strict=True)),
+                mismatched,
             )
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        for _, stats in agreed:
-            for name in sorted(stats):
-                t = stats[name]
-                by_dtype.setdefault(t.dtype, []).append(t)
-        reduced: dict[torch.dtype, list[Tensor]] = {}
-        for dtype, tensors in by_dtype.items():
-            flat = torch.cat([t.reshape(-1) for t in tensors])
-            flat = flat.to(self._device(tensors[0]))
+        agreed = [
+            key
+            for (key, stats), hi, lo in zip(batch, high, low, strict=False)
+            if hi == lo and hi != 0 and stats is not None
+        ]
+        flagged = {key for (key, _), b in zip(batch, bad, strict=False) if b}
+        return agreed, flagged & set(agreed)
+
+    def mean_tensors(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """The mean over ranks of each tensor: one all-reduce per dtype of them
+        all, flattened (counted as ``"statistics"`` bytes).
+
+        Args:
+            tensors: The same shapes and dtypes, in the same order, on every rank.
+
+        Returns:
+            The means, views of one received buffer per dtype (on the device of
+            the first tensor of that dtype), in the order of ``tensors``; a NaN
+            or infinity on any rank reaches every rank.
+        """
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_dtype.setdefault(t.dtype, []).append(i)
+        out: list[Tensor | None] = [None] * len(tensors)
+        for indices in by_dtype.values():
+            parts = [tensors[i] for i in indices]
+            flat = torch.cat([t.reshape(-1) for t in parts])
+            flat = flat.to(self._device(parts[0]))
             self.comm_bytes["statistics"] += flat.numel() * flat.element_size()
             dist.all_reduce(flat, group=self.group)
             flat.div_(self.world_size)
-            parts = flat.to(tensors[0].device).split([t.numel() for t in tensors])
-            reduced[dtype] = [
-                p.view(t.shape) for p, t in zip(parts, tensors, strict=True)
-            ]
-        out: dict[str, dict[str, Tensor]] = {}
-        cursor = {dtype: 0 for dtype in reduced}
-        for key, stats in agreed:
-            new = {}
-            for name in sorted(stats):
-                dtype = stats[name].dtype
-                new[name] = reduced[dtype][cursor[dtype]]
-                cursor[dtype] += 1
-            out[key] = {name: new[name] for name in stats}
-        return out
+            pieces = flat.to(parts[0].device).split([t.numel() for t in parts])
+            for i, piece, t in zip(indices, pieces, parts, strict=True):
+                out[i] = piece.view(t.shape)
+        return [t for t in out if t is not None]
+
+    def reduce_statistics(
+        self, batch: Sequence[tuple[str, Mapping[str, Tensor] | None]]
+    ) -> dict[str, dict[str, Tensor]]:
+        """The global statistics of every block that all ranks captured.
+
+        Two collectives: the vote (:meth:`agree`), then one all-reduce of all
+        agreed statistics, flattened per dtype (:meth:`mean_tensors`).
+
+        Args:
+            batch: ``(key, stats)`` for every block, in the same key order on
+                every rank; ``stats`` is ``None`` for a block with nothing captured.
+
+        Returns:
+            ``{key: mean-over-ranks stats}`` for the blocks whose statistics every
+            rank has, in the order of ``batch`` (views of one received buffer).
+
+        Raises:
+            ValueError: On every rank, if the ranks ran different numbers of
+                examples since the last factor update (the global batch must be
+                divisible by the world size).
+        """
+        keys, _ = self.agree(batch)
+        local = {key: stats for key, stats in batch if stats is not None}
+        entries = [(key, name) for key in keys for name in sorted(local[key])]
+        means = self.mean_tensors([local[k][n] for k, n in entries])
+        out: dict[str, dict[str, Tensor]] = {key: {} for key in keys}
+        for (key, name), t in zip(entries, means, strict=True):
+            out[key][name] = t
+        return {key: {n: out[key][n] for n in local[key]} for key in keys}
 
     def count_rows(self, rows: int) -> None:
         """Note ``rows`` examples of a captured forward call (for the vote)."""

@@ -91,6 +91,7 @@ from .config import KFACConfig
 from .damping import kl_clip_factor, lm_adjust, qmodel_coefficients
 from .distributed import (
     DistContext,
+    FactorSync,
     InverseLayout,
     contiguous_fields,
     decomposition_cost,
@@ -266,6 +267,15 @@ class KFAC(torch.optim.Optimizer):
         if tridiagonal:
             self._chains = self._find_chains(model)
         self._ema: dict[str, dict[str, Tensor]] = {}
+        # under a process group with factor_sync="on_read": the moving averages
+        # of this rank's own statistics, averaged over the ranks when read; the
+        # statistics of each block updated since (the same on every rank)
+        self._defer = (
+            self._dist is not None
+            and cfg.factor_sync == FactorSync.ON_READ
+            and not tridiagonal
+        )
+        self._unsynced: dict[str, set[str]] = {}
         self._inverses: dict[str, Inverse] = {}
         # the owner layout: each block's owner, and the blocks whose owner holds
         # a decomposition (every rank knows both; only the owner has it)
@@ -324,9 +334,28 @@ class KFAC(torch.optim.Optimizer):
         """Modules with trainable parameters that get the plain gradient."""
         return list(self._blocks.unsupported)
 
+    def sync_factors(self) -> None:
+        """Average the ranks' factor moving averages into the global ones now.
+
+        Under a process group with ``factor_sync="on_read"`` each rank keeps the
+        moving average of its own statistics between reads; this averages them
+        (one all-reduce, a collective: every rank calls it, at the same step)
+        if any were updated since the last time. :meth:`factors`,
+        :meth:`eigenbases` and :meth:`state_dict` call it themselves; call it on
+        every rank before calling one of them on one rank only (e.g. rank 0
+        writing a checkpoint). Without a process group, or with nothing
+        updated, it does nothing.
+        """
+        self._sync_factors()
+
     def factors(self) -> dict[str, tuple[Tensor, Tensor]]:
         """Current moving-average factors ``{key: (A, S)}`` (convention of
-        :func:`~kfac_spectra.kfac.factors.compute_factors`)."""
+        :func:`~kfac_spectra.kfac.factors.compute_factors`).
+
+        Under a process group with ``factor_sync="on_read"``, a collective when
+        the factors changed since they were last averaged (:meth:`sync_factors`).
+        """
+        self._sync_factors()
         return {
             k: self._blocks.blocks[k].kronecker(stats) for k, stats in self._ema.items()
         }
@@ -341,11 +370,15 @@ class KFAC(torch.optim.Optimizer):
         ``owner`` layout of a process group this rank holds only its own blocks'
         decompositions; the others' are computed here from the current factors.
 
+        Under a process group with ``factor_sync="on_read"``, a collective when
+        the factors changed since they were last averaged (:meth:`sync_factors`).
+
         Raises:
             RuntimeError: With ``inverse_method="cg"`` (no factors are formed).
         """
         if self.config.inverse_method == InverseMethod.CG:
             raise RuntimeError("inverse_method='cg' never forms the factors")
+        self._sync_factors()
         out = {}
         for key in self._ema:
             inv = self._inverses.get(key)
@@ -487,7 +520,15 @@ class KFAC(torch.optim.Optimizer):
         for key, block in self._blocks.blocks.items():
             rows = (block.rows_x, block.rows_g)
             batch.append((key, block, rows, block.batch_factors()))
-        if self._dist is not None and self._capture.enabled:
+        bad: set[str] | None = None  # the non-finite blocks, once known
+        if self._dist is not None and self._capture.enabled and self._defer:
+            # this rank's statistics into its own moving averages; the vote
+            # tells which blocks every rank has, and which are non-finite on one
+            nonfinite = self._nonfinite([s for *_, s in batch])
+            agreed, bad = self._dist.agree([(k, s) for k, _, _, s in batch], nonfinite)
+            keep = set(agreed)
+            batch = [entry for entry in batch if entry[0] in keep]
+        elif self._dist is not None and self._capture.enabled:
             # the global batch's statistics (the same on every rank)
             # the cross factors' batch statistics travel along, keyed by pair
             pairs = [] if self._chains is None else self._chains.pairs()
@@ -499,11 +540,11 @@ class KFAC(torch.optim.Optimizer):
             cross = {p: glob[" | ".join(p)] for p in pairs if " | ".join(p) in glob}
         else:
             batch = [entry for entry in batch if entry[3] is not None]
-        # one check (one host synchronisation) for all blocks; per block only if
-        # it fails
-        finite = all_finite(t for *_, stats in batch for t in stats.values())
+        if bad is None:
+            flags = self._nonfinite([s for *_, s in batch])
+            bad = {entry[0] for entry, b in zip(batch, flags, strict=True) if b}
         for key, block, rows, stats in batch:
-            if not finite and not all_finite(stats.values()):
+            if key in bad:
                 self.counters["nonfinite_factors"] += 1
                 warnings.warn(
                     f"K-FAC: non-finite factor statistics for {key!r}; batch skipped",
@@ -520,8 +561,46 @@ class KFAC(torch.optim.Optimizer):
                     # ρ·old + (1−ρ)·v in one pass, as v + ρ(old − v); a new tensor,
                     # not in place: state_dict() and factors() hand out references
                     old[k] = torch.lerp(v, old[k], rho) if k in old else v.clone()
-        if self._chains is not None and finite:
+            if self._defer:
+                self._unsynced.setdefault(key, set()).update(stats)
+        if self._defer:
+            self._sync_factors(every_step_only=True)
+        if self._chains is not None and not bad:
             self._chains.update(cross, rho)
+
+    @staticmethod
+    def _nonfinite(stats: Sequence[dict[str, Tensor] | None]) -> list[bool]:
+        """Per block, whether its statistics hold a NaN or infinity: one check
+        (one host synchronisation) for all; per block only if it fails."""
+        if all_finite(t for st in stats if st is not None for t in st.values()):
+            return [False] * len(stats)
+        return [st is not None and not all_finite(st.values()) for st in stats]
+
+    def _sync_factors(self, every_step_only: bool = False) -> None:
+        """Average the moving averages updated on this rank since they were last
+        averaged over the ranks (``factor_sync="on_read"``; a collective: the
+        updated set is the same on every rank). With ``every_step_only``, only
+        the statistics read on every step (``every_step_stats``)."""
+        if not self._unsynced:
+            return
+        assert self._dist is not None
+        blocks = self._blocks.blocks
+        entries = [
+            (key, name)
+            for key in blocks
+            for name in sorted(self._unsynced.get(key, ()))
+            if not every_step_only or name in blocks[key].every_step_stats
+        ]
+        if not entries:
+            return
+        means = self._dist.mean_tensors([self._ema[k][n] for k, n in entries])
+        for (key, name), mean in zip(entries, means, strict=True):
+            # a copy: the received buffer holds every statistic, and a view
+            # would make state_dict() save all of it with each
+            self._ema[key][name] = mean.clone()
+            self._unsynced[key].discard(name)
+            if not self._unsynced[key]:
+                del self._unsynced[key]
 
     # ---------------------------------------------------------------- inverse
     def _damping_spec(self) -> Damping:
@@ -552,6 +631,7 @@ class KFAC(torch.optim.Optimizer):
         return self._eigen(key)
 
     def _update_inverses(self) -> None:
+        self._sync_factors()  # every rank decomposes the global factors
         damping = self._damping_spec()
         chained = self._update_chain_inverses(damping)  # on every rank
         ctx = self._dist
@@ -1196,8 +1276,11 @@ class KFAC(torch.optim.Optimizer):
 
         In the ``owner`` layout the decompositions are spread over the ranks, and
         this is a collective: every rank must call it (each gets every
-        decomposition, broadcast by its owner; rank 0 writes the file).
+        decomposition, broadcast by its owner; rank 0 writes the file). So it is
+        with ``factor_sync="on_read"`` when the factors changed since they were
+        last averaged over the ranks (:meth:`sync_factors`).
         """
+        self._sync_factors()
         sd = super().state_dict()
         inverses = {}
         for key, inv in self._all_inverses().items():
@@ -1256,6 +1339,7 @@ class KFAC(torch.optim.Optimizer):
         self._ema = {
             k: {n: move(t) for n, t in v.items()} for k, v in extra["ema"].items()
         }
+        self._unsynced = {}  # the checkpoint's averages are the global ones
         self._inverses = {}
         for key, fields in extra["inverses"].items():
             fields = dict(fields)

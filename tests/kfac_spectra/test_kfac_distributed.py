@@ -158,6 +158,16 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "type2_shared_ddp": _scenario("shared", ddp=True, fisher_type="type2"),
     "type2_replicated_plain": _scenario("replicated", ddp=False, fisher_type="type2"),
     "type2_owner_ddp": _scenario("owner", ddp=True, fisher_type="type2"),
+    # the statistics averaged on every factor update (the default averages
+    # each rank's moving averages when read, here before each inverse update)
+    "type2_every_update_ddp": _scenario(
+        "shared", ddp=True, fisher_type="type2", factor_sync="every_update"
+    ),
+    # a checkpoint at step 10 while the factors changed at step 9 since their
+    # last average (inverse update at step 8): state_dict averages them first
+    "empirical_unsynced_shared_ddp": _scenario(
+        "shared", ddp=True, fisher_type="empirical", inverse_interval=4
+    ),
     "empirical_shared_plain": _scenario("shared", ddp=False, fisher_type="empirical"),
     "empirical_replicated_ddp": _scenario(
         "replicated", ddp=True, fisher_type="empirical"
@@ -340,7 +350,8 @@ def _nan_batches() -> list[tuple[Tensor, Tensor]]:
     return batches
 
 
-CHECKPOINTED = ("type2_shared_ddp", "type2_owner_ddp")  # saved and resumed
+# saved and resumed
+CHECKPOINTED = ("type2_shared_ddp", "type2_owner_ddp", "empirical_unsynced_shared_ddp")
 CHECKPOINTS = [f"checkpoint:{name}" for name in CHECKPOINTED]
 
 
@@ -437,6 +448,9 @@ def _rank_context(rank: int, world: int, out: Path) -> None:
     ctx = DistContext(dist.group.WORLD, InverseLayout.SHARED)
     ctx.count_rows(4)
     reduced = ctx.reduce_statistics(_context_stats(rank))
+    # the vote: "a" non-finite on the last rank only, "b" missing on rank 1
+    ctx.count_rows(4)
+    agreed = ctx.agree(_context_stats(rank), [rank == world - 1, False])
     owners = {"x": 0, "y": 1 % world}
     gen = torch.Generator().manual_seed(7)
     made = {
@@ -463,6 +477,7 @@ def _rank_context(rank: int, world: int, out: Path) -> None:
     torch.save(
         {
             "reduced": reduced,
+            "agreed": agreed,
             "mismatched": ctx.mismatched_batches,
             "made": made,
             "shared": shared,
@@ -609,8 +624,10 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
     """2 ranks: parity (type-2 and empirical, the shared, replicated and owner
     layouts, DDP and a hand all-reduce, the quadratic model with LM damping and
     stats_batch_size, KL clipping, Tikhonov damping, chain RNN and
-    block-tridiagonal inverses), a NaN input on one rank, save/resume across
-    world sizes, the MC estimate's mean, and unequal local batches."""
+    block-tridiagonal inverses, the statistics averaged when read or on every
+    update), a NaN input on one rank, save/resume across world sizes (also
+    with factors not yet averaged), the MC estimate's mean, and unequal local
+    batches."""
     names = list(SCENARIOS)
     _single_checkpoint(tmp_path)
     _spawn(
@@ -648,7 +665,8 @@ def test_two_ranks_match_one_process_skip_together_and_resume(tmp_path: Path) ->
     }
     for rank in range(2):
         got = torch.load(tmp_path / f"context-{rank}.pt", weights_only=False)
-        assert set(got["reduced"]) == {"a"} and got["mismatched"] == 1
+        assert set(got["reduced"]) == {"a"} and got["mismatched"] == 2
+        assert got["agreed"] == (["a"], {"a"})  # every rank knows a's NaN
         for n in ("A", "S"):
             torch.testing.assert_close(
                 got["reduced"]["a"][n], want_a[n], rtol=1e-15, atol=0

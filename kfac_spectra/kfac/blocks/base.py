@@ -182,6 +182,9 @@ class CurvatureBlock(ABC):
     #: such that writing parameter-shaped tensors into them forms
     #: :meth:`to_matrix` of those tensors (the optimizer's workspace relies on it).
     split_views: bool = False
+    #: Statistics the optimizer reads on every step, not only when it decomposes
+    #: the factors (kept global on every factor update under a process group).
+    every_step_stats: frozenset[str] = frozenset()
 
     def __init__(self, name: str, module: nn.Module, approx: KFACApprox) -> None:
         self.name = name

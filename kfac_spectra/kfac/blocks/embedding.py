@@ -154,6 +154,8 @@ class TiedEmbeddingBlock(CurvatureBlock):
     """
 
     diagonal_a = True
+    # the head's bias is preconditioned by its diagonal S on every step
+    every_step_stats = frozenset({"Sh"})
 
     def __init__(
         self,
