@@ -19,7 +19,9 @@ Stages (constant-lr families):
    :math:`\\log L_B(t; x)` continuously (bounded Brent in one dimension,
    Nelder-Mead in more), warm-started; then a check one probe below the answer
    from other starts (the row profile of the grid), since momentum's loss surface
-   has several basins.
+   has several basins. The searches of all batch sizes are generators
+   (:mod:`nqm._coroutine_search`) run side by side in one thread; each round's
+   requests are evaluated in one vectorised call, each point at its own step.
 3. *Exact certification and polish.* The reported steps are the exact
    :func:`~nqm.search.steps_to_target` of the reported optimizer on the full
    problem (searched from the surrogate's step count); then the loss at one step
@@ -30,12 +32,17 @@ Stages (constant-lr families):
    (cheap single evaluations), so that a successful round needs one
    certification, not two.
 
-Schedules (``pwc``, ``linear_decay``) are SGD with piecewise-constant lrs: a
-bisection on each run length, each probe optimising the schedules of every
-(power, batch size) still searching at once, with a batched L-BFGS
+Schedules (``pwc``, ``linear_decay``, ``wsd``, ``cosine``) are SGD with
+piecewise-constant lrs: a bisection on each run length, each probe optimising
+the schedules of every (power, batch size) still searching at once, with a
+batched L-BFGS
 (:mod:`nqm._lbfgs`: independent rows, each with its own curvature pairs and line
 search) through a differentiable torch implementation of the exact piecewise
-dynamics (on the surrogate), then exact certification.
+dynamics (on the surrogate), then exact certification. Certification also tries
+the tuned parameters stretched over the steps they turned out to need, and each
+batch size tries its neighbours' schedules rescaled to it (lrs divided, pieces
+lengthened by the batch-size ratio: the same dynamics to first order where noise
+dominates); each is certified exactly and kept only when it needs fewer steps.
 
 Nesting (:attr:`~nqm.families.Family.contained`) is enforced: every family
 contains plain SGD, so its result is never worse than the SGD ``baseline``
