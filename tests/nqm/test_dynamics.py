@@ -473,6 +473,31 @@ def test_steady_state_loss_shape_follows_the_batch_size():
         nqm.steady_state_loss(problem, unstable, 0.5)
 
 
+def _random_errors(rng, fractions):
+    """A row of per-mode errors (a few or many dominating, some exactly 0), its
+    budget (a random fraction of their sum) and the total whose ``1e-11`` is
+    that budget."""
+    m = int(rng.choice([50, 1000]))
+    err = rng.lognormal(0.0, rng.uniform(0.5, 8.0), m)
+    err *= rng.random(m) < rng.uniform(0.05, 1.0)
+    budget = err.sum() * rng.choice(fractions)
+    return err, budget, budget / 1e-11
+
+
+def _flag_largest(err, want, rest, bound):
+    """The oracle: flag the largest errors not yet flagged, by a plain Python
+    sort, until the unflagged ``rest`` is within ``bound``."""
+    if rest <= bound * (1 + 1e-12):
+        return
+    for i in sorted(range(len(err)), key=lambda i: -err[i]):
+        if want[i]:
+            continue
+        if rest <= bound * (1 + 1e-12):
+            break
+        want[i] = True
+        rest -= err[i]
+
+
 def test_flagging_takes_the_fewest_largest_errors():
     """``_needs_doubling`` flags, per row whose summed error exceeds the budget,
     the shortest run of largest errors whose removal leaves the rest within it
@@ -483,20 +508,11 @@ def test_flagging_takes_the_fewest_largest_errors():
 
     rng = np.random.default_rng(4)
     for _ in range(300):
-        m = int(rng.choice([50, 1000]))
-        err = rng.lognormal(0.0, rng.uniform(0.5, 8.0), m)
-        err *= rng.random(m) < rng.uniform(0.05, 1.0)
-        budget = err.sum() * rng.choice([1e-3, 0.1, 0.5, 2.0])
-        total = budget / 1e-11
+        err, budget, total = _random_errors(rng, [1e-3, 0.1, 0.5, 2.0])
         got = _needs_doubling(err[None, :], np.array([total]), rtol=1e-11)[0]
         got_row = _needs_doubling(err, np.float64(total), rtol=1e-11)
-        want = np.zeros(m, dtype=bool)
-        rest = err.sum()
-        for i in sorted(range(m), key=lambda i: -err[i]):
-            if rest <= budget * (1 + 1e-12):
-                break
-            want[i] = True
-            rest -= err[i]
+        want = np.zeros(len(err), dtype=bool)
+        _flag_largest(err, want, err.sum(), budget)
         assert np.array_equal(got, want)
         assert np.array_equal(got_row, want)
 
@@ -511,11 +527,8 @@ def test_flagging_with_a_margin_leaves_the_rest_within_that_fraction():
     rng = np.random.default_rng(5)
     fill = 0.5
     for _ in range(200):
-        m = int(rng.choice([50, 1000]))
-        err = rng.lognormal(0.0, rng.uniform(0.5, 8.0), m)
-        err *= rng.random(m) < rng.uniform(0.05, 1.0)
-        budget = err.sum() * rng.choice([1e-3, 0.1, 0.7, 2.0])
-        total = budget / 1e-11
+        err, budget, total = _random_errors(rng, [1e-3, 0.1, 0.7, 2.0])
+        m = len(err)
         want = np.zeros(m, dtype=bool)
         rest = err.sum()
         if rng.random() < 0.2:  # an undefined mode: always flagged
@@ -526,12 +539,6 @@ def test_flagging_with_a_margin_leaves_the_rest_within_that_fraction():
         got = _needs_doubling(err[None, :], np.array([total]), 1e-11, fill)[0]
         got_row = _needs_doubling(err, np.float64(total), 1e-11, fill)
         if rest > budget * (1 + 1e-12):
-            for i in sorted(range(m), key=lambda i: -err[i]):
-                if want[i]:
-                    continue
-                if rest <= fill * budget * (1 + 1e-12):
-                    break
-                want[i] = True
-                rest -= err[i]
+            _flag_largest(err, want, rest, fill * budget)
         assert np.array_equal(got, want)
         assert np.array_equal(got_row, want)
