@@ -1170,9 +1170,7 @@ def _shortest_runs(
         if go.size == 0:
             break
         mid = (a[go] + b[go]) // 2
-        lengths = torch.tensor(
-            np.stack([np.diff(_piece_bounds_fixed(int(m), k)) for m in mid]), **f64
-        )
+        lengths = _lengths(mid, k, f64)
         g = torch.as_tensor(go, device=a_max_t.device)
         with torch.no_grad():
             loss = _torch_piecewise_loss(
@@ -1234,30 +1232,35 @@ def _certified_schedule(
     found = steps_to_target(
         problem, cand, b, target, max_steps=limit, guess=guess if guess >= 1 else None
     )
-    if shorter is not None and 1 <= shorter < steps:
+
+    def stretched(length, guess):
+        """The exact steps, below the best so far, of the same parameters over
+        a run of ``length``, and their optimizer; ``None`` when no step is left
+        below. The search's upper end starts at ``guess`` (``None``: the limit)."""
         limit = _below(min(found, base.steps))
-        if limit is None or limit >= 1:
-            alt = _schedule_candidate(
-                fam, params, shorter, a_max, k, p, f64, decay_shape
-            )
-            guess = int(shorter) if limit is None else min(int(shorter), limit)
-            got = steps_to_target(problem, alt, b, target, max_steps=limit, guess=guess)
-            if got < found:
-                found, cand, run = got, alt, int(shorter)
+        if limit is not None and limit < 1:
+            return None
+        alt = _schedule_candidate(fam, params, length, a_max, k, p, f64, decay_shape)
+        if guess is None:
+            guess = limit
+        elif limit is not None:
+            guess = min(guess, limit)
+        got = steps_to_target(problem, alt, b, target, max_steps=limit, guess=guess)
+        return got, alt
+
+    if shorter is not None and 1 <= shorter < steps:
+        tried = stretched(int(shorter), int(shorter))
+        if tried is not None and tried[0] < found:
+            (found, cand), run = tried, int(shorter)
     for _ in range(_EXACT_STRETCH_ROUNDS):
         # the schedule reaches the target before its run ends: the same
         # parameters stretched over those steps finish their decay by then
         if not (math.isfinite(found) and 1 <= found < run):
             break
-        limit = _below(min(found, base.steps))
-        if limit is not None and limit < 1:
+        tried = stretched(int(found), None)
+        if tried is None or tried[0] >= found:
             break
-        alt = _schedule_candidate(fam, params, int(found), a_max, k, p, f64,
-                                  decay_shape)  # fmt: skip
-        got = steps_to_target(problem, alt, b, target, max_steps=limit, guess=limit)
-        if got >= found:
-            break
-        found, cand, run = got, alt, int(found)
+        (found, cand), run = tried, int(found)
     if base.steps <= found:
         return TuneResult(base.steps, base.optimizer, fam, float(b), p, target,
                           evaluations)  # fmt: skip
