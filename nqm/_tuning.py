@@ -1241,7 +1241,10 @@ def _batch_transfer(problem, bs, target, results, a_max):
     at this batch size (exactly, below its own steps) when that prediction is
     fewer steps and its rescaled lrs stay below the stability edge ``a_max``,
     and kept if it needs fewer steps. Batch sizes are visited in increasing
-    order, each trying the already visited smaller one and the next larger one.
+    order, each trying the already visited smaller one and the next larger one;
+    the sweep is repeated while it improves a batch size (at most
+    :data:`_TRANSFER_SWEEPS` times), so that a schedule improved late in one
+    sweep reaches its smaller neighbours in the next.
 
     Args:
         problem: the NQM.
@@ -1255,34 +1258,55 @@ def _batch_transfer(problem, bs, target, results, a_max):
     """
     out = list(results)
     order = [int(i) for i in np.argsort(bs, kind="stable")]
-    for pos, i in enumerate(order):
-        for n in order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]:
-            own, nb = out[i], out[n]
-            sched = None if nb.optimizer is None else nb.optimizer.schedule
-            if not isinstance(sched, PiecewiseConstant) or own.steps < 2:
-                continue
-            c = float(bs[n]) / float(bs[i])
-            if not math.isfinite(nb.steps) or c * nb.steps >= own.steps:
-                continue
-            values = tuple(v / c for v in sched.values)
-            bounds = [int(round(x * c)) for x in sched.boundaries]
-            if max(values) >= a_max or any(
-                b1 >= b2 for b1, b2 in zip([0] + bounds, bounds, strict=False)
-            ):
-                continue
-            opt = Optimizer(
-                PiecewiseConstant(tuple(bounds), values),
-                precond_power=nb.optimizer.precond_power,
-            )
-            limit = _below(own.steps)
-            guess = min(max(int(round(c * nb.steps)), 1), limit)
-            got = steps_to_target(
-                problem, opt, bs[i], target, max_steps=limit, guess=guess
-            )
-            if got < own.steps:
-                out[i] = TuneResult(got, opt, own.family, own.batch_size,
-                                    own.precond_power, target, own.evaluations)  # fmt: skip
+    tried: set[tuple[int, int, float]] = set()  # (here, neighbour, its steps)
+    for _ in range(_TRANSFER_SWEEPS):
+        improved = False
+        for pos, i in enumerate(order):
+            for n in order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]:
+                if (i, n, out[n].steps) in tried:  # same schedule, same answer
+                    continue
+                tried.add((i, n, out[n].steps))
+                better = _transferred(problem, bs, target, out[i], out[n], a_max)
+                if better is not None:
+                    out[i], improved = better, True
+        if not improved:
+            break
     return out
+
+
+#: Sweeps of :func:`_batch_transfer` at most.
+_TRANSFER_SWEEPS = 3
+
+
+def _transferred(problem, bs, target, own, nb, a_max):
+    """``own`` replaced by the neighbour ``nb``'s schedule rescaled to its batch
+    size (:func:`_batch_transfer`) when that certifies fewer steps, else
+    ``None``."""
+    sched = None if nb.optimizer is None else nb.optimizer.schedule
+    if not isinstance(sched, PiecewiseConstant) or own.steps < 2:
+        return None
+    c = float(nb.batch_size) / float(own.batch_size)
+    if not math.isfinite(nb.steps) or c * nb.steps >= own.steps:
+        return None
+    values = tuple(v / c for v in sched.values)
+    bounds = [int(round(x * c)) for x in sched.boundaries]
+    if max(values) >= a_max or any(
+        b1 >= b2 for b1, b2 in zip([0] + bounds, bounds, strict=False)
+    ):
+        return None
+    opt = Optimizer(
+        PiecewiseConstant(tuple(bounds), values),
+        precond_power=nb.optimizer.precond_power,
+    )
+    limit = _below(own.steps)
+    guess = min(max(int(round(c * nb.steps)), 1), limit)
+    got = steps_to_target(
+        problem, opt, own.batch_size, target, max_steps=limit, guess=guess
+    )
+    if got >= own.steps:
+        return None
+    return TuneResult(got, opt, own.family, own.batch_size, own.precond_power,
+                      target, own.evaluations)  # fmt: skip
 
 
 #: Rounds of re-stretching a certified schedule over the steps it needs
