@@ -13,8 +13,11 @@ Each iteration: the two-loop recursion of Nocedal & Wright (2006, Algorithm 7.4)
 with the initial scaling ``sᵀy / yᵀy`` of the newest pair, then a weak Wolfe line
 search per row (Lewis & Overton 2013: double the step while it satisfies the
 sufficient decrease and still descends steeply, bisect once bracketed), trial step
-1 (a row without pairs: ``min(1, 1/|g|₁)``); only rows still searching are
-evaluated. A pair is stored only when ``sᵀy > 10⁻¹⁰ |s| |y|`` (the
+1 (a row without pairs: ``min(1, 1/|g|₁)``), ended early once the decrease
+a trial could show is below the rounding of ``f``. Rows advance on their own:
+each call of ``fun`` evaluates one trial step of every row still running,
+whatever its iteration, so a row with a long line search does not hold the
+others, and the number of calls is that of the row with the most trials. A pair is stored only when ``sᵀy > 10⁻¹⁰ |s| |y|`` (the
 curvature condition, scale-free); a row whose direction is not a descent direction restarts from the
 gradient.
 """
@@ -201,6 +204,11 @@ def _two_loop_direction(
     return -r
 
 
+#: A line search stops once the decrease ``t |gᵀd|`` its next trial step
+#: predicts is at most this fraction of ``|f|`` (a few units of rounding).
+_ROUNDING = 4.0 * torch.finfo(torch.float64).eps
+
+
 class _LineSearch:
     """The weak Wolfe line search of every row (Lewis & Overton 2013: double
     the step while it satisfies sufficient decrease and still descends steeply,
@@ -274,5 +282,10 @@ class _LineSearch:
         self.lo[rows], self.hi[rows] = lo, hi
         # weak Wolfe bracketing (Lewis & Overton 2013): bisect a bracket,
         # double the step while it still descends steeply
-        self.t[rows] = torch.where(torch.isinf(hi), 2.0 * lo, 0.5 * (lo + hi))
-        return (sufficient & flat) | (self.trials[rows] >= max_backtracks)
+        t_next = torch.where(torch.isinf(hi), 2.0 * lo, 0.5 * (lo + hi))
+        self.t[rows] = t_next
+        # a decrease the next trial could show is below the rounding of f: its
+        # sufficient-decrease test would compare rounding errors
+        unresolved = t_next * gd.abs() <= _ROUNDING * self.f0[rows].abs()
+        done = (sufficient & flat) | unresolved
+        return done | (self.trials[rows] >= max_backtracks)

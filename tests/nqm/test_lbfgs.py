@@ -244,3 +244,18 @@ def test_each_row_follows_the_one_row_reference_and_rows_advance_on_their_own():
         assert torch.allclose(res.x[r], torch.tensor(x_ref), rtol=0, atol=ORDER_ATOL)
         longest = max(longest, len(visited))
     assert len(calls) == 1 + longest  # the start, then one trial per call
+
+
+def test_a_decrease_below_rounding_ends_the_line_search():
+    """f = 1e16 + x, whose float64 spacing there is 2: the first trial step
+    (1) rounds to the same value, which passes sufficient decrease only by
+    rounding, and the next trial (2) would predict a decrease of 2, below the
+    rounding of f. The search stops after that one trial instead of doubling
+    up to max_backtracks times."""
+
+    def fun(x, rows):
+        return 1e16 + x[:, 0]
+
+    res = batched_lbfgs(fun, torch.zeros(1, 1, dtype=f64), max_iter=5)
+    assert int(res.evaluations[0]) == 2  # the start and one trial
+    assert float(res.x[0, 0]) == -1.0
