@@ -13,13 +13,15 @@ Each iteration: the two-loop recursion of Nocedal & Wright (2006, Algorithm 7.4)
 with the initial scaling ``sᵀy / yᵀy`` of the newest pair, then a weak Wolfe line
 search per row (Lewis & Overton 2013: double the step while it satisfies the
 sufficient decrease and still descends steeply, bisect once bracketed), trial step
-1 (a row without pairs: ``min(1, 1/|g|₁)``), ended early once the decrease
-a trial could show is below the rounding of ``f``. Rows advance on their own:
-each call of ``fun`` evaluates one trial step of every row still running,
-whatever its iteration, so a row with a long line search does not hold the
-others, and the number of calls is that of the row with the most trials. A pair is stored only when ``sᵀy > 10⁻¹⁰ |s| |y|`` (the
-curvature condition, scale-free); a row whose direction is not a descent direction restarts from the
-gradient.
+1 (a row without pairs: ``min(1, 1/|g|₁)``), ended early once the decrease a
+trial could show is below the rounding of ``f``. A pair is stored only when
+``sᵀy > 10⁻¹⁰ |s| |y|`` (the curvature condition, scale-free); a row whose
+direction is not a descent direction restarts from the gradient.
+
+Rows advance on their own: each call of ``fun`` evaluates one trial step of
+every row still running, whatever its iteration, so a row in a long line search
+does not hold the others, and the number of calls is that of the row with the
+most trials, not the sum over iterations of the longest line search.
 """
 
 from __future__ import annotations
