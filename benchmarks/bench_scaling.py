@@ -343,7 +343,15 @@ def _print_comparison(other: dict, mine: dict) -> None:
         f"CPU x{other['cpu_seconds'] / mine['cpu_seconds']:.2f}"
     )
     same = better = worse = 0
-    for a, b in zip(other["rows"], mine["rows"], strict=True):
+    # rows matched by family: the other checkout may time more families
+    theirs = {row["family"]: row for row in other["rows"]}
+    missing = [row["family"] for row in mine["rows"] if row["family"] not in theirs]
+    if missing:
+        print(f"  not timed by the other checkout: {', '.join(missing)}")
+    for b in mine["rows"]:
+        a = theirs.get(b["family"])
+        if a is None:
+            continue
         for key, s_other in a["steps"].items():
             s_mine = b["steps"][key]
             s_other = math.inf if s_other is None else float(s_other)

@@ -13,10 +13,15 @@ Each iteration: the two-loop recursion of Nocedal & Wright (2006, Algorithm 7.4)
 with the initial scaling ``sᵀy / yᵀy`` of the newest pair, then a weak Wolfe line
 search per row (Lewis & Overton 2013: double the step while it satisfies the
 sufficient decrease and still descends steeply, bisect once bracketed), trial step
-1 (a row without pairs: ``min(1, 1/|g|₁)``); only rows still searching are
-evaluated. A pair is stored only when ``sᵀy > 10⁻¹⁰ |s| |y|`` (the
-curvature condition, scale-free); a row whose direction is not a descent direction restarts from the
-gradient.
+1 (a row without pairs: ``min(1, 1/|g|₁)``), ended early once the decrease a
+trial could show is below the rounding of ``f``. A pair is stored only when
+``sᵀy > 10⁻¹⁰ |s| |y|`` (the curvature condition, scale-free); a row whose
+direction is not a descent direction restarts from the gradient.
+
+Rows advance on their own: each call of ``fun`` evaluates one trial step of
+every row still running, whatever its iteration, so a row in a long line search
+does not hold the others, and the number of calls is that of the row with the
+most trials, not the sum over iterations of the longest line search.
 """
 
 from __future__ import annotations
@@ -97,52 +102,78 @@ def batched_lbfgs(
     dev = x.device
     every = torch.arange(n_rows, device=dev)
     f, g = _value_grad(fun, x, every)
-    evaluations = torch.ones(n_rows, dtype=torch.long, device=dev)
-    S = torch.zeros(n_rows, history, n_par, dtype=x.dtype, device=dev)
-    Y = torch.zeros_like(S)
-    rho = torch.zeros(n_rows, history, dtype=x.dtype, device=dev)  # 0: empty slot
-    stored = torch.zeros(n_rows, dtype=torch.long, device=dev)
-    iters = torch.zeros(n_rows, dtype=torch.long, device=dev)
+    st = _State(x, f, g, history)
     active = torch.isfinite(f) & (g.abs().amax(dim=1) > tol_grad)
-    for _ in range(max_iter):
+    ls = _LineSearch.empty(x, g)
+    fresh = active.clone()  # rows whose next line search has not started
+    while True:
+        # rows that finished a line search start the next one (or stop)
+        fresh &= active
+        out = fresh & (st.searches >= max_iter)
+        active &= ~out
+        fresh &= ~out
+        if bool(fresh.any()):
+            rows = torch.nonzero(fresh).flatten()
+            ls.start(st, rows)
+            st.searches[rows] += 1
+            fresh[rows] = False
         rows = torch.nonzero(active).flatten()
         if rows.numel() == 0:
             break
-        gr, f0 = g[rows], f[rows]
-        has = stored[rows] > 0
-        d = _two_loop_direction(gr, S[rows], Y[rows], rho[rows], has)
-        gd = (gr * d).sum(dim=1)
-        restart = ~(torch.isfinite(gd) & (gd < 0))
-        if bool(restart.any()):  # not a descent direction: forget, go downhill
-            d[restart] = -gr[restart]
-            gd = torch.where(restart, -(gr * gr).sum(dim=1), gd)
-            forget = rows[restart]
-            S[forget], Y[forget], rho[forget], stored[forget] = 0.0, 0.0, 0.0, 0
-            has = has & ~restart
-        x_new, f_new, g_new, moved = _weak_wolfe_search(
-            fun, x, f, rows, d, gr, gd, has, evaluations,
-            armijo=armijo, curvature=curvature, max_backtracks=max_backtracks,
-        )  # fmt: skip
+        # one trial step of every row still searching, all in one call
+        done = ls.trial(fun, st, rows, armijo, curvature, max_backtracks)
+        if bool(done.any()):
+            ended = rows[done]
+            stop = st.accept(ls, ended, tol_grad, tol_change)
+            active[ended[stop]] = False
+            fresh[ended[~stop]] = True
+    return LBFGSResult(st.x, st.f, st.iters, st.evaluations)
+
+
+class _State:
+    """Per row: the iterate, its value and gradient, the curvature pairs and the
+    counters."""
+
+    def __init__(self, x: Tensor, f: Tensor, g: Tensor, history: int) -> None:
+        n_rows, n_par = x.shape
+        dev = x.device
+        self.x, self.f, self.g = x, f, g
+        self.S = torch.zeros(n_rows, history, n_par, dtype=x.dtype, device=dev)
+        self.Y = torch.zeros_like(self.S)
+        self.rho = torch.zeros(n_rows, history, dtype=x.dtype, device=dev)  # 0: empty
+        self.stored = torch.zeros(n_rows, dtype=torch.long, device=dev)
+        self.iters = torch.zeros(n_rows, dtype=torch.long, device=dev)
+        self.searches = torch.zeros(n_rows, dtype=torch.long, device=dev)
+        self.evaluations = torch.ones(n_rows, dtype=torch.long, device=dev)
+
+    def forget(self, rows: Tensor) -> None:
+        """Drop the curvature pairs of ``rows``."""
+        self.S[rows], self.Y[rows], self.rho[rows], self.stored[rows] = 0.0, 0.0, 0.0, 0
+
+    def accept(self, ls: _LineSearch, rows: Tensor, tol_grad: float,
+               tol_change: float) -> Tensor:  # fmt: skip
+        """Move ``rows`` to the points their line searches found, store the new
+        curvature pairs, and return which of them stop."""
+        x_new, f_new, g_new, moved = ls.x[rows], ls.f[rows], ls.g[rows], ls.moved[rows]
+        f0 = self.f[rows]
         # rows that found no acceptable step keep their point and stop
-        s = x_new - x[rows]
-        y = g_new - gr
+        s = x_new - self.x[rows]
+        y = g_new - self.g[rows]
         ys = (s * y).sum(dim=1)
         # the curvature condition, relative (scale-free): cos(s, y) > 1e-10
         keep = moved & (ys > 1e-10 * s.norm(dim=1) * y.norm(dim=1))
         if bool(keep.any()):
             k = rows[keep]
-            S[k] = torch.cat([S[k, 1:], s[keep, None]], dim=1)
-            Y[k] = torch.cat([Y[k, 1:], y[keep, None]], dim=1)
-            rho[k] = torch.cat([rho[k, 1:], (1.0 / ys[keep])[:, None]], dim=1)
-            stored[k] += 1
-        x[rows], f[rows], g[rows] = x_new, f_new, g_new
-        iters[rows[moved]] += 1
+            self.S[k] = torch.cat([self.S[k, 1:], s[keep, None]], dim=1)
+            self.Y[k] = torch.cat([self.Y[k, 1:], y[keep, None]], dim=1)
+            self.rho[k] = torch.cat([self.rho[k, 1:], (1.0 / ys[keep])[:, None]], dim=1)
+            self.stored[k] += 1
+        self.x[rows], self.f[rows], self.g[rows] = x_new, f_new, g_new
+        self.iters[rows[moved]] += 1
         small_step = s.abs().amax(dim=1) <= tol_change
         small_drop = (f0 - f_new).abs() < tol_change
         flat = g_new.abs().amax(dim=1) <= tol_grad
-        stop = ~moved | small_step | small_drop | flat
-        active[rows[stop]] = False
-    return LBFGSResult(x, f, iters, evaluations)
+        return ~moved | small_step | small_drop | flat
 
 
 def _two_loop_direction(
@@ -175,55 +206,88 @@ def _two_loop_direction(
     return -r
 
 
-def _weak_wolfe_search(
-    fun, x, f, rows, d, gr, gd, has, evaluations, *, armijo, curvature,
-    max_backtracks,
-):  # fmt: skip
-    """A weak Wolfe line search along ``d`` for every row of ``rows`` at once
-    (Lewis & Overton 2013: double the step while it satisfies sufficient
-    decrease and still descends steeply, bisect once bracketed). Trial step 1,
-    or ``min(1, 1/|g|₁)`` for a row without pairs. Adds each row's function
-    evaluations to ``evaluations``.
+#: A line search stops once the decrease ``t |gᵀd|`` its next trial step
+#: predicts is at most this fraction of ``|f|`` (a few units of rounding).
+_ROUNDING = 4.0 * torch.finfo(torch.float64).eps
 
-    Returns:
-        ``(x_new, f_new, g_new, moved)``: per row the Wolfe point, else the
-        lowest point found that meets sufficient decrease, else the start
-        (``moved`` False).
+
+class _LineSearch:
+    """The weak Wolfe line search of every row (Lewis & Overton 2013: double
+    the step while it satisfies sufficient decrease and still descends steeply,
+    bisect once bracketed), one trial step per row and call of :meth:`trial`.
+
+    Per row: the direction ``d`` and slope ``gd`` along it, the trial step
+    ``t``, the bracket ``[lo, hi]`` (largest step known to satisfy sufficient
+    decrease, smallest known to fail it), the trials made, and the point kept
+    (``x``, ``f``, ``g``; ``moved`` once one meets sufficient decrease): the
+    Wolfe point when one is found, else the lowest point with sufficient
+    decrease, else the start.
     """
-    dev = x.device
-    # first step of a row without curvature pairs: at most unit length in l1
-    l1 = gr.abs().sum(dim=1)
-    t = torch.where(has, 1.0, torch.clamp(1.0 / l1, max=1.0))
-    f0 = f[rows]
-    x_new, f_new, g_new = x[rows].clone(), f0.clone(), gr.clone()
-    moved = torch.zeros(rows.numel(), dtype=torch.bool, device=dev)
-    search = torch.ones_like(moved)
-    lo = torch.zeros_like(t)  # largest step known to satisfy Armijo
-    hi = torch.full_like(t, float("inf"))  # smallest step known to fail it
-    for _ in range(max_backtracks):
-        idx = torch.nonzero(search).flatten()
-        if idx.numel() == 0:
-            break
-        ti = t[idx]
-        trial = x[rows[idx]] + ti[:, None] * d[idx]
-        ft, gt = _value_grad(fun, trial, rows[idx])
-        evaluations[rows[idx]] += 1
+
+    def __init__(self, **fields: Tensor) -> None:
+        self.__dict__.update(fields)
+
+    @classmethod
+    def empty(cls, x: Tensor, g: Tensor) -> _LineSearch:
+        n_rows = x.shape[0]
+        vec = torch.zeros(n_rows, dtype=x.dtype, device=x.device)
+        return cls(
+            d=torch.zeros_like(x), gd=vec.clone(), f0=vec.clone(), t=vec.clone(),
+            lo=vec.clone(), hi=vec.clone(), x=x.clone(), f=vec.clone(),
+            g=torch.zeros_like(g), moved=torch.zeros_like(vec, dtype=torch.bool),
+            trials=torch.zeros_like(vec, dtype=torch.long),
+        )  # fmt: skip
+
+    def start(self, st: _State, rows: Tensor) -> None:
+        """A new line search for ``rows`` along their L-BFGS directions (from
+        the gradient where that is not a descent direction). Trial step 1, or
+        ``min(1, 1/|g|₁)`` for a row without pairs."""
+        gr = st.g[rows]
+        has = st.stored[rows] > 0
+        d = _two_loop_direction(gr, st.S[rows], st.Y[rows], st.rho[rows], has)
+        gd = (gr * d).sum(dim=1)
+        restart = ~(torch.isfinite(gd) & (gd < 0))
+        if bool(restart.any()):  # not a descent direction: forget, go downhill
+            d[restart] = -gr[restart]
+            gd = torch.where(restart, -(gr * gr).sum(dim=1), gd)
+            st.forget(rows[restart])
+            has = has & ~restart
+        l1 = gr.abs().sum(dim=1)
+        self.t[rows] = torch.where(has, 1.0, torch.clamp(1.0 / l1, max=1.0))
+        self.d[rows], self.gd[rows], self.f0[rows] = d, gd, st.f[rows]
+        self.x[rows], self.f[rows], self.g[rows] = st.x[rows], st.f[rows], gr
+        self.lo[rows], self.hi[rows] = 0.0, float("inf")
+        self.moved[rows], self.trials[rows] = False, 0
+
+    def trial(self, fun, st: _State, rows: Tensor, armijo: float, curvature: float,
+              max_backtracks: int) -> Tensor:  # fmt: skip
+        """Evaluate the trial step of every row of ``rows`` in one call, update
+        their searches, and return which of them are done (a Wolfe point, or
+        ``max_backtracks`` trials)."""
+        ti, d, gd = self.t[rows], self.d[rows], self.gd[rows]
+        trial = st.x[rows] + ti[:, None] * d
+        ft, gt = _value_grad(fun, trial, rows)
+        st.evaluations[rows] += 1
+        self.trials[rows] += 1
         sufficient = torch.isfinite(ft) & torch.isfinite(gt).all(dim=1)
-        sufficient &= ft <= f0[idx] + armijo * ti * gd[idx]
-        flat = (gt * d[idx]).sum(dim=1) >= curvature * gd[idx]
+        sufficient &= ft <= self.f0[rows] + armijo * ti * gd
+        flat = (gt * d).sum(dim=1) >= curvature * gd
         # keep the lowest Armijo point (the Wolfe point when one is found:
         # the search stops there)
-        better = sufficient & (~moved[idx] | (ft < f_new[idx]) | flat)
-        acc = idx[better]
-        x_new[acc], f_new[acc], g_new[acc] = trial[better], ft[better], gt[better]
-        acc = idx[sufficient]
-        moved[acc] = True
-        lo[acc] = ti[sufficient]
-        hi[idx[~sufficient]] = ti[~sufficient]
-        search[idx[sufficient & flat]] = False
+        better = sufficient & (~self.moved[rows] | (ft < self.f[rows]) | flat)
+        acc = rows[better]
+        self.x[acc], self.f[acc], self.g[acc] = trial[better], ft[better], gt[better]
+        self.moved[rows[sufficient]] = True
+        lo, hi = self.lo[rows], self.hi[rows]
+        lo = torch.where(sufficient, ti, lo)
+        hi = torch.where(sufficient, hi, ti)
+        self.lo[rows], self.hi[rows] = lo, hi
         # weak Wolfe bracketing (Lewis & Overton 2013): bisect a bracket,
         # double the step while it still descends steeply
-        t[idx] = torch.where(
-            torch.isinf(hi[idx]), 2.0 * lo[idx], 0.5 * (lo[idx] + hi[idx])
-        )
-    return x_new, f_new, g_new, moved
+        t_next = torch.where(torch.isinf(hi), 2.0 * lo, 0.5 * (lo + hi))
+        self.t[rows] = t_next
+        # a decrease the next trial could show is below the rounding of f: its
+        # sufficient-decrease test would compare rounding errors
+        unresolved = t_next * gd.abs() <= _ROUNDING * self.f0[rows].abs()
+        done = (sufficient & flat) | unresolved
+        return done | (self.trials[rows] >= max_backtracks)

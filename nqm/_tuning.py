@@ -898,45 +898,6 @@ def _schedule_values(fam, params, pieces, decay_shape=DecayShape.ONE_MINUS_SQRT)
     return peak * torch.where(x < w, warm, after)
 
 
-def _torch_piecewise_loss(hh, wd, wn, lrs, lengths, bs):
-    """Exact SGD risk after piecewise-constant lrs, differentiable (torch).
-
-    hh, wd, wn: (M,) modes shared by every row, or (R, M) per row; lrs: (R, K);
-    lengths: (R, K) integers (0 allowed); bs: (R,); returns (R,).
-
-    Piece k multiplies each mode's mean response by :math:`f_k = e^{x_k}`,
-    :math:`x_k = 2 L_k \\log|1 - \\alpha_k h|`, and adds the noise response
-    :math:`g_k = \\alpha_k^2 (1 - f_k) / (\\alpha_k h (2 - \\alpha_k h))`. Unrolled,
-
-    .. math:: F = e^{\\sum_k x_k}, \\qquad
-              V = \\sum_k g_k\\, e^{\\sum_{j > k} x_j},
-
-    so all pieces are evaluated at once (suffix sums of :math:`x`) instead of one
-    small operation per piece. Each row's value depends on its own inputs only
-    (sums run within rows).
-    """
-    import torch
-
-    per_row = hh.ndim == 2
-    s = lrs[:, :, None] * (hh[:, None, :] if per_row else hh[None, None, :])
-    la = torch.where(
-        s < 1.0,
-        torch.log1p(-torch.clamp(s, max=1.0 - 1e-16)),
-        torch.log(torch.clamp(s - 1.0, min=1e-300)),
-    )
-    x = 2.0 * lengths[:, :, None] * la
-    den = s * (2.0 - s)
-    den = torch.where(den.abs() < 1e-300, torch.full_like(den, 1e-300), den)
-    g = lrs[:, :, None] ** 2 * (-torch.expm1(x)) / den
-    # after[k] = sum_{j > k} x_j: reverse cumulative sums, shifted by one piece
-    # (no subtraction, so no cancellation)
-    rev = torch.flip(torch.cumsum(torch.flip(x, [1]), dim=1), [1])
-    after = torch.cat([rev[:, 1:], torch.zeros_like(rev[:, :1])], dim=1)
-    v_d = torch.exp(rev[:, 0, :])
-    v_n = (g * torch.exp(after)).sum(dim=1)
-    return (v_d * wd).sum(dim=1) + (v_n * wn).sum(dim=1) / bs
-
-
 def tune_schedules(
     problem: NQMProblem,
     fam: Family,
@@ -1074,6 +1035,7 @@ def _minimise_rows(fam, x0, rows, steps, modes, a_max_t, bs_t, k, decay_shape, i
     import torch
 
     from ._lbfgs import batched_lbfgs
+    from ._piecewise_risk import piecewise_risk
 
     f64 = {"dtype": a_max_t.dtype, "device": a_max_t.device}
     lengths = _lengths(steps, k, f64)
@@ -1084,9 +1046,7 @@ def _minimise_rows(fam, x0, rows, steps, modes, a_max_t, bs_t, k, decay_shape, i
     def objective(params, idx):
         lrs = scale[idx, None] * _schedule_values(fam, params, k, decay_shape)
         hh, wd, wn = (m[idx] for m in sel)
-        return torch.log(
-            _torch_piecewise_loss(hh, wd, wn, lrs, lengths[idx], sizes[idx])
-        )
+        return torch.log(piecewise_risk(hh, wd, wn, lrs, lengths[idx], sizes[idx]))
 
     return batched_lbfgs(
         objective, torch.tensor(x0, **f64), max_iter=iters, tol_grad=1e-10,
@@ -1155,6 +1115,8 @@ def _shortest_runs(
     """
     import torch
 
+    from ._piecewise_risk import piecewise_risk
+
     f64 = {"dtype": a_max_t.dtype, "device": a_max_t.device}
     out = hi.copy()
     idx = np.flatnonzero(rows)
@@ -1173,7 +1135,7 @@ def _shortest_runs(
         lengths = _lengths(mid, k, f64)
         g = torch.as_tensor(go, device=a_max_t.device)
         with torch.no_grad():
-            loss = _torch_piecewise_loss(
+            loss = piecewise_risk(
                 sel[0][g], sel[1][g], sel[2][g], lrs[g], lengths, sizes[g]
             )
         evaluations[idx[go]] += 1
@@ -1279,7 +1241,10 @@ def _batch_transfer(problem, bs, target, results, a_max):
     at this batch size (exactly, below its own steps) when that prediction is
     fewer steps and its rescaled lrs stay below the stability edge ``a_max``,
     and kept if it needs fewer steps. Batch sizes are visited in increasing
-    order, each trying the already visited smaller one and the next larger one.
+    order, each trying the already visited smaller one and the next larger one;
+    the sweep is repeated while it improves a batch size (at most
+    :data:`_TRANSFER_SWEEPS` times), so that a schedule improved late in one
+    sweep reaches its smaller neighbours in the next.
 
     Args:
         problem: the NQM.
@@ -1293,34 +1258,55 @@ def _batch_transfer(problem, bs, target, results, a_max):
     """
     out = list(results)
     order = [int(i) for i in np.argsort(bs, kind="stable")]
-    for pos, i in enumerate(order):
-        for n in order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]:
-            own, nb = out[i], out[n]
-            sched = None if nb.optimizer is None else nb.optimizer.schedule
-            if not isinstance(sched, PiecewiseConstant) or own.steps < 2:
-                continue
-            c = float(bs[n]) / float(bs[i])
-            if not math.isfinite(nb.steps) or c * nb.steps >= own.steps:
-                continue
-            values = tuple(v / c for v in sched.values)
-            bounds = [int(round(x * c)) for x in sched.boundaries]
-            if max(values) >= a_max or any(
-                b1 >= b2 for b1, b2 in zip([0] + bounds, bounds, strict=False)
-            ):
-                continue
-            opt = Optimizer(
-                PiecewiseConstant(tuple(bounds), values),
-                precond_power=nb.optimizer.precond_power,
-            )
-            limit = _below(own.steps)
-            guess = min(max(int(round(c * nb.steps)), 1), limit)
-            got = steps_to_target(
-                problem, opt, bs[i], target, max_steps=limit, guess=guess
-            )
-            if got < own.steps:
-                out[i] = TuneResult(got, opt, own.family, own.batch_size,
-                                    own.precond_power, target, own.evaluations)  # fmt: skip
+    tried: set[tuple[int, int, float]] = set()  # (here, neighbour, its steps)
+    for _ in range(_TRANSFER_SWEEPS):
+        improved = False
+        for pos, i in enumerate(order):
+            for n in order[max(pos - 1, 0) : pos] + order[pos + 1 : pos + 2]:
+                if (i, n, out[n].steps) in tried:  # same schedule, same answer
+                    continue
+                tried.add((i, n, out[n].steps))
+                better = _transferred(problem, bs, target, out[i], out[n], a_max)
+                if better is not None:
+                    out[i], improved = better, True
+        if not improved:
+            break
     return out
+
+
+#: Sweeps of :func:`_batch_transfer` at most.
+_TRANSFER_SWEEPS = 3
+
+
+def _transferred(problem, bs, target, own, nb, a_max):
+    """``own`` replaced by the neighbour ``nb``'s schedule rescaled to its batch
+    size (:func:`_batch_transfer`) when that certifies fewer steps, else
+    ``None``."""
+    sched = None if nb.optimizer is None else nb.optimizer.schedule
+    if not isinstance(sched, PiecewiseConstant) or own.steps < 2:
+        return None
+    c = float(nb.batch_size) / float(own.batch_size)
+    if not math.isfinite(nb.steps) or c * nb.steps >= own.steps:
+        return None
+    values = tuple(v / c for v in sched.values)
+    bounds = [int(round(x * c)) for x in sched.boundaries]
+    if max(values) >= a_max or any(
+        b1 >= b2 for b1, b2 in zip([0] + bounds, bounds, strict=False)
+    ):
+        return None
+    opt = Optimizer(
+        PiecewiseConstant(tuple(bounds), values),
+        precond_power=nb.optimizer.precond_power,
+    )
+    limit = _below(own.steps)
+    guess = min(max(int(round(c * nb.steps)), 1), limit)
+    got = steps_to_target(
+        problem, opt, own.batch_size, target, max_steps=limit, guess=guess
+    )
+    if got >= own.steps:
+        return None
+    return TuneResult(got, opt, own.family, own.batch_size, own.precond_power,
+                      target, own.evaluations)  # fmt: skip
 
 
 #: Rounds of re-stretching a certified schedule over the steps it needs

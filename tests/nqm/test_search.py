@@ -365,9 +365,9 @@ def _assert_piecewise_loss_is_exact(prob, modes, lrs, lengths, bs, powers):
     piecewise-constant optimizer (row r: batch size bs[r], power powers[r])."""
     import torch
 
-    from nqm._tuning import _torch_piecewise_loss
+    from nqm._piecewise_risk import piecewise_risk
 
-    got = _torch_piecewise_loss(
+    got = piecewise_risk(
         *modes,
         torch.tensor(lrs),
         torch.tensor(lengths, dtype=torch.float64),
