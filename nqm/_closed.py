@@ -794,17 +794,28 @@ class MeanResponse:
     """Certified lower bounds of every mode's squared mean response over a range.
 
     With :math:`f_\\tau = \\sum_j w_j \\lambda_j^\\tau` and :math:`|\\lambda_j| \\le 1`,
+    two bounds hold on integer :math:`\\tau \\in [a, c]`. From :math:`a` alone,
 
-    .. math:: |f_\\tau - f_t| \\le \\sum_j |w_j \\lambda_j^t|\\,
-              \\min(2, (\\tau - t)\\,|1 - \\lambda_j|),
+    .. math:: |f_\\tau - f_a| \\le \\sum_j |w_j \\lambda_j^a|\\,
+              \\min(2, (\\tau - a)\\,|1 - \\lambda_j|),
 
-    because :math:`|\\lambda^k - 1| \\le k |1 - \\lambda|` inside the unit disc. The
-    rounding error of :math:`f_t` itself (cancellation between terms, and the
-    powers' own rounding) is added to the slack, so the bound is valid for every
-    mode; it is 0 for unstable modes and where the Lagrange form is undefined.
-    The eigenvalues :math:`\\lambda_j` and Lagrange weights :math:`w_j` do not
-    depend on :math:`t`: they are computed once, here, and
-    :meth:`bound` evaluates any range. Used by
+    because :math:`|\\lambda^k - 1| \\le k |1 - \\lambda|` inside the unit disc.
+    From both ends: :math:`f_\\tau` is the value at an integer of the smooth
+    :math:`\\varphi(\\tau) = \\operatorname{Re} \\sum_j w_j e^{\\tau \\log\\lambda_j}`
+    (principal logarithms), whose second derivative on :math:`[a, c]` is at most
+    :math:`M_2 = \\sum_j |w_j \\lambda_j^a|\\,|\\log\\lambda_j|^2` in modulus, so
+    :math:`\\varphi` stays within :math:`(c - a)^2 M_2 / 8` of the chord through
+    :math:`(a, f_a)` and :math:`(c, f_c)` (linear interpolation error). Where
+    :math:`f_a` and :math:`f_c` have one sign, :math:`|f_\\tau| \\ge
+    \\min(|f_a|, |f_c|) - (c - a)^2 M_2 / 8`: next to slowly turning
+    eigenvalues (long runs) this is far tighter than the first bound, which
+    loses :math:`(c-a)|1-\\lambda|` where the second loses its square. Each mode
+    takes the larger. The rounding error of :math:`f_t` itself (cancellation
+    between terms, and the powers' own rounding) is added to the slack, so the
+    bound is valid for every mode; it is 0 for unstable modes and where the
+    Lagrange form is undefined. The eigenvalues :math:`\\lambda_j` and Lagrange
+    weights :math:`w_j` do not depend on :math:`t`: they are computed once,
+    here, and the terms at each step once per step. Used by
     :func:`nqm.search.steps_to_target` to prune intervals that cannot contain the
     first crossing. Complex arithmetic; not on the fast path.
     """
@@ -845,29 +856,127 @@ class MeanResponse:
                     w.append(fz[j] / den)
             self.lam, self.w = lam, w
             self.dist = [np.abs(1.0 - z) for z in lam]
+            # |log lam|^2 = log|lam|^2 + arg(lam)^2, raised by a relative margin
+            # far above the rounding of its few operations
+            self.log_sq = [
+                (np.log(np.abs(z)) ** 2 + np.angle(z) ** 2) * (1.0 + _CURVE_MARGIN)
+                for z in lam
+            ]
+            self.log_abs = [np.sqrt(x) * (1.0 + _CURVE_MARGIN) for x in self.log_sq]
             stable = np.ones(s.shape, dtype=bool)
             for z in lam:
                 stable &= np.abs(z) <= 1.0
             self.stable = stable
+            self.all_stable = bool(stable.all())
+        self._at: dict[int, tuple] = {}
 
-    def bound(self, t: int, span: int):
-        """Per-mode lower bound of :math:`f_\\tau^2` over :math:`\\tau \\in [t, t +
-        span]`, and :math:`f_t`; ``(lower_sq, f_t)``, shape ``S`` each."""
+    def terms_at(self, t: int):
+        """``(f_t, err_t, mags)``: the mean response at step ``t``, a bound on
+        its rounding error, and the terms' moduli :math:`|w_j \\lambda_j^t|`
+        (each raised by the relative error of its power), per mode; computed
+        once per step."""
+        hit = self._at.get(t)
+        if hit is not None:
+            return hit
         lam, w = self.lam, self.w
         with np.errstate(all="ignore"):
             powers = [_cpow(z, t) for z in lam]
             terms = [w[j] * powers[j][0] for j in range(len(lam))]
             f = sum(terms).real
             mags = [np.abs(x) for x in terms]
-            slack = 8.0 * EPS * sum(mags)
+            err = 8.0 * EPS * sum(mags)
             for j in range(len(lam)):
-                # rounding of lam^t itself, plus its possible movement over the span
-                slack = slack + mags[j] * (
-                    powers[j][1] + np.minimum(2.0, span * self.dist[j])
-                )
-            lower = np.maximum(np.abs(f) - slack, 0.0)
-            lower = np.where(self.stable & np.isfinite(lower), lower, 0.0)
+                err = err + mags[j] * powers[j][1]  # rounding of lam^t itself
+            mags = [m * (1.0 + p[1]) for m, p in zip(mags, powers, strict=True)]
+        hit = self._at[t] = (f, err, mags)
+        return hit
+
+    def bound(self, t: int, span: int):
+        """Per-mode lower bound of :math:`f_\\tau^2` over :math:`\\tau \\in [t, t +
+        span]` from :math:`t` alone, and :math:`f_t`; ``(lower_sq, f_t)``, shape
+        ``S`` each."""
+        f, err, mags = self.terms_at(t)
+        with np.errstate(all="ignore"):
+            lower = np.abs(f) - self._lipschitz_slack(err, mags, span)
+            lower = self._valid(lower)
         return lower * lower, f
+
+    def _lipschitz_slack(self, err, mags, span):
+        slack = err
+        for j in range(len(self.lam)):
+            # the possible movement of lam^t over the span
+            slack = slack + mags[j] * np.minimum(2.0, span * self.dist[j])
+        return slack
+
+    def _valid(self, lower):
+        lower = np.maximum(lower, 0.0)
+        return np.where(self.stable & np.isfinite(lower), lower, 0.0)
+
+    def interval_bound(self, a: int, c: int):
+        """Per-mode lower bound of :math:`f_\\tau^2` over the integers
+        :math:`\\tau \\in [a, c]`, ``a < c``: the larger of the bound from
+        :math:`a` alone and the chord bound (see the class docstring); shape
+        ``S``."""
+        fa, err_a, mags = self.terms_at(a)
+        fc, err_c, _ = self.terms_at(c)
+        span = c - a
+        with np.errstate(all="ignore"):
+            lip = np.abs(fa) - self._lipschitz_slack(err_a, mags, span)
+            m2 = mags[0] * self.log_sq[0]
+            for j in range(1, len(self.lam)):
+                m2 = m2 + mags[j] * self.log_sq[j]
+            sag = (0.125 * float(span) * float(span) * (1.0 + _CURVE_MARGIN)) * m2
+            chord = np.minimum(np.abs(fa), np.abs(fc)) - sag - np.maximum(err_a, err_c)
+            chord = np.where(np.signbit(fa) == np.signbit(fc), chord, 0.0)
+            lower = self._valid(np.fmax(lip, chord))  # chord: NaN where lam = 0
+        return lower * lower
+
+    def total_chord(self, a: int, c: int, weights) -> float:
+        r"""A lower bound of :math:`\sum_m \omega_m f_{\tau,m}^2` over the integers
+        :math:`\tau \in [a, c]`, ``a < c`` (``weights`` :math:`\omega \ge 0`,
+        shape ``S``), from the chord of the sum.
+
+        Each :math:`\varphi_m^2` (class docstring) has second derivative
+        :math:`2(\varphi_m'^2 + \varphi_m \varphi_m'') \le 2(M_1^2 + A M_2)`
+        on :math:`[a, c]`, with :math:`A = \sum_j |w_j \lambda_j^a|` (bounds
+        :math:`|\varphi_m|`) and :math:`M_1 = \sum_j |w_j \lambda_j^a|
+        |\log\lambda_j|` (bounds :math:`|\varphi_m'|`), so the weighted sum
+        :math:`S(\tau)` stays above its chord less
+        :math:`(c-a)^2/8 \cdot \sum_m 2\omega_m (M_1^2 + A M_2)`: it is at
+        least :math:`\min(S(a), S(c))` less that sag. Unlike the per-mode
+        bound of :meth:`interval_bound`, modes turning one way and the other
+        (oscillating momentum modes) are not each taken at their own minimum,
+        so next to the crossing of a long run the bound approaches the
+        loss's own minimum on the interval. ``-inf`` when some mode is
+        unstable.
+        """
+        if not self.all_stable:
+            return -np.inf
+        fa, err_a, mags = self.terms_at(a)
+        fc, err_c, _ = self.terms_at(c)
+        with np.errstate(all="ignore"):
+            amp = mags[0]
+            m1 = mags[0] * self.log_abs[0]
+            m2 = mags[0] * self.log_sq[0]
+            for j in range(1, len(self.lam)):
+                amp = amp + mags[j]
+                m1 = m1 + mags[j] * self.log_abs[j]
+                m2 = m2 + mags[j] * self.log_sq[j]
+            curv = np.fmax(2.0 * (m1 * m1 + amp * m2), 0.0)  # NaN where lam = 0
+            # the ends' values, lowered by their rounding
+            low_a = np.maximum(np.abs(fa) - err_a, 0.0)
+            low_c = np.maximum(np.abs(fc) - err_c, 0.0)
+            ends = min(
+                float((low_a * low_a) @ weights), float((low_c * low_c) @ weights)
+            )
+            sag = 0.125 * float(c - a) ** 2 * float(curv @ weights)
+        out = (ends - sag * (1.0 + _CURVE_MARGIN)) * (1.0 - _CURVE_MARGIN)
+        return out if np.isfinite(out) else -np.inf
+
+
+#: Relative margin by which :class:`MeanResponse` raises the curvature factors of
+#: its chord bound (rounding of :math:`|\\log\\lambda|^2` and of the sag).
+_CURVE_MARGIN = 2.0**-30
 
 
 def weighted_totals(f, f_abs, G, g_abs, wd, wn):

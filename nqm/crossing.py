@@ -18,6 +18,7 @@ stable mode: a Lipschitz bound from :math:`t=a`, see
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -101,6 +102,9 @@ class _Curve:
         self.target = math.inf  # set by steps_to_target
         self._mean: MeanResponse | None = None
         self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        # constant lr: every evaluated noise term, by step
+        self._noise_steps: list[int] = []
+        self._noise_vals: list[float] = []
         if self.constant:
             s = self.setting.lr * self.hh
             if self.plain:
@@ -141,7 +145,19 @@ class _Curve:
         hit = self._cache.get(key)
         if hit is None:
             hit = self._cache[key] = self._terms(steps)
+            if self.constant:
+                self._record_noise(steps, hit[1])
         return hit
+
+    def _record_noise(self, steps, noise):
+        """Adds evaluated noise terms to the sorted record behind
+        :meth:`_noise_before` (constant lr: ``N`` never decreases)."""
+        for t, n in zip(steps.tolist(), np.asarray(noise).tolist(), strict=True):
+            if not math.isfinite(n):
+                continue
+            i = bisect.bisect_right(self._noise_steps, t)
+            self._noise_steps.insert(i, t)
+            self._noise_vals.insert(i, n)
 
     def _terms(self, steps) -> tuple[np.ndarray, np.ndarray]:
         if self.mode == "constant":
@@ -223,18 +239,38 @@ class _Curve:
                 ss = np.where(s < 2.0, inv_b * lr_min / (self.hh * (2.0 - s)), np.inf)
                 v_low = np.maximum(V[0] * ratio, np.minimum(V[0], ss))
             return max(float(F[1] @ self.wd + v_low @ self.wn / self.b), within)
-        noise = self._noise_at(a) / self.b
-        if noise > self.target:
-            return float(noise)  # the accumulated noise alone rules [a, b] out
         if self._mean is None:  # eigenvalues and weights: once per curve
             st = self.setting
             self._mean = MeanResponse(self.hh, st.lr, st.momentum, st.ema, self.feats)
-        lip, _ = self._mean.bound(a, b - a)
+        # The noise N never decreases: a value known at a step at or before a
+        # bounds it on [a, b] without an evaluation; N(a) itself is computed
+        # only when that does not already prune the interval.
+        known = self._noise_before(a)
+        if known is not None and known / self.b > self.target:
+            return known / self.b * (1.0 - _FLOOR_RTOL)
         self.evaluations += 1
+        # the chord bound runs to b + 1, the next interval's start (its terms
+        # are computed once, for both)
+        low = self._mean.interval_bound(a, b + 1)
         if np.any(self.monotone):
             fb, _ = self._mean.bound(b, 0)
-            lip = np.where(self.monotone, np.maximum(lip, fb), lip)
-        return float(lip @ self.wd + noise)
+            low = np.where(self.monotone, np.maximum(low, fb), low)
+        det = max(float(low @ self.wd), self._mean.total_chord(a, b + 1, self.wd))
+        if known is not None:
+            stale = (det + known / self.b) * (1.0 - _FLOOR_RTOL)
+            if stale > self.target:
+                return stale
+        noise = self._noise_at(a) / self.b
+        if noise > self.target:
+            return noise * (1.0 - _FLOOR_RTOL)
+        return (det + noise) * (1.0 - _FLOOR_RTOL)
+
+    def _noise_before(self, t: int):
+        """The largest known noise term ``N`` at a step ``<= t`` (``None`` if
+        none): a lower bound of ``N`` from ``t`` on, since ``N`` never
+        decreases."""
+        i = bisect.bisect_right(self._noise_steps, t)
+        return self._noise_vals[i - 1] if i else None
 
 
 def steps_to_target(
