@@ -863,6 +863,23 @@ class MeanResponse:
                 for z in lam
             ]
             self.log_abs = [np.sqrt(x) * (1.0 + _CURVE_MARGIN) for x in self.log_sq]
+            # polar form of each eigenvalue and weight, once per curve: a step
+            # then costs real exponentials and one cosine and sine
+            self._log_mod = [np.log(np.abs(z)) for z in lam]
+            self._ang = [np.angle(z) for z in lam]
+            self._cplx = [bool(np.any(z.imag)) for z in lam]
+            self._w_re = [x.real.copy() for x in w]
+            self._w_im = [x.imag.copy() for x in w]
+            self._w_abs = [np.abs(x) for x in w]
+            # the second momentum root is the conjugate of the first or equal to
+            # it (real double roots) in every mode: its phase is the first's
+            # (then its cosine is the first's, its sine +-)
+            self._sine_sign = None
+            if feats.momentum and self._cplx[0]:
+                a0, a1 = self._ang[0], self._ang[1]
+                sign = np.where(a1 == -a0, -1.0, np.where(a1 == a0, 1.0, np.nan))
+                if not np.isnan(sign).any():
+                    self._sine_sign = sign
             stable = np.ones(s.shape, dtype=bool)
             for z in lam:
                 stable &= np.abs(z) <= 1.0
@@ -878,16 +895,36 @@ class MeanResponse:
         hit = self._at.get(t)
         if hit is not None:
             return hit
-        lam, w = self.lam, self.w
+        # as _cpow: |lam^t| = exp(t log|lam|), phase t arg(lam), each with
+        # the relative error bound 4 eps (1 + t (1 + |log|lam|| + |arg lam|))
+        f = err = 0.0
+        mags = []
+        trig = None
         with np.errstate(all="ignore"):
-            powers = [_cpow(z, t) for z in lam]
-            terms = [w[j] * powers[j][0] for j in range(len(lam))]
-            f = sum(terms).real
-            mags = [np.abs(x) for x in terms]
-            err = 8.0 * EPS * sum(mags)
-            for j in range(len(lam)):
-                err = err + mags[j] * powers[j][1]  # rounding of lam^t itself
-            mags = [m * (1.0 + p[1]) for m, p in zip(mags, powers, strict=True)]
+            for j in range(len(self.lam)):
+                log_mod, ang = self._log_mod[j], self._ang[j]
+                if t == 0:
+                    r, cos, sin, rel = 1.0, 1.0, 0.0, 0.0
+                else:
+                    r = np.exp(t * log_mod)
+                    if not self._cplx[j]:  # real: angle 0 or pi, a signed power
+                        cos = np.where(ang != 0.0, -1.0 if t % 2 else 1.0, 1.0)
+                        sin = 0.0
+                        ang = np.where(ang != 0.0, np.pi, 0.0)
+                    elif j == 1 and trig is not None and self._sine_sign is not None:
+                        cos, sin = trig[0], self._sine_sign * trig[1]
+                    else:
+                        phase = t * ang
+                        cos, sin = np.cos(phase), np.sin(phase)
+                        if j == 0:
+                            trig = (cos, sin)
+                    rel = 4.0 * EPS * (1.0 + t * (1.0 + np.abs(log_mod) + np.abs(ang)))
+                    rel = np.where(np.isfinite(rel), rel, 0.0)
+                re = r * (self._w_re[j] * cos - self._w_im[j] * sin)
+                mag = self._w_abs[j] * r
+                f = f + re
+                err = err + mag * (8.0 * EPS + rel)  # sum rounding, power rounding
+                mags.append(mag * (1.0 + rel))
         hit = self._at[t] = (f, err, mags)
         return hit
 
