@@ -53,8 +53,7 @@ def _closed_form_at(hh, alpha, beta, gamma, feats: Features, t):
     """
     s = alpha[:, None] * hh[None, :]
     shape = s.shape
-    a_, b_, g_ = alpha[:, None], beta[:, None], gamma[:, None]
-    t_full = np.broadcast_to(t[:, None], shape)
+    a_, b_ = alpha[:, None], beta[:, None]
     with np.errstate(all="ignore"):
         if not feats.momentum and not feats.ema:
             return _sgd_terms(s, a_, t[:, None])
@@ -68,8 +67,18 @@ def _closed_form_at(hh, alpha, beta, gamma, feats: Features, t):
         for mask, complex_path in ((~cplx, False), (cplx, True)):
             if not np.any(mask):
                 continue
-            pt = [np.broadcast_to(x, shape)[mask] for x in (a_, b_, g_)]
-            tm = t_full[mask]
+            # a point's values, one per selected mode of its row (the row-major
+            # order of the selection): repeated, not selected from a broadcast
+            counts = np.count_nonzero(mask, axis=1)
+            pt = [
+                np.repeat(x, counts) if used else None
+                for x, used in (
+                    (alpha, True),
+                    (beta, feats.momentum),
+                    (gamma, feats.ema),
+                )
+            ]
+            tm = np.repeat(t, counts)
             if complex_path:
                 out = _complex_pair_terms(
                     s[mask], *pt, big[mask], disc[mask], ema=feats.ema, t=tm
@@ -142,12 +151,14 @@ def pointwise_terms(
                 hh, alpha[idx], beta[idx], gamma[idx], Features(mom, avg), t[idx]
             )
             with np.errstate(all="ignore"):
-                for k, i in enumerate(idx):
+                # the rounding bounds decide only whether a point is kept
+                err_d, err_n = (eF @ wd).tolist(), (eG @ wn).tolist()
+                for k, i in enumerate(idx.tolist()):
                     # one dot per row: the summation order of one setting alone
                     d, m = F[k] @ wd, G[k] @ wn
                     if (
-                        eF[k] @ wd <= rtol * d
-                        and eG[k] @ wn <= rtol * m
+                        err_d[k] <= rtol * d
+                        and err_n[k] <= rtol * m
                         and (math.isfinite(d + m))
                     ):
                         D[i], N[i] = d, m
