@@ -255,11 +255,15 @@ class _Curve:
         if np.any(self.monotone):
             fb, _ = self._mean.bound(b, 0)
             low = np.where(self.monotone, np.maximum(low, fb), low)
-        det = max(float(low @ self.wd), self._mean.total_chord(a, b + 1, self.wd))
-        if known is not None:
-            stale = (det + known / self.b) * (1.0 - _FLOOR_RTOL)
-            if stale > self.target:
-                return stale
+        det = float(low @ self.wd)
+        # the chord of the weighted sum only where the per-mode bounds fall short
+        for more in (False, True):
+            if more:
+                det = max(det, self._mean.total_chord(a, b + 1, self.wd))
+            if known is not None:
+                stale = (det + known / self.b) * (1.0 - _FLOOR_RTOL)
+                if stale > self.target:
+                    return stale
         noise = self._noise_at(a) / self.b
         if noise > self.target:
             return noise * (1.0 - _FLOOR_RTOL)
