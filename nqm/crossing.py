@@ -113,6 +113,7 @@ class _Curve:
                 self.monotone = s <= 1.0  # averaging a positive decreasing sequence
             else:
                 self.monotone = np.zeros(self.hh.shape, dtype=bool)
+            self.all_monotone = bool(np.all(self.monotone))
             self.mode = "constant"
         elif self.plain:
             self.mode = "sgd_schedule"
@@ -251,13 +252,16 @@ class _Curve:
         self.evaluations += 1
         # the chord bound runs to b + 1, the next interval's start (its terms
         # are computed once, for both)
-        low = self._mean.interval_bound(a, b + 1)
-        if np.any(self.monotone):
-            fb, _ = self._mean.bound(b, 0)
-            low = np.where(self.monotone, np.maximum(low, fb), low)
+        if self.all_monotone:  # each mode at its value at b: nothing tighter
+            low, _ = self._mean.bound(b, 0)
+        else:
+            low = self._mean.interval_bound(a, b + 1)
+            if np.any(self.monotone):
+                fb, _ = self._mean.bound(b, 0)
+                low = np.where(self.monotone, np.maximum(low, fb), low)
         det = float(low @ self.wd)
         # the chord of the weighted sum only where the per-mode bounds fall short
-        for more in (False, True):
+        for more in (False,) if self.all_monotone else (False, True):
             if more:
                 det = max(det, self._mean.total_chord(a, b + 1, self.wd))
             if known is not None:
