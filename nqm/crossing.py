@@ -268,10 +268,23 @@ class _Curve:
                 stale = (det + known / self.b) * (1.0 - _FLOOR_RTOL)
                 if stale > self.target:
                     return stale
+        # a noise known at a later step bounds N(a) from above: where even it
+        # would not prune, N(a) itself need not be evaluated
+        later = self._noise_from(a)
+        if later is not None and (det + later / self.b) * (1.0 - _FLOOR_RTOL) <= (
+            self.target
+        ):
+            return (det + (known or 0.0) / self.b) * (1.0 - _FLOOR_RTOL)
         noise = self._noise_at(a) / self.b
         if noise > self.target:
             return noise * (1.0 - _FLOOR_RTOL)
         return (det + noise) * (1.0 - _FLOOR_RTOL)
+
+    def _noise_from(self, t: int):
+        """The known noise term ``N`` at the smallest step ``>= t`` (``None`` if
+        none): an upper bound of ``N(t)``."""
+        i = bisect.bisect_left(self._noise_steps, t)
+        return self._noise_vals[i] if i < len(self._noise_vals) else None
 
     def _noise_before(self, t: int):
         """The largest known noise term ``N`` at a step ``<= t`` (``None`` if
