@@ -825,10 +825,12 @@ class MeanResponse:
             *(np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma))
         )
         s = alpha * hh
+        w_err: list = []
         with np.errstate(all="ignore"):
             if not feats.momentum and not feats.ema:
                 lam = [1.0 - s + 0j]
                 w = [np.ones_like(s) + 0j]
+                w_err = [0.0]
             else:
                 if feats.momentum:
                     tau = 1.0 - s + beta
@@ -837,16 +839,27 @@ class MeanResponse:
                     )
                     sq = np.sqrt(disc + 0j)
                     r1, r2 = 0.5 * (tau + sq), 0.5 * (tau - sq)
+                # F at each node, and a bound on its rounding (the terms
+                # cancel where F is small: the weight's error is then far
+                # above its own relative rounding)
                 if feats.momentum and feats.ema:
                     lam = [r1, r2, gamma + 0j]
                     lin = beta + gamma * (1.0 - s)
                     fz = [z * z - lin * z + beta * gamma for z in lam]
+                    fz_err = [
+                        8.0 * EPS * (np.abs(z) ** 2 + np.abs(lin * z) + beta * gamma)
+                        for z in lam
+                    ]
                 elif feats.momentum:
                     lam = [r1, r2]
                     fz = [z - beta for z in lam]
+                    fz_err = [2.0 * EPS * (np.abs(z) + beta) for z in lam]
                 else:
                     lam = [1.0 - s + 0j, gamma + 0j]
                     fz = [z - gamma * (1.0 - s) for z in lam]
+                    fz_err = [
+                        4.0 * EPS * (np.abs(z) + gamma * np.abs(1.0 - s)) for z in lam
+                    ]
                 w = []
                 for j, zj in enumerate(lam):
                     den = 1.0 + 0j
@@ -854,7 +867,11 @@ class MeanResponse:
                         if m != j:
                             den = den * (zj - zm)
                     w.append(fz[j] / den)
+                    # F's rounding through the denominator, and the relative
+                    # rounding of the differences, products and quotient
+                    w_err.append(fz_err[j] / np.abs(den) + 16.0 * EPS * np.abs(w[-1]))
             self.lam, self.w = lam, w
+            self._w_err = w_err
             self.dist = [np.abs(1.0 - z) for z in lam]
             # |log lam|^2 = log|lam|^2 + arg(lam)^2, raised by a relative margin
             # far above the rounding of its few operations
@@ -868,6 +885,17 @@ class MeanResponse:
             self._log_mod = [np.log(np.abs(z)) for z in lam]
             self._ang = [np.angle(z) for z in lam]
             self._cplx = [bool(np.any(z.imag)) for z in lam]
+            # real eigenvalues: angle 0 or pi, the sign of an odd power
+            self._odd_sign = [np.where(a != 0.0, -1.0, 1.0) for a in self._ang]
+            eff = [
+                a if c else np.where(a != 0.0, np.pi, 0.0)
+                for a, c in zip(self._ang, self._cplx, strict=True)
+            ]
+            self._slope = [
+                1.0 + np.abs(lm) + np.abs(a)
+                for lm, a in zip(self._log_mod, eff, strict=True)
+            ]
+            self._slope_finite = [bool(np.isfinite(x).all()) for x in self._slope]
             self._w_re = [x.real.copy() for x in w]
             self._w_im = [x.imag.copy() for x in w]
             self._w_abs = [np.abs(x) for x in w]
@@ -895,35 +923,43 @@ class MeanResponse:
         hit = self._at.get(t)
         if hit is not None:
             return hit
-        # as _cpow: |lam^t| = exp(t log|lam|), phase t arg(lam), each with
-        # the relative error bound 4 eps (1 + t (1 + |log|lam|| + |arg lam|))
+        # |lam^t| = exp(t log|lam|) and the phase t arg(lam) carry the relative
+        # error bound of _cpow, 4 eps (1 + t (1 + |log|lam|| + |arg lam|)); the
+        # phasor (cos, sin) of the phase is formed from u = tan(phase / 2)
+        # (NumPy's tangent costs a fraction of its sine and cosine) as
+        # ((1 - u^2), 2u) / (1 + u^2), which adds at most 4 eps of the tangent
+        # (moving the angle by at most 2 eps) and 7 eps of rounding in these
+        # few operations to the phasor, in modulus: _PHASOR_EPS.
         f = err = 0.0
         mags = []
         trig = None
         with np.errstate(all="ignore"):
             for j in range(len(self.lam)):
-                log_mod, ang = self._log_mod[j], self._ang[j]
                 if t == 0:
                     r, cos, sin, rel = 1.0, 1.0, 0.0, 0.0
                 else:
-                    r = np.exp(t * log_mod)
-                    if not self._cplx[j]:  # real: angle 0 or pi, a signed power
-                        cos = np.where(ang != 0.0, -1.0 if t % 2 else 1.0, 1.0)
-                        sin = 0.0
-                        ang = np.where(ang != 0.0, np.pi, 0.0)
+                    r = np.exp(t * self._log_mod[j])
+                    if not self._cplx[j]:  # real: a signed power
+                        cos, sin = (self._odd_sign[j] if t % 2 else 1.0), 0.0
                     elif j == 1 and trig is not None and self._sine_sign is not None:
                         cos, sin = trig[0], self._sine_sign * trig[1]
                     else:
-                        phase = t * ang
-                        cos, sin = np.cos(phase), np.sin(phase)
+                        u = np.tan((0.5 * t) * self._ang[j])
+                        u2 = u * u
+                        inv = 1.0 / (1.0 + u2)
+                        cos, sin = (1.0 - u2) * inv, (2.0 * u) * inv
                         if j == 0:
                             trig = (cos, sin)
-                    rel = 4.0 * EPS * (1.0 + t * (1.0 + np.abs(log_mod) + np.abs(ang)))
-                    rel = np.where(np.isfinite(rel), rel, 0.0)
+                    rel = 4.0 * EPS * (1.0 + t * self._slope[j])
+                    if self._cplx[j]:
+                        rel = rel + _PHASOR_EPS
+                    if not self._slope_finite[j]:
+                        rel = np.where(np.isfinite(rel), rel, 0.0)
                 re = r * (self._w_re[j] * cos - self._w_im[j] * sin)
                 mag = self._w_abs[j] * r
                 f = f + re
-                err = err + mag * (8.0 * EPS + rel)  # sum rounding, power rounding
+                # sum rounding, power rounding, the weight's rounding
+                err = err + (mag * (8.0 * EPS + rel) + self._w_err[j] * r * (1.0 + rel))
                 mags.append(mag * (1.0 + rel))
         hit = self._at[t] = (f, err, mags)
         return hit
@@ -1010,6 +1046,10 @@ class MeanResponse:
         out = (ends - sag * (1.0 + _CURVE_MARGIN)) * (1.0 - _CURVE_MARGIN)
         return out if np.isfinite(out) else -np.inf
 
+
+#: Error of the phasor :class:`MeanResponse` forms from the tangent of the half
+#: phase, relative to the power's modulus (see :meth:`MeanResponse.terms_at`).
+_PHASOR_EPS = 16.0 * EPS
 
 #: Relative margin by which :class:`MeanResponse` raises the curvature factors of
 #: its chord bound (rounding of :math:`|\\log\\lambda|^2` and of the sag).

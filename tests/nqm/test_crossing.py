@@ -65,6 +65,39 @@ def test_interval_bounds_lie_below_every_step(lr, beta, gamma, a, span):
     assert np.all(per_mode >= from_a)
 
 
+#: Below the smallest double: an exact response that underflows there is 0.
+UNDERFLOW = 1e-300
+
+
+@pytest.mark.parametrize(
+    ("lr", "beta", "gamma"),
+    [
+        (1.5, 0.9, 0.0),  # complex momentum roots
+        (2.375, 0.25, 0.0),  # negative real momentum roots (stable)
+        (1.5, 0.0, 0.9),  # averaging, 1 - s < 0
+        (1.75, 0.0, 0.0),  # plain SGD, 1 - s < 0
+        (0.375, 0.95, 0.999),  # both
+        (2.0**-8, 0.87890625 + 1e-9, 0.0),  # next to critical damping at h = 1
+        (2.0**-8, 0.87890625 - 1e-9, 0.93),  # and an average at a root
+    ],
+)
+def test_response_at_a_step_is_within_its_error_bound(lr, beta, gamma):
+    """:math:`f_t` of :meth:`MeanResponse.terms_at` is within its certified error
+    of the 50-digit response, up to horizons where the phase is ~1e9 radians."""
+    resp = MeanResponse(CURVATURES, lr, beta, gamma, Features(beta > 0, gamma > 0))
+    steps = [0, 1, 2, 999, 10**6 + 1, 10**9 + 1]
+    with mpmath.workdps(DPS):
+        for m, h in enumerate(CURVATURES):
+            exact = [
+                mpmath.sqrt(f_sq)
+                for f_sq, _ in mp_mode_terms(lr, h, 0.0, beta, gamma, steps)
+            ]
+            for t, want in zip(steps, exact, strict=True):
+                f, err, mags = resp.terms_at(t)
+                assert abs(abs(f[m]) - float(want)) <= err[m] + UNDERFLOW, (h, t)
+                assert sum(x[m] for x in mags) >= float(want) - UNDERFLOW
+
+
 def test_chord_bound_is_tight_where_the_eigenvalues_turn_slowly():
     """Long heavy-ball run: over a few steps the chord bound loses the square
     of the span times the eigenvalues' turn, not the span times it; it lies
