@@ -10,9 +10,15 @@ exceeds the target:
 .. math:: \\min_{a \\le t \\le b} E[L_t] \\ge \\underline D(a, b) + N(a)/B,
 
 where :math:`N` (accumulated noise) never decreases and :math:`\\underline D`
-bounds the deterministic part per mode (monotone modes: :math:`f_b^2`; any
-stable mode: a Lipschitz bound from :math:`t=a`, see
-:class:`nqm._closed.MeanResponse`). Short intervals are scanned step by step.
+bounds the deterministic part (monotone modes: :math:`f_b^2`; any stable mode:
+the larger of a Lipschitz bound from :math:`t=a` and a chord bound between
+:math:`a` and :math:`b+1`, or the chord bound of the weighted sum over modes,
+see :class:`nqm._closed.MeanResponse`; the chords shrink with the square of the
+interval, so next to the crossing of a long run few intervals are split). A
+noise term known at an earlier step stands in for :math:`N(a)` where it
+suffices, and :math:`N(a)` is not evaluated where even a noise term known at
+a later step (an upper bound) would not prune. Short intervals are scanned
+step by step.
 
 """
 
@@ -47,7 +53,9 @@ _SCAN = 4
 _SCAN_ELEMENTS = 1 << 15
 _SCAN_MAX = 4096
 #: Relative margin by which the piecewise floor of a plain-SGD schedule
-#: (:meth:`_Curve._piecewise_floor`) is lowered for rounding.
+#: (:meth:`_Curve._piecewise_floor`) and the constant-lr bounds of
+#: :meth:`_Curve.lower_bound` are lowered for rounding (far above the accuracy
+#: to which the exact losses they are compared with are certified).
 _FLOOR_RTOL = 1e-9
 
 
@@ -65,7 +73,8 @@ class _Curve:
 
     * constant lr: :math:`N` (accumulated noise) never decreases; :math:`D` is
       bounded per mode (monotone modes by :math:`f_b^2`, all stable modes by the
-      Lipschitz bound of :class:`nqm._closed.MeanResponse`);
+      Lipschitz and chord bounds of :class:`nqm._closed.MeanResponse`) or as a
+      weighted sum (its chord bound);
     * plain SGD with a schedule: per mode, :math:`F` shrinks at every stable step
       and the noise response obeys :math:`V_t \ge V_a F_b / F_a` on
       :math:`[a, b]`; after the schedule's constant tail each mode's :math:`V`
