@@ -754,42 +754,6 @@ def _sgd_terms(s, alpha, t):
 
 
 # ------------------------------------------------- bounds for first crossings
-def _cpow(z, t: int):
-    """:math:`z^t` for a complex array and an integer :math:`t \\ge 0`, with a
-    bound on its relative error.
-
-    From modulus and angle (NumPy's complex power is several times slower): the
-    computed :math:`\\log|z|` and :math:`\\arg z` are off by about
-    :math:`\\epsilon (1 + |\\log|z||)` and :math:`\\epsilon |\\arg z|` (the modulus
-    itself is rounded), so the exponent :math:`t \\log|z|` and the angle
-    :math:`t \\arg z` by :math:`t` times that, which bounds the relative error of
-    the result (with a factor 4 of slack; checked against 40-digit arithmetic).
-    """
-    if t == 0:
-        return np.ones_like(z), np.zeros(z.shape)
-    mod = np.abs(z)
-    log_mod = np.log(mod)
-    r = np.exp(t * log_mod)
-    if not np.any(z.imag):  # real: the angle is 0 or pi, the power a signed real
-        neg = z.real < 0
-        sign = -1.0 if t % 2 else 1.0
-        out = _cplx_array(np.where(neg, sign * r, r), 0.0)
-        ang = np.where(neg, np.pi, 0.0)
-    else:
-        ang = np.angle(z)
-        phase = t * ang
-        out = _cplx_array(r * np.cos(phase), r * np.sin(phase))
-    rel = 4.0 * EPS * (1.0 + t * (1.0 + np.abs(log_mod) + np.abs(ang)))
-    return out, np.where(np.isfinite(rel), rel, 0.0)
-
-
-def _cplx_array(re, im):
-    out = np.empty(np.broadcast_shapes(np.shape(re), np.shape(im)), dtype=complex)
-    out.real = re
-    out.imag = im
-    return out
-
-
 class MeanResponse:
     """Certified lower bounds of every mode's squared mean response over a range.
 
@@ -881,7 +845,7 @@ class MeanResponse:
             ]
             self.log_abs = [np.sqrt(x) * (1.0 + _CURVE_MARGIN) for x in self.log_sq]
             # polar form of each eigenvalue and weight, once per curve: a step
-            # then costs real exponentials and one cosine and sine
+            # then costs real exponentials and one tangent
             self._log_mod = [np.log(np.abs(z)) for z in lam]
             self._ang = [np.angle(z) for z in lam]
             self._cplx = [bool(np.any(z.imag)) for z in lam]
@@ -923,8 +887,11 @@ class MeanResponse:
         hit = self._at.get(t)
         if hit is not None:
             return hit
-        # |lam^t| = exp(t log|lam|) and the phase t arg(lam) carry the relative
-        # error bound of _cpow, 4 eps (1 + t (1 + |log|lam|| + |arg lam|)); the
+        # |lam^t| = exp(t log|lam|) and the phase t arg(lam): the computed
+        # log|lam| and arg(lam) are off by about eps (1 + |log|lam||) and
+        # eps |arg lam| (the modulus itself is rounded), so the exponent and the
+        # phase by t times that, which bounds the power's relative error by
+        # 4 eps (1 + t (1 + |log|lam|| + |arg lam|)) (a factor 4 of slack); the
         # phasor (cos, sin) of the phase is formed from u = tan(phase / 2)
         # (NumPy's tangent costs a fraction of its sine and cosine) as
         # ((1 - u^2), 2u) / (1 + u^2), which adds at most 4 eps of the tangent
@@ -960,7 +927,7 @@ class MeanResponse:
                 f = f + re
                 # sum rounding, power rounding, the weight's rounding
                 err = err + (mag * (8.0 * EPS + rel) + self._w_err[j] * r * (1.0 + rel))
-                mags.append(mag * (1.0 + rel))
+                mags.append((mag + self._w_err[j] * r) * (1.0 + rel))
         hit = self._at[t] = (f, err, mags)
         return hit
 
