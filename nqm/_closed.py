@@ -754,57 +754,32 @@ def _sgd_terms(s, alpha, t):
 
 
 # ------------------------------------------------- bounds for first crossings
-def _cpow(z, t: int):
-    """:math:`z^t` for a complex array and an integer :math:`t \\ge 0`, with a
-    bound on its relative error.
-
-    From modulus and angle (NumPy's complex power is several times slower): the
-    computed :math:`\\log|z|` and :math:`\\arg z` are off by about
-    :math:`\\epsilon (1 + |\\log|z||)` and :math:`\\epsilon |\\arg z|` (the modulus
-    itself is rounded), so the exponent :math:`t \\log|z|` and the angle
-    :math:`t \\arg z` by :math:`t` times that, which bounds the relative error of
-    the result (with a factor 4 of slack; checked against 40-digit arithmetic).
-    """
-    if t == 0:
-        return np.ones_like(z), np.zeros(z.shape)
-    mod = np.abs(z)
-    log_mod = np.log(mod)
-    r = np.exp(t * log_mod)
-    if not np.any(z.imag):  # real: the angle is 0 or pi, the power a signed real
-        neg = z.real < 0
-        sign = -1.0 if t % 2 else 1.0
-        out = _cplx_array(np.where(neg, sign * r, r), 0.0)
-        ang = np.where(neg, np.pi, 0.0)
-    else:
-        ang = np.angle(z)
-        phase = t * ang
-        out = _cplx_array(r * np.cos(phase), r * np.sin(phase))
-    rel = 4.0 * EPS * (1.0 + t * (1.0 + np.abs(log_mod) + np.abs(ang)))
-    return out, np.where(np.isfinite(rel), rel, 0.0)
-
-
-def _cplx_array(re, im):
-    out = np.empty(np.broadcast_shapes(np.shape(re), np.shape(im)), dtype=complex)
-    out.real = re
-    out.imag = im
-    return out
-
-
 class MeanResponse:
     """Certified lower bounds of every mode's squared mean response over a range.
 
     With :math:`f_\\tau = \\sum_j w_j \\lambda_j^\\tau` and :math:`|\\lambda_j| \\le 1`,
+    two bounds hold on integer :math:`\\tau \\in [a, c]`. From :math:`a` alone,
 
-    .. math:: |f_\\tau - f_t| \\le \\sum_j |w_j \\lambda_j^t|\\,
-              \\min(2, (\\tau - t)\\,|1 - \\lambda_j|),
+    .. math:: |f_\\tau - f_a| \\le \\sum_j |w_j \\lambda_j^a|\\,
+              \\min(2, (\\tau - a)\\,|1 - \\lambda_j|),
 
-    because :math:`|\\lambda^k - 1| \\le k |1 - \\lambda|` inside the unit disc. The
-    rounding error of :math:`f_t` itself (cancellation between terms, and the
-    powers' own rounding) is added to the slack, so the bound is valid for every
-    mode; it is 0 for unstable modes and where the Lagrange form is undefined.
-    The eigenvalues :math:`\\lambda_j` and Lagrange weights :math:`w_j` do not
-    depend on :math:`t`: they are computed once, here, and
-    :meth:`bound` evaluates any range. Used by
+    because :math:`|\\lambda^k - 1| \\le k |1 - \\lambda|` inside the unit disc.
+    From both ends: :math:`f_\\tau` is the value at an integer of the smooth
+    :math:`\\varphi(\\tau) = \\operatorname{Re} \\sum_j w_j e^{\\tau \\log\\lambda_j}`
+    (principal logarithms), whose second derivative on :math:`[a, c]` is at most
+    :math:`M_2 = \\sum_j |w_j \\lambda_j^a|\\,|\\log\\lambda_j|^2` in modulus, so
+    :math:`\\varphi` stays within :math:`(c - a)^2 M_2 / 8` of the chord through
+    :math:`(a, f_a)` and :math:`(c, f_c)` (linear interpolation error). Where
+    :math:`f_a` and :math:`f_c` have one sign, :math:`|f_\\tau| \\ge
+    \\min(|f_a|, |f_c|) - (c - a)^2 M_2 / 8`: next to slowly turning
+    eigenvalues (long runs) this is far tighter than the first bound, which
+    loses :math:`(c-a)|1-\\lambda|` where the second loses its square. Each mode
+    takes the larger. The rounding error of :math:`f_t` itself (cancellation
+    between terms, and the powers' own rounding) is added to the slack, so the
+    bound is valid for every mode; it is 0 for unstable modes and where the
+    Lagrange form is undefined. The eigenvalues :math:`\\lambda_j` and Lagrange
+    weights :math:`w_j` do not depend on :math:`t`: they are computed once,
+    here, and the terms at each step once per step. Used by
     :func:`nqm.search.steps_to_target` to prune intervals that cannot contain the
     first crossing. Complex arithmetic; not on the fast path.
     """
@@ -814,10 +789,12 @@ class MeanResponse:
             *(np.asarray(v, dtype=np.float64) for v in (hh, alpha, beta, gamma))
         )
         s = alpha * hh
+        w_err: list = []
         with np.errstate(all="ignore"):
             if not feats.momentum and not feats.ema:
                 lam = [1.0 - s + 0j]
                 w = [np.ones_like(s) + 0j]
+                w_err = [0.0]
             else:
                 if feats.momentum:
                     tau = 1.0 - s + beta
@@ -826,16 +803,27 @@ class MeanResponse:
                     )
                     sq = np.sqrt(disc + 0j)
                     r1, r2 = 0.5 * (tau + sq), 0.5 * (tau - sq)
+                # F at each node, and a bound on its rounding (the terms
+                # cancel where F is small: the weight's error is then far
+                # above its own relative rounding)
                 if feats.momentum and feats.ema:
                     lam = [r1, r2, gamma + 0j]
                     lin = beta + gamma * (1.0 - s)
                     fz = [z * z - lin * z + beta * gamma for z in lam]
+                    fz_err = [
+                        8.0 * EPS * (np.abs(z) ** 2 + np.abs(lin * z) + beta * gamma)
+                        for z in lam
+                    ]
                 elif feats.momentum:
                     lam = [r1, r2]
                     fz = [z - beta for z in lam]
+                    fz_err = [2.0 * EPS * (np.abs(z) + beta) for z in lam]
                 else:
                     lam = [1.0 - s + 0j, gamma + 0j]
                     fz = [z - gamma * (1.0 - s) for z in lam]
+                    fz_err = [
+                        4.0 * EPS * (np.abs(z) + gamma * np.abs(1.0 - s)) for z in lam
+                    ]
                 w = []
                 for j, zj in enumerate(lam):
                     den = 1.0 + 0j
@@ -843,31 +831,196 @@ class MeanResponse:
                         if m != j:
                             den = den * (zj - zm)
                     w.append(fz[j] / den)
+                    # F's rounding through the denominator, and the relative
+                    # rounding of the differences, products and quotient
+                    w_err.append(fz_err[j] / np.abs(den) + 16.0 * EPS * np.abs(w[-1]))
             self.lam, self.w = lam, w
+            self._w_err = w_err
             self.dist = [np.abs(1.0 - z) for z in lam]
+            # |log lam|^2 = log|lam|^2 + arg(lam)^2, raised by a relative margin
+            # far above the rounding of its few operations
+            self.log_sq = [
+                (np.log(np.abs(z)) ** 2 + np.angle(z) ** 2) * (1.0 + _CURVE_MARGIN)
+                for z in lam
+            ]
+            self.log_abs = [np.sqrt(x) * (1.0 + _CURVE_MARGIN) for x in self.log_sq]
+            # polar form of each eigenvalue and weight, once per curve: a step
+            # then costs real exponentials and one tangent
+            self._log_mod = [np.log(np.abs(z)) for z in lam]
+            self._ang = [np.angle(z) for z in lam]
+            self._cplx = [bool(np.any(z.imag)) for z in lam]
+            # real eigenvalues: angle 0 or pi, the sign of an odd power
+            self._odd_sign = [np.where(a != 0.0, -1.0, 1.0) for a in self._ang]
+            eff = [
+                a if c else np.where(a != 0.0, np.pi, 0.0)
+                for a, c in zip(self._ang, self._cplx, strict=True)
+            ]
+            self._slope = [
+                1.0 + np.abs(lm) + np.abs(a)
+                for lm, a in zip(self._log_mod, eff, strict=True)
+            ]
+            self._slope_finite = [bool(np.isfinite(x).all()) for x in self._slope]
+            self._w_re = [x.real.copy() for x in w]
+            self._w_im = [x.imag.copy() for x in w]
+            self._w_abs = [np.abs(x) for x in w]
+            # the second momentum root is the conjugate of the first or equal to
+            # it (real double roots) in every mode: its phase is the first's
+            # (then its cosine is the first's, its sine +-)
+            self._sine_sign = None
+            if feats.momentum and self._cplx[0]:
+                a0, a1 = self._ang[0], self._ang[1]
+                sign = np.where(a1 == -a0, -1.0, np.where(a1 == a0, 1.0, np.nan))
+                if not np.isnan(sign).any():
+                    self._sine_sign = sign
             stable = np.ones(s.shape, dtype=bool)
             for z in lam:
                 stable &= np.abs(z) <= 1.0
             self.stable = stable
+            self.all_stable = bool(stable.all())
+        self._at: dict[int, tuple] = {}
+
+    def terms_at(self, t: int):
+        """``(f_t, err_t, mags)``: the mean response at step ``t``, a bound on
+        its rounding error, and the terms' moduli :math:`|w_j \\lambda_j^t|`
+        (each raised by the relative error of its power), per mode; computed
+        once per step."""
+        hit = self._at.get(t)
+        if hit is not None:
+            return hit
+        # |lam^t| = exp(t log|lam|) and the phase t arg(lam): the computed
+        # log|lam| and arg(lam) are off by about eps (1 + |log|lam||) and
+        # eps |arg lam| (the modulus itself is rounded), so the exponent and the
+        # phase by t times that, which bounds the power's relative error by
+        # 4 eps (1 + t (1 + |log|lam|| + |arg lam|)) (a factor 4 of slack); the
+        # phasor (cos, sin) of the phase is formed from u = tan(phase / 2)
+        # (NumPy's tangent costs a fraction of its sine and cosine) as
+        # ((1 - u^2), 2u) / (1 + u^2), which adds at most 4 eps of the tangent
+        # (moving the angle by at most 2 eps) and 7 eps of rounding in these
+        # few operations to the phasor, in modulus: _PHASOR_EPS.
+        f = err = 0.0
+        mags = []
+        trig = None
+        with np.errstate(all="ignore"):
+            for j in range(len(self.lam)):
+                if t == 0:
+                    r, cos, sin, rel = 1.0, 1.0, 0.0, 0.0
+                else:
+                    r = np.exp(t * self._log_mod[j])
+                    if not self._cplx[j]:  # real: a signed power
+                        cos, sin = (self._odd_sign[j] if t % 2 else 1.0), 0.0
+                    elif j == 1 and trig is not None and self._sine_sign is not None:
+                        cos, sin = trig[0], self._sine_sign * trig[1]
+                    else:
+                        u = np.tan((0.5 * t) * self._ang[j])
+                        u2 = u * u
+                        inv = 1.0 / (1.0 + u2)
+                        cos, sin = (1.0 - u2) * inv, (2.0 * u) * inv
+                        if j == 0:
+                            trig = (cos, sin)
+                    rel = 4.0 * EPS * (1.0 + t * self._slope[j])
+                    if self._cplx[j]:
+                        rel = rel + _PHASOR_EPS
+                    if not self._slope_finite[j]:
+                        rel = np.where(np.isfinite(rel), rel, 0.0)
+                re = r * (self._w_re[j] * cos - self._w_im[j] * sin)
+                mag = self._w_abs[j] * r
+                f = f + re
+                # sum rounding, power rounding, the weight's rounding
+                err = err + (mag * (8.0 * EPS + rel) + self._w_err[j] * r * (1.0 + rel))
+                mags.append((mag + self._w_err[j] * r) * (1.0 + rel))
+        hit = self._at[t] = (f, err, mags)
+        return hit
 
     def bound(self, t: int, span: int):
         """Per-mode lower bound of :math:`f_\\tau^2` over :math:`\\tau \\in [t, t +
-        span]`, and :math:`f_t`; ``(lower_sq, f_t)``, shape ``S`` each."""
-        lam, w = self.lam, self.w
+        span]` from :math:`t` alone, and :math:`f_t`; ``(lower_sq, f_t)``, shape
+        ``S`` each."""
+        f, err, mags = self.terms_at(t)
         with np.errstate(all="ignore"):
-            powers = [_cpow(z, t) for z in lam]
-            terms = [w[j] * powers[j][0] for j in range(len(lam))]
-            f = sum(terms).real
-            mags = [np.abs(x) for x in terms]
-            slack = 8.0 * EPS * sum(mags)
-            for j in range(len(lam)):
-                # rounding of lam^t itself, plus its possible movement over the span
-                slack = slack + mags[j] * (
-                    powers[j][1] + np.minimum(2.0, span * self.dist[j])
-                )
-            lower = np.maximum(np.abs(f) - slack, 0.0)
-            lower = np.where(self.stable & np.isfinite(lower), lower, 0.0)
+            lower = np.abs(f) - self._lipschitz_slack(err, mags, span)
+            lower = self._valid(lower)
         return lower * lower, f
+
+    def _lipschitz_slack(self, err, mags, span):
+        slack = err
+        for j in range(len(self.lam)):
+            # the possible movement of lam^t over the span
+            slack = slack + mags[j] * np.minimum(2.0, span * self.dist[j])
+        return slack
+
+    def _valid(self, lower):
+        lower = np.maximum(lower, 0.0)
+        return np.where(self.stable & np.isfinite(lower), lower, 0.0)
+
+    def interval_bound(self, a: int, c: int):
+        """Per-mode lower bound of :math:`f_\\tau^2` over the integers
+        :math:`\\tau \\in [a, c]`, ``a < c``: the larger of the bound from
+        :math:`a` alone and the chord bound (see the class docstring); shape
+        ``S``."""
+        fa, err_a, mags = self.terms_at(a)
+        fc, err_c, _ = self.terms_at(c)
+        span = c - a
+        with np.errstate(all="ignore"):
+            lip = np.abs(fa) - self._lipschitz_slack(err_a, mags, span)
+            m2 = mags[0] * self.log_sq[0]
+            for j in range(1, len(self.lam)):
+                m2 = m2 + mags[j] * self.log_sq[j]
+            sag = (0.125 * float(span) * float(span) * (1.0 + _CURVE_MARGIN)) * m2
+            chord = np.minimum(np.abs(fa), np.abs(fc)) - sag - np.maximum(err_a, err_c)
+            chord = np.where(np.signbit(fa) == np.signbit(fc), chord, 0.0)
+            lower = self._valid(np.fmax(lip, chord))  # chord: NaN where lam = 0
+        return lower * lower
+
+    def total_chord(self, a: int, c: int, weights) -> float:
+        r"""A lower bound of :math:`\sum_m \omega_m f_{\tau,m}^2` over the integers
+        :math:`\tau \in [a, c]`, ``a < c`` (``weights`` :math:`\omega \ge 0`,
+        shape ``S``), from the chord of the sum.
+
+        Each :math:`\varphi_m^2` (class docstring) has second derivative
+        :math:`2(\varphi_m'^2 + \varphi_m \varphi_m'') \le 2(M_1^2 + A M_2)`
+        on :math:`[a, c]`, with :math:`A = \sum_j |w_j \lambda_j^a|` (bounds
+        :math:`|\varphi_m|`) and :math:`M_1 = \sum_j |w_j \lambda_j^a|
+        |\log\lambda_j|` (bounds :math:`|\varphi_m'|`), so the weighted sum
+        :math:`S(\tau)` stays above its chord less
+        :math:`(c-a)^2/8 \cdot \sum_m 2\omega_m (M_1^2 + A M_2)`: it is at
+        least :math:`\min(S(a), S(c))` less that sag. Unlike the per-mode
+        bound of :meth:`interval_bound`, modes turning one way and the other
+        (oscillating momentum modes) are not each taken at their own minimum,
+        so next to the crossing of a long run the bound approaches the
+        loss's own minimum on the interval. ``-inf`` when some mode is
+        unstable.
+        """
+        if not self.all_stable:
+            return -np.inf
+        fa, err_a, mags = self.terms_at(a)
+        fc, err_c, _ = self.terms_at(c)
+        with np.errstate(all="ignore"):
+            amp = mags[0]
+            m1 = mags[0] * self.log_abs[0]
+            m2 = mags[0] * self.log_sq[0]
+            for j in range(1, len(self.lam)):
+                amp = amp + mags[j]
+                m1 = m1 + mags[j] * self.log_abs[j]
+                m2 = m2 + mags[j] * self.log_sq[j]
+            curv = np.fmax(2.0 * (m1 * m1 + amp * m2), 0.0)  # NaN where lam = 0
+            # the ends' values, lowered by their rounding
+            low_a = np.maximum(np.abs(fa) - err_a, 0.0)
+            low_c = np.maximum(np.abs(fc) - err_c, 0.0)
+            ends = min(
+                float((low_a * low_a) @ weights), float((low_c * low_c) @ weights)
+            )
+            sag = 0.125 * float(c - a) ** 2 * float(curv @ weights)
+        out = (ends - sag * (1.0 + _CURVE_MARGIN)) * (1.0 - _CURVE_MARGIN)
+        return out if np.isfinite(out) else -np.inf
+
+
+#: Error of the phasor :class:`MeanResponse` forms from the tangent of the half
+#: phase, relative to the power's modulus (see :meth:`MeanResponse.terms_at`).
+_PHASOR_EPS = 16.0 * EPS
+
+#: Relative margin by which :class:`MeanResponse` raises the curvature factors of
+#: its chord bound (rounding of :math:`|\\log\\lambda|^2` and of the sag).
+_CURVE_MARGIN = 2.0**-30
 
 
 def weighted_totals(f, f_abs, G, g_abs, wd, wn):

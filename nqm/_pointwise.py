@@ -28,6 +28,7 @@ import numpy as np
 
 from ._closed import (
     _complex_pair_terms,
+    _fit,
     _momentum_roots,
     _real_case,
     _sgd_terms,
@@ -53,13 +54,12 @@ def _closed_form_at(hh, alpha, beta, gamma, feats: Features, t):
     """
     s = alpha[:, None] * hh[None, :]
     shape = s.shape
-    a_, b_, g_ = alpha[:, None], beta[:, None], gamma[:, None]
-    t_full = np.broadcast_to(t[:, None], shape)
+    a_, b_ = alpha[:, None], beta[:, None]
     with np.errstate(all="ignore"):
         if not feats.momentum and not feats.ema:
             return _sgd_terms(s, a_, t[:, None])
         if feats.momentum:
-            big, disc = (np.broadcast_to(x, shape) for x in _momentum_roots(s, b_))
+            big, disc = (_fit(x, shape) for x in _momentum_roots(s, b_))
             cplx = disc < 0
         else:
             big = disc = None
@@ -68,8 +68,18 @@ def _closed_form_at(hh, alpha, beta, gamma, feats: Features, t):
         for mask, complex_path in ((~cplx, False), (cplx, True)):
             if not np.any(mask):
                 continue
-            pt = [np.broadcast_to(x, shape)[mask] for x in (a_, b_, g_)]
-            tm = t_full[mask]
+            # a point's values, one per selected mode of its row (the row-major
+            # order of the selection): repeated, not selected from a broadcast
+            counts = np.count_nonzero(mask, axis=1)
+            pt = [
+                np.repeat(x, counts) if used else None
+                for x, used in (
+                    (alpha, True),
+                    (beta, feats.momentum),
+                    (gamma, feats.ema),
+                )
+            ]
+            tm = np.repeat(t, counts)
             if complex_path:
                 out = _complex_pair_terms(
                     s[mask], *pt, big[mask], disc[mask], ema=feats.ema, t=tm
@@ -120,39 +130,48 @@ def pointwise_terms(
         raise ValueError("lr, momentum, ema and steps must be 1-d of one length")
     if not 0.0 < rtol < 1.0:
         raise ValueError(f"rtol must lie in (0, 1), got {rtol!r}")
-    if not np.all(np.isfinite(alpha) & (alpha > 0)):
+    # (min and max reductions: NaN fails every comparison)
+    if n and not (alpha.min() > 0.0 and alpha.max() < math.inf):
         raise ValueError("lr must be finite and positive")
-    if not np.all((beta >= 0) & (beta < 1)):
+    if n and not (beta.min() >= 0.0 and beta.max() < 1.0):
         raise ValueError("momentum must lie in [0, 1)")
-    if not np.all((gamma >= 0) & (gamma < 1)):
+    if n and not (gamma.min() >= 0.0 and gamma.max() < 1.0):
         raise ValueError("ema must lie in [0, 1)")
-    if not (np.issubdtype(t.dtype, np.integer) and np.all(t >= 0)):
+    if not (np.issubdtype(t.dtype, np.integer) and (n == 0 or t.min() >= 0)):
         raise ValueError("steps must be non-negative integers")
     t = t.astype(np.int64)
     hh, wd, wn = _modes(problem, float(precond_power))
     D = np.empty(n)
     N = np.empty(n)
-    redo = list(np.flatnonzero(t < 1))
-    for mom in (False, True):
-        for avg in (False, True):
-            idx = np.flatnonzero(((beta > 0) == mom) & ((gamma > 0) == avg) & (t >= 1))
-            if idx.size == 0:
-                continue
-            F, G, eF, eG = _closed_form_at(
-                hh, alpha[idx], beta[idx], gamma[idx], Features(mom, avg), t[idx]
-            )
-            with np.errstate(all="ignore"):
-                for k, i in enumerate(idx):
-                    # one dot per row: the summation order of one setting alone
-                    d, m = F[k] @ wd, G[k] @ wn
-                    if (
-                        eF[k] @ wd <= rtol * d
-                        and eG[k] @ wn <= rtol * m
-                        and (math.isfinite(d + m))
-                    ):
-                        D[i], N[i] = d, m
-                    else:
-                        redo.append(i)
+    # the state layout of each point (momentum, averaging) as 2 m + a; -1 for
+    # step 0, recomputed alone below
+    group = 2 * (beta > 0) + (gamma > 0)
+    group[t < 1] = -1
+    redo = np.flatnonzero(group < 0).tolist()
+    if n and group.min() == group.max() >= 0:  # the usual case: one layout
+        blocks = [(int(group[0]), np.arange(n))]
+    else:
+        blocks = [(g, np.flatnonzero(group == g)) for g in range(4)]
+    for g, idx in blocks:
+        if idx.size == 0:
+            continue
+        F, G, eF, eG = _closed_form_at(
+            hh, alpha[idx], beta[idx], gamma[idx], Features(g >= 2, g % 2 == 1), t[idx]
+        )
+        with np.errstate(all="ignore"):
+            # the rounding bounds decide only whether a point is kept
+            err_d, err_n = (eF @ wd).tolist(), (eG @ wn).tolist()
+            for k, (i, f_row, g_row) in enumerate(zip(idx.tolist(), F, G, strict=True)):
+                # one dot per row: the summation order of one setting alone
+                d, m = f_row.dot(wd), g_row.dot(wn)
+                if (
+                    err_d[k] <= rtol * d
+                    and err_n[k] <= rtol * m
+                    and math.isfinite(d + m)
+                ):
+                    D[i], N[i] = d, m
+                else:
+                    redo.append(i)
     for i in redo:
         D[i], N[i] = risk_terms(
             problem, alpha[i], beta[i], gamma[i], precond_power, int(t[i]), rtol=rtol

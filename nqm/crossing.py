@@ -10,14 +10,21 @@ exceeds the target:
 .. math:: \\min_{a \\le t \\le b} E[L_t] \\ge \\underline D(a, b) + N(a)/B,
 
 where :math:`N` (accumulated noise) never decreases and :math:`\\underline D`
-bounds the deterministic part per mode (monotone modes: :math:`f_b^2`; any
-stable mode: a Lipschitz bound from :math:`t=a`, see
-:class:`nqm._closed.MeanResponse`). Short intervals are scanned step by step.
+bounds the deterministic part (monotone modes: :math:`f_b^2`; any stable mode:
+the larger of a Lipschitz bound from :math:`t=a` and a chord bound between
+:math:`a` and :math:`b+1`, or the chord bound of the weighted sum over modes,
+see :class:`nqm._closed.MeanResponse`; the chords shrink with the square of the
+interval, so next to the crossing of a long run few intervals are split). A
+noise term known at an earlier step stands in for :math:`N(a)` where it
+suffices, and :math:`N(a)` is not evaluated where even a noise term known at
+a later step (an upper bound) would not prune. Short intervals are scanned
+step by step.
 
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -46,7 +53,9 @@ _SCAN = 4
 _SCAN_ELEMENTS = 1 << 15
 _SCAN_MAX = 4096
 #: Relative margin by which the piecewise floor of a plain-SGD schedule
-#: (:meth:`_Curve._piecewise_floor`) is lowered for rounding.
+#: (:meth:`_Curve._piecewise_floor`) and the constant-lr bounds of
+#: :meth:`_Curve.lower_bound` are lowered for rounding (far above the accuracy
+#: to which the exact losses they are compared with are certified).
 _FLOOR_RTOL = 1e-9
 
 
@@ -64,7 +73,8 @@ class _Curve:
 
     * constant lr: :math:`N` (accumulated noise) never decreases; :math:`D` is
       bounded per mode (monotone modes by :math:`f_b^2`, all stable modes by the
-      Lipschitz bound of :class:`nqm._closed.MeanResponse`);
+      Lipschitz and chord bounds of :class:`nqm._closed.MeanResponse`) or as a
+      weighted sum (its chord bound);
     * plain SGD with a schedule: per mode, :math:`F` shrinks at every stable step
       and the noise response obeys :math:`V_t \ge V_a F_b / F_a` on
       :math:`[a, b]`; after the schedule's constant tail each mode's :math:`V`
@@ -101,6 +111,9 @@ class _Curve:
         self.target = math.inf  # set by steps_to_target
         self._mean: MeanResponse | None = None
         self._cache: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        # constant lr: every evaluated noise term, by step
+        self._noise_steps: list[int] = []
+        self._noise_vals: list[float] = []
         if self.constant:
             s = self.setting.lr * self.hh
             if self.plain:
@@ -109,6 +122,7 @@ class _Curve:
                 self.monotone = s <= 1.0  # averaging a positive decreasing sequence
             else:
                 self.monotone = np.zeros(self.hh.shape, dtype=bool)
+            self.all_monotone = bool(np.all(self.monotone))
             self.mode = "constant"
         elif self.plain:
             self.mode = "sgd_schedule"
@@ -141,7 +155,19 @@ class _Curve:
         hit = self._cache.get(key)
         if hit is None:
             hit = self._cache[key] = self._terms(steps)
+            if self.constant:
+                self._record_noise(steps, hit[1])
         return hit
+
+    def _record_noise(self, steps, noise):
+        """Adds evaluated noise terms to the sorted record behind
+        :meth:`_noise_before` (constant lr: ``N`` never decreases)."""
+        for t, n in zip(steps.tolist(), np.asarray(noise).tolist(), strict=True):
+            if not math.isfinite(n):
+                continue
+            i = bisect.bisect_right(self._noise_steps, t)
+            self._noise_steps.insert(i, t)
+            self._noise_vals.insert(i, n)
 
     def _terms(self, steps) -> tuple[np.ndarray, np.ndarray]:
         if self.mode == "constant":
@@ -223,18 +249,58 @@ class _Curve:
                 ss = np.where(s < 2.0, inv_b * lr_min / (self.hh * (2.0 - s)), np.inf)
                 v_low = np.maximum(V[0] * ratio, np.minimum(V[0], ss))
             return max(float(F[1] @ self.wd + v_low @ self.wn / self.b), within)
-        noise = self._noise_at(a) / self.b
-        if noise > self.target:
-            return float(noise)  # the accumulated noise alone rules [a, b] out
         if self._mean is None:  # eigenvalues and weights: once per curve
             st = self.setting
             self._mean = MeanResponse(self.hh, st.lr, st.momentum, st.ema, self.feats)
-        lip, _ = self._mean.bound(a, b - a)
+        # The noise N never decreases: a value known at a step at or before a
+        # bounds it on [a, b] without an evaluation; N(a) itself is computed
+        # only when that does not already prune the interval.
+        known = self._noise_before(a)
+        if known is not None and known / self.b > self.target:
+            return known / self.b * (1.0 - _FLOOR_RTOL)
         self.evaluations += 1
-        if np.any(self.monotone):
-            fb, _ = self._mean.bound(b, 0)
-            lip = np.where(self.monotone, np.maximum(lip, fb), lip)
-        return float(lip @ self.wd + noise)
+        # the chord bound runs to b + 1, the next interval's start (its terms
+        # are computed once, for both)
+        if self.all_monotone:  # each mode at its value at b: nothing tighter
+            low, _ = self._mean.bound(b, 0)
+        else:
+            low = self._mean.interval_bound(a, b + 1)
+            if np.any(self.monotone):
+                fb, _ = self._mean.bound(b, 0)
+                low = np.where(self.monotone, np.maximum(low, fb), low)
+        det = float(low @ self.wd)
+        # the chord of the weighted sum only where the per-mode bounds fall short
+        for more in (False,) if self.all_monotone else (False, True):
+            if more:
+                det = max(det, self._mean.total_chord(a, b + 1, self.wd))
+            if known is not None:
+                stale = (det + known / self.b) * (1.0 - _FLOOR_RTOL)
+                if stale > self.target:
+                    return stale
+        # a noise known at a later step bounds N(a) from above: where even it
+        # would not prune, N(a) itself need not be evaluated
+        later = self._noise_from(a)
+        if later is not None and (det + later / self.b) * (1.0 - _FLOOR_RTOL) <= (
+            self.target
+        ):
+            return (det + (known or 0.0) / self.b) * (1.0 - _FLOOR_RTOL)
+        noise = self._noise_at(a) / self.b
+        if noise > self.target:
+            return noise * (1.0 - _FLOOR_RTOL)
+        return (det + noise) * (1.0 - _FLOOR_RTOL)
+
+    def _noise_from(self, t: int):
+        """The known noise term ``N`` at the smallest step ``>= t`` (``None`` if
+        none): an upper bound of ``N(t)``."""
+        i = bisect.bisect_left(self._noise_steps, t)
+        return self._noise_vals[i] if i < len(self._noise_vals) else None
+
+    def _noise_before(self, t: int):
+        """The largest known noise term ``N`` at a step ``<= t`` (``None`` if
+        none): a lower bound of ``N`` from ``t`` on, since ``N`` never
+        decreases."""
+        i = bisect.bisect_right(self._noise_steps, t)
+        return self._noise_vals[i - 1] if i else None
 
 
 def steps_to_target(
