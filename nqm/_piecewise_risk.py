@@ -75,21 +75,20 @@ def _forward(
             torch.log1p(torch.clamp(ms, min=-_S_MAX)),
             torch.log(torch.clamp(-ms - 1.0, min=_LOG_FLOOR)),
         )
-    x = 2.0 * lengths[:, :, None] * la
+    x = la.mul_(2.0 * lengths[:, :, None])  # in place: la is not needed again
     two_minus = 2.0 + ms
     neg_den = ms * two_minus  # -s (2 - s)
     if not plain:
         floored = neg_den.abs() < _DEN_FLOOR
         neg_den = torch.where(floored, torch.full_like(neg_den, -_DEN_FLOOR), neg_den)
     a2 = lrs[:, :, None] ** 2
-    g = a2 * torch.expm1(x) / neg_den
+    g = torch.expm1(x).mul_(a2).div_(neg_den)
     # rev[k] = sum_{j >= k} x_j, after[k] = rev[k + 1]: reverse cumulative sums,
     # shifted by one piece (no subtraction, so no cancellation)
-    rev = torch.flip(torch.cumsum(torch.flip(x, [1]), dim=1), [1])
-    after = torch.cat([rev[:, 1:], torch.zeros_like(rev[:, :1])], dim=1)
+    rev = torch.flip(torch.flip(x, [1]).cumsum_(dim=1), [1])
+    e_after = torch.cat([rev[:, 1:], torch.zeros_like(rev[:, :1])], dim=1).exp_()
     v_d = torch.exp(rev[:, 0, :])
-    e_after = torch.exp(after)
-    terms = g * e_after
+    terms = g.mul_(e_after)
     v_n = terms.sum(dim=1)
     risk = (v_d * wd).sum(dim=1) + (v_n * wn).sum(dim=1) / bs
     return risk, (plain, h, ms, two_minus, neg_den, a2, e_after, terms, v_d)
@@ -119,14 +118,14 @@ def _gradient(
     wd_r = wd if per_row else wd[None, :]
     wn_b = (wn if per_row else wn[None, :]) / bs[:, None]  # (R, M)
     u = h / (1.0 + ms)
-    inner = torch.cumsum(terms, dim=1) + a2 / neg_den * e_after
+    inner = torch.cumsum(terms, dim=1).add_((a2 / neg_den).mul_(e_after))
     direct = terms / two_minus
     if not plain:
         live = (ms >= -_S_MAX) | (-ms - 1.0 >= _LOG_FLOOR)
         u = torch.where(live, u, 0.0)
         direct = torch.where(neg_den == -_DEN_FLOOR, 0.0, direct)
     through_x = torch.einsum("rkm,rm->rk", u, wd_r * v_d) + torch.einsum(
-        "rkm,rm->rk", u * inner, wn_b
+        "rkm,rm->rk", inner.mul_(u), wn_b
     )
     return -2.0 * lengths * through_x + 2.0 / lrs * torch.einsum(
         "rkm,rm->rk", direct, wn_b

@@ -942,7 +942,8 @@ def tune_schedules(
 
 
 def _row_modes(problem, powers, n_b, f64):
-    """Per-row (hh, wd, wn), each (n_P * n_B, M), rows ordered power-major.
+    """Per-row (hh, wd, wn), each (n_P * n_B, M), rows ordered power-major, and
+    each row's number of modes before padding, ``(n_P * n_B,)``.
 
     Powers whose modes merge to fewer than M (p = 1: one) are padded by
     repeating their last mode with zero weights, which adds exactly 0.
@@ -958,7 +959,8 @@ def _row_modes(problem, powers, n_b, f64):
         wd, wn = (np.concatenate([w, np.zeros(pad)]) for w in (wd, wn))
         rows.append(np.stack([hh, wd, wn]))
     stacked = np.repeat(np.stack(rows), n_b, axis=0)  # (n_P * n_B, 3, M)
-    return tuple(torch.tensor(stacked[:, i], **f64) for i in range(3))
+    widths = np.repeat([m[0].size for m in modes], n_b)
+    return tuple(torch.tensor(stacked[:, i], **f64) for i in range(3)), widths
 
 
 def _tune_schedules_lbfgs(
@@ -972,7 +974,7 @@ def _tune_schedules_lbfgs(
     n_b = bs.size
     n_rows = len(powers) * n_b
     surr = _surrogate(problem, surrogate_bins)
-    hh_s, wd_s, wn_s = _row_modes(surr, powers, n_b, f64)
+    modes, widths = _row_modes(surr, powers, n_b, f64)
     a_max = np.repeat([2.0 / float(_modes(problem, p)[0].max()) for p in powers], n_b)
     a_max_t = torch.tensor(a_max, **f64)
     bs_t = torch.tensor(np.tile(bs, len(powers)), **f64)
@@ -996,10 +998,9 @@ def _tune_schedules_lbfgs(
     hi = hi.astype(np.int64)
     active = hi > 1
     evaluations = np.zeros(n_rows, dtype=np.int64)  # per row
-    modes = (hh_s, wd_s, wn_s)
     hi, shorter = _bisect_runs(
-        fam, best, hi, active, modes, a_max_t, bs_t, k, target, decay_shape,
-        evaluations,
+        fam, best, hi, active, (modes, widths), a_max_t, bs_t, k, target,
+        decay_shape, evaluations,
     )  # fmt: skip
     out = []
     for j, p in enumerate(powers):
@@ -1029,19 +1030,53 @@ def _lengths(steps, k, f64):
 
 
 def _minimise_rows(fam, x0, rows, steps, modes, a_max_t, bs_t, k, decay_shape, iters):
-    """One batched L-BFGS over rows ``rows``: each row minimises the log loss
-    of its schedule (parameters from ``x0``, pieces stretched over its run of
-    ``steps``) on the surrogate ``modes``."""
+    """Batched L-BFGS over rows ``rows``: each row minimises the log loss of its
+    schedule (parameters from ``x0``, pieces stretched over its run of
+    ``steps``) on the surrogate ``modes`` (``((hh, wd, wn), widths)``, see
+    :func:`_row_modes`).
+
+    Rows with fewer modes than the widest (``p = 1``: one) run as their own
+    batch on their own modes only: the padding adds exact zeros, so each row's
+    values and gradients are the same, at a fraction of the work.
+    """
+    import torch
+
+    from ._lbfgs import LBFGSResult
+
+    (hh, wd, wn), widths = modes
+    f64 = {"dtype": a_max_t.dtype, "device": a_max_t.device}
+    lengths = _lengths(steps, k, f64)
+    x0 = torch.tensor(x0, **f64)
+    parts = []
+    for w in np.unique(widths[rows]):
+        at = np.flatnonzero(widths[rows] == w)
+        r = torch.as_tensor(rows[at], device=a_max_t.device)
+        parts.append((at, _minimise_group(
+            fam, x0[at], tuple(m[r, :w] for m in (hh, wd, wn)), lengths[at],
+            a_max_t[r], bs_t[r], k, decay_shape, iters,
+        )))  # fmt: skip
+    if len(parts) == 1:
+        return parts[0][1]
+    out = LBFGSResult(
+        x0.clone(), torch.empty(len(rows), **f64),
+        *(torch.empty(len(rows), dtype=torch.long, device=a_max_t.device)
+          for _ in range(2)),
+    )  # fmt: skip
+    for at, res in parts:
+        at = torch.as_tensor(at, device=a_max_t.device)
+        out.x[at], out.f[at] = res.x, res.f
+        out.iterations[at], out.evaluations[at] = res.iterations, res.evaluations
+    return out
+
+
+def _minimise_group(fam, x0, sel, lengths, scale, sizes, k, decay_shape, iters):
+    """One batched L-BFGS (:func:`_minimise_rows`) on rows sharing a mode count:
+    ``sel`` their modes, ``lengths`` their pieces, ``scale`` their stability
+    edges, ``sizes`` their batch sizes."""
     import torch
 
     from ._lbfgs import batched_lbfgs
     from ._piecewise_risk import piecewise_risk
-
-    f64 = {"dtype": a_max_t.dtype, "device": a_max_t.device}
-    lengths = _lengths(steps, k, f64)
-    rows_t = torch.as_tensor(rows, device=a_max_t.device)
-    sel = tuple(m[rows_t] for m in modes)
-    scale, sizes = a_max_t[rows_t], bs_t[rows_t]
 
     def objective(params, idx):
         lrs = scale[idx, None] * _schedule_values(fam, params, k, decay_shape)
@@ -1049,9 +1084,8 @@ def _minimise_rows(fam, x0, rows, steps, modes, a_max_t, bs_t, k, decay_shape, i
         return torch.log(piecewise_risk(hh, wd, wn, lrs, lengths[idx], sizes[idx]))
 
     return batched_lbfgs(
-        objective, torch.tensor(x0, **f64), max_iter=iters, tol_grad=1e-10,
-        tol_change=1e-12,
-    )  # fmt: skip
+        objective, x0, max_iter=iters, tol_grad=1e-10, tol_change=1e-12
+    )
 
 
 def _bisect_runs(
@@ -1122,7 +1156,7 @@ def _shortest_runs(
     idx = np.flatnonzero(rows)
     a, b = lo[idx].copy(), hi[idx].copy()
     params = torch.tensor(best[idx], **f64)
-    sel = [m[torch.as_tensor(idx, device=a_max_t.device)] for m in modes]
+    sel = [m[torch.as_tensor(idx, device=a_max_t.device)] for m in modes[0]]
     scale = a_max_t[torch.as_tensor(idx, device=a_max_t.device)]
     sizes = bs_t[torch.as_tensor(idx, device=a_max_t.device)]
     with torch.no_grad():

@@ -499,15 +499,44 @@ def test_padded_rows_of_several_powers_equal_exact_dynamics():
     prob = nqm.NQMProblem.power_law(30)
     powers = [0.0, 0.5, 1.0]
     bs = np.array([2.0, 256.0])
-    modes = _row_modes(prob, powers, bs.size, {"dtype": torch.float64})
+    modes, widths = _row_modes(prob, powers, bs.size, {"dtype": torch.float64})
     n_rows = len(powers) * bs.size
     assert modes[0].shape == (n_rows, prob.n_modes)
+    assert widths.tolist() == [prob.n_modes] * 4 + [1] * 2
     rng = np.random.default_rng(11)
     lrs = rng.uniform(0.05, 1.9, size=(n_rows, 4))
     lengths = rng.integers(1, 200, size=(n_rows, 4))
     rows_b = np.tile(bs, len(powers))
     rows_p = np.repeat(powers, bs.size)
     _assert_piecewise_loss_is_exact(prob, modes, lrs, lengths, rows_b, rows_p)
+
+
+def test_rows_cut_to_their_own_modes_have_the_same_values_and_gradients():
+    """The schedule tuner runs the rows of p = 1 on their one mode: the padding
+    adds exact zeros, so value and gradient are bitwise those of the padded row."""
+    import torch
+
+    from nqm._piecewise_risk import piecewise_risk
+    from nqm._tuning import _row_modes
+
+    prob = nqm.NQMProblem.power_law(30)
+    modes, widths = _row_modes(prob, [1.0], 3, {"dtype": torch.float64})
+    rng = np.random.default_rng(12)
+    lrs = torch.tensor(rng.uniform(0.05, 1.9, size=(3, 5)))
+    lengths = torch.tensor(rng.integers(0, 300, size=(3, 5)), dtype=torch.float64)
+    sizes = torch.tensor([1.0, 7.0, 300.0])
+
+    def value_grad(width):
+        x = lrs.clone().requires_grad_(True)
+        cut = [m[:, :width] for m in modes]
+        v = torch.log(piecewise_risk(*cut, x, lengths, sizes))
+        (g,) = torch.autograd.grad(v.sum(), x)
+        return v.detach(), g
+
+    v_pad, g_pad = value_grad(prob.n_modes)
+    v_cut, g_cut = value_grad(int(widths[0]))
+    assert int(widths[0]) == 1
+    assert torch.equal(v_pad, v_cut) and torch.equal(g_pad, g_cut)
 
 
 def test_saturated_schedule_logits_give_a_valid_certified_schedule(small):
