@@ -1030,62 +1030,54 @@ def _lengths(steps, k, f64):
 
 
 def _minimise_rows(fam, x0, rows, steps, modes, a_max_t, bs_t, k, decay_shape, iters):
-    """Batched L-BFGS over rows ``rows``: each row minimises the log loss of its
-    schedule (parameters from ``x0``, pieces stretched over its run of
+    """One batched L-BFGS over rows ``rows``: each row minimises the log loss
+    of its schedule (parameters from ``x0``, pieces stretched over its run of
     ``steps``) on the surrogate ``modes`` (``((hh, wd, wn), widths)``, see
     :func:`_row_modes`).
 
-    Rows with fewer modes than the widest (``p = 1``: one) run as their own
-    batch on their own modes only: the padding adds exact zeros, so each row's
-    values and gradients are the same, at a fraction of the work.
+    The rows of each mode count are evaluated on their own modes only (``p =
+    1``: one of the padded width): the padding adds exact zeros, so each row's
+    value and gradient are the same, at a fraction of the work.
     """
-    import torch
-
-    from ._lbfgs import LBFGSResult
-
-    (hh, wd, wn), widths = modes
-    f64 = {"dtype": a_max_t.dtype, "device": a_max_t.device}
-    lengths = _lengths(steps, k, f64)
-    x0 = torch.tensor(x0, **f64)
-    parts = []
-    for w in np.unique(widths[rows]):
-        at = np.flatnonzero(widths[rows] == w)
-        r = torch.as_tensor(rows[at], device=a_max_t.device)
-        parts.append((at, _minimise_group(
-            fam, x0[at], tuple(m[r, :w] for m in (hh, wd, wn)), lengths[at],
-            a_max_t[r], bs_t[r], k, decay_shape, iters,
-        )))  # fmt: skip
-    if len(parts) == 1:
-        return parts[0][1]
-    out = LBFGSResult(
-        x0.clone(), torch.empty(len(rows), **f64),
-        *(torch.empty(len(rows), dtype=torch.long, device=a_max_t.device)
-          for _ in range(2)),
-    )  # fmt: skip
-    for at, res in parts:
-        at = torch.as_tensor(at, device=a_max_t.device)
-        out.x[at], out.f[at] = res.x, res.f
-        out.iterations[at], out.evaluations[at] = res.iterations, res.evaluations
-    return out
-
-
-def _minimise_group(fam, x0, sel, lengths, scale, sizes, k, decay_shape, iters):
-    """One batched L-BFGS (:func:`_minimise_rows`) on rows sharing a mode count:
-    ``sel`` their modes, ``lengths`` their pieces, ``scale`` their stability
-    edges, ``sizes`` their batch sizes."""
     import torch
 
     from ._lbfgs import batched_lbfgs
     from ._piecewise_risk import piecewise_risk
 
+    (hh, wd, wn), widths = modes
+    dev = a_max_t.device
+    f64 = {"dtype": a_max_t.dtype, "device": dev}
+    lengths = _lengths(steps, k, f64)
+    rows_t = torch.as_tensor(rows, device=dev)
+    scale, sizes = a_max_t[rows_t], bs_t[rows_t]
+    # per mode count: a mask over this call's rows and their modes cut to it
+    groups = []
+    for w in np.unique(widths[rows]):
+        mask = torch.as_tensor(widths[rows] == w, device=dev)
+        groups.append((mask, tuple(m[rows_t, :w] for m in (hh, wd, wn))))
+
     def objective(params, idx):
         lrs = scale[idx, None] * _schedule_values(fam, params, k, decay_shape)
-        hh, wd, wn = (m[idx] for m in sel)
-        return torch.log(piecewise_risk(hh, wd, wn, lrs, lengths[idx], sizes[idx]))
+        parts, order = [], []
+        for mask, sel in groups:
+            at = torch.nonzero(mask[idx]).flatten()
+            if at.numel() == idx.numel():  # every row has this mode count
+                return torch.log(piecewise_risk(
+                    *(m[idx] for m in sel), lrs, lengths[idx], sizes[idx]
+                ))  # fmt: skip
+            if at.numel():
+                r = idx[at]
+                parts.append(piecewise_risk(
+                    *(m[r] for m in sel), lrs[at], lengths[r], sizes[r]
+                ))  # fmt: skip
+                order.append(at)
+        risk = torch.cat(parts)[torch.argsort(torch.cat(order))]
+        return torch.log(risk)
 
     return batched_lbfgs(
-        objective, x0, max_iter=iters, tol_grad=1e-10, tol_change=1e-12
-    )
+        objective, torch.tensor(x0, **f64), max_iter=iters, tol_grad=1e-10,
+        tol_change=1e-12,
+    )  # fmt: skip
 
 
 def _bisect_runs(
