@@ -46,7 +46,7 @@ __all__ = ["PiecewiseRisk", "piecewise_risk"]
 #: contracts a mode to zero in one step: its log is -inf, its x is -inf when the
 #: piece is not empty).
 _LOG_FLOOR = 1e-300
-#: ``s`` is taken at no more than this inside ``log1p(-s)`` (below 1).
+#: ``s`` is taken at no more than this inside ``log1p(-s)``: the double below 1.
 _S_MAX = 1.0 - 1e-16
 #: Below this, ``s (2 - s)`` may be floored (:data:`_DEN_FLOOR`).
 _S_MIN_PLAIN = 1e-280
@@ -64,17 +64,19 @@ def _forward(
     # textbook one in s (negation and 2 - s = 2 + (-s) are exact)
     ms = lrs[:, :, None] * -h
     lo, hi = torch.aminmax(ms)
-    # the usual case, every s in [_S_MIN_PLAIN, _S_MAX]: the clamps are the
-    # identity and no s (2 - s) is floored, so one logarithm and no masks
-    plain = bool(hi <= -_S_MIN_PLAIN) and bool(lo >= -_S_MAX)
-    if plain:
+    if bool(lo > -1.0):  # every s < 1 (the usual case): one logarithm
         la = torch.log1p(ms)
-    else:
-        la = torch.where(
-            ms > -1.0,
-            torch.log1p(torch.clamp(ms, min=-_S_MAX)),
-            torch.log(torch.clamp(-ms - 1.0, min=_LOG_FLOOR)),
-        )
+    else:  # the steps with s >= 1 take log(s - 1); each entry as in the formula
+        over = ms <= -1.0
+        la = torch.log1p(torch.clamp(ms, min=-_S_MAX))
+        la[over] = torch.log(torch.clamp(-ms[over] - 1.0, min=_LOG_FLOOR))
+    # ``plain``: no clamp or floor acts anywhere, so the gradient needs no masks.
+    # _S_MAX is the double below 1, so the log1p clamp acts on no s < 1; the
+    # log floor acts at s = 1 only, and s (2 - s) is floored only at s = 2 or
+    # below _S_MIN_PLAIN.
+    plain = bool(hi <= -_S_MIN_PLAIN) and (
+        bool(lo > -1.0) or not bool(((ms == -1.0) | (ms == -2.0)).any())
+    )
     x = la.mul_(2.0 * lengths[:, :, None])  # in place: la is not needed again
     two_minus = 2.0 + ms
     neg_den = ms * two_minus  # -s (2 - s)
