@@ -105,18 +105,18 @@ def batched_lbfgs(
     st = _State(x, f, g, history)
     active = torch.isfinite(f) & (g.abs().amax(dim=1) > tol_grad)
     ls = _LineSearch.empty(x, g)
-    fresh = active.clone()  # rows whose next line search has not started
+    fresh = active.clone()  # running rows whose next line search has not started
     while True:
-        # rows that finished a line search start the next one (or stop)
-        fresh &= active
-        out = fresh & (st.searches >= max_iter)
-        active &= ~out
-        fresh &= ~out
+        # rows that finished a line search start the next one, or stop after
+        # max_iter of them
+        spent = fresh & (st.searches >= max_iter)
+        active &= ~spent
+        fresh &= ~spent
         if bool(fresh.any()):
             rows = torch.nonzero(fresh).flatten()
             ls.start(st, rows)
             st.searches[rows] += 1
-            fresh[rows] = False
+            fresh.zero_()
         rows = torch.nonzero(active).flatten()
         if rows.numel() == 0:
             break
@@ -211,12 +211,15 @@ def _two_loop_direction(
 _ROUNDING = 4.0 * torch.finfo(torch.float64).eps
 
 
+@dataclass
 class _LineSearch:
     """The weak Wolfe line search of every row (Lewis & Overton 2013: double
     the step while it satisfies sufficient decrease and still descends steeply,
     bisect once bracketed), one trial step per row and call of :meth:`trial`.
 
-    Per row: the direction ``d`` and slope ``gd`` along it, the trial step
+    Per row (the search starts from the row's iterate in :class:`_State`,
+    which stays put until :meth:`_State.accept`): the direction ``d`` and slope
+    ``gd`` along it, the trial step
     ``t``, the bracket ``[lo, hi]`` (largest step known to satisfy sufficient
     decrease, smallest known to fail it), the trials made, and the point kept
     (``x``, ``f``, ``g``; ``moved`` once one meets sufficient decrease): the
@@ -224,17 +227,25 @@ class _LineSearch:
     decrease, else the start.
     """
 
-    def __init__(self, **fields: Tensor) -> None:
-        self.__dict__.update(fields)
+    d: Tensor
+    gd: Tensor
+    t: Tensor
+    lo: Tensor
+    hi: Tensor
+    x: Tensor
+    f: Tensor
+    g: Tensor
+    moved: Tensor
+    trials: Tensor
 
     @classmethod
     def empty(cls, x: Tensor, g: Tensor) -> _LineSearch:
         n_rows = x.shape[0]
         vec = torch.zeros(n_rows, dtype=x.dtype, device=x.device)
         return cls(
-            d=torch.zeros_like(x), gd=vec.clone(), f0=vec.clone(), t=vec.clone(),
-            lo=vec.clone(), hi=vec.clone(), x=x.clone(), f=vec.clone(),
-            g=torch.zeros_like(g), moved=torch.zeros_like(vec, dtype=torch.bool),
+            d=torch.zeros_like(x), gd=vec.clone(), t=vec.clone(), lo=vec.clone(),
+            hi=vec.clone(), x=x.clone(), f=vec.clone(), g=torch.zeros_like(g),
+            moved=torch.zeros_like(vec, dtype=torch.bool),
             trials=torch.zeros_like(vec, dtype=torch.long),
         )  # fmt: skip
 
@@ -254,7 +265,7 @@ class _LineSearch:
             has = has & ~restart
         l1 = gr.abs().sum(dim=1)
         self.t[rows] = torch.where(has, 1.0, torch.clamp(1.0 / l1, max=1.0))
-        self.d[rows], self.gd[rows], self.f0[rows] = d, gd, st.f[rows]
+        self.d[rows], self.gd[rows] = d, gd
         self.x[rows], self.f[rows], self.g[rows] = st.x[rows], st.f[rows], gr
         self.lo[rows], self.hi[rows] = 0.0, float("inf")
         self.moved[rows], self.trials[rows] = False, 0
@@ -262,15 +273,15 @@ class _LineSearch:
     def trial(self, fun, st: _State, rows: Tensor, armijo: float, curvature: float,
               max_backtracks: int) -> Tensor:  # fmt: skip
         """Evaluate the trial step of every row of ``rows`` in one call, update
-        their searches, and return which of them are done (a Wolfe point, or
-        ``max_backtracks`` trials)."""
-        ti, d, gd = self.t[rows], self.d[rows], self.gd[rows]
+        their searches, and return which of them are done (a Wolfe point, a
+        next trial below rounding, or ``max_backtracks`` trials)."""
+        ti, d, gd, f0 = self.t[rows], self.d[rows], self.gd[rows], st.f[rows]
         trial = st.x[rows] + ti[:, None] * d
         ft, gt = _value_grad(fun, trial, rows)
         st.evaluations[rows] += 1
         self.trials[rows] += 1
         sufficient = torch.isfinite(ft) & torch.isfinite(gt).all(dim=1)
-        sufficient &= ft <= self.f0[rows] + armijo * ti * gd
+        sufficient &= ft <= f0 + armijo * ti * gd
         flat = (gt * d).sum(dim=1) >= curvature * gd
         # keep the lowest Armijo point (the Wolfe point when one is found:
         # the search stops there)
@@ -288,6 +299,6 @@ class _LineSearch:
         self.t[rows] = t_next
         # a decrease the next trial could show is below the rounding of f: its
         # sufficient-decrease test would compare rounding errors
-        unresolved = t_next * gd.abs() <= _ROUNDING * self.f0[rows].abs()
+        unresolved = t_next * gd.abs() <= _ROUNDING * f0.abs()
         done = (sufficient & flat) | unresolved
         return done | (self.trials[rows] >= max_backtracks)

@@ -35,7 +35,7 @@ of every operation of the forward pass, which costs about three times as much.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -54,9 +54,27 @@ _S_MIN_PLAIN = 1e-280
 _DEN_FLOOR = 1e-300
 
 
+class _Saved(NamedTuple):
+    """What the forward pass keeps for the gradient: ``plain`` (no clamp or
+    floor acted), the curvatures ``h`` broadcast to (R, K, M), and per (row,
+    piece, mode) ``-s``, ``2 - s``, ``-s (2 - s)`` (floored), ``alpha^2``,
+    :math:`e^{a_k}` and the noise terms :math:`g_k e^{a_k}`; per (row, mode)
+    :math:`e^{r_0}`."""
+
+    plain: bool
+    h: Tensor
+    ms: Tensor
+    two_minus: Tensor
+    neg_den: Tensor
+    a2: Tensor
+    e_after: Tensor
+    terms: Tensor
+    v_d: Tensor
+
+
 def _forward(
     hh: Tensor, wd: Tensor, wn: Tensor, lrs: Tensor, lengths: Tensor, bs: Tensor
-) -> tuple[Tensor, tuple[Any, ...]]:
+) -> tuple[Tensor, _Saved]:
     """The risk of every row and the intermediates its gradient reuses."""
     per_row = hh.ndim == 2
     h = hh[:, None, :] if per_row else hh[None, None, :]
@@ -64,7 +82,8 @@ def _forward(
     # textbook one in s (negation and 2 - s = 2 + (-s) are exact)
     ms = lrs[:, :, None] * -h
     lo, hi = torch.aminmax(ms)
-    if bool(lo > -1.0):  # every s < 1 (the usual case): one logarithm
+    below_one = bool(lo > -1.0)
+    if below_one:  # every s < 1 (the usual case): one logarithm
         la = torch.log1p(ms)
     else:  # the steps with s >= 1 take log(s - 1); each entry as in the formula
         over = ms <= -1.0
@@ -75,7 +94,7 @@ def _forward(
     # log floor acts at s = 1 only, and s (2 - s) is floored only at s = 2 or
     # below _S_MIN_PLAIN.
     plain = bool(hi <= -_S_MIN_PLAIN) and (
-        bool(lo > -1.0) or not bool(((ms == -1.0) | (ms == -2.0)).any())
+        below_one or not bool(((ms == -1.0) | (ms == -2.0)).any())
     )
     x = la.mul_(2.0 * lengths[:, :, None])  # in place: la is not needed again
     two_minus = 2.0 + ms
@@ -93,11 +112,11 @@ def _forward(
     terms = g.mul_(e_after)
     v_n = terms.sum(dim=1)
     risk = (v_d * wd).sum(dim=1) + (v_n * wn).sum(dim=1) / bs
-    return risk, (plain, h, ms, two_minus, neg_den, a2, e_after, terms, v_d)
+    return risk, _Saved(plain, h, ms, two_minus, neg_den, a2, e_after, terms, v_d)
 
 
 def _gradient(
-    saved: tuple[Any, ...], wd: Tensor, wn: Tensor, lrs: Tensor, lengths: Tensor,
+    saved: _Saved, wd: Tensor, wn: Tensor, lrs: Tensor, lengths: Tensor,
     bs: Tensor,
 ) -> Tensor:  # fmt: skip
     r"""The gradient of every row's risk in its learning rates, shape (R, K).
@@ -123,8 +142,8 @@ def _gradient(
     inner = torch.cumsum(terms, dim=1).add_((a2 / neg_den).mul_(e_after))
     direct = terms / two_minus
     if not plain:
-        live = (ms >= -_S_MAX) | (-ms - 1.0 >= _LOG_FLOOR)
-        u = torch.where(live, u, 0.0)
+        # the forward clamps act at s = 1 only (_S_MAX is the double below 1)
+        u = torch.where(ms == -1.0, 0.0, u)
         direct = torch.where(neg_den == -_DEN_FLOOR, 0.0, direct)
     through_x = torch.einsum("rkm,rm->rk", u, wd_r * v_d) + torch.einsum(
         "rkm,rm->rk", inner.mul_(u), wn_b

@@ -1292,7 +1292,7 @@ def _batch_transfer(problem, bs, target, results, a_max):
                 if (i, n, out[n].steps) in tried:  # same schedule, same answer
                     continue
                 tried.add((i, n, out[n].steps))
-                better = _transferred(problem, bs, target, out[i], out[n], a_max)
+                better = _transferred(problem, target, out[i], out[n], a_max)
                 if better is not None:
                     out[i], improved = better, True
         if not improved:
@@ -1304,7 +1304,7 @@ def _batch_transfer(problem, bs, target, results, a_max):
 _TRANSFER_SWEEPS = 3
 
 
-def _transferred(problem, bs, target, own, nb, a_max):
+def _transferred(problem, target, own, nb, a_max):
     """``own`` replaced by the neighbour ``nb``'s schedule rescaled to its batch
     size (:func:`_batch_transfer`) when that certifies fewer steps, else
     ``None``."""
