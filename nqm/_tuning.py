@@ -1061,18 +1061,14 @@ def _minimise_rows(fam, x0, rows, steps, modes, a_max_t, bs_t, k, decay_shape, i
         parts, order = [], []
         for mask, sel in groups:
             at = torch.nonzero(mask[idx]).flatten()
-            if at.numel() == idx.numel():  # every row has this mode count
-                return torch.log(piecewise_risk(
-                    *(m[idx] for m in sel), lrs, lengths[idx], sizes[idx]
-                ))  # fmt: skip
             if at.numel():
                 r = idx[at]
                 parts.append(piecewise_risk(
                     *(m[r] for m in sel), lrs[at], lengths[r], sizes[r]
                 ))  # fmt: skip
                 order.append(at)
-        risk = torch.cat(parts)[torch.argsort(torch.cat(order))]
-        return torch.log(risk)
+        # back in the order of idx
+        return torch.log(torch.cat(parts)[torch.argsort(torch.cat(order))])
 
     return batched_lbfgs(
         objective, torch.tensor(x0, **f64), max_iter=iters, tol_grad=1e-10,
