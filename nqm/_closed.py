@@ -266,10 +266,6 @@ def _cdiv(x, y, scale=1.0):
     return ((x[0] * y[0] + x[1] * y[1]) * inv, (x[1] * y[0] - x[0] * y[1]) * inv)
 
 
-def _csq(x):
-    return (x[0] * x[0] - x[1] * x[1], 2.0 * x[0] * x[1])
-
-
 def _abs_bound(x):
     """|Re z| + |Im z|: within a factor sqrt(2) of |z| and cheaper (error bounds)."""
     return np.abs(x[0]) + np.abs(x[1])
