@@ -195,26 +195,36 @@ class _Evaluations:
 class _Ask(NamedTuple):
     """A search's request: the terms ``(D, N)`` of the point(s) ``x`` (one
     point ``(dim,)``, or ``(n, dim)``) at step ``t`` on ``problem``, certified
-    to ``rtol``. The search is a generator that yields its requests and is
-    resumed with their terms (:func:`_run_alone`, :func:`_run_together`)."""
+    to ``rtol``; ``t`` is one step, or (for ``(n, dim)`` points) an integer
+    array ``(n,)``, a step per point. The search is a generator that yields its
+    requests and is resumed with their terms (:func:`_run_alone`,
+    :func:`_run_together`)."""
 
     problem: NQMProblem
     x: np.ndarray
-    t: int
+    t: int | np.ndarray
     rtol: float
+
+
+def _ask_terms(space: _Space, ask: _Ask):
+    """The terms of one request evaluated on their own: at one step by
+    :func:`~nqm.dynamics.risk_terms`, at a step per point by
+    :func:`~nqm._pointwise.pointwise_terms`."""
+    a, be, g = space.params(ask.x)
+    if np.ndim(ask.t):
+        return pointwise_terms(ask.problem, a, be, g, space.p, ask.t, rtol=ask.rtol)
+    return risk_terms(ask.problem, a, be, g, space.p, ask.t, rtol=ask.rtol)
 
 
 def _run_alone(space: _Space, search):
     """Run one search generator to its end, each request evaluated on its own
-    (:func:`~nqm.dynamics.risk_terms` of its points); returns its value. A
-    request of one point ``(dim,)`` gets two floats, one of ``(n, dim)``
-    points two arrays ``(n,)``."""
+    (:func:`_ask_terms`); returns its value. A request of one point ``(dim,)``
+    gets two floats, one of ``(n, dim)`` points two arrays ``(n,)``."""
     value = None
     try:
         while True:
             ask = search.send(value)
-            a, be, g = space.params(ask.x)
-            d, n = risk_terms(ask.problem, a, be, g, space.p, ask.t, rtol=ask.rtol)
+            d, n = _ask_terms(space, ask)
             value = (float(d), float(n)) if np.ndim(ask.x) == 1 else (d, n)
     except StopIteration as stop:
         return stop.value
@@ -238,7 +248,7 @@ def _run_together(space: _Space, searches) -> list:
     evaluates it). A value does not depend on the other searches' requests (a
     point's is the one-setting value of :func:`~nqm.dynamics.risk_terms`), so
     neither do the results; evaluated together, the numpy overhead of a call is
-    shared by every batch size still searching. Values are sent as
+    shared by every batch size still searching. Values are sent in the form
     :func:`_run_alone` sends them.
     """
     out: list[Any] = [None] * len(searches)
@@ -258,30 +268,35 @@ def _run_together(space: _Space, searches) -> list:
         values = {}
         for i, ask in asks.items():
             if np.ndim(ask.x) == 2 and len(ask.x) >= _OWN_CALL_POINTS:
-                a, be, g = space.params(ask.x)
-                values[i] = risk_terms(
-                    ask.problem, a, be, g, space.p, ask.t, rtol=ask.rtol
-                )
+                values[i] = _ask_terms(space, ask)
             else:
                 groups.setdefault((id(ask.problem), ask.rtol), []).append(i)
         for idx in groups.values():
-            xs = [np.atleast_2d(asks[i].x) for i in idx]
-            a, be, g = space.params(np.concatenate(xs))
-            t = np.concatenate(
-                [
-                    np.full(len(x), asks[i].t, np.int64)
-                    for i, x in zip(idx, xs, strict=True)
-                ]
-            )
+            rows, steps = [], []  # the round's points and their steps, in order
+            for i in idx:
+                ask = asks[i]
+                if ask.x.ndim == 1:
+                    rows.append(ask.x)
+                    steps.append(ask.t)
+                else:
+                    rows.extend(ask.x)
+                    steps.extend(
+                        ask.t.tolist() if np.ndim(ask.t) else [ask.t] * len(ask.x)
+                    )
+            a, be, g = space.params(np.array(rows))
             first = asks[idx[0]]
+            t = np.array(steps, dtype=np.int64)
             d, n = pointwise_terms(first.problem, a, be, g, space.p, t, rtol=first.rtol)
+            d_list, n_list = d.tolist(), n.tolist()
             start = 0
-            for i, x in zip(idx, xs, strict=True):
-                if np.ndim(asks[i].x) == 1:
-                    values[i] = (float(d[start]), float(n[start]))
+            for i in idx:
+                x = asks[i].x
+                if x.ndim == 1:
+                    values[i] = (d_list[start], n_list[start])
+                    start += 1
                 else:
                     values[i] = (d[start : start + len(x)], n[start : start + len(x)])
-                start += len(x)
+                    start += len(x)
         for i in sorted(values):
             resume(i, values[i])
     return out
@@ -393,10 +408,11 @@ _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
 def _grid_terms(surr, X, t, spent):
-    """``(D, N)`` of the points ``X`` (``(n, dim)``) at step ``t`` on the
-    surrogate, one request (:class:`_Ask`)."""
+    """``(D, N)`` of the points ``X`` (``(n, dim)``) at step ``t`` (one step, or
+    one per point) on the surrogate, one request (:class:`_Ask`)."""
     spent.add(len(X))
-    return (yield _Ask(surr, X, int(t), _SURROGATE_RTOL))
+    t = np.asarray(t, dtype=np.int64) if np.ndim(t) else int(t)
+    return (yield _Ask(surr, X, t, _SURROGATE_RTOL))
 
 
 def _row_minima(surr, space, X, L, bs_sel, t, spent):
@@ -408,7 +424,8 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
 
     Args:
         X: Grid, ``(R, n_u, dim)``.
-        L: Its losses at step ``t``, ``(k, R, n_u)``, for ``bs_sel`` (``(k,)``).
+        L: Its losses, ``(k, R, n_u)``, for ``bs_sel`` (``(k,)``) at step ``t``:
+            one step, or one per batch size (``(k,)``).
 
     Returns:
         ``(x, loss)``: the best point seen in each row, ``(k, R, dim)`` and
@@ -425,9 +442,11 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent):
     slow = np.broadcast_to(X[None, :, 0, 1:], (k, n_rows, space.dim - 1))
     b_col = np.asarray(bs_sel, dtype=np.float64)[:, None]
 
+    t_pts = np.repeat(t, n_rows) if np.ndim(t) else t
+
     def f(uu):
         x = np.concatenate([uu[..., None], slow], axis=-1).reshape(-1, space.dim)
-        d, n = yield from _grid_terms(surr, x, t, spent)
+        d, n = yield from _grid_terms(surr, x, t_pts, spent)
         return _losses(d.reshape(k, n_rows), n.reshape(k, n_rows), b_col)
 
     def keep(uu, val):
@@ -543,10 +562,32 @@ def _searches_together(
     return out
 
 
+class _Near(NamedTuple):
+    """A batch size ``i`` whose best grid loss at step ``t`` misses the target
+    by less than the factor :data:`_NEAR`: its grid losses there ``L``
+    (``(n_points,)``), the previous grid step and the best loss there."""
+
+    i: int
+    t: int
+    prev_t: int
+    lo_min: float
+    L: np.ndarray
+
+
 def _brackets(surr, space, G, bs, target, spent):
-    """Stage 1: per batch size, the first geometric grid step at which some grid
+    """Stage 1: per batch size, the first geometric grid step at which some
     point reaches the target on the surrogate, as a :class:`_Bracket` (``None``
-    when none does up to :data:`MAX_STEPS`).
+    when none does up to :data:`MAX_STEPS`): a grid point, or, at a step where
+    the grid misses the target by less than the factor :data:`_NEAR`, the
+    minimum of a grid row refined in ``u`` (:func:`_row_minima`; a minimum
+    narrower than the grid spacing may reach the target between its points).
+
+    The refinements wait (as :class:`_Near` entries) until every batch size
+    without a bracket has one waiting; they then run together, each at its own
+    step (:func:`_refine_near`). Each batch size's bracket is the first step at
+    which either succeeds, as if every step were refined before the next one;
+    a refinement at a step after a batch size's first success is work spent
+    for nothing, and the price of one golden-section search for many steps.
 
     Args:
         G: the grid, ``(R, n_u, dim)``.
@@ -559,12 +600,20 @@ def _brackets(surr, space, G, bs, target, spent):
     X = G.reshape(-1, space.dim)
     a, be, g = space.params(X)
     n_b = bs.size
-    bracket = [None] * n_b
+    bracket: list[_Bracket | None] = [None] * n_b
+    waiting: list[_Near] = []
     prev_t = 0
     prev_L = None
     known = {}
     for t in _t_grid():
-        if all(br is not None for br in bracket) or t > MAX_STEPS:
+        if t > MAX_STEPS:
+            break
+        open_ = [i for i in range(n_b) if bracket[i] is None]
+        if waiting and {w.i for w in waiting}.issuperset(open_):
+            _refine_near(surr, space, G, bs, waiting, target, spent, bracket)
+            waiting = []
+            open_ = [i for i in open_ if bracket[i] is None]
+        if not open_:
             break
         d, n = risk_terms(surr, a, be, g, space.p, int(t), rtol=_SURROGATE_RTOL)
         spent.add(X.shape[0])
@@ -572,30 +621,35 @@ def _brackets(surr, space, G, bs, target, spent):
         L = _losses(d[None, :], n[None, :], bs[:, None])
         # the previous grid step's best loss (a failure) closes each bracket below
         lo_min = np.full(n_b, math.inf) if prev_L is None else prev_L.min(axis=1)
-        near = []
-        for i in range(n_b):
-            if bracket[i] is None:
-                j = int(np.argmin(L[i]))
-                if L[i, j] <= target:
-                    bracket[i] = _Bracket(
-                        prev_t, int(t), X[j], float(lo_min[i]), float(L[i, j])
-                    )
-                elif L[i, j] <= _NEAR * target:
-                    near.append(i)
-        if near:  # a minimum narrower than the grid may already reach the target
-            xr, lr = _run_alone(space, _row_minima(
-                surr, space, G, L[near].reshape((len(near),) + G.shape[:2]),
-                bs[near], t, spent,
-            ))  # fmt: skip
-            for k, i in enumerate(near):
-                r = int(np.argmin(lr[k]))
-                if lr[k, r] <= target:
-                    bracket[i] = _Bracket(
-                        prev_t, int(t), xr[k, r], float(lo_min[i]), float(lr[k, r])
-                    )
+        for i in open_:
+            j = int(np.argmin(L[i]))
+            if L[i, j] <= target:
+                bracket[i] = _Bracket(
+                    prev_t, int(t), X[j], float(lo_min[i]), float(L[i, j])
+                )
+            elif L[i, j] <= _NEAR * target:
+                waiting.append(_Near(i, int(t), prev_t, float(lo_min[i]), L[i]))
         prev_t = int(t)
         prev_L = L
+    if waiting:
+        _refine_near(surr, space, G, bs, waiting, target, spent, bracket)
     return bracket, known
+
+
+def _refine_near(surr, space, G, bs, waiting, target, spent, bracket):
+    """Refine the grid rows of every :class:`_Near` entry of ``waiting`` (in
+    order of step) in one golden-section search, each at its own step, and
+    move each batch size's bracket to its first step whose refined minimum
+    reaches the target, when that comes before the bracket's."""
+    L = np.stack([w.L for w in waiting]).reshape((len(waiting),) + G.shape[:2])
+    sel = np.array([w.i for w in waiting])
+    t = np.array([w.t for w in waiting], dtype=np.int64)
+    xr, lr = _run_alone(space, _row_minima(surr, space, G, L, bs[sel], t, spent))
+    for k, w in enumerate(waiting):
+        r = int(np.argmin(lr[k]))
+        br = bracket[w.i]
+        if lr[k, r] <= target and (br is None or w.t < br.hi):
+            bracket[w.i] = _Bracket(w.prev_t, w.t, xr[k, r], w.lo_min, float(lr[k, r]))
 
 
 def _certify(problem, fine, space, x, t_s, b, target, polish, spent):
