@@ -149,7 +149,7 @@ def _sorted(
     simplex: NDArray[np.float64], values: NDArray[np.float64]
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Vertices ordered by value, best first (NumPy's default argsort on ties)."""
-    order = np.argsort(values)
+    order = values.argsort()
     return simplex[order], values[order]
 
 
@@ -160,9 +160,10 @@ def _converged(
     fatol: float,
 ) -> bool:
     """Every vertex within ``xatol`` of the best (∞-norm) and every value within ``fatol``."""
-    spread_x = np.max(np.abs(simplex[1:] - simplex[0]))
-    spread_f = np.max(np.abs(values[0] - values[1:]))
-    return bool(spread_x <= xatol and spread_f <= fatol)
+    # array methods, not np.max: local searches call this thousands of times
+    if not np.abs(simplex[1:] - simplex[0]).max() <= xatol:
+        return False
+    return bool(np.abs(values[0] - values[1:]).max() <= fatol)
 
 
 def _simplex_step(
