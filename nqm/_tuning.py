@@ -415,7 +415,7 @@ def _grid_terms(surr, X, t, spent):
     return (yield _Ask(surr, X, t, _SURROGATE_RTOL))
 
 
-def _row_minima(surr, space, X, L, bs_sel, t, spent, rows=None):
+def _row_minima(surr, space, X, L, bs_sel, t, spent):
     """Minimise the loss along ``u`` in every grid row, for several batch sizes.
 
     Each row (fixed ``v``/``w``) is bracketed by the neighbours of its best grid
@@ -426,8 +426,6 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent, rows=None):
         X: Grid, ``(R, n_u, dim)``.
         L: Its losses, ``(k, R, n_u)``, for ``bs_sel`` (``(k,)``) at step ``t``:
             one step, or one per batch size (``(k,)``).
-        rows: which rows to refine, ``(k, R)`` booleans (default: all); a row
-            not refined keeps its best grid point.
 
     Returns:
         ``(x, loss)``: the best point seen in each row, ``(k, R, dim)`` and
@@ -437,67 +435,47 @@ def _row_minima(surr, space, X, L, bs_sel, t, spent, rows=None):
     j = np.argmin(L, axis=2)
     u = np.broadcast_to(X[None, :, :, 0], L.shape)
     pick = np.take_along_axis
+    lo = pick(u, np.maximum(j - 1, 0)[..., None], 2)[..., 0]
+    hi = pick(u, np.minimum(j + 1, n_u - 1)[..., None], 2)[..., 0]
     best_u = pick(u, j[..., None], 2)[..., 0]
     best_l = pick(L, j[..., None], 2)[..., 0]
     slow = np.broadcast_to(X[None, :, 0, 1:], (k, n_rows, space.dim - 1))
-    if rows is None:
-        rows = np.ones((k, n_rows), dtype=bool)
-    if rows.any():
-        lo = pick(u, np.maximum(j - 1, 0)[..., None], 2)[..., 0]
-        hi = pick(u, np.minimum(j + 1, n_u - 1)[..., None], 2)[..., 0]
-        b = np.broadcast_to(np.asarray(bs_sel, dtype=np.float64)[:, None], rows.shape)
-        if np.ndim(t):
-            t = np.broadcast_to(np.asarray(t, dtype=np.int64)[:, None], rows.shape)
-            t = t[rows]
-        u_min, l_min = yield from _golden_lines(
-            surr, space, slow[rows], lo[rows], hi[rows], b[rows], t, spent
-        )
-        better = l_min < best_l[rows]
-        best_u[rows] = np.where(better, u_min, best_u[rows])
-        best_l[rows] = np.where(better, l_min, best_l[rows])
-    x = np.concatenate([best_u[..., None], slow], axis=-1)
-    return x, best_l
+    b_col = np.asarray(bs_sel, dtype=np.float64)[:, None]
 
-
-def _golden_lines(surr, space, slow, lo, hi, b, t, spent):
-    """Golden-section searches in ``u`` on lines of fixed ``slow`` coordinates
-    (``(n, dim - 1)``), each inside ``[lo, hi]`` for batch size ``b`` at step
-    ``t`` (one step, or one per line), :data:`_ROW_ITERS` iterations, all lines
-    in one request per iteration (a search generator, see :class:`_Ask`).
-
-    Returns:
-        ``(u, loss)``: the best point evaluated on each line, ``(n,)`` each.
-    """
+    t_pts = np.repeat(t, n_rows) if np.ndim(t) else t
 
     def f(uu):
-        x = np.concatenate([uu[:, None], slow], axis=-1)
-        d, n = yield from _grid_terms(surr, x, t, spent)
-        return _losses(d, n, b)
+        x = np.concatenate([uu[..., None], slow], axis=-1).reshape(-1, space.dim)
+        d, n = yield from _grid_terms(surr, x, t_pts, spent)
+        return _losses(d.reshape(k, n_rows), n.reshape(k, n_rows), b_col)
+
+    def keep(uu, val):
+        better = val < best_l
+        best_u[better] = uu[better]
+        best_l[better] = val[better]
 
     x1 = hi - _GOLDEN * (hi - lo)
     x2 = lo + _GOLDEN * (hi - lo)
     f1 = yield from f(x1)
     f2 = yield from f(x2)
-    take = f2 < f1
-    best_u, best_l = np.where(take, x2, x1), np.where(take, f2, f1)
+    keep(x1, f1)
+    keep(x2, f2)
     for _ in range(_ROW_ITERS):
         left = f1 <= f2  # the minimum lies in [lo, x2]
         hi = np.where(left, x2, hi)
         lo = np.where(left, lo, x1)
         new = np.where(left, hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo))
         fn = yield from f(new)
-        better = fn < best_l
-        best_u = np.where(better, new, best_u)
-        best_l = np.where(better, fn, best_l)
+        keep(new, fn)
         x1, x2 = np.where(left, new, x2), np.where(left, x1, new)
         f1, f2 = np.where(left, fn, f2), np.where(left, f1, fn)
-    return best_u, best_l
+    x = np.concatenate([best_u[..., None], slow], axis=-1)
+    return x, best_l
 
 
-def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None, near=math.inf):
-    """Best points of the grid at step ``t`` after refining in ``u`` every row
-    whose best grid loss is at most ``near`` (a search generator, see
-    :class:`_Ask`).
+def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None):
+    """Best points of the grid at step ``t`` after refining every row in ``u``
+    (a search generator, see :class:`_Ask`).
 
     ``known`` maps steps to the grid's terms ``(d, n)`` already evaluated there
     (stage 1's, :func:`_brackets`): at such a step they are not evaluated again.
@@ -514,8 +492,7 @@ def _profile(surr, space, X, t, bs_sel, spent, keep=1, known=None, near=math.inf
         d, n = hit
     L = _losses(d[None, :], n[None, :], bs_sel[:, None])
     L = L.reshape((bs_sel.size,) + X.shape[:2])
-    rows = L.min(axis=2) <= near
-    xr, lr = yield from _row_minima(surr, space, X, L, bs_sel, t, spent, rows=rows)
+    xr, lr = yield from _row_minima(surr, space, X, L, bs_sel, t, spent)
     r = np.argsort(lr, axis=1, kind="stable")[:, :keep]
     k = np.arange(bs_sel.size)[:, None]
     return xr[k, r], lr[k, r]
@@ -663,16 +640,11 @@ def _refine_near(surr, space, G, bs, waiting, target, spent, bracket):
     """Refine the grid rows of every :class:`_Near` entry of ``waiting`` (in
     order of step) in one golden-section search, each at its own step, and
     move each batch size's bracket to its first step whose refined minimum
-    reaches the target, when that comes before the bracket's. Only rows whose
-    best grid loss is within the factor :data:`_NEAR` of the target are
-    refined, the criterion that selects the batch sizes."""
+    reaches the target, when that comes before the bracket's."""
     L = np.stack([w.L for w in waiting]).reshape((len(waiting),) + G.shape[:2])
     sel = np.array([w.i for w in waiting])
     t = np.array([w.t for w in waiting], dtype=np.int64)
-    rows = L.min(axis=2) <= _NEAR * target  # as for the batch sizes: near ones
-    xr, lr = _run_alone(
-        space, _row_minima(surr, space, G, L, bs[sel], t, spent, rows=rows)
-    )
+    xr, lr = _run_alone(space, _row_minima(surr, space, G, L, bs[sel], t, spent))
     for k, w in enumerate(waiting):
         r = int(np.argmin(lr[k]))
         br = bracket[w.i]
@@ -830,9 +802,7 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, known=None):
     starts in, and loss surfaces of momentum have several: an SGD-like one, and
     heavy-ball ones near critical damping whose valleys are narrower than the
     grid. So it starts from the better (at ``hi``) of the bracket's grid point
-    and the best point of the row profile (:func:`_profile`; as in stage 1, rows
-    whose best grid loss misses the target by more than the factor
-    :data:`_NEAR` are not refined). Once it converges,
+    and the best point of the row profile (:func:`_profile`). Once it converges,
     one probe below its answer is tried again from other starts: the two best
     rows of the profile there and the start not taken, each refined locally. If
     one reaches the target, the search restarts below from it. ``known``: the
@@ -840,10 +810,7 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, known=None):
     generator (see :class:`_Ask`).
     """
     lo, hi, x, l_lo, l_hi = bracket
-    near = _NEAR * target  # rows further from the target are not refined
-    xp, lp = yield from _profile(
-        surr, space, G, hi, b, spent, keep=1, known=known, near=near
-    )
+    xp, lp = yield from _profile(surr, space, G, hi, b, spent, keep=1, known=known)
     starts = sorted([(l_hi, 0, x), (float(lp[0, 0]), 1, xp[0, 0])], key=lambda s: s[:2])
     (l_hi, _, x), (_, _, other) = starts
     t_hi, x = yield from _first_t_on_surrogate(
@@ -853,7 +820,7 @@ def _first_t_guarded(surr, space, G, bracket, b, target, spent, known=None):
         probe = t_hi - max(1, int(_T_RTOL * t_hi))
         if probe <= lo:
             break
-        xp, lp = yield from _profile(surr, space, G, probe, b, spent, keep=2, near=near)
+        xp, lp = yield from _profile(surr, space, G, probe, b, spent, keep=2)
         found = None
         for x0, l0 in [(xp[0, k], lp[0, k]) for k in range(xp.shape[1])] + [
             (other, None)
