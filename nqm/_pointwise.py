@@ -38,6 +38,9 @@ from ._system import Features
 from .dynamics import _modes, risk_terms
 from .problem import NQMProblem
 
+#: Requests of at least this many points are checked for repeated points.
+_DEDUPLICATE_POINTS = 64
+
 
 def _closed_form_at(hh, alpha, beta, gamma, feats: Features, t):
     """Per-mode ``(F, G, err_F, err_G)`` of :func:`nqm._closed.closed_form_terms`
@@ -140,6 +143,19 @@ def pointwise_terms(
     if not (np.issubdtype(t.dtype, np.integer) and (n == 0 or t.min() >= 0)):
         raise ValueError("steps must be non-negative integers")
     t = t.astype(np.int64)
+    if n >= _DEDUPLICATE_POINTS:
+        # points repeated bit for bit (golden-section searches of several
+        # batch sizes at one step start from the same grid neighbours) are
+        # evaluated once; a point's value does not depend on the others
+        bits = np.stack([v.view(np.int64) for v in (alpha, beta, gamma)] + [t], 1)
+        _, first, back = np.unique(bits, axis=0, return_index=True, return_inverse=True)
+        if first.size < n:
+            d, m = pointwise_terms(
+                problem, alpha[first], beta[first], gamma[first], precond_power,
+                t[first], rtol=rtol,
+            )  # fmt: skip
+            back = back.reshape(-1)
+            return d[back], m[back]
     hh, wd, wn = _modes(problem, float(precond_power))
     D = np.empty(n)
     N = np.empty(n)

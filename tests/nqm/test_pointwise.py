@@ -31,6 +31,27 @@ def _points(rng, problem, n, t_max):
     return lr, beta, gamma, steps
 
 
+def test_repeated_points_take_their_values_alone():
+    """A long request that repeats points bit for bit (some differing only in
+    their step, or in the sign of a zero momentum) gives each point what it
+    gets evaluated alone."""
+    problem = nqm.NQMProblem.power_law(2000).binned(64)
+    rng = np.random.default_rng(7)
+    lr, beta, gamma, steps = _points(rng, problem, 30, 10**6)
+    beta[0] = 0.0
+    pick = rng.integers(0, 30, 120)
+    lr, beta, gamma, steps = lr[pick], beta[pick], gamma[pick], steps[pick].copy()
+    steps[:5] += 1  # the same settings at other steps
+    beta[np.flatnonzero(beta == 0.0)[:2]] = -0.0
+    d, n = pointwise_terms(problem, lr, beta, gamma, 0.5, steps, rtol=SURROGATE_RTOL)
+    for i in range(lr.size):
+        one = pointwise_terms(
+            problem, lr[i : i + 1], beta[i : i + 1], gamma[i : i + 1], 0.5,
+            steps[i : i + 1], rtol=SURROGATE_RTOL,
+        )  # fmt: skip
+        assert (one[0][0], one[1][0]) == (d[i], n[i])
+
+
 @pytest.mark.parametrize("p", [0.0, 0.5])
 def test_points_together_equal_points_alone_and_expected_loss(p):
     """Every point's loss is exactly what it is evaluated alone and in any
