@@ -64,6 +64,7 @@ from .crossing import steps_to_target
 from .dynamics import CLOSED_FORM_RTOL, _modes, expected_loss, risk_terms
 from .families import MAX_STEPS, ConstantSetting, Family, TuneResult
 from .optimizer import DecayShape, Optimizer, PiecewiseConstant
+from .polynomial_floor import christoffel_at_zero
 from .problem import NQMProblem
 from .runtime import torch_device
 
@@ -589,6 +590,12 @@ def _brackets(surr, space, G, bs, target, spent):
     a refinement at a step after a batch size's first success is work spent
     for nothing, and the price of one golden-section search for many steps.
 
+    Steps at which the least loss any setting can reach
+    (:mod:`nqm.polynomial_floor`) exceeds :data:`_FLOOR_MARGIN` times the
+    near factor are not evaluated, but the last of them is: its losses close
+    the brackets of the next step. (Short steps are the grid's dearest: near
+    coincident momentum roots there go to doubling.)
+
     Args:
         G: the grid, ``(R, n_u, dim)``.
         bs: batch sizes ``(n_B,)``.
@@ -605,7 +612,8 @@ def _brackets(surr, space, G, bs, target, spent):
     prev_t = 0
     prev_L = None
     known = {}
-    for t in _t_grid():
+    steps = _t_grid()
+    for t in steps[_first_useful(surr, space.p, steps, _NEAR * target) :]:
         if t > MAX_STEPS:
             break
         open_ = [i for i in range(n_b) if bracket[i] is None]
@@ -634,6 +642,31 @@ def _brackets(surr, space, G, bs, target, spent):
     if waiting:
         _refine_near(surr, space, G, bs, waiting, target, spent, bracket)
     return bracket, known
+
+
+#: Stage 1 skips a step only when the polynomial floor exceeds the near
+#: factor times this margin (far above the rounding of the floor and of the
+#: certified losses it stands for).
+_FLOOR_MARGIN = 2.0
+
+
+def _first_useful(surr, p, steps, near):
+    """Index into ``steps`` (increasing) of the step before the first at which
+    some setting could come within ``near`` of the target on ``surr``: before
+    it, :func:`~nqm.polynomial_floor.christoffel_at_zero` of the surrogate's
+    modes (a lower bound of every setting's loss) exceeds
+    ``_FLOOR_MARGIN * near``; 0 when that holds at no step."""
+    hh, wd, _ = _modes(surr, p)
+    floors = christoffel_at_zero(hh, wd)
+    done = -1  # the floor's step reached so far
+    floor = math.inf
+    for k, t in enumerate(steps.tolist()):
+        while done < t:
+            floor = next(floors)
+            done += 1
+        if not floor > _FLOOR_MARGIN * near:
+            return max(k - 1, 0)
+    return 0
 
 
 def _refine_near(surr, space, G, bs, waiting, target, spent, bracket):
