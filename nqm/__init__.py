@@ -55,6 +55,7 @@ from .optimizer import (
     Schedule,
     WarmupStableDecay,
 )
+from .polynomial_floor import polynomial_floor
 from .problem import NQMProblem
 from .search import (
     Family,
@@ -78,6 +79,7 @@ __all__ = [
     "expected_loss",
     "risk_terms",
     "doubled_modes",
+    "polynomial_floor",
     "is_stable",
     "max_stable_lr",
     "steady_state_loss",
