@@ -145,9 +145,12 @@ class _Space:
         return self.u_max(beta)
 
     def params(self, x):
-        x = self.clip(x)
+        """``(α, β, γ)`` of the points ``x`` moved into the domain (as
+        :meth:`clip` moves them: the cap on ``u`` leaves β and γ as they are)."""
+        x = np.clip(np.asarray(x, dtype=np.float64), self.lo, self.hi)
         beta, gamma = self._beta_gamma(x)
-        alpha = 2.0 * (1.0 - beta) / self.hh_max * np.exp(x[..., 0])
+        u = np.minimum(x[..., 0], self.u_max(beta))
+        alpha = 2.0 * (1.0 - beta) / self.hh_max * np.exp(u)
         return alpha, beta, gamma
 
     def setting(self, x) -> ConstantSetting:
@@ -268,7 +271,7 @@ def _run_together(space: _Space, searches) -> list:
         groups: dict[tuple[int, float], list[int]] = {}
         values = {}
         for i, ask in asks.items():
-            if np.ndim(ask.x) == 2 and len(ask.x) >= _OWN_CALL_POINTS:
+            if ask.x.ndim == 2 and len(ask.x) >= _OWN_CALL_POINTS:
                 values[i] = _ask_terms(space, ask)
             else:
                 groups.setdefault((id(ask.problem), ask.rtol), []).append(i)
@@ -364,14 +367,18 @@ def _local_min(problem, space, x0, t, b, spent, rtol=CLOSED_FORM_RTOL):
 
     seen = {}  # the end point and the start are usually evaluated already
 
+    t = int(t)
+
     def f(x):
-        key = np.asarray(x, dtype=np.float64).tobytes()
-        if key not in seen:
+        x = np.asarray(x, dtype=np.float64)
+        key = x.tobytes()
+        value = seen.get(key)
+        if value is None:
             spent.add(1)
-            d, n = yield _Ask(problem, np.asarray(x, dtype=np.float64), int(t), rtol)
+            d, n = yield _Ask(problem, x, t, rtol)
             v = _point_loss(d, n, b)
-            seen[key] = math.log(v) if v > 0 and math.isfinite(v) else 1e300
-        return seen[key]
+            value = seen[key] = math.log(v) if v > 0 and math.isfinite(v) else 1e300
+        return value
 
     x0 = space.clip(x0)
     u_cap = float(space.u_cap(x0))
