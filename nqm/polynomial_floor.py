@@ -69,7 +69,8 @@ def polynomial_floor(
             :math:`P = H^p`.
 
     Returns:
-        Floats of the shape of ``steps``; ``λ_0`` is :math:`D(0)`. The cost is
+        A float for a scalar ``steps``, else an array of their shape;
+        ``λ_0`` is :math:`D(0)`. The cost is
         :math:`O(T^2 M)` for the largest step :math:`T` (at most the number of
         distinct curvatures :math:`M`, beyond which the floor is 0).
 
@@ -85,7 +86,8 @@ def polynomial_floor(
     floors = christoffel_at_zero(hh, wd)
     last = int(t.max())
     table = np.array([next(floors) for _ in range(min(last, hh.size) + 1)])
-    return np.where(t < table.size, table[np.minimum(t, table.size - 1)], 0.0)
+    out = np.where(t < table.size, table[np.minimum(t, table.size - 1)], 0.0)
+    return out if t.ndim else float(out)
 
 
 def christoffel_at_zero(nodes: np.ndarray, weights: np.ndarray) -> Iterator[float]:

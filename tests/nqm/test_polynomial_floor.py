@@ -114,6 +114,8 @@ def test_no_optimizer_goes_below_the_floor(p):
 
 def test_bad_arguments_are_refused():
     problem = nqm.NQMProblem.power_law(10)
+    assert isinstance(polynomial_floor(problem, 3), float)
+    assert polynomial_floor(problem, [[0, 10], [11, 2**62]])[1].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="steps"):
         polynomial_floor(problem, -1)
     with pytest.raises(ValueError, match="precond_power"):
