@@ -58,9 +58,9 @@ _HUGE = 1e154
 
 def polynomial_floor(
     problem: NQMProblem, steps, precond_power: float = 0.0
-) -> np.ndarray:
-    """:math:`\\lambda_t`, the least :math:`D(t)` of any optimizer of this
-    package (see the module docstring), at each step count of ``steps``.
+) -> float | np.ndarray:
+    """:math:`\\lambda_t`, the least :math:`D(t)` of any optimizer linear in the
+    gradient (see the module docstring), at each step count of ``steps``.
 
     Args:
         problem: the NQM.
