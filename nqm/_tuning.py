@@ -243,17 +243,17 @@ _OWN_CALL_POINTS = 64
 def _run_together(space: _Space, searches) -> list:
     """Run search generators side by side; returns their values.
 
-    Each search (a batch size's stages 2 and 3) runs as it would alone. Every
-    round, each live search is resumed until it yields its next request; the
-    requests of the round are evaluated in one
-    :func:`~nqm._pointwise.pointwise_terms` call per (problem, rtol), each point
-    at its own step (a request of :data:`_OWN_CALL_POINTS` or more points: in a
-    :func:`~nqm.dynamics.risk_terms` call of its own, as :func:`_run_alone`
-    evaluates it). A value does not depend on the other searches' requests (a
-    point's is the one-setting value of :func:`~nqm.dynamics.risk_terms`), so
-    neither do the results; evaluated together, the numpy overhead of a call is
-    shared by every batch size still searching. Values are sent in the form
-    :func:`_run_alone` sends them.
+    Each search is a batch size's stages 2 and 3. Every round, each live
+    search is resumed until it yields its next request; the requests of the
+    round are evaluated in one :func:`~nqm._pointwise.pointwise_terms` call per
+    (problem, rtol), each point at its own step, except that a request of
+    :data:`_OWN_CALL_POINTS` or more points gets a call of its own
+    (:func:`_ask_terms`). A value does not depend on the other searches'
+    requests: a grouped point gets its one-setting value (its modes summed on
+    their own), an own call the values of its request alone. So neither do the
+    results; evaluated together, the numpy overhead of a call is shared by every
+    batch size still searching. Values are sent in the form :func:`_run_alone`
+    sends them.
     """
     out: list[Any] = [None] * len(searches)
     asks: dict[int, _Ask] = {}
