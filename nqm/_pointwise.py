@@ -150,12 +150,19 @@ def pointwise_terms(
         bits = np.stack([v.view(np.int64) for v in (alpha, beta, gamma)] + [t], 1)
         _, first, back = np.unique(bits, axis=0, return_index=True, return_inverse=True)
         if first.size < n:
-            d, m = pointwise_terms(
+            d, m = _point_terms(
                 problem, alpha[first], beta[first], gamma[first], precond_power,
-                t[first], rtol=rtol,
+                t[first], rtol,
             )  # fmt: skip
             back = back.reshape(-1)
             return d[back], m[back]
+    return _point_terms(problem, alpha, beta, gamma, precond_power, t, rtol)
+
+
+def _point_terms(problem, alpha, beta, gamma, precond_power, t, rtol):
+    """:func:`pointwise_terms` of validated arrays (``t`` int64), every point
+    evaluated."""
+    n = alpha.size
     hh, wd, wn = _modes(problem, float(precond_power))
     D = np.empty(n)
     N = np.empty(n)

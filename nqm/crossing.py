@@ -269,14 +269,19 @@ class _Curve:
                 fb, _ = self._mean.bound(b, 0)
                 low = np.where(self.monotone, np.maximum(low, fb), low)
         det = float(low @ self.wd)
+
+        def with_known(det):  # the bound with the noise known before a
+            return (
+                None if known is None else (det + known / self.b) * (1.0 - _FLOOR_RTOL)
+            )
+
+        bound = with_known(det)
         # the chord of the weighted sum only where the per-mode bounds fall short
-        for more in (False,) if self.all_monotone else (False, True):
-            if more:
-                det = max(det, self._mean.total_chord(a, b + 1, self.wd))
-            if known is not None:
-                stale = (det + known / self.b) * (1.0 - _FLOOR_RTOL)
-                if stale > self.target:
-                    return stale
+        if not self.all_monotone and (bound is None or bound <= self.target):
+            det = max(det, self._mean.total_chord(a, b + 1, self.wd))
+            bound = with_known(det)
+        if bound is not None and bound > self.target:
+            return bound
         # a noise known at a later step bounds N(a) from above: where even it
         # would not prune, N(a) itself need not be evaluated
         later = self._noise_from(a)
